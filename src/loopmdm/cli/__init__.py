@@ -1,0 +1,27 @@
+"""``loopmdm`` command line: ``train``, ``sample``, ``eval`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import LoopMDMError
+from .app import app
+from . import train_cmd, sample_cmd, eval_cmd  # noqa: F401  (register subcommands)
+
+
+def main() -> None:
+    """Entry point: library errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except LoopMDMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:
+        if os.environ.get("LOOPMDM_DEBUG"):
+            raise
+        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        sys.exit(2)
