@@ -180,7 +180,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint path {str(path)!r} does not exist; pass a run folder (--out of "
                               "`loopmdm train`) or a checkpoint folder")
-    if (path / "model.safetensors").exists() or (path / "config.json").exists():
+    if (path / "model.safetensors").exists() or (
+            (path / "config.json").exists() and not (path / "checkpoints").is_dir()):
         return path
     for root in (path / "checkpoints", path):
         name = read_latest(root)
