@@ -160,7 +160,7 @@ class TrainConfig:
     eval_batches: int = 8
     save_every: int = 500
     keep_last: int = 2
-    log_every: int = 10
+    log_every: int = 1  # metrics.jsonl line every N steps
     max_bad_steps: int = 5  # non-finite loss / grad norms in a row before the run stops
     device: str = "auto"
     compile: bool = False
@@ -237,8 +237,8 @@ def _tiny() -> RunConfig:
                           n_h=1, n_m=2, n_o=3),
         diffusion=DiffusionConfig(s_max=4),
         data=DataConfig(max_train_bytes=6_000_000),
-        train=TrainConfig(batch_size=32, max_steps=600, lr=2e-3, warmup_steps=60, eval_every=200,
-                          save_every=200, precision="bf16"),
+        train=TrainConfig(batch_size=32, max_steps=500, lr=2e-3, warmup_steps=50, eval_every=250,
+                          save_every=250, precision="bf16"),
     )
 
 
