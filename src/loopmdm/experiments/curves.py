@@ -1,0 +1,106 @@
+"""Learning curves against compute: FLOPs needed to reach a target loss, FLOPs ratios, seed spread.
+
+A curve is a pair of equal-length sequences (cumulative training FLOPs, validation NELBO) read from a
+run's ``metrics.jsonl``. The paper's headline number (3.34x on LM1B) is a FLOPs ratio: the FLOPs a
+same-size MDM needs to reach its final NELBO divided by the FLOPs LoopMDM needs to reach that value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import DataError
+
+
+@dataclass
+class Curve:
+    """Validation NELBO (nats / token) logged at cumulative training FLOPs, in training order."""
+
+    flops: list[float]
+    nelbo: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.flops) != len(self.nelbo):
+            raise DataError(f"a curve needs as many FLOPs values ({len(self.flops)}) as NELBO values "
+                            f"({len(self.nelbo)})")
+        if any(b < a for a, b in zip(self.flops, self.flops[1:])):
+            raise DataError("curve FLOPs must be non-decreasing (cumulative training FLOPs)")
+
+    @property
+    def final(self) -> float:
+        if not self.nelbo:
+            raise DataError("the curve is empty: the run logged no validation NELBO")
+        return self.nelbo[-1]
+
+    def to_dict(self) -> dict:
+        return {"flops": self.flops, "nelbo": self.nelbo}
+
+
+def read_curve(metrics_path: str | Path, key: str = "val_nelbo") -> Curve:
+    """The (flops, ``key``) points of a run's metrics.jsonl (lines without ``key`` are skipped)."""
+    path = Path(metrics_path)
+    if not path.is_file():
+        raise DataError(f"metrics file {str(path)!r} does not exist; train the run first")
+    flops, values = [], []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if key in rec and "flops" in rec:
+            flops.append(float(rec["flops"]))
+            values.append(float(rec[key]))
+    return Curve(flops, values)
+
+
+def flops_to_reach(curve: Curve, target: float) -> Optional[float]:
+    """Cumulative FLOPs at which the curve first reaches ``target`` (NELBO <= target), linearly
+    interpolated between the two logged points that bracket the first crossing. ``None`` if never reached.
+    A curve already at or below the target at its first point returns that point's FLOPs."""
+    if not curve.nelbo:
+        raise DataError("the curve is empty: the run logged no validation NELBO")
+    for i, (f, v) in enumerate(zip(curve.flops, curve.nelbo)):
+        if v <= target:
+            if i == 0:
+                return f
+            f0, v0 = curve.flops[i - 1], curve.nelbo[i - 1]
+            frac = (v0 - target) / (v0 - v)  # in (0, 1]: v0 > target >= v
+            return f0 + frac * (f - f0)
+    return None
+
+
+def flops_ratio(reference: Curve, candidate: Curve) -> Optional[float]:
+    """FLOPs the reference needs to reach its own final NELBO / FLOPs the candidate needs to reach it.
+    > 1 means the candidate (e.g. LoopMDM) is that many times cheaper; ``None`` if the candidate
+    never reaches the reference's final NELBO."""
+    target = reference.final
+    f_ref = flops_to_reach(reference, target)
+    f_cand = flops_to_reach(candidate, target)
+    if f_ref is None or f_cand is None or f_cand <= 0:
+        return None
+    return f_ref / f_cand
+
+
+def spread(values: Sequence[Optional[float]]) -> dict:
+    """Mean, standard deviation (n-1), min and max over seeds, ignoring ``None`` / NaN; ``n`` counts the
+    values used and ``values`` keeps all of them (``None`` where a value was not defined)."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    out = {"values": [None if v is None else float(v) for v in values], "n": len(vals)}
+    if not vals:
+        return out | {"mean": None, "std": None, "min": None, "max": None}
+    return out | {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                  "min": min(vals), "max": max(vals)}
+
+
+def fmt_spread(s: dict, digits: int = 3) -> str:
+    """``mean ± std`` (or ``n/a``) for tables."""
+    if s.get("mean") is None:
+        return "n/a"
+    if s["n"] > 1:
+        return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+    return f"{s['mean']:.{digits}f}"
