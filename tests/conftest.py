@@ -11,12 +11,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests use many tiny models: one intra-op thread each avoids oversubscribing small machines
+# (subprocesses started by tests inherit this). LOOPMDM_TEST_THREADS raises it.
+_THREADS = os.environ.get("LOOPMDM_TEST_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
 
 import torch  # noqa: E402
 
 from loopmdm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(_THREADS))
 
 NAMES = ["alpha", "beta", "gamma", "delta", "value", "item", "count", "total", "index", "result"]
 

@@ -69,15 +69,45 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                attn_mask: Optional[torch.Tensor], causal: bool) -> torch.Tensor:
+                attn_mask: Optional[torch.Tensor], causal: bool, positions: Optional[torch.Tensor] = None,
+                kv_cache: Optional[dict] = None) -> torch.Tensor:
+        """Self-attention of x [B, T, D]. Partial update (per-token loop exit): with ``positions`` [B, K] the rows
+        of x [B, K, D] are the states at those sequence positions only; their keys / values are written into
+        ``kv_cache`` ({"k", "v"}: [B, H, T_full, hd], filled by an earlier full call) and the queries attend to
+        every cached key. With ``kv_cache`` and no ``positions`` the full keys / values are stored in it."""
+        if positions is not None:
+            return self._partial(x, rope, attn_mask, causal, positions, kv_cache)
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # [B, H, T, hd]
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if kv_cache is not None:
+            kv_cache["k"], kv_cache["v"] = k, v
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None,
             dropout_p=self.dropout if self.training else 0.0,
         )  # [B, H, T, hd]
         return self.proj(y.transpose(1, 2).reshape(B, T, D))  # [B, T, D]
+
+    def _partial(self, x, rope, attn_mask, causal, positions, kv_cache):
+        if kv_cache is None or "k" not in kv_cache:
+            raise ValueError("a partial attention update needs a kv_cache filled by a full call first")
+        B, K, D = x.shape
+        q, k, v = self.qkv(x).view(B, K, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # [B, H, K, hd]
+        cos, sin = rope[0][positions][:, None], rope[1][positions][:, None]  # [B, 1, K, hd/2]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        idx = positions[:, None, :, None].expand_as(k)  # [B, H, K, hd]
+        keys = kv_cache["k"].scatter(2, idx, k)  # [B, H, T, hd]
+        values = kv_cache["v"].scatter(2, idx, v)
+        kv_cache["k"], kv_cache["v"] = keys, values
+        T = keys.shape[2]
+        mask = attn_mask
+        if mask is not None and mask.shape[-2] > 1:  # [B, 1, T, T] (causal + padding): keep the query rows
+            mask = mask.expand(B, 1, T, T).gather(2, positions[:, None, :, None].expand(B, 1, K, T))
+        if causal:
+            allowed = positions[:, None, :, None] >= torch.arange(T, device=x.device)  # [B, 1, K, T]
+            mask = allowed if mask is None else mask & allowed
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, H, K, hd]
+        return self.proj(y.transpose(1, 2).reshape(B, K, D))  # [B, K, D]
 
 
 class MLP(nn.Module):
@@ -113,10 +143,13 @@ class Block(nn.Module):
             nn.init.zeros_(self.modulation.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], c: Optional[torch.Tensor] = None,
-                attn_mask: Optional[torch.Tensor] = None, causal: bool = False) -> torch.Tensor:
+                attn_mask: Optional[torch.Tensor] = None, causal: bool = False,
+                positions: Optional[torch.Tensor] = None, kv_cache: Optional[dict] = None) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]; ``positions`` / ``kv_cache``: partial update, see ``Attention.forward``."""
+        extra = dict(positions=positions, kv_cache=kv_cache)
         if self.modulation is None:
-            x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, causal))
+            x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, causal, **extra))
             return x + self.drop(self.mlp(self.norm2(x)))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)  # [B, 1, D] each
-        x = x + gate1 * self.drop(self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask, causal))
+        x = x + gate1 * self.drop(self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask, causal, **extra))
         return x + gate2 * self.drop(self.mlp(modulate(self.norm2(x), shift2, scale2)))

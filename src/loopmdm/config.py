@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,7 +59,10 @@ class ModelConfig:
         return int(round(self.mlp_ratio * self.d_model))
 
     def validate(self) -> None:
+        _check_types(self)
         _positive(self, "vocab_size", "max_seq_len", "d_model", "n_heads", "n_layers", "cond_dim")
+        _at_most(self, vocab_size=1 << 24, max_seq_len=1 << 20, d_model=1 << 16, n_heads=1 << 12, n_layers=4096,
+                 cond_dim=1 << 16)
         for name in ("n_h", "n_m", "n_o"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"model.{name}={getattr(self, name)} is negative; layer counts must be >= 0")
@@ -70,8 +76,10 @@ class ModelConfig:
                 f"model.d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size "
                 "(rotary embeddings); pick d_model divisible by 2 * n_heads"
             )
-        if self.mlp_ratio <= 0:
-            raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be > 0")
+        if not 0 < self.mlp_ratio <= 64:
+            raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be in (0, 64]")
+        if self.rope_theta <= 0:
+            raise ConfigError(f"model.rope_theta={self.rope_theta} must be > 0 (rotary base, e.g. 10000)")
         if self.time_conditioning not in ("adaln", "none"):
             raise ConfigError(
                 f"model.time_conditioning={self.time_conditioning!r} is unknown; use 'adaln' or 'none'"
@@ -102,8 +110,10 @@ class DiffusionConfig:
     s_mean: float = 4.0  # mean of loop_dist = "lognormal_poisson"
 
     def validate(self) -> None:
+        _check_types(self)
         if self.objective not in ("mdm", "ar"):
             raise ConfigError(f"diffusion.objective={self.objective!r} is unknown; use 'mdm' or 'ar'")
+        _at_most(self, s_max=4096, s_fixed=4096, s_mean=4096)
         if self.s_max < 1:
             raise ConfigError(f"diffusion.s_max={self.s_max} must be >= 1 (S is a count of loop iterations)")
         if self.s_fixed < 1:
@@ -132,6 +142,16 @@ class DataConfig:
     cache_dir: Optional[str] = None  # null: ~/.cache/loopmdm
 
     def validate(self) -> None:
+        _check_types(self)
+        if not self.source.strip():
+            raise ConfigError("data.source='' is empty; use 'stdlib', a file or folder path, or 'hf:NAME'")
+        if self.source.startswith("hf:") and not self.source[3:].strip():
+            raise ConfigError(f"data.source={self.source!r} names no dataset; use hf:NAME, e.g. hf:openwebtext")
+        if not self.text_field.strip():
+            raise ConfigError("data.text_field='' is empty; name the JSONL / dataset column that holds the text")
+        for name in ("tokenizer", "cache_dir"):
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise ConfigError(f"data.{name}='' is empty; give a path (or a Hub name for tokenizer) or null")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
         if self.max_train_bytes is not None and self.max_train_bytes <= 0:
@@ -165,8 +185,10 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     threads: Optional[int] = None
+    fsdp: bool = False  # under torchrun: shard parameters / grads / optimizer with FSDP2 instead of DDP
 
     def validate(self) -> None:
+        _check_types(self)
         _positive(self, "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every",
                   "keep_last", "log_every", "max_bad_steps")
         if self.batch_size % self.grad_accum:
@@ -188,6 +210,14 @@ class TrainConfig:
             raise ConfigError(f"train.grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"train.betas={list(self.betas)} must be two numbers in [0, 1)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay={self.weight_decay} must be >= 0")
+        if not 0 <= self.seed < 1 << 62:
+            raise ConfigError(f"train.seed={self.seed} must be in [0, 2**62); pick a non-negative integer")
+        if self.threads is not None and not 1 <= self.threads <= 4096:
+            raise ConfigError(f"train.threads={self.threads} must be >= 1 or null (PyTorch's default)")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"train.device={self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
 
 
 @dataclass
@@ -314,27 +344,54 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
         return _coerce(path, value, inner[0])
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{path}={value!r} must be a list of {len(args)} numbers")
+            raise ConfigError(f"{path}={_short(value)} must be a list of {len(args)} numbers")
         return tuple(_coerce(path, v, a) for v, a in zip(value, args))
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{path}={value!r} must be true or false")
+        raise ConfigError(f"{path}={_short(value)} must be true or false")
+    if tp in (int, float) and isinstance(value, str):
+        value = _parse_number(value)  # YAML 1.1 reads 3e-4 as a string
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
                 return int(value)
-            raise ConfigError(f"{path}={value!r} must be an integer")
-        return value
+            raise ConfigError(f"{path}={_short(value)} must be an integer")
+        return int(value)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}={value!r} must be a number")
-        return float(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{path}={_short(value)} must be a number")
+        try:
+            out = float(value)
+        except OverflowError:
+            out = math.inf
+        if not math.isfinite(out):
+            raise ConfigError(f"{path}={_short(value)} must be a finite number")
+        return out
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}={value!r} must be a string")
+            raise ConfigError(f"{path}={_short(value)} must be a string")
+        if "\x00" in value:
+            raise ConfigError(f"{path}={_short(value)} contains a NUL character; remove it")
         return value
     return value
+
+
+def _parse_number(text: str) -> Any:
+    """``"3e-4"`` -> 0.0003, ``"12"`` -> 12; anything else is returned unchanged (and refused by the caller)."""
+    t = text.strip().replace("_", "")
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except (ValueError, OverflowError):
+            continue
+    return text
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters (errors stay one readable line)."""
+    r = repr(value).replace("\n", "\\n")
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def parse_override(item: str) -> dict[str, Any]:
@@ -362,19 +419,43 @@ def load_config(preset_name: str = "tiny", config_file: str | Path | None = None
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML file path")
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {str(path)!r} {what}; pass a YAML file path")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML ({type(e).__name__}); fix its syntax") from None
+        except OSError as e:
+            raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror or e}); check its permissions") from None
         apply_dict(cfg, data)
     for item in overrides or []:
         apply_dict(cfg, parse_override(item))
     return cfg.validate()
 
 
+def _section(obj: Any) -> str:
+    return type(obj).__name__.replace("Config", "").lower()
+
+
+def _check_types(obj: Any) -> None:
+    """Re-check every field of a config section against its declared type (a config built in Python, not from
+    YAML / --set, may hold a string where a number belongs); numbers are normalised (1 -> 1.0, list -> tuple)."""
+    for f in dataclasses.fields(obj):
+        path = f"{_section(obj)}.{f.name}"
+        setattr(obj, f.name, _coerce(path, getattr(obj, f.name), _field_type(obj, f.name)))
+
+
+def _at_most(obj: Any, **limits: int) -> None:
+    """Sanity upper bounds that catch typos (an extra zero) before they become an out-of-memory crash."""
+    for name, limit in limits.items():
+        v = getattr(obj, name)
+        if v > limit:
+            raise ConfigError(f"{_section(obj)}.{name}={_short(v)} is larger than the supported {limit}; "
+                              "check for a typo")
+
+
 def _positive(obj: Any, *names: str) -> None:
-    section = type(obj).__name__.replace("Config", "").lower()
+    section = _section(obj)
     for name in names:
         v = getattr(obj, name)
         if v < 1:

@@ -37,10 +37,29 @@ class Document:
 
 @dataclass
 class ReadReport:
-    """Documents read and files skipped (binary / undecodable), for the user to see."""
+    """Documents read and files skipped, for the user to see. ``skipped`` holds ``"path (reason)"`` strings;
+    the reasons are: binary, not UTF-8, UTF-16/32, empty, unreadable, broken link."""
 
     documents: list[Document] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+    def skip(self, path: Path | str, reason: str) -> None:
+        self.skipped.append(f"{path} ({reason})")
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        """``{"binary": 2, "empty": 1}``: how many files were skipped for each kind of reason."""
+        counts: dict[str, int] = {}
+        for item in self.skipped:
+            reason = item.rsplit(" (", 1)[-1].rstrip(")").split(":")[0]
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
+    def summary(self) -> str:
+        """``"3 files skipped (2 binary, 1 empty)"``, or ``""`` when none were."""
+        if not self.skipped:
+            return ""
+        parts = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped_by_reason().items()))
+        return f"{len(self.skipped)} file{'s' if len(self.skipped) != 1 else ''} skipped ({parts})"
 
 
 # --------------------------------------------------------------------------- sources
@@ -68,16 +87,28 @@ def read_path(source: str, cfg: DataConfig) -> ReadReport:
         raise DataError(f"data path {source!r} does not exist; pass a file, a folder, a .jsonl file or 'stdlib'")
     report = ReadReport()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        try:
+            entries = sorted(p for p in path.rglob("*")
+                             if not any(part.startswith(".") for part in p.relative_to(path).parts))
+        except OSError as e:
+            raise DataError(f"data folder {source!r} cannot be listed ({e.strerror or e}); check its permissions") from None
+        files = []
+        for p in entries:
+            if p.is_symlink() and not p.exists():
+                _bad_file(p, "broken link", cfg, report)
+            elif p.is_file():
+                files.append(p)
         for p in files:
             rel = p.relative_to(path).as_posix()
             if p.suffix == ".jsonl":
-                report.documents.extend(_read_jsonl(p, cfg, rel))
+                report.documents.extend(_read_jsonl(p, cfg, rel, report))
             else:
                 _read_file(p, rel, cfg, report)
+    elif not path.is_file():
+        raise DataError(f"data path {source!r} is not a regular file or folder (a device or pipe?); "
+                        "pass a text file, a folder or a .jsonl file")
     elif path.suffix == ".jsonl":
-        report.documents.extend(_read_jsonl(path, cfg, path.name))
+        report.documents.extend(_read_jsonl(path, cfg, path.name, report))
     else:
         _read_file(path, path.name, cfg, report)
         if report.documents:
@@ -85,42 +116,74 @@ def read_path(source: str, cfg: DataConfig) -> ReadReport:
     return report
 
 
-def _read_file(p: Path, name: str, cfg: DataConfig, report: ReadReport) -> None:
-    raw = p.read_bytes()
-    problem = None
+BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+
+
+def decode_text(raw: bytes) -> tuple[Optional[str], Optional[str]]:
+    """``(text, None)`` for UTF-8 text (a leading BOM dropped), else ``(None, reason)``: UTF-16/32, binary, not UTF-8."""
+    for bom, name in BOMS.items():
+        if raw.startswith(bom):
+            return None, f"{name} text, convert it to UTF-8"
     if b"\x00" in raw[:8192]:
-        problem = "binary (NUL bytes)"
-    else:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            problem = "not UTF-8"
-    if problem:
-        if cfg.bad_files == "error":
-            raise DataError(f"data file {str(p)!r} is {problem}; remove it or set data.bad_files=skip")
-        report.skipped.append(f"{p} ({problem})")
+        return None, "binary: NUL bytes"
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff"), None
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}"
+
+
+def _bad_file(p: Path, reason: str, cfg: DataConfig, report: ReadReport) -> None:
+    """Apply ``data.bad_files``: ``error`` stops with the file and reason named, ``skip`` counts it."""
+    if cfg.bad_files == "error":
+        raise DataError(f"data file {str(p)!r} is {reason}; fix or remove it, or set data.bad_files=skip "
+                        "to skip such files with a count")
+    report.skip(p, reason)
+
+
+def _read_file(p: Path, name: str, cfg: DataConfig, report: ReadReport) -> None:
+    """One text file -> one document; binary / wrong-encoding / unreadable files go through ``data.bad_files``.
+    Empty (or whitespace-only) files carry no text: they are counted as skipped in both modes."""
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        _bad_file(p, f"unreadable: {e.strerror or type(e).__name__}", cfg, report)
         return
-    if text.strip():
+    text, problem = decode_text(raw)
+    if problem:
+        _bad_file(p, problem, cfg, report)
+    elif not text.strip():
+        report.skip(p, "empty")
+    else:
         report.documents.append(Document(name, text))
 
 
-def _read_jsonl(p: Path, cfg: DataConfig, name: str) -> list[Document]:
+def _read_jsonl(p: Path, cfg: DataConfig, name: str, report: Optional[ReadReport] = None) -> list[Document]:
+    """One document per JSON line's ``data.text_field``. A file that is not UTF-8 text goes through
+    ``data.bad_files``; a malformed line always stops with its line number."""
+    report = report if report is not None else ReadReport()
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        _bad_file(p, f"unreadable: {e.strerror or type(e).__name__}", cfg, report)
+        return []
+    text, problem = decode_text(raw)
+    if problem:
+        _bad_file(p, problem, cfg, report)
+        return []
     docs = []
-    with p.open("r", encoding="utf-8", errors="strict") as f:
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise DataError(f"{p}:{i} is not valid JSON; each line of a .jsonl file must be one JSON object") from None
-                if not isinstance(row, dict) or not isinstance(row.get(cfg.text_field), str):
-                    raise DataError(f"{p}:{i} has no string field {cfg.text_field!r}; set data.text_field to the text column")
-                if row[cfg.text_field].strip():
-                    docs.append(Document(f"{name}:{i}", row[cfg.text_field]))
-        except UnicodeDecodeError:
-            raise DataError(f"{p} is not UTF-8 text; convert it to UTF-8") from None
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise DataError(f"{p}:{i} is not valid JSON; each line of a .jsonl file must be one JSON object") from None
+        if not isinstance(row, dict) or not isinstance(row.get(cfg.text_field), str):
+            raise DataError(f"{p}:{i} has no string field {cfg.text_field!r}; set data.text_field to the text column")
+        if row[cfg.text_field].strip():
+            docs.append(Document(f"{name}:{i}", row[cfg.text_field]))
+    if not docs and report is not None:
+        report.skip(p, "empty")
     return docs
 
 
@@ -134,14 +197,17 @@ def read_documents(cfg: DataConfig) -> ReadReport:
     """Read the documents named by ``cfg.source`` ('stdlib', a path, or 'hf:NAME' with the [hf] extra)."""
     source = cfg.source
     if source.startswith("hf:"):
-        from .hf_data import read_hf_dataset  # optional: needs the `datasets` package
-
+        try:
+            from .hf_data import read_hf_dataset  # optional: needs the `datasets` package
+        except ImportError as e:
+            raise DataError(f"data.source={source!r} needs the Hugging Face extra ({e.name or e}); "
+                            "pip install 'loopmdm[hf]', or use a local path") from None
         report = read_hf_dataset(source[3:], cfg)
     else:
         report = SOURCES.get("stdlib" if source == "stdlib" else "path")(source, cfg)
     if not report.documents:
-        raise DataError(f"no text found in data source {source!r} "
-                        f"({len(report.skipped)} files skipped as binary / not UTF-8); point data.source at text files")
+        skipped = report.summary() or "no files skipped"
+        raise DataError(f"no text found in data source {source!r} ({skipped}); point data.source at UTF-8 text files")
     return report
 
 
@@ -220,7 +286,11 @@ def _fingerprint(cfg: DataConfig, vocab_size: int, seq_len: int) -> str:
         for p in sorted(root.rglob("*.py")):
             if "site-packages" not in p.parts:
                 h.update(f"{p.relative_to(root)}:{p.stat().st_size}".encode())
-    elif not cfg.source.startswith("hf:"):
+    elif cfg.source.startswith("hf:"):
+        from .hf_data import source_fingerprint  # local files' stats, or the dataset entry and byte cap
+
+        h.update(source_fingerprint(cfg.source[3:], cfg).encode())
+    else:
         path = Path(cfg.source).expanduser()
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
         for p in files:
@@ -249,7 +319,7 @@ def prepare_data(cfg: DataConfig, vocab_size: int, seq_len: int, use_cache: bool
     train_docs, val_docs = split_documents(report.documents, cfg.val_fraction)
     train_docs = cap_bytes(train_docs, cfg.max_train_bytes)
     log(f"{len(train_docs)} train / {len(val_docs)} validation documents"
-        + (f", {len(report.skipped)} files skipped" if report.skipped else ""))
+        + (f", {report.summary()} (data.bad_files={cfg.bad_files}), e.g. {report.skipped[0]}" if report.skipped else ""))
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_bpe((d.text for d in train_docs), vocab_size)
     train = pack(tokenizer.encode_batch([d.text for d in train_docs]), seq_len, tokenizer.bos_id, tokenizer.eos_id)
     val_ids = tokenizer.encode_batch([d.text for d in val_docs])
@@ -261,6 +331,7 @@ def prepare_data(cfg: DataConfig, vocab_size: int, seq_len: int, use_cache: bool
         )
     stats = {
         "train_docs": len(train_docs), "val_docs": len(val_docs), "skipped_files": len(report.skipped),
+        "skipped_by_reason": report.skipped_by_reason(),
         "train_tokens": int(train.size), "val_tokens": int(val.size),
         "val_bytes": int(sum(len(d.text.encode("utf-8")) for d in val_docs) * val.size
                          / max(sum(len(x) + 2 for x in val_ids), 1)),
@@ -272,9 +343,7 @@ def prepare_data(cfg: DataConfig, vocab_size: int, seq_len: int, use_cache: bool
 
 def load_tokenizer(name_or_path: str) -> TextTokenizer:
     """A tokenizer from a local ``tokenizer.json`` / folder, or a Hugging Face Hub name (needs the network)."""
-    if Path(name_or_path).expanduser().exists():
-        return TextTokenizer.load(Path(name_or_path).expanduser())
-    from .hub import tokenizer_from_hub
+    from .hub import tokenizer_from_hub  # local tokenizer.json / folders (also vocab.txt, merges.txt) and Hub ids
 
     return tokenizer_from_hub(name_or_path)
 

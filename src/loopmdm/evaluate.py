@@ -1,6 +1,9 @@
 """Validation NELBO / perplexity bound at any loop count S, Monte-Carlo over t with a fixed seed.
 
-The MDLM bound  NELBO = E_t E_{x_t} [ sum_i 1[x_t^i = mask] * (-alpha'_t / (1 - alpha_t)) * (-log p_theta(x_0^i | x_t)) ]
+The MDLM bound
+
+    NELBO = E_t E_{x_t} [ sum_i 1[x_t^i = mask] * (-alpha'_t / (1 - alpha_t)) * (-log p_theta(x_0^i | x_t)) ]
+
 is estimated by drawing antithetic times t per batch (one uniform offset, then evenly spaced) and one
 mask pattern per row. ``repeats`` passes over the same rows reduce the Monte-Carlo error; the standard
 error between passes measures it, and ``target_rel_stderr`` keeps adding passes until it is small
@@ -53,7 +56,7 @@ def _one_pass(model, rows: np.ndarray, objective: Objective, loops: int, batch_s
 def evaluate_nelbo(model, rows: np.ndarray, objective: Objective, loops: int, batch_size: int = 32,
                    max_batches: int | None = None, seed: int = 0, repeats: int = 1,
                    precision: str = "fp32", *, target_rel_stderr: Optional[float] = None, max_repeats: int = 64,
-                   n_bytes: Optional[int] = None) -> dict:
+                   n_bytes: Optional[int] = None, details: bool = False) -> dict:
     """NELBO per token of packed rows [N, L] at S = loops, averaged over ``repeats`` draws of (t, x_t) per row.
 
     model: a LoopMDM (or any module with the same ``forward(x_t, t, loops=S)``); objective: from
@@ -65,8 +68,10 @@ def evaluate_nelbo(model, rows: np.ndarray, objective: Objective, loops: int, ba
     Returns ``nelbo`` (nats / token), ``ppl`` (the perplexity bound exp(NELBO)), ``bits_per_token``,
     ``stderr`` (standard error of ``nelbo``: between passes when there are >= 2, which is the Monte-Carlo
     error on these rows; with one pass, between batches, which also contains data variation and is
-    therefore conservative; ``stderr_kind`` says which), ``tokens`` (tokens scored per pass), ``repeats``,
-    ``rows`` and, with ``n_bytes``, ``bits_per_byte``."""
+    therefore conservative), ``tokens`` (tokens scored per pass), ``target_met`` (with
+    ``target_rel_stderr``), ``bits_per_byte`` (with ``n_bytes``) and, with ``details=True``,
+    ``stderr_kind`` ('repeats' | 'batches' | 'exact'), ``repeats`` (passes), ``rows`` and ``pass_nelbo``
+    (the estimate of each pass, for paired comparisons between S)."""
     loops = check_loops(loops)
     if len(rows) == 0:
         raise DataError("no rows to evaluate; the corpus is shorter than one sequence of model.max_seq_len tokens")
@@ -103,8 +108,12 @@ def evaluate_nelbo(model, rows: np.ndarray, objective: Objective, loops: int, ba
     if deterministic:
         stderr, kind = 0.0, "exact"
     out = {"loops": loops, "nelbo": nelbo, "ppl": math.exp(min(nelbo, 50.0)), "bits_per_token": nelbo / math.log(2),
-           "stderr": stderr, "stderr_kind": kind, "tokens": pass_tok[0], "repeats": len(pass_nll),
-           "rows": min(len(rows), n_batches * batch_size)}
+           "stderr": stderr, "tokens": pass_tok[0]}
+    if details:
+        out.update(stderr_kind=kind, repeats=len(pass_nll), rows=min(len(rows), n_batches * batch_size),
+                   pass_nelbo=[n / max(k, 1) for n, k in zip(pass_nll, pass_tok)])
+    if target_rel_stderr is not None and not deterministic:
+        out["target_met"] = bool(stderr <= target_rel_stderr * abs(nelbo))
     if n_bytes is not None:
         if n_bytes <= 0:
             raise DataError("the evaluated rows hold no text bytes; bits per byte is undefined")
@@ -140,8 +149,10 @@ def nelbo_sweep(model, rows: np.ndarray, objective: Objective, loops: Sequence[i
     """``evaluate_nelbo`` at every S in ``loops`` with the same seed (common random numbers: every S sees the
     same t and masks, so differences between S are measured more precisely than each value alone).
 
-    Adds ``flops_per_token`` (forward FLOPs at S, ``loopmdm.flops``) and, when ``tokenizer`` is given,
-    ``bits_per_byte`` over the bytes of the evaluated rows."""
+    Adds ``flops_per_token`` (forward FLOPs at S, ``loopmdm.flops``), ``delta`` / ``delta_stderr`` (the paired
+    difference NELBO(S) - NELBO(first S) over their common passes, whose error is far smaller than either
+    value's because the Monte-Carlo noise is shared) and, when ``tokenizer`` is given, ``bits_per_byte`` over
+    the bytes of the evaluated rows."""
     from .flops import forward_flops_per_token
 
     loops = [check_loops(s) for s in loops]
@@ -154,9 +165,21 @@ def nelbo_sweep(model, rows: np.ndarray, objective: Objective, loops: Sequence[i
     for s in loops:
         r = evaluate_nelbo(model, rows, objective, s, batch_size=batch_size, max_batches=max_batches, seed=seed,
                            repeats=repeats, precision=precision, target_rel_stderr=target_rel_stderr,
-                           max_repeats=max_repeats, n_bytes=n_bytes)
+                           max_repeats=max_repeats, n_bytes=n_bytes, details=True)
         if cfg is not None:
             r["flops_per_token"] = forward_flops_per_token(cfg, s, rows.shape[1])
         log(f"S={s}: NELBO {r['nelbo']:.4f} +- {r['stderr']:.4f} ({r['repeats']} passes)")
+        if r.get("target_met") is False:
+            log(f"S={s}: stderr / NELBO = {r['stderr'] / r['nelbo']:.4f} is above the target {target_rel_stderr} "
+                f"after {r['repeats']} passes; raise max_repeats (--max-repeats) or the rows (--batches)")
         out.append(r)
+    for r in out:
+        r["delta"], r["delta_stderr"] = paired_difference(r["pass_nelbo"], out[0]["pass_nelbo"])
     return out
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of a[i] - b[i] over the common passes (same seed: same t and masks per pass)."""
+    n = min(len(a), len(b))
+    d = np.asarray(a[:n]) - np.asarray(b[:n])
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")

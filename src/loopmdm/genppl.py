@@ -68,22 +68,32 @@ def _canon(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).split())
 
 
-def check_round_trip(text: str, ids: list[int], decoded: str, unk_id: Optional[int], unk_token: Optional[str],
+def check_round_trip(text: str, ids: list[int], decoded: str, unk_pieces: list[str],
                      normalize: Callable[[str], str], who: str) -> None:
-    """Raise DataError when the evaluator's tokenizer cannot represent ``text``: it produced the unknown token,
-    or decoding its ids does not give the text back (characters silently dropped)."""
-    if unk_id is not None and unk_id in ids:
-        n = sum(1 for i in ids if i == unk_id)
-        bad = sorted(set(_canon(normalize(text))) - set(_canon(decoded).replace(unk_token or "\0", "")))[:8]
-        raise DataError(f"the {who} tokenizer cannot encode the samples: {n} pieces became its unknown token "
-                        f"{unk_token!r} (characters such as {''.join(bad)!r}); use an evaluator whose tokenizer "
-                        "covers the samples' alphabet, e.g. a byte-level BPE like GPT-2's or a loopmdm AR checkpoint")
+    """Raise DataError when the evaluator's tokenizer cannot represent ``text``: some pieces became its unknown
+    token (``unk_pieces``: the text they came from), or decoding its ids does not give the text back
+    (characters silently dropped)."""
+    if unk_pieces:
+        shown = ", ".join(repr(p) for p in unk_pieces[:5])
+        raise DataError(f"the {who} tokenizer cannot encode the samples: {len(unk_pieces)} pieces became its unknown "
+                        f"token (e.g. {shown}); use an evaluator whose tokenizer covers the samples' alphabet, e.g. "
+                        "a byte-level BPE like GPT-2's or a loopmdm AR checkpoint")
     want, got = _canon(normalize(text)), _canon(decoded)
     if want != got:
         missing = sorted(set(want) - set(got))[:8]
         raise DataError(f"the {who} tokenizer cannot encode the samples losslessly (decoding gives different text"
                         + (f"; characters {''.join(missing)!r} are lost" if missing else "")
                         + "); use an evaluator whose tokenizer covers the samples' alphabet, e.g. a byte-level BPE")
+
+
+def _unk_pieces(text: str, ids: list[int], offsets: Optional[list[tuple[int, int]]],
+                unk_id: Optional[int]) -> list[str]:
+    """The substrings of ``text`` that were encoded as the unknown token (``'?'`` when offsets are unavailable)."""
+    if unk_id is None:
+        return []
+    if offsets is None:
+        return ["?" for i in ids if i == unk_id]
+    return [text[a:b] for i, (a, b) in zip(ids, offsets) if i == unk_id]
 
 
 @EVALUATORS.register("loopmdm")
@@ -103,18 +113,21 @@ class LoopMDMEvaluator(Evaluator):
         self.loops = loops or get_loop_distribution(cfg.diffusion).max()
         bos = tok.bos_id if tok.bos_id is not None else tok.eos_id
         if bos is None:
-            raise ConfigError("the evaluator tokenizer has neither a BOS nor an EOS token to score the first token from")
+            raise ConfigError("the evaluator tokenizer has neither a BOS nor an EOS token to score the first "
+                              "token from; add one to its tokenizer")
         self.bos_id = bos
         self.context = cfg.model.max_seq_len
         self.device = torch.device(device)
         normalizer = tok.tok.normalizer
         self._normalize = normalizer.normalize_str if normalizer is not None else (lambda s: s)
-        self._unk = tok.tok.model.unk_token if hasattr(tok.tok.model, "unk_token") else None
+        unk = getattr(tok.tok.model, "unk_token", None)
+        self._unk_id = tok.tok.token_to_id(unk) if unk else None
 
     def encode(self, text: str) -> list[int]:
-        ids = self.tok.encode(text)
-        unk_id = self.tok.tok.token_to_id(self._unk) if self._unk else None
-        check_round_trip(text, ids, self.tok.decode(ids, skip_special=False), unk_id, self._unk, self._normalize, "evaluator")
+        enc = self.tok.tok.encode(text, add_special_tokens=False)
+        ids = list(enc.ids)
+        check_round_trip(text, ids, self.tok.decode(ids, skip_special=False),
+                         _unk_pieces(text, ids, enc.offsets, self._unk_id), self._normalize, "evaluator")
         return ids
 
     @torch.no_grad()
@@ -159,9 +172,14 @@ class HFEvaluator(Evaluator):
         self._normalize = norm.normalize_str if norm is not None else (lambda s: s)
 
     def encode(self, text: str) -> list[int]:
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        check_round_trip(text, ids, self.tok.decode(ids, skip_special_tokens=False), self.tok.unk_token_id,
-                         self.tok.unk_token, self._normalize, "evaluator")
+        if self.tok.is_fast:
+            enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
+        else:
+            enc, offsets = self.tok(text, add_special_tokens=False), None
+        ids = list(enc["input_ids"])
+        check_round_trip(text, ids, self.tok.decode(ids, skip_special_tokens=False),
+                         _unk_pieces(text, ids, offsets, self.tok.unk_token_id), self._normalize, "evaluator")
         return ids
 
     @torch.no_grad()

@@ -41,9 +41,18 @@ class Stack(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(n))
 
-    def forward(self, h: torch.Tensor, ctx: LoopContext) -> torch.Tensor:
-        for block in self.blocks:
-            h = block(h, ctx.rope, ctx.cond, ctx.attn_mask, ctx.causal)
+    def forward(self, h: torch.Tensor, ctx: LoopContext, positions: Optional[torch.Tensor] = None,
+                cache: Optional[list] = None) -> torch.Tensor:
+        """h [B, T, D] -> [B, T, D]. Optional partial update (inference, per-token loop exit): ``cache`` is one
+        dict per block holding that block's keys / values [B, H, T, hd]; a call without ``positions`` fills it,
+        a call with ``positions`` [B, K] updates only the states h [B, K, D] at those positions, the others
+        being seen through their cached keys / values."""
+        for i, block in enumerate(self.blocks):
+            kv = cache[i] if cache is not None else None
+            if positions is None and kv is None:
+                h = block(h, ctx.rope, ctx.cond, ctx.attn_mask, ctx.causal)
+            else:
+                h = block(h, ctx.rope, ctx.cond, ctx.attn_mask, ctx.causal, positions=positions, kv_cache=kv)
         return h
 
     def __len__(self) -> int:
@@ -121,14 +130,21 @@ class LoopMDM(nn.Module):
         ctx.h0 = self.head(self.embed(x_t), ctx)  # [B, T, D]
         return ctx
 
-    def loop_step(self, h: torch.Tensor, ctx: LoopContext, k: int) -> torch.Tensor:
-        """One loop iteration k (0-based): optional input injection and loop embedding, then the mid block."""
+    def loop_step(self, h: torch.Tensor, ctx: LoopContext, k: int, positions: Optional[torch.Tensor] = None,
+                  cache: Optional[list] = None) -> torch.Tensor:
+        """One loop iteration k (0-based): optional input injection and loop embedding, then the mid block.
+
+        Inference-only partial update (per-token loop exit): with ``positions`` [B, K], h [B, K, D] holds the
+        states at those positions and only they are updated (see ``Stack.forward`` for ``cache``)."""
         if self.injection is not None:
-            h = self.injection(torch.cat([h, ctx.h0], dim=-1))  # [B, T, 2D] -> [B, T, D]
+            h0 = ctx.h0 if positions is None else ctx.h0.gather(1, positions[..., None].expand_as(h))  # [B, K, D]
+            h = self.injection(torch.cat([h, h0], dim=-1))  # [B, T, 2D] -> [B, T, D]
         if self.loop_embed is not None:
             k_t = torch.full((1,), float(k), device=h.device)
             h = h + self.loop_embed(sinusoidal(k_t, 64).to(h.dtype))[:, None]  # [1, 1, D]
-        return self.mid(h, ctx)
+        if positions is None and cache is None:
+            return self.mid(h, ctx)
+        return self.mid(h, ctx, positions=positions, cache=cache)
 
     def coda(self, h: torch.Tensor, ctx: LoopContext) -> torch.Tensor:
         """Tail (n_o layers), final norm (adaLN-modulated when time-conditioned) and LM head: -> logits [B, T, V]."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import time
@@ -21,11 +22,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_json, load_safetensors, resolve_checkpoint, save_checkpoint, unflatten_optimizer, \
-    verify_checkpoint, load_config_file
+from . import distributed
+from .checkpoint import atomic_write_text, describe_os_error, list_checkpoints, load_config_file, load_json, \
+    checked_weights, load_safetensors, load_tokenizer_file, resolve_checkpoint, save_checkpoint, unflatten_optimizer, \
+    verify_checkpoint
 from .config import RunConfig
 from .data import PreparedData, prepare_data
-from .diffusion import make_objective
+from .diffusion import make_objective, sample_t
 from .errors import CheckpointError, ConfigError, LoopMDMError
 from .evaluate import autocast_context, evaluate_nelbo
 from .flops import train_flops_per_token
@@ -105,13 +108,26 @@ class Trainer:
                  progress: bool = True, log: Callable[[str], None] = print):
         self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
         tc = cfg.train
-        self.device = pick_device(tc.device)
+        self.dist = distributed.setup(pick_device(tc.device))  # torchrun: join the process group
+        self.device = self.dist.device
+        distributed.check_global_batch(tc.batch_size, tc.grad_accum, self.dist)
+        if not self.dist.is_main:  # rank 0 alone logs, writes metrics and checkpoints
+            self.log, self.progress = (lambda s: None), False
         if tc.threads:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(tc.seed)
-        self.data = data or prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len, log=log)
+        with distributed.main_first(self.dist):  # rank 0 tokenises and fills the cache, the others read it
+            self.data = data or prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len, log=self.log)
+        distributed.check_same_data(self.data, self.dist)
         cfg.model.vocab_size = self.data.tokenizer.vocab_size
         self.model = LoopMDM(cfg.model).to(self.device)
+        if tc.compile:  # torch.compile each transformer block in place (state-dict names unchanged)
+            from .perf import compile_blocks
+
+            compile_blocks(self.model)
+        # DDP wrapper, or self.model itself sharded in place with FSDP2 (train.fsdp); self.model stays the
+        # unwrapped module for evaluation, EMA and checkpoints.
+        self.train_model = distributed.wrap_model(self.model, self.dist, fsdp=tc.fsdp)
         self.objective = make_objective(cfg.diffusion.objective, get_schedule(cfg.diffusion.schedule),
                                         self.data.tokenizer.mask_id, cfg.diffusion.antithetic, cfg.diffusion.t_eps)
         self.loop_dist = get_loop_distribution(cfg.diffusion)
@@ -120,8 +136,7 @@ class Trainer:
             self.optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio))
         self.ema = None
         if tc.ema is not None:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema))
+            self.ema = distributed.make_ema(self.model, tc.ema, self.dist, lambda: LoopMDM(cfg.model))
         self.stream = BatchStream(len(self.data.train), tc.batch_size, tc.seed)
         self.gen_noise = torch.Generator().manual_seed(tc.seed + 1)  # t and masking
         self.gen_loops = torch.Generator().manual_seed(tc.seed + 2)  # S, identical on every rank
@@ -145,31 +160,33 @@ class Trainer:
         x_all = torch.from_numpy(self.data.train[idx].astype(np.int64))
         t_all = None
         if self.cfg.diffusion.objective == "mdm":
-            from .diffusion import sample_t
-
             t_all = sample_t(len(idx), self.gen_noise, self.cfg.diffusion.antithetic, self.cfg.diffusion.t_eps)
+        own = distributed.rank_slice(len(idx), self.dist)  # this rank's rows of the global batch (all, alone)
+        x_all, t_all = x_all[own], (None if t_all is None else t_all[own])
+        noise = distributed.NoiseCursor(self.gen_noise, x_all.shape[1] if t_all is not None else 0)
         total = 0.0
-        micro = len(idx) // tc.grad_accum
+        micro = len(x_all) // tc.grad_accum
         for m in range(tc.grad_accum):
             sl = slice(m * micro, (m + 1) * micro)
             x0 = x_all[sl].to(self.device, non_blocking=True)
             t = None if t_all is None else t_all[sl].to(self.device)
-            with autocast_context(self.device, tc.precision):
-                out = self.objective.loss(self.model, x0, loops, self.gen_noise, t=t)
-            (out.loss / tc.grad_accum).backward()
+            noise.seek(own.start + m * micro)  # the mask noise these rows get in a one-process step
+            with distributed.grad_sync(self.train_model, m == tc.grad_accum - 1):
+                with autocast_context(self.device, tc.precision):
+                    out = self.objective.loss(self.train_model, x0, loops, self.gen_noise, t=t)
+                (out.loss / tc.grad_accum).backward()
+            noise.advance(micro)
             total += float(out.loss.detach()) / tc.grad_accum
-        if tc.grad_clip > 0:
-            gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
-        else:
-            gnorm = float(torch.norm(torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None])))
+        noise.finish(len(idx))
+        total = distributed.mean_across_ranks(total, self.dist)  # the global-batch loss
+        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")  # inf: measure the norm, do not clip
+        gnorm = distributed.as_float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         return total, gnorm
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
         tc = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(self.run_dir / "config.json")
-        metrics = (self.run_dir / "metrics.jsonl").open("a")
+        metrics = self._open_run_dir()
         tokens_per_step = tc.batch_size * self.cfg.model.max_seq_len
         old_handlers = self._install_signal_handlers()
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
@@ -180,7 +197,7 @@ class Trainer:
                 loops = self.loop_dist.sample(self.gen_loops)
                 idx = self.stream.next()
                 self.model.train()
-                loss, gnorm = self.step_fn(idx, loops)
+                loss, gnorm = self._guarded_step(idx, loops)
                 if not (math.isfinite(loss) and math.isfinite(gnorm)):
                     self._skip_bad_step(loss, gnorm, metrics)
                     continue
@@ -210,27 +227,79 @@ class Trainer:
                                 flops=f"{self.flops:.2e}", refresh=False)
                 if self.step % tc.save_every == 0 or self.step == tc.max_steps:
                     self.save()
+                self._stop_requested = distributed.step_agreement(loops, self._stop_requested, self.dist)
             if self._stop_requested:
-                self.log(f"stop requested: saving step {self.step} and exiting")
-                self.save()
+                self.log(f"{self._stop_signal or 'stop'} received: saving step {self.step} and exiting")
+                if self._saved_step != self.step:
+                    self.save()
         finally:
             bar.close()
             metrics.close()
             self._restore_signal_handlers(old_handlers)
         return TrainResult(self.run_dir, self.step, last_loss, val, self.flops, self._stop_requested)
 
+    # Attributes set by the reliability helpers below (class defaults keep ``__init__`` untouched).
+    _resumed: bool = False  # resume() restored a checkpoint
+    _saved_step: int = -1  # step of the last checkpoint this process wrote
+    _stop_signal: Optional[str] = None  # "SIGTERM" / "SIGINT" once a stop was requested
+    bad_in_row: int = 0
+
+    def _open_run_dir(self):
+        """Create the run folder, write config.json atomically and open metrics.jsonl (truncated on a fresh
+        start, appended to after a resume; other ranks than 0 write nowhere). Unwritable folders raise
+        ``CheckpointError`` with the reason."""
+        if not self.dist.is_main:
+            return open(os.devnull, "w")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
+            fresh = self.step == 0 and not self._resumed
+            return (self.run_dir / "metrics.jsonl").open("w" if fresh else "a")
+        except OSError as e:
+            raise CheckpointError(f"cannot write the run folder {str(self.run_dir)!r} ({describe_os_error(e)}); "
+                                  "choose a writable --out folder or free disk space") from None
+
+    def _guarded_step(self, idx: np.ndarray, loops: int) -> tuple[float, float]:
+        """``step_fn`` with out-of-memory turned into a one-line error naming the knobs that reduce memory."""
+        try:
+            return self.step_fn(idx, loops)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+            text = str(e)
+            if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "alloc" not in text.lower():
+                raise
+            tc, m = self.cfg.train, self.cfg.model
+            raise ConfigError(
+                f"out of memory at step {self.step + 1} (train.batch_size={tc.batch_size}, train.grad_accum="
+                f"{tc.grad_accum}, model.max_seq_len={m.max_seq_len}, S={loops}); raise train.grad_accum, lower "
+                "train.batch_size or model.max_seq_len, or set model.checkpoint_loops=true") from None
+
     def _skip_bad_step(self, loss: float, gnorm: float, metrics) -> None:
+        """A non-finite loss or gradient norm: drop the gradients, count it, log it (``step`` is the step that
+        was attempted), and after ``train.max_bad_steps`` in a row stop with the likely causes."""
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_in_row += 1
         self.bad_total += 1
-        metrics.write(json.dumps({"step": self.step, "skipped": True, "loss": str(loss), "grad_norm": str(gnorm),
-                                  "bad_total": self.bad_total}) + "\n")
+        metrics.write(json.dumps({"step": self.step + 1, "skipped": True, "loss": str(loss), "grad_norm": str(gnorm),
+                                  "bad_in_row": self.bad_in_row, "bad_total": self.bad_total}) + "\n")
         metrics.flush()
+        self.log(f"step {self.step + 1}: non-finite loss={loss} / grad_norm={gnorm}; skipped "
+                 f"({self.bad_in_row}/{self.cfg.train.max_bad_steps} in a row)")
         if self.bad_in_row >= self.cfg.train.max_bad_steps:
-            raise TrainingDiverged(
-                f"{self.bad_in_row} non-finite steps in a row at step {self.step} (loss={loss}, grad_norm={gnorm}); "
-                "lower train.lr, use train.precision=fp32 or raise train.warmup_steps; "
-                "the last good checkpoint is kept in the run folder")
+            raise TrainingDiverged(self._divergence_message(loss, gnorm))
+
+    def _divergence_message(self, loss: float, gnorm: float) -> str:
+        tc = self.cfg.train
+        causes = [f"learning rate too high (train.lr={tc.lr}, train.warmup_steps={tc.warmup_steps}): lower train.lr "
+                  "or raise train.warmup_steps"]
+        if tc.precision != "fp32":
+            causes.append(f"overflow in train.precision={tc.precision}: use train.precision=fp32")
+        if tc.grad_clip == 0:
+            causes.append("no gradient clipping (train.grad_clip=0): set train.grad_clip=1.0")
+        kept = list_checkpoints(self.run_dir / "checkpoints")
+        last = (f"the last good checkpoint {str(kept[-1])!r} is kept; after the fix continue with --resume "
+                f"{str(self.run_dir)!r}") if kept else "no checkpoint was saved yet"
+        return (f"training diverged: {self.bad_in_row} non-finite steps in a row before step {self.step + 1} "
+                f"(loss={loss}, grad_norm={gnorm}); likely causes: {'; '.join(causes)}; {last}")
 
     def validate(self, loops: Optional[int] = None) -> dict:
         """Validation NELBO at S = ``loops`` (default: the training S_max) on a fixed slice with a fixed seed."""
@@ -242,60 +311,126 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
+        """Write a checkpoint of everything an exact resume needs. Weights that are no longer finite are never
+        saved (the last good checkpoint stays ``latest``)."""
+        bad = [] if distributed.is_sharded(self.model) else             [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:  # DDP replicas hold identical weights, so every rank takes this branch together
+            raise TrainingDiverged(f"the weights became non-finite ({bad[0]}) at step {self.step}; not saving. "
+                                   + self._divergence_message(float("nan"), float("nan")).split("; ", 1)[1])
         tied = self.cfg.model.tie_embeddings
-        extra = {"rng": {"noise": self.gen_noise.get_state(), "loops": self.gen_loops.get_state(),
-                         "torch": torch.get_rng_state()}}
+        extra = {"rng": self._rng_tensors()}
         if self.ema is not None:
-            extra["ema"] = {k: v for k, v in self.ema.module.state_dict().items()
+            extra["ema"] = {k: v for k, v in distributed.full_model_state(self.ema.module).items()
                             if not (tied and k == "lm_head.weight")}
         state = {"step": self.step, "flops": self.flops, "data": self.stream.state(),
-                 "scheduler": self.scheduler.state_dict(), "bad_total": self.bad_total,
+                 "scheduler": self.scheduler.state_dict(), "bad_total": self.bad_total, "bad_in_row": self.bad_in_row,
                  "python_random": _jsonable(random.getstate()), "numpy_random": _jsonable(np.random.get_state())}
         if self.ema is not None:
             state["ema_n_averaged"] = int(self.ema.n_averaged)
-        return save_checkpoint(self.run_dir, self.step, self.model, self.cfg, self.data.tokenizer, state,
-                               self.optimizer, extra, keep_last=self.cfg.train.keep_last)
+        model, optimizer = self.model, self.optimizer
+        if distributed.is_sharded(self.model):  # FSDP2: gather full tensors (every rank takes part)
+            model = distributed.StateView(distributed.full_model_state(self.model))
+            optimizer = distributed.StateView(distributed.full_optimizer_state(self.model, self.optimizer))
+        path = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
+        if self.dist.is_main:
+            path = save_checkpoint(self.run_dir, self.step, model, self.cfg, self.data.tokenizer, state,
+                                   optimizer, extra, keep_last=self.cfg.train.keep_last)
+        distributed.barrier(self.dist)
+        self._saved_step = self.step
+        return path
+
+    def _rng_tensors(self) -> dict[str, torch.Tensor]:
+        """Generator states. ``noise`` (t, masks) and ``loops`` (S) are identical on every rank by construction
+        (same seed, same draws over the global batch: ``distributed.NoiseCursor``), so rank 0's copy restores
+        every rank. ``torch`` / ``cuda`` are per-process global states (only dropout draws from them): in a
+        torchrun launch every rank's are gathered (a collective: ``save`` runs on all ranks) and saved as
+        ``torch_rank{r}`` / ``cuda_rank{r}``."""
+        own = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        out = {"noise": self.gen_noise.get_state(), "loops": self.gen_loops.get_state(), **own}
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            gathered: list = [None] * self.dist.world_size
+            dist.all_gather_object(gathered, own)
+            for r, states in enumerate(gathered):
+                out.update({f"{k}_rank{r}": v for k, v in states.items()})
+        return out
 
     def resume(self, path: str | Path) -> None:
-        """Restore everything from a checkpoint so that training continues exactly as if never stopped."""
+        """Restore everything from a checkpoint so that training continues exactly as if never stopped:
+        weights, optimizer moments, LR schedule, EMA, RNG states, data position, step and FLOP counters.
+
+        Every problem (missing / corrupt file, other model, other tokenizer, damaged state) raises
+        ``CheckpointError`` naming the file or field; differences in other settings are logged."""
         folder = resolve_checkpoint(path)
         verify_checkpoint(folder)
-        saved = load_config_file(folder)
-        if saved.model != self.cfg.model:
-            raise CheckpointError(f"checkpoint {folder} was trained with a different model config; resume with the "
-                                  "same --preset / --config / --set model.* as the original run")
+        for f in ("trainer_state.json", "rng.safetensors"):
+            if not (folder / f).is_file():
+                raise CheckpointError(f"checkpoint {str(folder)!r} has no {f}: it holds weights only (an export?) "
+                                      "and cannot resume a run exactly; resume from a checkpoint written by "
+                                      "`loopmdm train`, or start a new run")
+        self._check_resumable(load_config_file(folder), folder)
         state = load_json(folder / "trainer_state.json")
-        weights = load_safetensors(folder / "model.safetensors")
-        if self.cfg.model.tie_embeddings:
-            weights["lm_head.weight"] = weights["embed.weight"]
-        self.model.load_state_dict(weights)
+        try:
+            self._restore(folder, state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {str(folder)!r} cannot be restored ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:100] if str(e) else 'bad value'}); trainer_state.json "
+                                  "or a tensor file is damaged or from another version: use an earlier checkpoint"
+                                  ) from None
+        self._resumed = True
+        if self.dist.is_main:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        self.log(f"resumed from {folder} at step {self.step}")
+
+    def _check_resumable(self, saved: RunConfig, folder: Path) -> None:
+        """The model shape and tokenizer must match the checkpoint; other changed settings are logged."""
+        diffs = _config_diff(saved.to_dict(), self.cfg.to_dict())
+        model_diffs = [d for d in diffs if d.startswith("model.")]
+        if model_diffs:
+            raise CheckpointError(f"checkpoint {str(folder)!r} has a different model config ({'; '.join(model_diffs[:3])}); "
+                                  "resume with the same --preset / --config / --set model.* as the original run")
+        if load_tokenizer_file(folder).tok.get_vocab() != self.data.tokenizer.tok.get_vocab():
+            raise CheckpointError(f"the data's tokenizer differs from {str(folder / 'tokenizer.json')!r} (the corpus "
+                                  "or data settings changed); keep the checkpoint's tokenizer with --set "
+                                  f"data.tokenizer={folder / 'tokenizer.json'}")
+        if diffs:
+            self.log(f"resuming with changed settings ({'; '.join(diffs[:6])}); the run will not match an "
+                     "uninterrupted one exactly (train.max_steps sets the LR schedule)")
+
+    def _restore(self, folder: Path, state: dict) -> None:
+        distributed.load_full_model_state(self.model, checked_weights(folder / "model.safetensors", self.cfg))
         if (folder / "optimizer.safetensors").is_file():
-            self.optimizer.load_state_dict(unflatten_optimizer(load_safetensors(folder / "optimizer.safetensors"),
-                                                               state["optimizer"]))
+            distributed.load_full_optimizer_state(self.model, self.optimizer, unflatten_optimizer(
+                load_safetensors(folder / "optimizer.safetensors"), state["optimizer"]))
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and (folder / "ema.safetensors").is_file():
-            ema = load_safetensors(folder / "ema.safetensors")
-            if self.cfg.model.tie_embeddings:
-                ema["lm_head.weight"] = ema["embed.weight"]
-            self.ema.module.load_state_dict(ema)
-            self.ema.n_averaged.fill_(state.get("ema_n_averaged", 0))
+            distributed.load_full_model_state(self.ema.module, checked_weights(folder / "ema.safetensors", self.cfg))
+            self.ema.n_averaged.fill_(int(state.get("ema_n_averaged", 0)))
         rng = load_safetensors(folder / "rng.safetensors")
         self.gen_noise.set_state(rng["noise"])
         self.gen_loops.set_state(rng["loops"])
-        torch.set_rng_state(rng["torch"])
+        r = self.dist.rank  # this rank's own global states when the run was distributed, else rank 0's
+        torch.set_rng_state(rng.get(f"torch_rank{r}", rng["torch"]))
+        if self.device.type == "cuda" and ("cuda" in rng or f"cuda_rank{r}" in rng):
+            torch.cuda.set_rng_state(rng.get(f"cuda_rank{r}", rng.get("cuda")), self.device)
         random.setstate(_tupled(state["python_random"]))
-        np.random.set_state(tuple(state["numpy_random"][:1]) + (np.array(state["numpy_random"][1], dtype=np.uint32),)
-                            + tuple(state["numpy_random"][2:]))
+        np_state = state["numpy_random"]
+        np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
         self.stream.load_state(state["data"])
-        self.step, self.flops, self.bad_total = int(state["step"]), float(state["flops"]), int(state["bad_total"])
-        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        self.step, self.flops = int(state["step"]), float(state["flops"])
+        self.bad_total, self.bad_in_row = int(state["bad_total"]), int(state.get("bad_in_row", 0))
+        self._saved_step = self.step
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self):
         def handler(signum, frame):
-            if self._stop_requested:  # second Ctrl-C: stop now
+            if self._stop_requested:  # second Ctrl-C: stop now (the last checkpoint is intact)
                 raise KeyboardInterrupt
             self._stop_requested = True
+            self._stop_signal = signal.Signals(signum).name
 
         old = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -330,19 +465,53 @@ def _truncate_metrics(path: Path, step: int) -> None:
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
-    from .checkpoint import atomic_write_text
-
+        if isinstance(rec, dict) and isinstance(rec.get("step", 0), int) and rec.get("step", 0) <= step:
+            keep.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``["train.max_steps: 8 -> 12", ...]`` for every leaf that differs between two config dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_fresh_run_dir(run_dir: str | Path) -> None:
+    """A new run must not write into a folder that already holds checkpoints (it would mix two runs)."""
+    kept = list_checkpoints(Path(run_dir) / "checkpoints")
+    if kept:
+        raise CheckpointError(f"run folder {str(run_dir)!r} already holds checkpoints (newest {kept[-1].name}); "
+                              f"continue it with --resume {run_dir}, or choose a new --out folder")
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: Optional[str | Path] = None, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (optionally resuming from a checkpoint or run folder)."""
+    """Train ``cfg`` into ``run_dir`` (optionally resuming from a checkpoint or run folder). Without
+    ``resume``, ``run_dir`` must not hold checkpoints already."""
+    if resume is None:
+        check_fresh_run_dir(run_dir)
     trainer = Trainer(cfg, run_dir, progress=progress, log=log)
-    if resume is not None:
-        trainer.resume(resume)
-    return trainer.fit()
+    try:
+        if resume is not None:
+            trainer.resume(resume)
+        return trainer.fit()
+    finally:
+        distributed.teardown(trainer.dist)  # leave torchrun's process group (no-op on one process)
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node N -m loopmdm.train --out DIR ...` == `loopmdm train ...`
+    import sys
+
+    from .cli import main
+
+    sys.argv = ["loopmdm", "train", *sys.argv[1:]]
+    main()

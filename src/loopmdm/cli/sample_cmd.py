@@ -1,4 +1,9 @@
-"""``loopmdm sample``: generate from a checkpoint at one or more loop counts S."""
+"""``loopmdm sample``: generate from a checkpoint with any sampler and loop policy, and report the compute.
+
+    loopmdm sample --checkpoint RUN --sampler cached --policy converge --policy-opt threshold=0.05 --steps 64
+    loopmdm sample --checkpoint RUN --loops 1,4,12            # fixed S, one run per S
+    loopmdm sample --checkpoint RUN --template "def f(x):\\n    [MASK:8]\\n    return y" --json
+"""
 
 from __future__ import annotations
 
@@ -12,53 +17,93 @@ from .app import app, emit_json, info
 from .options import parse_loops
 
 
+def parse_options(items: list[str], flag: str) -> dict:
+    """``["threshold=0.05", "criterion=kl"]`` -> ``{"threshold": 0.05, "criterion": "kl"}`` (values as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"{flag} {item!r} must look like name=value, e.g. {flag} threshold=0.05")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def format_report(rep: dict) -> str:
+    return (f"network calls {rep['network_calls']} | loop iterations {rep['loop_iterations']} "
+            f"(per position {rep['token_loop_iterations']:.1f}, mean S {rep['mean_loops']:.2f}) | "
+            f"{rep['flops'] / 1e9:.2f} GFLOPs | {rep['wall_time_s']:.2f} s")
+
+
 @app.command()
 def sample(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or checkpoint folder."),
-    loops: List[str] = typer.Option(["1"], "--loops", help="Loop count S (repeat or comma-separate for several)."),
+    sampler: str = typer.Option("ancestral", "--sampler", help="ancestral | cached | confidence | semi_ar."),
+    sampler_opt: List[str] = typer.Option([], "--sampler-opt",
+                                          help="Sampler option name=value (repeat), e.g. order=margin."),
+    policy: str = typer.Option("fixed", "--policy", help="Loop policy: fixed | schedule | converge | per_token | warm."),
+    policy_opt: List[str] = typer.Option([], "--policy-opt",
+                                         help="Loop-policy option name=value (repeat), e.g. threshold=0.05. "
+                                              "s_max defaults to the checkpoint's training S_max."),
+    loops: Optional[List[str]] = typer.Option(None, "--loops",
+                                              help="Fixed policy: loop count S (repeat or comma-separate for a "
+                                                   "run per S; default: the training S_max)."),
     steps: int = typer.Option(64, "--steps", help="Denoising steps T."),
-    num_samples: int = typer.Option(2, "--num-samples", help="Samples per S."),
-    length: Optional[int] = typer.Option(None, "--length", help="Tokens to generate (default: the model window)."),
+    num_samples: int = typer.Option(2, "--num-samples", help="Samples N (per S)."),
+    length: Optional[int] = typer.Option(None, "--length", help="Window L in tokens, prompt included "
+                                                                 "(default: the model window)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Prefix kept fixed while the rest is generated."),
-    temperature: float = typer.Option(1.0, "--temperature"),
+    template: Optional[str] = typer.Option(None, "--template",
+                                           help="Infill template; spans to fill are marked [MASK:n] or [MASK]."),
+    temperature: float = typer.Option(1.0, "--temperature", help="0 = greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
     seed: int = typer.Option(0, "--seed"),
+    stop_at_eos: bool = typer.Option(False, "--stop-at-eos", help="Variable length: end each sample at its first EOS."),
     ema: bool = typer.Option(False, "--ema", help="Use EMA weights when present."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """MDLM ancestral sampling from an all-mask sequence."""
-    import torch
-
+    """Sample from a checkpoint and print the samples with the compute report (network calls, loop
+    iterations, FLOPs, wall time)."""
     from ..checkpoint import load_model
-    from ..sampling import ancestral_sample
-    from ..schedules import get_schedule
+    from ..sampling import generate
 
-    if steps < 1:
-        raise ConfigError(f"--steps {steps} must be >= 1")
     if num_samples < 1:
         raise ConfigError(f"--num-samples {num_samples} must be >= 1")
-    if temperature < 0:
-        raise ConfigError(f"--temperature {temperature} must be >= 0")
-    s_list = parse_loops(loops)
+    s_opts = parse_options(sampler_opt, "--sampler-opt")
+    p_opts = parse_options(policy_opt, "--policy-opt")
+    if loops and policy != "fixed":
+        raise ConfigError(f"--loops applies to --policy fixed; for --policy {policy} use --policy-opt s_max=N")
     model, tok, cfg = load_model(checkpoint, ema=ema)
-    L = length or cfg.model.max_seq_len
-    if not 1 <= L <= cfg.model.max_seq_len:
-        raise ConfigError(f"--length {L} must be in 1..{cfg.model.max_seq_len} (the model window)")
-    prefix = None
-    if prompt:
-        ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prompt)
-        if len(ids) >= L:
-            raise ConfigError(f"--prompt is {len(ids)} tokens, not shorter than --length {L}; shorten it")
-        prefix = torch.tensor(ids)
+    runs: list[tuple[Optional[int], dict]] = []
+    if policy == "fixed" and "loops" not in p_opts:
+        runs = [(s, {**p_opts, "loops": s}) for s in parse_loops(loops or [str(cfg.diffusion.s_max)])]
+    else:
+        if policy != "fixed":
+            p_opts.setdefault("s_max", cfg.diffusion.s_max)
+        runs = [(p_opts.get("loops"), p_opts)]
     results = []
-    for s in s_list:
-        gen = torch.Generator().manual_seed(seed)
-        x = ancestral_sample(model, tok.mask_id, num_samples, L, steps, s, get_schedule(cfg.diffusion.schedule),
-                             gen, temperature=temperature, prefix=prefix)
-        results.append({"loops": s, "samples": [tok.decode(row.tolist()) for row in x]})
+    for s, opts in runs:
+        out = generate(model, tok, num_samples=num_samples, length=length, steps=steps, sampler=sampler,
+                       sampler_options=s_opts, policy=policy, policy_options=opts, prompt=prompt, template=template,
+                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
+                       schedule=cfg.diffusion.schedule)
+        results.append({"loops": s, "policy_options": opts, "samples": out.texts,
+                        "lengths": out.lengths.tolist(), "report": out.report.to_dict()})
+        if not json_out:
+            info(f"[{sampler} / {policy} {opts}] {format_report(results[-1]['report'])}")
     if json_out:
-        emit_json({"checkpoint": str(checkpoint), "steps": steps, "results": results})
+        emit_json({"checkpoint": str(checkpoint), "steps": steps, "sampler": sampler, "sampler_options": s_opts,
+                   "policy": policy, "results": results})
         return
     for r in results:
+        label = f"S={r['loops']}" if r["loops"] is not None else policy
         for i, text in enumerate(r["samples"]):
-            typer.echo(f"===== S={r['loops']} sample {i} (T={steps}) =====")
+            typer.echo(f"===== {label} sample {i} (T={steps}) =====")
             typer.echo(text)
+        typer.echo(f"----- compute: {format_report(r['report'])}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -41,6 +42,8 @@ def train(
     result = run_train(cfg, out, resume=resume, progress=progress, log=info)
     summary = {"run_dir": str(result.run_dir), "step": result.step, "final_loss": result.final_loss,
                "train_flops": result.flops, "val": result.val, "stopped_early": result.stopped_early}
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     if json_out:
         emit_json(summary)
     else:

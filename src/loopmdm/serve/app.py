@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,51 +26,67 @@ from .events import EventEncoder, PieceTable
 from .jobs import GenerationJob
 from .options import GenerateRequest, ServerLimits, describe_validation_error
 
-log = logging.getLogger("loopmdm.serve")
-
 STATUS = {"bad_request": 422, "timeout": 408, "cancelled": 409, "internal": 500}
 MEDIA = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
          ".js": "text/javascript; charset=utf-8"}
 
 
+TEMPLATE_HELP = ("Infill: mark spans to generate with [MASK:n] (n tokens) or [MASK] (one token); the text "
+                 "around them is kept.")
+TEMPLATE_EXAMPLE = "def compute_[MASK:3](alpha, beta=None):\n    [MASK:8]\n    return alpha"
+
+
 def _error(status: int, message: str, code: str = "bad_request") -> JSONResponse:
+    """A one-line JSON error: ``{"error": message, "code": code}``."""
     return JSONResponse({"error": message, "code": code}, status_code=status)
 
 
-def _default_generate() -> Callable[..., Any]:
-    from ..sampling import generate
+def _line(event: dict[str, Any]) -> bytes:
+    """One NDJSON line."""
+    return (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
-    return generate
+
+def _choices(cls: Any, name: str) -> Optional[list[str]]:
+    """Allowed values of a string option, where the sampling package lists them."""
+    from .. import sampling
+
+    table = {"shape": getattr(sampling, "SHAPES", None), "order": getattr(sampling, "ORDERS", None),
+             "criterion": getattr(cls, "criteria", None)}
+    values = table.get(name)
+    return list(values) if values else None
 
 
-def _options_of(obj: Any) -> list[dict[str, Any]]:
-    """Keyword options of a sampler / policy class (name, default, type) for the page's form."""
+def _options_of(cls: Any, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """Keyword options of a sampler / loop-policy class (name, type, default, choices) for the page's form;
+    ``overrides`` replaces defaults (e.g. loops / s_max = the checkpoint's training S_max)."""
     try:
-        params = inspect.signature(obj).parameters.values()
+        params = inspect.signature(cls).parameters.values()
     except (TypeError, ValueError):
         return []
     out = []
     for p in params:
-        if p.name in ("self", "model", "tokenizer", "cfg", "config") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         default = None if p.default is inspect.Parameter.empty else p.default
         if default is not None and not isinstance(default, (int, float, bool, str)):
             continue
+        default = overrides.get(p.name, default)
         kind = type(default).__name__ if default is not None else "float"
-        out.append({"name": p.name, "default": default, "type": kind})
+        out.append({"name": p.name, "type": kind, "default": default, "choices": _choices(cls, p.name)})
     return out
 
 
-def _registry_listing(kind_word: str, fallback: list[str]) -> list[dict[str, Any]]:
-    """Samplers or loop policies found in ``loopmdm.sampling``'s registries, with their options."""
-    from .. import sampling
-    from ..registry import Registry
+def _first_sentence(doc: Optional[str]) -> str:
+    """The first sentence of a docstring, on one line, without reST backticks."""
+    para = " ".join((doc or "").split("\n\n")[0].split()).replace("``", "")
+    m = re.match(r"(.+?\.)(\s|$)", para)
+    return m.group(1) if m else para
 
-    for value in vars(sampling).values():
-        if isinstance(value, Registry) and kind_word in value.kind.lower():
-            return [{"name": n, "doc": (inspect.getdoc(value.get(n)) or "").split("\n")[0],
-                     "options": _options_of(value.get(n))} for n in value.names()]
-    return [{"name": n, "doc": "", "options": []} for n in fallback]
+
+def _registry_listing(registry: Any, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every variant of a registry (``SAMPLERS``, ``LOOP_POLICIES``): name, first doc sentence, options."""
+    return [{"name": n, "doc": _first_sentence(inspect.getdoc(registry.get(n))),
+             "options": _options_of(registry.get(n), overrides)} for n in registry.names()]
 
 
 def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: int = 2, max_steps: int = 1024,
@@ -83,20 +99,27 @@ def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: 
     max_steps / max_samples: the largest T and N one request may ask for.
     generate_fn: the sampler entry point (default ``loopmdm.sampling.generate``), replaceable for tests."""
     from ..checkpoint import load_model, resolve_checkpoint
+    from ..sampling import LOOP_POLICIES, SAMPLERS, build_canvas
+    from ..sampling import generate as default_generate
 
     limits = ServerLimits(timeout_s=timeout_s, max_steps=max_steps, max_samples=max_samples)
     model, tokenizer, cfg = load_model(checkpoint, device=device, ema=ema)
-    generate = generate_fn or _default_generate()
+    generate = generate_fn or default_generate
+    extra_kwargs = {"schedule": cfg.diffusion.schedule} if "schedule" in inspect.signature(generate).parameters else {}
+    loop_defaults = {"loops": cfg.diffusion.s_max, "s_max": cfg.diffusion.s_max}
     pieces = PieceTable(tokenizer)
     model_info = {"checkpoint": str(resolve_checkpoint(checkpoint)), "max_seq_len": cfg.model.max_seq_len,
                   "parameters": model.num_parameters(), "n_h": cfg.model.n_h, "n_m": cfg.model.n_m,
                   "n_o": cfg.model.n_o, "s_max": cfg.diffusion.s_max, "objective": cfg.diffusion.objective,
                   "schedule": cfg.diffusion.schedule}
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="loopmdm-gen")
+    active: set[GenerationJob] = set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        for job in list(active):  # running generations stop at their next step
+            job.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="LoopMDM viewer", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -130,23 +153,36 @@ def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: 
 
     @app.get("/api/info")
     async def info() -> dict[str, Any]:
-        return {"model": model_info, "limits": vars(limits),
-                "samplers": _registry_listing("sampler", ["ancestral"]),
-                "policies": _registry_listing("polic", ["fixed"]),
+        return {"model": model_info, "limits": vars(limits), "samplers": _registry_listing(SAMPLERS, {}),
+                "policies": _registry_listing(LOOP_POLICIES, loop_defaults),
+                "template_help": TEMPLATE_HELP, "template_example": TEMPLATE_EXAMPLE,
                 "defaults": GenerateRequest().model_dump()}
 
     @app.post("/api/generate")
     async def generate_endpoint(req: GenerateRequest) -> Response:
         req.check_limits(limits)
-        kwargs = req.generate_kwargs()
+        kwargs = {**req.generate_kwargs(), **extra_kwargs}
+        if not req.policy_options and req.policy in LOOP_POLICIES:  # default S: the checkpoint's training S_max
+            kwargs["policy_options"] = {k: v for k, v in loop_defaults.items()
+                                        if k in inspect.signature(LOOP_POLICIES.get(req.policy)).parameters} or None
+        canvas = build_canvas(tokenizer, req.num_samples, req.length, cfg.model.max_seq_len, prompt=req.prompt,
+                              template=req.template)  # bad prompt / template / length: ConfigError -> 422
         encoder = EventEncoder(tokenizer, pieces)
         job = GenerationJob(lambda on_step: generate(model, tokenizer, on_step=on_step, **kwargs), encoder,
                             limits.timeout_s)
         job.start(executor)
-        first = await job.next_event()  # bad options fail before the first step: answer them as plain JSON
+        active.add(job)
+        try:
+            first = await job.next_event()  # bad options fail before the first step: answer them as plain JSON
+        except BaseException:
+            job.cancel()
+            active.discard(job)
+            raise
         if first["type"] == "error":
+            active.discard(job)
             return _error(STATUS.get(first["code"], 500), first["message"], first["code"])
-        start = encoder.start(total_steps=req.steps, request=req.model_dump(), model_info=model_info)
+        echo = {**req.model_dump(), "policy_options": kwargs["policy_options"]}
+        start = encoder.start(total_steps=req.steps, request=echo, model_info=model_info, given=~canvas.free)
 
         async def stream() -> AsyncIterator[bytes]:
             event = first
@@ -158,6 +194,7 @@ def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: 
                         return
                     event = await job.next_event()
             finally:
+                active.discard(job)
                 if not job.finished:
                     job.cancel()  # client went away mid-stream: free the worker at its next step
 
@@ -166,6 +203,3 @@ def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: 
 
     return app
 
-
-def _line(event: dict[str, Any]) -> bytes:
-    return (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode()

@@ -3,24 +3,29 @@
 The browser page (streamed, one event per denoising step) and the self-contained trajectory export
 (``loopmdm.trajectory_html``, all steps at once) share one data model:
 
-- ``start``: request echo, sequence shape [N, L], total steps T, mask / special token ids;
+- ``start``: request echo, total steps T, mask / special token ids, and ``given`` [N, L] (positions fixed by
+  the prompt / template);
 - ``step``: token ids [N, L] after step k, revealed mask [N, L], loops S spent at step k, FLOPs so far,
   and the text pieces of token ids not sent before;
 - ``done``: decoded texts, the compute report and the trajectory (reveal step / loops / confidence per token);
 - ``error``: a one-line message (``code`` is ``timeout``, ``cancelled``, ``bad_request`` or ``internal``).
+
+Steps are counted from 1 here (k = 1..T, 0 = not revealed yet), as the page shows them; ``StepInfo.step`` and
+``Trajectory.reveal_step`` count from 0 (-1 = given), so both are shifted by one.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Iterable
+from itertools import accumulate
+from typing import Any, Iterable, Optional
 
 import torch
 
 
 class PieceTable:
-    """Text of single token ids, decoded once (specials kept visible, e.g. ``<eos>``); safe to share between threads."""
+    """Text of single token ids, decoded once (specials kept visible, e.g. ``<eos>``); shared between threads."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -46,7 +51,7 @@ def to_int_rows(x: torch.Tensor) -> list[list[int]]:
 
 
 def loops_value(loops: Any) -> float | int:
-    """Loops S spent at one step as a number: an int, or the mean when a policy reports one count per token/sample."""
+    """Loops S spent at one step as a number: an int, or the mean when given one count per token / sample."""
     if isinstance(loops, torch.Tensor):
         return int(loops.item()) if loops.numel() == 1 else round(float(loops.float().mean()), 3)
     if isinstance(loops, (list, tuple)):
@@ -68,10 +73,13 @@ class EventEncoder:
         self.table = pieces
         self._sent: set[int] = set()
 
-    def start(self, *, total_steps: int, request: dict[str, Any], model_info: dict[str, Any]) -> dict[str, Any]:
+    def start(self, *, total_steps: int, request: dict[str, Any], model_info: dict[str, Any],
+              given: Optional[torch.Tensor] = None) -> dict[str, Any]:
+        """given: [N, L] bool, True at positions fixed by the prompt / template (None: unknown until done)."""
         tok = self.tokenizer
         return {"type": "start", "total_steps": total_steps, "request": request, "model": model_info,
-                "mask_id": tok.mask_id, "special_ids": sorted(tok.special_ids - {tok.mask_id})}
+                "mask_id": tok.mask_id, "special_ids": sorted(tok.special_ids - {tok.mask_id}),
+                "given": None if given is None else to_int_rows(given)}
 
     def _new_pieces(self, rows: list[list[int]]) -> dict[str, str]:
         fresh = {i for row in rows for i in row} - self._sent - {self.tokenizer.mask_id}
@@ -81,7 +89,7 @@ class EventEncoder:
     def step(self, info, elapsed_s: float) -> dict[str, Any]:
         """One ``StepInfo`` (tokens [N, L], revealed [N, L] after step k of T)."""
         rows = to_int_rows(info.tokens)
-        return {"type": "step", "step": int(info.step), "total_steps": int(info.total_steps), "tokens": rows,
+        return {"type": "step", "step": int(info.step) + 1, "total_steps": int(info.total_steps), "tokens": rows,
                 "revealed": to_int_rows(info.revealed), "loops": loops_value(info.loops),
                 "flops_so_far": finite(info.flops_so_far), "elapsed_s": round(elapsed_s, 4),
                 "pieces": self._new_pieces(rows)}
@@ -92,7 +100,7 @@ class EventEncoder:
         event = {"type": "done", "tokens": rows, "texts": list(output.texts), "pieces": self._new_pieces(rows),
                  "report": report_dict(output.report), "trajectory": None}
         if output.trajectory is not None:
-            event["trajectory"] = trajectory_summary(output.trajectory)
+            event["trajectory"] = trajectory_summary(output.trajectory, output.report)
         return event
 
 
@@ -102,14 +110,28 @@ def report_dict(report) -> dict[str, Any]:
     return {k: (finite(v) if isinstance(v, float) else v) for k, v in d.items()}
 
 
-def trajectory_summary(traj) -> dict[str, Any]:
-    """Per-token reveal step (-1 = given), loops and confidence [N, L], and per-step loops and FLOPs."""
-    conf = traj.reveal_confidence.detach().float().cpu()
+def cumulative_flops(traj, report) -> list[float]:
+    """FLOPs spent up to and including each step. ``Trajectory.flops_per_step`` is read as per-step FLOPs
+    (the contract) unless its last entry, not its sum, equals the report's total (a running count)."""
+    values = [float(f) for f in traj.flops_per_step]
+    total = float(getattr(report, "flops", float("nan")))
+    if len(values) > 1 and math.isclose(values[-1], total, rel_tol=1e-9) \
+            and not math.isclose(sum(values), total, rel_tol=1e-9):
+        return values
+    return list(accumulate(values))
+
+
+def trajectory_summary(traj, report) -> dict[str, Any]:
+    """Per-token reveal step (1-based; -1 = given), loops and confidence [N, L]; loops per step and
+    cumulative FLOPs after each step."""
+    conf = traj.reveal_confidence.detach().double().cpu()
     conf = torch.where(torch.isfinite(conf), conf, torch.zeros_like(conf))
-    return {"reveal_step": to_int_rows(traj.reveal_step), "reveal_loops": to_int_rows(traj.reveal_loops),
+    rs = traj.reveal_step.detach().cpu().long()
+    return {"reveal_step": to_int_rows(torch.where(rs >= 0, rs + 1, rs)),
+            "reveal_loops": to_int_rows(traj.reveal_loops),
             "reveal_confidence": [[round(c, 4) for c in row] for row in conf.tolist()],
             "loops_per_step": [loops_value(x) for x in traj.loops_per_step],
-            "flops_per_step": [finite(x) for x in traj.flops_per_step]}
+            "cumulative_flops": [finite(x) for x in cumulative_flops(traj, report)]}
 
 
 def error_event(code: str, message: str) -> dict[str, Any]:

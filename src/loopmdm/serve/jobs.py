@@ -62,7 +62,11 @@ class GenerationJob:
 
     def _emit(self, event: dict[str, Any]) -> None:
         assert self.loop is not None
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the event loop is gone (server shutting down): stop at this step
+            self.cancel_flag.set()
+            raise GenerationCancelled("generation cancelled: the server is shutting down") from None
 
     def _work(self) -> None:
         try:
@@ -76,8 +80,12 @@ class GenerationJob:
             event = error_event("bad_request", str(e).splitlines()[0] if str(e) else type(e).__name__)
         except Exception as e:  # a bug: log the traceback here, send the client one line
             log.exception("generation failed")
-            event = error_event("internal", f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        self._emit(event)
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            event = error_event("internal", f"internal error: {type(e).__name__}: {first_line}")
+        try:
+            self._emit(event)
+        except GenerationCancelled:
+            pass
 
     # ---------------------------------------------------------------- event loop side
     def start(self, executor: Executor) -> None:

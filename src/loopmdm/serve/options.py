@@ -75,14 +75,29 @@ class GenerateRequest(BaseModel):
         return kw
 
 
+PHRASES = {"greater_than_equal": "must be >= {ge}", "greater_than": "must be > {gt}",
+           "less_than_equal": "must be <= {le}", "less_than": "must be < {lt}",
+           "int_parsing": "must be a whole number", "int_from_float": "must be a whole number",
+           "float_parsing": "must be a number", "bool_parsing": "must be true or false",
+           "string_type": "must be a string", "extra_forbidden": "is not an option of this API",
+           "string_too_short": "must not be empty"}
+
+
 def describe_validation_error(errors: list[dict[str, Any]]) -> str:
-    """One line from pydantic's error list, e.g. ``steps: Input should be greater than or equal to 1 (got 0)``."""
+    """One line from pydantic's error list, e.g. ``steps must be >= 1 (got 0)``."""
     if not errors:
         return "invalid request"
     e = errors[0]
+    if e.get("type") == "json_invalid":
+        return f"the request body is not valid JSON ({(e.get('ctx') or {}).get('error', 'cannot parse it')})"
     loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "request"
-    msg = str(e.get("msg", "invalid value")).rstrip(".")
+    phrase = PHRASES.get(str(e.get("type")))
+    try:
+        msg = phrase.format(**(e.get("ctx") or {})) if phrase else str(e.get("msg", "is invalid")).rstrip(".")
+    except (KeyError, IndexError):
+        msg = str(e.get("msg", "is invalid")).rstrip(".")
     got = e.get("input")
-    tail = f" (got {got!r})" if e.get("type") not in ("missing", "json_invalid") and not isinstance(got, (dict, list)) else ""
+    tail = f" (got {got!r})" if e.get("type") != "missing" and not isinstance(got, (dict, list)) else ""
     more = f"; and {len(errors) - 1} more problem(s)" if len(errors) > 1 else ""
-    return f"{loc}: {msg}{tail}{more}"
+    sep = " " if phrase else ": "
+    return f"{loc}{sep}{msg}{tail}{more}"

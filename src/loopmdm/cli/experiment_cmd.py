@@ -1,0 +1,129 @@
+"""``loopmdm experiment compute-matched | ablation | sudoku | attention``: the paper's experiments, one command each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .app import app, emit_json, info
+from .options import parse_loops
+
+experiment_app = typer.Typer(help="Reproduce the paper's experiments (laptop or paper scale).", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+CONFIG_HELP = "laptop (2 CPU cores, < 45 min), paper (the GPU-scale run) or a YAML file (`base: laptop` + overrides)."
+
+
+def _seeds(values: List[str]) -> Optional[list[int]]:
+    if not values:
+        return None
+    from ..errors import ConfigError
+
+    out = []
+    for v in values:
+        for part in str(v).split(","):
+            part = part.strip()
+            if part:
+                if not part.lstrip("-").isdigit():
+                    raise ConfigError(f"--seeds {part!r} is not an integer; pass e.g. --seeds 0,1")
+                out.append(int(part))
+    if not out:
+        raise ConfigError("--seeds is empty; pass at least one seed, e.g. --seeds 0,1")
+    return out
+
+
+def _floats(values: List[str], name: str) -> Optional[list[float]]:
+    if not values:
+        return None
+    from ..errors import ConfigError
+
+    out = []
+    for v in values:
+        for part in str(v).split(","):
+            if part.strip():
+                try:
+                    out.append(float(part))
+                except ValueError:
+                    raise ConfigError(f"{name} {part!r} is not a number; pass e.g. {name} 0.1,0.5,0.9") from None
+    return out
+
+
+@experiment_app.command("compute-matched")
+def compute_matched(
+    out: Path = typer.Option(..., "--out", help="Output folder: run folders, results.json, PNGs, summary.md."),
+    config: str = typer.Option("laptop", "--config", help=CONFIG_HELP),
+    seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0,1 (default: the config's)."),
+    plan: bool = typer.Option(False, "--plan", help="Print the matched plan (depth of (c), steps, FLOPs) and exit."),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while training."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+) -> None:
+    """(a) same-size MDM vs (b) LoopMDM vs (c) deeper MDM at equal training FLOPs; the FLOPs ratio."""
+    from ..experiments.compute_matched import load_compute_matched_config, plan_compute_matched, run_compute_matched
+
+    cfg = load_compute_matched_config(config)
+    if plan:
+        summary = plan_compute_matched(cfg).summary()
+        emit_json(summary) if json_out else info(json.dumps(summary, indent=2))
+        return
+    res = run_compute_matched(cfg, out, _seeds(seeds), progress=progress, log=info)
+    emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
+
+
+@experiment_app.command("ablation")
+def ablation(
+    out: Path = typer.Option(..., "--out", help="Output folder: run folders, ablation.json, ablation.png, ablation.md."),
+    config: str = typer.Option("laptop", "--config", help=CONFIG_HELP),
+    seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0 (default: the config's)."),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while training."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object on stdout."),
+) -> None:
+    """Which layers loop (early, early-middle, middle, late, all) and how many (n_m), at equal FLOPs."""
+    from ..experiments.compute_matched import load_compute_matched_config, run_ablation
+
+    cfg = load_compute_matched_config(config)
+    res = run_ablation(cfg, out, _seeds(seeds), progress=progress, log=info)
+    emit_json(res["rows"]) if json_out else info((out / "ablation.md").read_text())
+
+
+@experiment_app.command("sudoku")
+def sudoku(
+    out: Path = typer.Option(..., "--out", help="Output folder: models, results.json, PNGs, summary.md."),
+    config: str = typer.Option("laptop", "--config", help=CONFIG_HELP),
+    seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0,1 (default: the config's)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the accuracy table as one JSON object on stdout."),
+) -> None:
+    """MDM vs LoopMDM on built-in Sudoku puzzles at equal training FLOPs: board / cell accuracy per S and order."""
+    from ..experiments.sudoku_exp import load_sudoku_config, run_sudoku
+
+    cfg = load_sudoku_config(config)
+    res = run_sudoku(cfg, out, _seeds(seeds), log=info)
+    emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
+
+
+@experiment_app.command("attention")
+def attention(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run / checkpoint folder, or a Sudoku model folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder: attention.json, heatmaps, line plots."),
+    config: str = typer.Option("laptop", "--config", help=CONFIG_HELP),
+    t: List[str] = typer.Option([], "--t", help="Masking levels, e.g. 0.1,0.5,0.9 (default: the config's)."),
+    loops: List[str] = typer.Option([], "--loops", help="Loop counts S, e.g. 1,2,4,8 (default: 1,2,4..2*S_max)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Validation rows / test boards analysed."),
+    json_out: bool = typer.Option(False, "--json", help="Print the sweep summary as one JSON object on stdout."),
+) -> None:
+    """Share of attention that masked positions pay to masked vs unmasked keys, per layer and loop."""
+    from ..experiments.attention import load_attention_config, run_attention
+
+    cfg = load_attention_config(config)
+    if t:
+        cfg.ts = _floats(t, "--t")
+    if loops:
+        cfg.loops = parse_loops(loops)
+    if batch_size is not None:
+        cfg.batch_size = batch_size
+    res = run_attention(checkpoint, cfg.validate(), out, log=info)
+    sw = res["sweep"]
+    summary = {k: sw[k] for k in ("ts", "loops", "mid_last", "mean_all", "masked_key_fraction")}
+    emit_json(summary) if json_out else info((out / "summary.md").read_text())

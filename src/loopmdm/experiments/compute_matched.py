@@ -1,0 +1,554 @@
+"""Compute-matched comparison (the paper's Fig. 2) and the loop-placement ablation.
+
+Three runs on the same data, tokenizer, sequence length and seed, each given the SAME total training FLOPs:
+
+- (a) ``mdm``: a plain MDM of the same size (L = n_h + n_m + n_o layers, S = 1);
+- (b) ``loopmdm``: the same parameters, the mid block (n_m layers after n_h head layers) looped
+  S ~ U{1..S_max} times per training step;
+- (c) ``deeper``: a non-looped MDM with L + (E[S] - 1) n_m layers, whose per-step FLOPs match (b)'s
+  expected per-step FLOPs F_loop = F_base + (E[S] - 1) n_m F_layer, E[S] = (S_max + 1) / 2.
+
+(b) and (c) cost more per step, so they take fewer steps (computed from ``loopmdm.flops``). Validation
+NELBO is logged against cumulative FLOPs; the FLOPs ratio is the FLOPs (a) needs to reach its final
+NELBO over the FLOPs (b) needs to reach the same value (``curves.flops_ratio``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..checkpoint import load_model, read_latest
+from ..config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from ..data import PreparedData, prepare_data
+from ..diffusion import make_objective
+from ..errors import ConfigError
+from ..evaluate import evaluate_nelbo
+from ..flops import expected_train_flops_per_token, layer_flops_per_token, train_flops_per_token
+from ..loops import get_loop_distribution
+from ..registry import Registry
+from ..schedules import get_schedule
+from .common import BalancedUniformLoops, clone, default_loop_grid, load_experiment_config, machine_info, \
+    write_json
+from .curves import Curve, flops_ratio, fmt_spread, read_curve, spread
+
+Log = Callable[[str], None]
+RUN_NAMES = ("mdm", "loopmdm", "deeper")
+RUN_LABELS = {"mdm": "(a) MDM, same size", "loopmdm": "(b) LoopMDM", "deeper": "(c) deeper MDM, matched per-step FLOPs"}
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclass
+class ComputeMatchedConfig:
+    """One compute-matched experiment. ``run`` is the LoopMDM (b) configuration: its model gives L and the
+    (n_h, n_m, n_o) split, ``diffusion.s_max`` the training S_max; (a) and (c) are derived from it."""
+
+    name: str = "laptop"
+    run: RunConfig = field(default_factory=RunConfig)
+    baseline_steps: int = 1000  # steps of (a); total budget = baseline_steps * tokens/step * F_train(a)
+    n_evals: int = 16  # validation points per run, at about the same FLOPs for every run
+    eval_loops: Optional[list[int]] = None  # S for LoopMDM's final NELBO; null = [1, S_max/2, S_max, 2 S_max]
+    final_eval_batches: int = 48  # validation batches of the final NELBO (more than during training)
+    eval_seed: int = 1234  # same t and masks for every model in the final evaluation
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    warmup_frac: float = 0.05  # warmup steps as a fraction of each run's steps
+    balanced_loops: bool = True  # S drawn in shuffled blocks (see common.BalancedUniformLoops)
+    depth_tolerance: float = 0.05  # largest relative per-step FLOPs mismatch accepted for (c)
+    flops_tolerance: float = 0.02  # largest relative total-FLOPs mismatch the step rounding may cause
+    ablation_placements: list[str] = field(default_factory=lambda: ["early", "early-middle", "middle", "late", "all"])
+    ablation_n_m: list[int] = field(default_factory=lambda: [1, 2, 3])
+    ablation_baseline_steps: Optional[int] = None  # budget of the ablation; null = baseline_steps
+    expected_minutes: Optional[float] = None  # what the config is sized for (documentation only)
+    description: str = ""
+
+    def validate(self) -> "ComputeMatchedConfig":
+        self.run.validate()
+        for name in ("baseline_steps", "n_evals", "final_eval_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.run.diffusion.objective != "mdm":
+            raise ConfigError("run.diffusion.objective must be 'mdm' for the compute-matched comparison")
+        if self.run.diffusion.loop_dist != "uniform" or self.run.diffusion.s_max < 2:
+            raise ConfigError("run.diffusion must be loop_dist=uniform with s_max >= 2: (b) is LoopMDM with "
+                              "S ~ U{1..S_max}")
+        if self.run.model.n_m < 1:
+            raise ConfigError("run.model.n_m must be >= 1: (b) needs a mid block to loop")
+        if not self.seeds:
+            raise ConfigError("seeds is empty; pass at least one seed (two or more for a spread)")
+        for s in self.loops_grid():
+            if s < 1:
+                raise ConfigError(f"eval_loops holds {s}; every S must be >= 1")
+        for name in ("warmup_frac", "depth_tolerance", "flops_tolerance"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        for p in self.ablation_placements:
+            LOOP_PLACEMENTS.get(p)
+        return self
+
+    def loops_grid(self) -> list[int]:
+        """S values of LoopMDM's final NELBO: {1, S_max/2, S_max, 2 S_max} unless set."""
+        s_max = self.run.diffusion.s_max
+        return list(self.eval_loops) if self.eval_loops else sorted({1, max(1, s_max // 2), s_max, 2 * s_max})
+
+
+def _laptop() -> ComputeMatchedConfig:
+    run = RunConfig(
+        model=ModelConfig(vocab_size=2048, max_seq_len=128, d_model=128, n_heads=4, n_layers=6, n_h=1, n_m=2,
+                          n_o=3, cond_dim=64),
+        diffusion=DiffusionConfig(s_max=4),
+        data=DataConfig(source="stdlib", max_train_bytes=6_000_000),
+        train=TrainConfig(batch_size=16, lr=2e-3, warmup_steps=0, eval_batches=6, precision="fp32",
+                          device="cpu", log_every=10, keep_last=1, threads=2),
+    )
+    return ComputeMatchedConfig(
+        name="laptop", run=run, baseline_steps=1200, n_evals=16, seeds=[0, 1], final_eval_batches=48,
+        ablation_baseline_steps=600, expected_minutes=40.0,
+        description="6-layer, d=128 MDM (1.8M parameters) on 6 MB of the Python standard library, BPE 2048, "
+                    "length 128; LoopMDM loops layers 1-2 (n_h=1, n_m=2, n_o=3) with S_max=4, so the deeper "
+                    "baseline has 6 + 1.5 * 2 = 9 layers. Sized for about 40 minutes for two seeds on 2 CPU cores.")
+
+
+def _paper() -> ComputeMatchedConfig:
+    from ..config import preset
+
+    run = preset("paper")  # 12 x 768, n_h=1, n_m=2, n_o=9, S_max=12, OpenWebText, GPT-2 tokenizer, length 1024
+    run.train.max_steps = 1_000_000
+    return ComputeMatchedConfig(
+        name="paper", run=run, baseline_steps=1_000_000, n_evals=100, seeds=[0, 1], final_eval_batches=256,
+        ablation_baseline_steps=250_000, expected_minutes=None,
+        description="The GPU-scale run of the paper: 12-layer, d=768 DiT MDM (~170M parameters), loop layers 1-2 "
+                    "(n_h=1, n_m=2, n_o=9), S_max=12 (E[S]=6.5), so (c) has 12 + 5.5 * 2 = 23 layers; batch 512 "
+                    "x 1024 tokens, 1M steps for (a). Needs a multi-GPU machine; use `--plan` to print the steps.")
+
+
+PRESETS = {"laptop": _laptop, "paper": _paper}
+
+
+def load_compute_matched_config(spec: str | Path = "laptop") -> ComputeMatchedConfig:
+    """``laptop``, ``paper`` or a YAML file (``base: laptop`` plus overrides, e.g. ``run: {model: {d_model: 96}}``)."""
+    return load_experiment_config(spec, PRESETS, "compute-matched").validate()
+
+
+# --------------------------------------------------------------------------- loop placement (ablation)
+
+LOOP_PLACEMENTS: Registry[Callable[[int, int], tuple[int, int, int]]] = Registry("loop placement")
+
+
+@LOOP_PLACEMENTS.register("early")
+def _early(n_layers: int, n_m: int) -> tuple[int, int, int]:
+    """Loop the first n_m layers (n_h = 0)."""
+    return 0, n_m, n_layers - n_m
+
+
+@LOOP_PLACEMENTS.register("early-middle")
+def _early_middle(n_layers: int, n_m: int) -> tuple[int, int, int]:
+    """The paper's default: one head layer, then the looped block (layers 1..n_m)."""
+    return 1, n_m, n_layers - n_m - 1
+
+
+@LOOP_PLACEMENTS.register("middle")
+def _middle(n_layers: int, n_m: int) -> tuple[int, int, int]:
+    """The looped block centred in the stack."""
+    n_h = (n_layers - n_m) // 2
+    return n_h, n_m, n_layers - n_m - n_h
+
+
+@LOOP_PLACEMENTS.register("late")
+def _late(n_layers: int, n_m: int) -> tuple[int, int, int]:
+    """The last n_m layers (n_o = 0: the looped block feeds the LM head)."""
+    return n_layers - n_m, n_m, 0
+
+
+@LOOP_PLACEMENTS.register("all")
+def _all(n_layers: int, n_m: int) -> tuple[int, int, int]:
+    """Loop the whole network (n_m = L, ignoring the requested n_m)."""
+    return 0, n_layers, 0
+
+
+def place_loop(model: ModelConfig, placement: str, n_m: int) -> ModelConfig:
+    """A copy of ``model`` with the looped block of n_m layers at ``placement`` (same L, same parameters)."""
+    L = model.n_layers
+    if not 1 <= n_m <= L:
+        raise ConfigError(f"n_m={n_m} must be in 1..{L} (the model has {L} layers)")
+    n_h, n_m2, n_o = LOOP_PLACEMENTS.get(placement)(L, n_m)
+    if min(n_h, n_o) < 0:
+        raise ConfigError(f"placement {placement!r} with n_m={n_m} does not fit in {L} layers")
+    out = clone(model)
+    out.n_h, out.n_m, out.n_o = n_h, n_m2, n_o
+    return out
+
+
+# --------------------------------------------------------------------------- the plan (pure arithmetic)
+
+@dataclass
+class RunPlan:
+    """One run of the comparison: its config, steps and (expected) FLOPs."""
+
+    name: str
+    label: str
+    cfg: RunConfig
+    steps: int
+    train_flops_per_token: float  # expected over S for LoopMDM
+    flops_per_step: float
+    planned_flops: float
+
+    def summary(self) -> dict:
+        m = self.cfg.model
+        return {"name": self.name, "label": self.label, "n_layers": m.n_layers, "n_h": m.n_h, "n_m": m.n_m,
+                "n_o": m.n_o, "loop_dist": self.cfg.diffusion.loop_dist,
+                "s_max": self.cfg.diffusion.s_max if self.cfg.diffusion.loop_dist == "uniform" else 1,
+                "steps": self.steps, "train_flops_per_token": self.train_flops_per_token,
+                "flops_per_step": self.flops_per_step, "planned_flops": self.planned_flops,
+                "tokens": self.steps * self.cfg.train.batch_size * m.max_seq_len}
+
+
+@dataclass
+class MatchedPlan:
+    """The three runs, the FLOPs budget, and how well (c) matches (b) per step."""
+
+    runs: list[RunPlan]
+    total_flops: float
+    deeper_extra_layers_exact: float
+    deeper_layers: int
+    deeper_per_step_mismatch: float  # (F_c - F_b) / F_b per training step
+    flops_mismatch: float  # largest |planned - budget| / budget over the runs
+
+    def run(self, name: str) -> RunPlan:
+        return next(r for r in self.runs if r.name == name)
+
+    def summary(self) -> dict:
+        return {"total_flops": self.total_flops, "runs": [r.summary() for r in self.runs],
+                "deeper": {"extra_layers_exact": self.deeper_extra_layers_exact, "n_layers": self.deeper_layers,
+                           "per_step_flops_mismatch": self.deeper_per_step_mismatch},
+                "planned_total_flops_mismatch": self.flops_mismatch}
+
+
+def baseline_run_config(run: RunConfig) -> RunConfig:
+    """(a): the same model with S fixed at 1 (a plain MDM)."""
+    cfg = clone(run)
+    cfg.diffusion.loop_dist, cfg.diffusion.s_fixed = "fixed", 1
+    return cfg
+
+
+def deeper_model(run: RunConfig, tolerance: float) -> tuple[ModelConfig, float, float]:
+    """(c)'s model: L + x layers with x the integer closest to the exact (F_b - F_a) / F_layer, the extra
+    layers appended to the tail. Returns (model, exact x, per-step mismatch (F_c - F_b) / F_b); raises
+    ConfigError when even the closest integer depth misses (b)'s per-step FLOPs by more than ``tolerance``."""
+    m = run.model
+    T = m.max_seq_len
+    f_b = expected_train_flops_per_token(m, get_loop_distribution(run.diffusion))
+    f_a = train_flops_per_token(m, 1)
+    per_layer = 3 * layer_flops_per_token(m, T)
+    exact = (f_b - f_a) / per_layer  # = (E[S] - 1) * n_m (+ injection adapter cost)
+    best = None
+    for x in {max(1, math.floor(exact)), max(1, math.ceil(exact))}:
+        cand = clone(m)
+        cand.n_layers, cand.n_o = m.n_layers + x, m.n_o + x
+        cand.input_injection, cand.loop_embedding, cand.backprop_depth = False, False, None
+        mismatch = (train_flops_per_token(cand, 1) - f_b) / f_b
+        if best is None or abs(mismatch) < abs(best[2]):
+            best = (cand, x, mismatch)
+    cand, x, mismatch = best
+    if abs(mismatch) > tolerance:
+        raise ConfigError(
+            f"cannot match (b)'s per-step FLOPs with a deeper non-looped MDM: it would need "
+            f"{m.n_layers + exact:.2f} layers ({exact:.2f} extra = (E[S]-1)*n_m); the closest integer depth "
+            f"{cand.n_layers} is {mismatch:+.1%} off (depth_tolerance {tolerance:.0%}); choose S_max and n_m with "
+            f"(S_max-1)*n_m even, or raise depth_tolerance")
+    return cand, exact, mismatch
+
+
+def plan_compute_matched(cfg: ComputeMatchedConfig, baseline_steps: Optional[int] = None) -> MatchedPlan:
+    """Steps of (a), (b), (c) at the same total training FLOPs (``loopmdm.flops``), and (c)'s depth."""
+    run = cfg.run
+    tokens = run.train.batch_size * run.model.max_seq_len
+    steps_a = baseline_steps or cfg.baseline_steps
+    cfg_a = baseline_run_config(run)
+    f_a = train_flops_per_token(cfg_a.model, 1)
+    total = steps_a * tokens * f_a
+    model_c, exact, mismatch = deeper_model(run, cfg.depth_tolerance)
+    cfg_c = baseline_run_config(run)
+    cfg_c.model = model_c
+    f_b = expected_train_flops_per_token(run.model, get_loop_distribution(run.diffusion))
+    f_c = train_flops_per_token(model_c, 1)
+    runs = []
+    for name, c, f in (("mdm", cfg_a, f_a), ("loopmdm", clone(run), f_b), ("deeper", cfg_c, f_c)):
+        steps = max(1, round(total / (tokens * f)))
+        runs.append(RunPlan(name, RUN_LABELS[name], c, steps, f, f * tokens, steps * f * tokens))
+    worst = max(abs(r.planned_flops - total) / total for r in runs)
+    if worst > cfg.flops_tolerance:
+        raise ConfigError(
+            f"with baseline_steps={steps_a} the step counts {[r.steps for r in runs]} miss the common FLOPs "
+            f"budget by up to {worst:.1%} (flops_tolerance {cfg.flops_tolerance:.0%}); raise baseline_steps")
+    return MatchedPlan(runs, total, exact, model_c.n_layers, mismatch, worst)
+
+
+# --------------------------------------------------------------------------- running
+
+def _prepare(cfg: ComputeMatchedConfig, log: Log) -> PreparedData:
+    run = cfg.run
+    data = prepare_data(run.data, run.model.vocab_size, run.model.max_seq_len, log=log)
+    run.model.vocab_size = data.tokenizer.vocab_size  # the plan must use the tokenizer's real vocabulary
+    return data
+
+
+def _finalize_run_config(plan: RunPlan, seed: int, n_evals: int, warmup_frac: float) -> RunConfig:
+    c = clone(plan.cfg)
+    c.train.seed = seed
+    c.train.max_steps = plan.steps
+    c.train.warmup_steps = max(1, round(warmup_frac * plan.steps)) if warmup_frac > 0 else 0
+    c.train.eval_every = max(1, plan.steps // n_evals)
+    c.train.save_every = plan.steps
+    return c.validate()
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    return read_latest(run_dir / "checkpoints") == f"step_{steps:06d}" and (run_dir / "metrics.jsonl").is_file()
+
+
+def train_one(plan: RunPlan, seed: int, run_dir: Path, data: PreparedData, cfg: ComputeMatchedConfig,
+              progress: bool, log: Log) -> tuple[torch.nn.Module, dict]:
+    """Train one run (or reuse it when ``run_dir`` already holds its final checkpoint); returns the model
+    and facts about the run (steps, logged FLOPs, wall time, the validation curve)."""
+    from ..train import Trainer
+
+    rc = _finalize_run_config(plan, seed, cfg.n_evals, cfg.warmup_frac)
+    t0 = time.perf_counter()
+    if _finished(run_dir, plan.steps):
+        log(f"  {plan.name} seed {seed}: reusing the finished run in {run_dir}")
+        model, _, _ = load_model(run_dir, ema=rc.train.ema is not None)
+        reused = True
+    else:
+        if (run_dir / "metrics.jsonl").exists():
+            (run_dir / "metrics.jsonl").unlink()  # an unfinished earlier attempt: start clean
+        trainer = Trainer(rc, run_dir, data=data, progress=progress, log=log)
+        if cfg.balanced_loops and rc.diffusion.loop_dist == "uniform":
+            trainer.loop_dist = BalancedUniformLoops(rc.diffusion, total_steps=plan.steps)
+        trainer.fit()
+        model = trainer.ema.module if trainer.ema is not None else trainer.model
+        reused = False
+    curve = read_curve(run_dir / "metrics.jsonl")
+    info = {"steps": plan.steps, "flops": curve.flops[-1] if curve.flops else 0.0, "reused": reused,
+            "wall_s": time.perf_counter() - t0, "curve": curve.to_dict(),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    return model.eval(), info
+
+
+def final_nelbo(model, data: PreparedData, run: RunConfig, loops: list[int], cfg: ComputeMatchedConfig) -> dict:
+    """Validation NELBO at each S in ``loops`` on ``final_eval_batches`` batches, same t / masks for every model."""
+    obj = make_objective("mdm", get_schedule(run.diffusion.schedule), data.tokenizer.mask_id,
+                         run.diffusion.antithetic, run.diffusion.t_eps)
+    out = {}
+    for s in loops:
+        r = evaluate_nelbo(model, data.val, obj, s, batch_size=run.train.batch_size,
+                           max_batches=cfg.final_eval_batches, seed=cfg.eval_seed, precision=run.train.precision)
+        out[s] = {"nelbo": r["nelbo"], "stderr": r["stderr"], "ppl": r["ppl"], "tokens": r["tokens"]}
+    return out
+
+
+def run_compute_matched(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[list[int]] = None,
+                        progress: bool = False, log: Log = print) -> dict:
+    """Train (a), (b), (c) for every seed at the same total FLOPs, evaluate, plot, and write results.json."""
+    from .plots import plot_loss_vs_flops, plot_nelbo_vs_loops
+
+    cfg.validate()
+    out = Path(out)
+    seeds = list(seeds if seeds is not None else cfg.seeds)
+    if cfg.run.train.threads:
+        torch.set_num_threads(cfg.run.train.threads)
+    data = _prepare(cfg, log)
+    plan = plan_compute_matched(cfg)
+    log(_plan_text(plan))
+    s_max = cfg.run.diffusion.s_max
+    loops_grid = cfg.loops_grid()
+    per_seed: dict[int, dict] = {}
+    t_start = time.perf_counter()
+    for seed in seeds:
+        runs = {}
+        for rp in plan.runs:
+            log(f"seed {seed}: training {rp.label} for {rp.steps} steps")
+            model, info = train_one(rp, seed, out / f"seed_{seed}" / rp.name, data, cfg, progress, log)
+            grid = loops_grid if rp.name == "loopmdm" else [1]
+            info["final"] = final_nelbo(model, data, rp.cfg, grid, cfg)
+            runs[rp.name] = info
+            log(f"  done in {info['wall_s']:.0f}s: FLOPs {info['flops']:.3e}, final NELBO "
+                + ", ".join(f"S={s}: {v['nelbo']:.4f}" for s, v in info["final"].items()))
+        per_seed[seed] = _seed_summary(runs, s_max)
+        write_json(out / "results.json", _results(cfg, plan, per_seed, time.perf_counter() - t_start))
+    results = _results(cfg, plan, per_seed, time.perf_counter() - t_start)
+    plot_loss_vs_flops(per_seed, RUN_LABELS, out / "loss_vs_flops.png",
+                       title=f"Validation NELBO vs training FLOPs ({cfg.name}; LoopMDM at S={s_max})")
+    plot_nelbo_vs_loops(results["summary"], s_max, out / "nelbo_vs_loops.png")
+    results["figures"] = ["loss_vs_flops.png", "nelbo_vs_loops.png"]
+    write_json(out / "results.json", results)
+    (out / "summary.md").write_text(summary_markdown(results))
+    return results
+
+
+def _seed_summary(runs: dict, s_max: int) -> dict:
+    curves = {k: Curve(**v["curve"]) for k, v in runs.items()}
+    flops = [v["flops"] for v in runs.values()]
+    loop_final = runs["loopmdm"]["final"][s_max]["nelbo"]
+    return {
+        "runs": runs,
+        "flops_ratio_mdm_over_loopmdm": flops_ratio(curves["mdm"], curves["loopmdm"]),
+        "flops_ratio_mdm_over_deeper": flops_ratio(curves["mdm"], curves["deeper"]),
+        "flops_agreement": (max(flops) - min(flops)) / max(flops) if max(flops) > 0 else None,
+        "loopmdm_smax_beats_mdm": loop_final < runs["mdm"]["final"][1]["nelbo"],
+        "loopmdm_smax_beats_deeper": loop_final < runs["deeper"]["final"][1]["nelbo"],
+    }
+
+
+def _results(cfg: ComputeMatchedConfig, plan: MatchedPlan, per_seed: dict, wall_s: float) -> dict:
+    s_max = cfg.run.diffusion.s_max
+    seeds = list(per_seed)
+    summary: dict = {"final_nelbo": {}, "seeds": seeds}
+    for name in RUN_NAMES:
+        grid = cfg.loops_grid() if name == "loopmdm" else [1]
+        summary["final_nelbo"][name] = {
+            s: spread([per_seed[k]["runs"][name]["final"][s]["nelbo"] for k in seeds]) for s in grid}
+    for key in ("flops_ratio_mdm_over_loopmdm", "flops_ratio_mdm_over_deeper", "flops_agreement"):
+        summary[key] = spread([per_seed[k][key] for k in seeds])
+    summary["loopmdm_smax_beats_mdm"] = [per_seed[k]["loopmdm_smax_beats_mdm"] for k in seeds]
+    summary["loopmdm_smax_beats_deeper"] = [per_seed[k]["loopmdm_smax_beats_deeper"] for k in seeds]
+    summary["paper_flops_ratio"] = {"LM1B": 3.34, "OWT": 2.95, "FineWeb-Edu": 2.34}
+    return {"experiment": "compute-matched", "config_name": cfg.name, "config": asdict(cfg),
+            "machine": machine_info(), "plan": plan.summary(), "s_max": s_max, "wall_s": wall_s,
+            "per_seed": per_seed, "summary": summary}
+
+
+def _plan_text(plan: MatchedPlan) -> str:
+    lines = [f"compute-matched plan: total training FLOPs {plan.total_flops:.3e} per run"]
+    for r in plan.runs:
+        m = r.cfg.model
+        lines.append(f"  {r.label}: {m.n_layers} layers (n_h={m.n_h}, n_m={m.n_m}, n_o={m.n_o}), {r.steps} steps, "
+                     f"{r.flops_per_step:.3e} FLOPs/step, planned {r.planned_flops:.3e}")
+    lines.append(f"  deeper baseline: {plan.deeper_extra_layers_exact:.2f} extra layers exactly, "
+                 f"{plan.deeper_layers} layers chosen, per-step FLOPs mismatch {plan.deeper_per_step_mismatch:+.2%}")
+    return "\n".join(lines)
+
+
+def summary_markdown(results: dict) -> str:
+    """The result tables in Markdown (pasted into docs/results.md)."""
+    s = results["summary"]
+    s_max = results["s_max"]
+    plan = results["plan"]
+    lines = ["| run | layers | steps | train FLOPs (planned) | final val NELBO |", "|---|---|---|---|---|"]
+    for r in plan["runs"]:
+        finals = s["final_nelbo"][r["name"]]
+        cell = "; ".join(f"S={k}: {fmt_spread(v)}" for k, v in finals.items())
+        lines.append(f"| {r['label']} | {r['n_layers']} (n_h={r['n_h']}, n_m={r['n_m']}, n_o={r['n_o']}) | "
+                     f"{r['steps']} | {r['planned_flops']:.3e} | {cell} |")
+    lines += ["", f"- FLOPs ratio (a)/(b) at S={s_max}: {fmt_spread(s['flops_ratio_mdm_over_loopmdm'], 2)} "
+              f"(per seed: {_fmt_list(s['flops_ratio_mdm_over_loopmdm']['values'])}; paper: 3.34x LM1B, 2.95x OWT, "
+              "2.34x FineWeb-Edu)",
+              f"- FLOPs ratio (a)/(c): {fmt_spread(s['flops_ratio_mdm_over_deeper'], 2)} "
+              f"(per seed: {_fmt_list(s['flops_ratio_mdm_over_deeper']['values'])})",
+              f"- LoopMDM at S={s_max} beats (a): {s['loopmdm_smax_beats_mdm']}; beats (c): "
+              f"{s['loopmdm_smax_beats_deeper']} (per seed)",
+              f"- cumulative FLOPs agreement at the end (max-min)/max: {fmt_spread(s['flops_agreement'], 4)}",
+              f"- deeper baseline: {plan['deeper']['extra_layers_exact']:.2f} extra layers exactly, "
+              f"{plan['deeper']['n_layers']} chosen, per-step mismatch {plan['deeper']['per_step_flops_mismatch']:+.2%}",
+              f"- seeds: {s['seeds']}; wall time {results['wall_s'] / 60:.1f} min"]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_list(values) -> str:
+    return ", ".join("not reached" if v is None else f"{v:.2f}" for v in values)
+
+
+# --------------------------------------------------------------------------- ablation
+
+def ablation_variants(cfg: ComputeMatchedConfig) -> list[tuple[str, ModelConfig]]:
+    """(label, model) for every placement at the config's n_m, then every n_m at early-middle (deduplicated)."""
+    base = cfg.run.model
+    out: list[tuple[str, ModelConfig]] = []
+    seen = set()
+    for p in cfg.ablation_placements:
+        m = place_loop(base, p, base.n_m)
+        key = (m.n_h, m.n_m, m.n_o)
+        if key not in seen:
+            seen.add(key)
+            out.append((f"{p} (n_m={m.n_m})", m))
+    for n_m in cfg.ablation_n_m:
+        m = place_loop(base, "early-middle", n_m)
+        key = (m.n_h, m.n_m, m.n_o)
+        if key not in seen:
+            seen.add(key)
+            out.append((f"early-middle (n_m={n_m})", m))
+    return out
+
+
+def run_ablation(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[list[int]] = None,
+                 progress: bool = False, log: Log = print) -> dict:
+    """Which layers to loop, and how many: every variant trained at the FLOPs of ``ablation_baseline_steps``
+    steps of the plain MDM; reports final validation NELBO at S = 1, S_max, 2 S_max and the FLOPs ratio."""
+    from .plots import plot_ablation
+
+    cfg.validate()
+    out = Path(out)
+    seeds = list(seeds if seeds is not None else cfg.seeds)
+    if cfg.run.train.threads:
+        torch.set_num_threads(cfg.run.train.threads)
+    data = _prepare(cfg, log)
+    steps_a = cfg.ablation_baseline_steps or cfg.baseline_steps
+    base_plan = plan_compute_matched(cfg, steps_a).run("mdm")
+    tokens = cfg.run.train.batch_size * cfg.run.model.max_seq_len
+    s_max = cfg.run.diffusion.s_max
+    grid = sorted({1, s_max, 2 * s_max})
+    rows: dict[str, dict] = {}
+    t_start = time.perf_counter()
+    for label, model_cfg in [("no loop (plain MDM)", None)] + ablation_variants(cfg):
+        if model_cfg is None:
+            rp = base_plan
+        else:
+            rc = clone(cfg.run)
+            rc.model = model_cfg
+            f = expected_train_flops_per_token(model_cfg, get_loop_distribution(rc.diffusion))
+            steps = max(1, round(base_plan.planned_flops / (tokens * f)))
+            rp = RunPlan(label, label, rc, steps, f, f * tokens, steps * f * tokens)
+        per = {}
+        for seed in seeds:
+            log(f"ablation {label}, seed {seed}: {rp.steps} steps")
+            slug = label.split(" (")[0].replace(" ", "_") + (f"_nm{model_cfg.n_m}" if model_cfg else "")
+            model, info = train_one(rp, seed, out / f"seed_{seed}" / slug, data, cfg, progress, log)
+            info["final"] = final_nelbo(model, data, rp.cfg, grid if model_cfg else [1], cfg)
+            per[seed] = info
+        m = rp.cfg.model
+        base_curves = None
+        if model_cfg is not None:
+            base_curves = {s: Curve(**rows["no loop (plain MDM)"]["per_seed"][s]["curve"]) for s in seeds}
+        rows[label] = {
+            "n_h": m.n_h, "n_m": m.n_m, "n_o": m.n_o, "steps": rp.steps, "planned_flops": rp.planned_flops,
+            "per_seed": per,
+            "final_nelbo": {s: spread([per[k]["final"][s]["nelbo"] for k in seeds]) for s in per[seeds[0]]["final"]},
+            "flops_ratio_vs_plain": None if base_curves is None else spread(
+                [flops_ratio(base_curves[k], Curve(**per[k]["curve"])) for k in seeds]),
+        }
+        write_json(out / "ablation.json", {"rows": rows})
+    results = {"experiment": "ablation", "config_name": cfg.name, "config": asdict(cfg), "machine": machine_info(),
+               "s_max": s_max, "seeds": seeds, "wall_s": time.perf_counter() - t_start, "rows": rows}
+    plot_ablation(rows, s_max, out / "ablation.png")
+    results["figures"] = ["ablation.png"]
+    write_json(out / "ablation.json", results)
+    (out / "ablation.md").write_text(ablation_markdown(results))
+    return results
+
+
+def ablation_markdown(results: dict) -> str:
+    s_max = results["s_max"]
+    lines = [f"| looped layers | n_h / n_m / n_o | steps | val NELBO S=1 | val NELBO S={s_max} | "
+             f"val NELBO S={2 * s_max} | FLOPs ratio vs plain |", "|---|---|---|---|---|---|---|"]
+    for label, r in results["rows"].items():
+        f = r["final_nelbo"]
+        get = lambda s: fmt_spread(f[s]) if s in f else "-"  # noqa: E731
+        ratio = "-" if r["flops_ratio_vs_plain"] is None else fmt_spread(r["flops_ratio_vs_plain"], 2)
+        lines.append(f"| {label} | {r['n_h']} / {r['n_m']} / {r['n_o']} | {r['steps']} | {get(1)} | {get(s_max)} | "
+                     f"{get(2 * s_max)} | {ratio} |")
+    return "\n".join(lines) + "\n"

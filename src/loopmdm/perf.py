@@ -1,0 +1,76 @@
+"""Performance switches and the numbers to judge them: ``torch.compile`` of the transformer blocks, SDPA backend
+selection, and the accelerator peak used for MFU (model FLOPs utilisation).
+
+Measured effects (see docs/ecosystem.md): compile the blocks on CUDA; on CPU it does not pay for tiny models.
+bf16 autocast (``train.precision=bf16``), activation checkpointing of loops (``model.checkpoint_loops``),
+truncated backprop (``model.backprop_depth``) and fused AdamW on CUDA live in the model / trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError
+
+# Dense bf16 tensor-core peak, FLOP/s, by a substring of torch.cuda.get_device_name() (first match wins).
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM / NVL per-GPU dense
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+)
+
+
+def compile_blocks(model: nn.Module, **options) -> int:
+    """``torch.compile`` every transformer block in place (the loop over S and the stages stay eager, so a new
+    S never triggers a recompilation). Returns the number of compiled blocks."""
+    from .blocks import Block
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, Block):
+            module.compile(**options)
+            n += 1
+    return n
+
+
+def peak_flops(device: torch.device) -> Optional[float]:
+    """The card's dense bf16 peak in FLOP/s, or None when unknown (CPU, unlisted GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16_FLOPS:
+        if key in name:
+            return flops
+    return None
+
+
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+
+
+@contextlib.contextmanager
+def sdpa_backend(name: Optional[str]) -> Iterator[None]:
+    """Restrict ``scaled_dot_product_attention`` to one backend (``flash``, ``efficient``, ``cudnn``, ``math``);
+    None leaves PyTorch's automatic choice (flash / memory-efficient on CUDA when the inputs allow)."""
+    if name is None:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    table = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    if name not in table:
+        raise ConfigError(f"SDPA backend {name!r} is unknown; use one of: {', '.join(SDPA_BACKENDS)}")
+    with sdpa_kernel(table[name]):
+        yield

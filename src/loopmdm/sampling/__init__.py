@@ -1,0 +1,19 @@
+"""Sampling from LoopMDM: samplers, loop policies at inference, conditioning, and the compute report.
+
+The entry point is ``generate`` (``loopmdm.sampling.api``); variants are found through the registries
+``SAMPLERS`` (ancestral, cached, confidence, semi_ar) and ``LOOP_POLICIES`` (fixed, schedule, converge,
+per_token, warm). See docs/sampling.md.
+"""
+
+from .api import SampleOutput, ancestral_sample, build, generate, sample_canvas
+from .conditioning import Canvas, build_canvas, parse_template
+from .filters import TokenFilter, draw
+from .policies import DEFAULT_LOOPS, LOOP_POLICIES, SHAPES, LoopPolicy
+from .report import ComputeReport, StepInfo, Trajectory
+from .samplers import ORDERS, SAMPLERS, Sampler, transfer_counts
+
+__all__ = [
+    "generate", "ancestral_sample", "sample_canvas", "build", "SampleOutput", "ComputeReport", "Trajectory",
+    "StepInfo", "SAMPLERS", "LOOP_POLICIES", "SHAPES", "ORDERS", "DEFAULT_LOOPS", "Sampler", "LoopPolicy",
+    "TokenFilter", "draw", "Canvas", "build_canvas", "parse_template", "transfer_counts",
+]

@@ -1,0 +1,178 @@
+"""``generate``: the whole sampling API as one pure function (every argument documented, nothing global).
+
+    out = generate(model, tokenizer, num_samples=4, steps=64, sampler="cached",
+                   policy="converge", policy_options={"threshold": 0.05, "s_max": 12}, seed=0)
+    out.tokens  # [N, L]      out.texts   # decoded
+    out.report  # ComputeReport: network calls, loop iterations, FLOPs, wall time, loops per step
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..registry import Registry
+from ..schedules import NoiseSchedule, get_schedule
+from .conditioning import Canvas, build_canvas
+from .filters import TokenFilter
+from .policies import LOOP_POLICIES, Fixed, LoopPolicy
+from .report import ComputeMeter, ComputeReport, Trajectory, TrajectoryRecorder
+from .runner import Denoiser
+from .samplers import SAMPLERS, Sampler, Session, first_true
+
+
+@dataclass
+class SampleOutput:
+    """tokens [N, L] (LongTensor; with ``stop_at_eos`` the positions after the first generated EOS hold the
+    pad id, or EOS when the tokenizer has no pad); texts: each row decoded (special tokens skipped; cut at
+    the first generated EOS with ``stop_at_eos``); report: the compute spent; trajectory: when recorded;
+    lengths [N]: tokens up to (excluding) the first generated EOS, L when there is none."""
+
+    tokens: torch.Tensor
+    texts: list[str]
+    report: ComputeReport
+    trajectory: Optional[Trajectory] = None
+    lengths: Optional[torch.Tensor] = None
+
+
+def build(registry: Registry, name: str, options: Optional[dict]) -> Any:
+    """Instantiate ``registry[name](**options)`` with one-line errors for unknown names and options."""
+    cls = registry.get(name)
+    options = dict(options or {})
+    params = inspect.signature(cls.__init__).parameters
+    known = [p for p in params if p != "self"]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} for {registry.kind} {name!r}; "
+                          f"valid options: {', '.join(known) or '(none)'}")
+    return cls(**options)
+
+
+def _check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps={steps!r} must be an integer >= 1 (the number of denoising steps T)")
+    return steps
+
+
+@torch.no_grad()
+def sample_canvas(model, canvas: Canvas, mask_id: int, *, steps: int, sampler: Sampler, policy: LoopPolicy,
+                  token_filter: TokenFilter, schedule: NoiseSchedule, gen: torch.Generator,
+                  eos_id: Optional[int] = None, fill_id: Optional[int] = None, stop_at_eos: bool = False,
+                  record_trajectory: bool = False, on_step: Optional[Callable] = None):
+    """Run ``sampler`` on a canvas (tokenizer-free core of ``generate``). Returns (tokens [N, L], lengths [N],
+    ComputeReport, Trajectory | None)."""
+    steps = _check_steps(steps)
+    x, free = canvas.x.clone(), canvas.free.clone()
+    N, L = x.shape
+    was_training = model.training
+    model.eval()
+    meter = ComputeMeter(model.config, N, L)
+    policy.reset(N, L)
+    recorder = TrajectoryRecorder(x, free) if record_trajectory else None
+    session = Session(x, free, mask_id, Denoiser(model, policy, meter, mask_id, free), meter, token_filter,
+                      schedule, steps, gen, eos_id=eos_id, stop_at_eos=stop_at_eos, recorder=recorder,
+                      on_step=on_step)
+    start = time.perf_counter()
+    try:
+        sampler.run(session)
+    finally:
+        model.train(was_training)
+    x = session.x
+    lengths = torch.full((N,), L, dtype=torch.long, device=x.device)
+    if stop_at_eos and eos_id is not None:
+        lengths = first_true((x == eos_id) & free)  # [N]
+        after = (torch.arange(L, device=x.device)[None] > lengths[:, None]) & free  # [N, L]
+        if recorder is not None:  # still-masked positions after EOS: filled at the last step run
+            unrevealed = (after & (x == mask_id)).cpu()
+            recorder.reveal_step[unrevealed] = max(len(recorder.loops) - 1, 0)
+            recorder.reveal_confidence[unrevealed] = 0.0
+        x[after] = eos_id if fill_id is None else fill_id
+    if bool((x == mask_id).any()):
+        raise RuntimeError("sampler left masked positions; this is a bug")  # every sampler ends at t = 0
+    report = meter.finish(time.perf_counter() - start)
+    trajectory = recorder.build() if recorder is not None else None
+    if trajectory is not None:
+        trajectory.snapshots[-1:] = [x.detach().cpu().clone()] if trajectory.snapshots else []
+    return x, lengths, report, trajectory
+
+
+def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = None, steps: int = 64,
+             sampler: str = "ancestral", sampler_options: Optional[dict] = None, policy: str = "fixed",
+             policy_options: Optional[dict] = None, prompt: Optional[str] = None, template: Optional[str] = None,
+             temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0,
+             stop_at_eos: bool = False, record_trajectory: bool = False, on_step: Optional[Callable] = None,
+             schedule: str | NoiseSchedule = "loglinear", prompt_ids: Optional[Sequence[int]] = None) -> SampleOutput:
+    """Sample text from a LoopMDM.
+
+    model: a ``LoopMDM`` (its device is used; run in eval mode, gradients off).
+    tokenizer: a ``TextTokenizer`` (mask / BOS / EOS / pad ids, encode, decode).
+    num_samples: N sequences sampled together in one batch.
+    length: the window L in tokens, prompt included (default: model.config.max_seq_len, or the template's
+        length); at most max_seq_len.
+    steps: T denoising steps (from t = 1, all masked, to t = 0).
+    sampler: one of ``SAMPLERS`` (ancestral, cached, confidence, semi_ar); sampler_options: its keyword
+        options (cached: granularity; confidence: order; semi_ar: block_length, order).
+    policy: one of ``LOOP_POLICIES`` (fixed, schedule, converge, per_token, warm): how many mid-block
+        iterations S each network call runs; policy_options: its options (fixed: loops; the others:
+        s_min, s_max, and threshold / criterion / shape, center, width). Pass the checkpoint's training
+        ``diffusion.s_max`` as loops / s_max (default 4, the tiny preset's).
+    prompt: text kept fixed at the start (after a BOS); template: infill template with ``[MASK:n]`` spans
+        (see ``loopmdm.sampling.conditioning``); prompt_ids: a prompt as token ids, used verbatim; at most
+        one of the three.
+    temperature (>= 0, 0 = greedy), top_k (>= 1), top_p (in (0, 1]): filters of p_theta(x_0 | x_t) applied
+        before each draw (``loopmdm.sampling.filters``).
+    seed: seeds the CPU generator every random draw comes from (same seed -> same output).
+    stop_at_eos: variable-length output: a sample ends at its first generated EOS (later positions are
+        filled with pad and not decoded); sampling stops early once every sample's EOS is settled.
+    record_trajectory: also return a ``Trajectory`` (reveal step / loops / confidence per token, snapshots).
+    on_step: called with a ``StepInfo`` after every denoising step (streaming).
+    schedule: the noise schedule alpha_t (name in ``loopmdm.schedules.SCHEDULES`` or an object); use the
+        checkpoint's ``diffusion.schedule``.
+
+    Returns a ``SampleOutput`` (tokens, texts, report, trajectory, lengths). Bad arguments raise
+    ``ConfigError`` with a one-line message.
+    """
+    steps = _check_steps(steps)
+    token_filter = TokenFilter(temperature, top_k, top_p)
+    sampler_obj = build(SAMPLERS, sampler, sampler_options)
+    policy_obj = build(LOOP_POLICIES, policy, policy_options)
+    sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} must be an integer")
+    device = next(model.parameters()).device
+    canvas = build_canvas(tokenizer, num_samples, length, model.config.max_seq_len, prompt=prompt,
+                          template=template, device=device, prompt_ids=prompt_ids)
+    gen = torch.Generator().manual_seed(seed)
+    fill = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    x, lengths, report, trajectory = sample_canvas(
+        model, canvas, tokenizer.mask_id, steps=steps, sampler=sampler_obj, policy=policy_obj,
+        token_filter=token_filter, schedule=sched, gen=gen, eos_id=tokenizer.eos_id, fill_id=fill,
+        stop_at_eos=stop_at_eos, record_trajectory=record_trajectory, on_step=on_step)
+    texts = [tokenizer.decode(row[: int(n)].tolist()) for row, n in zip(x, lengths)]
+    return SampleOutput(tokens=x, texts=texts, report=report, trajectory=trajectory, lengths=lengths)
+
+
+@torch.no_grad()
+def ancestral_sample(model, mask_id: int, num_samples: int, seq_len: int, steps: int, loops: int,
+                     schedule: NoiseSchedule, gen: torch.Generator, temperature: float = 1.0,
+                     prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Token ids [num_samples, seq_len] by MDLM ancestral sampling at a fixed loop count S = ``loops``.
+
+    model: a LoopMDM; mask_id: the tokenizer's mask id; steps: T denoising steps; schedule: alpha_t;
+    gen: the generator every draw comes from; prefix: optional prompt ids [P] kept fixed.
+    (Kept for callers of the first API; ``generate`` is the full one.)"""
+    device = next(model.parameters()).device
+    x = torch.full((num_samples, seq_len), mask_id, dtype=torch.long, device=device)  # [N, L]
+    free = torch.ones_like(x, dtype=torch.bool)
+    if prefix is not None and len(prefix):
+        x[:, : len(prefix)] = prefix.to(device)
+        free[:, : len(prefix)] = False
+    out, _, _, _ = sample_canvas(model, Canvas(x, free), mask_id, steps=steps, sampler=SAMPLERS.get("ancestral")(),
+                                 policy=Fixed(loops), token_filter=TokenFilter(temperature), schedule=schedule,
+                                 gen=gen)
+    return out

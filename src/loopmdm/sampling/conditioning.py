@@ -1,0 +1,105 @@
+"""The canvas a sampler starts from: which positions are given (prompt / template) and which are masked.
+
+* unconditional: L mask tokens;
+* prompt (prefix): ``[BOS] + encode(prompt)`` kept fixed, the rest of the window masked;
+* infill template: a string with spans to fill marked ``[MASK:n]`` (n tokens) or ``[MASK]`` (one token),
+  e.g. ``"def add(a, b):\\n    [MASK:12]\\n    return c"``; the text between markers is encoded and kept
+  fixed (a BOS is put first, as every training document starts with one). The canvas is as long as the
+  template, or ``length`` when that is longer (the tail is then generated too).
+
+The number of tokens in a span is fixed by its marker: masked diffusion fills a given number of positions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from ..errors import ConfigError
+
+SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
+
+
+@dataclass
+class Canvas:
+    """x [N, L]: the start tokens (mask where to generate); free [N, L]: True at positions to generate."""
+
+    x: torch.Tensor
+    free: torch.Tensor
+
+
+def parse_template(template: str, tokenizer) -> tuple[list[int], list[bool]]:
+    """Token ids and a free flag per position for a template with ``[MASK:n]`` spans (mask id at free spots)."""
+    ids: list[int] = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    free: list[bool] = [False] * len(ids)
+    pos, spans = 0, 0
+    for m in SPAN.finditer(template):
+        text = template[pos:m.start()]
+        if text:
+            piece = tokenizer.encode(text)
+            ids += piece
+            free += [False] * len(piece)
+        n = int(m.group(1)) if m.group(1) is not None else 1
+        if n < 1:
+            raise ConfigError(f"template span {m.group(0)!r} must fill at least one token, e.g. [MASK:4]")
+        ids += [tokenizer.mask_id] * n
+        free += [True] * n
+        spans += 1
+        pos = m.end()
+    tail = template[pos:]
+    if tail:
+        piece = tokenizer.encode(tail)
+        ids += piece
+        free += [False] * len(piece)
+    if spans == 0:
+        raise ConfigError("the infill template has no span to fill; mark one with [MASK:n] (n tokens) or [MASK]")
+    return ids, free
+
+
+def build_canvas(tokenizer, num_samples: int, length: Optional[int], max_len: int,
+                 prompt: Optional[str] = None, template: Optional[str] = None,
+                 device: torch.device | str = "cpu", prompt_ids: Optional[Sequence[int]] = None) -> Canvas:
+    """The start canvas for ``num_samples`` rows. ``length`` = total window L (prompt included), at most
+    the model's ``max_len``; default: the whole window (or the template's length). ``prompt_ids``: a prompt
+    given as token ids, used verbatim (no BOS added)."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"num_samples={num_samples!r} must be an integer >= 1")
+    prompt = prompt or None
+    if sum(v is not None for v in (prompt, template, prompt_ids)) > 1:
+        raise ConfigError("pass at most one of: a prompt (prefix), prompt_ids, an infill template")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= max_len):
+        raise ConfigError(f"length={length!r} must be an integer in 1..{max_len} (the model window)")
+    mask = tokenizer.mask_id
+    if template is not None:
+        ids, free = parse_template(template, tokenizer)
+        if len(ids) > max_len:
+            raise ConfigError(f"the template is {len(ids)} tokens, longer than the model window {max_len}; shorten it")
+        L = max(length or 0, len(ids))
+        if length is not None and length < len(ids):
+            raise ConfigError(f"length={length} is shorter than the template ({len(ids)} tokens); raise it or omit it")
+        ids += [mask] * (L - len(ids))
+        free += [True] * (L - len(free))
+    else:
+        L = length or max_len
+        ids = []
+        if prompt:
+            ids = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(prompt)
+        elif prompt_ids is not None:
+            ids = [int(i) for i in prompt_ids]
+            if any(not 0 <= i < tokenizer.vocab_size for i in ids):
+                raise ConfigError(f"prompt_ids must be token ids in 0..{tokenizer.vocab_size - 1}")
+        if ids:
+            if len(ids) >= L:
+                raise ConfigError(f"the prompt is {len(ids)} tokens, not shorter than the window L={L}; "
+                                  "shorten it or raise length")
+        free = [False] * len(ids) + [True] * (L - len(ids))
+        ids = ids + [mask] * (L - len(ids))
+    if any(i == mask and not f for i, f in zip(ids, free)):
+        raise ConfigError("the prompt / template text contains the mask token itself; remove it or mark a span "
+                          "to fill with [MASK:n]")
+    x = torch.tensor(ids, dtype=torch.long, device=device).expand(num_samples, L).clone()  # [N, L]
+    f = torch.tensor(free, dtype=torch.bool, device=device).expand(num_samples, L).clone()  # [N, L]
+    return Canvas(x=x, free=f)

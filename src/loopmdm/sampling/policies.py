@@ -1,0 +1,252 @@
+"""Loop policies at inference: how many mid-block iterations S each network call runs, and where.
+
+Each policy is one small class in the ``LOOP_POLICIES`` registry; ``run(runner, state)`` drives a
+``LoopRunner`` (head output h_0 -> h_k = mid(h_{k-1}) ... -> tail) and returns the prediction with the
+loop count each position received. Every policy keeps S within [s_min, s_max] (fixed: S itself).
+
+* ``fixed``: S loops every step, S above the training S_max included.
+* ``schedule``: S as a function of the fraction m of generated positions still masked (per sample):
+  S = round(s_min + (s_max - s_min) * f(m)) with f one of ``SHAPES`` (the paper: loop gains concentrate
+  at intermediate noise, hence the default ``hump``).
+* ``converge``: per sample, stop when the relative change of the mid-block state at still-masked positions,
+  ||h_k - h_{k-1}|| / ||h_{k-1}||, falls below ``threshold`` (criterion ``delta``), or when the KL between
+  the predicted distributions of successive loops does (criterion ``kl``, which runs the tail after each
+  loop: its cost is reported as coda_calls).
+* ``per_token``: per position, stop updating a position once its relative state change is below
+  ``threshold``; the others keep looping and attend to the frozen positions' cached keys / values.
+* ``warm``: ``converge`` started from the previous step's final mid-block state at positions whose token did
+  not change (newly revealed positions start from h_0), after FP-MGM's warm start.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .runner import LoopRunner, LoopState, Prediction
+
+DEFAULT_LOOPS = 4  # the tiny preset's training S_max; pass the checkpoint's diffusion.s_max for other models
+
+LOOP_POLICIES: Registry[type["LoopPolicy"]] = Registry("loop policy")
+
+
+def _check_int(name: str, value, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"loop policy option {name}={value!r} must be an integer >= {low}")
+    return value
+
+
+def _check_bounds(s_min, s_max) -> tuple[int, int]:
+    s_min, s_max = _check_int("s_min", s_min), _check_int("s_max", s_max)
+    if s_min > s_max:
+        raise ConfigError(f"s_min={s_min} > s_max={s_max}; the loop count bounds need S_min <= S_max")
+    return s_min, s_max
+
+
+def _check_threshold(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"loop policy option threshold={value!r} must be a number > 0")
+    return float(value)
+
+
+class LoopPolicy:
+    """Base class. ``s_min`` / ``s_max`` bound the loops any position receives in one network call."""
+
+    s_min: int = 1
+    s_max: int = 1
+
+    def reset(self, num_samples: int, seq_len: int) -> None:
+        """Called once per ``generate`` before the first step (policies with memory clear it here)."""
+
+    def run(self, runner: LoopRunner, state: LoopState) -> Prediction:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+@LOOP_POLICIES.register("fixed")
+class Fixed(LoopPolicy):
+    """S = ``loops`` mid-block iterations at every step (any S >= 1, also above the training S_max)."""
+
+    def __init__(self, loops: int = DEFAULT_LOOPS):
+        self.loops = _check_int("loops", loops)
+        self.s_min = self.s_max = self.loops
+
+    def run(self, runner, state):
+        h = runner.ctx.h0  # [B, L, D]
+        for k in range(self.loops):
+            h = runner.full(h, k)
+        loops = torch.full(state.x.shape, self.loops, dtype=torch.long, device=state.x.device)
+        return Prediction(runner.coda(h), loops)
+
+
+SHAPES: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
+    "hump": lambda m, c, w: torch.exp(-0.5 * ((m - c) / w) ** 2),  # peak at m = center
+    "linear": lambda m, c, w: m,  # more loops when more is masked
+    "inverse": lambda m, c, w: 1.0 - m,  # more loops near the end
+    "constant": lambda m, c, w: torch.ones_like(m),  # always s_max
+}
+
+
+@LOOP_POLICIES.register("schedule")
+class Schedule(LoopPolicy):
+    """S = round(s_min + (s_max - s_min) * f(m)), m = fraction of the generated positions still masked
+    (per sample), f = ``shape`` in {hump, linear, inverse, constant}; hump is a Gaussian bump of width
+    ``width`` centred at ``center``."""
+
+    def __init__(self, s_min: int = 1, s_max: int = DEFAULT_LOOPS, shape: str = "hump", center: float = 0.5,
+                 width: float = 0.25):
+        self.s_min, self.s_max = _check_bounds(s_min, s_max)
+        if shape not in SHAPES:
+            raise ConfigError(f"unknown schedule shape {shape!r}; choose one of: {', '.join(SHAPES)}")
+        if not isinstance(center, (int, float)) or not 0.0 <= center <= 1.0:
+            raise ConfigError(f"schedule option center={center!r} must be in [0, 1]")
+        if not isinstance(width, (int, float)) or not width > 0:
+            raise ConfigError(f"schedule option width={width!r} must be > 0")
+        self.shape, self.center, self.width = shape, float(center), float(width)
+
+    def loops_for(self, masked_fraction: torch.Tensor) -> torch.Tensor:
+        """Loop count per sample [B] for the fraction still masked [B]."""
+        f = SHAPES[self.shape](masked_fraction.double(), self.center, self.width).clamp(0.0, 1.0)
+        return torch.round(self.s_min + (self.s_max - self.s_min) * f).long()
+
+    def run(self, runner, state):
+        m = (state.masked & state.free).sum(1) / state.free.sum(1).clamp_min(1)  # [B]
+        S = self.loops_for(m)  # [B]
+        h = runner.ctx.h0
+        for k in range(int(S.max())):
+            h = runner.full(h, k, rows=(S > k).nonzero().squeeze(1))
+        return Prediction(runner.coda(h), S[:, None].expand_as(state.x).clone())
+
+
+def relative_change(new: torch.Tensor, old: torch.Tensor, where: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """||new - old|| / ||old|| per row [B] over the positions ``where`` [B, L] (all when None); states [B, L, D].
+    A row with no such position scores 0 (nothing to predict: it exits at s_min)."""
+    diff = (new - old).float().pow(2).sum(-1)  # [B, L]
+    ref = old.float().pow(2).sum(-1)
+    if where is not None:
+        diff, ref = diff * where, ref * where
+    return (diff.sum(1) / ref.sum(1).clamp_min(1e-12)).sqrt()
+
+
+def token_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """||new - old|| / ||old|| per position [B, L]."""
+    return ((new - old).float().norm(dim=-1) / old.float().norm(dim=-1).clamp_min(1e-6))
+
+
+def mean_kl(logp: torch.Tensor, logq: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) averaged over positions ``where`` [B, L] per row [B]; logp, logq [B, L, V]."""
+    kl = (logp.exp() * (logp - logq)).nan_to_num(0.0).sum(-1)  # [B, L]
+    return (kl * where).sum(1) / where.sum(1).clamp_min(1)
+
+
+@LOOP_POLICIES.register("converge")
+class Converge(LoopPolicy):
+    """Per-sample convergence exit: loop until the still-masked positions' state (``delta``) or predicted
+    distribution (``kl``, needs two loops) changes by less than ``threshold``, within [s_min, s_max]."""
+
+    criteria = ("delta", "kl")
+
+    def __init__(self, threshold: float = 0.05, criterion: str = "delta", s_min: int = 1,
+                 s_max: int = DEFAULT_LOOPS):
+        self.threshold = _check_threshold(threshold)
+        if criterion not in self.criteria:
+            raise ConfigError(f"unknown convergence criterion {criterion!r}; choose one of: {', '.join(self.criteria)}")
+        self.criterion = criterion
+        self.s_min, self.s_max = _check_bounds(s_min, s_max)
+
+    def start(self, runner: LoopRunner, state: LoopState) -> torch.Tensor:
+        return runner.ctx.h0
+
+    def finish(self, h: torch.Tensor, state: LoopState) -> None:
+        pass
+
+    def run(self, runner, state):
+        B = state.x.shape[0]
+        where = state.masked.float()  # [B, L]
+        h = self.start(runner, state)
+        loops = torch.zeros(B, dtype=torch.long, device=h.device)
+        live = torch.ones(B, dtype=torch.bool, device=h.device)
+        logits = prev_logp = None
+        for k in range(self.s_max):
+            rows = live.nonzero().squeeze(1)
+            h_new = runner.full(h, k, rows=rows)
+            loops[rows] += 1
+            if self.criterion == "delta":
+                score = relative_change(h_new[rows], h[rows], where[rows])  # [R]
+            else:
+                out = runner.coda(h_new, rows=rows)  # [R, L, V]
+                if logits is None:
+                    logits = torch.empty(B, *out.shape[1:], dtype=out.dtype, device=out.device)
+                    prev_logp = torch.zeros(B, *out.shape[1:], dtype=torch.float32, device=out.device)
+                logits[rows] = out
+                logp = torch.log_softmax(out.float(), dim=-1)
+                score = mean_kl(logp, prev_logp[rows], where[rows]) if k > 0 else torch.full_like(loops[rows], 1e9,
+                                                                                                  dtype=torch.float)
+                prev_logp[rows] = logp
+            h = h_new
+            done = (loops[rows] >= self.s_min) & (score < self.threshold)
+            live[rows[done]] = False
+            if not live.any():
+                break
+        self.finish(h, state)
+        if logits is None:
+            logits = runner.coda(h)
+        return Prediction(logits, loops[:, None].expand_as(state.x).clone())
+
+
+@LOOP_POLICIES.register("per_token")
+class PerToken(LoopPolicy):
+    """Per-token exit: after each loop (at least s_min) a position whose relative state change
+    ||h_k - h_{k-1}|| / ||h_{k-1}|| is below ``threshold`` stops being updated; the rest loop on (up to
+    s_max), attending to the frozen positions through their cached keys / values. Compute is really saved:
+    the mid block runs only on the active positions (FLOPs counted per position)."""
+
+    def __init__(self, threshold: float = 0.05, s_min: int = 1, s_max: int = DEFAULT_LOOPS):
+        self.threshold = _check_threshold(threshold)
+        self.s_min, self.s_max = _check_bounds(s_min, s_max)
+
+    def run(self, runner, state):
+        h_prev = runner.ctx.h0
+        h = runner.full(h_prev, 0, fill_cache=True)  # [B, L, D]; fills the key / value cache
+        loops = torch.ones(state.x.shape, dtype=torch.long, device=h.device)  # [B, L]
+        active = torch.ones_like(loops, dtype=torch.bool)
+        for k in range(1, self.s_max):
+            change = token_change(h, h_prev)  # [B, L] (0 for frozen positions)
+            active &= ~((loops >= self.s_min) & (change < self.threshold))
+            if not active.any():
+                break
+            h_prev, h = h, runner.partial(h, k, active)
+            loops += active.long()
+        return Prediction(runner.coda(h), loops)
+
+
+@LOOP_POLICIES.register("warm")
+class Warm(Converge):
+    """``converge`` started from the previous step's final mid-block state at positions whose token is
+    unchanged since that step (newly revealed positions and the first step start from the head output h_0)."""
+
+    def reset(self, num_samples, seq_len):
+        self._n = num_samples
+        self._h: Optional[torch.Tensor] = None  # [N, L, D] last final mid-block state of each sample
+        self._x: Optional[torch.Tensor] = None  # [N, L] the tokens it was computed for
+
+    def start(self, runner, state):
+        h0 = runner.ctx.h0
+        if getattr(self, "_h", None) is None:
+            return h0
+        same = (self._x[state.rows] == state.x)[..., None]  # [B, L, 1]
+        return torch.where(same, self._h[state.rows].to(h0.dtype), h0)
+
+    def finish(self, h, state):
+        if getattr(self, "_h", None) is None:
+            n = max(getattr(self, "_n", 0), int(state.rows.max()) + 1)
+            self._h = torch.zeros(n, *h.shape[1:], dtype=h.dtype, device=h.device)
+            self._x = torch.full((n, h.shape[1]), -1, dtype=torch.long, device=h.device)
+        self._h[state.rows] = h
+        self._x[state.rows] = state.x

@@ -1,0 +1,296 @@
+"""Samplers: how a masked canvas becomes text over T denoising steps. One small class each, in ``SAMPLERS``.
+
+* ``ancestral`` (MDLM): from t to s < t every still-masked token is revealed with probability
+  (alpha_s - alpha_t) / (1 - alpha_t), its value drawn from p_theta(x_0 | x_t); revealed tokens never change.
+* ``cached`` (MDLM's cached ancestral sampler): the same, but a sample whose tokens did not change since its
+  last network evaluation reuses that prediction instead of calling the network. Both samplers draw the
+  same random numbers at every step (two uniforms per position: reveal, token), so with a model whose
+  prediction depends on x_t only (``time_conditioning='none'``) and a loop policy without memory, the
+  tokens are identical under the same seed. With adaLN time conditioning the reused prediction was made
+  at an earlier t (MDLM's approximation) and tokens can differ.
+* ``confidence`` (LLaDA / Dream): at each step draw a candidate for every masked position, then keep the
+  k_i most confident (by ``probability``, ``margin`` of the top two, negative ``entropy``, or ``random`` as a
+  control); k_i is precomputed from the noise schedule (``transfer_counts``).
+* ``semi_ar``: left-to-right blocks of ``block_length`` positions, confidence unmasking inside each block.
+
+Every sampler works on a ``Session`` that owns the canvas, the RNG, the compute meter and the trajectory.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import ConfigError
+from ..registry import Registry
+from ..schedules import NoiseSchedule
+from .filters import TokenFilter, draw
+from .report import ComputeMeter, StepInfo, TrajectoryRecorder
+from .runner import Denoiser, Prediction
+
+
+class Session:
+    """One sampling run: canvas x [N, L] (mask where still to generate), free [N, L] (positions to
+    generate), the token filter, the generator (all draws in float64 on CPU), the denoiser and meters."""
+
+    def __init__(self, x: torch.Tensor, free: torch.Tensor, mask_id: int, denoiser: Denoiser, meter: ComputeMeter,
+                 filt: TokenFilter, schedule: NoiseSchedule, steps: int, gen: torch.Generator,
+                 eos_id: Optional[int] = None, stop_at_eos: bool = False,
+                 recorder: Optional[TrajectoryRecorder] = None, on_step: Optional[Callable] = None):
+        self.x, self.free, self.mask_id = x, free, mask_id
+        self.denoiser, self.meter, self.filt, self.schedule = denoiser, meter, filt, schedule
+        self.steps, self.gen, self.eos_id = steps, gen, eos_id
+        self.stop_at_eos = stop_at_eos and eos_id is not None
+        self.recorder, self.on_step = recorder, on_step
+        self.N, self.L = x.shape
+
+    # ---------------------------------------------------------------- helpers samplers share
+    def uniform(self) -> torch.Tensor:
+        """One float64 uniform per position [N, L], drawn on CPU from the session's generator."""
+        return torch.rand((self.N, self.L), generator=self.gen, dtype=torch.float64).to(self.x.device)
+
+    @property
+    def masked(self) -> torch.Tensor:
+        return self.x == self.mask_id  # [N, L]
+
+    def predict(self, t: torch.Tensor, step: int, rows: Optional[torch.Tensor] = None) -> Prediction:
+        """Network prediction for all rows (rows=None) or some; t [N] diffusion times."""
+        return self.denoiser(self.x, t, step, self.steps, rows)
+
+    def draw_tokens(self, logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens [M] drawn from filtered p_theta for logits [M, V] with uniforms u [M], and the model's
+        unfiltered probability of each drawn token [M] (its confidence)."""
+        tokens = draw(self.filt.log_probs(logits, self.mask_id), u)
+        return tokens, self.model_probs(logits).gather(-1, tokens[:, None]).squeeze(-1)
+
+    def model_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """p_theta(x_0 | x_t) [M, V] float64 under SUBS (mask excluded), before temperature / filters."""
+        z = logits.double().clone()
+        z[..., self.mask_id] = -math.inf
+        return torch.softmax(z, dim=-1)
+
+    def reveal(self, step: int, where: torch.Tensor, tokens: torch.Tensor, loops: torch.Tensor,
+               confidence: torch.Tensor) -> None:
+        """Write ``tokens`` [M] at positions ``where`` [N, L] (M of them); loops / confidence [N, L] for the record."""
+        self.x[where] = tokens
+        if self.recorder is not None:
+            self.recorder.reveal(step, where, loops, confidence)
+
+    def end_step(self, step: int) -> bool:
+        """Close step ``step``: meter, trajectory, streaming callback. True when sampling may stop early
+        (``stop_at_eos`` and every sample has an EOS with nothing masked before it)."""
+        loops = self.meter.end_step()
+        if self.recorder is not None:
+            self.recorder.end_step(self.x, loops, self.meter.report.flops)
+        if self.on_step is not None:
+            self.on_step(StepInfo(step=step, total_steps=self.steps, tokens=self.x.clone(), revealed=~self.masked,
+                                  loops=loops, flops_so_far=self.meter.report.flops))
+        return self.stop_at_eos and bool(self.finished_rows().all())
+
+    def finished_rows(self) -> torch.Tensor:
+        """[N] True where a generated EOS is revealed and no generated position before it is still masked."""
+        eos = (self.x == self.eos_id) & self.free
+        first = first_true(eos)  # [N] (L when none)
+        pos = torch.arange(self.L, device=self.x.device)[None]
+        pending = (self.masked & (pos < first[:, None])).any(1)
+        return eos.any(1) & ~pending
+
+
+def first_true(a: torch.Tensor) -> torch.Tensor:
+    """Index of the first True per row of a [N, L] bool tensor, L where there is none."""
+    L = a.shape[1]
+    idx = torch.where(a, torch.arange(L, device=a.device)[None], torch.full_like(a, L, dtype=torch.long))
+    return idx.min(dim=1).values
+
+
+class Sampler:
+    """Base class: ``run(session)`` fills every mask of ``session.x`` (revealed tokens never change)."""
+
+    def run(self, session: Session) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
+
+
+def time_grid(steps: int) -> torch.Tensor:
+    """t_0 = 1 > t_1 > ... > t_T = 0, float64 [T + 1]."""
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+@SAMPLERS.register("ancestral")
+class Ancestral(Sampler):
+    """MDLM ancestral sampling; the network runs at every step (``cached`` skips unchanged samples)."""
+
+    reuse = False
+    granularity = "batch"
+
+    def rows_to_evaluate(self, x: torch.Tensor, seen: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Rows needing a network call (None = all rows in one batch; empty = none)."""
+        if not self.reuse or seen is None:
+            return None
+        changed = (x != seen).any(dim=1)  # [N]
+        if not changed.any():
+            return changed.nonzero().squeeze(1)
+        if self.granularity == "batch" or bool(changed.all()):
+            return None
+        return changed.nonzero().squeeze(1)
+
+    def run(self, s: Session) -> None:
+        ts = time_grid(s.steps)
+        alpha = s.schedule.alpha(ts).double()
+        logits = loops = seen = None
+        for i in range(s.steps):
+            a_t, a_s = float(alpha[i]), float(alpha[i + 1])
+            p_reveal = (a_s - a_t) / max(1.0 - a_t, 1e-12)
+            u_reveal, u_token = s.uniform(), s.uniform()  # drawn every step, whatever runs
+            rows = self.rows_to_evaluate(s.x, seen)
+            if rows is None or rows.numel():
+                t = torch.full((s.N,), float(ts[i]), device=s.x.device)
+                pred = s.predict(t, i, rows)
+                if rows is None:
+                    logits, loops = pred.logits, pred.loops
+                else:
+                    logits[rows], loops[rows] = pred.logits, pred.loops
+                seen = s.x.clone()
+            reveal = s.masked & (u_reveal < p_reveal)  # [N, L]
+            if reveal.any():
+                tokens, conf = s.draw_tokens(logits[reveal], u_token[reveal])
+                s.reveal(i, reveal, tokens, loops, _scatter(reveal, conf))
+            if s.end_step(i):
+                break
+
+
+@SAMPLERS.register("cached")
+class CachedAncestral(Ancestral):
+    """Ancestral sampling that reuses a sample's last prediction while its tokens are unchanged.
+    granularity='row' evaluates only the samples that changed; 'batch' calls the network for the whole
+    batch as soon as any sample changed (bitwise the same logits as uncached, fewer savings for N > 1)."""
+
+    reuse = True
+
+    def __init__(self, granularity: str = "row"):
+        if granularity not in ("row", "batch"):
+            raise ConfigError(f"sampler option granularity={granularity!r} must be 'row' or 'batch'")
+        self.granularity = granularity
+
+
+def _scatter(where: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(where.shape, dtype=values.dtype, device=values.device)
+    out[where] = values
+    return out
+
+
+def transfer_counts(masked: torch.Tensor, steps: int, schedule: NoiseSchedule) -> torch.Tensor:
+    """Tokens to reveal per step [N, T] for ``masked`` [N] masked tokens over T steps, following alpha_t
+    (linear for the log-linear schedule, as LLaDA's precomputed counts): after step i a fraction
+    alpha_{t_{i+1}} of them is revealed; each row sums to its masked count."""
+    alpha = schedule.alpha(time_grid(steps)).double()[1:].clamp(0.0, 1.0)  # [T]
+    cum = torch.round(masked.double()[:, None].cpu() * alpha[None]).long()  # [N, T]
+    cum[:, -1] = masked.cpu()
+    cum = torch.cummax(cum, dim=1).values
+    return torch.diff(cum, dim=1, prepend=torch.zeros_like(cum[:, :1])).to(masked.device)
+
+
+ORDERS = ("probability", "margin", "entropy", "random")
+
+
+def confidence_scores(probs: torch.Tensor, tokens: torch.Tensor, order: str, u: torch.Tensor) -> torch.Tensor:
+    """Confidence [M] of candidates ``tokens`` [M] under p_theta ``probs`` [M, V]: the token's probability,
+    the margin between the two most likely tokens, the negative entropy, or a random score u [M]."""
+    if order == "probability":
+        return probs.gather(-1, tokens[:, None]).squeeze(-1)
+    if order == "margin":
+        top = probs.topk(2, dim=-1).values
+        return top[:, 0] - top[:, 1]
+    if order == "entropy":
+        return (probs * probs.clamp_min(1e-300).log()).sum(-1)
+    return u
+
+
+def confidence_step(s: Session, step: int, candidates: torch.Tensor, k: torch.Tensor, order: str) -> None:
+    """One LLaDA-style step: predict, draw a token for every masked position, reveal the k [N] most
+    confident among ``candidates`` [N, L] (masked positions this step may fill)."""
+    u_token, u_order = s.uniform(), s.uniform()
+    masked = s.masked
+    L = s.L
+    frac = (masked.sum(1).double() / L).clamp(1e-3, 1.0)  # t = fraction still masked (LLaDA has no t)
+    pred = s.predict(frac.to(s.x.device), step)
+    cand = candidates & masked
+    if not cand.any():
+        return
+    logits = pred.logits[cand]  # [M, V]
+    tokens = draw(s.filt.log_probs(logits, s.mask_id), u_token[cand])
+    probs = s.model_probs(logits)
+    conf = probs.gather(-1, tokens[:, None]).squeeze(-1)
+    score = torch.full((s.N, L), -math.inf, dtype=torch.float64, device=s.x.device)
+    score[cand] = confidence_scores(probs, tokens, order, u_order[cand])
+    rank = torch.empty_like(score, dtype=torch.long).scatter_(
+        1, score.argsort(dim=1, descending=True, stable=True), torch.arange(L, device=s.x.device).expand(s.N, L))
+    reveal = cand & (rank < k[:, None])
+    token_map = torch.full((s.N, L), s.mask_id, dtype=torch.long, device=s.x.device)
+    token_map[cand] = tokens
+    s.reveal(step, reveal, token_map[reveal], pred.loops, _scatter(cand, conf))
+
+
+def _check_order(order: str) -> str:
+    if order not in ORDERS:
+        raise ConfigError(f"unknown confidence order {order!r}; choose one of: {', '.join(ORDERS)}")
+    return order
+
+
+@SAMPLERS.register("confidence")
+class Confidence(Sampler):
+    """Confidence-based unmasking with a precomputed number of tokens per step (LLaDA / Dream).
+    ``order``: probability | margin | entropy | random. Confidence is the model's own p_theta (before
+    temperature / top-k / top-p), as in LLaDA; candidates are drawn from the filtered distribution."""
+
+    def __init__(self, order: str = "probability"):
+        self.order = _check_order(order)
+
+    def run(self, s: Session) -> None:
+        counts = transfer_counts((s.masked & s.free).sum(1), s.steps, s.schedule)  # [N, T]
+        for i in range(s.steps):
+            confidence_step(s, i, s.free, counts[:, i], self.order)
+            if s.end_step(i):
+                break
+
+
+@SAMPLERS.register("semi_ar")
+class SemiAutoregressive(Sampler):
+    """Semi-autoregressive blocks: positions are cut into left-to-right blocks of ``block_length``; each
+    block (that has positions to generate) gets an equal share of the T steps (the first ones one more when
+    T does not divide) and is filled by confidence unmasking (``order``) before the next starts. With
+    ``stop_at_eos`` generation stops after the block in which every sample's EOS is settled."""
+
+    def __init__(self, block_length: int = 32, order: str = "probability"):
+        if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
+            raise ConfigError(f"sampler option block_length={block_length!r} must be an integer >= 1")
+        self.block_length = block_length
+        self.order = _check_order(order)
+
+    def run(self, s: Session) -> None:
+        pos = torch.arange(s.L, device=s.x.device)
+        blocks = []
+        for start in range(0, s.L, self.block_length):
+            in_block = (pos >= start) & (pos < start + self.block_length)  # [L]
+            if (s.free & in_block[None]).any():
+                blocks.append(in_block)
+        if s.steps < len(blocks):
+            raise ConfigError(f"steps={s.steps} is fewer than the {len(blocks)} blocks of block_length="
+                              f"{self.block_length}; raise steps or block_length")
+        per_block = [s.steps // len(blocks) + (b < s.steps % len(blocks)) for b in range(len(blocks))]
+        step = 0
+        for in_block, n in zip(blocks, per_block):
+            cand = s.free & in_block[None]  # [N, L]
+            counts = transfer_counts((s.masked & cand).sum(1), n, s.schedule)  # [N, n]
+            for i in range(n):
+                confidence_step(s, step, cand, counts[:, i], self.order)
+                step += 1
+                if s.end_step(step - 1):
+                    return

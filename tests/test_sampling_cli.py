@@ -1,0 +1,54 @@
+"""``loopmdm sample``: sampler / policy / options / template through the CLI, --json, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, check=True):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", "from loopmdm.cli import main; main()", "sample", *args],
+                       capture_output=True, text=True, env=env, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stderr[-2000:]}")
+    return p
+
+
+def test_sample_cli_policy_and_template_json(tiny_run):
+    p = run("--checkpoint", str(tiny_run), "--sampler", "cached", "--sampler-opt", "granularity=batch",
+            "--policy", "converge", "--policy-opt", "threshold=0.1", "--policy-opt", "criterion=kl",
+            "--template", "def f(x):\n[MASK:5]\n    return x", "--steps", "6", "--num-samples", "2",
+            "--top-k", "20", "--json")
+    out = json.loads(p.stdout)
+    assert out["sampler"] == "cached" and out["policy"] == "converge"
+    (res,) = out["results"]
+    assert res["policy_options"] == {"threshold": 0.1, "criterion": "kl", "s_max": 3}  # s_max: training S_max
+    assert len(res["samples"]) == 2 and all(s.startswith("def f(x):") for s in res["samples"])
+    rep = res["report"]
+    assert rep["network_calls"] >= 1 and rep["loop_iterations"] >= rep["network_calls"] and rep["flops"] > 0
+
+
+def test_sample_cli_fixed_loops_text_output(tiny_run):
+    p = run("--checkpoint", str(tiny_run), "--loops", "1,5", "--steps", "3", "--num-samples", "1",
+            "--prompt", "def", "--sampler", "semi_ar", "--sampler-opt", "block_length=16")
+    assert "S=1 sample 0" in p.stdout and "S=5 sample 0" in p.stdout
+    assert p.stdout.count("----- compute: network calls 3 | loop iterations") == 2
+
+
+@pytest.mark.parametrize("args,match", [  # the library's checks are tested in test_sampling.py; here the plumbing
+    (["--policy", "oracle"], "unknown loop policy 'oracle'; choose one of: converge, fixed"),
+    (["--template", "nothing to fill"], "no span to fill"),
+    (["--policy", "schedule", "--policy-opt", "s_min=4", "--policy-opt", "s_max=2"], "S_min <= S_max"),
+    (["--policy", "converge", "--loops", "3"], "--loops applies to --policy fixed"),
+    (["--policy-opt", "loops"], "must look like name=value"),
+])
+def test_sample_cli_errors_are_one_line(tiny_run, args, match):
+    p = run("--checkpoint", str(tiny_run), *args, check=False)
+    assert p.returncode == 2, p.stderr
+    assert match in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
