@@ -69,16 +69,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(step, device: torch.device, warmup: int, steps: int) -> float:
-    """Seconds per step after ``warmup`` steps (compilation happens there)."""
+def measure(step, device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
+    """(seconds per step after ``warmup`` steps, seconds the warm-up took: compilation happens there)."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         step()
     sync(device)
+    warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     sync(device)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, warm
 
 
 def run_one(model_cfg, loops: int, batches: list[int], device: torch.device, precision: str, compiled: bool,
@@ -90,7 +92,7 @@ def run_one(model_cfg, loops: int, batches: list[int], device: torch.device, pre
             torch.cuda.reset_peak_memory_stats(device)
         try:
             step = make_step(model_cfg, loops, batch, device, precision, compiled, sdpa)
-            sec = measure(step, device, warmup, steps)
+            sec, warm = measure(step, device, warmup, steps)
         except torch.OutOfMemoryError:
             continue  # try the next smaller batch
         finally:
@@ -99,7 +101,7 @@ def run_one(model_cfg, loops: int, batches: list[int], device: torch.device, pre
         tokens = batch * model_cfg.max_seq_len
         flops = train_flops_per_token(model_cfg, loops) * tokens / sec
         peak = peak_flops(device)
-        return {"loops": loops, "compile": compiled, "batch": batch, "sec_per_step": sec,
+        return {"loops": loops, "compile": compiled, "batch": batch, "sec_per_step": sec, "warmup_s": warm,
                 "tokens_per_s": tokens / sec, "model_tflops_per_s": flops / 1e12,
                 "mfu": flops / peak if peak else None,
                 "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
@@ -134,14 +136,15 @@ def main(
             print(json.dumps(r), flush=True)
     print(f"\n{preset} preset on {name} ({precision}, torch {torch.__version__}); peak "
           + (f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown"))
-    print(f"{'S':>4}{'compile':>9}{'batch':>7}{'s/step':>9}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}{'mem GiB':>9}")
+    print(f"{'S':>4}{'compile':>9}{'batch':>7}{'warm-up s':>11}{'s/step':>9}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}"
+          f"{'mem GiB':>9}")
     for r in results["runs"]:
         if r.get("batch") is None:
             print(f"{r['loops']:>4}{str(r['compile']):>9}  {r['error']}")
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
-        print(f"{r['loops']:>4}{str(r['compile']):>9}{r['batch']:>7}{r['sec_per_step']:>9.3f}"
+        print(f"{r['loops']:>4}{str(r['compile']):>9}{r['batch']:>7}{r['warmup_s']:>11.1f}{r['sec_per_step']:>9.3f}"
               f"{r['tokens_per_s']:>10.0f}{r['model_tflops_per_s']:>9.1f}{mfu:>7}{mem:>9}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

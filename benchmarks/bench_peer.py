@@ -9,10 +9,10 @@ are counted for both with ``torch.utils.flop_counter.FlopCounterMode`` and repor
 
 Speed: the two models' steps alternate in one process (``--rounds`` rounds of ``--steps`` steps each),
 so machine noise hits both alike; the best round per model is reported.
-Memory: each (model, precision) runs in a fresh subprocess; the figure is the growth of the peak resident
-set (``ru_maxrss``) over two training steps, i.e. activations + gradients + AdamW state, measured the
-same way for both. (tracemalloc does not see PyTorch's C++ allocations, and the CPU allocator has no
-peak counter, hence the process-level measurement.)
+Memory: each (model, precision) runs in a fresh subprocess (Linux); the figure is the growth of the peak
+resident set (``VmHWM``, reset through /proc/self/clear_refs) over two training steps, i.e. activations +
+gradients + AdamW state, measured the same way for both. (tracemalloc does not see PyTorch's C++
+allocations, and the CPU allocator has no peak counter, hence the process-level measurement.)
 
     python benchmarks/bench_peer.py --out benchmarks/results/peer_cpu.json
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import platform
-import resource
 import time
 from pathlib import Path
 from typing import Callable
@@ -112,13 +111,25 @@ def step_flops(name: str, args: dict) -> float:
     return float(counter.get_total_flops())
 
 
+def _proc_status_bytes(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` (peak RSS) of this process from /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
 def _memory_child(name: str, args: dict, precision: str, q) -> None:
+    """Peak RSS growth over two training steps. ``ru_maxrss`` cannot be used: Linux carries it across exec,
+    so a spawned child starts with its parent's peak. The per-address-space peak ``VmHWM`` is reset by
+    writing 5 to /proc/self/clear_refs just before the steps."""
     torch.set_num_threads(args["threads"])
     step, _ = make_step(name, args, precision)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _proc_status_bytes("VmRSS")
     for i in range(2):
         step(i)
-    q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)  # KiB on Linux
+    q.put(_proc_status_bytes("VmHWM") - before)
 
 
 def peak_memory(name: str, args: dict, precision: str) -> int:

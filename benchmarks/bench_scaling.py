@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def main(
         r["speedup_vs_1x1"] = r["tokens_per_s"] / base
         print(f"{r['nproc']:>6}{r['threads_per_proc']:>14}{r['tokens_per_s']:>10.0f}{r['speedup_vs_1x1']:>9.2f}"
               f"{r['wall_s']:>9.1f}")
+    shutil.rmtree(workdir, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")

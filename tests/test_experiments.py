@@ -181,6 +181,7 @@ def test_three_runs_match_in_cumulative_flops(tiny_cfg, tmp_path):
     again = run_compute_matched(cfg, tmp_path / "out", log=lambda s: None)
     assert all(again["per_seed"][0]["runs"][n]["reused"] for n in ("mdm", "loopmdm", "deeper"))
     assert again["per_seed"][0]["runs"]["mdm"]["flops"] == runs["mdm"]["flops"]
+    assert again["per_seed"][0]["runs"]["mdm"]["train_wall_s"] == pytest.approx(runs["mdm"]["train_wall_s"])
 
 
 # --------------------------------------------------------------------------- CLI

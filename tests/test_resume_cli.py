@@ -45,6 +45,11 @@ def _cli_child(argv, log):
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    import threading
+
+    from tqdm.auto import tqdm
+
+    tqdm.set_lock(threading.RLock())  # not a multiprocessing lock: a SIGKILL would leak its semaphore
     from loopmdm.cli import main
 
     sys.argv = ["loopmdm", *argv]

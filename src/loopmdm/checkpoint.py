@@ -415,7 +415,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", ema: bool =
                               f"config.json says model.vocab_size={cfg.model.vocab_size}; the files do not belong "
                               "together")
     model = LoopMDM(cfg.model)
-    weights_file = folder / ("ema.safetensors" if ema and (folder / "ema.safetensors").is_file() else "model.safetensors")
+    use_ema = ema and (folder / "ema.safetensors").is_file()
+    weights_file = folder / ("ema.safetensors" if use_ema else "model.safetensors")
     load_weights(model, weights_file, cfg)
     return model.to(device).eval(), tokenizer, cfg
 

@@ -88,7 +88,8 @@ class ModelConfig:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.backprop_depth is not None:
             if self.backprop_depth < 1:
-                raise ConfigError(f"model.backprop_depth={self.backprop_depth} must be >= 1 (or null for full backprop)")
+                raise ConfigError(f"model.backprop_depth={self.backprop_depth} must be >= 1 "
+                                  "(or null for full backprop)")
             if not self.input_injection and self.n_h > 0:
                 raise ConfigError(
                     "model.backprop_depth is set but model.input_injection is false: the head layers would get "
@@ -424,9 +425,11 @@ def load_config(preset_name: str = "tiny", config_file: str | Path | None = None
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML ({type(e).__name__}); fix its syntax") from None
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML ({type(e).__name__}); "
+                              "fix its syntax") from None
         except OSError as e:
-            raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror or e}); check its permissions") from None
+            raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror or e}); "
+                              "check its permissions") from None
         apply_dict(cfg, data)
     for item in overrides or []:
         apply_dict(cfg, parse_override(item))

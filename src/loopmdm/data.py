@@ -91,7 +91,8 @@ def read_path(source: str, cfg: DataConfig) -> ReadReport:
             entries = sorted(p for p in path.rglob("*")
                              if not any(part.startswith(".") for part in p.relative_to(path).parts))
         except OSError as e:
-            raise DataError(f"data folder {source!r} cannot be listed ({e.strerror or e}); check its permissions") from None
+            raise DataError(f"data folder {source!r} cannot be listed ({e.strerror or e}); "
+                            "check its permissions") from None
         files = []
         for p in entries:
             if p.is_symlink() and not p.exists():
@@ -120,7 +121,8 @@ BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe
 
 
 def decode_text(raw: bytes) -> tuple[Optional[str], Optional[str]]:
-    """``(text, None)`` for UTF-8 text (a leading BOM dropped), else ``(None, reason)``: UTF-16/32, binary, not UTF-8."""
+    """``(text, None)`` for UTF-8 text (a leading BOM dropped), else ``(None, reason)``: UTF-16/32, binary,
+    not UTF-8 (naming the first bad byte)."""
     for bom, name in BOMS.items():
         if raw.startswith(bom):
             return None, f"{name} text, convert it to UTF-8"
@@ -135,8 +137,8 @@ def decode_text(raw: bytes) -> tuple[Optional[str], Optional[str]]:
 def _bad_file(p: Path, reason: str, cfg: DataConfig, report: ReadReport) -> None:
     """Apply ``data.bad_files``: ``error`` stops with the file and reason named, ``skip`` counts it."""
     if cfg.bad_files == "error":
-        raise DataError(f"data file {str(p)!r} is {reason}; fix or remove it, or set data.bad_files=skip "
-                        "to skip such files with a count")
+        raise DataError(f"data file {str(p)!r} cannot be used ({reason}); fix or remove it, or set "
+                        "data.bad_files=skip to skip such files with a count")
     report.skip(p, reason)
 
 
@@ -207,7 +209,7 @@ def read_documents(cfg: DataConfig) -> ReadReport:
         report = SOURCES.get("stdlib" if source == "stdlib" else "path")(source, cfg)
     if not report.documents:
         skipped = report.summary() or "no files skipped"
-        raise DataError(f"no text found in data source {source!r} ({skipped}); point data.source at UTF-8 text files")
+        raise DataError(f"no text found in data source {source!r}: {skipped}; point data.source at UTF-8 text files")
     return report
 
 
@@ -318,8 +320,9 @@ def prepare_data(cfg: DataConfig, vocab_size: int, seq_len: int, use_cache: bool
     report = read_documents(cfg)
     train_docs, val_docs = split_documents(report.documents, cfg.val_fraction)
     train_docs = cap_bytes(train_docs, cfg.max_train_bytes)
-    log(f"{len(train_docs)} train / {len(val_docs)} validation documents"
-        + (f", {report.summary()} (data.bad_files={cfg.bad_files}), e.g. {report.skipped[0]}" if report.skipped else ""))
+    skipped = f", {report.summary()} (data.bad_files={cfg.bad_files}), e.g. {report.skipped[0]}" \
+        if report.skipped else ""
+    log(f"{len(train_docs)} train / {len(val_docs)} validation documents{skipped}")
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_bpe((d.text for d in train_docs), vocab_size)
     train = pack(tokenizer.encode_batch([d.text for d in train_docs]), seq_len, tokenizer.bos_id, tokenizer.eos_id)
     val_ids = tokenizer.encode_batch([d.text for d in val_docs])

@@ -361,14 +361,3 @@ def step_agreement(loops: int, stop: bool, env: DistEnv) -> bool:
                            f"[{-int(t[1])}, {int(t[0])}]; the loop generators are out of sync (same train.seed "
                            "and the same checkpoint on every rank are required)")
     return bool(t[2])
-
-
-class StateView:
-    """A stand-in exposing ``state_dict()`` over an already gathered state, so the ordinary checkpoint writer
-    saves FSDP2 runs in the same files as single-process runs."""
-
-    def __init__(self, state: dict[str, Any]):
-        self._state = state
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._state

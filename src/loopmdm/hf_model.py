@@ -296,8 +296,10 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
                               "or save_pretrained")
     try:
         hf_cfg = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # JSONDecodeError is a ValueError
         raise CheckpointError(f"{config_path} is not valid JSON") from None
+    if not isinstance(hf_cfg, dict):
+        raise CheckpointError(f"{config_path} is not a JSON object; pass a folder written by `loopmdm export`")
     if hf_cfg.get("model_type") != "loopmdm":
         raise CheckpointError(f"{config_path} describes a {hf_cfg.get('model_type')!r} model, not 'loopmdm'; "
                               "only LoopMDM folders can be imported")
@@ -340,7 +342,12 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     """Weights from model.safetensors or a sharded model.safetensors.index.json, without the "model." prefix."""
     index = hf_dir / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
+            raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map' of file names)") from None
+        if any(not isinstance(s, str) or "/" in s or "\\" in s for s in shards):
+            raise CheckpointError(f"{index} names a shard outside its folder; use files beside it")
         files = [hf_dir / s for s in shards]
     elif (hf_dir / "model.safetensors").is_file():
         files = [hf_dir / "model.safetensors"]

@@ -192,6 +192,9 @@ class Trainer:
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                    desc="train", unit="step")
         last_loss, val, t_last = float("nan"), None, time.perf_counter()
+        if self.step >= tc.max_steps:
+            self.log(f"step {self.step} already reached train.max_steps={tc.max_steps}: nothing to train "
+                     "(raise --max-steps to continue)")
         try:
             while self.step < tc.max_steps and not self._stop_requested:
                 loops = self.loop_dist.sample(self.gen_loops)
@@ -313,7 +316,8 @@ class Trainer:
     def save(self) -> Path:
         """Write a checkpoint of everything an exact resume needs. Weights that are no longer finite are never
         saved (the last good checkpoint stays ``latest``)."""
-        bad = [] if distributed.is_sharded(self.model) else             [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        params = [] if distributed.is_sharded(self.model) else self.model.named_parameters()
+        bad = [n for n, p in params if not bool(torch.isfinite(p).all())]
         if bad:  # DDP replicas hold identical weights, so every rank takes this branch together
             raise TrainingDiverged(f"the weights became non-finite ({bad[0]}) at step {self.step}; not saving. "
                                    + self._divergence_message(float("nan"), float("nan")).split("; ", 1)[1])
@@ -327,14 +331,15 @@ class Trainer:
                  "python_random": _jsonable(random.getstate()), "numpy_random": _jsonable(np.random.get_state())}
         if self.ema is not None:
             state["ema_n_averaged"] = int(self.ema.n_averaged)
-        model, optimizer = self.model, self.optimizer
+        model_state = optimizer_state = None
         if distributed.is_sharded(self.model):  # FSDP2: gather full tensors (every rank takes part)
-            model = distributed.StateView(distributed.full_model_state(self.model))
-            optimizer = distributed.StateView(distributed.full_optimizer_state(self.model, self.optimizer))
+            model_state = distributed.full_model_state(self.model)
+            optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
         path = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
         if self.dist.is_main:
-            path = save_checkpoint(self.run_dir, self.step, model, self.cfg, self.data.tokenizer, state,
-                                   optimizer, extra, keep_last=self.cfg.train.keep_last)
+            path = save_checkpoint(self.run_dir, self.step, self.model, self.cfg, self.data.tokenizer, state,
+                                   self.optimizer, extra, keep_last=self.cfg.train.keep_last,
+                                   model_state=model_state, optimizer_state=optimizer_state)
         distributed.barrier(self.dist)
         self._saved_step = self.step
         return path
@@ -390,8 +395,9 @@ class Trainer:
         diffs = _config_diff(saved.to_dict(), self.cfg.to_dict())
         model_diffs = [d for d in diffs if d.startswith("model.")]
         if model_diffs:
-            raise CheckpointError(f"checkpoint {str(folder)!r} has a different model config ({'; '.join(model_diffs[:3])}); "
-                                  "resume with the same --preset / --config / --set model.* as the original run")
+            raise CheckpointError(f"checkpoint {str(folder)!r} has a different model config "
+                                  f"({'; '.join(model_diffs[:3])}); resume with the same --preset / --config / "
+                                  "--set model.* as the original run")
         if load_tokenizer_file(folder).tok.get_vocab() != self.data.tokenizer.tok.get_vocab():
             raise CheckpointError(f"the data's tokenizer differs from {str(folder / 'tokenizer.json')!r} (the corpus "
                                   "or data settings changed); keep the checkpoint's tokenizer with --set "

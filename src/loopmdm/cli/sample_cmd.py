@@ -46,7 +46,8 @@ def sample(
     sampler: str = typer.Option("ancestral", "--sampler", help="ancestral | cached | confidence | semi_ar."),
     sampler_opt: List[str] = typer.Option([], "--sampler-opt",
                                           help="Sampler option name=value (repeat), e.g. order=margin."),
-    policy: str = typer.Option("fixed", "--policy", help="Loop policy: fixed | schedule | converge | per_token | warm."),
+    policy: str = typer.Option("fixed", "--policy",
+                               help="Loop policy: fixed | schedule | converge | per_token | warm."),
     policy_opt: List[str] = typer.Option([], "--policy-opt",
                                          help="Loop-policy option name=value (repeat), e.g. threshold=0.05. "
                                               "s_max defaults to the checkpoint's training S_max."),

@@ -101,7 +101,7 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (NaN written as null so every reader can parse it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique per process (seeds may run in parallel)
     tmp.write_text(json.dumps(_clean(obj), indent=2))
     os.replace(tmp, path)
 

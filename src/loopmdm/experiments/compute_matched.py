@@ -15,6 +15,7 @@ NELBO over the FLOPs (b) needs to reach the same value (``curves.flops_ratio``).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from ..flops import expected_train_flops_per_token, layer_flops_per_token, train
 from ..loops import get_loop_distribution
 from ..registry import Registry
 from ..schedules import get_schedule
-from .common import BalancedUniformLoops, clone, default_loop_grid, load_experiment_config, machine_info, \
+from .common import BalancedUniformLoops, clone, load_experiment_config, machine_info, \
     write_json
 from .curves import Curve, flops_ratio, fmt_spread, read_curve, spread
 
@@ -104,14 +105,15 @@ def _laptop() -> ComputeMatchedConfig:
         diffusion=DiffusionConfig(s_max=4),
         data=DataConfig(source="stdlib", max_train_bytes=6_000_000),
         train=TrainConfig(batch_size=16, lr=2e-3, warmup_steps=0, eval_batches=6, precision="fp32",
-                          device="cpu", log_every=10, keep_last=1, threads=2),
+                          device="cpu", log_every=10, keep_last=1, threads=1),
     )
     return ComputeMatchedConfig(
-        name="laptop", run=run, baseline_steps=1200, n_evals=16, seeds=[0, 1], final_eval_batches=48,
-        ablation_baseline_steps=600, expected_minutes=40.0,
+        name="laptop", run=run, baseline_steps=700, n_evals=14, seeds=[0, 1], final_eval_batches=48,
+        ablation_baseline_steps=400, expected_minutes=35.0,
         description="6-layer, d=128 MDM (1.8M parameters) on 6 MB of the Python standard library, BPE 2048, "
-                    "length 128; LoopMDM loops layers 1-2 (n_h=1, n_m=2, n_o=3) with S_max=4, so the deeper "
-                    "baseline has 6 + 1.5 * 2 = 9 layers. Sized for about 40 minutes for two seeds on 2 CPU cores.")
+                    "length 128, batch 16; LoopMDM loops layers 1-2 (n_h=1, n_m=2, n_o=3) with S_max=4, so the "
+                    "deeper baseline has 6 + 1.5 * 2 = 9 layers. One thread per process: run the two seeds as two "
+                    "processes on 2 cores (about 35 minutes when the cores are free).")
 
 
 def _paper() -> ComputeMatchedConfig:
@@ -333,9 +335,15 @@ def train_one(plan: RunPlan, seed: int, run_dir: Path, data: PreparedData, cfg: 
         trainer.fit()
         model = trainer.ema.module if trainer.ema is not None else trainer.model
         reused = False
+    record = run_dir / "experiment_run.json"  # keeps the training wall time for later reuse
+    if reused:
+        train_wall = json.loads(record.read_text()).get("train_wall_s") if record.is_file() else None
+    else:
+        train_wall = time.perf_counter() - t0
+        record.write_text(json.dumps({"train_wall_s": train_wall, "seed": seed, "steps": plan.steps}))
     curve = read_curve(run_dir / "metrics.jsonl")
     info = {"steps": plan.steps, "flops": curve.flops[-1] if curve.flops else 0.0, "reused": reused,
-            "wall_s": time.perf_counter() - t0, "curve": curve.to_dict(),
+            "wall_s": time.perf_counter() - t0, "train_wall_s": train_wall, "curve": curve.to_dict(),
             "parameters": sum(p.numel() for p in model.parameters())}
     return model.eval(), info
 

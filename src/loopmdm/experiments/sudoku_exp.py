@@ -34,7 +34,6 @@ from ..flops import expected_train_flops_per_token, train_flops_per_token
 from ..loops import FixedLoops, get_loop_distribution
 from ..model import LoopMDM
 from ..registry import Registry
-from ..schedules import get_schedule
 from ..tasks import sudoku as sd
 from ..train import lr_lambda
 from ..config import DiffusionConfig
@@ -55,15 +54,15 @@ class SudokuExpConfig:
     name: str = "laptop"
     n_train: int = 4000
     n_test: int = 200
-    givens: list[int] = field(default_factory=lambda: [34, 42])  # difficulty: (min, max) givens, 17..80
+    givens: list[int] = field(default_factory=lambda: [46, 54])  # difficulty: (min, max) givens, 17..80
     data_seed: int = 0
     cache_dir: Optional[str] = None  # null: ~/.cache/loopmdm/sudoku (or $LOOPMDM_CACHE/sudoku)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(
         vocab_size=sd.VOCAB.vocab_size, max_seq_len=sd.N_CELLS, d_model=128, n_heads=4, n_layers=4, n_h=1, n_m=2,
         n_o=1, time_conditioning="none", tie_embeddings=False))
     s_max: int = 4  # LoopMDM trains with S ~ U{1..S_max}; the MDM with S = 1
-    baseline_steps: int = 3000  # steps of the MDM; LoopMDM gets the same training FLOPs in fewer steps
-    batch_size: int = 64
+    baseline_steps: int = 2000  # steps of the MDM; LoopMDM gets the same training FLOPs in fewer steps
+    batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_frac: float = 0.03
@@ -79,7 +78,7 @@ class SudokuExpConfig:
     eval_batch_size: int = 200
     seeds: list[int] = field(default_factory=lambda: [0])
     log_every: int = 100
-    threads: Optional[int] = 2
+    threads: Optional[int] = 1  # 1 is much faster than 2 on a shared, busy CPU
     expected_minutes: Optional[float] = None
     description: str = ""
 
@@ -116,10 +115,10 @@ class SudokuExpConfig:
 
 def _laptop() -> SudokuExpConfig:
     return SudokuExpConfig(
-        name="laptop", expected_minutes=30.0,
-        description="4-layer d=128 denoiser (0.8M parameters) on 4000 puzzles with 34-42 givens (39-47 blanks); "
-                    "LoopMDM loops layers 1-2 with S_max=4; 3000 MDM steps of batch 64, LoopMDM ~2000 steps at "
-                    "equal FLOPs; 200 test puzzles solved one cell per network call.")
+        name="laptop", expected_minutes=45.0,
+        description="4-layer d=128 denoiser (0.8M parameters) on 4000 easy puzzles with 46-54 givens (27-35 "
+                    "blanks); LoopMDM loops layers 1-2 with S_max=4; 2000 MDM steps of batch 32, LoopMDM ~1140 "
+                    "steps at equal FLOPs; 200 test puzzles solved one cell per network call.")
 
 
 def _paper() -> SudokuExpConfig:
@@ -444,7 +443,9 @@ def _mdm_grid(cfg: SudokuExpConfig) -> list[int]:
 
 
 def _checks(table: dict, cfg: SudokuExpConfig) -> dict:
-    """The issue's targets, per order: LoopMDM at S_max above the MDM (at S = 1), and rising with S up to S_max."""
+    """The issue's targets, per order: LoopMDM's board accuracy at S_max above the MDM's (at S = 1), and rising
+    with S (strictly higher at S_max than at S = 1; non-decreasing in between). All-zero accuracies are flagged:
+    they make the comparisons vacuous."""
     out = {}
     for order in cfg.orders:
         loop = table["loopmdm"][order]
@@ -452,7 +453,9 @@ def _checks(table: dict, cfg: SudokuExpConfig) -> dict:
         at = {s: loop[s]["board_accuracy"]["mean"] for s in loop}
         up_to = [at[s] for s in sorted(at) if s <= cfg.s_max]
         out[order] = {"loopmdm_smax_above_mdm": at.get(cfg.s_max, float("nan")) > base,
-                      "non_decreasing_in_S_up_to_smax": all(b >= a for a, b in zip(up_to, up_to[1:]))}
+                      "rises_from_S1_to_smax": at.get(cfg.s_max, float("nan")) > at.get(1, float("nan")),
+                      "non_decreasing_in_S_up_to_smax": all(b >= a for a, b in zip(up_to, up_to[1:])),
+                      "all_board_accuracies_zero": base == 0 and all(v == 0 for v in at.values())}
     return out
 
 

@@ -43,6 +43,8 @@ class SampleOutput:
 def build(registry: Registry, name: str, options: Optional[dict]) -> Any:
     """Instantiate ``registry[name](**options)`` with one-line errors for unknown names and options."""
     cls = registry.get(name)
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"{registry.kind} options must be a dict of name -> value, got {type(options).__name__}")
     options = dict(options or {})
     params = inspect.signature(cls.__init__).parameters
     known = [p for p in params if p != "self"]
@@ -142,8 +144,8 @@ def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = 
     sampler_obj = build(SAMPLERS, sampler, sampler_options)
     policy_obj = build(LOOP_POLICIES, policy, policy_options)
     sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed={seed!r} must be an integer")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+        raise ConfigError(f"seed={seed!r} must be an integer in [0, 2**64)")
     device = next(model.parameters()).device
     canvas = build_canvas(tokenizer, num_samples, length, model.config.max_seq_len, prompt=prompt,
                           template=template, device=device, prompt_ids=prompt_ids)

@@ -28,13 +28,14 @@ class TokenFilter:
     top_p: Optional[float] = None
 
     def __post_init__(self):
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
-                or self.temperature < 0:
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not math.isfinite(self.temperature) or self.temperature < 0:
             raise ConfigError(f"temperature={self.temperature!r} must be a number >= 0 (0 = greedy)")
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
                                        or self.top_k < 1):
             raise ConfigError(f"top_k={self.top_k!r} must be an integer >= 1 (or None to disable)")
-        if self.top_p is not None and (not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0):
+        if self.top_p is not None and (isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float))
+                                       or not 0.0 < self.top_p <= 1.0):
             raise ConfigError(f"top_p={self.top_p!r} must be in (0, 1] (or None to disable)")
 
     def log_probs(self, logits: torch.Tensor, mask_id: int) -> torch.Tensor:

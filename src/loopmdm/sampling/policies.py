@@ -102,11 +102,11 @@ class Schedule(LoopPolicy):
     def __init__(self, s_min: int = 1, s_max: int = DEFAULT_LOOPS, shape: str = "hump", center: float = 0.5,
                  width: float = 0.25):
         self.s_min, self.s_max = _check_bounds(s_min, s_max)
-        if shape not in SHAPES:
+        if not isinstance(shape, str) or shape not in SHAPES:
             raise ConfigError(f"unknown schedule shape {shape!r}; choose one of: {', '.join(SHAPES)}")
-        if not isinstance(center, (int, float)) or not 0.0 <= center <= 1.0:
+        if isinstance(center, bool) or not isinstance(center, (int, float)) or not 0.0 <= center <= 1.0:
             raise ConfigError(f"schedule option center={center!r} must be in [0, 1]")
-        if not isinstance(width, (int, float)) or not width > 0:
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < math.inf:
             raise ConfigError(f"schedule option width={width!r} must be > 0")
         self.shape, self.center, self.width = shape, float(center), float(width)
 
@@ -155,7 +155,7 @@ class Converge(LoopPolicy):
     def __init__(self, threshold: float = 0.05, criterion: str = "delta", s_min: int = 1,
                  s_max: int = DEFAULT_LOOPS):
         self.threshold = _check_threshold(threshold)
-        if criterion not in self.criteria:
+        if not isinstance(criterion, str) or criterion not in self.criteria:
             raise ConfigError(f"unknown convergence criterion {criterion!r}; choose one of: {', '.join(self.criteria)}")
         self.criterion = criterion
         self.s_min, self.s_max = _check_bounds(s_min, s_max)

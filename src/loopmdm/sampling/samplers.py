@@ -175,7 +175,7 @@ class CachedAncestral(Ancestral):
     reuse = True
 
     def __init__(self, granularity: str = "row"):
-        if granularity not in ("row", "batch"):
+        if not isinstance(granularity, str) or granularity not in ("row", "batch"):
             raise ConfigError(f"sampler option granularity={granularity!r} must be 'row' or 'batch'")
         self.granularity = granularity
 
@@ -239,7 +239,7 @@ def confidence_step(s: Session, step: int, candidates: torch.Tensor, k: torch.Te
 
 
 def _check_order(order: str) -> str:
-    if order not in ORDERS:
+    if not isinstance(order, str) or order not in ORDERS:
         raise ConfigError(f"unknown confidence order {order!r}; choose one of: {', '.join(ORDERS)}")
     return order
 
