@@ -20,7 +20,6 @@ allocations, and the CPU allocator has no peak counter, hence the process-level 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import platform
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import typer
 from loopmdm.config import ModelConfig
 from loopmdm.evaluate import autocast_context
 from loopmdm.model import LoopMDM
+from loopmdm.perf import peak_rss_growth
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 MASK_ID = 3  # ids 0..3 are special in both vocabularies (pad, bos, eos, mask)
@@ -111,35 +111,16 @@ def step_flops(name: str, args: dict) -> float:
     return float(counter.get_total_flops())
 
 
-def _proc_status_bytes(field: str) -> int:
-    """``VmRSS`` / ``VmHWM`` (peak RSS) of this process from /proc/self/status, in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise OSError(f"{field} not in /proc/self/status")
-
-
-def _memory_child(name: str, args: dict, precision: str, q) -> None:
-    """Peak RSS growth over two training steps. ``ru_maxrss`` cannot be used: Linux carries it across exec,
-    so a spawned child starts with its parent's peak. The per-address-space peak ``VmHWM`` is reset by
-    writing 5 to /proc/self/clear_refs just before the steps."""
+def _step_for_memory(name: str, args: dict, precision: str):
     torch.set_num_threads(args["threads"])
     step, _ = make_step(name, args, precision)
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _proc_status_bytes("VmRSS")
-    for i in range(2):
-        step(i)
-    q.put(_proc_status_bytes("VmHWM") - before)
+    counter = iter(range(1 << 30))
+    return lambda: step(next(counter))
 
 
 def peak_memory(name: str, args: dict, precision: str) -> int:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_memory_child, args=(name, args, precision, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
+    """Peak RSS growth over two training steps in a fresh process (see ``loopmdm.perf.peak_rss_growth``)."""
+    return peak_rss_growth(_step_for_memory, name, args, precision)
 
 
 @app.command()

@@ -13,9 +13,7 @@ Prints a table and writes JSON:
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import platform
-import resource
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +26,7 @@ from loopmdm.diffusion import make_objective
 from loopmdm.evaluate import autocast_context
 from loopmdm.flops import train_flops_per_token
 from loopmdm.model import LoopMDM
+from loopmdm.perf import peak_rss_growth
 from loopmdm.schedules import get_schedule
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -73,23 +72,13 @@ def time_steps(step, n: int, warmup: int = 1) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def _memory_child(cfg_dict: dict, loops: int, batch: int, q) -> None:
-    cfg = ModelConfig(**cfg_dict)
-    step = make_step(cfg, loops, "fp32", batch)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()
-    q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)  # ru_maxrss is KiB on Linux
+def _fp32_step(cfg_dict: dict, loops: int, batch: int):
+    return make_step(ModelConfig(**cfg_dict), loops, "fp32", batch)
 
 
 def peak_memory(cfg: ModelConfig, loops: int, batch: int) -> int:
-    """Bytes of peak-RSS growth during the first training step, measured in a fresh process."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_memory_child, args=(cfg.__dict__, loops, batch, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
+    """Bytes of peak-RSS growth over two fp32 training steps, measured in a fresh process."""
+    return peak_rss_growth(_fp32_step, cfg.__dict__, loops, batch)
 
 
 @app.command()

@@ -38,6 +38,11 @@ def test_train_eval_sample(tiny_corpus, tmp_path):
     p = run("sample", "--checkpoint", str(out), "--loops", "2", "--steps", "4", "--num-samples", "2", "--json")
     res = json.loads(p.stdout)["results"]
     assert len(res[0]["samples"]) == 2
+    # --resume without --preset / --config continues with the run's own config (the --set flags need not be
+    # repeated); --max-steps still extends it
+    p = run("train", "--out", str(out), "--resume", str(out), "--max-steps", "4", "--no-progress", "--json")
+    assert json.loads(p.stdout)["step"] == 4
+    assert json.loads((out / "config.json").read_text())["model"]["d_model"] == 32
 
 
 @pytest.mark.parametrize("args,match", [

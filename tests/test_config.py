@@ -52,6 +52,12 @@ def test_bad_configs_one_line(override, match):
 def test_cross_field_rules(tmp_path):
     with pytest.raises(ConfigError, match="backprop_depth=9 exceeds"):
         load_config("tiny", None, ["model.input_injection=true", "model.backprop_depth=9"])
+    with pytest.raises(ConfigError, match="has no diffusion time; set model.time_conditioning=none"):
+        load_config("tiny", None, ["diffusion.objective=ar", "model.causal=true"])
+    from loopmdm.schedules import SCHEDULES
+
+    with pytest.raises(ConfigError, match="unknown noise schedule"):
+        SCHEDULES.get(["loglinear"])  # an unhashable name (a YAML list reaching a registry directly)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config("huge")
     with pytest.raises(ConfigError, match="does not exist"):

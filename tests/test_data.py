@@ -38,6 +38,9 @@ def test_prepare_data_local_folder_and_cache(tiny_corpus, tmp_path):
     np.testing.assert_array_equal(d1.train, d2.train)
     text = (tiny_corpus / "mod_00.py").read_text()
     assert d1.tokenizer.decode(d1.tokenizer.encode(text)) == text
+    literal = 'm = "<mask>"  # <eos> <pad>'  # text spelling a special token stays text
+    ids = d1.tokenizer.encode(literal)
+    assert not set(ids) & d1.tokenizer.special_ids and d1.tokenizer.decode(ids) == literal
 
 
 def test_jsonl_and_single_file(tmp_path):

@@ -206,6 +206,11 @@ def test_ancestral_sample_keeps_its_signature(trained):
                          torch.Generator().manual_seed(0), temperature=1.0, prefix=prefix)
     assert x.shape == (2, 16) and torch.equal(x[:, :len(prefix)], prefix.expand(2, -1))
     assert not (x == tok.mask_id).any()
+    sched, gen = get_schedule(cfg.diffusion.schedule), torch.Generator()
+    for args, match in [((2, 16, 0, 2), "steps"), ((2, 10_000, 4, 2), "seq_len"), ((0, 16, 4, 2), "num_samples"),
+                        ((2, 16, 4, 0), "loops")]:
+        with pytest.raises(ConfigError, match=match):
+            ancestral_sample(model, tok.mask_id, *args, sched, gen)
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -40,6 +40,18 @@ def test_sample_cli_fixed_loops_text_output(tiny_run):
     assert p.stdout.count("----- compute: network calls 3 | loop iterations") == 2
 
 
+def test_sample_cli_writes_one_trajectory_per_loop_count(tiny_run, tmp_path):
+    p = run("--checkpoint", str(tiny_run), "--loops", "1,2", "--steps", "4", "--num-samples", "1",
+            "--trajectory", str(tmp_path / "traj.html"), "--json")
+    paths = [r["trajectory"] for r in json.loads(p.stdout)["results"]]
+    assert paths == [str(tmp_path / "traj.S1.html"), str(tmp_path / "traj.S2.html")]
+    for path in paths:
+        html = open(path, encoding="utf-8").read()
+        assert html.lower().startswith("<!doctype html>") and "reveal_step" in html
+    bad = run("--checkpoint", str(tiny_run), "--steps", "2", "--trajectory", str(tmp_path / "t.txt"), check=False)
+    assert bad.returncode == 2 and "unknown format '.txt'" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("args,match", [  # the library's checks are tested in test_sampling.py; here the plumbing
     (["--policy", "oracle"], "unknown loop policy 'oracle'; choose one of: converge, fixed"),
     (["--template", "nothing to fill"], "no span to fill"),

@@ -6,6 +6,7 @@ Configs come from a preset, optionally a YAML file, then ``--set section.key=val
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -237,6 +238,8 @@ class RunConfig:
         self.train.validate()
         if self.diffusion.objective == "ar" and not self.model.causal:
             raise ConfigError("diffusion.objective='ar' needs model.causal=true (next-token prediction)")
+        if self.diffusion.objective == "ar" and self.model.time_conditioning != "none":
+            raise ConfigError("diffusion.objective='ar' has no diffusion time; set model.time_conditioning=none")
         if self.diffusion.objective == "mdm" and self.model.causal:
             raise ConfigError("model.causal=true only fits diffusion.objective='ar'; masked diffusion is bidirectional")
         bd = self.model.backprop_depth
@@ -263,13 +266,15 @@ class RunConfig:
 # --------------------------------------------------------------------------- presets
 
 def _tiny() -> RunConfig:
+    """About 10 minutes on 2 CPU cores. At d_model 128 fp32 is faster than bf16 autocast on CPU (measured:
+    5.3k vs 4.8k tokens/s), and lr 1e-3 leaves the unigram plateau within ~400 steps where 2e-3 stays on it."""
     return RunConfig(
-        model=ModelConfig(vocab_size=2048, max_seq_len=128, d_model=256, n_heads=4, n_layers=6,
+        model=ModelConfig(vocab_size=2048, max_seq_len=128, d_model=128, n_heads=4, n_layers=6,
                           n_h=1, n_m=2, n_o=3),
         diffusion=DiffusionConfig(s_max=4),
         data=DataConfig(max_train_bytes=6_000_000),
-        train=TrainConfig(batch_size=32, max_steps=500, lr=2e-3, warmup_steps=50, eval_every=250,
-                          save_every=250, precision="bf16"),
+        train=TrainConfig(batch_size=32, max_steps=800, lr=1e-3, warmup_steps=50, eval_every=200,
+                          eval_batches=4, save_every=200, precision="fp32"),
     )
 
 
@@ -414,9 +419,9 @@ def parse_override(item: str) -> dict[str, Any]:
 
 
 def load_config(preset_name: str = "tiny", config_file: str | Path | None = None,
-                overrides: list[str] | None = None) -> RunConfig:
-    """Preset -> YAML file -> ``--set`` overrides, then validated."""
-    cfg = preset(preset_name)
+                overrides: list[str] | None = None, base: Optional[RunConfig] = None) -> RunConfig:
+    """Preset (or ``base``, e.g. a checkpoint's config) -> YAML file -> ``--set`` overrides, then validated."""
+    cfg = copy.deepcopy(base) if base is not None else preset(preset_name)
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():

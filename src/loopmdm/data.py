@@ -281,7 +281,7 @@ def cache_root(cfg: DataConfig) -> Path:
 def _fingerprint(cfg: DataConfig, vocab_size: int, seq_len: int) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([cfg.source, cfg.text_field, cfg.val_fraction, cfg.max_train_bytes, cfg.tokenizer,
-                         cfg.bad_files, vocab_size, seq_len, LINES_PER_CHUNK, 1]).encode())
+                         cfg.bad_files, vocab_size, seq_len, LINES_PER_CHUNK, 2]).encode())
     if cfg.source == "stdlib":
         h.update(sysconfig.get_paths()["stdlib"].encode())
         root = Path(sysconfig.get_paths()["stdlib"])

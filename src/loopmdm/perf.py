@@ -9,7 +9,9 @@ truncated backprop (``model.backprop_depth``) and fused AdamW on CUDA live in th
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+import multiprocessing as mp
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -74,3 +76,38 @@ def sdpa_backend(name: Optional[str]) -> Iterator[None]:
         raise ConfigError(f"SDPA backend {name!r} is unknown; use one of: {', '.join(SDPA_BACKENDS)}")
     with sdpa_kernel(table[name]):
         yield
+
+
+# --------------------------------------------------------------------------- CPU peak memory (Linux)
+
+def _proc_status_bytes(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` (peak RSS) of this process from /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _peak_child(make: Callable[..., Callable[[], Any]], args: tuple, repeats: int, q) -> None:
+    step = make(*args)
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    before = _proc_status_bytes("VmRSS")
+    for _ in range(repeats):
+        step()
+    q.put(_proc_status_bytes("VmHWM") - before)
+
+
+def peak_rss_growth(make: Callable[..., Callable[[], Any]], *args: Any, repeats: int = 2) -> int:
+    """Bytes by which the peak resident set grows while ``make(*args)()`` runs ``repeats`` times, measured in a
+    fresh spawned process (``make`` must be importable: a module-level function returning the step to time).
+
+    ``ru_maxrss`` cannot be used: Linux carries it across exec, so a spawned child starts with its parent's
+    peak. The per-address-space peak ``VmHWM`` is reset through /proc/self/clear_refs instead. PyTorch's CPU
+    allocator has no peak counter and tracemalloc does not see its C++ allocations, hence the process level."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_peak_child, args=(make, args, repeats, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out

@@ -27,6 +27,8 @@ class TextTokenizer:
 
     def __init__(self, tok: Tokenizer):
         self.tok = tok
+        # Text that spells a special token ("<mask>" in a docstring) is ordinary text, never the mask id.
+        self.tok.encode_special_tokens = True
         self.mask_id = self._find("mask", required=True)
         self.pad_id = self._find("pad")
         self.bos_id = self._find("bos")

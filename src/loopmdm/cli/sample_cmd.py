@@ -67,6 +67,9 @@ def sample(
     seed: int = typer.Option(0, "--seed"),
     stop_at_eos: bool = typer.Option(False, "--stop-at-eos", help="Variable length: end each sample at its first EOS."),
     ema: bool = typer.Option(False, "--ema", help="Use EMA weights when present."),
+    trajectory: Optional[Path] = typer.Option(None, "--trajectory",
+                                              help="Write the denoising trajectory: .html (interactive replay), "
+                                                   ".png/.svg/.pdf (frame strip) or .gif; one file per S."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Sample from a checkpoint and print the samples with the compute report (network calls, loop
@@ -93,9 +96,15 @@ def sample(
         out = generate(model, tok, num_samples=num_samples, length=length, steps=steps, sampler=sampler,
                        sampler_options=s_opts, policy=policy, policy_options=opts, prompt=prompt, template=template,
                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
-                       schedule=cfg.diffusion.schedule)
+                       schedule=cfg.diffusion.schedule, record_trajectory=trajectory is not None)
         results.append({"loops": s, "policy_options": opts, "samples": out.texts,
                         "lengths": out.lengths.tolist(), "report": out.report.to_dict()})
+        if trajectory is not None:
+            from ..trajectory_html import write_trajectory
+
+            tag = f"S{s}" if len(runs) > 1 else None
+            meta = {"checkpoint": str(checkpoint), "sampler": sampler, "policy": policy, "steps": steps, **opts}
+            results[-1]["trajectory"] = str(write_trajectory(out, tok, trajectory, meta=meta, tag=tag))
         if not json_out:
             info(f"[{sampler} / {policy} {opts}] {format_report(results[-1]['report'])}")
     if json_out:

@@ -15,7 +15,8 @@ from .app import app, emit_json, info
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints/, metrics.jsonl, config.json."),
-    preset: str = typer.Option("tiny", help=f"Base configuration: {', '.join(PRESETS)}."),
+    preset: Optional[str] = typer.Option(None, help=f"Base configuration: {', '.join(PRESETS)} (default tiny; with "
+                                                       "--resume and no --preset / --config: the checkpoint's)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding the preset."),
     set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set model.d_model=512."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Shortcut for --set train.max_steps=N."),
@@ -36,7 +37,12 @@ def train(
         if objective == "ar":
             overrides += ["model.causal=true", "model.time_conditioning=none",
                           "diffusion.loop_dist=fixed", "diffusion.s_fixed=1"]
-    cfg = load_config(preset, config, overrides)
+    base = None
+    if resume is not None and preset is None and config is None:
+        from ..checkpoint import load_config_file, resolve_checkpoint
+
+        base = load_config_file(resolve_checkpoint(resume))  # continue the run as it was configured
+    cfg = load_config(preset or "tiny", config, overrides, base=base)
     from ..train import train as run_train
 
     result = run_train(cfg, out, resume=resume, progress=progress, log=info)

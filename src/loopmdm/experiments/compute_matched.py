@@ -104,7 +104,7 @@ def _laptop() -> ComputeMatchedConfig:
                           n_o=3, cond_dim=64),
         diffusion=DiffusionConfig(s_max=4),
         data=DataConfig(source="stdlib", max_train_bytes=6_000_000),
-        train=TrainConfig(batch_size=16, lr=2e-3, warmup_steps=0, eval_batches=6, precision="fp32",
+        train=TrainConfig(batch_size=16, lr=1e-3, warmup_steps=0, eval_batches=6, precision="fp32",
                           device="cpu", log_every=10, keep_last=1, threads=1),
     )
     return ComputeMatchedConfig(

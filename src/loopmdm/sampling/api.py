@@ -168,6 +168,12 @@ def ancestral_sample(model, mask_id: int, num_samples: int, seq_len: int, steps:
     model: a LoopMDM; mask_id: the tokenizer's mask id; steps: T denoising steps; schedule: alpha_t;
     gen: the generator every draw comes from; prefix: optional prompt ids [P] kept fixed.
     (Kept for callers of the first API; ``generate`` is the full one.)"""
+    steps = _check_steps(steps)
+    max_len = model.config.max_seq_len
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= max_len:
+        raise ConfigError(f"seq_len={seq_len!r} must be an integer in 1..{max_len} (the model window)")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"num_samples={num_samples!r} must be an integer >= 1")
     device = next(model.parameters()).device
     x = torch.full((num_samples, seq_len), mask_id, dtype=torch.long, device=device)  # [N, L]
     free = torch.ones_like(x, dtype=torch.bool)
