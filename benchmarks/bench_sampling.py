@@ -264,7 +264,7 @@ def plot(rows: list[dict], s_max: int, path: Path) -> None:
 
 
 def print_table(rows: list[dict], summary: list[dict], cached: list[dict]) -> None:
-    head = (f"{'T':>4} {'config':<16} {'mean S':>6} {'loop it':>7} {'pos-loop':>8} {'calls':>5} {'GFLOP/s':>8} "
+    head = (f"{'T':>4} {'config':<16} {'mean S':>6} {'loop it':>7} {'pos-loop':>8} {'calls':>5} {'GFLOP/smp':>8} "
             f"{'wall s':>7} {'NELBO':>7} {'+-':>5} {'entropy':>7}")
     print(head)
     print("-" * len(head))
