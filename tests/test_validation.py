@@ -15,7 +15,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from loopmdm.config import RunConfig, load_config, parse_override  # noqa: E402
@@ -101,9 +101,9 @@ text_st = st.text(st.characters(blacklist_categories=("Cs",)), max_size=120)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.one_of(text_st, st.sampled_from(["def f(x):\n    return x\n", "\r\n\t \x00\x7f", "é漢字🙂", " " * 9])))
-def test_tokenizer_round_trip(tokenizer, text):
-    assume(not any(s in text for s in SPECIAL_STRINGS))  # see docs/bad_inputs.md: special-token strings
+@given(text=st.one_of(text_st, st.sampled_from(["def f(x):\n    return x\n", "\r\n\t \x00\x7f", "é漢字🙂", " " * 9]),
+                     st.sampled_from(SPECIAL_STRINGS).map(lambda s: f"x = '{s}'  # {s}")))
+def test_tokenizer_round_trip(tokenizer, text):  # text spelling a special token ("<mask>") stays text
     ids = tokenizer.encode(text)
     assert all(0 <= i < tokenizer.vocab_size for i in ids)
     assert tokenizer.mask_id not in ids
@@ -124,7 +124,6 @@ def test_pack_round_trip(token_lists, seq_len, bos, eos):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(text_st.filter(lambda t: t.strip()), min_size=1, max_size=6), st.integers(4, 40))
 def test_documents_survive_tokenize_pack_decode(tokenizer, docs, seq_len):
-    assume(not any(s in d for d in docs for s in SPECIAL_STRINGS))
     encoded = tokenizer.encode_batch(docs)
     rows = pack(encoded, seq_len, tokenizer.bos_id, tokenizer.eos_id)
     flat = rows.ravel().tolist()
