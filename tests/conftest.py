@@ -22,6 +22,12 @@ from loopmdm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, 
 
 torch.set_num_threads(int(_THREADS))
 
+
+@pytest.fixture(autouse=True)
+def _test_threads():
+    """Restore the test thread count before every test: a trainer under test may have changed it."""
+    torch.set_num_threads(int(_THREADS))
+
 NAMES = ["alpha", "beta", "gamma", "delta", "value", "item", "count", "total", "index", "result"]
 
 

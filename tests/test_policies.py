@@ -13,14 +13,6 @@ from loopmdm.sampling import LOOP_POLICIES, generate
 from loopmdm.sampling.policies import Schedule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_run):
     return load_model(tiny_run)

@@ -17,15 +17,6 @@ from loopmdm.sampling import (SAMPLERS, TokenFilter, ancestral_sample, draw, gen
 from loopmdm.schedules import get_schedule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a loaded machine two threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_run):
     model, tok, cfg = load_model(tiny_run)

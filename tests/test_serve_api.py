@@ -20,15 +20,6 @@ from loopmdm.serve.assets import ASSETS  # noqa: E402
 from loopmdm.serve.server import serve_in_thread  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest, and steadiest on a shared machine, on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def loaded(tiny_run):
     return load_model(tiny_run)
