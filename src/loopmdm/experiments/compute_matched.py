@@ -360,17 +360,20 @@ def final_nelbo(model, data: PreparedData, run: RunConfig, loops: list[int], cfg
     return out
 
 
+def _start(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[list[int]], log: Log):
+    """Validate, set the thread count, prepare the data: -> (out folder, seeds, data)."""
+    cfg.validate()
+    if cfg.run.train.threads:
+        torch.set_num_threads(cfg.run.train.threads)
+    return Path(out), list(seeds if seeds is not None else cfg.seeds), _prepare(cfg, log)
+
+
 def run_compute_matched(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[list[int]] = None,
                         progress: bool = False, log: Log = print) -> dict:
     """Train (a), (b), (c) for every seed at the same total FLOPs, evaluate, plot, and write results.json."""
     from .plots import plot_loss_vs_flops, plot_nelbo_vs_loops
 
-    cfg.validate()
-    out = Path(out)
-    seeds = list(seeds if seeds is not None else cfg.seeds)
-    if cfg.run.train.threads:
-        torch.set_num_threads(cfg.run.train.threads)
-    data = _prepare(cfg, log)
+    out, seeds, data = _start(cfg, out, seeds, log)
     plan = plan_compute_matched(cfg)
     log(_plan_text(plan))
     s_max = cfg.run.diffusion.s_max
@@ -499,12 +502,7 @@ def run_ablation(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[lis
     steps of the plain MDM; reports final validation NELBO at S = 1, S_max, 2 S_max and the FLOPs ratio."""
     from .plots import plot_ablation
 
-    cfg.validate()
-    out = Path(out)
-    seeds = list(seeds if seeds is not None else cfg.seeds)
-    if cfg.run.train.threads:
-        torch.set_num_threads(cfg.run.train.threads)
-    data = _prepare(cfg, log)
+    out, seeds, data = _start(cfg, out, seeds, log)
     steps_a = cfg.ablation_baseline_steps or cfg.baseline_steps
     base_plan = plan_compute_matched(cfg, steps_a).run("mdm")
     tokens = cfg.run.train.batch_size * cfg.run.model.max_seq_len
