@@ -12,9 +12,9 @@ import torch
 from loopmdm.config import DiffusionConfig
 from loopmdm.errors import ConfigError, DataError
 from loopmdm.experiments.common import BalancedUniformLoops, default_loop_grid, load_experiment_config
-from loopmdm.experiments.compute_matched import (ComputeMatchedConfig, ablation_variants,
-                                                 load_compute_matched_config, place_loop, plan_compute_matched,
-                                                 run_compute_matched)
+from loopmdm.experiments.ablation import ablation_variants, place_loop
+from loopmdm.experiments.compute_matched import (ComputeMatchedConfig, load_compute_matched_config,
+                                                 plan_compute_matched, run_compute_matched)
 from loopmdm.experiments.curves import Curve, flops_ratio, flops_to_reach, read_curve, spread
 from loopmdm.flops import expected_train_flops_per_token, train_flops_per_token
 from loopmdm.loops import get_loop_distribution

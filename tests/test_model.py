@@ -1,6 +1,5 @@
 """The looped backbone: shapes, S = 1 equivalence, shared weights, loop options."""
 
-import copy
 
 import pytest
 import torch
@@ -44,7 +43,7 @@ def test_s1_equals_plain_stack():
     looped = randomize_gates(LoopMDM(small(n_h=1, n_m=2, n_o=1)))
     plain = LoopMDM(small(n_h=4, n_m=0, n_o=0))
     src = looped.state_dict()
-    blocks = [f"head.blocks.0", "mid.blocks.0", "mid.blocks.1", "tail.blocks.0"]
+    blocks = ["head.blocks.0", "mid.blocks.0", "mid.blocks.1", "tail.blocks.0"]
     dst = {}
     for k, v in src.items():
         for i, b in enumerate(blocks):

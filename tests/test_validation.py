@@ -12,7 +12,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402

@@ -81,7 +81,8 @@ def ablation(
     json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object on stdout."),
 ) -> None:
     """Which layers loop (early, early-middle, middle, late, all) and how many (n_m), at equal FLOPs."""
-    from ..experiments.compute_matched import load_compute_matched_config, run_ablation
+    from ..experiments.ablation import run_ablation
+    from ..experiments.compute_matched import load_compute_matched_config
 
     cfg = load_compute_matched_config(config)
     res = run_ablation(cfg, out, _seeds(seeds), progress=progress, log=info)

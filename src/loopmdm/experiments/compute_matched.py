@@ -1,4 +1,4 @@
-"""Compute-matched comparison (the paper's Fig. 2) and the loop-placement ablation.
+"""Compute-matched comparison (the paper's Fig. 2); the loop-placement ablation reuses it (``ablation.py``).
 
 Three runs on the same data, tokenizer, sequence length and seed, each given the SAME total training FLOPs:
 
@@ -32,7 +32,6 @@ from ..errors import ConfigError
 from ..evaluate import evaluate_nelbo
 from ..flops import expected_train_flops_per_token, layer_flops_per_token, train_flops_per_token
 from ..loops import get_loop_distribution
-from ..registry import Registry
 from ..schedules import get_schedule
 from .common import BalancedUniformLoops, clone, load_experiment_config, machine_info, \
     write_json
@@ -88,6 +87,8 @@ class ComputeMatchedConfig:
         for name in ("warmup_frac", "depth_tolerance", "flops_tolerance"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        from .ablation import LOOP_PLACEMENTS  # the ablation module builds on this one
+
         for p in self.ablation_placements:
             LOOP_PLACEMENTS.get(p)
         return self
@@ -135,55 +136,6 @@ PRESETS = {"laptop": _laptop, "paper": _paper}
 def load_compute_matched_config(spec: str | Path = "laptop") -> ComputeMatchedConfig:
     """``laptop``, ``paper`` or a YAML file (``base: laptop`` plus overrides, e.g. ``run: {model: {d_model: 96}}``)."""
     return load_experiment_config(spec, PRESETS, "compute-matched").validate()
-
-
-# --------------------------------------------------------------------------- loop placement (ablation)
-
-LOOP_PLACEMENTS: Registry[Callable[[int, int], tuple[int, int, int]]] = Registry("loop placement")
-
-
-@LOOP_PLACEMENTS.register("early")
-def _early(n_layers: int, n_m: int) -> tuple[int, int, int]:
-    """Loop the first n_m layers (n_h = 0)."""
-    return 0, n_m, n_layers - n_m
-
-
-@LOOP_PLACEMENTS.register("early-middle")
-def _early_middle(n_layers: int, n_m: int) -> tuple[int, int, int]:
-    """The paper's default: one head layer, then the looped block (layers 1..n_m)."""
-    return 1, n_m, n_layers - n_m - 1
-
-
-@LOOP_PLACEMENTS.register("middle")
-def _middle(n_layers: int, n_m: int) -> tuple[int, int, int]:
-    """The looped block centred in the stack."""
-    n_h = (n_layers - n_m) // 2
-    return n_h, n_m, n_layers - n_m - n_h
-
-
-@LOOP_PLACEMENTS.register("late")
-def _late(n_layers: int, n_m: int) -> tuple[int, int, int]:
-    """The last n_m layers (n_o = 0: the looped block feeds the LM head)."""
-    return n_layers - n_m, n_m, 0
-
-
-@LOOP_PLACEMENTS.register("all")
-def _all(n_layers: int, n_m: int) -> tuple[int, int, int]:
-    """Loop the whole network (n_m = L, ignoring the requested n_m)."""
-    return 0, n_layers, 0
-
-
-def place_loop(model: ModelConfig, placement: str, n_m: int) -> ModelConfig:
-    """A copy of ``model`` with the looped block of n_m layers at ``placement`` (same L, same parameters)."""
-    L = model.n_layers
-    if not 1 <= n_m <= L:
-        raise ConfigError(f"n_m={n_m} must be in 1..{L} (the model has {L} layers)")
-    n_h, n_m2, n_o = LOOP_PLACEMENTS.get(placement)(L, n_m)
-    if min(n_h, n_o) < 0:
-        raise ConfigError(f"placement {placement!r} with n_m={n_m} does not fit in {L} layers")
-    out = clone(model)
-    out.n_h, out.n_m, out.n_o = n_h, n_m2, n_o
-    return out
 
 
 # --------------------------------------------------------------------------- the plan (pure arithmetic)
@@ -472,89 +424,3 @@ def summary_markdown(results: dict) -> str:
 
 def _fmt_list(values) -> str:
     return ", ".join("not reached" if v is None else f"{v:.2f}" for v in values)
-
-
-# --------------------------------------------------------------------------- ablation
-
-def ablation_variants(cfg: ComputeMatchedConfig) -> list[tuple[str, ModelConfig]]:
-    """(label, model) for every placement at the config's n_m, then every n_m at early-middle (deduplicated)."""
-    base = cfg.run.model
-    out: list[tuple[str, ModelConfig]] = []
-    seen = set()
-    for p in cfg.ablation_placements:
-        m = place_loop(base, p, base.n_m)
-        key = (m.n_h, m.n_m, m.n_o)
-        if key not in seen:
-            seen.add(key)
-            out.append((f"{p} (n_m={m.n_m})", m))
-    for n_m in cfg.ablation_n_m:
-        m = place_loop(base, "early-middle", n_m)
-        key = (m.n_h, m.n_m, m.n_o)
-        if key not in seen:
-            seen.add(key)
-            out.append((f"early-middle (n_m={n_m})", m))
-    return out
-
-
-def run_ablation(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[list[int]] = None,
-                 progress: bool = False, log: Log = print) -> dict:
-    """Which layers to loop, and how many: every variant trained at the FLOPs of ``ablation_baseline_steps``
-    steps of the plain MDM; reports final validation NELBO at S = 1, S_max, 2 S_max and the FLOPs ratio."""
-    from .plots import plot_ablation
-
-    out, seeds, data = _start(cfg, out, seeds, log)
-    steps_a = cfg.ablation_baseline_steps or cfg.baseline_steps
-    base_plan = plan_compute_matched(cfg, steps_a).run("mdm")
-    tokens = cfg.run.train.batch_size * cfg.run.model.max_seq_len
-    s_max = cfg.run.diffusion.s_max
-    grid = sorted({1, s_max, 2 * s_max})
-    rows: dict[str, dict] = {}
-    t_start = time.perf_counter()
-    for label, model_cfg in [("no loop (plain MDM)", None)] + ablation_variants(cfg):
-        if model_cfg is None:
-            rp = base_plan
-        else:
-            rc = clone(cfg.run)
-            rc.model = model_cfg
-            f = expected_train_flops_per_token(model_cfg, get_loop_distribution(rc.diffusion))
-            steps = max(1, round(base_plan.planned_flops / (tokens * f)))
-            rp = RunPlan(label, label, rc, steps, f, f * tokens, steps * f * tokens)
-        per = {}
-        for seed in seeds:
-            log(f"ablation {label}, seed {seed}: {rp.steps} steps")
-            slug = label.split(" (")[0].replace(" ", "_") + (f"_nm{model_cfg.n_m}" if model_cfg else "")
-            model, info = train_one(rp, seed, out / f"seed_{seed}" / slug, data, cfg, progress, log)
-            info["final"] = final_nelbo(model, data, rp.cfg, grid if model_cfg else [1], cfg)
-            per[seed] = info
-        m = rp.cfg.model
-        base_curves = None
-        if model_cfg is not None:
-            base_curves = {s: Curve(**rows["no loop (plain MDM)"]["per_seed"][s]["curve"]) for s in seeds}
-        rows[label] = {
-            "n_h": m.n_h, "n_m": m.n_m, "n_o": m.n_o, "steps": rp.steps, "planned_flops": rp.planned_flops,
-            "per_seed": per,
-            "final_nelbo": {s: spread([per[k]["final"][s]["nelbo"] for k in seeds]) for s in per[seeds[0]]["final"]},
-            "flops_ratio_vs_plain": None if base_curves is None else spread(
-                [flops_ratio(base_curves[k], Curve(**per[k]["curve"])) for k in seeds]),
-        }
-        write_json(out / "ablation.json", {"rows": rows})
-    results = {"experiment": "ablation", "config_name": cfg.name, "config": asdict(cfg), "machine": machine_info(),
-               "s_max": s_max, "seeds": seeds, "wall_s": time.perf_counter() - t_start, "rows": rows}
-    plot_ablation(rows, s_max, out / "ablation.png")
-    results["figures"] = ["ablation.png"]
-    write_json(out / "ablation.json", results)
-    (out / "ablation.md").write_text(ablation_markdown(results))
-    return results
-
-
-def ablation_markdown(results: dict) -> str:
-    s_max = results["s_max"]
-    lines = [f"| looped layers | n_h / n_m / n_o | steps | val NELBO S=1 | val NELBO S={s_max} | "
-             f"val NELBO S={2 * s_max} | FLOPs ratio vs plain |", "|---|---|---|---|---|---|---|"]
-    for label, r in results["rows"].items():
-        f = r["final_nelbo"]
-        get = lambda s: fmt_spread(f[s]) if s in f else "-"  # noqa: E731
-        ratio = "-" if r["flops_ratio_vs_plain"] is None else fmt_spread(r["flops_ratio_vs_plain"], 2)
-        lines.append(f"| {label} | {r['n_h']} / {r['n_m']} / {r['n_o']} | {r['steps']} | {get(1)} | {get(s_max)} | "
-                     f"{get(2 * s_max)} | {ratio} |")
-    return "\n".join(lines) + "\n"
