@@ -77,7 +77,8 @@ def test_fixed_flops_match_the_formula(trained):
 @pytest.mark.parametrize("policy", ["converge", "per_token", "warm"])
 def test_threshold_extremes_hit_the_bounds(trained, policy):
     """A threshold nothing reaches runs S_max everywhere (same tokens as fixed S_max); one everything
-    reaches runs S_min (same tokens as fixed S_min, except warm whose start state differs)."""
+    reaches runs S_min (same tokens as fixed S_min, except warm whose start state differs). Warm start that never
+    converges equals fixed S_max too: its depth bound (max_depth = s_max) restarts every position from h_0."""
     model, tok, _ = trained
     kw = dict(num_samples=2, length=16, steps=6, seed=9)
     never = generate(model, tok, policy=policy, policy_options={"threshold": 1e-12, "s_min": 1, "s_max": 4}, **kw)
@@ -86,9 +87,12 @@ def test_threshold_extremes_hit_the_bounds(trained, policy):
     fixed2 = generate(model, tok, policy_options={"loops": 2}, **kw)
     assert never.report.loop_iterations == 6 * 4 and never.report.mean_loops == pytest.approx(4)
     assert always.report.loop_iterations == 6 * 2 and always.report.mean_loops == pytest.approx(2)
+    assert torch.equal(never.tokens, fixed4.tokens)
     if policy != "warm":
-        assert torch.equal(never.tokens, fixed4.tokens)
         assert torch.equal(always.tokens, fixed2.tokens)
+    unbounded = generate(model, tok, policy="warm",
+                         policy_options={"threshold": 1e-12, "s_min": 1, "s_max": 4, "max_depth": 10_000}, **kw)
+    assert not torch.equal(unbounded.tokens, fixed4.tokens)  # warm states kept looping past S_max
 
 
 def test_per_token_exit_saves_position_weighted_compute(trained):
@@ -149,6 +153,7 @@ def test_schedule_shapes_and_bounds():
     ("converge", {"s_min": 3, "s_max": 1}, "S_min <= S_max"),
     ("per_token", {"s_min": 2, "s_max": 1}, "S_min <= S_max"),
     ("warm", {"s_min": 9, "s_max": 8}, "S_min <= S_max"),
+    ("warm", {"max_depth": 0}, "max_depth"),
     ("converge", {"threshold": 0}, "threshold"),
     ("converge", {"criterion": "vibes"}, "delta, kl"),
     ("fixed", {"loops": 0}, ">= 1"),

@@ -163,8 +163,8 @@ class Converge(LoopPolicy):
     def start(self, runner: LoopRunner, state: LoopState) -> torch.Tensor:
         return runner.ctx.h0
 
-    def finish(self, h: torch.Tensor, state: LoopState) -> None:
-        pass
+    def finish(self, h: torch.Tensor, state: LoopState, loops: torch.Tensor) -> None:
+        """Called with the final mid-block state h [B, L, D] and the loops each row ran [B]."""
 
     def run(self, runner, state):
         B = state.x.shape[0]
@@ -194,7 +194,7 @@ class Converge(LoopPolicy):
             live[rows[done]] = False
             if not live.any():
                 break
-        self.finish(h, state)
+        self.finish(h, state, loops)
         if logits is None:
             logits = runner.coda(h)
         return Prediction(logits, loops[:, None].expand_as(state.x).clone())
@@ -229,24 +229,39 @@ class PerToken(LoopPolicy):
 @LOOP_POLICIES.register("warm")
 class Warm(Converge):
     """``converge`` started from the previous step's final mid-block state at positions whose token is
-    unchanged since that step (newly revealed positions and the first step start from the head output h_0)."""
+    unchanged since that step (newly revealed positions and the first step start from the head output h_0).
+
+    A warm-started state carries the loops already applied to it, so across steps its depth would grow without
+    bound, far beyond the S the model was trained with (measured: the samples degrade badly). ``max_depth``
+    (default: s_max) bounds it: a position whose state has had ``max_depth`` loops since its last start from
+    h_0 starts from h_0 again."""
+
+    def __init__(self, threshold: float = 0.05, criterion: str = "delta", s_min: int = 1,
+                 s_max: int = DEFAULT_LOOPS, max_depth: Optional[int] = None):
+        super().__init__(threshold, criterion, s_min, s_max)
+        self.max_depth = self.s_max if max_depth is None else _check_int("max_depth", max_depth)
 
     def reset(self, num_samples, seq_len):
         self._n = num_samples
         self._h: Optional[torch.Tensor] = None  # [N, L, D] last final mid-block state of each sample
         self._x: Optional[torch.Tensor] = None  # [N, L] the tokens it was computed for
+        self._depth: Optional[torch.Tensor] = None  # [N, L] loops applied to that state since h_0
 
     def start(self, runner, state):
         h0 = runner.ctx.h0
         if getattr(self, "_h", None) is None:
+            self._warm = torch.zeros(state.x.shape, dtype=torch.bool, device=h0.device)
             return h0
-        same = (self._x[state.rows] == state.x)[..., None]  # [B, L, 1]
-        return torch.where(same, self._h[state.rows].to(h0.dtype), h0)
+        self._warm = (self._x[state.rows] == state.x) & (self._depth[state.rows] < self.max_depth)  # [B, L]
+        return torch.where(self._warm[..., None], self._h[state.rows].to(h0.dtype), h0)
 
-    def finish(self, h, state):
+    def finish(self, h, state, loops):
         if getattr(self, "_h", None) is None:
             n = max(getattr(self, "_n", 0), int(state.rows.max()) + 1)
             self._h = torch.zeros(n, *h.shape[1:], dtype=h.dtype, device=h.device)
             self._x = torch.full((n, h.shape[1]), -1, dtype=torch.long, device=h.device)
+            self._depth = torch.zeros(n, h.shape[1], dtype=torch.long, device=h.device)
+        carried = torch.where(self._warm, self._depth[state.rows], torch.zeros_like(self._depth[state.rows]))
         self._h[state.rows] = h
         self._x[state.rows] = state.x
+        self._depth[state.rows] = carried + loops[:, None]
