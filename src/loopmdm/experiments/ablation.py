@@ -1,4 +1,4 @@
-"""Ablation (the paper's Table 5): which layers loop (early, early-middle, middle, late, all) and how many (n_m),
+"""Ablation (the paper's ablations): which layers loop (early, early-middle, middle, late, all) and how many (n_m),
 every variant a LoopMDM with the same L layers and parameters, trained for the FLOPs of the plain MDM's
 ``ablation_baseline_steps`` steps (the compute-matched machinery of ``compute_matched.py``)."""
 
