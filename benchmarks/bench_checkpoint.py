@@ -21,7 +21,7 @@ import torch
 from loopmdm.checkpoint import load_model, resolve_checkpoint, save_checkpoint, verify_checkpoint
 from loopmdm.config import preset
 from loopmdm.model import LoopMDM
-from loopmdm.tokenizer import train_bpe
+from loopmdm.data.tokenizer import train_bpe
 
 
 def timed(fn, repeats: int) -> float:

@@ -5,7 +5,7 @@ fused AdamW, on random token batches of the preset's shape (d_model 768, 12 laye
 vocabulary 50258, length 1024). For each (S, compile) the largest batch in ``--batches`` that fits is used.
 
     tokens/s = batch * seq_len / seconds per step
-    MFU      = train_flops_per_token(model, S) * tokens/s / the card's dense bf16 peak   (loopmdm.flops / perf)
+    MFU      = train_flops_per_token(model, S) * tokens/s / the card's dense bf16 peak   (loopmdm.model.flops / perf)
 
 Prints a table and writes JSON. Ready to run in one call on an H100-class machine:
 
@@ -30,11 +30,11 @@ import typer
 
 from loopmdm.config import preset as get_preset
 from loopmdm.diffusion import make_objective
-from loopmdm.evaluate import autocast_context
-from loopmdm.flops import train_flops_per_token
+from loopmdm.runtime import autocast_context
+from loopmdm.model.flops import train_flops_per_token
 from loopmdm.model import LoopMDM
-from loopmdm.perf import compile_blocks, peak_flops, sdpa_backend
-from loopmdm.schedules import get_schedule
+from loopmdm.runtime import compile_blocks, peak_flops, sdpa_backend
+from loopmdm.diffusion.schedules import get_schedule
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -48,7 +48,7 @@ def make_step(model_cfg, loops: int, batch: int, device: torch.device, precision
         compile_blocks(model)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.999), fused=device.type == "cuda")
     mask_id = model_cfg.vocab_size - 1
-    objective = make_objective("mdm", get_schedule("loglinear"), mask_id)
+    objective = MaskedDiffusion(get_schedule("loglinear"), mask_id)
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, mask_id, (batch, model_cfg.max_seq_len), generator=gen).to(device)
 

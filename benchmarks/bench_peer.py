@@ -30,9 +30,9 @@ import torch.nn.functional as F
 import typer
 
 from loopmdm.config import ModelConfig
-from loopmdm.evaluate import autocast_context
+from loopmdm.runtime import autocast_context
 from loopmdm.model import LoopMDM
-from loopmdm.perf import peak_rss_growth
+from loopmdm.runtime import peak_rss_growth
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 MASK_ID = 3  # ids 0..3 are special in both vocabularies (pad, bos, eos, mask)
@@ -119,7 +119,7 @@ def _step_for_memory(name: str, args: dict, precision: str):
 
 
 def peak_memory(name: str, args: dict, precision: str) -> int:
-    """Peak RSS growth over two training steps in a fresh process (see ``loopmdm.perf.peak_rss_growth``)."""
+    """Peak RSS growth over two training steps in a fresh process (see ``loopmdm.runtime.peak_rss_growth``)."""
     return peak_rss_growth(_step_for_memory, name, args, precision)
 
 

@@ -14,7 +14,7 @@ converge by KL, per-token exit, warm start), all from the same seed, and measure
   S_max (lower = the samples are more likely under the model; stratified quadrature over t with the same
   masks for every configuration), and the mean unigram entropy of each sample's tokens (repetition
   collapse shows up as low entropy, which the NELBO alone would reward). With --evaluator (an AR run or a
-  GPT-2 folder) the generative perplexity of ``loopmdm.genppl`` is added.
+  GPT-2 folder) the generative perplexity of ``loopmdm.eval.genppl`` is added.
 
 The quality sweep uses the cached ancestral sampler by default (--sampler; MDLM evaluates with it too):
 every configuration shares it, and it roughly halves the network calls at T = 256.
@@ -41,10 +41,10 @@ from loopmdm.config import load_config
 from loopmdm.diffusion import make_objective
 from loopmdm.errors import LoopMDMError
 from loopmdm.sampling import generate
-from loopmdm.schedules import get_schedule
+from loopmdm.diffusion.schedules import get_schedule
 
 try:
-    from loopmdm.genppl import unigram_entropy
+    from loopmdm.eval.genppl import unigram_entropy
 except ImportError:  # the evaluation module is optional here
     from collections import Counter
 
@@ -159,7 +159,7 @@ def run_config(model, tok, cfg, T: int, label: str, policy: str, opts: dict, arg
            **quality(model, out.tokens, objective, cfg.diffusion.s_max, args.grid, args.seed),
            "examples": out.texts[:2]}
     if evaluator is not None:
-        from loopmdm.genppl import generative_perplexity
+        from loopmdm.eval.genppl import generative_perplexity
 
         row["gen_ppl"] = generative_perplexity(out.texts, evaluator, token_ids=out.tokens.tolist()).gen_ppl
     return row
@@ -320,10 +320,10 @@ def main(argv=None) -> None:
     s_max = cfg.diffusion.s_max
     args.length = args.length or cfg.model.max_seq_len
     loops = sorted(set(parse_ints(args.loops)) | {s_max})
-    objective = make_objective("mdm", get_schedule(cfg.diffusion.schedule), tok.mask_id)
+    objective = MaskedDiffusion(get_schedule(cfg.diffusion.schedule), tok.mask_id)
     evaluator = None
     if args.evaluator:
-        from loopmdm.genppl import load_evaluator
+        from loopmdm.eval.genppl import load_evaluator
 
         evaluator = load_evaluator(args.evaluator, "cpu")
     thresholds = calibrate(model, tok, s_max, args.length, args.seed)

@@ -23,11 +23,11 @@ import typer
 
 from loopmdm.config import ModelConfig
 from loopmdm.diffusion import make_objective
-from loopmdm.evaluate import autocast_context
-from loopmdm.flops import train_flops_per_token
+from loopmdm.runtime import autocast_context
+from loopmdm.model.flops import train_flops_per_token
 from loopmdm.model import LoopMDM
-from loopmdm.perf import peak_rss_growth
-from loopmdm.schedules import get_schedule
+from loopmdm.runtime import peak_rss_growth
+from loopmdm.diffusion.schedules import get_schedule
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -48,7 +48,7 @@ def make_step(cfg: ModelConfig, loops: int, precision: str, batch: int, seed: in
     torch.manual_seed(seed)
     model = LoopMDM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    obj = make_objective("mdm", get_schedule("loglinear"), mask_id=cfg.vocab_size - 1)
+    obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=cfg.vocab_size - 1)
     x = torch.randint(0, cfg.vocab_size - 1, (batch, cfg.max_seq_len))
     gen = torch.Generator().manual_seed(seed)
     dev = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Seed-to-seed agreement and cost of the validation NELBO estimate (loopmdm.evaluate.evaluate_nelbo).
+"""Seed-to-seed agreement and cost of the validation NELBO estimate (loopmdm.eval.nelbo.evaluate_nelbo).
 
     python benchmarks/eval_nelbo_seeds.py --checkpoint RUN_DIR [--loops 2] [--seeds 0,1,2] [--rel-stderr 0.0025]
     python benchmarks/eval_nelbo_seeds.py            # trains the test suite's tiny model (30 steps) first
@@ -55,8 +55,8 @@ def main() -> None:
     from loopmdm.checkpoint import load_model
     from loopmdm.data import prepare_data
     from loopmdm.diffusion import make_objective
-    from loopmdm.evaluate import evaluate_nelbo
-    from loopmdm.schedules import get_schedule
+    from loopmdm.eval.nelbo import evaluate_nelbo
+    from loopmdm.diffusion.schedules import get_schedule
 
     tmp = None
     ckpt = a.checkpoint

@@ -30,7 +30,7 @@ def test_yaml_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("override,match", [
     ("model.n_m=5", "add up to n_layers"),
-    ("model.n_h=-1", "negative"),
+    ("model.n_h=-1", "must be >= 0"),
     ("diffusion.s_max=0", "s_max"),
     ("model.d_model=abc", "integer"),
     ("model.nope=1", "unknown config key 'model.nope'"),
@@ -54,7 +54,7 @@ def test_cross_field_rules(tmp_path):
         load_config("tiny", None, ["model.input_injection=true", "model.backprop_depth=9"])
     with pytest.raises(ConfigError, match="has no diffusion time; set model.time_conditioning=none"):
         load_config("tiny", None, ["diffusion.objective=ar", "model.causal=true"])
-    from loopmdm.schedules import SCHEDULES
+    from loopmdm.diffusion.schedules import SCHEDULES
 
     with pytest.raises(ConfigError, match="unknown noise schedule"):
         SCHEDULES.get(["loglinear"])  # an unhashable name (a YAML list reaching a registry directly)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from loopmdm.config import DiffusionConfig, ModelConfig
-from loopmdm.diffusion import make_objective, q_sample, sample_t, subs_log_probs
-from loopmdm.loops import get_loop_distribution
+from loopmdm.diffusion import Batch, MaskedDiffusion, Noise, q_sample, sample_t, subs_log_probs
+from loopmdm.diffusion.loops import make_loop_distribution
 from loopmdm.model import LoopMDM
-from loopmdm.schedules import SCHEDULES, get_schedule
+from loopmdm.diffusion.schedules import SCHEDULES, get_schedule
 
 
 def test_antithetic_t_covers_unit_interval():
@@ -38,10 +38,14 @@ def test_q_sample_masks_at_rate():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, 10, (4, 5000), generator=g)
     alpha = torch.tensor([1.0, 0.75, 0.25, 0.0])
-    x_t = q_sample(x0, alpha, 99, g)
+    noise = Noise(1 - alpha, torch.rand(x0.shape, generator=g))
+    x_t = q_sample(Batch(x0), noise, alpha, 99)
     rate = (x_t == 99).float().mean(1)
     torch.testing.assert_close(rate, 1 - alpha, atol=0.03, rtol=0)
     assert ((x_t == x0) | (x_t == 99)).all()
+    frozen = torch.rand(x0.shape, generator=g) < 0.5  # given positions are never masked
+    x_c = q_sample(Batch(x0, frozen), noise, alpha, 99)
+    assert (x_c[frozen] == x0[frozen]).all() and torch.equal(x_c[~frozen], x_t[~frozen])
 
 
 def test_subs_invariants():
@@ -60,12 +64,13 @@ def test_loss_finite_and_falls_when_overfitting():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=40, max_seq_len=16, d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1, cond_dim=16)
     m = LoopMDM(cfg)
-    obj = make_objective("mdm", get_schedule("loglinear"), mask_id=39)
+    obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=39)
     x0 = torch.randint(0, 39, (8, 16), generator=torch.Generator().manual_seed(0))
+    noise = obj.draw(8, 16, torch.Generator().manual_seed(0))  # same t and x_t every step
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     losses = []
     for step in range(120):
-        out = obj.loss(m, x0, 2, torch.Generator().manual_seed(0))  # same t and x_t every step
+        out = obj.loss(m, Batch(x0), 2, noise)
         assert math.isfinite(float(out.loss.detach()))
         opt.zero_grad()
         out.loss.backward()
@@ -75,25 +80,32 @@ def test_loss_finite_and_falls_when_overfitting():
 
 
 def test_nelbo_weights_masked_tokens_only():
-    obj = make_objective("mdm", get_schedule("loglinear"), mask_id=3)
+    obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=3)
     logits = torch.zeros(1, 4, 4)
     x0 = torch.tensor([[0, 1, 2, 0]])
     x_t = torch.tensor([[3, 1, 3, 0]])
     t = torch.tensor([0.5])
-    out = obj.nelbo(logits, x0, x_t, t)
+    out = obj.nelbo(logits, Batch(x0), x_t, t)
     # two masked tokens, each CE = log 3 (uniform over the 3 non-mask ids), weight 1/t = 2, averaged over 4 tokens
     assert math.isclose(float(out.loss), 2 * 2 * math.log(3) / 4, rel_tol=1e-6)
+    # conditional: a frozen (given) position is not a scored token; 'uniform' is the mean CE over masked ones
+    frozen = torch.tensor([[False, False, False, True]])
+    assert math.isclose(float(obj.nelbo(logits, Batch(x0, frozen), x_t, t).loss), 2 * 2 * math.log(3) / 3,
+                        rel_tol=1e-6)
+    uniform = MaskedDiffusion(get_schedule("loglinear"), mask_id=3, loss_weight="uniform")
+    out_u = uniform.nelbo(logits, Batch(x0), x_t, t)
+    assert math.isclose(float(out_u.loss), math.log(3), rel_tol=1e-6) and out_u.nll_sum == out.nll_sum
 
 
 def test_loop_distributions():
     g = torch.Generator().manual_seed(0)
-    u = get_loop_distribution(DiffusionConfig(loop_dist="uniform", s_max=12))
+    u = make_loop_distribution(DiffusionConfig(loop_dist="uniform", s_max=12))
     draws = [u.sample(g) for _ in range(3000)]
     assert min(draws) == 1 and max(draws) == 12
     assert u.mean() == 6.5 and abs(sum(draws) / 3000 - 6.5) < 0.3
-    f = get_loop_distribution(DiffusionConfig(loop_dist="fixed", s_fixed=3))
+    f = make_loop_distribution(DiffusionConfig(loop_dist="fixed", s_fixed=3))
     assert f.sample(g) == 3 and f.mean() == 3
-    ln = get_loop_distribution(DiffusionConfig(loop_dist="lognormal_poisson", s_mean=6, s_max=32))
+    ln = make_loop_distribution(DiffusionConfig(loop_dist="lognormal_poisson", s_mean=6, s_max=32))
     d = [ln.sample(g) for _ in range(3000)]
     assert 1 <= min(d) and max(d) <= 32
     assert abs(sum(d) / 3000 - ln.mean()) < 0.4

@@ -15,11 +15,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from conftest import make_tiny_cfg
-from loopmdm import distributed
+from loopmdm.train import distributed
 from loopmdm.checkpoint import load_model
 from loopmdm.config import RunConfig
 from loopmdm.data import prepare_data
-from loopmdm.distributed import DistEnv, NoiseCursor, check_global_batch, rank_slice, torchrun_env
+from loopmdm.diffusion import MaskedDiffusion, get_schedule
+from loopmdm.train.distributed import DistEnv, check_global_batch, rank_slice, torchrun_env
 from loopmdm.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -52,22 +53,23 @@ def test_trainer_checks_the_global_batch_under_torchrun(tiny_cfg, tmp_path, monk
 
 
 @pytest.mark.parametrize("world, accum", [(2, 1), (2, 2), (4, 1)])
-def test_noise_cursor_gives_each_rank_its_slice_of_one_global_draw(world, accum):
-    rows, per_row = 8, 5
-    full = torch.rand(rows * per_row, generator=torch.Generator().manual_seed(0)).view(rows, per_row)
+def test_each_rank_and_micro_batch_gets_its_slice_of_one_global_noise_draw(world, accum):
+    """The objective draws t and the mask uniforms over the global batch; a rank's micro-batch slices its rows, so
+    the noise a row gets never depends on how many draws happen on which rank."""
+    obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=3)
+    rows, L = 8, 5
     g_ref = torch.Generator().manual_seed(0)
-    torch.rand(rows * per_row, generator=g_ref)
+    ref = obj.draw(rows, L, g_ref)
     after = torch.rand(3, generator=g_ref)
     for rank in range(world):
         gen = torch.Generator().manual_seed(0)
-        cursor, own = NoiseCursor(gen, per_row), rank_slice(rows, DistEnv(rank=rank, world_size=world))
+        own = rank_slice(rows, DistEnv(rank=rank, world_size=world))
+        mine = obj.draw(rows, L, gen).rows(own)
         micro = (own.stop - own.start) // accum
         for m in range(accum):
-            cursor.seek(own.start + m * micro)
-            got = torch.rand(micro, per_row, generator=gen)  # what q_sample draws for the micro-batch
-            cursor.advance(micro)
-            assert torch.equal(got, full[own.start + m * micro: own.start + (m + 1) * micro])
-        cursor.finish(rows)
+            part = mine.rows(slice(m * micro, (m + 1) * micro))
+            lo, hi = own.start + m * micro, own.start + (m + 1) * micro
+            assert torch.equal(part.u, ref.u[lo:hi]) and torch.equal(part.t, ref.t[lo:hi])
         assert torch.equal(torch.rand(3, generator=gen), after)  # every rank leaves in the same state
 
 
@@ -223,7 +225,7 @@ def _assert_same_weights(run_a: Path, run_b: Path, ema: bool = False) -> None:
 
 @pytest.mark.slow
 def test_torchrun_module_entry(tiny_corpus, tmp_path):
-    """`torchrun --nproc_per_node 2 -m loopmdm.train ...` trains, reports once and checkpoints on rank 0."""
+    """`torchrun --nproc_per_node 2 -m loopmdm.cli train ...` trains, reports once and checkpoints on rank 0."""
     sets = {"model.vocab_size": 320, "model.max_seq_len": 32, "model.d_model": 32, "model.n_heads": 2,
             "model.n_layers": 4, "model.n_h": 1, "model.n_m": 2, "model.n_o": 1, "model.cond_dim": 16,
             "train.batch_size": 8, "train.precision": "fp32", "train.device": "cpu", "train.eval_every": 2,
@@ -232,7 +234,7 @@ def test_torchrun_module_entry(tiny_corpus, tmp_path):
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "loopmdm.train", "--out", str(tmp_path / "run"), "--max-steps", "2", "--no-progress",
+                        "-m", "loopmdm.cli", "train", "--out", str(tmp_path / "run"), "--max-steps", "2", "--no-progress",
                         "--json", *args], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     summaries = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]

@@ -11,10 +11,10 @@ import torch.nn as nn
 
 from loopmdm.checkpoint import load_model
 from loopmdm.data import prepare_data
-from loopmdm.diffusion import make_objective
+from loopmdm.diffusion import Autoregressive, MaskedDiffusion
 from loopmdm.errors import ConfigError, DataError
-from loopmdm.evaluate import evaluate_nelbo, nelbo_sweep, rows_text_bytes
-from loopmdm.schedules import get_schedule
+from loopmdm.eval.nelbo import evaluate_nelbo, nelbo_sweep, rows_text_bytes
+from loopmdm.diffusion.schedules import get_schedule
 
 
 class IIDOracle(nn.Module):
@@ -46,7 +46,7 @@ def test_oracle_nelbo_is_the_data_entropy(schedule):
     rows = iid_rows(64, 64)
     mask_id = len(PROBS)
     model = IIDOracle(PROBS, mask_id)
-    obj = make_objective("mdm", get_schedule(schedule), mask_id, antithetic=True)
+    obj = MaskedDiffusion(get_schedule(schedule), mask_id, antithetic=True)
     r = evaluate_nelbo(model, rows, obj, loops=1, batch_size=16, seed=0, target_rel_stderr=0.002, max_repeats=400,
                        details=True)
     empirical = float(-np.log(PROBS[rows]).mean())  # the exact value the estimator is unbiased for
@@ -60,7 +60,7 @@ def test_oracle_estimate_is_stable_across_seeds():
     """Two seeds with enough passes agree within 1% (the issue's requirement) and within their stderr."""
     rows = iid_rows(32, 64, seed=1)
     model = IIDOracle(PROBS, len(PROBS))
-    obj = make_objective("mdm", get_schedule("loglinear"), len(PROBS))
+    obj = MaskedDiffusion(get_schedule("loglinear"), len(PROBS))
     a, b = (evaluate_nelbo(model, rows, obj, 1, batch_size=32, seed=s, target_rel_stderr=0.0025, max_repeats=600)
             for s in (0, 1))
     assert abs(a["nelbo"] - b["nelbo"]) / a["nelbo"] < 0.01
@@ -72,7 +72,7 @@ def test_oracle_estimate_is_stable_across_seeds():
 def test_a_wrong_model_scores_worse_than_the_oracle():
     rows = iid_rows(32, 64)
     wrong = np.full_like(PROBS, 1.0 / len(PROBS))
-    obj = make_objective("mdm", get_schedule("loglinear"), len(PROBS))
+    obj = MaskedDiffusion(get_schedule("loglinear"), len(PROBS))
     good = evaluate_nelbo(IIDOracle(PROBS, len(PROBS)), rows, obj, 1, seed=0, repeats=50)
     bad = evaluate_nelbo(IIDOracle(wrong, len(PROBS)), rows, obj, 1, seed=0, repeats=50)
     assert bad["nelbo"] > good["nelbo"] + 0.2  # log 8 - H = 0.39 nats in expectation
@@ -81,7 +81,7 @@ def test_a_wrong_model_scores_worse_than_the_oracle():
 def test_tiny_model_estimate_is_stable_across_seeds(tiny_run):
     model, tok, cfg = load_model(tiny_run)
     data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
-    obj = make_objective("mdm", get_schedule(cfg.diffusion.schedule), tok.mask_id)
+    obj = MaskedDiffusion(get_schedule(cfg.diffusion.schedule), tok.mask_id)
     a, b = (evaluate_nelbo(model, data.val, obj, 2, batch_size=50, seed=s, repeats=12, details=True)
             for s in (0, 1))
     assert a["repeats"] == 12 and a["stderr_kind"] == "repeats" and 0 < a["stderr"] < 0.05 * a["nelbo"]
@@ -95,7 +95,7 @@ def test_ar_loss_is_the_hand_computed_next_token_nll(tiny_ar_run):
     model, tok, cfg = load_model(tiny_ar_run)
     data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
     rows = data.val[:3]
-    obj = make_objective("ar", get_schedule(cfg.diffusion.schedule), tok.mask_id)
+    obj = Autoregressive(get_schedule(cfg.diffusion.schedule), tok.mask_id)
     r = evaluate_nelbo(model, rows, obj, 1, batch_size=2, seed=0, target_rel_stderr=0.01, details=True)
     total, n = 0.0, 0
     with torch.no_grad():
@@ -115,7 +115,7 @@ def test_bytes_per_token_and_bits_per_byte(tiny_run):
     exact = rows_text_bytes(tok, data.val) / data.val.size
     assert data.bytes_per_token == pytest.approx(exact, rel=0.03)
     assert 1.5 < exact < 6  # BPE on code: a few bytes per token
-    obj = make_objective("mdm", get_schedule(cfg.diffusion.schedule), tok.mask_id)
+    obj = MaskedDiffusion(get_schedule(cfg.diffusion.schedule), tok.mask_id)
     res = nelbo_sweep(model, data.val, obj, [1, 3], batch_size=32, max_batches=2, tokenizer=tok)
     rows = data.val[:64]
     for r in res:
@@ -129,7 +129,7 @@ def test_sweep_uses_common_random_numbers(tiny_run):
     """Every S sees the same t and masks, so the paired difference between S is measured far more precisely."""
     model, tok, cfg = load_model(tiny_run)
     data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
-    obj = make_objective("mdm", get_schedule(cfg.diffusion.schedule), tok.mask_id)
+    obj = MaskedDiffusion(get_schedule(cfg.diffusion.schedule), tok.mask_id)
     a, b, c = nelbo_sweep(model, data.val, obj, [1, 3, 1], batch_size=50, repeats=6)
     assert a["delta"] == 0.0 and c["pass_nelbo"] == a["pass_nelbo"]  # same seed, same S: identical
     assert b["delta"] == pytest.approx(b["nelbo"] - a["nelbo"])
@@ -138,13 +138,13 @@ def test_sweep_uses_common_random_numbers(tiny_run):
 
 @pytest.mark.parametrize("loops", [0, -1, 1.5, True, "2"])
 def test_loops_must_be_positive_integers(loops):
-    obj = make_objective("mdm", get_schedule("loglinear"), len(PROBS))
-    with pytest.raises(ConfigError, match="positive integer"):
+    obj = MaskedDiffusion(get_schedule("loglinear"), len(PROBS))
+    with pytest.raises(ConfigError, match="must be an integer >= 1"):
         evaluate_nelbo(IIDOracle(PROBS, len(PROBS)), iid_rows(2, 8), obj, loops)
 
 
 def test_empty_rows_and_bad_settings():
-    obj = make_objective("mdm", get_schedule("loglinear"), len(PROBS))
+    obj = MaskedDiffusion(get_schedule("loglinear"), len(PROBS))
     model = IIDOracle(PROBS, len(PROBS))
     with pytest.raises(DataError, match="no rows"):
         evaluate_nelbo(model, np.zeros((0, 8), dtype=np.int32), obj, 1)
@@ -156,6 +156,6 @@ def test_empty_rows_and_bad_settings():
 
 def test_default_result_keys_are_stable_for_the_trainer():
     """The trainer logs every key as val_<key> in metrics.jsonl: the default result stays small and numeric."""
-    obj = make_objective("mdm", get_schedule("loglinear"), len(PROBS))
+    obj = MaskedDiffusion(get_schedule("loglinear"), len(PROBS))
     r = evaluate_nelbo(IIDOracle(PROBS, len(PROBS)), iid_rows(4, 8), obj, 1, batch_size=2)
     assert set(r) == {"loops", "nelbo", "ppl", "bits_per_token", "stderr", "tokens"}

@@ -11,7 +11,7 @@ import torch
 
 from conftest import python_like_text
 from loopmdm.errors import CheckpointError, ConfigError, DataError
-from loopmdm.genppl import (generative_perplexity, load_evaluator, read_samples, score_token_lists, unigram_entropy,
+from loopmdm.eval.genppl import (generative_perplexity, load_evaluator, read_samples, score_token_lists, unigram_entropy,
                             windows)
 
 

@@ -17,9 +17,9 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from loopmdm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from loopmdm.errors import ConfigError  # noqa: E402
-from loopmdm.lm_eval_adapter import LoopMDMLM  # noqa: E402
-from loopmdm.likelihood import random_subsets, stratified_mask_counts, time_for_mask_fraction  # noqa: E402
-from loopmdm.schedules import get_schedule  # noqa: E402
+from loopmdm.eval.lm_eval import LoopMDMLM  # noqa: E402
+from loopmdm.diffusion.likelihood import random_subsets, stratified_mask_counts  # noqa: E402
+from loopmdm.diffusion.schedules import get_schedule  # noqa: E402
 
 PAIRS = [("the cat", "eats an apple"), ("the dog", "reads a book"), ("a bird", "sees the sea"),
          ("my friend", "drinks some tea"), ("the teacher", "plays a game"), ("a child", "likes the sun")]
@@ -68,7 +68,7 @@ def test_stratified_counts_and_subsets():
     assert torch.bincount(k, minlength=8)[1:].tolist() == pytest.approx([1000 / 7] * 7, abs=1.01)  # evenly spread
     m = random_subsets(torch.tensor([1, 3, 5]), 5, gen)
     assert m.sum(1).tolist() == [1, 3, 5]
-    t = time_for_mask_fraction(get_schedule("cosine"), torch.tensor([0.25, 0.5, 1.0]))
+    t = get_schedule("cosine").t_for_masked_fraction(torch.tensor([0.25, 0.5, 1.0]))
     assert (1 - torch.cos(math.pi / 2 * t)).tolist() == pytest.approx([0.25, 0.5, 1.0], abs=1e-5)
 
 
@@ -104,7 +104,7 @@ def test_greedy_flag(repetitive_run):
 def test_rolling_and_generation(repetitive_run, caplog):
     lm = LoopMDMLM(pretrained=str(repetitive_run), loops=2, mc_samples=8, max_gen_toks=12)
     assert len(lm.tok_encode(TEXT)) > lm.window  # several rolling windows
-    with caplog.at_level(logging.WARNING, logger="loopmdm.lm_eval_adapter"):
+    with caplog.at_level(logging.WARNING, logger="loopmdm.eval.lm_eval"):
         good, bad = lm.loglikelihood_rolling([req("loglikelihood_rolling", TEXT),
                                               req("loglikelihood_rolling", shuffled_tokens(lm, TEXT, 0))])
     assert not [r for r in caplog.records if "truncating" in r.getMessage()]  # rolling windows fit the window
@@ -131,7 +131,7 @@ def test_ar_checkpoint_is_scored_exactly(tiny_ar_run):
 def test_long_requests_are_truncated_from_the_left_once(repetitive_run, caplog):
     lm = LoopMDMLM(pretrained=str(repetitive_run), loops=1, mc_samples=4, greedy=False)
     long_ctx = TEXT * 3  # far beyond the 32-token window
-    with caplog.at_level(logging.WARNING, logger="loopmdm.lm_eval_adapter"):
+    with caplog.at_level(logging.WARNING, logger="loopmdm.eval.lm_eval"):
         res = lm.loglikelihood([req("loglikelihood", long_ctx, " the cat"), req("loglikelihood", long_ctx, " a dog")])
         lm.generate_until([req("generate_until", long_ctx, {"max_gen_toks": 4})])
     warnings = [r for r in caplog.records if "truncating" in r.getMessage()]
@@ -143,7 +143,7 @@ def test_long_requests_are_truncated_from_the_left_once(repetitive_run, caplog):
 
 @pytest.mark.parametrize("args", [{"loops": 0}, {"loops": "x"}, {"mc_samples": -2}, {"loops": 1.5}])
 def test_bad_model_args(repetitive_run, args):
-    with pytest.raises(ConfigError, match="positive integer"):
+    with pytest.raises(ConfigError, match="must be an integer >= 1"):
         LoopMDMLM(pretrained=str(repetitive_run), **args)
 
 

@@ -11,13 +11,13 @@ import torch
 
 from loopmdm.config import DiffusionConfig
 from loopmdm.errors import ConfigError, DataError
-from loopmdm.experiments.common import BalancedUniformLoops, default_loop_grid, load_experiment_config
+from loopmdm.experiments.common import default_loop_grid, load_experiment_config
 from loopmdm.experiments.ablation import ablation_variants, place_loop
 from loopmdm.experiments.compute_matched import (ComputeMatchedConfig, load_compute_matched_config,
                                                  plan_compute_matched, run_compute_matched)
 from loopmdm.experiments.curves import Curve, flops_ratio, flops_to_reach, read_curve, spread
-from loopmdm.flops import expected_train_flops_per_token, train_flops_per_token
-from loopmdm.loops import get_loop_distribution
+from loopmdm.model.flops import expected_train_flops_per_token, train_flops_per_token
+from loopmdm.diffusion.loops import BalancedUniformLoops, make_loop_distribution
 
 
 def cli(argv, capsys):
@@ -81,16 +81,19 @@ def test_spread_ignores_missing_values():
 # --------------------------------------------------------------------------- plan
 
 def test_balanced_loops_are_uniform_and_sum_exactly_per_block():
-    dist = BalancedUniformLoops(DiffusionConfig(s_max=4))
+    dist = BalancedUniformLoops(4)
     gen = torch.Generator().manual_seed(0)
-    draws = [dist.sample(gen) for _ in range(40)]
+    draws = [dist.sample(gen, k) for k in range(40)]
     for i in range(0, 40, 4):
         assert sorted(draws[i:i + 4]) == [1, 2, 3, 4]
+    assert len(set(tuple(draws[i:i + 4]) for i in range(0, 40, 4))) > 1  # the blocks are shuffled
     assert dist.mean() == 2.5 and dist.max() == 4
+    # a function of the step alone: a resumed run (a new instance, another generator) draws the same S
+    assert [BalancedUniformLoops(4).sample(torch.Generator(), k) for k in range(17, 40)] == draws[17:]
     for s_max in (3, 4, 5):
         for total in range(1, 12):  # the last, incomplete block keeps the sum within half a loop of E[S] * steps
-            d = BalancedUniformLoops(DiffusionConfig(s_max=s_max), total_steps=total)
-            got = [d.sample(gen) for _ in range(total)]
+            d = BalancedUniformLoops(s_max, total_steps=total)
+            got = [d.sample(gen, k) for k in range(total)]
             assert all(1 <= s <= s_max for s in got)
             assert abs(sum(got) - total * (s_max + 1) / 2) <= 0.5
 
@@ -114,7 +117,7 @@ def test_plan_step_counts_follow_flops(tiny_cfg):
     plan = plan_compute_matched(cfg)
     m = tiny_cfg.model
     f_a = train_flops_per_token(m, 1)
-    f_b = expected_train_flops_per_token(m, get_loop_distribution(tiny_cfg.diffusion))
+    f_b = expected_train_flops_per_token(m, make_loop_distribution(tiny_cfg.diffusion))
     assert plan.run("loopmdm").steps == round(300 * f_a / f_b)
     assert plan.deeper_layers == m.n_layers + (tiny_cfg.diffusion.s_max - 1) * m.n_m // 2
 

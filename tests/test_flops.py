@@ -6,9 +6,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from loopmdm.config import DiffusionConfig, ModelConfig
-from loopmdm.flops import (effective_depth, expected_train_flops_per_token, forward_flops_per_token,
+from loopmdm.model.flops import (effective_depth, expected_train_flops_per_token, forward_flops_per_token,
                            train_flops_per_token)
-from loopmdm.loops import get_loop_distribution
+from loopmdm.diffusion.loops import make_loop_distribution
 from loopmdm.model import LoopMDM
 
 
@@ -46,7 +46,7 @@ def test_loop_cost_and_expectation():
     assert effective_depth(cfg, 12) == 34  # the paper's effective depth at S = 12
     step = forward_flops_per_token(cfg, 2) - forward_flops_per_token(cfg, 1)
     assert step == pytest.approx(forward_flops_per_token(cfg, 5) - forward_flops_per_token(cfg, 4))
-    dist = get_loop_distribution(DiffusionConfig(s_max=12))
+    dist = make_loop_distribution(DiffusionConfig(s_max=12))
     # linear in S, so E[F(S)] = F(E[S]) with E[S] = 6.5
     assert expected_train_flops_per_token(cfg, dist) == pytest.approx(
         (train_flops_per_token(cfg, 6) + train_flops_per_token(cfg, 7)) / 2)

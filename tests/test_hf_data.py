@@ -13,8 +13,8 @@ from conftest import python_like_text  # noqa: E402
 from loopmdm.config import DataConfig  # noqa: E402
 from loopmdm.data import load_tokenizer, prepare_data  # noqa: E402
 from loopmdm.errors import DataError  # noqa: E402
-from loopmdm.hf_data import HF_DATASETS, collect, lm1b_detokenize, max_read_bytes, source_fingerprint  # noqa: E402
-from loopmdm.hub import tokenizer_from_hub  # noqa: E402
+from loopmdm.data.hf import HF_DATASETS, collect, lm1b_detokenize, max_read_bytes, source_fingerprint  # noqa: E402
+from loopmdm.data.hub import tokenizer_from_hub  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

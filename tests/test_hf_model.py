@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from loopmdm.checkpoint import load_model  # noqa: E402
 from loopmdm.config import ModelConfig  # noqa: E402
 from loopmdm.errors import CheckpointError, ConfigError  # noqa: E402
-from loopmdm.hf_model import MODEL_DEFAULTS, backbone_source, export_hf, import_hf  # noqa: E402
+from loopmdm.hf.export import MODEL_DIR, MODEL_DEFAULTS, REMOTE_FILES, export_hf, import_hf  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,9 @@ def test_model_fields_match_library_config():
 def test_folder_layout_and_config(exported):
     names = {p.name for p in exported.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-            "configuration_loopmdm.py", "modeling_loopmdm.py", "loopmdm_backbone.py"} <= names
+            *REMOTE_FILES} <= names
+    for name in REMOTE_FILES:  # the remote code is the library's own backbone, copied verbatim
+        assert (exported / name).read_bytes() == (MODEL_DIR / name).read_bytes()
     cfg = json.loads((exported / "config.json").read_text())
     assert cfg["model_type"] == "loopmdm"
     assert cfg["auto_map"]["AutoModelForMaskedLM"] == "modeling_loopmdm.LoopMDMForMaskedLM"
@@ -126,10 +128,26 @@ def test_import_restores_checkpoint(exported, tiny_run, tmp_path):
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_backbone_source_is_torch_only():
-    src = backbone_source()
-    assert "import loopmdm" not in src and "from ." not in src and "yaml" not in src
-    compile(src, "loopmdm_backbone.py", "exec")
+def test_remote_code_is_closed_and_torch_only():
+    """Every file the remote code imports with a relative import is exported, and nothing else is imported but
+    the standard library, torch and transformers (so the folder works where loopmdm is not installed)."""
+    import ast
+
+    needed, todo = set(), ["modeling_loopmdm.py", "configuration_loopmdm.py"]
+    while todo:
+        name = todo.pop()
+        needed.add(name)
+        for node in ast.walk(ast.parse((MODEL_DIR / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1, f"{name}: {ast.unparse(node)} leaves the folder"
+                if f"{node.module}.py" not in needed:
+                    todo.append(f"{node.module}.py")
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                roots = [a.name.split(".")[0] for a in node.names] if isinstance(node, ast.Import) \
+                    else [node.module.split(".")[0]]
+                assert all(r in sys.stdlib_module_names or r in ("torch", "transformers") for r in roots), \
+                    f"{name}: {ast.unparse(node)}"
+    assert needed == set(REMOTE_FILES)
 
 
 def test_bad_inputs(exported, tiny_run, tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from loopmdm.checkpoint import load_model
 from loopmdm.errors import ConfigError
-from loopmdm.flops import forward_flops_per_token
+from loopmdm.model.flops import forward_flops_per_token
 from loopmdm.sampling import LOOP_POLICIES, generate
 from loopmdm.sampling.policies import Schedule
 
@@ -162,3 +162,30 @@ def test_schedule_shapes_and_bounds():
 def test_policy_option_errors(name, opts, match):
     with pytest.raises(ConfigError, match=match):
         LOOP_POLICIES.get(name)(**opts)
+
+
+@pytest.mark.parametrize("max_depth, s_min, s_max", [(4, 1, 4), (6, 2, 4), (3, 1, 4)])
+def test_warm_start_never_lets_a_state_exceed_max_depth(trained, max_depth, s_min, s_max):
+    """Track every position's accumulated depth over all steps: the warm-started state has at most max_depth
+    loops applied since its last start from h_0 (the bug: the check happened only before warm-starting, so the
+    depth could reach max_depth - 1 + s_max)."""
+    from loopmdm.diffusion import get_schedule
+    from loopmdm.sampling import TokenFilter, build_canvas, sample_canvas
+    from loopmdm.sampling.policies import Warm
+    from loopmdm.sampling.samplers import SAMPLERS
+
+    model, tok, _ = trained
+    policy = Warm(threshold=1e-12, s_min=s_min, s_max=s_max, max_depth=max_depth)  # never converges
+    depths = []
+    original = policy.finish
+
+    def record(h, state, loops):
+        original(h, state, loops)
+        depths.append(int(policy._depth.max()))
+
+    policy.finish = record
+    canvas = build_canvas(tok, 2, 16, model.config.max_seq_len)
+    sample_canvas(model, canvas, tok.mask_id, steps=12, sampler=SAMPLERS.get("ancestral")(), policy=policy,
+                  token_filter=TokenFilter(), schedule=get_schedule("loglinear"), gen=torch.Generator().manual_seed(0))
+    assert len(depths) == 12 and max(depths) <= max_depth
+    assert max(depths) == max_depth  # the bound is reached: warm states are really carried over

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import loopmdm.checkpoint as ck
+import loopmdm.checkpoint.save as ck_save
 from loopmdm.checkpoint import list_checkpoints, load_model, read_latest, resolve_checkpoint, verify_checkpoint
 from loopmdm.errors import CheckpointError, LoopMDMError
 from loopmdm.train import Trainer, TrainingDiverged
@@ -103,14 +104,14 @@ def assert_previous_intact(root):
                                          (errno.EIO, "Input/output error")])
 def test_failed_write_leaves_previous_checkpoint(saved, monkeypatch, code, reason):
     tr, root = saved
-    real = ck.write_bytes_synced
+    real = ck_save.write_bytes_synced
 
     def failing(path, data):
         if path.name == "optimizer.safetensors":
             raise OSError(code, os.strerror(code), str(path))
         real(path, data)
 
-    monkeypatch.setattr(ck, "write_bytes_synced", failing)
+    monkeypatch.setattr(ck_save, "write_bytes_synced", failing)
     with pytest.raises(CheckpointError, match=f"could not save checkpoint .*{reason}.*previous checkpoint is intact"):
         tr.save()
     assert_previous_intact(root)
@@ -123,16 +124,16 @@ def test_failed_rename_or_pointer_update_leaves_previous_checkpoint(saved, monke
     def deny(src, dst):
         raise OSError(errno.EACCES, "Permission denied", str(dst))
 
-    monkeypatch.setattr(ck.os, "replace", deny)
+    monkeypatch.setattr(ck_save.os, "replace", deny)
     with pytest.raises(CheckpointError, match="permission denied"):
         tr.save()
-    monkeypatch.setattr(ck.os, "replace", real_replace)
+    monkeypatch.setattr(ck_save.os, "replace", real_replace)
     assert_previous_intact(root)
 
     def read_only(path, text):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(ck, "atomic_write_text", read_only)
+    monkeypatch.setattr(ck_save, "atomic_write_text", read_only)
     with pytest.raises(CheckpointError, match="read-only file system"):
         tr.save()
     assert read_latest(root) == "step_000002"  # the pointer never moved to the new folder

@@ -32,7 +32,7 @@ def stop_after(trainer, k):
     def step_fn(idx, loops):
         out = inner(idx, loops)
         if trainer.step + 1 >= k:
-            trainer._stop_requested = True
+            trainer.stop_requested = True
         return out
 
     trainer.step_fn = step_fn

@@ -14,7 +14,7 @@ from loopmdm.errors import ConfigError
 from loopmdm.model import LoopMDM
 from loopmdm.sampling import (SAMPLERS, TokenFilter, ancestral_sample, draw, generate, parse_template,
                               transfer_counts)
-from loopmdm.schedules import get_schedule
+from loopmdm.diffusion.schedules import get_schedule
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ def test_pickle_only_folders_are_refused(ckpt, tmp_path, bin_name):
 
 
 def test_transformers_folder_with_pickle_weights_is_refused(ckpt, tmp_path):
-    hf_model = pytest.importorskip("loopmdm.hf_model")
+    hf_model = pytest.importorskip("loopmdm.hf.export")
     marker = tmp_path / "marker"
     hf = tmp_path / "hf"
     hf.mkdir()

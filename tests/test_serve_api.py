@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from loopmdm.checkpoint import load_model  # noqa: E402
 from loopmdm.sampling import LOOP_POLICIES, SAMPLERS, generate  # noqa: E402
 from loopmdm.serve import create_app  # noqa: E402
-from loopmdm.serve.assets import ASSETS  # noqa: E402
+from loopmdm.viz.assets import ASSETS  # noqa: E402
 from loopmdm.serve.server import serve_in_thread  # noqa: E402
 
 

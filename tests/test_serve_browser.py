@@ -27,7 +27,7 @@ from loopmdm.checkpoint import load_model  # noqa: E402
 from loopmdm.sampling import generate  # noqa: E402
 from loopmdm.serve import create_app  # noqa: E402
 from loopmdm.serve.server import serve_in_thread  # noqa: E402
-from loopmdm.trajectory_html import write_trajectory_html  # noqa: E402
+from loopmdm.viz.trajectory_html import write_trajectory_html  # noqa: E402
 
 
 def save_artifact(src: Path) -> None:

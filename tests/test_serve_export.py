@@ -11,7 +11,7 @@ import torch
 from loopmdm.checkpoint import load_model
 from loopmdm.errors import ConfigError
 from loopmdm.sampling import generate
-from loopmdm.trajectory_html import render_trajectory_html, step_snapshots, viewer_data, write_trajectory
+from loopmdm.viz.trajectory_html import render_trajectory_html, step_snapshots, viewer_data, write_trajectory
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 from loopmdm.config import RunConfig, load_config, parse_override  # noqa: E402
 from loopmdm.data import pack  # noqa: E402
 from loopmdm.errors import LoopMDMError  # noqa: E402
-from loopmdm.tokenizer import ALIASES  # noqa: E402
+from loopmdm.data.tokenizer import ALIASES  # noqa: E402
 
 SAMPLER_EXAMPLES = int(os.environ.get("LOOPMDM_HYPOTHESIS_EXAMPLES", "60"))  # raise it to hunt for bugs
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

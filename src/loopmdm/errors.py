@@ -1,17 +1,7 @@
-"""Errors the library raises: one family, each message one line naming the problem and the fix."""
+"""The library's errors (defined in ``loopmdm.model.errors``, the torch-only core): ``LoopMDMError`` and its
+``ConfigError`` / ``DataError`` / ``CheckpointError``. Every message is one line naming the problem and the fix;
+the CLI prints it as ``error: ...`` and exits with code 2."""
 
+from .model.errors import CheckpointError, ConfigError, DataError, LoopMDMError
 
-class LoopMDMError(Exception):
-    """Base class of every error the library raises on bad input."""
-
-
-class ConfigError(LoopMDMError):
-    """A configuration value, option or CLI argument is invalid."""
-
-
-class DataError(LoopMDMError):
-    """A data path, file or corpus is missing, empty or unreadable."""
-
-
-class CheckpointError(LoopMDMError):
-    """A checkpoint folder or file is missing, corrupt or unsafe."""
+__all__ = ["LoopMDMError", "ConfigError", "DataError", "CheckpointError"]

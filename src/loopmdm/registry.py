@@ -1,8 +1,10 @@
-"""A tiny registry: variants (noise schedules, loop distributions, samplers, policies) register by name."""
+"""A tiny registry: variants (noise schedules, loop distributions, objectives, data sources, samplers, loop
+policies, unmasking orders, metrics) register by name; ``build`` instantiates one from user options."""
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import inspect
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 from .errors import ConfigError
 
@@ -36,5 +38,25 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def __iter__(self):
+        return iter(self.names())
+
     def __contains__(self, name: str) -> bool:
-        return name in self._items
+        try:
+            return name in self._items
+        except TypeError:
+            return False
+
+
+def build(registry: Registry, name: str, options: Optional[dict]) -> Any:
+    """Instantiate ``registry[name](**options)`` with one-line errors for unknown names and options."""
+    cls = registry.get(name)
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"{registry.kind} options must be a dict of name -> value, got {type(options).__name__}")
+    options = dict(options or {})
+    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} for {registry.kind} {name!r}; "
+                          f"valid options: {', '.join(known) or '(none)'}")
+    return cls(**options)

@@ -8,6 +8,12 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import ConfigError
+from ..experiments.ablation import run_ablation
+from ..experiments.attention import load_attention_config, run_attention
+from ..experiments.compute_matched import load_compute_matched_config, plan_compute_matched, run_compute_matched
+from ..experiments.sudoku import load_sudoku_config, run_sudoku
+from ..model.fields import parse_int_list
 from .app import app, emit_json, info
 from .options import parse_loops
 
@@ -18,28 +24,12 @@ CONFIG_HELP = "laptop (2 CPU cores, < 45 min), paper (the GPU-scale run) or a YA
 
 
 def _seeds(values: List[str]) -> Optional[list[int]]:
-    if not values:
-        return None
-    from ..errors import ConfigError
-
-    out = []
-    for v in values:
-        for part in str(v).split(","):
-            part = part.strip()
-            if part:
-                if not part.lstrip("-").isdigit():
-                    raise ConfigError(f"--seeds {part!r} is not an integer; pass e.g. --seeds 0,1")
-                out.append(int(part))
-    if not out:
-        raise ConfigError("--seeds is empty; pass at least one seed, e.g. --seeds 0,1")
-    return out
+    return parse_int_list(values, "--seeds", 0, "0,1") if values else None
 
 
 def _floats(values: List[str], name: str) -> Optional[list[float]]:
     if not values:
         return None
-    from ..errors import ConfigError
-
     out = []
     for v in values:
         for part in str(v).split(","):
@@ -61,8 +51,6 @@ def compute_matched(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
 ) -> None:
     """(a) same-size MDM vs (b) LoopMDM vs (c) deeper MDM at equal training FLOPs; the FLOPs ratio."""
-    from ..experiments.compute_matched import load_compute_matched_config, plan_compute_matched, run_compute_matched
-
     cfg = load_compute_matched_config(config)
     if plan:
         summary = plan_compute_matched(cfg).summary()
@@ -81,9 +69,6 @@ def ablation(
     json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object on stdout."),
 ) -> None:
     """Which layers loop (early, early-middle, middle, late, all) and how many (n_m), at equal FLOPs."""
-    from ..experiments.ablation import run_ablation
-    from ..experiments.compute_matched import load_compute_matched_config
-
     cfg = load_compute_matched_config(config)
     res = run_ablation(cfg, out, _seeds(seeds), progress=progress, log=info)
     emit_json(res["rows"]) if json_out else info((out / "ablation.md").read_text())
@@ -97,8 +82,6 @@ def sudoku(
     json_out: bool = typer.Option(False, "--json", help="Print the accuracy table as one JSON object on stdout."),
 ) -> None:
     """MDM vs LoopMDM on built-in Sudoku puzzles at equal training FLOPs: board / cell accuracy per S and order."""
-    from ..experiments.sudoku_exp import load_sudoku_config, run_sudoku
-
     cfg = load_sudoku_config(config)
     res = run_sudoku(cfg, out, _seeds(seeds), log=info)
     emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
@@ -115,8 +98,6 @@ def attention(
     json_out: bool = typer.Option(False, "--json", help="Print the sweep summary as one JSON object on stdout."),
 ) -> None:
     """Share of attention that masked positions pay to masked vs unmasked keys, per layer and loop."""
-    from ..experiments.attention import load_attention_config, run_attention
-
     cfg = load_attention_config(config)
     if t:
         cfg.ts = _floats(t, "--t")

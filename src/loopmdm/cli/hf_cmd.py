@@ -1,7 +1,7 @@
 """``loopmdm export`` / ``loopmdm import``: library checkpoints <-> Hugging Face transformers folders.
 
     loopmdm export --checkpoint RUN_DIR --out HF_DIR [--ema]   # then AutoModel.from_pretrained(HF_DIR, trust_remote_code=True)
-    loopmdm import --hf HF_DIR --out RUN_DIR                   # back to a run folder for sample / eval / --resume-free use
+    loopmdm import --hf HF_DIR --out RUN_DIR                   # back to a run folder for sample / eval / --init
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ def export_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
 ) -> None:
     """Write a checkpoint as a transformers folder (safetensors, config with auto_map, tokenizer, model code)."""
-    from ..hf_model import export_hf
-
+    from ..hf.export import export_hf  # imports transformers: only when the command runs
     folder = export_hf(checkpoint, out, ema=ema)
     files = sorted(p.name for p in folder.iterdir())
     if json_out:
@@ -39,7 +38,7 @@ def import_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
 ) -> None:
     """Turn a transformers LoopMDM folder back into a library run folder."""
-    from ..hf_model import import_hf
+    from ..hf.export import import_hf
 
     run = import_hf(hf, out)
     if json_out:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from ..config import parse_yaml_value
 from ..errors import ConfigError
+from ..model.fields import parse_int_list
 
 
 def parse_loops(values: list[str]) -> list[int]:
     """``["1,2", "4"]`` -> ``[1, 2, 4]``; every S must be a positive integer."""
-    out = []
-    for v in values:
-        for part in str(v).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if not part.isdigit() or int(part) < 1:
-                raise ConfigError(f"--loops {part!r} is not a positive integer; pass S >= 1, e.g. --loops 1,4,8")
-            out.append(int(part))
-    if not out:
-        raise ConfigError("--loops is empty; pass at least one S >= 1")
+    return parse_int_list(values, "--loops")
+
+
+def parse_options(items: list[str], flag: str) -> dict:
+    """``["threshold=0.05", "criterion=kl"]`` -> ``{"threshold": 0.05, "criterion": "kl"}`` (values as YAML)."""
+    out = {}
+    for item in items:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"{flag} {item!r} must look like name=value, e.g. {flag} threshold=0.05")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = parse_yaml_value(raw)
     return out

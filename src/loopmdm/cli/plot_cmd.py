@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..viz.sweeps import load_sweep, plot_sweeps
 from .app import app, info
 
 
@@ -19,7 +20,5 @@ def plot(
                                               "sweep's primary metric)."),
 ) -> None:
     """Plot one or several loop sweeps on shared axes (each file is one line, labelled by its file name)."""
-    from ..plots import load_sweep, plot_sweeps
-
     path = plot_sweeps([load_sweep(p) for p in sweeps], out, metric)
     info(f"plot written to {path}")

@@ -12,26 +12,11 @@ from typing import List, Optional
 
 import typer
 
+from ..checkpoint import load_model
 from ..errors import ConfigError
+from ..sampling import generate
 from .app import app, emit_json, info
-from .options import parse_loops
-
-
-def parse_options(items: list[str], flag: str) -> dict:
-    """``["threshold=0.05", "criterion=kl"]`` -> ``{"threshold": 0.05, "criterion": "kl"}`` (values as YAML)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item or not item.split("=", 1)[0].strip():
-            raise ConfigError(f"{flag} {item!r} must look like name=value, e.g. {flag} threshold=0.05")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        out[key.strip()] = value
-    return out
+from .options import parse_loops, parse_options
 
 
 def format_report(rep: dict) -> str:
@@ -74,9 +59,6 @@ def sample(
 ) -> None:
     """Sample from a checkpoint and print the samples with the compute report (network calls, loop
     iterations, FLOPs, wall time)."""
-    from ..checkpoint import load_model
-    from ..sampling import generate
-
     if num_samples < 1:
         raise ConfigError(f"--num-samples {num_samples} must be >= 1")
     s_opts = parse_options(sampler_opt, "--sampler-opt")
@@ -100,7 +82,7 @@ def sample(
         results.append({"loops": s, "policy_options": opts, "samples": out.texts,
                         "lengths": out.lengths.tolist(), "report": out.report.to_dict()})
         if trajectory is not None:
-            from ..trajectory_html import write_trajectory
+            from ..viz.trajectory_html import write_trajectory  # matplotlib: only when a trajectory is written
 
             tag = f"S{s}" if len(runs) > 1 else None
             meta = {"checkpoint": str(checkpoint), "sampler": sampler, "policy": policy, "steps": steps, **opts}

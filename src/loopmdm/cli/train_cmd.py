@@ -8,14 +8,16 @@ from typing import List, Optional
 
 import typer
 
+from ..checkpoint import load_config_file, resolve_checkpoint
 from ..config import PRESETS, load_config
+from ..train import train as run_train
 from .app import app, emit_json, info
 
 
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints/, metrics.jsonl, config.json."),
-    preset: Optional[str] = typer.Option(None, help=f"Base configuration: {', '.join(PRESETS)} (default tiny; with "
+    preset: Optional[str] = typer.Option(None, help=f"Base configuration: {', '.join(PRESETS.names())} (default tiny; with "
                                                        "--resume and no --preset / --config: the checkpoint's)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding the preset."),
     set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set model.d_model=512."),
@@ -39,12 +41,8 @@ def train(
                           "diffusion.loop_dist=fixed", "diffusion.s_fixed=1"]
     base = None
     if resume is not None and preset is None and config is None:
-        from ..checkpoint import load_config_file, resolve_checkpoint
-
         base = load_config_file(resolve_checkpoint(resume))  # continue the run as it was configured
     cfg = load_config(preset or "tiny", config, overrides, base=base)
-    from ..train import train as run_train
-
     result = run_train(cfg, out, resume=resume, progress=progress, log=info)
     summary = {"run_dir": str(result.run_dir), "step": result.step, "final_loss": result.final_loss,
                "train_flops": result.flops, "val": result.val, "stopped_early": result.stopped_early}

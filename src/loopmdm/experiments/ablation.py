@@ -10,61 +10,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import ModelConfig
-from ..errors import ConfigError
-from ..flops import expected_train_flops_per_token
-from ..loops import get_loop_distribution
-from ..registry import Registry
-from .common import clone, machine_info, write_json
-from .compute_matched import (ComputeMatchedConfig, Log, RunPlan, _start, final_nelbo, plan_compute_matched,
-                              train_one)
+from ..diffusion import make_loop_distribution
+from ..fileio import write_json
+from ..model.flops import expected_train_flops_per_token
+from ..runtime import machine_info
+from ..viz.experiment_plots import plot_ablation
+from .common import clone
+from .compute_matched import ComputeMatchedConfig, Log, RunPlan, final_nelbo, plan_compute_matched, start, train_one
 from .curves import Curve, flops_ratio, fmt_spread, spread
-
-LOOP_PLACEMENTS: Registry[Callable[[int, int], tuple[int, int, int]]] = Registry("loop placement")
-
-
-@LOOP_PLACEMENTS.register("early")
-def _early(n_layers: int, n_m: int) -> tuple[int, int, int]:
-    """Loop the first n_m layers (n_h = 0)."""
-    return 0, n_m, n_layers - n_m
-
-
-@LOOP_PLACEMENTS.register("early-middle")
-def _early_middle(n_layers: int, n_m: int) -> tuple[int, int, int]:
-    """The paper's default: one head layer, then the looped block (layers 1..n_m)."""
-    return 1, n_m, n_layers - n_m - 1
-
-
-@LOOP_PLACEMENTS.register("middle")
-def _middle(n_layers: int, n_m: int) -> tuple[int, int, int]:
-    """The looped block centred in the stack."""
-    n_h = (n_layers - n_m) // 2
-    return n_h, n_m, n_layers - n_m - n_h
-
-
-@LOOP_PLACEMENTS.register("late")
-def _late(n_layers: int, n_m: int) -> tuple[int, int, int]:
-    """The last n_m layers (n_o = 0: the looped block feeds the LM head)."""
-    return n_layers - n_m, n_m, 0
-
-
-@LOOP_PLACEMENTS.register("all")
-def _all(n_layers: int, n_m: int) -> tuple[int, int, int]:
-    """Loop the whole network (n_m = L, ignoring the requested n_m)."""
-    return 0, n_layers, 0
-
-
-def place_loop(model: ModelConfig, placement: str, n_m: int) -> ModelConfig:
-    """A copy of ``model`` with the looped block of n_m layers at ``placement`` (same L, same parameters)."""
-    L = model.n_layers
-    if not 1 <= n_m <= L:
-        raise ConfigError(f"n_m={n_m} must be in 1..{L} (the model has {L} layers)")
-    n_h, n_m2, n_o = LOOP_PLACEMENTS.get(placement)(L, n_m)
-    if min(n_h, n_o) < 0:
-        raise ConfigError(f"placement {placement!r} with n_m={n_m} does not fit in {L} layers")
-    out = clone(model)
-    out.n_h, out.n_m, out.n_o = n_h, n_m2, n_o
-    return out
-
+from .placements import place_loop
 
 def ablation_variants(cfg: ComputeMatchedConfig) -> list[tuple[str, ModelConfig]]:
     """(label, model) for every placement at the config's n_m, then every n_m at early-middle (deduplicated)."""
@@ -90,9 +44,7 @@ def run_ablation(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[lis
                  progress: bool = False, log: Log = print) -> dict:
     """Which layers to loop, and how many: every variant trained at the FLOPs of ``ablation_baseline_steps``
     steps of the plain MDM; reports final validation NELBO at S = 1, S_max, 2 S_max and the FLOPs ratio."""
-    from .plots import plot_ablation
-
-    out, seeds, data = _start(cfg, out, seeds, log)
+    out, seeds, data = start(cfg, out, seeds, log)
     steps_a = cfg.ablation_baseline_steps or cfg.baseline_steps
     base_plan = plan_compute_matched(cfg, steps_a).run("mdm")
     tokens = cfg.run.train.batch_size * cfg.run.model.max_seq_len
@@ -106,7 +58,7 @@ def run_ablation(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[lis
         else:
             rc = clone(cfg.run)
             rc.model = model_cfg
-            f = expected_train_flops_per_token(model_cfg, get_loop_distribution(rc.diffusion))
+            f = expected_train_flops_per_token(model_cfg, make_loop_distribution(rc.diffusion))
             steps = max(1, round(base_plan.planned_flops / (tokens * f)))
             rp = RunPlan(label, label, rc, steps, f, f * tokens, steps * f * tokens)
         per = {}

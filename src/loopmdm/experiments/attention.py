@@ -20,11 +20,16 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..blocks import Attention, apply_rotary
-from ..diffusion import q_sample
-from ..errors import CheckpointError, ConfigError, DataError
+from ..checkpoint import load_model
+from ..data import prepare_data
+from ..diffusion import Batch, Noise, q_sample
+from ..errors import ConfigError, DataError
+from ..fileio import write_json
 from ..model import LoopMDM
-from .common import default_loop_grid, load_experiment_config, machine_info, write_json
+from ..model.layers import Attention, apply_rotary
+from ..runtime import machine_info
+from ..viz.experiment_plots import plot_attention_heatmap, plot_lines
+from .common import default_loop_grid, load_experiment_config
 
 Log = Callable[[str], None]
 
@@ -33,11 +38,10 @@ def attention_probs(attn: Attention, x: torch.Tensor, rope: tuple[torch.Tensor, 
                     attn_mask: Optional[torch.Tensor] = None, causal: bool = False) -> torch.Tensor:
     """The attention probabilities [B, H, T, T] (queries x keys) that ``attn`` computes for input x [B, T, D]:
     softmax(Q K^T / sqrt(d_head)) with rotary Q / K, the boolean key mask and the causal mask applied."""
-    B, T, D = x.shape
-    H = attn.n_heads
-    q, k, _ = attn.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # [B, H, T, hd] each
+    T = x.shape[1]
+    q, k, _ = attn.heads(x)  # [B, H, T, hd] each
     q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(D // H)  # [B, H, T, T]
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, H, T, T]
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask.bool(), -math.inf)
     elif causal:
@@ -140,9 +144,9 @@ def corrupt(x0: torch.Tensor, t: float, mask_id: int, seed: int, keep: Optional[
     is True (e.g. Sudoku givens). Seeded, so every S sees the same x_t."""
     if not 0.0 < t <= 1.0:
         raise ConfigError(f"masking level t={t} must be in (0, 1]")
-    gen = torch.Generator().manual_seed(seed)
-    x_t = q_sample(x0, torch.full((x0.shape[0],), 1.0 - t), mask_id, gen)
-    return x_t if keep is None else torch.where(keep, x0, x_t)
+    u = torch.rand(x0.shape, generator=torch.Generator().manual_seed(seed))  # [B, T]
+    return q_sample(Batch(x0, keep), Noise(torch.full((x0.shape[0],), t), u), torch.full((x0.shape[0],), 1.0 - t),
+                    mask_id)
 
 
 @dataclass
@@ -229,64 +233,23 @@ def load_attention_config(spec: str | Path = "laptop") -> AttentionConfig:
     return load_experiment_config(spec, PRESETS, "attention").validate()
 
 
-def load_for_analysis(path: str | Path, n_rows: int, seed: int = 0):
-    """(model, x0 [N, T], mask_id, keep or None, S_max, kind) from a text run / checkpoint folder (validation
-    rows of its corpus, tokenized with its tokenizer) or a Sudoku model folder (test boards, givens kept)."""
-    import json
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist; pass a run folder, a checkpoint folder or a "
-                              "Sudoku model folder (from `loopmdm experiment sudoku`)")
-    cfg_file = p / "config.json"
-    if cfg_file.is_file() and (p / "model.safetensors").is_file():
-        try:
-            meta = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{cfg_file} is not valid JSON") from None
-        if meta.get("task") == "sudoku":
-            return _load_sudoku(p, meta, n_rows)
-    from ..checkpoint import load_model
-
-    model, tok, cfg = load_model(p)
-    rows = validation_rows(cfg.data, tok, cfg.model.max_seq_len, n_rows)
-    return model, rows, tok.mask_id, None, max(cfg.diffusion.s_max if cfg.diffusion.loop_dist != "fixed" else 1, 1), "text"
-
-
-def _load_sudoku(folder: Path, meta: dict, n_rows: int):
-    from ..tasks import sudoku as sd
-    from .sudoku_exp import load_sudoku_config, load_sudoku_model, sudoku_data
-
-    model = load_sudoku_model(folder)
-    cfg = load_sudoku_config("laptop")
-    exp = meta.get("experiment") or {}
-    for k in ("n_train", "n_test", "givens", "data_seed", "cache_dir"):
-        if k in exp:
-            setattr(cfg, k, exp[k])
-    _, test = sudoku_data(cfg, log=lambda s: None)
-    puzzles, solutions = sd.to_tensors(test[:n_rows])
-    return model, solutions, sd.VOCAB.mask_id, puzzles != sd.VOCAB.mask_id, int(meta.get("s_max", 1)), "sudoku"
-
-
-def validation_rows(data_cfg, tokenizer, seq_len: int, n_rows: int) -> torch.Tensor:
-    """The first ``n_rows`` packed validation rows [N, T] of the checkpoint's corpus, tokenized with its
-    own tokenizer (no BPE retraining)."""
-    from ..data import pack, read_documents, split_documents
-
-    _, val_docs = split_documents(read_documents(data_cfg).documents, data_cfg.val_fraction)
-    rows = pack(tokenizer.encode_batch([d.text for d in val_docs]), seq_len, tokenizer.bos_id, tokenizer.eos_id)
-    if len(rows) == 0:
+def load_for_analysis(path: str | Path, n_rows: int):
+    """(model, x0 [N, T], mask_id, keep or None, S_max, kind) from a run / checkpoint folder: the first
+    ``n_rows`` validation rows of its data (text), or validation boards with their givens kept (Sudoku)."""
+    model, tok, cfg = load_model(path, ema=None)
+    data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
+    if data.val.shape[0] == 0:
         raise DataError("the validation split holds no full row; use a larger corpus or a shorter max_seq_len")
-    return torch.from_numpy(rows[:n_rows].astype(np.int64))
+    x0 = torch.from_numpy(data.val[:n_rows].astype(np.int64))
+    keep = None if data.val_frozen is None else torch.from_numpy(data.val_frozen[:n_rows])
+    return model, x0, tok.mask_id, keep, cfg.diffusion.max_loops, cfg.data.format
 
 
 def run_attention(checkpoint: str | Path, cfg: AttentionConfig, out: str | Path, log: Log = print) -> dict:
     """Sweep t and S for a checkpoint; write attention.json, two heatmaps and two line plots."""
-    from .plots import plot_attention_heatmap, plot_lines
-
     cfg.validate()
     out = Path(out)
-    model, x0, mask_id, keep, s_max, kind = load_for_analysis(checkpoint, cfg.batch_size, cfg.seed)
+    model, x0, mask_id, keep, s_max, kind = load_for_analysis(checkpoint, cfg.batch_size)
     loops = [int(s) for s in (cfg.loops or default_loop_grid(max(s_max, 1)))]
     log(f"attention sweep on {len(x0)} {'boards' if kind == 'sudoku' else 'rows'}: t in {cfg.ts}, S in {loops}")
     sweep = attention_sweep(model, x0, mask_id, cfg.ts, loops, cfg.seed, keep)

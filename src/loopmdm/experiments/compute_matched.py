@@ -24,18 +24,18 @@ from typing import Callable, Optional
 
 import torch
 
-from ..checkpoint import load_model, read_latest
-from ..config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from ..config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig, preset
 from ..data import PreparedData, prepare_data
-from ..diffusion import make_objective
+from ..diffusion import make_loop_distribution, make_objective
 from ..errors import ConfigError
-from ..evaluate import evaluate_nelbo
-from ..flops import expected_train_flops_per_token, layer_flops_per_token, train_flops_per_token
-from ..loops import get_loop_distribution
-from ..schedules import get_schedule
-from .common import BalancedUniformLoops, clone, load_experiment_config, machine_info, \
-    write_json
+from ..eval.nelbo import evaluate_nelbo
+from ..fileio import write_json
+from ..model.flops import expected_train_flops_per_token, layer_flops_per_token, train_flops_per_token
+from ..runtime import machine_info, set_threads
+from ..viz.experiment_plots import plot_loss_vs_flops, plot_nelbo_vs_loops
+from .common import clone, load_experiment_config, train_or_reuse
 from .curves import Curve, flops_ratio, fmt_spread, read_curve, spread
+from .placements import LOOP_PLACEMENTS
 
 Log = Callable[[str], None]
 RUN_NAMES = ("mdm", "loopmdm", "deeper")
@@ -87,7 +87,6 @@ class ComputeMatchedConfig:
         for name in ("warmup_frac", "depth_tolerance", "flops_tolerance"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
-        from .ablation import LOOP_PLACEMENTS  # the ablation module builds on this one
 
         for p in self.ablation_placements:
             LOOP_PLACEMENTS.get(p)
@@ -118,8 +117,6 @@ def _laptop() -> ComputeMatchedConfig:
 
 
 def _paper() -> ComputeMatchedConfig:
-    from ..config import preset
-
     run = preset("paper")  # 12 x 768, n_h=1, n_m=2, n_o=9, S_max=12, OpenWebText, GPT-2 tokenizer, length 1024
     run.train.max_steps = 1_000_000
     return ComputeMatchedConfig(
@@ -196,7 +193,7 @@ def deeper_model(run: RunConfig, tolerance: float) -> tuple[ModelConfig, float, 
     ConfigError when even the closest integer depth misses (b)'s per-step FLOPs by more than ``tolerance``."""
     m = run.model
     T = m.max_seq_len
-    f_b = expected_train_flops_per_token(m, get_loop_distribution(run.diffusion))
+    f_b = expected_train_flops_per_token(m, make_loop_distribution(run.diffusion))
     f_a = train_flops_per_token(m, 1)
     per_layer = 3 * layer_flops_per_token(m, T)
     exact = (f_b - f_a) / per_layer  # = (E[S] - 1) * n_m (+ injection adapter cost)
@@ -229,7 +226,7 @@ def plan_compute_matched(cfg: ComputeMatchedConfig, baseline_steps: Optional[int
     model_c, exact, mismatch = deeper_model(run, cfg.depth_tolerance)
     cfg_c = baseline_run_config(run)
     cfg_c.model = model_c
-    f_b = expected_train_flops_per_token(run.model, get_loop_distribution(run.diffusion))
+    f_b = expected_train_flops_per_token(run.model, make_loop_distribution(run.diffusion))
     f_c = train_flops_per_token(model_c, 1)
     runs = []
     for name, c, f in (("mdm", cfg_a, f_a), ("loopmdm", clone(run), f_b), ("deeper", cfg_c, f_c)):
@@ -252,41 +249,25 @@ def _prepare(cfg: ComputeMatchedConfig, log: Log) -> PreparedData:
     return data
 
 
-def _finalize_run_config(plan: RunPlan, seed: int, n_evals: int, warmup_frac: float) -> RunConfig:
+def _finalize_run_config(plan: RunPlan, seed: int, cfg: ComputeMatchedConfig) -> RunConfig:
     c = clone(plan.cfg)
     c.train.seed = seed
     c.train.max_steps = plan.steps
-    c.train.warmup_steps = max(1, round(warmup_frac * plan.steps)) if warmup_frac > 0 else 0
-    c.train.eval_every = max(1, plan.steps // n_evals)
-    c.train.save_every = plan.steps
+    c.train.warmup_steps = max(1, round(cfg.warmup_frac * plan.steps)) if cfg.warmup_frac > 0 else 0
+    c.train.eval_every = max(1, plan.steps // cfg.n_evals)
+    c.train.save_every = max(1, plan.steps // 4)  # checkpoints to resume an interrupted study from
+    if cfg.balanced_loops and c.diffusion.loop_dist == "uniform":
+        c.diffusion.loop_dist = "balanced"  # each S once per block of S_max steps: exact compute matching
     return c.validate()
-
-
-def _finished(run_dir: Path, steps: int) -> bool:
-    return read_latest(run_dir / "checkpoints") == f"step_{steps:06d}" and (run_dir / "metrics.jsonl").is_file()
 
 
 def train_one(plan: RunPlan, seed: int, run_dir: Path, data: PreparedData, cfg: ComputeMatchedConfig,
               progress: bool, log: Log) -> tuple[torch.nn.Module, dict]:
-    """Train one run (or reuse it when ``run_dir`` already holds its final checkpoint); returns the model
-    and facts about the run (steps, logged FLOPs, wall time, the validation curve)."""
-    from ..train import Trainer
-
-    rc = _finalize_run_config(plan, seed, cfg.n_evals, cfg.warmup_frac)
+    """Train one run (or reuse / resume the one in ``run_dir`` when its config matches); returns the model and
+    facts about the run (steps, logged FLOPs, wall time, the validation curve)."""
+    rc = _finalize_run_config(plan, seed, cfg)
     t0 = time.perf_counter()
-    if _finished(run_dir, plan.steps):
-        log(f"  {plan.name} seed {seed}: reusing the finished run in {run_dir}")
-        model, _, _ = load_model(run_dir, ema=rc.train.ema is not None)
-        reused = True
-    else:
-        if (run_dir / "metrics.jsonl").exists():
-            (run_dir / "metrics.jsonl").unlink()  # an unfinished earlier attempt: start clean
-        trainer = Trainer(rc, run_dir, data=data, progress=progress, log=log)
-        if cfg.balanced_loops and rc.diffusion.loop_dist == "uniform":
-            trainer.loop_dist = BalancedUniformLoops(rc.diffusion, total_steps=plan.steps)
-        trainer.fit()
-        model = trainer.ema.module if trainer.ema is not None else trainer.model
-        reused = False
+    model, reused = train_or_reuse(rc, run_dir, data, progress, log)
     record = run_dir / "experiment_run.json"  # keeps the training wall time for later reuse
     if reused:
         train_wall = json.loads(record.read_text()).get("train_wall_s") if record.is_file() else None
@@ -302,8 +283,7 @@ def train_one(plan: RunPlan, seed: int, run_dir: Path, data: PreparedData, cfg: 
 
 def final_nelbo(model, data: PreparedData, run: RunConfig, loops: list[int], cfg: ComputeMatchedConfig) -> dict:
     """Validation NELBO at each S in ``loops`` on ``final_eval_batches`` batches, same t / masks for every model."""
-    obj = make_objective("mdm", get_schedule(run.diffusion.schedule), data.tokenizer.mask_id,
-                         run.diffusion.antithetic, run.diffusion.t_eps)
+    obj = make_objective(run.diffusion, data.tokenizer.mask_id, antithetic=True)
     out = {}
     for s in loops:
         r = evaluate_nelbo(model, data.val, obj, s, batch_size=run.train.batch_size,
@@ -312,20 +292,17 @@ def final_nelbo(model, data: PreparedData, run: RunConfig, loops: list[int], cfg
     return out
 
 
-def _start(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[list[int]], log: Log):
+def start(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[list[int]], log: Log):
     """Validate, set the thread count, prepare the data: -> (out folder, seeds, data)."""
     cfg.validate()
-    if cfg.run.train.threads:
-        torch.set_num_threads(cfg.run.train.threads)
+    set_threads(cfg.run.train.threads)
     return Path(out), list(seeds if seeds is not None else cfg.seeds), _prepare(cfg, log)
 
 
 def run_compute_matched(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[list[int]] = None,
                         progress: bool = False, log: Log = print) -> dict:
     """Train (a), (b), (c) for every seed at the same total FLOPs, evaluate, plot, and write results.json."""
-    from .plots import plot_loss_vs_flops, plot_nelbo_vs_loops
-
-    out, seeds, data = _start(cfg, out, seeds, log)
+    out, seeds, data = start(cfg, out, seeds, log)
     plan = plan_compute_matched(cfg)
     log(_plan_text(plan))
     s_max = cfg.run.diffusion.s_max

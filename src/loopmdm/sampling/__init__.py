@@ -5,12 +5,14 @@ The entry point is ``generate`` (``loopmdm.sampling.api``); variants are found t
 per_token, warm). See docs/sampling.md.
 """
 
-from .api import SampleOutput, ancestral_sample, build, generate, sample_canvas
+from ..registry import build
+from .api import SampleOutput, ancestral_sample, generate, sample_canvas
 from .conditioning import Canvas, build_canvas, parse_template
 from .filters import TokenFilter, draw
 from .policies import DEFAULT_LOOPS, LOOP_POLICIES, SHAPES, LoopPolicy
 from .report import ComputeReport, StepInfo, Trajectory
-from .samplers import ORDERS, SAMPLERS, Sampler, transfer_counts
+from .orders import ORDERS
+from .samplers import SAMPLERS, Sampler, transfer_counts
 
 __all__ = [
     "generate", "ancestral_sample", "sample_canvas", "build", "SampleOutput", "ComputeReport", "Trajectory",

@@ -8,16 +8,16 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..diffusion.schedules import NoiseSchedule, get_schedule
 from ..errors import ConfigError
-from ..registry import Registry
-from ..schedules import NoiseSchedule, get_schedule
+from ..model.fields import check_int
+from ..registry import build
 from .conditioning import Canvas, build_canvas
 from .filters import TokenFilter
 from .policies import LOOP_POLICIES, Fixed, LoopPolicy
@@ -40,25 +40,8 @@ class SampleOutput:
     lengths: Optional[torch.Tensor] = None
 
 
-def build(registry: Registry, name: str, options: Optional[dict]) -> Any:
-    """Instantiate ``registry[name](**options)`` with one-line errors for unknown names and options."""
-    cls = registry.get(name)
-    if options is not None and not isinstance(options, dict):
-        raise ConfigError(f"{registry.kind} options must be a dict of name -> value, got {type(options).__name__}")
-    options = dict(options or {})
-    params = inspect.signature(cls.__init__).parameters
-    known = [p for p in params if p != "self"]
-    unknown = [k for k in options if k not in known]
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]!r} for {registry.kind} {name!r}; "
-                          f"valid options: {', '.join(known) or '(none)'}")
-    return cls(**options)
-
-
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps={steps!r} must be an integer >= 1 (the number of denoising steps T)")
-    return steps
+    return check_int(steps, "steps", 1, " (the number of denoising steps T)")
 
 
 @torch.no_grad()
@@ -133,7 +116,7 @@ def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = 
         filled with pad and not decoded); sampling stops early once every sample's EOS is settled.
     record_trajectory: also return a ``Trajectory`` (reveal step / loops / confidence per token, snapshots).
     on_step: called with a ``StepInfo`` after every denoising step (streaming).
-    schedule: the noise schedule alpha_t (name in ``loopmdm.schedules.SCHEDULES`` or an object); use the
+    schedule: the noise schedule alpha_t (name in ``loopmdm.diffusion.SCHEDULES`` or an object); use the
         checkpoint's ``diffusion.schedule``.
 
     Returns a ``SampleOutput`` (tokens, texts, report, trajectory, lengths). Bad arguments raise
@@ -170,10 +153,9 @@ def ancestral_sample(model, mask_id: int, num_samples: int, seq_len: int, steps:
     (Kept for callers of the first API; ``generate`` is the full one.)"""
     steps = _check_steps(steps)
     max_len = model.config.max_seq_len
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= max_len:
+    if check_int(seq_len, "seq_len") > max_len:
         raise ConfigError(f"seq_len={seq_len!r} must be an integer in 1..{max_len} (the model window)")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"num_samples={num_samples!r} must be an integer >= 1")
+    check_int(num_samples, "num_samples")
     device = next(model.parameters()).device
     x = torch.full((num_samples, seq_len), mask_id, dtype=torch.long, device=device)  # [N, L]
     free = torch.ones_like(x, dtype=torch.bool)

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import ConfigError
+from ..model.fields import check_int
 
 SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
 
@@ -65,8 +66,7 @@ def build_canvas(tokenizer, num_samples: int, length: Optional[int], max_len: in
     """The start canvas for ``num_samples`` rows. ``length`` = total window L (prompt included), at most
     the model's ``max_len``; default: the whole window (or the template's length). ``prompt_ids``: a prompt
     given as token ids, used verbatim (no BOS added)."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"num_samples={num_samples!r} must be an integer >= 1")
+    check_int(num_samples, "num_samples")
     prompt = prompt or None
     if sum(v is not None for v in (prompt, template, prompt_ids)) > 1:
         raise ConfigError("pass at most one of: a prompt (prefix), prompt_ids, an infill template")

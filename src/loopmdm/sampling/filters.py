@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError
+from ..model.subs import no_mask_logits
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,7 @@ class TokenFilter:
     def log_probs(self, logits: torch.Tensor, mask_id: int) -> torch.Tensor:
         """Filtered log-probabilities [M, V] float64 for logits [M, V] of masked positions (SUBS: the mask
         token gets probability 0)."""
-        z = logits.double().clone()  # [M, V]
-        z[..., mask_id] = -math.inf
+        z = no_mask_logits(logits, mask_id).double()  # [M, V]
         if self.temperature == 0:
             return _one_hot_log(z.argmax(dim=-1), z.shape[-1], z.dtype)
         z = torch.log_softmax(z / self.temperature, dim=-1)

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ConfigError
+from ..model.fields import check_int
 from ..registry import Registry
 from .runner import LoopRunner, LoopState, Prediction
 
@@ -35,9 +36,7 @@ LOOP_POLICIES: Registry[type["LoopPolicy"]] = Registry("loop policy")
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"loop policy option {name}={value!r} must be an integer >= {low}")
-    return value
+    return check_int(value, f"loop policy option {name}", low)
 
 
 def _check_bounds(s_min, s_max) -> tuple[int, int]:
@@ -160,8 +159,9 @@ class Converge(LoopPolicy):
         self.criterion = criterion
         self.s_min, self.s_max = _check_bounds(s_min, s_max)
 
-    def start(self, runner: LoopRunner, state: LoopState) -> torch.Tensor:
-        return runner.ctx.h0
+    def start(self, runner: LoopRunner, state: LoopState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state h [B, L, D] the loops start from and the most loops each row may run [B]."""
+        return runner.ctx.h0, torch.full((state.x.shape[0],), self.s_max, dtype=torch.long, device=state.x.device)
 
     def finish(self, h: torch.Tensor, state: LoopState, loops: torch.Tensor) -> None:
         """Called with the final mid-block state h [B, L, D] and the loops each row ran [B]."""
@@ -169,11 +169,11 @@ class Converge(LoopPolicy):
     def run(self, runner, state):
         B = state.x.shape[0]
         where = state.masked.float()  # [B, L]
-        h = self.start(runner, state)
+        h, limit = self.start(runner, state)
         loops = torch.zeros(B, dtype=torch.long, device=h.device)
-        live = torch.ones(B, dtype=torch.bool, device=h.device)
+        live = limit > 0
         logits = prev_logp = None
-        for k in range(self.s_max):
+        for k in range(int(limit.max())):
             rows = live.nonzero().squeeze(1)
             h_new = runner.full(h, k, rows=rows)
             loops[rows] += 1
@@ -190,7 +190,7 @@ class Converge(LoopPolicy):
                                                                                                   dtype=torch.float)
                 prev_logp[rows] = logp
             h = h_new
-            done = (loops[rows] >= self.s_min) & (score < self.threshold)
+            done = ((loops[rows] >= self.s_min) & (score < self.threshold)) | (loops[rows] >= limit[rows])
             live[rows[done]] = False
             if not live.any():
                 break
@@ -233,13 +233,17 @@ class Warm(Converge):
 
     A warm-started state carries the loops already applied to it, so across steps its depth would grow without
     bound, far beyond the S the model was trained with (measured: the samples degrade badly). ``max_depth``
-    (default: s_max) bounds it: a position whose state has had ``max_depth`` loops since its last start from
-    h_0 starts from h_0 again."""
+    (default: s_max) bounds it: no state ever has more than ``max_depth`` loops applied since its last start
+    from h_0. A position is warm-started only when at least s_min loops remain in its budget, and a row runs
+    at most as many loops as the budget of its deepest warm-started position leaves (and at most s_max)."""
 
     def __init__(self, threshold: float = 0.05, criterion: str = "delta", s_min: int = 1,
                  s_max: int = DEFAULT_LOOPS, max_depth: Optional[int] = None):
         super().__init__(threshold, criterion, s_min, s_max)
         self.max_depth = self.s_max if max_depth is None else _check_int("max_depth", max_depth)
+        if self.max_depth < self.s_min:
+            raise ConfigError(f"loop policy option max_depth={self.max_depth} is below s_min={self.s_min}; a "
+                              "state must be allowed at least s_min loops")
 
     def reset(self, num_samples, seq_len):
         self._n = num_samples
@@ -249,11 +253,16 @@ class Warm(Converge):
 
     def start(self, runner, state):
         h0 = runner.ctx.h0
+        B = state.x.shape[0]
+        cap = min(self.s_max, self.max_depth)
         if getattr(self, "_h", None) is None:
             self._warm = torch.zeros(state.x.shape, dtype=torch.bool, device=h0.device)
-            return h0
-        self._warm = (self._x[state.rows] == state.x) & (self._depth[state.rows] < self.max_depth)  # [B, L]
-        return torch.where(self._warm[..., None], self._h[state.rows].to(h0.dtype), h0)
+            return h0, torch.full((B,), cap, dtype=torch.long, device=h0.device)
+        depth = self._depth[state.rows]  # [B, L]
+        self._warm = (self._x[state.rows] == state.x) & (depth + self.s_min <= self.max_depth)  # [B, L]
+        deepest = torch.where(self._warm, depth, torch.zeros_like(depth)).max(dim=1).values  # [B]
+        limit = (self.max_depth - deepest).clamp(max=cap)  # >= s_min by the choice of warm positions
+        return torch.where(self._warm[..., None], self._h[state.rows].to(h0.dtype), h0), limit
 
     def finish(self, h, state, loops):
         if getattr(self, "_h", None) is None:

@@ -3,7 +3,7 @@
 The compute report counts what really ran, so that loop policies can be compared at equal compute:
 network calls (head + tail passes), mid-block loop iterations (calls of ``model.mid``), the
 position-weighted loop count (per-token and per-sample exit update fewer positions per call), FLOPs
-(via ``loopmdm.flops``, counting the rows and positions actually computed) and wall time.
+(via ``loopmdm.model.flops``, counting the rows and positions actually computed) and wall time.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..config import ModelConfig
-from ..flops import base_flops_per_token, layer_flops_per_token
+from ..model import ModelConfig
+from ..model.flops import coda_flops, loop_flops, prelude_flops
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ComputeReport:
         ``loop_iterations`` when per-sample or per-token exit updates only part of the batch).
     mean_loops: mid-block updates per evaluated position, i.e. the average S actually run per network pass.
     coda_calls: extra tail evaluations made inside the loop (the KL exit criterion), not counted in network_calls.
-    flops: forward FLOPs of everything above (``loopmdm.flops`` conventions, padding of partial updates included).
+    flops: forward FLOPs of everything above (``loopmdm.model.flops`` conventions, padding of partial updates included).
     wall_time_s: wall-clock seconds of the sampling loop.
     loops_per_step: mid-block iterations run at each denoising step (0 where the cached sampler skipped).
     """
@@ -52,7 +52,8 @@ class ComputeReport:
 
 
 class ComputeMeter:
-    """Accumulates the compute report while a sampler runs (FLOPs from the model config and window L)."""
+    """Accumulates the compute report while a sampler runs; FLOPs of every call come from ``loopmdm.model.flops``
+    with the rows and positions that call really computed."""
 
     def __init__(self, cfg: ModelConfig, num_samples: int, seq_len: int):
         self.cfg = cfg
@@ -62,39 +63,29 @@ class ComputeMeter:
         self.positions_evaluated = 0  # sum over network calls of rows x L
         self._step_loops = 0
         self._tail_calls = 0
-        d = cfg.d_model
-        adaln = cfg.time_conditioning == "adaln"
-        self._mod_row = 2.0 * cfg.cond_dim * 6 * d if adaln else 0.0  # adaLN modulation of one block, per row
-        self._layer_q = layer_flops_per_token(cfg, seq_len) - self._mod_row / seq_len  # one block, one query
-        self._inj = 4.0 * d * d if cfg.input_injection else 0.0
-        self._base_tok = base_flops_per_token(cfg, seq_len)
-        self._coda_tok = cfg.n_o * layer_flops_per_token(cfg, seq_len) + 2.0 * d * cfg.vocab_size
-        if adaln:
-            self._coda_tok += 2.0 * cfg.cond_dim * 2 * d / seq_len
 
     def network(self, rows: int) -> None:
-        """One batched network evaluation over ``rows`` sequences of length L: counts the head here, the tail
-        when it runs (``tail``)."""
+        """One batched network evaluation over ``rows`` sequences of length L: counts the head (and time
+        embedding) here, the tail when it runs (``tail``)."""
         self.report.network_calls += 1
         self.report.network_rows += rows
         self.positions_evaluated += rows * self.L
-        self.report.flops += rows * self.L * (self._base_tok - self._coda_tok)
+        self.report.flops += prelude_flops(self.cfg, rows, self.L)
 
     def loop(self, rows: int, queries: int, updated: Optional[int] = None) -> None:
         """One mid-block call over ``rows`` sequences with ``queries`` query positions each (keys: all L);
         ``updated``: positions whose state this call really changes (padding of partial updates excluded)."""
-        cfg = self.cfg
         self.report.loop_iterations += 1
         self._step_loops += 1
         self.position_updates += rows * queries if updated is None else updated
-        self.report.flops += cfg.n_m * (rows * queries * self._layer_q + rows * self._mod_row)
-        self.report.flops += rows * queries * self._inj
+        self.report.flops += loop_flops(self.cfg, rows, queries, self.L)
 
-    def tail(self, rows: int) -> None:
-        """A tail (n_o layers) + LM-head pass over ``rows`` sequences. One per network call is part of it;
-        more (the KL exit criterion looks at the prediction after every loop) are reported as coda_calls."""
+    def tail(self, rows: int, predicted: Optional[int] = None) -> None:
+        """A tail (n_o layers) + LM-head pass over ``rows`` sequences (the LM head at ``predicted`` positions, all
+        when None). One per network call is part of it; more (the KL exit criterion looks at the prediction after
+        every loop) are reported as coda_calls."""
         self._tail_calls += 1
-        self.report.flops += rows * self.L * self._coda_tok
+        self.report.flops += coda_flops(self.cfg, rows, self.L, predicted)
 
     def end_step(self) -> int:
         """Close a denoising step; returns the loop iterations run in it."""

@@ -9,8 +9,9 @@
   tokens are identical under the same seed. With adaLN time conditioning the reused prediction was made
   at an earlier t (MDLM's approximation) and tokens can differ.
 * ``confidence`` (LLaDA / Dream): at each step draw a candidate for every masked position, then keep the
-  k_i most confident (by ``probability``, ``margin`` of the top two, negative ``entropy``, or ``random`` as a
-  control); k_i is precomputed from the noise schedule (``transfer_counts``).
+  k_i most confident (by an order of ``loopmdm.sampling.orders.ORDERS``: ``probability``, ``margin`` of the
+  top two, negative ``entropy``, or ``random`` as a control); k_i is precomputed from the noise schedule
+  (``transfer_counts``). The network is told the t at which the schedule masks the canvas's masked fraction.
 * ``semi_ar``: left-to-right blocks of ``block_length`` positions, confidence unmasking inside each block.
 
 Every sampler works on a ``Session`` that owns the canvas, the RNG, the compute meter and the trajectory.
@@ -25,8 +26,10 @@ import torch
 
 from ..errors import ConfigError
 from ..registry import Registry
-from ..schedules import NoiseSchedule
+from ..diffusion.schedules import NoiseSchedule
+from ..model.subs import no_mask_logits
 from .filters import TokenFilter, draw
+from .orders import ORDERS
 from .report import ComputeMeter, StepInfo, TrajectoryRecorder
 from .runner import Denoiser, Prediction
 
@@ -67,9 +70,14 @@ class Session:
 
     def model_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """p_theta(x_0 | x_t) [M, V] float64 under SUBS (mask excluded), before temperature / filters."""
-        z = logits.double().clone()
-        z[..., self.mask_id] = -math.inf
-        return torch.softmax(z, dim=-1)
+        return torch.softmax(no_mask_logits(logits, self.mask_id).double(), dim=-1)
+
+    def time_of_canvas(self) -> torch.Tensor:
+        """t [N] for a canvas whose generated positions are partly masked: the time at which the schedule masks
+        that fraction of them (the model was trained on x_t at t). Samplers that do not follow a time grid
+        (confidence, semi-AR) call the network at this t."""
+        frac = ((self.masked & self.free).sum(1).double() / self.free.sum(1).clamp_min(1)).clamp(1e-3, 1.0)
+        return self.schedule.t_for_masked_fraction(frac).to(self.x.device)
 
     def reveal(self, step: int, where: torch.Tensor, tokens: torch.Tensor, loops: torch.Tensor,
                confidence: torch.Tensor) -> None:
@@ -197,30 +205,13 @@ def transfer_counts(masked: torch.Tensor, steps: int, schedule: NoiseSchedule) -
     return torch.diff(cum, dim=1, prepend=torch.zeros_like(cum[:, :1])).to(masked.device)
 
 
-ORDERS = ("probability", "margin", "entropy", "random")
-
-
-def confidence_scores(probs: torch.Tensor, tokens: torch.Tensor, order: str, u: torch.Tensor) -> torch.Tensor:
-    """Confidence [M] of candidates ``tokens`` [M] under p_theta ``probs`` [M, V]: the token's probability,
-    the margin between the two most likely tokens, the negative entropy, or a random score u [M]."""
-    if order == "probability":
-        return probs.gather(-1, tokens[:, None]).squeeze(-1)
-    if order == "margin":
-        top = probs.topk(2, dim=-1).values
-        return top[:, 0] - top[:, 1]
-    if order == "entropy":
-        return (probs * probs.clamp_min(1e-300).log()).sum(-1)
-    return u
-
-
 def confidence_step(s: Session, step: int, candidates: torch.Tensor, k: torch.Tensor, order: str) -> None:
     """One LLaDA-style step: predict, draw a token for every masked position, reveal the k [N] most
     confident among ``candidates`` [N, L] (masked positions this step may fill)."""
     u_token, u_order = s.uniform(), s.uniform()
     masked = s.masked
     L = s.L
-    frac = (masked.sum(1).double() / L).clamp(1e-3, 1.0)  # t = fraction still masked (LLaDA has no t)
-    pred = s.predict(frac.to(s.x.device), step)
+    pred = s.predict(s.time_of_canvas(), step)
     cand = candidates & masked
     if not cand.any():
         return
@@ -229,7 +220,7 @@ def confidence_step(s: Session, step: int, candidates: torch.Tensor, k: torch.Te
     probs = s.model_probs(logits)
     conf = probs.gather(-1, tokens[:, None]).squeeze(-1)
     score = torch.full((s.N, L), -math.inf, dtype=torch.float64, device=s.x.device)
-    score[cand] = confidence_scores(probs, tokens, order, u_order[cand])
+    score[cand] = ORDERS.get(order)(probs, tokens, u_order[cand])
     rank = torch.empty_like(score, dtype=torch.long).scatter_(
         1, score.argsort(dim=1, descending=True, stable=True), torch.arange(L, device=s.x.device).expand(s.N, L))
     reveal = cand & (rank < k[:, None])
@@ -239,8 +230,7 @@ def confidence_step(s: Session, step: int, candidates: torch.Tensor, k: torch.Te
 
 
 def _check_order(order: str) -> str:
-    if not isinstance(order, str) or order not in ORDERS:
-        raise ConfigError(f"unknown confidence order {order!r}; choose one of: {', '.join(ORDERS)}")
+    ORDERS.get(order)  # a one-line error naming the orders
     return order
 
 

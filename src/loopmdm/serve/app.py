@@ -20,9 +20,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from .. import sampling
+from ..checkpoint import load_model, resolve_checkpoint
 from ..errors import LoopMDMError
-from .assets import read_asset
-from .events import EventEncoder, PieceTable
+from ..sampling import LOOP_POLICIES, SAMPLERS, build_canvas
+from ..sampling import generate as default_generate
+from ..viz.assets import read_asset
+from ..viz.events import EventEncoder, PieceTable
 from .jobs import GenerationJob
 from .options import GenerateRequest, ServerLimits, describe_validation_error
 
@@ -48,10 +52,7 @@ def _line(event: dict[str, Any]) -> bytes:
 
 def _choices(cls: Any, name: str) -> Optional[list[str]]:
     """Allowed values of a string option, where the sampling package lists them."""
-    from .. import sampling
-
-    table = {"shape": getattr(sampling, "SHAPES", None), "order": getattr(sampling, "ORDERS", None),
-             "criterion": getattr(cls, "criteria", None)}
+    table = {"shape": sampling.SHAPES, "order": sampling.ORDERS.names(), "criterion": getattr(cls, "criteria", None)}
     values = table.get(name)
     return list(values) if values else None
 
@@ -98,15 +99,12 @@ def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: 
     max_workers: generations that run at once (each in its own thread; more requests wait their turn).
     max_steps / max_samples: the largest T and N one request may ask for.
     generate_fn: the sampler entry point (default ``loopmdm.sampling.generate``), replaceable for tests."""
-    from ..checkpoint import load_model, resolve_checkpoint
-    from ..sampling import LOOP_POLICIES, SAMPLERS, build_canvas
-    from ..sampling import generate as default_generate
 
     limits = ServerLimits(timeout_s=timeout_s, max_steps=max_steps, max_samples=max_samples)
     model, tokenizer, cfg = load_model(checkpoint, device=device, ema=ema)
     generate = generate_fn or default_generate
     extra_kwargs = {"schedule": cfg.diffusion.schedule} if "schedule" in inspect.signature(generate).parameters else {}
-    loop_defaults = {"loops": cfg.diffusion.s_max, "s_max": cfg.diffusion.s_max}
+    loop_defaults = {"loops": cfg.diffusion.max_loops, "s_max": cfg.diffusion.max_loops}
     pieces = PieceTable(tokenizer)
     model_info = {"checkpoint": str(resolve_checkpoint(checkpoint)), "max_seq_len": cfg.model.max_seq_len,
                   "parameters": model.num_parameters(), "n_h": cfg.model.n_h, "n_m": cfg.model.n_m,

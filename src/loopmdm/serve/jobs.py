@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..errors import LoopMDMError
-from .events import EventEncoder, error_event
+from ..viz.events import EventEncoder, error_event
 
 log = logging.getLogger("loopmdm.serve")
 

@@ -1,0 +1,149 @@
+"""The laptop recipe sweep: which settings make the `tiny` preset leave the unigram plateau early.
+
+Every variant is the `tiny` preset with a few `--set` overrides, trained by `loopmdm train` in its own
+process (one thread each, ``--parallel`` at a time) with validation every ``--eval-every`` steps on 2
+batches. Phase 1 stops each run (SIGTERM: the trainer saves and exits) after ``--stop-at`` steps;
+``--finish NAME ...`` resumes the named runs to the preset's full 800 steps. The plateau is the validation
+NELBO of a model that predicts the training unigram distribution at every masked position (for the
+log-linear schedule that NELBO is the unigram cross-entropy H); a run has "left the plateau" at the first
+evaluation whose NELBO is at least ``--margin`` nats below H.
+
+    python benchmarks/recipe_sweep.py --out runs/recipe            # phase 1, all variants
+    python benchmarks/recipe_sweep.py --out runs/recipe --finish base lr2e-3_wu200
+
+Prints a table and writes ``OUT/recipe_sweep.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS: dict[str, list[str]] = {
+    "base": [],
+    "lr2e-3": ["train.lr=2e-3"],
+    "lr2e-3_wu200": ["train.lr=2e-3", "train.warmup_steps=200"],
+    "lr4e-3_wu200": ["train.lr=4e-3", "train.warmup_steps=200"],
+    "no_adaln": ["model.time_conditioning=none"],
+    "no_adaln_lr2e-3": ["model.time_conditioning=none", "train.lr=2e-3"],
+    "vocab1024": ["model.vocab_size=1024"],
+    "vocab4096": ["model.vocab_size=4096"],
+    "batch64_lr2e-3": ["train.batch_size=64", "train.lr=2e-3"],
+    "betas95": ["train.betas=[0.9,0.95]"],
+    "d192": ["model.d_model=192", "model.n_heads=6"],
+    "depth4": ["model.n_layers=4", "model.n_o=1"],
+}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def launch(name: str, overrides: list[str], out: Path, eval_every: int, resume: bool) -> subprocess.Popen:
+    run = out / name
+    cmd = [sys.executable, "-m", "loopmdm.cli", "train", "--out", str(run), "--no-progress"]
+    if resume:
+        cmd += ["--resume", str(run)]
+    else:
+        cmd += ["--preset", "tiny", "--set", "train.threads=1", "--set", f"train.eval_every={eval_every}",
+                "--set", "train.eval_batches=2"] + [a for o in overrides for a in ("--set", o)]
+    log = open(out / f"{name}.log", "a")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def unigram_plateau(run: Path) -> float:
+    """H = cross-entropy of the validation tokens under the training unigram distribution (add-one smoothed),
+    on the packed arrays of the run's data (a cache hit: the run built them)."""
+    from loopmdm.config import RunConfig
+    from loopmdm.data import prepare_data
+
+    cfg = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+    data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
+    V = data.tokenizer.vocab_size
+    counts = np.bincount(data.train.ravel(), minlength=V).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[data.val.ravel()].mean())
+
+
+def summarise(name: str, run: Path, margin: float) -> dict:
+    recs = [r for r in read_metrics(run / "metrics.jsonl") if "val_nelbo" in r]
+    plateau = unigram_plateau(run) if (run / "config.json").is_file() else None
+    left = next((r["step"] for r in recs if plateau is not None and r["val_nelbo"] <= plateau - margin), None)
+    tok_s = [r["tokens_per_s"] for r in read_metrics(run / "metrics.jsonl") if "tokens_per_s" in r]
+    return {"name": name, "overrides": VARIANTS.get(name, []), "plateau_nelbo": plateau, "left_plateau_at": left,
+            "val_nelbo": {r["step"]: r["val_nelbo"] for r in recs},
+            "last_step": recs[-1]["step"] if recs else 0,
+            "median_tokens_per_s": float(np.median(tok_s)) if tok_s else None}
+
+
+def run_all(names: list[str], out: Path, stop_at: int | None, parallel: int, eval_every: int, resume: bool):
+    queue, active = list(names), {}
+    while queue or active:
+        while queue and len(active) < parallel:
+            name = queue.pop(0)
+            active[name] = launch(name, VARIANTS.get(name, []), out, eval_every, resume)
+        time.sleep(5)
+        for name, proc in list(active.items()):
+            steps = [r.get("step", 0) for r in read_metrics(out / name / "metrics.jsonl")]
+            if stop_at is not None and steps and max(steps) >= stop_at and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # the trainer saves this step and exits
+            if proc.poll() is not None:
+                del active[name]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/recipe"))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--stop-at", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--margin", type=float, default=0.25)
+    ap.add_argument("--finish", nargs="*", default=None, help="resume these runs to the full 800 steps")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.finish:
+        run_all(args.finish, args.out, None, args.parallel, args.eval_every, resume=True)
+    else:
+        todo = [n for n in args.variants if not (args.out / n / "checkpoints").is_dir()]
+        run_all(todo, args.out, args.stop_at, args.parallel, args.eval_every, resume=False)
+    rows = [summarise(n, args.out / n, args.margin) for n in args.variants if (args.out / n).is_dir()]
+    print(f"{'variant':<18} {'plateau':>7} {'left at':>7} " + " ".join(f"{s:>6}" for s in (40, 80, 120, 200, 400, 800))
+          + f" {'tok/s':>6}")
+    for r in rows:
+        v = r["val_nelbo"]
+        cells = " ".join(f"{v[s]:6.3f}" if s in v else f"{'-':>6}" for s in (40, 80, 120, 200, 400, 800))
+        left = "-" if r["left_plateau_at"] is None else str(r["left_plateau_at"])
+        plat = "-" if r["plateau_nelbo"] is None else f"{r['plateau_nelbo']:.3f}"
+        tps = "-" if r["median_tokens_per_s"] is None else f"{r['median_tokens_per_s']:.0f}"
+        print(f"{r['name']:<18} {plat:>7} {left:>7} {cells} {tps:>6}")
+    result = {"rows": rows, "wall_s": time.perf_counter() - t0, "margin": args.margin, "stop_at": args.stop_at}
+    prev = args.out / "recipe_sweep.json"
+    if prev.is_file():
+        result["wall_s"] += json.loads(prev.read_text()).get("wall_s", 0.0)
+    prev.write_text(json.dumps(result, indent=1))
+    if any(math.isnan(x) for r in rows for x in r["val_nelbo"].values()):
+        print("warning: a run logged a NaN validation NELBO", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Named starting points for ``loopmdm train --preset NAME``: ``tiny`` (the laptop quickstart), ``paper`` (the
+paper's 12 x 768 model on OpenWebText), ``sudoku`` (puzzles as conditional masked diffusion) and their
+``-baseline`` twins (the same layers with S fixed at 1)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..model import ModelConfig
+from ..registry import Registry
+from .sections import DataConfig, DiffusionConfig, RunConfig, SudokuDataConfig, TrainConfig
+
+PRESETS: Registry[Callable[[], RunConfig]] = Registry("preset")
+
+
+@PRESETS.register("tiny")
+def tiny() -> RunConfig:
+    """About 10 minutes on 2 CPU cores. At d_model 128 fp32 is faster than bf16 autocast on CPU (measured:
+    5.3k vs 4.8k tokens/s), and lr 1e-3 leaves the unigram plateau within ~400 steps where 2e-3 stays on it."""
+    return RunConfig(
+        model=ModelConfig(vocab_size=2048, max_seq_len=128, d_model=128, n_heads=4, n_layers=6,
+                          n_h=1, n_m=2, n_o=3),
+        diffusion=DiffusionConfig(s_max=4),
+        data=DataConfig(max_train_bytes=6_000_000),
+        train=TrainConfig(batch_size=32, max_steps=800, lr=1e-3, warmup_steps=50, eval_every=200,
+                          eval_batches=4, save_every=200, precision="fp32"),
+    )
+
+
+@PRESETS.register("paper")
+def paper() -> RunConfig:
+    """The paper's model: 12 layers x 768, n_h / n_m / n_o = 1 / 2 / 9, S_max = 12, OpenWebText at length 1024."""
+    return RunConfig(
+        model=ModelConfig(vocab_size=50258, max_seq_len=1024, d_model=768, n_heads=12, n_layers=12,
+                          n_h=1, n_m=2, n_o=9, cond_dim=128),
+        diffusion=DiffusionConfig(s_max=12),
+        data=DataConfig(source="hf:openwebtext", tokenizer="gpt2"),
+        train=TrainConfig(batch_size=512, max_steps=1_000_000, lr=3e-4, warmup_steps=2500,
+                          eval_every=10_000, save_every=10_000, ema=0.9999, precision="bf16",
+                          betas=(0.9, 0.999)),
+    )
+
+
+@PRESETS.register("sudoku")
+def sudoku() -> RunConfig:
+    """Conditional masked diffusion on built-in 30-42-given puzzles: a 4-layer d=128 denoiser with a learned
+    position embedding (rotary alone does not learn the board's geometry), no time conditioning, layers 1-2
+    looped with S ~ U{1..S_max}; the givens are never masked and the loss is the mean cross-entropy of the
+    masked blanks. ``loopmdm eval --metric sudoku`` solves the test boards."""
+    return RunConfig(
+        model=ModelConfig(vocab_size=11, max_seq_len=81, d_model=128, n_heads=4, n_layers=4, n_h=1, n_m=2, n_o=1,
+                          time_conditioning="none", tie_embeddings=False, learned_positions=True),
+        diffusion=DiffusionConfig(s_max=4, loss_weight="uniform"),
+        data=DataConfig(source="generate", format="sudoku",
+                        sudoku=SudokuDataConfig(givens=(30, 42), n_train=10000, n_val=200, n_test=200)),
+        train=TrainConfig(batch_size=32, max_steps=4000, lr=1e-3, warmup_steps=100, weight_decay=0.01,
+                          eval_every=500, eval_batches=4, save_every=1000, precision="fp32"),
+    )
+
+
+def baseline_of(make: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
+    """The non-looped twin: same layers, S fixed at 1 (a plain MDM, every line shared)."""
+
+    def build() -> RunConfig:
+        cfg = make()
+        cfg.diffusion.loop_dist = "fixed"
+        cfg.diffusion.s_fixed = 1
+        return cfg
+
+    build.__doc__ = f"{make.__name__} with S fixed at 1 (the plain MDM of the same size)."
+    return build
+
+
+for _name in ("tiny", "paper", "sudoku"):
+    PRESETS.register(f"{_name}-baseline")(baseline_of(PRESETS.get(_name)))
+
+
+def preset(name: str) -> RunConfig:
+    """A fresh copy of a named preset (``PRESETS.names()``)."""
+    return PRESETS.get(name)()

@@ -1,0 +1,57 @@
+"""The on-disk cache of prepared data: ``cache_root(cfg)/data/<fingerprint>/`` holds the tokenizer, the packed
+arrays (``.npy``, never pickled) and their counts. Written into a temporary sibling folder, then renamed, so a
+killed run never leaves a half-written cache; a cache is an optimisation, so failing to write one is not an
+error."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from .tokenizer import TextTokenizer
+
+
+def cache_root(cfg) -> Path:
+    """``data.cache_dir``, else ``$LOOPMDM_CACHE``, else ``~/.cache/loopmdm``."""
+    return Path(cfg.cache_dir or os.environ.get("LOOPMDM_CACHE", Path.home() / ".cache" / "loopmdm")).expanduser()
+
+
+def files_fingerprint(files: Iterable[Path], h: Optional["hashlib._Hash"] = None, mtime: bool = True) -> str:
+    """A digest of file names, sizes (and modification times): what a cache of their content must change with."""
+    h = h or hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns if mtime else ''}".encode())
+    return h.hexdigest()
+
+
+def read_cache(folder: Path) -> Optional[tuple[TextTokenizer, dict[str, np.ndarray], dict]]:
+    """(tokenizer, arrays by name, meta) of a complete cache folder, or None when there is none; a damaged one
+    raises (OSError / ValueError) so the caller can rebuild it."""
+    if not (folder / "meta.json").is_file():
+        return None
+    meta = json.loads((folder / "meta.json").read_text())
+    arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in meta["arrays"]}
+    return TextTokenizer.load(folder / "tokenizer.json"), arrays, meta["stats"]
+
+
+def write_cache(folder: Path, tokenizer: TextTokenizer, arrays: dict[str, np.ndarray], stats: dict) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    try:
+        tokenizer.save(tmp / "tokenizer.json")
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", arr)
+        (tmp / "meta.json").write_text(json.dumps({"arrays": list(arrays), "stats": stats}))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # the cache is an optimisation: never fail a run over it

@@ -1,0 +1,158 @@
+"""Training distributions of the loop count S (how many times the mid block runs in a step).
+
+The paper draws S ~ Uniform{1..S_max} per training step; Huginn draws from a log-normal Poisson; the
+balanced uniform draws each S once per block of S_max steps (exact compute matching). ``sample(gen, step)``
+draws from a given ``torch.Generator`` (checkpointed by the trainer) and may use the step number, so every
+rank draws the same S and a resumed run draws what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from ..registry import Registry
+
+
+class LoopDistribution:
+    """Base class: ``sample(gen, step)`` draws one S >= 1; ``pmf()`` gives P(S = s) for FLOP accounting."""
+
+    def sample(self, gen: torch.Generator, step: int = 0) -> int:
+        raise NotImplementedError
+
+    def pmf(self) -> dict[int, float]:
+        raise NotImplementedError
+
+    def mean(self) -> float:
+        """E[S]."""
+        return sum(s * p for s, p in self.pmf().items())
+
+    def max(self) -> int:
+        """The largest S this distribution draws (S_max)."""
+        return max(self.pmf())
+
+    def expect(self, f: Callable[[int], float]) -> float:
+        """E[f(S)], e.g. the expected training FLOPs per token."""
+        return sum(p * f(s) for s, p in self.pmf().items())
+
+    @classmethod
+    def from_config(cls, cfg, total_steps: Optional[int] = None, seed: int = 0) -> "LoopDistribution":
+        """Build from a ``DiffusionConfig`` (its ``s_max`` / ``s_fixed`` / ``s_mean``)."""
+        raise NotImplementedError
+
+
+LOOP_DISTRIBUTIONS: Registry[type[LoopDistribution]] = Registry("loop distribution")
+
+
+@LOOP_DISTRIBUTIONS.register("uniform")
+class UniformLoops(LoopDistribution):
+    """S ~ Uniform{1..S_max} (paper default); E[S] = (S_max + 1) / 2."""
+
+    def __init__(self, s_max: int):
+        self.s_max = s_max
+
+    @classmethod
+    def from_config(cls, cfg, total_steps=None, seed=0):
+        return cls(cfg.s_max)
+
+    def sample(self, gen, step=0):
+        return int(torch.randint(1, self.s_max + 1, (1,), generator=gen).item())
+
+    def pmf(self):
+        return {s: 1.0 / self.s_max for s in range(1, self.s_max + 1)}
+
+
+@LOOP_DISTRIBUTIONS.register("fixed")
+class FixedLoops(LoopDistribution):
+    """S = s every step (s = 1 is the plain, non-looped MDM)."""
+
+    def __init__(self, s: int):
+        self.s = s
+
+    @classmethod
+    def from_config(cls, cfg, total_steps=None, seed=0):
+        return cls(cfg.s_fixed)
+
+    def sample(self, gen, step=0):
+        return self.s
+
+    def pmf(self):
+        return {self.s: 1.0}
+
+
+@LOOP_DISTRIBUTIONS.register("lognormal_poisson")
+class LogNormalPoissonLoops(LoopDistribution):
+    """Huginn: tau ~ N(log(mean) - sigma^2/2, sigma), S = 1 + Poisson(exp(tau)), clipped to [1, S_max]."""
+
+    sigma = 0.5
+
+    def __init__(self, s_mean: float, s_max: int):
+        self.s_mean, self.s_max = s_mean, s_max
+        self._pmf = self._estimate_pmf()
+
+    @classmethod
+    def from_config(cls, cfg, total_steps=None, seed=0):
+        return cls(cfg.s_mean, cfg.s_max)
+
+    def _draw(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        mu = math.log(max(self.s_mean - 1.0, 1e-3)) - 0.5 * self.sigma**2
+        tau = torch.randn(n, generator=gen) * self.sigma + mu
+        s = 1 + torch.poisson(tau.exp(), generator=gen).long()
+        return s.clamp(1, self.s_max)
+
+    def sample(self, gen, step=0):
+        return int(self._draw(1, gen).item())
+
+    def _estimate_pmf(self, n: int = 200_000) -> dict[int, float]:
+        s = self._draw(n, torch.Generator().manual_seed(1234))
+        counts = torch.bincount(s, minlength=self.s_max + 1).double() / n
+        return {i: float(counts[i]) for i in range(1, self.s_max + 1) if counts[i] > 0}
+
+    def pmf(self):
+        return self._pmf
+
+
+@LOOP_DISTRIBUTIONS.register("balanced")
+class BalancedUniformLoops(UniformLoops):
+    """S ~ Uniform{1..S_max} at every step, drawn as shuffled blocks of S_max steps that hold each S once.
+
+    Each step's S is still uniform, but the loop counts of every complete block add up to exactly
+    S_max (S_max + 1) / 2, so cumulative training FLOPs follow their expectation and runs can be matched in
+    total compute (a variance reduction, like antithetic t). With ``total_steps`` known, the last, incomplete
+    block is made of random pairs (s, S_max + 1 - s) (plus the middle value when its length is odd), so the run
+    ends within half a loop iteration of its expected FLOPs. The block of step k is a function of (seed, k // S_max)
+    alone, so a resumed run draws exactly the loop counts of an uninterrupted one without extra state."""
+
+    def __init__(self, s_max: int, total_steps: Optional[int] = None, seed: int = 0):
+        super().__init__(s_max)
+        self.total_steps, self.seed = total_steps, seed
+
+    @classmethod
+    def from_config(cls, cfg, total_steps=None, seed=0):
+        return cls(cfg.s_max, total_steps, seed)
+
+    def sample(self, gen, step=0):
+        n = self.s_max
+        block, pos = divmod(step, n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
+        left = None if self.total_steps is None else self.total_steps - block * n
+        if left is not None and 0 < left < n:
+            return self._final_block(left, g)[pos]
+        return int(torch.randperm(n, generator=g)[pos]) + 1
+
+    def _final_block(self, r: int, gen: torch.Generator) -> list[int]:
+        n = self.s_max
+        lows = (torch.randperm(n // 2, generator=gen) + 1).tolist()[: r // 2]
+        out = [v for s in lows for v in (s, n + 1 - s)]
+        if r % 2:
+            mid = (n + 1) // 2 + (int(torch.randint(0, 2, (1,), generator=gen)) if n % 2 == 0 else 0)
+            out.append(mid)
+        return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
+
+
+def make_loop_distribution(cfg, total_steps: Optional[int] = None, seed: int = 0) -> LoopDistribution:
+    """The distribution a ``DiffusionConfig`` names (``loop_dist``); ``total_steps`` / ``seed`` are used by the
+    balanced distribution."""
+    return LOOP_DISTRIBUTIONS.get(cfg.loop_dist).from_config(cfg, total_steps, seed)

@@ -1,0 +1,178 @@
+"""Typed values with one-line errors: the one place where integers, integer lists and config fields are checked.
+
+* ``check_int`` / ``check_int_list`` / ``parse_int_list``: a loop count S, a step count T, a list of S from the
+  command line (``"1,2,4"``): bools, floats and words are refused with the name of the value and the fix;
+* ``coerce`` / ``check_types``: a value of a config dataclass field converted to the field's declared type
+  (``"3e-4"`` -> 0.0003, ``2.0`` -> 2, a list -> a tuple), or refused.
+
+It lives in the backbone package because ``ModelConfig`` needs it and ``loopmdm/model/`` is exported verbatim
+as Hugging Face remote code (torch, the standard library and its own files only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import types
+import typing
+from typing import Any, Iterable
+
+from .errors import ConfigError
+
+
+# --------------------------------------------------------------------------- integers
+
+def is_int(value: Any) -> bool:
+    """True for ints (and numpy integers), False for bools, floats and everything else."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(value: Any, name: str, low: int = 1, hint: str = "") -> int:
+    """``value`` as an int >= ``low``; otherwise ``ConfigError("{name}={value!r} must be an integer >= low{hint}")``."""
+    if not is_int(value) or value < low:
+        raise ConfigError(f"{name}={short(value)} must be an integer >= {low}{hint}")
+    return int(value)
+
+
+def check_loops(value: Any, name: str = "loops") -> int:
+    """A loop count S >= 1 (the mid block runs S times)."""
+    return check_int(value, name, 1, " (the loop count S)")
+
+
+def check_int_list(values: Iterable[Any], name: str, low: int = 1) -> list[int]:
+    """A non-empty list of integers >= ``low``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ConfigError(f"{name}={short(values)} must be a list of integers >= {low}")
+    out = [check_int(v, f"{name} entry", low) for v in values]
+    if not out:
+        raise ConfigError(f"{name} is empty; pass at least one integer >= {low}")
+    return out
+
+
+def parse_int_list(values: Iterable[str], flag: str, low: int = 1, example: str = "1,4,8") -> list[int]:
+    """Command-line integers, repeated and / or comma-separated: ``["1,2", "4"]`` -> ``[1, 2, 4]``."""
+    out = []
+    for v in values:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.lstrip("-").isdigit() or int(part) < low:
+                what = "a positive integer" if low == 1 else f"an integer >= {low}"
+                raise ConfigError(f"{flag} {part!r} is not {what}; pass e.g. {flag} {example}")
+            out.append(int(part))
+    if not out:
+        raise ConfigError(f"{flag} is empty; pass e.g. {flag} {example}")
+    return out
+
+
+# --------------------------------------------------------------------------- config fields
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters (errors stay one readable line)."""
+    r = repr(value).replace("\n", "\\n")
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def parse_number(text: str) -> Any:
+    """``"3e-4"`` -> 0.0003, ``"12"`` -> 12; anything else is returned unchanged (and refused by the caller)."""
+    t = text.strip().replace("_", "")
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except (ValueError, OverflowError):
+            continue
+    return text
+
+
+def field_type(obj: Any, key: str) -> Any:
+    return typing.get_type_hints(type(obj))[key]
+
+
+def coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check / convert a value to the field's declared type ``tp``; one-line ``ConfigError`` otherwise."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return coerce(path, value, [a for a in args if a is not type(None)][0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{path}={short(value)} must be a list of {len(args)} numbers")
+        return tuple(coerce(path, v, a) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}={short(value)} must be true or false")
+    if tp in (int, float) and isinstance(value, str):
+        value = parse_number(value)  # YAML 1.1 reads 3e-4 as a string
+    if tp is int:
+        if is_int(value):
+            return int(value)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+                and float(value).is_integer():
+            return int(value)
+        raise ConfigError(f"{path}={short(value)} must be an integer")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{path}={short(value)} must be a number")
+        try:
+            out = float(value)
+        except OverflowError:
+            out = math.inf
+        if not math.isfinite(out):
+            raise ConfigError(f"{path}={short(value)} must be a finite number")
+        return out
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{path}={short(value)} must be a section of {tp.__name__} settings")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}={short(value)} must be a string")
+        if "\x00" in value:
+            raise ConfigError(f"{path}={short(value)} contains a NUL character; remove it")
+        return value
+    return value
+
+
+def check_types(obj: Any, section: str) -> None:
+    """Re-check every field of a config section against its declared type (a config built in
+    Python, not from YAML / ``--set``, may hold a string where a number belongs); numbers are normalised
+    (1 -> 1.0, 2.0 -> 2, list -> tuple). ``section`` prefixes the field names in errors (``model.d_model``)."""
+    for f in dataclasses.fields(obj):
+        setattr(obj, f.name, coerce(f"{section}.{f.name}", getattr(obj, f.name), field_type(obj, f.name)))
+
+
+def apply_dict(cfg: Any, d: dict[str, Any], prefix: str = "") -> None:
+    """Recursively set dataclass fields from a nested dict (YAML, JSON, ``--set``), converting each value to its
+    field's type and rejecting unknown keys with the valid names."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(fields)}")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            apply_dict(current, value, prefix=f"{path}.")
+        else:
+            setattr(cfg, key, coerce(path, value, field_type(cfg, key)))
+
+
+def at_least(obj: Any, section: str, low: int, *names: str) -> None:
+    """Every named field of ``obj`` is >= ``low``."""
+    for name in names:
+        v = getattr(obj, name)
+        if v < low:
+            raise ConfigError(f"{section}.{name}={short(v)} must be >= {low}")
+
+
+def at_most(obj: Any, section: str, **limits: int) -> None:
+    """Sanity upper bounds that catch typos (an extra zero) before they become an out-of-memory crash."""
+    for name, limit in limits.items():
+        v = getattr(obj, name)
+        if v > limit:
+            raise ConfigError(f"{section}.{name}={short(v)} is larger than the supported {limit}; check for a typo")

@@ -1,0 +1,187 @@
+"""The looped backbone: head (n_h layers) -> mid block (n_m layers, shared, run S times) -> tail (n_o) -> LM head.
+
+    h_0 = head(embed(x_t), t);   h_k = mid(h_{k-1}) for k = 1..S;   logits = tail(h_S)
+
+A plain MDM is the same class with n_m = 0 or S = 1, so baselines and LoopMDM share every line.
+The three stages are public (``prelude`` / ``loop_step`` / ``coda``) so that inference-time loop
+policies can decide per step, or per token, how many loops to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from .layers import Block, Rotary, TimestepEmbedder, modulate, sinusoidal
+from .config import ModelConfig
+from .errors import ConfigError
+from .fields import check_loops
+
+
+@dataclass
+class LoopContext:
+    """What every loop iteration needs: the head output h0 [B, T, D], the time conditioning c [B, cond_dim]
+    (or None), rotary tables, the attention mask and whether attention is causal."""
+
+    h0: torch.Tensor
+    cond: Optional[torch.Tensor]
+    rope: tuple[torch.Tensor, torch.Tensor]
+    attn_mask: Optional[torch.Tensor]
+    causal: bool
+
+
+class Stack(nn.Module):
+    """A sequence of blocks applied in order (one of: head, mid, tail). The mid stack is called once per loop,
+    so a forward hook on ``model.mid`` counts loop iterations."""
+
+    def __init__(self, cfg: ModelConfig, n: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(n))
+
+    def forward(self, h: torch.Tensor, ctx: LoopContext, positions: Optional[torch.Tensor] = None,
+                cache: Optional[list] = None) -> torch.Tensor:
+        """h [B, T, D] -> [B, T, D]. Optional partial update (inference, per-token loop exit): ``cache`` is one
+        dict per block holding that block's keys / values [B, H, T, hd]; a call without ``positions`` fills it,
+        a call with ``positions`` [B, K] updates only the states h [B, K, D] at those positions, the others
+        being seen through their cached keys / values."""
+        for i, block in enumerate(self.blocks):
+            kv = cache[i] if cache is not None else None
+            if positions is None and kv is None:
+                h = block(h, ctx.rope, ctx.cond, ctx.attn_mask, ctx.causal)
+            else:
+                h = block(h, ctx.rope, ctx.cond, ctx.attn_mask, ctx.causal, positions=positions, kv_cache=kv)
+        return h
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+class LoopMDM(nn.Module):
+    """Looped masked diffusion LM. ``forward(x_t, t, loops=S)`` returns raw logits [B, T, V]
+    (the SUBS parameterization is applied by the objective / sampler, ``loopmdm.diffusion.subs``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        d = cfg.d_model
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.pos_embed = nn.Embedding(cfg.max_seq_len, d) if cfg.learned_positions else None
+        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.time_embed = TimestepEmbedder(cfg.cond_dim) if cfg.time_conditioned else None
+        self.head = Stack(cfg, cfg.n_h)
+        self.mid = Stack(cfg, cfg.n_m)
+        self.tail = Stack(cfg, cfg.n_o)
+        self.injection = nn.Linear(2 * d, d, bias=False) if cfg.input_injection else None
+        self.loop_embed = nn.Linear(64, d, bias=False) if cfg.loop_embedding else None
+        adaln = self.time_embed is not None
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=not adaln, bias=False)
+        self.final_modulation = nn.Linear(cfg.cond_dim, 2 * d) if adaln else None
+        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if "modulation" in name:
+                continue  # adaLN-Zero: stays zero, set in Block
+            if p.dim() == 2:
+                nn.init.normal_(p, std=self.config.init_std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        if self.final_modulation is not None:
+            nn.init.zeros_(self.final_modulation.weight)
+            nn.init.zeros_(self.final_modulation.bias)
+        if self.injection is not None:  # identity on the state: [I | 0] @ concat[h, h0] = h
+            d = self.config.d_model
+            with torch.no_grad():
+                self.injection.weight.zero_()
+                self.injection.weight[:, :d].copy_(torch.eye(d))
+        if self.loop_embed is not None:
+            nn.init.zeros_(self.loop_embed.weight)
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    # ------------------------------------------------------------------ stages
+    def prelude(self, x_t: torch.Tensor, t: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None) -> LoopContext:
+        """Embed tokens x_t [B, T] and run the head (n_h layers) once. t [B] is the diffusion time
+        (needed with adaLN time conditioning); attention_mask [B, T] is True on real (non-pad) tokens."""
+        B, T = x_t.shape
+        if T > self.config.max_seq_len:
+            raise ConfigError(
+                f"sequence length {T} exceeds model.max_seq_len={self.config.max_seq_len}; "
+                "shorten the input or train a model with a longer window"
+            )
+        cond = None
+        if self.time_embed is not None:
+            if t is None:
+                raise ConfigError("this model is time-conditioned (model.time_conditioning='adaln'): pass t")
+            cond = self.time_embed(t.expand(B) if t.dim() == 0 else t)  # [B, cond_dim]
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask[:, None, None, :].bool()  # [B, 1, 1, T] keys to attend to
+            if self.config.causal:
+                mask = mask & torch.ones(T, T, dtype=torch.bool, device=x_t.device).tril()
+        ctx = LoopContext(h0=None, cond=cond, rope=self.rotary(T), attn_mask=mask,  # type: ignore[arg-type]
+                          causal=self.config.causal)
+        h = self.embed(x_t)  # [B, T, D]
+        if self.pos_embed is not None:
+            h = h + self.pos_embed.weight[:T]
+        ctx.h0 = self.head(h, ctx)
+        return ctx
+
+    def loop_step(self, h: torch.Tensor, ctx: LoopContext, k: int, positions: Optional[torch.Tensor] = None,
+                  cache: Optional[list] = None) -> torch.Tensor:
+        """One loop iteration k (0-based): optional input injection and loop embedding, then the mid block.
+
+        Inference-only partial update (per-token loop exit): with ``positions`` [B, K], h [B, K, D] holds the
+        states at those positions and only they are updated (see ``Stack.forward`` for ``cache``)."""
+        if self.injection is not None:
+            h0 = ctx.h0 if positions is None else ctx.h0.gather(1, positions[..., None].expand_as(h))  # [B, K, D]
+            h = self.injection(torch.cat([h, h0], dim=-1))  # [B, T, 2D] -> [B, T, D]
+        if self.loop_embed is not None:
+            k_t = torch.full((1,), float(k), device=h.device)
+            h = h + self.loop_embed(sinusoidal(k_t, 64).to(h.dtype))[:, None]  # [1, 1, D]
+        if positions is None and cache is None:
+            return self.mid(h, ctx)
+        return self.mid(h, ctx, positions=positions, cache=cache)
+
+    def coda(self, h: torch.Tensor, ctx: LoopContext) -> torch.Tensor:
+        """Tail (n_o layers), final norm (adaLN-modulated when time-conditioned) and LM head: -> logits [B, T, V]."""
+        h = self.tail(h, ctx)
+        h = self.final_norm(h)
+        if self.final_modulation is not None:
+            shift, scale = self.final_modulation(ctx.cond)[:, None].chunk(2, dim=-1)
+            h = modulate(h, shift, scale)
+        return self.lm_head(h)
+
+    def run_loops(self, h: torch.Tensor, ctx: LoopContext, loops: int, start: int = 0) -> torch.Tensor:
+        """Apply ``loops`` iterations of the mid block, honouring truncated backprop and checkpointing."""
+        cfg = self.config
+        k_grad = loops if cfg.backprop_depth is None else min(cfg.backprop_depth, loops)
+        for k in range(start, start + loops):
+            if torch.is_grad_enabled() and k - start < loops - k_grad:
+                with torch.no_grad():  # truncated backprop: no graph for early loops
+                    h = self.loop_step(h, ctx, k)
+            elif cfg.checkpoint_loops and torch.is_grad_enabled():
+                h = checkpoint(self.loop_step, h, ctx, k, use_reentrant=False)
+            else:
+                h = self.loop_step(h, ctx, k)
+        return h
+
+    def forward(self, x_t: torch.Tensor, t: Optional[torch.Tensor] = None, loops: int = 1,
+                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits [B, T, V] for tokens x_t [B, T] at diffusion time t [B], running the mid block S = loops times."""
+        loops = check_loops(loops)
+        ctx = self.prelude(x_t, t, attention_mask)
+        h = self.run_loops(ctx.h0, ctx, loops)
+        return self.coda(h, ctx)
+
+    def num_parameters(self) -> int:
+        """Unique parameters (tied weights counted once); independent of S."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,312 @@
+"""The Trainer: one run folder, one model, the loop that trains it to ``train.max_steps``.
+
+Every step draws one loop count S (the same on every rank), the global batch's rows (augmented per step where
+the data has an augmentation) and the objective's noise over the global batch (times t, mask uniforms), runs
+``train_step`` on this rank's share, and logs NELBO, tokens/s and cumulative training FLOPs to
+``metrics.jsonl``. Checkpoints (safetensors + JSON) are written atomically and hold everything needed for an
+exact resume: model, optimizer, LR schedule, EMA, RNG states and the data position. Everything every
+experiment trains, Sudoku included, goes through here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoint import checked_weights, list_checkpoints, load_config_file, load_json, load_safetensors, \
+    save_checkpoint, unflatten_optimizer
+from ..config import RunConfig
+from ..data import PreparedData, prepare_data
+from ..diffusion import LoopDistribution, make_loop_distribution, make_objective
+from ..errors import CheckpointError
+from ..eval.nelbo import evaluate_nelbo
+from ..fileio import atomic_write_text, describe_os_error
+from ..model import LoopMDM
+from ..model.flops import train_flops_per_token
+from ..runtime import compile_blocks, pick_device, set_threads
+from . import distributed
+from .guard import StopSignals, TrainingDiverged, divergence_message, out_of_memory
+from .optim import make_optimizer, make_scheduler
+from .resume import check_resumable, global_random_state, restore_global_random, restore_rng, resumable_folder, \
+    rng_tensors, truncate_metrics
+from .batches import BatchStream
+from .step import train_step
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    final_loss: float
+    val: Optional[dict]
+    flops: float
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Owns model, optimizer, data stream and RNGs for one run folder. ``fit()`` trains to ``train.max_steps``.
+
+    data: prepared data to train on (default: ``prepare_data(cfg.data)``); loop_dist: the training distribution
+    of S (default: the one ``cfg.diffusion`` names). ``step_fn(idx, loops)`` is the step the loop calls (tests
+    wrap it); ``stop_requested`` set to True stops after the current step, with a checkpoint."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, data: Optional[PreparedData] = None,
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 loop_dist: Optional[LoopDistribution] = None):
+        self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
+        tc = cfg.train
+        self.dist = distributed.setup(pick_device(tc.device))  # torchrun: join the process group
+        self.device = self.dist.device
+        distributed.check_global_batch(tc.batch_size, tc.grad_accum, self.dist)
+        if not self.dist.is_main:  # rank 0 alone logs, writes metrics and checkpoints
+            self.log, self.progress = (lambda s: None), False
+        set_threads(tc.threads)
+        torch.manual_seed(tc.seed)
+        with distributed.main_first(self.dist):  # rank 0 tokenises and fills the cache, the others read it
+            self.data = data or prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len, log=self.log)
+        distributed.check_same_data(self.data, self.dist)
+        cfg.model.vocab_size = self.data.tokenizer.vocab_size
+        self.model = LoopMDM(cfg.model).to(self.device)
+        if tc.compile:  # torch.compile each transformer block in place (state-dict names unchanged)
+            compile_blocks(self.model)
+        # DDP wrapper, or self.model itself sharded in place with FSDP2 (train.fsdp); self.model stays the
+        # unwrapped module for evaluation, EMA and checkpoints.
+        self.train_model = distributed.wrap_model(self.model, self.dist, fsdp=tc.fsdp)
+        self.objective = make_objective(cfg.diffusion, self.data.tokenizer.mask_id)
+        self.loop_dist = loop_dist or make_loop_distribution(cfg.diffusion, total_steps=tc.max_steps, seed=tc.seed)
+        self.optimizer = make_optimizer(self.model, tc, self.device)
+        self.scheduler = make_scheduler(self.optimizer, tc)
+        self.ema = None
+        if tc.ema is not None:
+            self.ema = distributed.make_ema(self.model, tc.ema, self.dist, lambda: LoopMDM(cfg.model))
+        self.stream = BatchStream(len(self.data.train), tc.batch_size, tc.seed)
+        self.gen_noise = torch.Generator().manual_seed(tc.seed + 1)  # t and masking
+        self.gen_loops = torch.Generator().manual_seed(tc.seed + 2)  # S, identical on every rank
+        self.step, self.flops, self.bad_in_row, self.bad_total = 0, 0.0, 0, 0
+        self.stop_requested, self.resumed, self.saved_step = False, False, -1
+        self.step_fn = self._step
+
+    # ------------------------------------------------------------------ one step
+    def _step(self, idx: np.ndarray, loops: int) -> tuple[float, float]:
+        """Forward / backward on the global batch rows ``idx`` at loop count S = ``loops``: (loss, grad norm)."""
+        tc = self.cfg.train
+        rng = np.random.default_rng([tc.seed, self.step, 3]) if self.data.augment is not None else None
+        batch = self.data.batch("train", idx, rng)  # [B, L] over the global batch
+        noise = self.objective.draw(len(idx), batch.x0.shape[1], self.gen_noise)
+        own = distributed.rank_slice(len(idx), self.dist)  # this rank's rows (all of them, alone)
+        return train_step(self.model, self.train_model, self.objective, batch.rows(own),
+                          None if noise is None else noise.rows(own), loops, grad_accum=tc.grad_accum,
+                          precision=tc.precision, grad_clip=tc.grad_clip, device=self.device, dist=self.dist)
+
+    def _guarded_step(self, idx: np.ndarray, loops: int) -> tuple[float, float]:
+        """``step_fn`` with out-of-memory turned into a one-line error naming the knobs that reduce memory."""
+        try:
+            return self.step_fn(idx, loops)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+            err = out_of_memory(e, self.cfg, self.step + 1, loops)
+            if err is None:
+                raise
+            raise err from None
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainResult:
+        tc = self.cfg.train
+        metrics = self._open_run_dir()
+        tokens_per_step = tc.batch_size * self.data.train.shape[1]
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
+                   desc="train", unit="step")
+        last_loss, val, t_last = float("nan"), None, time.perf_counter()
+        if self.step >= tc.max_steps:
+            self.log(f"step {self.step} already reached train.max_steps={tc.max_steps}: nothing to train "
+                     "(raise --max-steps to continue)")
+        try:
+            with StopSignals() as signals:
+                while self.step < tc.max_steps and not self.stop_requested:
+                    loops = self.loop_dist.sample(self.gen_loops, self.step)
+                    idx = self.stream.next()
+                    self.model.train()
+                    loss, gnorm = self._guarded_step(idx, loops)
+                    if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                        self._skip_bad_step(loss, gnorm, metrics)
+                        continue
+                    self._apply_update()
+                    self.flops += train_flops_per_token(self.cfg.model, loops, self.data.train.shape[1]) \
+                        * tokens_per_step
+                    last_loss, now = loss, time.perf_counter()
+                    rec = {"step": self.step, "loss": loss, "loops": loops, "grad_norm": gnorm,
+                           "lr": self.scheduler.get_last_lr()[0], "flops": self.flops,
+                           "tokens": self.step * tokens_per_step, "tokens_per_s": tokens_per_step / (now - t_last)}
+                    if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
+                        val = self.validate()
+                        rec.update({f"val_{k}": v for k, v in val.items()})
+                    t_last = time.perf_counter()
+                    if self.step % tc.log_every == 0 or "val_nelbo" in rec:
+                        metrics.write(json.dumps(rec) + "\n")
+                        metrics.flush()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", S=loops, tok_s=f"{rec['tokens_per_s']:.0f}",
+                                    flops=f"{self.flops:.2e}", refresh=False)
+                    if self.step % tc.save_every == 0 or self.step == tc.max_steps:
+                        self.save()
+                    self.stop_requested = distributed.step_agreement(
+                        loops, self.stop_requested or signals.requested, self.dist)
+                if self.stop_requested:
+                    self.log(f"{signals.name or 'stop'} received: saving step {self.step} and exiting")
+                    if self.saved_step != self.step:
+                        self.save()
+        finally:
+            bar.close()
+            metrics.close()
+        return TrainResult(self.run_dir, self.step, last_loss, val, self.flops, self.stop_requested)
+
+    def _apply_update(self) -> None:
+        self.bad_in_row = 0
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+
+    def _open_run_dir(self):
+        """Create the run folder, write config.json atomically and open metrics.jsonl (truncated on a fresh
+        start, appended to after a resume; other ranks than 0 write nowhere). Unwritable folders raise
+        ``CheckpointError`` with the reason."""
+        if not self.dist.is_main:
+            return open(os.devnull, "w")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
+            fresh = self.step == 0 and not self.resumed
+            return (self.run_dir / "metrics.jsonl").open("w" if fresh else "a")
+        except OSError as e:
+            raise CheckpointError(f"cannot write the run folder {str(self.run_dir)!r} ({describe_os_error(e)}); "
+                                  "choose a writable --out folder or free disk space") from None
+
+    def _skip_bad_step(self, loss: float, gnorm: float, metrics) -> None:
+        """A non-finite loss or gradient norm: drop the gradients, count it, log it (``step`` is the step that
+        was attempted), and after ``train.max_bad_steps`` in a row stop with the likely causes."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_in_row += 1
+        self.bad_total += 1
+        metrics.write(json.dumps({"step": self.step + 1, "skipped": True, "loss": str(loss), "grad_norm": str(gnorm),
+                                  "bad_in_row": self.bad_in_row, "bad_total": self.bad_total}) + "\n")
+        metrics.flush()
+        self.log(f"step {self.step + 1}: non-finite loss={loss} / grad_norm={gnorm}; skipped "
+                 f"({self.bad_in_row}/{self.cfg.train.max_bad_steps} in a row)")
+        if self.bad_in_row >= self.cfg.train.max_bad_steps:
+            raise TrainingDiverged(divergence_message(self.cfg, self.run_dir, self.bad_in_row, self.step + 1,
+                                                      loss, gnorm))
+
+    def validate(self, loops: Optional[int] = None) -> dict:
+        """Validation NELBO at S = ``loops`` (default: the training S_max) of the EMA weights (when kept) on a
+        fixed slice with a fixed seed."""
+        tc = self.cfg.train
+        model = self.ema.module if self.ema is not None else self.model
+        return evaluate_nelbo(model, self.data.val, self.objective, loops or self.loop_dist.max(),
+                              batch_size=tc.batch_size, max_batches=tc.eval_batches, seed=tc.seed,
+                              precision=tc.precision, frozen=self.data.val_frozen)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        """Write a checkpoint of everything an exact resume needs. Weights that are no longer finite are never
+        saved (the last good checkpoint stays ``latest``)."""
+        params = [] if distributed.is_sharded(self.model) else self.model.named_parameters()
+        bad = [n for n, p in params if not bool(torch.isfinite(p).all())]
+        if bad:  # DDP replicas hold identical weights, so every rank takes this branch together
+            why = divergence_message(self.cfg, self.run_dir, 0, self.step, float("nan"), float("nan"))
+            raise TrainingDiverged(f"the weights became non-finite ({bad[0]}) at step {self.step}; not saving. "
+                                   + why.split("; ", 1)[1])
+        tied = self.cfg.model.tie_embeddings
+        extra = {"rng": rng_tensors(self.gen_noise, self.gen_loops, self.device, self.dist)}
+        if self.ema is not None:
+            extra["ema"] = {k: v for k, v in distributed.full_model_state(self.ema.module).items()
+                            if not (tied and k == "lm_head.weight")}
+        state = {"step": self.step, "flops": self.flops, "data": self.stream.state(),
+                 "scheduler": self.scheduler.state_dict(), "bad_total": self.bad_total, "bad_in_row": self.bad_in_row,
+                 **global_random_state()}
+        if self.ema is not None:
+            state["ema_n_averaged"] = int(self.ema.n_averaged)
+        model_state = optimizer_state = None
+        if distributed.is_sharded(self.model):  # FSDP2: gather full tensors (every rank takes part)
+            model_state = distributed.full_model_state(self.model)
+            optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
+        path = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
+        if self.dist.is_main:
+            path = save_checkpoint(self.run_dir, self.step, self.model, self.cfg, self.data.tokenizer, state,
+                                   self.optimizer, extra, keep_last=self.cfg.train.keep_last,
+                                   model_state=model_state, optimizer_state=optimizer_state)
+        distributed.barrier(self.dist)
+        self.saved_step = self.step
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        """Restore everything from a checkpoint so that training continues exactly as if never stopped:
+        weights, optimizer moments, LR schedule, EMA, RNG states, data position, step and FLOP counters.
+
+        Every problem (missing / corrupt file, other model, other tokenizer, damaged state) raises
+        ``CheckpointError`` naming the file or field; differences in other settings are logged."""
+        folder = resumable_folder(path)
+        check_resumable(load_config_file(folder), self.cfg, folder, self.data.tokenizer, self.log)
+        state = load_json(folder / "trainer_state.json")
+        try:
+            self._restore(folder, state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {str(folder)!r} cannot be restored ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:100] if str(e) else 'bad value'}); trainer_state.json "
+                                  "or a tensor file is damaged or from another version: use an earlier checkpoint"
+                                  ) from None
+        self.resumed = True
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        self.log(f"resumed from {folder} at step {self.step}")
+
+    def _restore(self, folder: Path, state: dict) -> None:
+        distributed.load_full_model_state(self.model, checked_weights(folder / "model.safetensors", self.cfg))
+        if (folder / "optimizer.safetensors").is_file():
+            distributed.load_full_optimizer_state(self.model, self.optimizer, unflatten_optimizer(
+                load_safetensors(folder / "optimizer.safetensors"), state["optimizer"]))
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and (folder / "ema.safetensors").is_file():
+            distributed.load_full_model_state(self.ema.module, checked_weights(folder / "ema.safetensors", self.cfg))
+            self.ema.n_averaged.fill_(int(state.get("ema_n_averaged", 0)))
+        restore_rng(load_safetensors(folder / "rng.safetensors"), self.gen_noise, self.gen_loops, self.device,
+                    self.dist.rank)
+        restore_global_random(state)
+        self.stream.load_state(state["data"])
+        self.step, self.flops = int(state["step"]), float(state["flops"])
+        self.bad_total, self.bad_in_row = int(state["bad_total"]), int(state.get("bad_in_row", 0))
+        self.saved_step = self.step
+
+
+def check_fresh_run_dir(run_dir: str | Path) -> None:
+    """A new run must not write into a folder that already holds checkpoints (it would mix two runs)."""
+    kept = list_checkpoints(Path(run_dir) / "checkpoints")
+    if kept:
+        raise CheckpointError(f"run folder {str(run_dir)!r} already holds checkpoints (newest {kept[-1].name}); "
+                              f"continue it with --resume {run_dir}, or choose a new --out folder")
+
+
+def train(cfg: RunConfig, run_dir: str | Path, resume: Optional[str | Path] = None, progress: bool = True,
+          log: Callable[[str], None] = print, data: Optional[PreparedData] = None,
+          loop_dist: Optional[LoopDistribution] = None) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (optionally resuming from a checkpoint or run folder). Without
+    ``resume``, ``run_dir`` must not hold checkpoints already."""
+    if resume is None:
+        check_fresh_run_dir(run_dir)
+    trainer = Trainer(cfg, run_dir, data=data, progress=progress, log=log, loop_dist=loop_dist)
+    try:
+        if resume is not None:
+            trainer.resume(resume)
+        return trainer.fit()
+    finally:
+        distributed.teardown(trainer.dist)  # leave torchrun's process group (no-op on one process)

@@ -1,0 +1,189 @@
+"""The experiments' figures (matplotlib, Agg backend, PNG). Each function takes the numbers it plots, as
+written to the experiment's JSON, so a figure can be redrawn from results.json alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+COLORS = {"mdm": "tab:blue", "loopmdm": "tab:red", "deeper": "tab:green"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+
+
+def plot_loss_vs_flops(per_seed: Mapping, labels: Mapping[str, str], path: str | Path, title: str = "") -> None:
+    """Validation NELBO against cumulative training FLOPs, one line per run and seed; a dashed line marks
+    the plain MDM's final NELBO (the target of the FLOPs ratio)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (seed, res) in enumerate(per_seed.items()):
+        for name, run in res["runs"].items():
+            c = run["curve"]
+            ax.plot(c["flops"], c["nelbo"], color=COLORS.get(name), alpha=0.9 if i == 0 else 0.5,
+                    linestyle="-" if i == 0 else "--", marker=".", label=labels.get(name, name) if i == 0 else None)
+        target = res["runs"]["mdm"]["curve"]["nelbo"][-1]
+        ax.axhline(target, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative training FLOPs")
+    ax.set_ylabel("validation NELBO (nats / token)")
+    ax.set_title(title + ("\nsolid: first seed, dashed: other seeds" if len(per_seed) > 1 else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_nelbo_vs_loops(summary: Mapping, s_max: int, path: str | Path) -> None:
+    """LoopMDM's final NELBO against the inference loop count S (mean and seed spread), with (a) and (c)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    fin = summary["final_nelbo"]
+    ss = sorted(int(s) for s in fin["loopmdm"])
+    mean = [fin["loopmdm"][s]["mean"] for s in ss]
+    std = [fin["loopmdm"][s]["std"] or 0.0 for s in ss]
+    ax.errorbar(ss, mean, yerr=std, color=COLORS["loopmdm"], marker="o", capsize=3, label="(b) LoopMDM")
+    for name, label in (("mdm", "(a) MDM, same size"), ("deeper", "(c) deeper MDM")):
+        v = fin[name][1]
+        ax.axhline(v["mean"], color=COLORS[name], linestyle="--", label=label)
+        if v["std"]:
+            ax.axhspan(v["mean"] - v["std"], v["mean"] + v["std"], color=COLORS[name], alpha=0.1)
+    ax.axvline(s_max, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ss, [str(s) for s in ss])
+    ax.set_xlabel("inference loop count S (dotted: training S_max)")
+    ax.set_ylabel("final validation NELBO")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_ablation(rows: Mapping, s_max: int, path: str | Path) -> None:
+    """Final validation NELBO at S = S_max of every ablation variant (plain MDM at S = 1), with seed spread."""
+    plt = _plt()
+    labels = list(rows)
+    vals, errs = [], []
+    for label in labels:
+        f = rows[label]["final_nelbo"]
+        key = s_max if s_max in f else 1
+        vals.append(f[key]["mean"])
+        errs.append(f[key]["std"] or 0.0)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.barh(range(len(labels)), vals, xerr=errs, color=["gray"] + ["tab:red"] * (len(labels) - 1), capsize=3)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    lo = min(v - e for v, e in zip(vals, errs))
+    hi = max(v + e for v, e in zip(vals, errs))
+    ax.set_xlim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+    ax.set_xlabel(f"final validation NELBO (LoopMDM variants at S={s_max}; equal training FLOPs)")
+    ax.grid(alpha=0.3, axis="x")
+    _save(fig, path)
+
+
+def _sudoku_cells(summary: Mapping, model: str, order: str) -> dict[tuple[int, int], dict]:
+    """{(T, S): spread dicts} of one model and order from the experiment's summary ("order|T|S" keys)."""
+    out = {}
+    for key, cell in summary.get(model, {}).items():
+        o, t, s = key.split("|")
+        if o == order:
+            out[(int(t), int(s))] = cell
+    return out
+
+
+def plot_sudoku_heatmap(summary: Mapping, order: str, path: str | Path) -> None:
+    """Board accuracy over T denoising steps (columns; 0 = one cell per step) x S loops (rows), one panel per
+    model, mean over seeds."""
+    plt = _plt()
+    models = [m for m in summary if _sudoku_cells(summary, m, order)]
+    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models) + 1, 3.4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        cells = _sudoku_cells(summary, model, order)
+        ts = sorted({t for t, _ in cells}, key=lambda t: (t == 0, t))
+        ss = sorted({s for _, s in cells})
+        m = np.array([[cells.get((t, s), {}).get("board_accuracy", {}).get("mean", np.nan) for t in ts] for s in ss],
+                     dtype=float)
+        ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, origin="lower")
+        ax.set_xticks(range(len(ts)), [str(t) if t else "1/cell" for t in ts], fontsize=8)
+        ax.set_yticks(range(len(ss)), [str(s) for s in ss], fontsize=8)
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                if np.isfinite(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] < 0.5 else "black")
+        ax.set_xlabel("denoising steps T")
+        ax.set_ylabel("loops S")
+        ax.set_title(model, fontsize=9)
+    fig.suptitle(f"Sudoku board accuracy ({order} order)", fontsize=10)
+    _save(fig, path)
+
+
+def plot_sudoku_vs_flops(summary: Mapping, path: str | Path) -> None:
+    """Board accuracy against inference FLOPs per board: every (order, T, S) cell, one colour per model."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for model, cells in summary.items():
+        pts = sorted((c["flops_per_board"]["mean"], c["board_accuracy"]["mean"]) for c in cells.values())
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", alpha=0.8, color=COLORS.get(model), label=model)
+    ax.set_xscale("log")
+    ax.set_xlabel("inference FLOPs per board")
+    ax.set_ylabel("board accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_attention_heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
+                           path: str | Path, title: str, xlabel: str, ylabel: str) -> None:
+    """A heatmap of masked-to-masked attention shares (rows x columns), NaN cells left blank."""
+    plt = _plt()
+    m = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.7 * len(col_labels)), 1.2 + 0.32 * max(len(row_labels), 3)))
+    im = ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
+    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if np.isfinite(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if m[i, j] < 0.5 else "black")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    _save(fig, path)
+
+
+def plot_lines(xs: Sequence, series: Mapping[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str,
+               title: str = "", reference: Optional[Mapping[str, float]] = None, log2x: bool = False) -> None:
+    """Several named lines over the same x values; ``reference`` draws a dashed horizontal line per name."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    for i, (name, ys) in enumerate(series.items()):
+        color = cmap(i / max(1, len(series) - 1))
+        ax.plot(list(xs), list(ys), marker="o", color=color, label=name)
+        if reference and name in reference:
+            ax.axhline(reference[name], color=color, linestyle=":", linewidth=0.8)
+    if log2x:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(xs), [str(x) for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
