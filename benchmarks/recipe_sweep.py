@@ -41,6 +41,16 @@ VARIANTS: dict[str, list[str]] = {
     "betas95": ["train.betas=[0.9,0.95]"],
     "d192": ["model.d_model=192", "model.n_heads=6"],
     "depth4": ["model.n_layers=4", "model.n_o=1"],
+    # round 2: initialisation scale, QK-norm, loss weighting, positions, untied embeddings
+    "init05": ["model.init_std=0.05"],
+    "init10": ["model.init_std=0.1"],
+    "qknorm": ["model.qk_norm=true"],
+    "qknorm_lr3e-3": ["model.qk_norm=true", "train.lr=3e-3"],
+    "qknorm_init05": ["model.qk_norm=true", "model.init_std=0.05"],
+    "init05_lr3e-3": ["model.init_std=0.05", "train.lr=3e-3"],
+    "uniform_loss": ["diffusion.loss_weight=uniform"],
+    "learned_pos": ["model.learned_positions=true"],
+    "untied": ["model.tie_embeddings=false"],
 }
 
 

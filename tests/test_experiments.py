@@ -17,6 +17,7 @@ from loopmdm.experiments.compute_matched import (ComputeMatchedConfig, load_comp
                                                  plan_compute_matched, run_compute_matched)
 from loopmdm.experiments.curves import Curve, flops_ratio, flops_to_reach, read_curve, spread
 from loopmdm.model.flops import expected_train_flops_per_token, train_flops_per_token
+from loopmdm.diffusion import predicted_fraction
 from loopmdm.diffusion.loops import BalancedUniformLoops, make_loop_distribution
 
 
@@ -116,8 +117,10 @@ def test_plan_step_counts_follow_flops(tiny_cfg):
     cfg = ComputeMatchedConfig(run=tiny_cfg, baseline_steps=300)
     plan = plan_compute_matched(cfg)
     m = tiny_cfg.model
-    f_a = train_flops_per_token(m, 1)
-    f_b = expected_train_flops_per_token(m, make_loop_distribution(tiny_cfg.diffusion))
+    pf = predicted_fraction(tiny_cfg.diffusion)  # the LM head runs only on masked positions
+    assert 0.49 < pf < 0.51  # E_t[t] for the log-linear schedule
+    f_a = train_flops_per_token(m, 1, predicted_fraction=pf)
+    f_b = expected_train_flops_per_token(m, make_loop_distribution(tiny_cfg.diffusion), predicted_fraction=pf)
     assert plan.run("loopmdm").steps == round(300 * f_a / f_b)
     assert plan.deeper_layers == m.n_layers + (tiny_cfg.diffusion.s_max - 1) * m.n_m // 2
 
@@ -165,7 +168,7 @@ def test_yaml_config_overrides_and_rejects_unknown_keys(tmp_path):
 
 def test_three_runs_match_in_cumulative_flops(tiny_cfg, tmp_path):
     tiny_cfg.train.eval_batches = 1
-    cfg = ComputeMatchedConfig(name="test", run=tiny_cfg, baseline_steps=30, n_evals=3, seeds=[0],
+    cfg = ComputeMatchedConfig(name="test", run=tiny_cfg, baseline_steps=40, n_evals=3, seeds=[0],
                                final_eval_batches=1, eval_loops=[1, 3])
     res = run_compute_matched(cfg, tmp_path / "out", log=lambda s: None)
     runs = res["per_seed"][0]["runs"]

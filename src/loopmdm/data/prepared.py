@@ -40,6 +40,11 @@ class PreparedData:
     def conditional(self) -> bool:
         return self.train_frozen is not None
 
+    @property
+    def free_fraction(self) -> float:
+        """The share of training positions that are not frozen (1 for unconditional data)."""
+        return 1.0 if self.train_frozen is None else float(1.0 - self.train_frozen.mean())
+
     def batch(self, split: str, idx: np.ndarray, rng: Optional[np.random.Generator] = None) -> Batch:
         """Rows ``idx`` of the ``train`` or ``val`` split as a ``Batch`` (int64 x0 [B, L], bool frozen [B, L]);
         with ``rng`` (training) the augmentation, if any, is applied."""

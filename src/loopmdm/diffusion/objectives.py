@@ -99,34 +99,62 @@ class Objective:
     def loss(self, model, batch: Batch, loops: int, noise: Optional[Noise]) -> LossOutput:
         raise NotImplementedError
 
+    def predicted_fraction(self) -> float:
+        """The expected share of positions the LM head and the loss run on (for FLOP accounting)."""
+        raise NotImplementedError
+
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+
+
+def sparse_capable(model) -> bool:
+    """True when ``model`` (or the module a data-parallel wrapper holds) takes ``predict`` / ``labels`` in forward
+    (``LoopMDM``): the loss then never forms full-vocabulary logits."""
+    return getattr(getattr(model, "module", model), "sparse_prediction", False)
 
 
 @OBJECTIVES.register("mdm")
 class MaskedDiffusion(Objective):
     """MDLM NELBO with SUBS and the -alpha'_t / (1 - alpha_t) weight (``loss_weight='elbo'``, the NELBO per
     token), or the mean cross-entropy over masked positions (``'uniform'``). Frozen positions of the batch stay
-    unmasked and unscored: the conditional NELBO of the rest given them."""
+    unmasked and unscored: the conditional NELBO of the rest given them. Only masked positions enter the loss,
+    so the LM head runs only there (sparse prediction) and the cross-entropy is computed chunk by chunk."""
 
     def draw(self, n, seq_len, gen):
         t = sample_t(n, gen, self.antithetic, self.t_eps)  # [n]
         return Noise(t, torch.rand((n, seq_len), generator=gen))  # [n, L]
 
+    def predicted_fraction(self, grid: int = 4096) -> float:
+        """E_t[1 - alpha_t], t ~ U[t_eps, 1): the expected share of (non-frozen) positions the LM head runs on."""
+        t = self.t_eps + (1.0 - self.t_eps) * (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+        return float((1.0 - self.schedule.alpha(t)).mean())
+
     def loss(self, model, batch, loops, noise):
         noise = noise.to(batch.x0.device)
         x_t = q_sample(batch, noise, self.schedule.alpha(noise.t), self.mask_id)
-        logits = model(x_t, noise.t, loops=loops)  # [B, L, V]
-        return self.nelbo(logits, batch, x_t, noise.t)
+        if not sparse_capable(model):
+            return self.nelbo(model(x_t, noise.t, loops=loops), batch, x_t, noise.t)
+        masked = x_t == self.mask_id  # [B, L]
+        w = self.schedule.weight(noise.t)[masked.nonzero()[:, 0]]  # [N]: the NELBO weight of each masked position
+        n_tokens = self._n_tokens(batch)
+        g = w / max(n_tokens, 1) if self.loss_weight == "elbo" else torch.full_like(w, 1.0 / max(len(w), 1))
+        loss, ce = model(x_t, noise.t, loops=loops, predict=masked, labels=batch.x0[masked], label_weights=g,
+                         exclude=self.mask_id)
+        return LossOutput(loss=loss, nll_sum=(ce * w).sum().detach(), n_tokens=n_tokens)
+
+    @staticmethod
+    def _n_tokens(batch: Batch) -> int:
+        return int(batch.x0.numel() if batch.frozen is None else (~batch.frozen).sum())
 
     def nelbo(self, logits: torch.Tensor, batch: Batch, x_t: torch.Tensor, t: torch.Tensor) -> LossOutput:
-        """NELBO per scored token from logits at x_t: only masked positions contribute (SUBS copies the rest)."""
+        """The same loss from full logits [B, L, V] at x_t (models without sparse prediction; the reference the
+        sparse path is tested against): only masked positions contribute (SUBS copies the rest)."""
         ce = F.cross_entropy(no_mask_logits(logits, self.mask_id).transpose(1, 2), batch.x0,
                              reduction="none")  # [B, L]
         masked = x_t == self.mask_id
         weight = self.schedule.weight(t)[:, None]  # [B, 1]
         nll_sum = torch.where(masked, weight * ce, torch.zeros_like(ce)).sum()
-        n_tokens = int(batch.x0.numel() if batch.frozen is None else (~batch.frozen).sum())
+        n_tokens = self._n_tokens(batch)
         if self.loss_weight == "uniform":
             loss = torch.where(masked, ce, torch.zeros_like(ce)).sum() / masked.sum().clamp_min(1)
         else:
@@ -138,14 +166,26 @@ class MaskedDiffusion(Objective):
 class Autoregressive(Objective):
     """Next-token cross-entropy with the same backbone under a causal mask (evaluator / AR baseline)."""
 
+    def predicted_fraction(self) -> float:
+        return 1.0
+
     def loss(self, model, batch, loops, noise=None):
         x0 = batch.x0
-        logits = model(x0[:, :-1], loops=loops)  # [B, L-1, V]
-        ce = F.cross_entropy(logits.float().transpose(1, 2), x0[:, 1:], reduction="none")  # [B, L-1]
-        keep = torch.ones_like(ce, dtype=torch.bool) if batch.frozen is None else ~batch.frozen[:, 1:]
-        nll_sum = torch.where(keep, ce, torch.zeros_like(ce)).sum()
+        keep = torch.ones_like(x0[:, 1:], dtype=torch.bool) if batch.frozen is None else ~batch.frozen[:, 1:]
         n_tokens = int(keep.sum())
+        if sparse_capable(model):
+            nll_sum, _ = model(x0[:, :-1], loops=loops, predict=keep, labels=x0[:, 1:][keep])
+        else:
+            ce = F.cross_entropy(model(x0[:, :-1], loops=loops).float().transpose(1, 2), x0[:, 1:],
+                                 reduction="none")  # [B, L-1]
+            nll_sum = torch.where(keep, ce, torch.zeros_like(ce)).sum()
         return LossOutput(loss=nll_sum / max(n_tokens, 1), nll_sum=nll_sum.detach(), n_tokens=n_tokens)
+
+
+def predicted_fraction(diffusion) -> float:
+    """The expected share of (non-frozen) positions the LM head runs on under a ``DiffusionConfig``'s objective
+    (E_t[1 - alpha_t] for the MDM, 1 for AR): what FLOP accounting multiplies the head's cost by."""
+    return make_objective(diffusion, mask_id=0).predicted_fraction()
 
 
 def make_objective(diffusion, mask_id: int, antithetic: Optional[bool] = None) -> Objective:

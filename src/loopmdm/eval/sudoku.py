@@ -72,6 +72,17 @@ def score_grids(predicted: Sequence[str], pairs: Sequence[SudokuPair]) -> dict:
             "valid": int(sum(is_valid_solution(g) for g in predicted))}
 
 
+@dataclass(frozen=True)
+class DigitFilter(TokenFilter):
+    """The token filter of the solver: candidates are drawn from the digits 1-9 only, so a blank never receives
+    ``<pad>`` (SUBS already rules out the mask)."""
+
+    def log_probs(self, logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+        not_digit = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        not_digit[1:10] = False  # the Sudoku tokenizer's digit ids (digit d -> id d)
+        return super().log_probs(logits.masked_fill(not_digit, -math.inf), mask_id)
+
+
 def puzzle_canvas(pairs: Sequence[SudokuPair], device: torch.device | str = "cpu") -> Canvas:
     """Givens fixed, blanks masked and free: x [N, 81], free [N, 81]."""
     x = torch.from_numpy(encode_grids([p.puzzle for p in pairs]).astype(np.int64)).to(device)
@@ -95,7 +106,7 @@ def solve_boards(model, pairs: Sequence[SudokuPair], *, mask_id: int, loops: int
         T = int(canvas.free.sum(1).max()) if steps == 0 else steps
         x, _, report, _ = sample_canvas(
             model, canvas, mask_id, steps=max(T, 1), sampler=build(SAMPLERS, "confidence", {"order": order}),
-            policy=build(LOOP_POLICIES, policy, opts), token_filter=TokenFilter(temperature=0.0),
+            policy=build(LOOP_POLICIES, policy, opts), token_filter=DigitFilter(temperature=0.0),
             schedule=schedule, gen=gen)
         grids += [decode_grid(row) for row in x.tolist()]
         flops, wall, steps_run = flops + report.flops, wall + report.wall_time_s, max(steps_run, report.steps_run)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..config import ModelConfig
-from ..diffusion import make_loop_distribution
+from ..diffusion import make_loop_distribution, predicted_fraction
 from ..fileio import write_json
 from ..model.flops import expected_train_flops_per_token
 from ..runtime import machine_info
@@ -58,7 +58,8 @@ def run_ablation(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[lis
         else:
             rc = clone(cfg.run)
             rc.model = model_cfg
-            f = expected_train_flops_per_token(model_cfg, make_loop_distribution(rc.diffusion))
+            f = expected_train_flops_per_token(model_cfg, make_loop_distribution(rc.diffusion),
+                                               predicted_fraction=predicted_fraction(rc.diffusion))
             steps = max(1, round(base_plan.planned_flops / (tokens * f)))
             rp = RunPlan(label, label, rc, steps, f, f * tokens, steps * f * tokens)
         per = {}

@@ -26,7 +26,7 @@ import torch
 
 from ..config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig, preset
 from ..data import PreparedData, prepare_data
-from ..diffusion import make_loop_distribution, make_objective
+from ..diffusion import make_loop_distribution, make_objective, predicted_fraction
 from ..errors import ConfigError
 from ..eval.nelbo import evaluate_nelbo
 from ..fileio import write_json
@@ -187,14 +187,15 @@ def baseline_run_config(run: RunConfig) -> RunConfig:
     return cfg
 
 
-def deeper_model(run: RunConfig, tolerance: float) -> tuple[ModelConfig, float, float]:
+def deeper_model(run: RunConfig, tolerance: float, pf: float = 1.0) -> tuple[ModelConfig, float, float]:
     """(c)'s model: L + x layers with x the integer closest to the exact (F_b - F_a) / F_layer, the extra
     layers appended to the tail. Returns (model, exact x, per-step mismatch (F_c - F_b) / F_b); raises
-    ConfigError when even the closest integer depth misses (b)'s per-step FLOPs by more than ``tolerance``."""
+    ConfigError when even the closest integer depth misses (b)'s per-step FLOPs by more than ``tolerance``.
+    ``pf``: the share of positions the LM head runs on (sparse prediction)."""
     m = run.model
     T = m.max_seq_len
-    f_b = expected_train_flops_per_token(m, make_loop_distribution(run.diffusion))
-    f_a = train_flops_per_token(m, 1)
+    f_b = expected_train_flops_per_token(m, make_loop_distribution(run.diffusion), predicted_fraction=pf)
+    f_a = train_flops_per_token(m, 1, predicted_fraction=pf)
     per_layer = 3 * layer_flops_per_token(m, T)
     exact = (f_b - f_a) / per_layer  # = (E[S] - 1) * n_m (+ injection adapter cost)
     best = None
@@ -202,7 +203,7 @@ def deeper_model(run: RunConfig, tolerance: float) -> tuple[ModelConfig, float, 
         cand = clone(m)
         cand.n_layers, cand.n_o = m.n_layers + x, m.n_o + x
         cand.input_injection, cand.loop_embedding, cand.backprop_depth = False, False, None
-        mismatch = (train_flops_per_token(cand, 1) - f_b) / f_b
+        mismatch = (train_flops_per_token(cand, 1, predicted_fraction=pf) - f_b) / f_b
         if best is None or abs(mismatch) < abs(best[2]):
             best = (cand, x, mismatch)
     cand, x, mismatch = best
@@ -215,19 +216,23 @@ def deeper_model(run: RunConfig, tolerance: float) -> tuple[ModelConfig, float, 
     return cand, exact, mismatch
 
 
-def plan_compute_matched(cfg: ComputeMatchedConfig, baseline_steps: Optional[int] = None) -> MatchedPlan:
-    """Steps of (a), (b), (c) at the same total training FLOPs (``loopmdm.flops``), and (c)'s depth."""
+def plan_compute_matched(cfg: ComputeMatchedConfig, baseline_steps: Optional[int] = None,
+                         free_fraction: float = 1.0) -> MatchedPlan:
+    """Steps of (a), (b), (c) at the same total training FLOPs (``loopmdm.model.flops``, the LM head at the
+    expected share of positions the loss runs on: ``free_fraction`` of the positions are not frozen), and (c)'s
+    depth. ``cfg``: anything with ``run``, ``baseline_steps``, ``depth_tolerance`` and ``flops_tolerance``."""
     run = cfg.run
     tokens = run.train.batch_size * run.model.max_seq_len
+    pf = predicted_fraction(run.diffusion) * free_fraction
     steps_a = baseline_steps or cfg.baseline_steps
     cfg_a = baseline_run_config(run)
-    f_a = train_flops_per_token(cfg_a.model, 1)
+    f_a = train_flops_per_token(cfg_a.model, 1, predicted_fraction=pf)
     total = steps_a * tokens * f_a
-    model_c, exact, mismatch = deeper_model(run, cfg.depth_tolerance)
+    model_c, exact, mismatch = deeper_model(run, cfg.depth_tolerance, pf)
     cfg_c = baseline_run_config(run)
     cfg_c.model = model_c
-    f_b = expected_train_flops_per_token(run.model, make_loop_distribution(run.diffusion))
-    f_c = train_flops_per_token(model_c, 1)
+    f_b = expected_train_flops_per_token(run.model, make_loop_distribution(run.diffusion), predicted_fraction=pf)
+    f_c = train_flops_per_token(model_c, 1, predicted_fraction=pf)
     runs = []
     for name, c, f in (("mdm", cfg_a, f_a), ("loopmdm", clone(run), f_b), ("deeper", cfg_c, f_c)):
         steps = max(1, round(total / (tokens * f)))

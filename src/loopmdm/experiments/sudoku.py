@@ -136,7 +136,7 @@ def run_sudoku(cfg: SudokuExpConfig, out: str | Path, seeds: Optional[list[int]]
     data = prepare_data(cfg.run.data, cfg.run.model.vocab_size, cfg.run.model.max_seq_len, log=log)
     cfg.run.model.vocab_size = data.tokenizer.vocab_size
     pairs = test_pairs(cfg, log)
-    plan = plan_compute_matched(cfg)
+    plan = plan_compute_matched(cfg, free_fraction=data.free_fraction)
     schedule = get_schedule(cfg.run.diffusion.schedule)
     t_start = time.perf_counter()
     per_seed: dict = {}
@@ -153,7 +153,7 @@ def run_sudoku(cfg: SudokuExpConfig, out: str | Path, seeds: Optional[list[int]]
             per_seed[seed][rp.name] = info
             write_json(out / "results.json", {"per_seed": per_seed})
     results = {"experiment": "sudoku", "config_name": cfg.name, "config": asdict(cfg), "machine": machine_info(),
-               "plan": plan.summary(), "seeds": seeds, "boards": len(pairs), "wall_s": time.perf_counter() - t_start,
+               "plan": plan.summary(), "seeds": seeds, "boards": len(pairs), "data_free_fraction": data.free_fraction, "wall_s": time.perf_counter() - t_start,
                "per_seed": per_seed, "summary": summarise(per_seed, seeds)}
     results["checks"] = checks(results["summary"], cfg)
     figures = []

@@ -5,8 +5,8 @@ An exported folder is a standard transformers checkpoint that loads with only to
     HF_DIR/config.json               LoopMDMConfig (+ auto_map, the training RunConfig, the training step)
     HF_DIR/model.safetensors         weights ("model." + the library's parameter names)
     HF_DIR/tokenizer.json, tokenizer_config.json, special_tokens_map.json
-    HF_DIR/configuration_loopmdm.py, modeling_loopmdm.py, config.py, layers.py, looped.py, subs.py,
-            fields.py, errors.py     copied verbatim from loopmdm/model/ (torch-only; they import each other)
+    HF_DIR/configuration_loopmdm.py, modeling_loopmdm.py, config.py, layers.py, looped.py, loss.py,
+            subs.py, fields.py, errors.py   copied verbatim from loopmdm/model/ (torch-only; they import each other)
     HF_DIR/README.md                 model card (usage, loop knob), ready for ``push_to_hub``
 
 ``AutoModelForMaskedLM.from_pretrained(HF_DIR, trust_remote_code=True)`` (or ``AutoModel``) gives the same
@@ -41,8 +41,8 @@ else:
 
 MODEL_DIR = Path(__file__).parent.parent / "model"
 # The remote code: the two transformers files and the backbone files they import, all from loopmdm/model/.
-REMOTE_FILES = ("configuration_loopmdm.py", "modeling_loopmdm.py", "config.py", "layers.py", "looped.py", "subs.py",
-                "fields.py", "errors.py")
+REMOTE_FILES = ("configuration_loopmdm.py", "modeling_loopmdm.py", "config.py", "layers.py", "looped.py", "loss.py",
+                "subs.py", "fields.py", "errors.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_loopmdm.LoopMDMConfig",
     "AutoModel": "modeling_loopmdm.LoopMDMForMaskedLM",

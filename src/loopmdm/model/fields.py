@@ -35,6 +35,22 @@ def check_int(value: Any, name: str, low: int = 1, hint: str = "") -> int:
     return int(value)
 
 
+def check_number(value: Any, name: str, *, gt: float | None = None, ge: float | None = None,
+                 le: float | None = None, hint: str = "") -> float:
+    """``value`` as a finite float within the bounds (``gt`` / ``ge`` below, ``le`` above); bools and words are
+    refused with ``ConfigError("{name}={value!r} must be a number ...{hint}")``."""
+    low = f"({gt}" if gt is not None else f"[{ge}" if ge is not None else None
+    if low and le is not None:
+        cond = f"in {low}, {le}]"
+    else:
+        cond = f"> {gt}" if gt is not None else f">= {ge}" if ge is not None else f"<= {le}" if le is not None else ""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (gt is None or value > gt) and (ge is None or value >= ge) and (le is None or value <= le)
+    if not ok:
+        raise ConfigError(f"{name}={short(value)} must be a number {cond}{hint}".replace("number  ", "number "))
+    return float(value)
+
+
 def check_loops(value: Any, name: str = "loops") -> int:
     """A loop count S >= 1 (the mid block runs S times)."""
     return check_int(value, name, 1, " (the loop count S)")

@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import Block, Rotary, TimestepEmbedder, modulate, sinusoidal
+from .loss import linear_cross_entropy
 from .config import ModelConfig
 from .errors import ConfigError
 from .fields import check_loops
@@ -62,7 +63,9 @@ class Stack(nn.Module):
 
 class LoopMDM(nn.Module):
     """Looped masked diffusion LM. ``forward(x_t, t, loops=S)`` returns raw logits [B, T, V]
-    (the SUBS parameterization is applied by the objective / sampler, ``loopmdm.diffusion.subs``)."""
+    (the SUBS parameterization is applied by the objective / sampler, ``loopmdm.model.subs``)."""
+
+    sparse_prediction = True  # forward takes predict / labels: objectives need no full-vocabulary logits
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -151,14 +154,27 @@ class LoopMDM(nn.Module):
             return self.mid(h, ctx)
         return self.mid(h, ctx, positions=positions, cache=cache)
 
-    def coda(self, h: torch.Tensor, ctx: LoopContext) -> torch.Tensor:
-        """Tail (n_o layers), final norm (adaLN-modulated when time-conditioned) and LM head: -> logits [B, T, V]."""
+    def coda_features(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Tail (n_o layers) over every position, then the final norm (adaLN-modulated when time-conditioned) at
+        every position [B, T, D], or only at the positions ``predict`` [B, T] (bool) marks: [N, D] (sparse
+        prediction: the LM head and the loss need nothing else)."""
         h = self.tail(h, ctx)
+        cond = ctx.cond
+        if predict is not None:
+            rows = predict.nonzero()[:, 0]  # [N]: the row of each predicted position
+            h = h[predict]  # [N, D]
+            cond = None if cond is None else cond[rows]  # [N, cond_dim]
         h = self.final_norm(h)
         if self.final_modulation is not None:
-            shift, scale = self.final_modulation(ctx.cond)[:, None].chunk(2, dim=-1)
+            shift, scale = self.final_modulation(cond).chunk(2, dim=-1)  # [B, 2D] or [N, 2D]
+            if predict is None:
+                shift, scale = shift[:, None], scale[:, None]  # [B, 1, D]
             h = modulate(h, shift, scale)
-        return self.lm_head(h)
+        return h
+
+    def coda(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Tail, final norm and LM head: logits [B, T, V], or [N, V] at the positions ``predict`` marks."""
+        return self.lm_head(self.coda_features(h, ctx, predict))
 
     def run_loops(self, h: torch.Tensor, ctx: LoopContext, loops: int, start: int = 0) -> torch.Tensor:
         """Apply ``loops`` iterations of the mid block, honouring truncated backprop and checkpointing."""
@@ -175,12 +191,24 @@ class LoopMDM(nn.Module):
         return h
 
     def forward(self, x_t: torch.Tensor, t: Optional[torch.Tensor] = None, loops: int = 1,
-                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits [B, T, V] for tokens x_t [B, T] at diffusion time t [B], running the mid block S = loops times."""
+                attention_mask: Optional[torch.Tensor] = None, predict: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, label_weights: Optional[torch.Tensor] = None,
+                exclude: Optional[int] = None):
+        """Logits [B, T, V] for tokens x_t [B, T] at diffusion time t [B], running the mid block S = loops times.
+
+        Sparse prediction: with ``predict`` [B, T] (bool) only those positions get the final norm and the LM
+        head: logits [N, V] in row-major order. With ``labels`` [N] as well, no logits are formed: the result
+        is ``(sum_i w_i CE_i, CE [N])`` from ``loss.linear_cross_entropy`` (weights ``label_weights`` [N],
+        ``exclude`` a token id that gets no probability, e.g. the mask under SUBS): the loss runs inside
+        ``forward``, as data-parallel wrappers need."""
         loops = check_loops(loops)
         ctx = self.prelude(x_t, t, attention_mask)
         h = self.run_loops(ctx.h0, ctx, loops)
-        return self.coda(h, ctx)
+        if labels is None:
+            return self.coda(h, ctx, predict)
+        feats = self.coda_features(h, ctx, predict)
+        return linear_cross_entropy(feats.reshape(-1, feats.shape[-1]), self.lm_head.weight, labels, label_weights,
+                                    exclude)
 
     def num_parameters(self) -> int:
         """Unique parameters (tied weights counted once); independent of S."""

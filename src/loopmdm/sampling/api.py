@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -127,7 +127,7 @@ def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = 
     sampler_obj = build(SAMPLERS, sampler, sampler_options)
     policy_obj = build(LOOP_POLICIES, policy, policy_options)
     sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+    if check_int(seed, "seed", 0) >= 2 ** 64:
         raise ConfigError(f"seed={seed!r} must be an integer in [0, 2**64)")
     device = next(model.parameters()).device
     canvas = build_canvas(tokenizer, num_samples, length, model.config.max_seq_len, prompt=prompt,

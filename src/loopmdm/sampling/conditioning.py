@@ -70,7 +70,7 @@ def build_canvas(tokenizer, num_samples: int, length: Optional[int], max_len: in
     prompt = prompt or None
     if sum(v is not None for v in (prompt, template, prompt_ids)) > 1:
         raise ConfigError("pass at most one of: a prompt (prefix), prompt_ids, an infill template")
-    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= max_len):
+    if length is not None and check_int(length, "length") > max_len:
         raise ConfigError(f"length={length!r} must be an integer in 1..{max_len} (the model window)")
     mask = tokenizer.mask_id
     if template is not None:

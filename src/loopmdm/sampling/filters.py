@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import ConfigError
+from ..model.fields import check_int, check_number
 from ..model.subs import no_mask_logits
 
 
@@ -29,15 +29,11 @@ class TokenFilter:
     top_p: Optional[float] = None
 
     def __post_init__(self):
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
-                or not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ConfigError(f"temperature={self.temperature!r} must be a number >= 0 (0 = greedy)")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
-                                       or self.top_k < 1):
-            raise ConfigError(f"top_k={self.top_k!r} must be an integer >= 1 (or None to disable)")
-        if self.top_p is not None and (isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float))
-                                       or not 0.0 < self.top_p <= 1.0):
-            raise ConfigError(f"top_p={self.top_p!r} must be in (0, 1] (or None to disable)")
+        check_number(self.temperature, "temperature", ge=0, hint=" (0 = greedy)")
+        if self.top_k is not None:
+            check_int(self.top_k, "top_k", 1, " (or None to disable)")
+        if self.top_p is not None:
+            check_number(self.top_p, "top_p", gt=0, le=1, hint=" (or None to disable)")
 
     def log_probs(self, logits: torch.Tensor, mask_id: int) -> torch.Tensor:
         """Filtered log-probabilities [M, V] float64 for logits [M, V] of masked positions (SUBS: the mask

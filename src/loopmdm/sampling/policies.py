@@ -20,13 +20,12 @@ loop count each position received. Every policy keeps S within [s_min, s_max] (f
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
 
 from ..errors import ConfigError
-from ..model.fields import check_int
+from ..model.fields import check_int, check_number
 from ..registry import Registry
 from .runner import LoopRunner, LoopState, Prediction
 
@@ -47,9 +46,7 @@ def _check_bounds(s_min, s_max) -> tuple[int, int]:
 
 
 def _check_threshold(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ConfigError(f"loop policy option threshold={value!r} must be a number > 0")
-    return float(value)
+    return check_number(value, "loop policy option threshold", gt=0)
 
 
 class LoopPolicy:
@@ -103,11 +100,9 @@ class Schedule(LoopPolicy):
         self.s_min, self.s_max = _check_bounds(s_min, s_max)
         if not isinstance(shape, str) or shape not in SHAPES:
             raise ConfigError(f"unknown schedule shape {shape!r}; choose one of: {', '.join(SHAPES)}")
-        if isinstance(center, bool) or not isinstance(center, (int, float)) or not 0.0 <= center <= 1.0:
-            raise ConfigError(f"schedule option center={center!r} must be in [0, 1]")
-        if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < math.inf:
-            raise ConfigError(f"schedule option width={width!r} must be > 0")
-        self.shape, self.center, self.width = shape, float(center), float(width)
+        self.shape = shape
+        self.center = check_number(center, "schedule option center", ge=0, le=1)
+        self.width = check_number(width, "schedule option width", gt=0)
 
     def loops_for(self, masked_fraction: torch.Tensor) -> torch.Tensor:
         """Loop count per sample [B] for the fraction still masked [B]."""

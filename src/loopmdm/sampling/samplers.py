@@ -27,6 +27,7 @@ import torch
 from ..errors import ConfigError
 from ..registry import Registry
 from ..diffusion.schedules import NoiseSchedule
+from ..model.fields import check_int
 from ..model.subs import no_mask_logits
 from .filters import TokenFilter, draw
 from .orders import ORDERS
@@ -259,9 +260,7 @@ class SemiAutoregressive(Sampler):
     ``stop_at_eos`` generation stops after the block in which every sample's EOS is settled."""
 
     def __init__(self, block_length: int = 32, order: str = "probability"):
-        if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
-            raise ConfigError(f"sampler option block_length={block_length!r} must be an integer >= 1")
-        self.block_length = block_length
+        self.block_length = check_int(block_length, "sampler option block_length")
         self.order = _check_order(order)
 
     def run(self, s: Session) -> None:

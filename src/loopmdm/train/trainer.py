@@ -83,6 +83,8 @@ class Trainer:
         self.train_model = distributed.wrap_model(self.model, self.dist, fsdp=tc.fsdp)
         self.objective = make_objective(cfg.diffusion, self.data.tokenizer.mask_id)
         self.loop_dist = loop_dist or make_loop_distribution(cfg.diffusion, total_steps=tc.max_steps, seed=tc.seed)
+        # the LM head runs on the positions that enter the loss: the expected masked share of the free ones
+        self.predicted_fraction = self.objective.predicted_fraction() * self.data.free_fraction
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.scheduler = make_scheduler(self.optimizer, tc)
         self.ema = None
@@ -139,8 +141,8 @@ class Trainer:
                         self._skip_bad_step(loss, gnorm, metrics)
                         continue
                     self._apply_update()
-                    self.flops += train_flops_per_token(self.cfg.model, loops, self.data.train.shape[1]) \
-                        * tokens_per_step
+                    self.flops += train_flops_per_token(self.cfg.model, loops, self.data.train.shape[1],
+                                                        self.predicted_fraction) * tokens_per_step
                     last_loss, now = loss, time.perf_counter()
                     rec = {"step": self.step, "loss": loss, "loops": loops, "grad_norm": gnorm,
                            "lr": self.scheduler.get_last_lr()[0], "flops": self.flops,

@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 from ..errors import ConfigError
 from .assets import read_asset

@@ -54,6 +54,7 @@ def load_or_generate(cache_dir: str | os.PathLike, n_train: int, n_val: int, n_t
                      seed: int, log: Callable[[str], None] = lambda s: None) -> Splits:
     """The splits from the cache folder, or generated with ``make_splits`` and saved there."""
     paths = cache_paths(cache_dir, n_train, n_val, n_test, givens, seed)
+    lo, hi = check_givens(givens)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     if all(p.is_file() for p in paths.values()):
         loaded = {k: read_puzzles(str(p)).pairs for k, p in paths.items()}
@@ -63,6 +64,6 @@ def load_or_generate(cache_dir: str | os.PathLike, n_train: int, n_val: int, n_t
     splits = make_splits(n_train, n_val, n_test, givens, seed)
     for name, path in paths.items():
         write_jsonl(getattr(splits, name), path)
-    log(f"generated {n_train} / {n_val} / {n_test} Sudoku puzzles with {givens[0]}-{givens[1]} givens in "
+    log(f"generated {n_train} / {n_val} / {n_test} Sudoku puzzles with {lo}-{hi} givens in "
         f"{time.perf_counter() - t0:.0f}s (cached in {Path(cache_dir)})")
     return splits
