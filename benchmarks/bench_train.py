@@ -22,7 +22,7 @@ import torch
 import typer
 
 from loopmdm.config import ModelConfig
-from loopmdm.diffusion import make_objective
+from loopmdm.diffusion import Batch, MaskedDiffusion
 from loopmdm.runtime import autocast_context
 from loopmdm.model.flops import train_flops_per_token
 from loopmdm.model import LoopMDM
@@ -54,8 +54,9 @@ def make_step(cfg: ModelConfig, loops: int, precision: str, batch: int, seed: in
     dev = torch.device("cpu")
 
     def step():
+        noise = obj.draw(batch, cfg.max_seq_len, gen)
         with autocast_context(dev, precision):
-            out = obj.loss(model, x, loops, gen)
+            out = obj.loss(model, Batch(x), loops, noise)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

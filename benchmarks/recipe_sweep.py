@@ -51,6 +51,12 @@ VARIANTS: dict[str, list[str]] = {
     "uniform_loss": ["diffusion.loss_weight=uniform"],
     "learned_pos": ["model.learned_positions=true"],
     "untied": ["model.tie_embeddings=false"],
+    # round 3: diagnostics (is the plateau the loops', the objective's, the length's, or the step size's?)
+    "no_loops": ["diffusion.loop_dist=fixed", "diffusion.s_fixed=1"],
+    "ar": ["diffusion.objective=ar", "model.causal=true", "model.time_conditioning=none",
+           "diffusion.loop_dist=fixed", "diffusion.s_fixed=1"],
+    "seq64": ["model.max_seq_len=64", "train.batch_size=64"],
+    "qknorm_lr1e-2": ["model.qk_norm=true", "train.lr=1e-2", "train.warmup_steps=100"],
 }
 
 

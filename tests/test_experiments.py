@@ -70,7 +70,7 @@ def test_curve_validation_and_reading(tmp_path):
         read_curve(tmp_path / "missing.jsonl")
     p = tmp_path / "metrics.jsonl"
     p.write_text('{"step": 1, "flops": 10}\n{"step": 2, "flops": 20, "val_nelbo": 3.5}\n{"cut')
-    assert read_curve(p).to_dict() == {"flops": [20.0], "nelbo": [3.5]}
+    assert read_curve(p).to_dict() == {"flops": [20.0], "nelbo": [3.5], "steps": [2]}
 
 
 def test_spread_ignores_missing_values():

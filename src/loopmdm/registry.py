@@ -57,6 +57,7 @@ def build(registry: Registry, name: str, options: Optional[dict]) -> Any:
     known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = [k for k in options if k not in known]
     if unknown:
+        hint = getattr(cls, "option_hints", {}).get(unknown[0])  # the variants that do take it, if any
         raise ConfigError(f"unknown option {unknown[0]!r} for {registry.kind} {name!r}; "
-                          f"valid options: {', '.join(known) or '(none)'}")
+                          f"valid options: {', '.join(known) or '(none)'}" + (f" ({hint})" if hint else ""))
     return cls(**options)

@@ -18,7 +18,7 @@ from ..config import RunConfig
 from ..data import TextTokenizer
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import describe_os_error, sha256_file
-from ..model import LoopMDM
+from ..backbones import build_model
 from .layout import PICKLE_MAGIC, PICKLE_SUFFIXES, REQUIRED, list_checkpoints, read_latest
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -146,7 +146,8 @@ def load_tokenizer_file(folder: Path) -> TextTokenizer:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", ema: Optional[bool] = False):
-    """Load ``(model, tokenizer, config)`` from a run or checkpoint folder, safetensors only.
+    """Load ``(model, tokenizer, config)`` from a run or checkpoint folder, safetensors only. The model is the
+    one ``model.backbone`` names (``LoopMDM``, or a loopified transformers model: ``loopmdm.backbones``).
 
     ema: True = the EMA weights when the checkpoint has them, None = the same ("auto", what training validates
     with), False = the raw weights (``uses_ema`` tells which a call picks)."""
@@ -158,7 +159,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", ema: Option
         raise CheckpointError(f"checkpoint {str(folder)!r}: tokenizer.json has {tokenizer.vocab_size} tokens but "
                               f"config.json says model.vocab_size={cfg.model.vocab_size}; the files do not belong "
                               "together")
-    model = LoopMDM(cfg.model)
+    model = build_model(cfg.model)
     load_weights(model, folder / ("ema.safetensors" if uses_ema(folder, ema) else "model.safetensors"), cfg)
     return model.to(device).eval(), tokenizer, cfg
 

@@ -1,5 +1,5 @@
 """``loopmdm`` command line: ``train``, ``sample``, ``eval``, ``plot``, ``serve``, ``export`` / ``import``,
-``experiment`` (``--help`` on each)."""
+``loopify``, ``experiment`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from .app import app
 from . import train_cmd, sample_cmd, eval_cmd, plot_cmd  # noqa: F401  (register subcommands)
 from . import hf_cmd  # noqa: F401  (export / import: Hugging Face format)
 from . import serve_cmd  # noqa: F401  (serve: the denoising viewer in the browser)
-from . import experiment_cmd  # noqa: F401  (experiment: compute-matched, ablation, sudoku, attention)
+from . import experiment_cmd  # noqa: F401  (experiment: compute-matched, ablation, sudoku, attention, loopify)
+from . import loopify_cmd  # noqa: F401  (loopify: retrofit loops onto a trained model)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""``loopmdm experiment compute-matched | ablation | sudoku | attention``: the paper's experiments, one command each."""
+"""``loopmdm experiment compute-matched | loop-scaling | ablation | sudoku | attention | loopify``: the paper's
+experiments and the studies around them, one command each."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from ..errors import ConfigError
 from ..experiments.ablation import run_ablation
 from ..experiments.attention import load_attention_config, run_attention
 from ..experiments.compute_matched import load_compute_matched_config, plan_compute_matched, run_compute_matched
+from ..experiments.loopify import load_loopify_config, plan_summary, run_loopify_experiment
+from ..experiments.loop_scaling import budget_plans, load_loop_scaling_config, run_loop_scaling
 from ..experiments.sudoku import load_sudoku_config, run_sudoku
 from ..model.fields import parse_int_list
 from .app import app, emit_json, info
@@ -60,6 +63,27 @@ def compute_matched(
     emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
 
 
+@experiment_app.command("loop-scaling")
+def loop_scaling(
+    out: Path = typer.Option(..., "--out", help="Output folder: run folders, results.json, loop_gain.png, summary.md."),
+    config: str = typer.Option("laptop", "--config", help="laptop or a YAML file (`base: laptop` + overrides)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: train every N-th run from K (one process per "
+                                                              "core); then run once without it for the report."),
+    plan: bool = typer.Option(False, "--plan", help="Print the steps of every run at every budget and exit."),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while training."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows and the trend as one JSON object."),
+) -> None:
+    """The compute-matched trio at several training budgets: the loop gain against the budget and its trend."""
+    cfg = load_loop_scaling_config(config)
+    if plan:
+        summary = [p.summary() for p in budget_plans(cfg)]
+        emit_json(summary) if json_out else info(json.dumps(summary, indent=2))
+        return
+    res = run_loop_scaling(cfg, out, shard, progress=progress, log=info)
+    if res is not None:
+        emit_json({"rows": res["rows"], "trend": res["trend"]}) if json_out else info((out / "summary.md").read_text())
+
+
 @experiment_app.command("ablation")
 def ablation(
     out: Path = typer.Option(..., "--out", help="Output folder: run folders, ablation.json, ablation.png, ablation.md."),
@@ -76,15 +100,21 @@ def ablation(
 
 @experiment_app.command("sudoku")
 def sudoku(
-    out: Path = typer.Option(..., "--out", help="Output folder: models, results.json, PNGs, summary.md."),
-    config: str = typer.Option("laptop", "--config", help=CONFIG_HELP),
+    out: Path = typer.Option(..., "--out", help="Output folder: run folders, results.json, PNGs, summary.md."),
+    config: str = typer.Option("laptop", "--config", help="laptop (2 CPU cores, about 60 min), gpu (one H100, "
+                                                          "about 3 min) or a YAML file (`base: laptop` + overrides)."),
     seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0,1 (default: the config's)."),
+    models: Optional[str] = typer.Option(None, "--models", help="Train and score only these, e.g. mdm,deeper (one "
+                                                                "process per core); then run once without it."),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while training."),
     json_out: bool = typer.Option(False, "--json", help="Print the accuracy table as one JSON object on stdout."),
 ) -> None:
-    """MDM vs LoopMDM on built-in Sudoku puzzles at equal training FLOPs: board / cell accuracy per S and order."""
+    """MDM, LoopMDM and the deeper MDM on Sudoku at equal training FLOPs: board accuracy over T x S x order."""
     cfg = load_sudoku_config(config)
-    res = run_sudoku(cfg, out, _seeds(seeds), log=info)
-    emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
+    subset = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    res = run_sudoku(cfg, out, _seeds(seeds), progress=progress, log=info, models=subset)
+    if res is not None:
+        emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
 
 
 @experiment_app.command("attention")
@@ -109,3 +139,24 @@ def attention(
     sw = res["sweep"]
     summary = {k: sw[k] for k in ("ts", "loops", "mid_last", "mean_all", "masked_key_fraction")}
     emit_json(summary) if json_out else info((out / "summary.md").read_text())
+
+
+@experiment_app.command("loopify")
+def loopify_experiment(
+    out: Path = typer.Option(..., "--out", help="Output folder: sources, loopified models, fine-tuned runs, "
+                                                "results.json, PNGs, summary.md."),
+    config: str = typer.Option("laptop", "--config", help="laptop (2 CPU cores, ~45 min) or a YAML file "
+                                                          "(`base: laptop` + overrides)."),
+    seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0,1 (default: the config's)."),
+    plan: bool = typer.Option(False, "--plan", help="Print the steps and FLOPs of every run and exit."),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while training."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+) -> None:
+    """Loopify a trained MDM and a BERT, fine-tune with random S vs as they are, at equal extra training FLOPs."""
+    cfg = load_loopify_config(config)
+    if plan:
+        summary = plan_summary(cfg)
+        emit_json(summary) if json_out else info(json.dumps(summary, indent=2))
+        return
+    res = run_loopify_experiment(cfg, out, _seeds(seeds), progress=progress, log=info)
+    emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())

@@ -20,9 +20,12 @@ from .options import parse_loops, parse_options
 
 
 def format_report(rep: dict) -> str:
-    return (f"network calls {rep['network_calls']} | loop iterations {rep['loop_iterations']} "
+    cached = (f" ({rep['cached_calls']} through the key / value cache, {rep['cache_refreshes']} refreshes)"
+              if rep.get("cached_calls") or rep.get("cache_refreshes") else "")
+    tps = f" | {rep['tokens_per_s']:.0f} tokens/s" if rep.get("tokens_per_s") else ""
+    return (f"network calls {rep['network_calls']}{cached} | loop iterations {rep['loop_iterations']} "
             f"(per position {rep['token_loop_iterations']:.1f}, mean S {rep['mean_loops']:.2f}) | "
-            f"{rep['flops'] / 1e9:.2f} GFLOPs | {rep['wall_time_s']:.2f} s")
+            f"{rep['flops'] / 1e9:.2f} GFLOPs | {rep['wall_time_s']:.2f} s{tps}")
 
 
 @app.command()
@@ -30,7 +33,9 @@ def sample(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or checkpoint folder."),
     sampler: str = typer.Option("ancestral", "--sampler", help="ancestral | cached | confidence | semi_ar."),
     sampler_opt: List[str] = typer.Option([], "--sampler-opt",
-                                          help="Sampler option name=value (repeat), e.g. order=margin."),
+                                          help="Sampler option name=value (repeat), e.g. order=margin; fast "
+                                               "sampling (confidence, semi_ar): threshold=0.9, cache=dual | "
+                                               "prefix | delayed | loops, refresh=N, delay=N."),
     policy: str = typer.Option("fixed", "--policy",
                                help="Loop policy: fixed | schedule | converge | per_token | warm."),
     policy_opt: List[str] = typer.Option([], "--policy-opt",
@@ -89,6 +94,8 @@ def sample(
             results[-1]["trajectory"] = str(write_trajectory(out, tok, trajectory, meta=meta, tag=tag))
         if not json_out:
             info(f"[{sampler} / {policy} {opts}] {format_report(results[-1]['report'])}")
+            for note in out.report.notes:
+                info(f"note: {note}")
     if json_out:
         emit_json({"checkpoint": str(checkpoint), "steps": steps, "sampler": sampler, "sampler_options": s_opts,
                    "policy": policy, "results": results})

@@ -1,4 +1,5 @@
-"""``loopmdm train``: preset -> YAML -> --set overrides, then train into --out."""
+"""``loopmdm train``: preset (or ``--init DIR``'s / ``--resume DIR``'s config) -> YAML -> --set overrides, then
+train into --out."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import typer
 
 from ..checkpoint import load_config_file, resolve_checkpoint
 from ..config import PRESETS, load_config
-from ..train import train as run_train
+from ..errors import ConfigError
+from ..train import init_run_config, train as run_train
 from .app import app, emit_json, info
 
 
@@ -25,6 +27,9 @@ def train(
     objective: Optional[str] = typer.Option(None, "--objective", help="mdm (masked diffusion) or ar (causal evaluator)."),
     data: Optional[str] = typer.Option(None, "--data", help="Shortcut for --set data.source=PATH."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue exactly from a run or checkpoint folder."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start a new run from this run / checkpoint's weights "
+                                                             "(EMA when present; fine-tuning: new optimizer, LR "
+                                                             "schedule and step count; its config is the base)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
 ) -> None:
@@ -39,10 +44,19 @@ def train(
         if objective == "ar":
             overrides += ["model.causal=true", "model.time_conditioning=none",
                           "diffusion.loop_dist=fixed", "diffusion.s_fixed=1"]
-    base = None
-    if resume is not None and preset is None and config is None:
-        base = load_config_file(resolve_checkpoint(resume))  # continue the run as it was configured
-    cfg = load_config(preset or "tiny", config, overrides, base=base)
+    if init is not None:
+        if resume is not None:
+            raise ConfigError("--init and --resume exclude each other: --resume continues a run exactly, --init "
+                              "starts a new run from a checkpoint's weights")
+        if preset is not None:
+            raise ConfigError("--init takes the model and the other settings from its checkpoint; drop --preset and "
+                              "change settings with --config / --set")
+        cfg = init_run_config(init, config, overrides)
+    else:
+        base = None
+        if resume is not None and preset is None and config is None:
+            base = load_config_file(resolve_checkpoint(resume))  # continue the run as it was configured
+        cfg = load_config(preset or "tiny", config, overrides, base=base)
     result = run_train(cfg, out, resume=resume, progress=progress, log=info)
     summary = {"run_dir": str(result.run_dir), "step": result.step, "final_loss": result.final_loss,
                "train_flops": result.flops, "val": result.val, "stopped_early": result.stopped_early}

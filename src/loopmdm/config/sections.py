@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..backbones import get_backbone
 from ..data import FORMATS
 from ..data.sudoku.augment import AUGMENTS
 from ..diffusion import LOOP_DISTRIBUTIONS, LOSS_WEIGHTS, OBJECTIVES, SCHEDULES, make_loop_distribution
@@ -60,6 +61,7 @@ class DiffusionConfig:
     s_max: int = 4  # S ~ Uniform{1..s_max}; also the upper clip of "lognormal_poisson"
     s_fixed: int = 1  # S for loop_dist = "fixed"
     s_mean: float = 4.0  # mean of loop_dist = "lognormal_poisson"
+    loop_curriculum_steps: int = 0  # > 0: the largest S ramps from 1 to S_max over these first steps (0 = off)
     loss_weight: str = "elbo"  # "elbo": MDLM's -alpha'_t / (1 - alpha_t) (the NELBO); "uniform": mean CE over masks
 
     @property
@@ -83,6 +85,9 @@ class DiffusionConfig:
             raise ConfigError(f"diffusion.s_fixed={self.s_fixed} must be >= 1")
         if self.s_mean <= 0:
             raise ConfigError(f"diffusion.s_mean={self.s_mean} must be > 0")
+        if self.loop_curriculum_steps < 0:
+            raise ConfigError(f"diffusion.loop_curriculum_steps={self.loop_curriculum_steps} must be >= 0 "
+                              "(0 turns the curriculum over S off)")
         if not 0.0 <= self.t_eps < 0.5:
             raise ConfigError(f"diffusion.t_eps={self.t_eps} must be in [0, 0.5)")
 
@@ -122,6 +127,9 @@ class DataConfig:
             raise ConfigError(f"data.bad_files={self.bad_files!r} is unknown; use 'skip' or 'error'")
 
 
+INIT_WEIGHTS = ("auto", "ema", "raw")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation: AdamW, warmup + cosine, clipping, EMA, bf16 autocast, accumulation."""
@@ -148,6 +156,9 @@ class TrainConfig:
     compile: bool = False
     threads: Optional[int] = None
     fsdp: bool = False  # under torchrun: shard parameters / grads / optimizer with FSDP2 instead of DDP
+    init: Optional[str] = None  # the checkpoint whose weights start this run (`--init`: fine-tuning with a new
+    #                             optimizer, learning-rate schedule and step count); recorded as the folder it named
+    init_weights: str = "auto"  # which weights of `init`: "auto" (EMA when it has them), "ema" or "raw"
 
     def validate(self) -> None:
         check_types(self, "train")
@@ -178,6 +189,11 @@ class TrainConfig:
             raise ConfigError(f"train.seed={self.seed} must be in [0, 2**62); pick a non-negative integer")
         if self.threads is not None and not 1 <= self.threads <= 4096:
             raise ConfigError(f"train.threads={self.threads} must be >= 1 or null (PyTorch's default)")
+        if self.init is not None and not self.init.strip():
+            raise ConfigError("train.init='' is empty; name a run or checkpoint folder, or null")
+        if self.init_weights not in INIT_WEIGHTS:
+            raise ConfigError(f"train.init_weights={self.init_weights!r} is unknown; use one of "
+                              f"{', '.join(INIT_WEIGHTS)}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"train.device={self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
 
@@ -192,7 +208,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> "RunConfig":
+        backbone = get_backbone(self.model.backbone)  # a known backbone ...
         self.model.validate()
+        backbone.check(self.model)  # ... that can build this config
         self.diffusion.validate()
         self.data.validate()
         self.train.validate()
@@ -200,6 +218,9 @@ class RunConfig:
             raise ConfigError("diffusion.objective='ar' needs model.causal=true (next-token prediction)")
         if self.diffusion.objective == "ar" and self.model.time_conditioned:
             raise ConfigError("diffusion.objective='ar' has no diffusion time; set model.time_conditioning=none")
+        if self.model.wrapped and self.diffusion.objective != "mdm":
+            raise ConfigError(f"model.backbone={self.model.backbone!r} is a bidirectional masked LM; it trains with "
+                              "diffusion.objective='mdm'")
         if self.diffusion.objective == "mdm" and self.model.causal:
             raise ConfigError("model.causal=true only fits diffusion.objective='ar'; masked diffusion is bidirectional")
         bd = self.model.backprop_depth

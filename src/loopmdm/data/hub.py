@@ -40,7 +40,7 @@ def tokenizer_from_hub(name: str, add_mask: Optional[bool] = None) -> TextTokeni
     """A ``TextTokenizer`` for a Hub id or local path. ``add_mask``: None = only for the GPT-2 family,
     True = append ``<|mask|>`` whenever the tokenizer has no mask token, False = never."""
     tok = _load_tokenizers_object(name)
-    if not any(tok.token_to_id(n) is not None for n in ALIASES["mask"]):
+    if not has_mask_token(tok):
         if add_mask or (add_mask is None and adds_mask_token(name)):
             tok.add_special_tokens([MASK_TOKEN])
         else:
@@ -50,6 +50,16 @@ def tokenizer_from_hub(name: str, add_mask: Optional[bool] = None) -> TextTokeni
                 f"tok.add_special_tokens({{'mask_token': '{MASK_TOKEN}'}}); tok.save_pretrained(DIR); "
                 "then pass data.tokenizer=DIR (model.vocab_size grows by one)")
     return TextTokenizer(tok)
+
+
+def has_mask_token(tok: Tokenizer) -> bool:
+    """True when a ``tokenizers.Tokenizer`` holds one of the mask-token names ``TextTokenizer`` looks for."""
+    return any(tok.token_to_id(n) is not None for n in ALIASES["mask"])
+
+
+def load_hf_tokenizer(name: str) -> Tokenizer:
+    """The ``tokenizers.Tokenizer`` of a Hub id or local path, as it is (no mask token added)."""
+    return _load_tokenizers_object(name)
 
 
 def _load_tokenizers_object(name: str) -> Tokenizer:

@@ -4,6 +4,11 @@ The paper draws S ~ Uniform{1..S_max} per training step; Huginn draws from a log
 balanced uniform draws each S once per block of S_max steps (exact compute matching). ``sample(gen, step)``
 draws from a given ``torch.Generator`` (checkpointed by the trainer) and may use the step number, so every
 rank draws the same S and a resumed run draws what an uninterrupted one would.
+
+Any of them can be given a curriculum (``diffusion.loop_curriculum_steps``, ``CurriculumLoops``): the largest
+S ramps up from 1 to S_max over the first steps, so the mean loop count grows over training, as McLeish et al.
+do when they retrofit recurrence onto a trained model (arXiv 2511.07384). The stage of a step is a function of
+the step number alone, so resume stays exact.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ class LoopDistribution:
     def expect(self, f: Callable[[int], float]) -> float:
         """E[f(S)], e.g. the expected training FLOPs per token."""
         return sum(p * f(s) for s, p in self.pmf().items())
+
+    def expect_over(self, f: Callable[[int], float], steps: int) -> float:
+        """sum over steps 0..steps-1 of E_k[f(S)], e.g. the expected training FLOPs of a whole run."""
+        return steps * self.expect(f)
 
     @classmethod
     def from_config(cls, cfg, total_steps: Optional[int] = None, seed: int = 0) -> "LoopDistribution":
@@ -152,7 +161,67 @@ class BalancedUniformLoops(UniformLoops):
         return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
 
 
+class CurriculumLoops(LoopDistribution):
+    """A curriculum over S: during the first ``steps`` training steps the loop count is drawn from
+    ``stage(c)``, the same distribution with its largest S capped at c, where c ramps linearly from 1 to S_max
+    (c_k = 1 + floor((S_max - 1) k / steps) at step k, so step 0 runs S = 1, the loopified model's exact
+    regime); from step ``steps`` on it is ``final``. The mean loop count thus grows over training. ``pmf()``
+    is the final distribution (what evaluation and sampling default to); ``pmf_at(step)`` the one a step uses.
+
+    stage(c) returns the distribution capped at c (built once per c). Deterministic per step: the stage of step k
+    depends on k alone, and the draw on the trainer's checkpointed generator."""
+
+    def __init__(self, final: LoopDistribution, stage: Callable[[int], LoopDistribution], steps: int):
+        self.final, self.steps, self.s_max = final, steps, final.max()
+        self._stage, self._stages = stage, {}
+
+    def cap(self, step: int) -> int:
+        """The largest S of step ``step`` (S_max once the ramp is over)."""
+        if step >= self.steps:
+            return self.s_max
+        return 1 + (self.s_max - 1) * max(step, 0) // self.steps
+
+    def stage(self, step: int) -> LoopDistribution:
+        """The distribution step ``step`` draws from."""
+        c = self.cap(step)
+        if step >= self.steps or c >= self.s_max:
+            return self.final
+        if c not in self._stages:
+            self._stages[c] = self._stage(c)
+        return self._stages[c]
+
+    def sample(self, gen, step=0):
+        return self.stage(step).sample(gen, step)
+
+    def pmf(self):
+        return self.final.pmf()
+
+    def pmf_at(self, step: int) -> dict[int, float]:
+        return self.stage(step).pmf()
+
+    def expect_over(self, f: Callable[[int], float], steps: int) -> float:
+        ramp = min(steps, self.steps)
+        total = sum(self.stage(k).expect(f) for k in range(ramp))
+        return total + max(0, steps - ramp) * self.final.expect(f)
+
+
+def _capped(cfg, cap: int):
+    """A copy of a ``DiffusionConfig`` whose loop distribution stops at S = cap."""
+    import copy
+
+    c = copy.copy(cfg)
+    c.s_max = cap
+    c.s_fixed = min(cfg.s_fixed, cap)
+    c.s_mean = max(1.0, cfg.s_mean * cap / max(cfg.s_max, 1))
+    return c
+
+
 def make_loop_distribution(cfg, total_steps: Optional[int] = None, seed: int = 0) -> LoopDistribution:
-    """The distribution a ``DiffusionConfig`` names (``loop_dist``); ``total_steps`` / ``seed`` are used by the
-    balanced distribution."""
-    return LOOP_DISTRIBUTIONS.get(cfg.loop_dist).from_config(cfg, total_steps, seed)
+    """The distribution a ``DiffusionConfig`` names (``loop_dist``), with its curriculum when
+    ``loop_curriculum_steps`` > 0; ``total_steps`` / ``seed`` are used by the balanced distribution."""
+    cls = LOOP_DISTRIBUTIONS.get(cfg.loop_dist)
+    final = cls.from_config(cfg, total_steps, seed)
+    steps = getattr(cfg, "loop_curriculum_steps", 0) or 0
+    if steps <= 0 or final.max() <= 1:
+        return final
+    return CurriculumLoops(final, lambda cap: cls.from_config(_capped(cfg, cap), None, seed), steps)

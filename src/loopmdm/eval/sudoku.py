@@ -2,7 +2,8 @@
 
 Boards are solved by the library's own ``confidence`` sampler on a canvas whose givens are fixed and whose blanks
 are masked: greedy (temperature 0) candidates, the order decides which cells are committed first, and T below
-the number of blanks commits several cells per step (T = 0 here means one cell per step). Per (order, T, S) the
+the number of blanks commits several cells per step (T = 0 here means one cell per step); with a ``threshold``
+(parallel decoding) every cell whose confidence exceeds it is committed too, so fewer steps run. Per (order, T, S) the
 grid reports board accuracy (all 81 cells right), cell accuracy on the blanks, the share of complete grids that
 break no rule, 95% Wilson intervals for the two rates over boards, and the network FLOPs spent per board.
 """
@@ -92,20 +93,27 @@ def puzzle_canvas(pairs: Sequence[SudokuPair], device: torch.device | str = "cpu
 @torch.no_grad()
 def solve_boards(model, pairs: Sequence[SudokuPair], *, mask_id: int, loops: int, steps: int, order: str,
                  schedule: NoiseSchedule, policy: str = "fixed", policy_options: Optional[dict] = None,
-                 seed: int = 0, batch_size: int = 256):
+                 seed: int = 0, batch_size: int = 256, threshold: Optional[float] = None,
+                 sampler_options: Optional[dict] = None):
     """Grids [N] (strings) predicted for the puzzles at S = ``loops`` (the fixed policy; another loop policy with
     its options otherwise) over T = ``steps`` denoising steps (0: one cell per step), and the summed compute
-    reports' FLOPs and wall time and the largest number of steps taken."""
+    reports' FLOPs and wall time and the largest number of steps taken. ``threshold`` (in (0, 1]): parallel
+    decoding, every step also commits every cell whose confidence (``order`` probability or margin) exceeds it,
+    so fewer steps run; ``sampler_options``: more options of the ``confidence`` sampler (e.g. ``cache``)."""
     device = next(model.parameters()).device
     grids, flops, wall, steps_run = [], 0.0, 0.0, 0
     opts = {"loops": loops} if policy == "fixed" else dict(policy_options or {})
+    s_opts = {**(sampler_options or {}), "order": order}
+    if threshold is not None:
+        s_opts["threshold"] = threshold
+    sampler = build(SAMPLERS, "confidence", s_opts)  # checks the options once, before any board
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         canvas = puzzle_canvas(chunk, device)
         T = int(canvas.free.sum(1).max()) if steps == 0 else steps
         x, _, report, _ = sample_canvas(
-            model, canvas, mask_id, steps=max(T, 1), sampler=build(SAMPLERS, "confidence", {"order": order}),
+            model, canvas, mask_id, steps=max(T, 1), sampler=sampler,
             policy=build(LOOP_POLICIES, policy, opts), token_filter=DigitFilter(temperature=0.0),
             schedule=schedule, gen=gen)
         grids += [decode_grid(row) for row in x.tolist()]
@@ -123,8 +131,10 @@ def check_sudoku_model(tokenizer: TextTokenizer) -> None:
 
 def sudoku_grid(model, tokenizer: TextTokenizer, pairs: Sequence[SudokuPair], *, orders: Sequence[str],
                 steps: Sequence[int], loops: Sequence[int], schedule: NoiseSchedule, seed: int = 0,
-                batch_size: int = 256, log: Callable[[str], None] = lambda s: None) -> list[SudokuScore]:
-    """Score every (order, T, S) on the puzzles; ``steps`` may hold 0 (one cell per step)."""
+                batch_size: int = 256, log: Callable[[str], None] = lambda s: None,
+                threshold: Optional[float] = None, sampler_options: Optional[dict] = None) -> list[SudokuScore]:
+    """Score every (order, T, S) on the puzzles; ``steps`` may hold 0 (one cell per step). ``threshold`` /
+    ``sampler_options``: parallel decoding and other ``confidence`` sampler options (see ``solve_boards``)."""
     check_sudoku_model(tokenizer)
     for o in orders:
         ORDERS.get(o)
@@ -138,7 +148,8 @@ def sudoku_grid(model, tokenizer: TextTokenizer, pairs: Sequence[SudokuPair], *,
             for S in loops:
                 grids, flops, wall, steps_run = solve_boards(model, pairs, mask_id=tokenizer.mask_id, loops=S,
                                                              steps=T, order=order, schedule=schedule, seed=seed,
-                                                             batch_size=batch_size)
+                                                             batch_size=batch_size, threshold=threshold,
+                                                             sampler_options=sampler_options)
                 sc = score_grids(grids, pairs)
                 out.append(SudokuScore(order, T, S, n, sc["solved"], sc["solved"] / n, wilson_interval(sc["solved"], n),
                                        sc["cell_accuracy"], sc["valid"] / n, wilson_interval(sc["valid"], n),

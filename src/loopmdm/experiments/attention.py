@@ -237,6 +237,9 @@ def load_for_analysis(path: str | Path, n_rows: int):
     """(model, x0 [N, T], mask_id, keep or None, S_max, kind) from a run / checkpoint folder: the first
     ``n_rows`` validation rows of its data (text), or validation boards with their givens kept (Sudoku)."""
     model, tok, cfg = load_model(path, ema=None)
+    if cfg.model.wrapped:
+        raise ConfigError(f"the attention analysis reads the library's own attention blocks; {str(path)!r} is a "
+                          f"loopified {cfg.model.backbone} model")
     data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
     if data.val.shape[0] == 0:
         raise DataError("the validation split holds no full row; use a larger corpus or a shorter max_seq_len")

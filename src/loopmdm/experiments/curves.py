@@ -23,9 +23,10 @@ class Curve:
 
     flops: list[float]
     nelbo: list[float]
+    steps: Optional[list[int]] = None  # the optimizer step of each point, when known
 
     def __post_init__(self) -> None:
-        if len(self.flops) != len(self.nelbo):
+        if len(self.flops) != len(self.nelbo) or (self.steps is not None and len(self.steps) != len(self.nelbo)):
             raise DataError(f"a curve needs as many FLOPs values ({len(self.flops)}) as NELBO values "
                             f"({len(self.nelbo)})")
         if any(b < a for a, b in zip(self.flops, self.flops[1:])):
@@ -38,7 +39,24 @@ class Curve:
         return self.nelbo[-1]
 
     def to_dict(self) -> dict:
-        return {"flops": self.flops, "nelbo": self.nelbo}
+        return {"flops": self.flops, "nelbo": self.nelbo, "steps": self.steps}
+
+    def at_step(self, step: float) -> Optional[float]:
+        """NELBO at optimizer step ``step``, linearly interpolated between logged points (None outside them)."""
+        if not self.steps or not self.steps[0] <= step <= self.steps[-1]:
+            return None
+        for (s0, v0), (s1, v1) in zip(zip(self.steps, self.nelbo), zip(self.steps[1:], self.nelbo[1:])):
+            if s0 <= step <= s1:
+                return v0 if s1 == s0 else v0 + (v1 - v0) * (step - s0) / (s1 - s0)
+        return self.nelbo[-1]
+
+    def late_gain(self, tail: float = 0.2) -> Optional[float]:
+        """Relative improvement over the last ``tail`` of the steps: (NELBO at (1 - tail) of the run - final) /
+        NELBO there. Small (< ~2%) means the curve has flattened."""
+        if not self.steps:
+            return None
+        before = self.at_step(self.steps[-1] * (1.0 - tail))
+        return None if before is None else (before - self.final) / before
 
 
 def read_curve(metrics_path: str | Path, key: str = "val_nelbo") -> Curve:
@@ -46,7 +64,7 @@ def read_curve(metrics_path: str | Path, key: str = "val_nelbo") -> Curve:
     path = Path(metrics_path)
     if not path.is_file():
         raise DataError(f"metrics file {str(path)!r} does not exist; train the run first")
-    flops, values = [], []
+    flops, values, steps = [], [], []
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
@@ -55,7 +73,8 @@ def read_curve(metrics_path: str | Path, key: str = "val_nelbo") -> Curve:
         if key in rec and "flops" in rec:
             flops.append(float(rec["flops"]))
             values.append(float(rec[key]))
-    return Curve(flops, values)
+            steps.append(int(rec["step"]))
+    return Curve(flops, values, steps)
 
 
 def flops_to_reach(curve: Curve, target: float) -> Optional[float]:

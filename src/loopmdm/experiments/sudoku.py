@@ -43,7 +43,7 @@ class SudokuExpConfig:
 
     name: str = "laptop"
     run: RunConfig = field(default_factory=lambda: preset("sudoku"))
-    baseline_steps: int = 4000  # steps of the same-size MDM; the budget of every model
+    baseline_steps: int = 5000  # steps of the same-size MDM; the budget of every model
     seeds: list[int] = field(default_factory=lambda: [0])
     models: list[str] = field(default_factory=lambda: list(RUN_NAMES))
     warmup_frac: float = 0.03
@@ -85,12 +85,16 @@ class SudokuExpConfig:
 
 
 def _laptop() -> SudokuExpConfig:
-    return SudokuExpConfig(
+    cfg = SudokuExpConfig(
         name="laptop", expected_minutes=60.0,
-        description="4-layer d=128 denoiser with learned positions on 10k generated puzzles with 30-42 givens; "
-                    "LoopMDM loops layers 1-2 with S_max=4; the MDM gets 4000 steps of batch 32, LoopMDM and the "
-                    "deeper MDM the same training FLOPs; 200 test boards solved with top-margin order at "
-                    "T in {1, 2, 4, 8, one cell per step}.")
+        description="4-layer d=128 denoiser with learned positions on 10k generated puzzles with 30-42 givens, "
+                    "every symmetry as augmentation; LoopMDM loops layers 1-2 with S_max=4 (the deeper MDM has 7 "
+                    "layers); the MDM gets 5000 steps of batch 32, LoopMDM and the deeper MDM the same training "
+                    "FLOPs; 200 test boards solved with top-margin order at T in {1, 2, 4, 8, one cell per step}. "
+                    "Two one-thread processes: --models mdm,deeper and --models loopmdm, then one call for the "
+                    "report.")
+    cfg.run.train.threads = 1
+    return cfg
 
 
 def _gpu() -> SudokuExpConfig:
@@ -126,12 +130,17 @@ def test_pairs(cfg: SudokuExpConfig, log: Log = print) -> list:
 
 
 def run_sudoku(cfg: SudokuExpConfig, out: str | Path, seeds: Optional[list[int]] = None, progress: bool = False,
-               log: Log = print) -> dict:
+               log: Log = print, models: Optional[list[str]] = None) -> Optional[dict]:
     """Train the models at equal FLOPs for every seed (reusing / resuming finished runs with the same config),
-    solve the test boards over orders x T x S, write results.json, summary.md and the figures."""
+    solve the test boards over orders x T x S (the scores are kept in each run folder and reused while the
+    evaluation settings are the same), write results.json, summary.md and the figures. ``models``: train and
+    score only these (one process per core); the report is written by a call for all of them."""
     cfg.validate()
     out = Path(out)
     seeds = list(seeds if seeds is not None else cfg.seeds)
+    subset = list(models or cfg.models)
+    if not set(subset) <= set(cfg.models):
+        raise ConfigError(f"--models {','.join(subset)}: choose among the config's models {', '.join(cfg.models)}")
     set_threads(cfg.run.train.threads)
     data = prepare_data(cfg.run.data, cfg.run.model.vocab_size, cfg.run.model.max_seq_len, log=log)
     cfg.run.model.vocab_size = data.tokenizer.vocab_size
@@ -142,18 +151,28 @@ def run_sudoku(cfg: SudokuExpConfig, out: str | Path, seeds: Optional[list[int]]
     per_seed: dict = {}
     for seed in seeds:
         per_seed[seed] = {}
-        for rp in (r for r in plan.runs if r.name in cfg.models):
+        for rp in (r for r in plan.runs if r.name in subset):
             log(f"seed {seed}: {rp.label}, {rp.steps} steps")
-            model, info = train_one(rp, seed, out / f"seed_{seed}" / rp.name, data, cfg, progress, log)
+            run_dir = out / f"seed_{seed}" / rp.name
+            model, info = train_one(rp, seed, run_dir, data, cfg, progress, log)
             grid = cfg.loops_grid() if rp.name == "loopmdm" else cfg.baseline_loops
-            t0 = time.perf_counter()
-            scores = sudoku_grid(model, data.tokenizer, pairs, orders=cfg.orders, steps=cfg.steps, loops=grid,
-                                 schedule=schedule, seed=seed, batch_size=cfg.eval_batch_size, log=log)
-            info.update(eval_wall_s=time.perf_counter() - t0, scores=[s.to_dict() for s in scores])
+            key = {"orders": cfg.orders, "steps": cfg.steps, "loops": grid, "boards": len(pairs),
+                   "test_file": cfg.test_file, "seed": seed}
+            cached = read_scores(run_dir / "sudoku_scores.json", key)
+            if cached is None:
+                t0 = time.perf_counter()
+                scores = sudoku_grid(model, data.tokenizer, pairs, orders=cfg.orders, steps=cfg.steps, loops=grid,
+                                     schedule=schedule, seed=seed, batch_size=cfg.eval_batch_size, log=log)
+                cached = {"key": key, "eval_wall_s": time.perf_counter() - t0, "scores": [s.to_dict() for s in scores]}
+                write_json(run_dir / "sudoku_scores.json", cached)
+            info.update(eval_wall_s=cached["eval_wall_s"], scores=cached["scores"])
             per_seed[seed][rp.name] = info
-            write_json(out / "results.json", {"per_seed": per_seed})
+    if set(subset) != set(cfg.models):
+        log(f"trained and scored {', '.join(subset)}; run again without --models for the report")
+        return None
     results = {"experiment": "sudoku", "config_name": cfg.name, "config": asdict(cfg), "machine": machine_info(),
-               "plan": plan.summary(), "seeds": seeds, "boards": len(pairs), "data_free_fraction": data.free_fraction, "wall_s": time.perf_counter() - t_start,
+               "plan": plan.summary(), "seeds": seeds, "boards": len(pairs), "data_free_fraction": data.free_fraction,
+               "wall_s": time.perf_counter() - t_start,
                "per_seed": per_seed, "summary": summarise(per_seed, seeds)}
     results["checks"] = checks(results["summary"], cfg)
     figures = []
@@ -166,6 +185,15 @@ def run_sudoku(cfg: SudokuExpConfig, out: str | Path, seeds: Optional[list[int]]
     write_json(out / "results.json", results)
     (out / "summary.md").write_text(sudoku_markdown(results))
     return results
+
+
+def read_scores(path: Path, key: dict) -> Optional[dict]:
+    """The scores saved in a run folder when they were computed with the same evaluation settings."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if saved.get("key") == json.loads(json.dumps(key)) else None
 
 
 def summarise(per_seed: dict, seeds: list[int]) -> dict:

@@ -13,6 +13,13 @@ An exported folder is a standard transformers checkpoint that loads with only to
 logits as ``loopmdm.checkpoint.load_model`` on the source checkpoint (the remote code is the library's own
 backbone, copied). ``import_hf`` turns such a folder back
 into a library run folder (``loopmdm sample / eval --checkpoint`` then work on it).
+
+A loopified transformers model (``loopmdm loopify``; ``model.backbone`` bert / roberta / modernbert) is exported in
+its source family's own format instead: ``save_pretrained`` of the source model (``BertForMaskedLM`` ...), so
+plain transformers loads it without remote code and runs its layers once (S = 1); config.json also keeps the
+run config (``loopmdm_run_config``, with the loop range) and ``loopmdm_loops.safetensors`` any loop options
+(input injection, loop embedding), so ``import_hf`` restores the looped run exactly. Families whose format
+needs remote code loopmdm does not ship (Dream) are refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from ..checkpoint import load_model, load_safetensors, resolve_checkpoint, save_
 from ..config import ModelConfig, RunConfig
 from ..data import TextTokenizer
 from ..errors import CheckpointError, ConfigError, LoopMDMError
-from ..model import LoopMDM
+from ..backbones import build_model, get_backbone
+from ..backbones.transformers_family import no_progress_bars
 
 try:  # the transformers classes need the [hf] extra
     from ..model.configuration_loopmdm import MODEL_DEFAULTS, LoopMDMConfig
@@ -91,6 +99,8 @@ def export_hf(checkpoint: str | Path, out: str | Path, ema: bool = False) -> Pat
         raise ConfigError(f"--out {str(out)!r} exists and is not empty; choose a new folder")
     model, tokenizer, cfg = load_model(checkpoint, ema=ema)
     step = _checkpoint_step(checkpoint)
+    if cfg.model.wrapped:
+        return export_source_format(model, cfg, tokenizer, out, step)
     hf = to_hf_model(model, cfg, tokenizer, step)
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(out, safe_serialization=True)
@@ -98,6 +108,55 @@ def export_hf(checkpoint: str | Path, out: str | Path, ema: bool = False) -> Pat
     write_tokenizer(out, tokenizer, cfg.model.max_seq_len)
     (out / "README.md").write_text(_model_card(cfg, hf.config))
     return out
+
+
+LOOP_WEIGHTS = "loopmdm_loops.safetensors"  # loop options of a loopified model (not part of its source's format)
+
+
+def export_source_format(model, cfg: RunConfig, tokenizer: TextTokenizer, out: Path,
+                         step: Optional[int] = None) -> Path:
+    """A loopified transformers model as its source family's own folder (see the module docstring)."""
+    family = get_backbone(cfg.model.backbone)
+    if not family.exportable:
+        raise ConfigError(f"loopmdm export cannot write a loopified {family.name} model: its format needs "
+                          f"{family.name}'s remote code, which loopmdm does not ship; use the run folder with loopmdm "
+                          "sample / eval / serve")
+    from safetensors.torch import save_file
+
+    m = cfg.model
+    src = model.source
+    src.config.loopmdm_run_config = cfg.to_dict()
+    src.config.loopmdm_loop_layers = [m.n_h, m.n_h + m.n_m]
+    src.config.loopmdm_default_loops = int(cfg.diffusion.max_loops)
+    src.config.loopmdm_step, src.config.loopmdm_version = step, __version__
+    out.mkdir(parents=True, exist_ok=True)
+    with no_progress_bars():
+        src.save_pretrained(out, safe_serialization=True)
+    loops = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith("source.")}
+    if loops:
+        save_file(loops, str(out / LOOP_WEIGHTS))
+    write_tokenizer(out, tokenizer, m.max_seq_len)
+    (out / "README.md").write_text(_source_card(cfg, family.name, src))
+    return out
+
+
+def _source_card(cfg: RunConfig, family: str, src) -> str:
+    m = cfg.model
+    return f"""---
+library_name: transformers
+pipeline_tag: fill-mask
+tags: [loopmdm, masked-diffusion, looped-transformer, {family}]
+---
+# Loopified {type(src).__name__}
+
+A {family} masked LM loopified and fine-tuned by loopmdm {__version__}: layers {m.n_h}..{m.n_h + m.n_m - 1} of
+{m.n_layers} form a mid block trained to run S times (S up to {cfg.diffusion.max_loops}). The weights are in the
+family's own format: `AutoModelForMaskedLM.from_pretrained(PATH)` runs every layer once (S = 1). For the loops:
+
+```bash
+loopmdm import --hf PATH --out RUN_DIR && loopmdm sample --checkpoint RUN_DIR --loops {cfg.diffusion.max_loops}
+```
+"""
 
 
 def write_remote_code(folder: Path) -> None:
@@ -169,18 +228,24 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
         raise CheckpointError(f"{config_path} is not valid JSON") from None
     if not isinstance(hf_cfg, dict):
         raise CheckpointError(f"{config_path} is not a JSON object; pass a folder written by `loopmdm export`")
-    if hf_cfg.get("model_type") != "loopmdm":
+    looped = hf_cfg.get("model_type") != "loopmdm" and isinstance(hf_cfg.get("loopmdm_run_config"), dict)
+    if hf_cfg.get("model_type") != "loopmdm" and not looped:
         raise CheckpointError(f"{config_path} describes a {hf_cfg.get('model_type')!r} model, not 'loopmdm'; "
-                              "only LoopMDM folders can be imported")
+                              "only LoopMDM folders (and loopified models `loopmdm export` wrote) can be imported; "
+                              "turn a transformers model into a run with `loopmdm loopify --from DIR`")
     cfg = _run_config_from_hf(hf_cfg)
     tokenizer = TextTokenizer.load(hf_dir / "tokenizer.json")
-    model = LoopMDM(cfg.model)
-    state = _read_hf_weights(hf_dir)
+    model = build_model(cfg.model)
+    state = _read_hf_weights(hf_dir, strip=not looped)
+    if looped:  # the source's own names, under the wrapper's "source." prefix, plus the loop options
+        state = {"source." + k: v for k, v in state.items()}
+        if (hf_dir / LOOP_WEIGHTS).is_file():
+            state.update(load_safetensors(hf_dir / LOOP_WEIGHTS))
     if cfg.model.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("embed.weight"))
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+    except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{hf_dir} weights do not match its config.json "
                               f"({str(e).splitlines()[0][:120]})") from None
     step = hf_cfg.get("loopmdm_step") or 0
@@ -205,8 +270,9 @@ def _run_config_from_hf(hf_cfg: dict) -> RunConfig:
         raise CheckpointError(f"config.json does not describe a valid LoopMDM ({e})") from None
 
 
-def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
-    """Weights from model.safetensors or a sharded model.safetensors.index.json, without the "model." prefix."""
+def _read_hf_weights(hf_dir: Path, strip: bool = True) -> dict[str, torch.Tensor]:
+    """Weights from model.safetensors or a sharded model.safetensors.index.json, without the "model." prefix of
+    a LoopMDM export when ``strip`` (a source-format export keeps its own names)."""
     index = hf_dir / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -224,4 +290,6 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_safetensors(f))
+    if not strip:
+        return state
     return {k[len(WEIGHT_PREFIX):] if k.startswith(WEIGHT_PREFIX) else k: v for k, v in state.items()}

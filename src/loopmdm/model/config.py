@@ -10,6 +10,7 @@ from .errors import ConfigError
 from .fields import at_least, at_most, check_types
 
 TIME_CONDITIONINGS = ("adaln", "none")
+OWN_BACKBONE = "loopmdm"  # the library's own blocks (layers.py); other names are transformers families (loopify)
 
 
 @dataclass
@@ -42,6 +43,11 @@ class ModelConfig:
     loop_embedding: bool = False  # sinusoidal loop index -> zero-initialised projection, added per loop
     checkpoint_loops: bool = False  # activation checkpointing of each loop iteration
     backprop_depth: Optional[int] = None  # truncated backprop: gradients through the last k loops only
+    # Where the layers come from: "loopmdm" (this package's blocks) or a transformers family whose own layers
+    # are wrapped (``loopmdm loopify``: bert, roberta, modernbert, dream; see loopmdm.backbones). For those the
+    # fields above describe the source for FLOP accounting only, and ``source_config`` holds its config.
+    backbone: str = OWN_BACKBONE
+    source_config: Optional[dict] = None  # the source model's transformers config (``to_dict()``)
 
     @property
     def head_dim(self) -> int:
@@ -50,6 +56,11 @@ class ModelConfig:
     @property
     def mlp_dim(self) -> int:
         return int(round(self.mlp_ratio * self.d_model))
+
+    @property
+    def wrapped(self) -> bool:
+        """True when the layers are a transformers model's own (``backbone`` is not ``"loopmdm"``)."""
+        return self.backbone != OWN_BACKBONE
 
     @property
     def time_conditioned(self) -> bool:
@@ -67,7 +78,8 @@ class ModelConfig:
                 f"model.n_h + n_m + n_o = {self.n_h}+{self.n_m}+{self.n_o} = {self.n_h + self.n_m + self.n_o} "
                 f"but model.n_layers={self.n_layers}; make the three parts add up to n_layers"
             )
-        if self.d_model % self.n_heads or self.head_dim % 2:
+        self._validate_backbone()
+        if self.d_model % self.n_heads or (self.head_dim % 2 and not self.wrapped):
             raise ConfigError(
                 f"model.d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size "
                 "(rotary embeddings); pick d_model divisible by 2 * n_heads"
@@ -93,3 +105,20 @@ class ModelConfig:
                     "no gradient; set model.input_injection=true or model.backprop_depth=null"
                 )
         return self
+
+    def _validate_backbone(self) -> None:
+        """A wrapped source carries its own config and has no time conditioning (the registry of families is
+        checked by ``loopmdm.config``, which knows it)."""
+        if not self.backbone.strip():
+            raise ConfigError(f"model.backbone='' is empty; use {OWN_BACKBONE!r} or a loopify family")
+        if not self.wrapped:
+            if self.source_config is not None:
+                raise ConfigError(f"model.source_config is set but model.backbone={OWN_BACKBONE!r}; it describes a "
+                                  "wrapped transformers model: set it to null or use `loopmdm loopify`")
+            return
+        if not isinstance(self.source_config, dict) or not self.source_config:
+            raise ConfigError(f"model.backbone={self.backbone!r} needs model.source_config (the source's transformers "
+                              "config as a mapping); create the run with `loopmdm loopify`")
+        if self.time_conditioned:
+            raise ConfigError(f"model.backbone={self.backbone!r} has no time conditioning; set "
+                              "model.time_conditioning=none")

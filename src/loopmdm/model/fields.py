@@ -150,6 +150,10 @@ def coerce(path: str, value: Any, tp: Any) -> Any:
         if "\x00" in value:
             raise ConfigError(f"{path}={short(value)} contains a NUL character; remove it")
         return value
+    if tp is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{path}={short(value)} must be a mapping with string keys")
+        return value
     return value
 
 
@@ -174,6 +178,8 @@ def apply_dict(cfg: Any, d: dict[str, Any], prefix: str = "") -> None:
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
             apply_dict(current, value, prefix=f"{path}.")
+        elif isinstance(current, dict) and isinstance(value, dict):  # a mapping field: keys are merged
+            setattr(cfg, key, coerce(path, {**current, **value}, field_type(cfg, key)))
         else:
             setattr(cfg, key, coerce(path, value, field_type(cfg, key)))
 

@@ -29,11 +29,13 @@ def block_flops(cfg: ModelConfig, queries: int, keys: int) -> float:
     return queries * per_query + mod
 
 
-def prelude_flops(cfg: ModelConfig, rows: int, seq_len: int) -> float:
-    """Time embedding and the head (n_h layers) over ``rows`` sequences of ``seq_len`` tokens."""
+def prelude_flops(cfg: ModelConfig, rows: int, seq_len: int, queries: Optional[int] = None) -> float:
+    """Time embedding and the head (n_h layers) over ``rows`` sequences of ``seq_len`` tokens; with ``queries``
+    only that many positions per row are computed, attending to ``seq_len`` keys (key / value caching)."""
     c = cfg.cond_dim
     time = 2 * TIME_FREQ_DIM * c + 2 * c * c if cfg.time_conditioned else 0.0
-    return rows * (time + cfg.n_h * block_flops(cfg, seq_len, seq_len))
+    q = seq_len if queries is None else queries
+    return rows * (time + cfg.n_h * block_flops(cfg, q, seq_len))
 
 
 def loop_flops(cfg: ModelConfig, rows: int, queries: int, keys: int) -> float:
@@ -43,13 +45,16 @@ def loop_flops(cfg: ModelConfig, rows: int, queries: int, keys: int) -> float:
     return rows * (cfg.n_m * block_flops(cfg, queries, keys) + queries * inj)
 
 
-def coda_flops(cfg: ModelConfig, rows: int, seq_len: int, predicted: Optional[float] = None) -> float:
+def coda_flops(cfg: ModelConfig, rows: int, seq_len: int, predicted: Optional[float] = None,
+               queries: Optional[int] = None) -> float:
     """Tail (n_o layers) over ``rows`` sequences, the final adaLN modulation, and the LM head at ``predicted``
-    positions in all (default: every position of every row)."""
+    positions in all (default: every position of every row); with ``queries`` the tail computes only that many
+    positions per row, attending to ``seq_len`` keys (key / value caching)."""
     d = cfg.d_model
     final_mod = 2 * cfg.cond_dim * 2 * d if cfg.time_conditioned else 0.0
     predicted = rows * seq_len if predicted is None else predicted
-    return rows * (cfg.n_o * block_flops(cfg, seq_len, seq_len) + final_mod) + predicted * 2 * d * cfg.vocab_size
+    q = seq_len if queries is None else queries
+    return rows * (cfg.n_o * block_flops(cfg, q, seq_len) + final_mod) + predicted * 2 * d * cfg.vocab_size
 
 
 # --------------------------------------------------------------------------- per token (training accounting)

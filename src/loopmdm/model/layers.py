@@ -105,8 +105,8 @@ class Attention(nn.Module):
         cos, sin = rope[0][positions][:, None], rope[1][positions][:, None]  # [B, 1, K, hd/2]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         idx = positions[:, None, :, None].expand_as(k)  # [B, H, K, hd]
-        keys = kv_cache["k"].scatter(2, idx, k)  # [B, H, T, hd]
-        values = kv_cache["v"].scatter(2, idx, v)
+        keys = kv_cache["k"].scatter_(2, idx, k)  # [B, H, T, hd], in place: the cache is not copied per layer
+        values = kv_cache["v"].scatter_(2, idx, v)
         kv_cache["k"], kv_cache["v"] = keys, values
         T = keys.shape[2]
         mask = attn_mask
@@ -130,8 +130,8 @@ class MLP(nn.Module):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x * (1 + scale) + shift, with shift / scale [B, 1, D] broadcast over positions."""
-    return x * (1.0 + scale) + shift
+    """adaLN: x * (1 + scale) + shift, with shift / scale [B, 1, D] broadcast over positions (one fused pass)."""
+    return torch.addcmul(shift, x, 1.0 + scale)
 
 
 class Block(nn.Module):
@@ -160,5 +160,6 @@ class Block(nn.Module):
             x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, causal, **extra))
             return x + self.drop(self.mlp(self.norm2(x)))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)  # [B, 1, D] each
-        x = x + gate1 * self.drop(self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask, causal, **extra))
-        return x + gate2 * self.drop(self.mlp(modulate(self.norm2(x), shift2, scale2)))
+        x = torch.addcmul(x, gate1, self.drop(self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask,
+                                                        causal, **extra)))  # x + gate * attn(...)
+        return torch.addcmul(x, gate2, self.drop(self.mlp(modulate(self.norm2(x), shift2, scale2))))

@@ -111,9 +111,14 @@ class LoopMDM(nn.Module):
 
     # ------------------------------------------------------------------ stages
     def prelude(self, x_t: torch.Tensor, t: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None) -> LoopContext:
+                attention_mask: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None,
+                cache: Optional[list] = None) -> LoopContext:
         """Embed tokens x_t [B, T] and run the head (n_h layers) once. t [B] is the diffusion time
-        (needed with adaLN time conditioning); attention_mask [B, T] is True on real (non-pad) tokens."""
+        (needed with adaLN time conditioning); attention_mask [B, T] is True on real (non-pad) tokens.
+
+        Inference-only key / value caching (``Stack.forward``): ``cache`` (one dict per head block) is filled by a
+        call without ``positions``; with ``positions`` [B, K] only those positions of x_t are embedded and run
+        through the head, attending to the cached keys / values of the others, and ``ctx.h0`` is [B, K, D]."""
         B, T = x_t.shape
         if T > self.config.max_seq_len:
             raise ConfigError(
@@ -132,10 +137,18 @@ class LoopMDM(nn.Module):
                 mask = mask & torch.ones(T, T, dtype=torch.bool, device=x_t.device).tril()
         ctx = LoopContext(h0=None, cond=cond, rope=self.rotary(T), attn_mask=mask,  # type: ignore[arg-type]
                           causal=self.config.causal)
-        h = self.embed(x_t)  # [B, T, D]
-        if self.pos_embed is not None:
-            h = h + self.pos_embed.weight[:T]
-        ctx.h0 = self.head(h, ctx)
+        if positions is None:
+            h = self.embed(x_t)  # [B, T, D]
+            if self.pos_embed is not None:
+                h = h + self.pos_embed.weight[:T]
+        else:
+            h = self.embed(x_t.gather(1, positions))  # [B, K, D]
+            if self.pos_embed is not None:
+                h = h + self.pos_embed.weight[positions]
+        if positions is None and cache is None:
+            ctx.h0 = self.head(h, ctx)
+        else:
+            ctx.h0 = self.head(h, ctx, positions=positions, cache=cache)
         return ctx
 
     def loop_step(self, h: torch.Tensor, ctx: LoopContext, k: int, positions: Optional[torch.Tensor] = None,
@@ -154,11 +167,16 @@ class LoopMDM(nn.Module):
             return self.mid(h, ctx)
         return self.mid(h, ctx, positions=positions, cache=cache)
 
-    def coda_features(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def coda_features(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None,
+                      positions: Optional[torch.Tensor] = None, cache: Optional[list] = None) -> torch.Tensor:
         """Tail (n_o layers) over every position, then the final norm (adaLN-modulated when time-conditioned) at
         every position [B, T, D], or only at the positions ``predict`` [B, T] (bool) marks: [N, D] (sparse
-        prediction: the LM head and the loss need nothing else)."""
-        h = self.tail(h, ctx)
+        prediction: the LM head and the loss need nothing else). ``positions`` / ``cache``: inference-only key /
+        value caching of the tail, as in ``prelude`` (h [B, K, D] then holds the states at ``positions``)."""
+        if positions is None and cache is None:
+            h = self.tail(h, ctx)
+        else:
+            h = self.tail(h, ctx, positions=positions, cache=cache)
         cond = ctx.cond
         if predict is not None:
             rows = predict.nonzero()[:, 0]  # [N]: the row of each predicted position
@@ -172,9 +190,13 @@ class LoopMDM(nn.Module):
             h = modulate(h, shift, scale)
         return h
 
-    def coda(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Tail, final norm and LM head: logits [B, T, V], or [N, V] at the positions ``predict`` marks."""
-        return self.lm_head(self.coda_features(h, ctx, predict))
+    def coda(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None,
+             positions: Optional[torch.Tensor] = None, cache: Optional[list] = None) -> torch.Tensor:
+        """Tail, final norm and LM head: logits [B, T, V], or [N, V] at the positions ``predict`` marks
+        (``positions`` / ``cache``: see ``coda_features``)."""
+        if positions is None and cache is None:
+            return self.lm_head(self.coda_features(h, ctx, predict))
+        return self.lm_head(self.coda_features(h, ctx, predict, positions=positions, cache=cache))
 
     def run_loops(self, h: torch.Tensor, ctx: LoopContext, loops: int, start: int = 0) -> torch.Tensor:
         """Apply ``loops`` iterations of the mid block, honouring truncated backprop and checkpointing."""

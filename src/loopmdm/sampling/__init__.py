@@ -2,7 +2,8 @@
 
 The entry point is ``generate`` (``loopmdm.sampling.api``); variants are found through the registries
 ``SAMPLERS`` (ancestral, cached, confidence, semi_ar) and ``LOOP_POLICIES`` (fixed, schedule, converge,
-per_token, warm). See docs/sampling.md.
+per_token, warm). Fast sampling: the ``confidence`` and ``semi_ar`` options ``threshold`` (parallel decoding) and
+``cache`` (approximate key / value caching, ``kvcache.CACHES``). See docs/sampling.md.
 """
 
 from ..registry import build
@@ -11,11 +12,12 @@ from .conditioning import Canvas, build_canvas, parse_template
 from .filters import TokenFilter, draw
 from .policies import DEFAULT_LOOPS, LOOP_POLICIES, SHAPES, LoopPolicy
 from .report import ComputeReport, StepInfo, Trajectory
+from .kvcache import CACHES, KVCache
 from .orders import ORDERS
 from .samplers import SAMPLERS, Sampler, transfer_counts
 
 __all__ = [
     "generate", "ancestral_sample", "sample_canvas", "build", "SampleOutput", "ComputeReport", "Trajectory",
     "StepInfo", "SAMPLERS", "LOOP_POLICIES", "SHAPES", "ORDERS", "DEFAULT_LOOPS", "Sampler", "LoopPolicy",
-    "TokenFilter", "draw", "Canvas", "build_canvas", "parse_template", "transfer_counts",
+    "TokenFilter", "draw", "Canvas", "build_canvas", "parse_template", "transfer_counts", "CACHES", "KVCache",
 ]

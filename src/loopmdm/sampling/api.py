@@ -79,7 +79,7 @@ def sample_canvas(model, canvas: Canvas, mask_id: int, *, steps: int, sampler: S
         x[after] = eos_id if fill_id is None else fill_id
     if bool((x == mask_id).any()):
         raise RuntimeError("sampler left masked positions; this is a bug")  # every sampler ends at t = 0
-    report = meter.finish(time.perf_counter() - start)
+    report = meter.finish(time.perf_counter() - start, generated_tokens=int(free.sum()))
     trajectory = recorder.build() if recorder is not None else None
     if trajectory is not None:
         trajectory.snapshots[-1:] = [x.detach().cpu().clone()] if trajectory.snapshots else []
@@ -101,7 +101,8 @@ def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = 
         length); at most max_seq_len.
     steps: T denoising steps (from t = 1, all masked, to t = 0).
     sampler: one of ``SAMPLERS`` (ancestral, cached, confidence, semi_ar); sampler_options: its keyword
-        options (cached: granularity; confidence: order; semi_ar: block_length, order).
+        options (cached: granularity; confidence: order, threshold, cache, refresh, delay; semi_ar: block_length
+        and the same; see ``loopmdm.sampling.kvcache`` and docs/sampling.md "Fast sampling").
     policy: one of ``LOOP_POLICIES`` (fixed, schedule, converge, per_token, warm): how many mid-block
         iterations S each network call runs; policy_options: its options (fixed: loops; the others:
         s_min, s_max, and threshold / criterion / shape, center, width). Pass the checkpoint's training

@@ -54,6 +54,7 @@ class LoopPolicy:
 
     s_min: int = 1
     s_max: int = 1
+    cacheable = True  # can run with a key / value cache (``kvcache``): no per-position state of its own
 
     def reset(self, num_samples: int, seq_len: int) -> None:
         """Called once per ``generate`` before the first step (policies with memory clear it here)."""
@@ -163,7 +164,8 @@ class Converge(LoopPolicy):
 
     def run(self, runner, state):
         B = state.x.shape[0]
-        where = state.masked.float()  # [B, L]
+        computed = getattr(runner, "queries", None)  # a key / value cache computes only these positions [B, L]
+        where = (state.masked if computed is None else state.masked & computed).float()  # [B, L]
         h, limit = self.start(runner, state)
         loops = torch.zeros(B, dtype=torch.long, device=h.device)
         live = limit > 0
@@ -202,6 +204,8 @@ class PerToken(LoopPolicy):
     s_max), attending to the frozen positions through their cached keys / values. Compute is really saved:
     the mid block runs only on the active positions (FLOPs counted per position)."""
 
+    cacheable = False
+
     def __init__(self, threshold: float = 0.05, s_min: int = 1, s_max: int = DEFAULT_LOOPS):
         self.threshold = _check_threshold(threshold)
         self.s_min, self.s_max = _check_bounds(s_min, s_max)
@@ -231,6 +235,8 @@ class Warm(Converge):
     (default: s_max) bounds it: no state ever has more than ``max_depth`` loops applied since its last start
     from h_0. A position is warm-started only when at least s_min loops remain in its budget, and a row runs
     at most as many loops as the budget of its deepest warm-started position leaves (and at most s_max)."""
+
+    cacheable = False
 
     def __init__(self, threshold: float = 0.05, criterion: str = "delta", s_min: int = 1,
                  s_max: int = DEFAULT_LOOPS, max_depth: Optional[int] = None):

@@ -34,6 +34,18 @@ class ComputeReport:
     flops: forward FLOPs of everything above (``loopmdm.model.flops`` conventions, padding of partial updates included).
     wall_time_s: wall-clock seconds of the sampling loop.
     loops_per_step: mid-block iterations run at each denoising step (0 where the cached sampler skipped).
+    steps_run: denoising steps taken (fewer than T with ``stop_at_eos`` or a confidence ``threshold``).
+    generated_tokens: positions the sampler filled (N x the free positions); tokens_per_s: generated_tokens /
+        wall_time_s.
+    head_positions / mid_positions / tail_positions: sequence positions computed (rows x query positions, summed
+        over calls; the mid block's summed over its loop iterations too, padding of partial updates included):
+        what forward hooks on the blocks see. Key / value caching computes only some positions per call.
+    lm_head_positions: positions the LM head ran on.
+    position_layers: n_h * head_positions + n_m * mid_positions + n_o * tail_positions (positions x layers x
+        loops computed).
+    cached_calls: network calls that computed only some positions (the others through cached keys / values);
+        cache_refreshes: calls that recomputed every position and refilled the cache (with a cache on).
+    notes: one-line remarks about the run (e.g. a semi-AR window padded to whole blocks).
     """
 
     network_calls: int = 0
@@ -46,6 +58,16 @@ class ComputeReport:
     mean_loops: float = 0.0
     coda_calls: int = 0
     steps_run: int = 0
+    generated_tokens: int = 0
+    tokens_per_s: float = 0.0
+    head_positions: int = 0
+    mid_positions: int = 0
+    tail_positions: int = 0
+    lm_head_positions: int = 0
+    position_layers: int = 0
+    cached_calls: int = 0
+    cache_refreshes: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,13 +86,16 @@ class ComputeMeter:
         self._step_loops = 0
         self._tail_calls = 0
 
-    def network(self, rows: int) -> None:
+    def network(self, rows: int, queries: Optional[int] = None) -> None:
         """One batched network evaluation over ``rows`` sequences of length L: counts the head (and time
-        embedding) here, the tail when it runs (``tail``)."""
+        embedding) here, the tail when it runs (``tail``). ``queries``: the head computed only that many positions
+        per row (key / value caching; padding included), attending to all L."""
         self.report.network_calls += 1
         self.report.network_rows += rows
         self.positions_evaluated += rows * self.L
-        self.report.flops += prelude_flops(self.cfg, rows, self.L)
+        self.report.head_positions += rows * (self.L if queries is None else queries)
+        self.report.cached_calls += queries is not None
+        self.report.flops += prelude_flops(self.cfg, rows, self.L, queries)
 
     def loop(self, rows: int, queries: int, updated: Optional[int] = None) -> None:
         """One mid-block call over ``rows`` sequences with ``queries`` query positions each (keys: all L);
@@ -78,14 +103,26 @@ class ComputeMeter:
         self.report.loop_iterations += 1
         self._step_loops += 1
         self.position_updates += rows * queries if updated is None else updated
+        self.report.mid_positions += rows * queries
         self.report.flops += loop_flops(self.cfg, rows, queries, self.L)
 
-    def tail(self, rows: int, predicted: Optional[int] = None) -> None:
+    def tail(self, rows: int, predicted: Optional[int] = None, queries: Optional[int] = None) -> None:
         """A tail (n_o layers) + LM-head pass over ``rows`` sequences (the LM head at ``predicted`` positions, all
-        when None). One per network call is part of it; more (the KL exit criterion looks at the prediction after
-        every loop) are reported as coda_calls."""
+        when None; the tail at ``queries`` positions per row, all when None). One per network call is part of it;
+        more (the KL exit criterion looks at the prediction after every loop) are reported as coda_calls."""
         self._tail_calls += 1
-        self.report.flops += coda_flops(self.cfg, rows, self.L, predicted)
+        self.report.tail_positions += rows * (self.L if queries is None else queries)
+        self.report.lm_head_positions += rows * self.L if predicted is None else predicted
+        self.report.flops += coda_flops(self.cfg, rows, self.L, predicted, queries)
+
+    def refresh(self) -> None:
+        """A network call that recomputed every position and refilled the key / value cache."""
+        self.report.cache_refreshes += 1
+
+    def note(self, text: str) -> None:
+        """A one-line remark for the report (once per distinct text)."""
+        if text not in self.report.notes:
+            self.report.notes.append(text)
 
     def end_step(self) -> int:
         """Close a denoising step; returns the loop iterations run in it."""
@@ -94,9 +131,13 @@ class ComputeMeter:
         self.report.steps_run += 1
         return n
 
-    def finish(self, wall_time_s: float) -> ComputeReport:
+    def finish(self, wall_time_s: float, generated_tokens: int = 0) -> ComputeReport:
         r = self.report
         r.wall_time_s = wall_time_s
+        r.generated_tokens = int(generated_tokens)
+        r.tokens_per_s = r.generated_tokens / wall_time_s if wall_time_s > 0 else 0.0
+        cfg = self.cfg
+        r.position_layers = cfg.n_h * r.head_positions + cfg.n_m * r.mid_positions + cfg.n_o * r.tail_positions
         r.coda_calls = max(self._tail_calls - r.network_calls, 0)
         r.token_loop_iterations = self.position_updates / max(self.N * self.L, 1)
         r.mean_loops = self.position_updates / max(self.positions_evaluated, 1)

@@ -28,6 +28,17 @@ def sub_context(ctx: LoopContext, rows: torch.Tensor) -> LoopContext:
     )
 
 
+def padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions marked in each row of ``mask`` [R, L] (bool, at least one per row) as indices [R, K], K the
+    largest count, in increasing order; rows with fewer are padded by repeating their first marked position
+    (a repeated query computes the same values twice). Returns (positions [R, K], counts [R])."""
+    counts = mask.sum(dim=1)  # [R]
+    K = int(counts.max()) if counts.numel() else 0
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :K]  # marked positions first, [R, K]
+    valid = torch.arange(K, device=mask.device)[None] < counts[:, None]
+    return torch.where(valid, order, order[:, :1]), counts
+
+
 @dataclass
 class LoopState:
     """What a loop policy sees at one network call: x [B, L] tokens of the evaluated rows, ``rows`` [B] their
@@ -72,12 +83,8 @@ class LoopRunner:
         rows = active.any(dim=1).nonzero().squeeze(1)  # [R]
         if rows.numel() == 0:
             return h
-        a = active[rows]  # [R, L]
-        counts = a.sum(dim=1)  # [R]
-        K = int(counts.max())
-        order = torch.argsort((~a).to(torch.int8), dim=1, stable=True)[:, :K]  # active positions first, [R, K]
-        valid = torch.arange(K, device=h.device)[None] < counts[:, None]
-        positions = torch.where(valid, order, order[:, :1])  # [R, K]
+        positions, counts = padded_positions(active[rows])  # [R, K], [R]
+        K = positions.shape[1]
         everything = rows.numel() == self.B
         ctx = self.ctx if everything else sub_context(self.ctx, rows)
         cache = self.cache if everything else [{n: c[n][rows] for n in ("k", "v")} for c in self.cache]
@@ -123,8 +130,14 @@ class Denoiser:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int, total_steps: int,
-                 rows: Optional[torch.Tensor] = None) -> Prediction:
-        """Predict for all N rows of x [N, L] (rows=None) or for ``rows`` [R] only; t [N] diffusion times."""
+                 rows: Optional[torch.Tensor] = None, kv=None) -> Prediction:
+        """Predict for all N rows of x [N, L] (rows=None) or for ``rows`` [R] only; t [N] diffusion times.
+        ``kv``: a key / value cache (``loopmdm.sampling.kvcache.KVCache``) that runs the call instead, computing
+        only the positions it decides (all rows)."""
+        if kv is not None:
+            state = LoopState(x=x, rows=torch.arange(x.shape[0], device=x.device), masked=x == self.mask_id,
+                              free=self.free, step=step, total_steps=total_steps)
+            return kv.predict(self.model, self.policy, self.meter, x, t.float(), state)
         if rows is None:
             rows = torch.arange(x.shape[0], device=x.device)
             xr, tr, free = x, t, self.free

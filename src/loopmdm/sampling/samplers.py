@@ -14,6 +14,14 @@
   (``transfer_counts``). The network is told the t at which the schedule masks the canvas's masked fraction.
 * ``semi_ar``: left-to-right blocks of ``block_length`` positions, confidence unmasking inside each block.
 
+``confidence`` and ``semi_ar`` take the fast-sampling options:
+
+* ``threshold`` in (0, 1] (parallel decoding, Fast-dLLM): each step commits every candidate whose confidence
+  (the ``probability`` or ``margin`` order) exceeds it, and at least the schedule's k_i (at least one), so the
+  number of steps adapts: with T = L (one token per step otherwise) it ends as soon as nothing is masked;
+* ``cache`` (``none``, ``prefix``, ``dual``, ``delayed``, ``loops``), ``refresh``, ``delay``: approximate
+  key / value caching through head, every loop of the mid block and tail (``loopmdm.sampling.kvcache``).
+
 Every sampler works on a ``Session`` that owns the canvas, the RNG, the compute meter and the trajectory.
 """
 
@@ -27,9 +35,10 @@ import torch
 from ..errors import ConfigError
 from ..registry import Registry
 from ..diffusion.schedules import NoiseSchedule
-from ..model.fields import check_int
+from ..model.fields import check_int, check_number
 from ..model.subs import no_mask_logits
 from .filters import TokenFilter, draw
+from .kvcache import KVCache, cache_mode
 from .orders import ORDERS
 from .report import ComputeMeter, StepInfo, TrajectoryRecorder
 from .runner import Denoiser, Prediction
@@ -49,6 +58,7 @@ class Session:
         self.stop_at_eos = stop_at_eos and eos_id is not None
         self.recorder, self.on_step = recorder, on_step
         self.N, self.L = x.shape
+        self.kv: Optional[KVCache] = None  # a key / value cache, when the sampler runs with one
 
     # ---------------------------------------------------------------- helpers samplers share
     def uniform(self) -> torch.Tensor:
@@ -61,6 +71,8 @@ class Session:
 
     def predict(self, t: torch.Tensor, step: int, rows: Optional[torch.Tensor] = None) -> Prediction:
         """Network prediction for all rows (rows=None) or some; t [N] diffusion times."""
+        if self.kv is not None:
+            return self.denoiser(self.x, t, step, self.steps, rows, kv=self.kv)
         return self.denoiser(self.x, t, step, self.steps, rows)
 
     def draw_tokens(self, logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,8 +126,18 @@ def first_true(a: torch.Tensor) -> torch.Tensor:
     return idx.min(dim=1).values
 
 
+FAST_SAMPLERS = "confidence and semi_ar"
+_FAST = f"an option of the samplers {FAST_SAMPLERS}"
+
+
 class Sampler:
     """Base class: ``run(session)`` fills every mask of ``session.x`` (revealed tokens never change)."""
+
+    #: what ``build`` adds to the error for an option this sampler does not take but another one does
+    option_hints = {"threshold": f"parallel decoding by confidence threshold is {_FAST}",
+                    "cache": f"key / value caching is {_FAST}", "refresh": f"key / value caching is {_FAST}",
+                    "delay": f"key / value caching is {_FAST}", "block_length": "blocks are an option of semi_ar",
+                    "order": f"unmasking orders are {_FAST}"}
 
     def run(self, session: Session) -> None:
         raise NotImplementedError
@@ -206,9 +228,11 @@ def transfer_counts(masked: torch.Tensor, steps: int, schedule: NoiseSchedule) -
     return torch.diff(cum, dim=1, prepend=torch.zeros_like(cum[:, :1])).to(masked.device)
 
 
-def confidence_step(s: Session, step: int, candidates: torch.Tensor, k: torch.Tensor, order: str) -> None:
+def confidence_step(s: Session, step: int, candidates: torch.Tensor, k: torch.Tensor, order: str,
+                    threshold: Optional[float] = None) -> None:
     """One LLaDA-style step: predict, draw a token for every masked position, reveal the k [N] most
-    confident among ``candidates`` [N, L] (masked positions this step may fill)."""
+    confident among ``candidates`` [N, L] (masked positions this step may fill). With ``threshold``, also every
+    candidate whose score exceeds it, and at least one per row that has candidates."""
     u_token, u_order = s.uniform(), s.uniform()
     masked = s.masked
     L = s.L
@@ -224,7 +248,10 @@ def confidence_step(s: Session, step: int, candidates: torch.Tensor, k: torch.Te
     score[cand] = ORDERS.get(order)(probs, tokens, u_order[cand])
     rank = torch.empty_like(score, dtype=torch.long).scatter_(
         1, score.argsort(dim=1, descending=True, stable=True), torch.arange(L, device=s.x.device).expand(s.N, L))
-    reveal = cand & (rank < k[:, None])
+    keep = rank < k[:, None]
+    if threshold is not None:
+        keep |= (score > threshold) | (rank == 0)
+    reveal = cand & keep
     token_map = torch.full((s.N, L), s.mask_id, dtype=torch.long, device=s.x.device)
     token_map[cand] = tokens
     s.reveal(step, reveal, token_map[reveal], pred.loops, _scatter(cand, conf))
@@ -235,35 +262,84 @@ def _check_order(order: str) -> str:
     return order
 
 
+THRESHOLD_ORDERS = ("probability", "margin")  # orders whose score is a confidence in [0, 1]
+
+
+class FastOptions:
+    """The options ``confidence`` and ``semi_ar`` share: parallel decoding by ``threshold`` and key / value
+    caching (``cache``, ``refresh``, ``delay``; see ``loopmdm.sampling.kvcache``). ``name``: the registry name,
+    which the cache modes are checked against."""
+
+    name = ""
+
+    def _fast(self, order: str, threshold, cache, refresh, delay) -> None:
+        self.order = _check_order(order)
+        self.threshold = None if threshold is None else check_number(
+            threshold, "sampler option threshold", gt=0, le=1, hint=" (a confidence: probability or margin)")
+        if self.threshold is not None and self.order not in THRESHOLD_ORDERS:
+            raise ConfigError(f"sampler option threshold compares a confidence in (0, 1]; use order="
+                              f"{' or order='.join(THRESHOLD_ORDERS)}, not order={order}")
+        self._cache = cache_mode(self.name, cache, refresh, delay)
+        self.cache, self.refresh, self.delay = self._cache.name, self._cache.refresh, delay
+
+    def start_cache(self, s: Session) -> None:
+        """Give the session a key / value cache when one is asked for."""
+        if self._cache.active:
+            s.kv = KVCache(self._cache, s.denoiser.policy, s.N, s.L, s.x.device, model=s.denoiser.model)
+
+    def done(self, s: Session, where: torch.Tensor) -> bool:
+        """With a threshold the step count adapts: stop once no position of ``where`` [N, L] is masked."""
+        return self.threshold is not None and not bool((s.masked & where).any())
+
+
 @SAMPLERS.register("confidence")
-class Confidence(Sampler):
+class Confidence(FastOptions, Sampler):
     """Confidence-based unmasking with a precomputed number of tokens per step (LLaDA / Dream).
     ``order``: probability | margin | entropy | random. Confidence is the model's own p_theta (before
-    temperature / top-k / top-p), as in LLaDA; candidates are drawn from the filtered distribution."""
+    temperature / top-k / top-p), as in LLaDA; candidates are drawn from the filtered distribution.
+    ``threshold`` / ``cache`` / ``refresh`` / ``delay``: fast sampling (see the module docstring)."""
 
-    def __init__(self, order: str = "probability"):
-        self.order = _check_order(order)
+    name = "confidence"
+
+    def __init__(self, order: str = "probability", threshold: Optional[float] = None, cache: str = "none",
+                 refresh: Optional[int] = None, delay: Optional[int] = None):
+        self._fast(order, threshold, cache, refresh, delay)
 
     def run(self, s: Session) -> None:
+        self.start_cache(s)
         counts = transfer_counts((s.masked & s.free).sum(1), s.steps, s.schedule)  # [N, T]
         for i in range(s.steps):
-            confidence_step(s, i, s.free, counts[:, i], self.order)
+            if self.done(s, s.free):
+                break
+            confidence_step(s, i, s.free, counts[:, i], self.order, self.threshold)
             if s.end_step(i):
                 break
 
 
 @SAMPLERS.register("semi_ar")
-class SemiAutoregressive(Sampler):
+class SemiAutoregressive(FastOptions, Sampler):
     """Semi-autoregressive blocks: positions are cut into left-to-right blocks of ``block_length``; each
     block (that has positions to generate) gets an equal share of the T steps (the first ones one more when
     T does not divide) and is filled by confidence unmasking (``order``) before the next starts. With
-    ``stop_at_eos`` generation stops after the block in which every sample's EOS is settled."""
+    ``stop_at_eos`` generation stops after the block in which every sample's EOS is settled. A window that is
+    not a multiple of ``block_length`` is padded: its last block is shorter (the report's notes say so).
+    ``threshold`` / ``cache`` (also ``prefix`` and ``dual``) / ``refresh`` / ``delay``: fast sampling; with a
+    threshold a block ends as soon as nothing in it is masked."""
 
-    def __init__(self, block_length: int = 32, order: str = "probability"):
+    name = "semi_ar"
+
+    def __init__(self, block_length: int = 32, order: str = "probability", threshold: Optional[float] = None,
+                 cache: str = "none", refresh: Optional[int] = None, delay: Optional[int] = None):
         self.block_length = check_int(block_length, "sampler option block_length")
-        self.order = _check_order(order)
+        self._fast(order, threshold, cache, refresh, delay)
 
     def run(self, s: Session) -> None:
+        self.start_cache(s)
+        b = self.block_length
+        if s.L % b:
+            s.meter.note(f"semi_ar: the window of {s.L} positions is not a multiple of block_length={b}; it is "
+                         f"treated as padded to {-(-s.L // b) * b}, so its last block has only {s.L % b} positions "
+                         f"(windows of a multiple of {b} positions split evenly)")
         pos = torch.arange(s.L, device=s.x.device)
         blocks = []
         for start in range(0, s.L, self.block_length):
@@ -277,9 +353,13 @@ class SemiAutoregressive(Sampler):
         step = 0
         for in_block, n in zip(blocks, per_block):
             cand = s.free & in_block[None]  # [N, L]
+            if s.kv is not None:
+                s.kv.begin_block(in_block)
             counts = transfer_counts((s.masked & cand).sum(1), n, s.schedule)  # [N, n]
             for i in range(n):
-                confidence_step(s, step, cand, counts[:, i], self.order)
+                if self.done(s, cand):
+                    break
+                confidence_step(s, step, cand, counts[:, i], self.order, self.threshold)
                 step += 1
                 if s.end_step(step - 1):
                     return

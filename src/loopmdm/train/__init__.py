@@ -1,11 +1,14 @@
 """Training: ``train(cfg, run_dir)`` and the ``Trainer`` behind it (the one training path of the library),
 one step as a function (``step``), batches (``batches``), optimizer and schedule (``optim``), exact resume
-(``resume``), divergence / out-of-memory / signal handling (``guard``) and data parallelism (``distributed``:
-DDP, FSDP2 under torchrun: ``torchrun --nproc_per_node N -m loopmdm.cli train ...``)."""
+(``resume``), starting from another checkpoint's weights (``init``: ``--init``), divergence / out-of-memory /
+signal handling (``guard``) and data parallelism (``distributed``: DDP, FSDP2 under torchrun:
+``torchrun --nproc_per_node N -m loopmdm.cli train ...``)."""
 
 from .batches import BatchStream
 from .guard import TrainingDiverged
+from .init import init_run_config
 from .optim import lr_lambda
 from .trainer import Trainer, TrainResult, check_fresh_run_dir, train
 
-__all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged", "check_fresh_run_dir", "BatchStream", "lr_lambda"]
+__all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged", "check_fresh_run_dir", "BatchStream", "lr_lambda",
+           "init_run_config"]

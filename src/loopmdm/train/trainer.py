@@ -23,18 +23,19 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import checked_weights, list_checkpoints, load_config_file, load_json, load_safetensors, \
-    save_checkpoint, unflatten_optimizer
+    save_checkpoint, unflatten_optimizer, uses_ema
 from ..config import RunConfig
 from ..data import PreparedData, prepare_data
 from ..diffusion import LoopDistribution, make_loop_distribution, make_objective
 from ..errors import CheckpointError
 from ..eval.nelbo import evaluate_nelbo
 from ..fileio import atomic_write_text, describe_os_error
-from ..model import LoopMDM
+from ..backbones import build_model
 from ..model.flops import train_flops_per_token
 from ..runtime import compile_blocks, pick_device, set_threads
 from . import distributed
 from .guard import StopSignals, TrainingDiverged, divergence_message, out_of_memory
+from .init import check_init_model, check_init_tokenizer, fit_vocabulary, init_folder
 from .optim import make_optimizer, make_scheduler
 from .resume import check_resumable, global_random_state, restore_global_random, restore_rng, resumable_folder, \
     rng_tensors, truncate_metrics
@@ -74,8 +75,8 @@ class Trainer:
         with distributed.main_first(self.dist):  # rank 0 tokenises and fills the cache, the others read it
             self.data = data or prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len, log=self.log)
         distributed.check_same_data(self.data, self.dist)
-        cfg.model.vocab_size = self.data.tokenizer.vocab_size
-        self.model = LoopMDM(cfg.model).to(self.device)
+        fit_vocabulary(cfg, self.data.tokenizer)
+        self.model = build_model(cfg.model).to(self.device)
         if tc.compile:  # torch.compile each transformer block in place (state-dict names unchanged)
             compile_blocks(self.model)
         # DDP wrapper, or self.model itself sharded in place with FSDP2 (train.fsdp); self.model stays the
@@ -89,7 +90,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, tc)
         self.ema = None
         if tc.ema is not None:
-            self.ema = distributed.make_ema(self.model, tc.ema, self.dist, lambda: LoopMDM(cfg.model))
+            self.ema = distributed.make_ema(self.model, tc.ema, self.dist, lambda: build_model(cfg.model))
         self.stream = BatchStream(len(self.data.train), tc.batch_size, tc.seed)
         self.gen_noise = torch.Generator().manual_seed(tc.seed + 1)  # t and masking
         self.gen_loops = torch.Generator().manual_seed(tc.seed + 2)  # S, identical on every rank
@@ -272,6 +273,30 @@ class Trainer:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         self.log(f"resumed from {folder} at step {self.step}")
 
+    def start_from_init(self) -> None:
+        """Load the weights of ``train.init`` into a fresh run (fine-tuning): the EMA weights when the checkpoint
+        has them and ``train.init_weights`` is "auto" or "ema", else the raw ones. Optimizer, LR schedule, step
+        and FLOP counters start from zero; ``train.init`` is rewritten as the checkpoint folder it resolved to."""
+        tc = self.cfg.train
+        folder = init_folder(tc.init)
+        saved = load_config_file(folder)
+        check_init_model(saved.model, self.cfg.model, folder)
+        check_init_tokenizer(folder, self.data.tokenizer)
+        if tc.init_weights == "ema" and not (folder / "ema.safetensors").is_file():
+            raise CheckpointError(f"train.init_weights='ema' but {str(folder)!r} has no ema.safetensors; use 'auto' "
+                                  "or 'raw'")
+        name = "ema.safetensors" if uses_ema(folder, tc.init_weights != "raw") else "model.safetensors"
+        state = checked_weights(folder / name, saved)
+        try:
+            distributed.load_full_model_state(self.model, state)
+            if self.ema is not None:
+                distributed.load_full_model_state(self.ema.module, state)
+        except RuntimeError as e:
+            raise CheckpointError(f"--init {str(folder / name)!r} does not fit the model "
+                                  f"({str(e).splitlines()[0][:120]})") from None
+        tc.init = str(folder)
+        self.log(f"initialised from {folder / name} (new optimizer, schedule and step count)")
+
     def _restore(self, folder: Path, state: dict) -> None:
         distributed.load_full_model_state(self.model, checked_weights(folder / "model.safetensors", self.cfg))
         if (folder / "optimizer.safetensors").is_file():
@@ -302,13 +327,16 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Optional[str | Path] = No
           log: Callable[[str], None] = print, data: Optional[PreparedData] = None,
           loop_dist: Optional[LoopDistribution] = None) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (optionally resuming from a checkpoint or run folder). Without
-    ``resume``, ``run_dir`` must not hold checkpoints already."""
+    ``resume``, ``run_dir`` must not hold checkpoints already, and ``cfg.train.init`` (when set) names the
+    checkpoint whose weights the run starts from."""
     if resume is None:
         check_fresh_run_dir(run_dir)
     trainer = Trainer(cfg, run_dir, data=data, progress=progress, log=log, loop_dist=loop_dist)
     try:
         if resume is not None:
             trainer.resume(resume)
+        elif cfg.train.init is not None:
+            trainer.start_from_init()
         return trainer.fit()
     finally:
         distributed.teardown(trainer.dist)  # leave torchrun's process group (no-op on one process)

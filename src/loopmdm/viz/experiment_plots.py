@@ -187,3 +187,29 @@ def plot_lines(xs: Sequence, series: Mapping[str, Sequence[float]], path: str | 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_loop_gain(rows: Sequence[Mapping], trend: Mapping, path: str | Path) -> None:
+    """The loop gain NELBO(MDM) - NELBO(LoopMDM at S_max) at equal training FLOPs against the budget: every seed
+    as a dot, the seed mean with its spread, the fitted line and its zero crossing."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in rows:
+        ys = [p["gain_equal_flops"] for p in r["per_seed"].values()]
+        ax.plot([r["budget"]] * len(ys), ys, "o", color=COLORS["loopmdm"], alpha=0.45)
+        g = r["gain_equal_flops"]
+        ax.errorbar([r["budget"]], [g["mean"]], yerr=[g["std"] or 0.0], fmt="s", color="black", capsize=4)
+    if trend.get("slope_per_decade") is not None:
+        lo = min(r["budget"] for r in rows)
+        hi = max(max(r["budget"] for r in rows), trend.get("crossing_budget") or 0)
+        xs = np.logspace(np.log10(lo), np.log10(hi * 1.2), 50)
+        ax.plot(xs, trend["intercept"] + trend["slope_per_decade"] * np.log10(xs), "--", color="grey",
+                label=f"fit: {trend['slope_per_decade']:+.3f} per decade")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs per run")
+    ax.set_ylabel("loop gain at equal FLOPs (nats / token)")
+    ax.set_title("NELBO(MDM) - NELBO(LoopMDM, S_max): > 0 means looping wins", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

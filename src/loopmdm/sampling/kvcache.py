@@ -1,0 +1,407 @@
+"""Approximate key / value caching for masked diffusion sampling, through every stage of the looped network.
+
+A masked diffusion LM attends bidirectionally, so a position's keys / values change whenever any token changes
+and no cache is exact. Between two denoising steps, though, they change little (Fast-dLLM, dKV-Cache), and a
+LoopMDM pays every step S times in its mid block. A cache keeps, for every position, what its last computation
+left: the keys / values it produced at every head layer, at every layer of every loop k of the mid block and at
+every tail layer, and its final mid-block state. A network call then recomputes only some *query* positions:
+they run head -> S loops -> tail as usual, attending at each layer (and loop) to their own fresh keys / values
+and to the cached ones of every other position (``Attention`` with ``positions`` and a ``kv_cache``); the others
+are not computed at all. A *refresh* recomputes every position (exactly the plain network call) and refills the
+cache.
+
+Modes (``CACHES``; the sampler option ``cache``):
+
+* ``prefix`` (Fast-dLLM's prefix cache, ``semi_ar``): a refresh at every block boundary; within a block the
+  queries are the current block and everything after it, the finished blocks before it are cached.
+* ``dual`` (Fast-dLLM's dual cache, ``semi_ar``): the same, but only the current block is recomputed; the
+  masked suffix is cached too.
+* ``delayed`` (dKV-Cache, ``confidence`` and ``semi_ar``): a refresh at the first call only; a position is
+  recomputed while it is masked and for ``delay`` calls after it is decoded (its keys / values are cached one
+  step after it is decoded, when they were computed with its token), then it is *settled* and cached.
+* ``loops`` (loop-aware reuse, ``confidence`` and ``semi_ar``): the same rule, applied to the mid block only:
+  the head and the tail run on every position every call, but a settled position skips the mid-block loops,
+  keeping its last final state and, at each loop k, its last keys / values (per-token exit across steps; the
+  state it keeps is the warm start of ``warm``, never looped again).
+
+``refresh=r`` adds a refresh every r network calls (with ``refresh=1`` every call is a plain call: the tokens
+equal the uncached sampler's under the same seed). Loop counts may vary between calls (policies ``schedule``
+and ``converge``): at loop k a position cached with fewer loops is seen through the keys / values of its last
+loop, as ``per_token`` shows frozen positions. ``per_token`` and ``warm`` keep per-position state of their own
+and cannot run with a cache.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..errors import ConfigError
+from ..model.fields import check_int
+from ..registry import Registry
+from .policies import LOOP_POLICIES
+from .runner import LoopRunner, LoopState, Prediction, padded_positions, sub_context
+
+KV = ("k", "v")
+
+
+class CacheMode:
+    """Base class of a cache mode: which positions a call recomputes (``queries``) and when to refresh.
+
+    ``samplers``: the samplers that can use the mode; ``partial_stages``: False when only the mid block is
+    computed at the query positions (head and tail run on every position); ``blockwise``: refresh at every
+    semi-AR block boundary; ``uses_delay``: the ``delay`` option applies."""
+
+    name = "none"
+    active = True
+    samplers: tuple[str, ...] = ("confidence", "semi_ar")
+    partial_stages = True
+    blockwise = False
+    uses_delay = False
+
+    def __init__(self, refresh: Optional[int] = None, delay: Optional[int] = None):
+        self.refresh = None if refresh is None else check_int(refresh, "sampler option refresh", 1,
+                                                              " (a full recompute every that many network calls)")
+        if delay is not None and not self.uses_delay:
+            raise ConfigError(f"sampler option delay applies to cache=delayed or cache=loops, not cache={self.name}")
+        self.delay = check_int(1 if delay is None else delay, "sampler option delay", 1,
+                               " (calls a decoded position is still recomputed before it is cached)")
+
+    def queries(self, kv: "KVCache", x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Positions [N, L] (bool) the next call recomputes."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"cache": self.name, "refresh": self.refresh, **({"delay": self.delay} if self.uses_delay else {})}
+
+
+CACHES: Registry[type[CacheMode]] = Registry("key / value cache")
+
+
+@CACHES.register("none")
+class NoCache(CacheMode):
+    """No cache: every call computes every position (the default)."""
+
+    active = False
+
+    def __init__(self, refresh: Optional[int] = None, delay: Optional[int] = None):
+        if refresh is not None or delay is not None:
+            name = "refresh" if refresh is not None else "delay"
+            raise ConfigError(f"sampler option {name} needs a key / value cache; set cache=prefix, dual, delayed or "
+                              "loops")
+        self.refresh, self.delay = None, 1
+
+
+@CACHES.register("prefix")
+class PrefixCache(CacheMode):
+    """Finished blocks cached, the current block and the suffix recomputed; refreshed at block boundaries."""
+
+    name = "prefix"
+    samplers = ("semi_ar",)
+    blockwise = True
+
+    def queries(self, kv, x, masked):
+        start = int(kv.block.nonzero()[0])
+        return (torch.arange(x.shape[1], device=x.device) >= start)[None].expand_as(masked).clone()
+
+
+@CACHES.register("dual")
+class DualCache(CacheMode):
+    """Finished blocks and the masked suffix cached, only the current block recomputed; refreshed at block
+    boundaries (Fast-dLLM's dual cache)."""
+
+    name = "dual"
+    samplers = ("semi_ar",)
+    blockwise = True
+
+    def queries(self, kv, x, masked):
+        return kv.block[None].expand_as(masked).clone()
+
+
+@CACHES.register("delayed")
+class DelayedCache(CacheMode):
+    """dKV-Cache: masked positions and positions decoded fewer than ``delay`` calls ago are recomputed; settled
+    ones are cached, at every stage."""
+
+    name = "delayed"
+    uses_delay = True
+
+    def queries(self, kv, x, masked):
+        settled = ~masked & (kv.token == x) & (kv.fresh >= self.delay)
+        return ~settled
+
+
+@CACHES.register("loops")
+class LoopReuse(DelayedCache):
+    """Loop-aware reuse: the ``delayed`` rule in the mid block only; head and tail run on every position, and a
+    settled position skips the loops with its last final state and per-loop keys / values."""
+
+    name = "loops"
+    partial_stages = False
+
+
+def cache_mode(sampler: str, cache, refresh, delay) -> CacheMode:
+    """The cache mode named by the sampler options, checked against the sampler (one-line errors)."""
+    cls = CACHES.get(cache)
+    if cls.active and sampler not in cls.samplers:
+        raise ConfigError(f"sampler option cache={cache} needs semi-AR blocks: it is an option of sampler "
+                          f"{' and '.join(cls.samplers)}; sampler {sampler} takes cache=delayed or cache=loops")
+    return cls(refresh=refresh, delay=delay)
+
+
+def check_policy(policy) -> None:
+    """Loop policies with per-position state of their own (per_token, warm) cannot run with a cache."""
+    if getattr(policy, "cacheable", True):
+        return
+    name = next((n for n in LOOP_POLICIES.names() if LOOP_POLICIES.get(n) is type(policy)), type(policy).__name__)
+    ok = [n for n in LOOP_POLICIES.names() if getattr(LOOP_POLICIES.get(n), "cacheable", True)]
+    raise ConfigError(f"loop policy {name} keeps per-position state and cannot run with a key / value cache; use "
+                      f"loop policy {', '.join(ok)}, or sampler option cache=none")
+
+
+def check_model(model) -> None:
+    """The cache drives ``LoopMDM``'s stages block by block (``head`` / ``mid`` / ``tail`` stacks of blocks with
+    partial attention, and ``lm_head``); other backbones (loopified transformers models) cannot use it."""
+    if all(hasattr(getattr(model, s, None), "blocks") for s in ("head", "mid", "tail")) and hasattr(model, "lm_head"):
+        return
+    raise ConfigError(f"this model ({type(model).__name__}) runs whole sequences only and cannot reuse cached keys / "
+                      "values; drop the sampler option cache (threshold works with any model)")
+
+
+class KVCache:
+    """The cache of one sampling run (N rows, L positions): per stage and layer (and loop) the keys / values
+    {"k", "v"} [N, H, L, hd] each position produced at its last computation, its final mid-block state
+    [N, L, D], the token it had then and how many consecutive calls computed it with that token."""
+
+    def __init__(self, mode: CacheMode, policy, num_samples: int, seq_len: int, device, model=None):
+        check_policy(policy)
+        if model is not None:
+            check_model(model)
+        self.mode = mode
+        self.head: Optional[list[dict]] = None  # one dict per head block
+        self.mid: list[list[dict]] = []  # per loop k: one dict per mid block
+        self.tail: Optional[list[dict]] = None  # one dict per tail block
+        self.state: Optional[torch.Tensor] = None  # [N, L, D]
+        self.token = torch.full((num_samples, seq_len), -1, dtype=torch.long, device=device)
+        self.fresh = torch.zeros((num_samples, seq_len), dtype=torch.long, device=device)
+        self.block: Optional[torch.Tensor] = None  # [L] bool: the current semi-AR block
+        self.block_changed = False
+        self.since_refresh = 0
+
+    def begin_block(self, in_block: torch.Tensor) -> None:
+        """A semi-AR block starts (``in_block`` [L] bool): block-wise modes refresh at its first call."""
+        self.block = in_block
+        self.block_changed = True
+
+    def needs_refresh(self) -> bool:
+        if self.state is None or (self.mode.blockwise and self.block_changed):
+            return True
+        return self.mode.refresh is not None and self.since_refresh >= self.mode.refresh
+
+    def predict(self, model, policy, meter, x: torch.Tensor, t: torch.Tensor, state: LoopState) -> Prediction:
+        """One network call for every row of x [N, L] at times t [N], through the cache."""
+        queries = None if self.needs_refresh() else self.mode.queries(self, x, state.masked)
+        if queries is not None:
+            queries[~queries.any(1), 0] = True  # a row with nothing to compute still needs one query position
+        if queries is None or bool(queries.all()):
+            runner: LoopRunner = Refresh(model, self, x, t, meter)
+            self.since_refresh, self.block_changed, computed = 1, False, None
+        else:
+            runner = Partial(model, self, x, t, meter, queries, state.masked)
+            self.since_refresh, computed = self.since_refresh + 1, queries
+        pred = policy.run(runner, state)
+        runner.commit()
+        same = self.token == x
+        fresh = torch.where(same, self.fresh + 1, torch.ones_like(self.fresh))
+        if computed is None:
+            self.fresh, self.token = fresh, x.clone()
+        else:
+            self.fresh = torch.where(computed, fresh, self.fresh)
+            self.token = torch.where(computed, x, self.token)
+        return pred
+
+    # ---------------------------------------------------------------- storage
+    def loop_buffers(self, k: int) -> list[dict]:
+        """The mid-block keys / values of loop k (created from loop k - 1's when no call ran k loops yet: a
+        position cached with fewer loops is seen through its last loop)."""
+        while len(self.mid) <= k:
+            self.mid.append([{n: c[n].clone() for n in KV} for c in self.mid[-1]])
+        return self.mid[k]
+
+
+def _write_rows(buffers: list[dict], rows: Optional[torch.Tensor], values: list[dict]) -> list[dict]:
+    """Write per-layer keys / values of ``rows`` (all when None) into ``buffers``; returns the buffers."""
+    if rows is None:
+        return values
+    for b, v in zip(buffers, values):
+        for n in KV:
+            b[n][rows] = v[n]
+    return buffers
+
+
+def _take_rows(buffers: list[dict], rows: Optional[torch.Tensor]) -> list[dict]:
+    return buffers if rows is None else [{n: b[n][rows] for n in KV} for b in buffers]
+
+
+class Refresh(LoopRunner):
+    """A plain network call (every position; the same operations as ``LoopRunner``) that refills the cache."""
+
+    def __init__(self, model, kv: KVCache, x: torch.Tensor, t: torch.Tensor, meter):
+        self.kv, self.queries = kv, None
+        partial = kv.mode.partial_stages
+        head = [{} for _ in model.head.blocks] if partial else None
+        ctx = model.prelude(x, t, cache=head)
+        meter.network(x.shape[0])
+        meter.refresh()
+        super().__init__(model, ctx, meter)
+        kv.head, kv.mid, kv.tail = head, [], None
+        kv.state = torch.zeros_like(ctx.h0)
+        self.depth = torch.zeros(self.B, dtype=torch.long, device=x.device)
+
+    def _rows(self, rows):
+        return None if rows is None or rows.numel() == self.B else rows
+
+    def full(self, h, k, rows=None, fill_cache=False):
+        rows = self._rows(rows)
+        if rows is not None and rows.numel() == 0:
+            return h
+        fresh = [{} for _ in self.model.mid.blocks]
+        kv = self.kv
+        if rows is None:
+            out = self.model.loop_step(h, self.ctx, k, cache=fresh)
+            self.meter.loop(self.B, self.L)
+            if k == len(kv.mid):
+                kv.mid.append(fresh)
+            else:
+                kv.mid[k] = fresh
+            self.depth += 1
+            return out
+        out = self.model.loop_step(h[rows], sub_context(self.ctx, rows), k, cache=fresh)  # [R, L, D]
+        self.meter.loop(int(rows.numel()), self.L)
+        if k == 0 and not kv.mid:
+            kv.mid.append([{n: f[n].new_zeros(self.B, *f[n].shape[1:]) for n in KV} for f in fresh])
+        _write_rows(kv.loop_buffers(k), rows, fresh)
+        self.depth[rows] += 1
+        h = h.clone()
+        h[rows] = out
+        return h
+
+    def partial(self, h, k, active):
+        raise ConfigError("per-token loop exit cannot run with a key / value cache")  # check_policy prevents it
+
+    def coda(self, h, rows=None):
+        rows = self._rows(rows)
+        h_rows = h if rows is None else h[rows]
+        ctx = self.ctx if rows is None else sub_context(self.ctx, rows)
+        fresh = [{} for _ in self.model.tail.blocks] if self.kv.mode.partial_stages else None
+        out = self.model.lm_head(self.model.coda_features(h_rows, ctx, cache=fresh))  # = model.coda(h, ctx)
+        self.meter.tail(h_rows.shape[0])
+        kv = self.kv
+        if fresh is not None:
+            if kv.tail is None and rows is None:
+                kv.tail = fresh
+            else:
+                if kv.tail is None:
+                    kv.tail = [{n: torch.zeros(self.B, *f[n].shape[1:], dtype=f[n].dtype, device=f[n].device)
+                                for n in KV} for f in fresh]
+                kv.tail = _write_rows(kv.tail, rows, fresh)
+        kv.state[slice(None) if rows is None else rows] = h_rows
+        return out
+
+    def commit(self) -> None:
+        fill_shallow(self.kv, self.depth, self.queries)
+
+
+class Partial(LoopRunner):
+    """A call that computes only the query positions [N, L] (padded per row to the same count K), attending to
+    the cached keys / values of the others at every stage (the mid block only in ``loops`` mode)."""
+
+    def __init__(self, model, kv: KVCache, x: torch.Tensor, t: torch.Tensor, meter, queries: torch.Tensor,
+                 masked: torch.Tensor):
+        self.kv, self.queries, self.masked = kv, queries, masked
+        self.positions, counts = padded_positions(queries)  # [N, K]
+        K = self.positions.shape[1]
+        self.valid = torch.arange(K, device=x.device)[None] < counts[:, None]  # [N, K]
+        D = kv.state.shape[-1]
+        self.idx = self.positions[..., None].expand(-1, -1, D)  # [N, K, D]
+        if kv.mode.partial_stages:
+            ctx = model.prelude(x, t, positions=self.positions, cache=kv.head)  # h0 [N, K, D]
+            meter.network(x.shape[0], queries=K)
+            ctx.h0 = kv.state.scatter(1, self.idx, ctx.h0)  # others: their cached final state (never updated)
+        else:
+            ctx = model.prelude(x, t)
+            meter.network(x.shape[0])
+            meter.report.cached_calls += 1  # the mid block computes only the query positions
+            ctx.h0 = torch.where(queries[..., None], ctx.h0, kv.state)
+        super().__init__(model, ctx, meter)
+        self.depth = torch.zeros(self.B, dtype=torch.long, device=x.device)
+
+    def _select(self, rows):
+        """(rows or None for all, positions [R, K], idx [R, K, D], valid [R, K], context)."""
+        if rows is None or rows.numel() == self.B:
+            return None, self.positions, self.idx, self.valid, self.ctx
+        return rows, self.positions[rows], self.idx[rows], self.valid[rows], sub_context(self.ctx, rows)
+
+    def full(self, h, k, rows=None, fill_cache=False):
+        if rows is not None and rows.numel() == 0:
+            return h
+        rows, pos, idx, valid, ctx = self._select(rows)
+        buffers = self.kv.loop_buffers(k)
+        cache = _take_rows(buffers, rows)
+        h_rows = h if rows is None else h[rows]
+        out = self.model.loop_step(h_rows.gather(1, idx), ctx, k, positions=pos, cache=cache)  # [R, K, D]
+        h_rows = h_rows.scatter(1, idx, out)
+        self.meter.loop(h_rows.shape[0], pos.shape[1], updated=int(valid.sum()))
+        self.kv.mid[k] = _write_rows(buffers, rows, cache)
+        self.depth[slice(None) if rows is None else rows] += 1
+        if rows is None:
+            return h_rows
+        h = h.clone()
+        h[rows] = h_rows
+        return h
+
+    def partial(self, h, k, active):
+        raise ConfigError("per-token loop exit cannot run with a key / value cache")  # check_policy prevents it
+
+    def coda(self, h, rows=None):
+        rows, pos, idx, valid, ctx = self._select(rows)
+        h_rows = h if rows is None else h[rows]
+        masked = self.masked if rows is None else self.masked[rows]
+        R = h_rows.shape[0]
+        if self.kv.mode.partial_stages:
+            cache = _take_rows(self.kv.tail, rows)
+            feats = self.model.coda_features(h_rows.gather(1, idx), ctx, positions=pos, cache=cache)  # [R, K, D]
+            self.kv.tail = _write_rows(self.kv.tail, rows, cache)
+            pred = valid & masked.gather(1, pos)  # [R, K]: the LM head only where the sampler reads a prediction
+            out = self.model.lm_head(feats[pred])  # [M, V]
+            r_idx, k_idx = pred.nonzero(as_tuple=True)
+            logits = out.new_zeros(R, self.L, out.shape[-1])
+            logits[r_idx, pos[r_idx, k_idx]] = out
+            self.meter.tail(R, predicted=int(pred.sum()), queries=pos.shape[1])
+        else:
+            feats = self.model.coda_features(h_rows, ctx)  # [R, L, D]
+            out = self.model.lm_head(feats[masked])
+            logits = out.new_zeros(R, self.L, out.shape[-1])
+            logits[masked] = out
+            self.meter.tail(R, predicted=int(masked.sum()))
+        self.kv.state[slice(None) if rows is None else rows] = h_rows
+        return logits
+
+    def commit(self) -> None:
+        fill_shallow(self.kv, self.depth, self.queries)
+
+
+def fill_shallow(kv: KVCache, depth: torch.Tensor, queries: Optional[torch.Tensor]) -> None:
+    """After a call in which row r ran depth[r] loops, its computed positions (``queries`` [N, L], all when None)
+    are seen at every deeper loop k >= depth[r] through their last loop's keys / values."""
+    K = len(kv.mid)
+    for d in sorted(set(depth.tolist())):
+        if d == 0 or d >= K:
+            continue
+        rows = (depth == d).nonzero().squeeze(1)
+        q = None if queries is None else queries[rows][:, None, :, None]  # [R, 1, L, 1]
+        for k in range(d, K):
+            for src, dst in zip(kv.mid[d - 1], kv.mid[k]):
+                for n in KV:
+                    dst[n][rows] = src[n][rows] if q is None else torch.where(q, src[n][rows], dst[n][rows])
