@@ -2,8 +2,6 @@
 declared shapes, corruption that keeps given positions, loading text and Sudoku run folders, and the CLI."""
 
 import json
-import sys
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,16 +12,7 @@ from loopmdm.data.sudoku import MASK_ID, count_solutions, decode_grid
 from loopmdm.errors import ConfigError
 from loopmdm.experiments import attention as A
 from loopmdm.model import LoopMDM, ModelConfig
-
-
-def cli(argv, capsys):
-    from loopmdm.cli import main
-
-    with mock.patch.object(sys, "argv", ["loopmdm", *argv]):
-        with pytest.raises(SystemExit) as e:
-            main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+from helpers import run_cli as cli
 
 
 def tiny_model(**kw) -> LoopMDM:

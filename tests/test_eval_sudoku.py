@@ -18,7 +18,7 @@ from loopmdm.cli import main
 from loopmdm.config import DiffusionConfig
 from loopmdm.data import train_bpe
 from loopmdm.data.sudoku import MASK_ID, SudokuPair, count_solutions, decode_grid, encode_grids, \
-    generate_puzzles, is_valid_solution, matches_puzzle, normalize_grid, pairs_to_arrays, solve, sudoku_tokenizer, \
+    generate_puzzles, matches_puzzle, normalize_grid, pairs_to_arrays, solve, sudoku_tokenizer, \
     write_jsonl
 from loopmdm.diffusion import predicted_fraction, Batch, MaskedDiffusion, Noise, get_schedule, make_objective, q_sample
 from loopmdm.diffusion import objectives as objectives_module
@@ -28,6 +28,11 @@ from loopmdm.experiments import sudoku as X
 from loopmdm.model import LoopMDM, ModelConfig
 from loopmdm.model.flops import train_flops_per_token
 from loopmdm.sampling import transfer_counts
+from helpers import run_cli
+
+
+def cli(capsys, *args):
+    return run_cli(args, capsys)
 
 ESCARGOT = SudokuPair(normalize_grid("1....7.9..3..2...8..96..5....53..9...1..8...26....4...3......1..4......7..7...3.."),
                       "162857493534129678789643521475312986913586742628794135356478219241935867897261354")
@@ -38,19 +43,6 @@ TOK = sudoku_tokenizer()
 @pytest.fixture(scope="module")
 def pairs():
     return generate_puzzles(4, (34, 40), seed=11)
-
-
-def cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    """Run the real entry point in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(sys, "argv", ["loopmdm", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(err: str) -> str:
@@ -316,7 +308,7 @@ def test_conditional_training_never_masks_a_given(sudoku_run):
 def test_eval_metric_sudoku_on_a_sudoku_checkpoint(sudoku_run, tmp_path, capsys, monkeypatch):
     run, _ = sudoku_run
     monkeypatch.setenv("LOOPMDM_CACHE", str(run.parent / "cache"))
-    code, out, err = cli(capsys, monkeypatch, "eval", "--metric", "sudoku", "--checkpoint", run, "--steps", "1,2,0",
+    code, out, err = cli(capsys, "eval", "--metric", "sudoku", "--checkpoint", run, "--steps", "1,2,0",
                          "--loops", "1,2", "--orders", "margin", "--max-boards", "3", "--json")
     assert code == 0, err
     payload = json.loads(out)
@@ -326,18 +318,18 @@ def test_eval_metric_sudoku_on_a_sudoku_checkpoint(sudoku_run, tmp_path, capsys,
         assert 0.0 <= r["board_accuracy"] <= 1.0 and 0.0 <= r["cell_accuracy"] <= 1.0 and r["boards"] == 3
     boards = generate_puzzles(3, 36, seed=5)
     write_jsonl(boards, tmp_path / "test.jsonl")
-    code, out, err = cli(capsys, monkeypatch, "eval", "--metric", "sudoku", "--checkpoint", run, "--steps", "2",
+    code, out, err = cli(capsys, "eval", "--metric", "sudoku", "--checkpoint", run, "--steps", "2",
                          "--loops", "1", "--data", tmp_path / "test.jsonl", "--max-boards", "2")
     assert code == 0, err
     assert "board acc" in out.splitlines()[0] and len(out.strip().splitlines()) == 2  # header + one row
     for args, needle in ((["--steps", "x"], "--steps 'x'"), (["--loops", "0"], "--loops '0'"),
                          (["--orders", "diagonal"], "unknown unmasking order")):
-        code, _, err = cli(capsys, monkeypatch, "eval", "--metric", "sudoku", "--checkpoint", run, *args)
+        code, _, err = cli(capsys, "eval", "--metric", "sudoku", "--checkpoint", run, *args)
         assert code == 2 and needle in one_line_error(err)
 
 
 def test_eval_metric_sudoku_on_a_text_checkpoint_names_the_vocabulary(tiny_run, capsys, monkeypatch):
-    code, out, err = cli(capsys, monkeypatch, "eval", "--metric", "sudoku", "--checkpoint", tiny_run)
+    code, out, err = cli(capsys, "eval", "--metric", "sudoku", "--checkpoint", tiny_run)
     line = one_line_error(err)
     assert code == 2 and not out
     assert "<pad>, 1-9, <mask>" in line and re.search(r"has a \d+-token vocabulary", line)
@@ -345,7 +337,7 @@ def test_eval_metric_sudoku_on_a_text_checkpoint_names_the_vocabulary(tiny_run, 
 
 def test_train_preset_sudoku_rejects_impossible_givens(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LOOPMDM_CACHE", str(tmp_path / "cache"))
-    code, _, err = cli(capsys, monkeypatch, "train", "--preset", "sudoku", "--set", "data.sudoku.givens=[10,20]",
+    code, _, err = cli(capsys, "train", "--preset", "sudoku", "--set", "data.sudoku.givens=[10,20]",
                        "--out", tmp_path / "run")
     line = one_line_error(err)
     assert code == 2 and "data.sudoku.givens=[10, 20]" in line and "17..80" in line
@@ -375,7 +367,7 @@ def test_experiment_config_errors(tmp_path, capsys, monkeypatch):
                          ("no_such_key: 1\n", "no_such_key"),
                          ("base: huge\n", "base")):
         f.write_text(text)
-        code, _, err = cli(capsys, monkeypatch, "experiment", "sudoku", "--config", f, "--out", tmp_path / "o")
+        code, _, err = cli(capsys, "experiment", "sudoku", "--config", f, "--out", tmp_path / "o")
         assert code == 2 and needle in one_line_error(err)
     assert not (tmp_path / "o").exists()
 

@@ -2,14 +2,11 @@
 a very short three-run comparison whose cumulative FLOPs agree within 2%, and the CLI."""
 
 import json
-import sys
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
-from loopmdm.config import DiffusionConfig
 from loopmdm.errors import ConfigError, DataError
 from loopmdm.experiments.common import default_loop_grid, load_experiment_config
 from loopmdm.experiments.ablation import ablation_variants, place_loop
@@ -19,17 +16,7 @@ from loopmdm.experiments.curves import Curve, flops_ratio, flops_to_reach, read_
 from loopmdm.model.flops import expected_train_flops_per_token, train_flops_per_token
 from loopmdm.diffusion import predicted_fraction
 from loopmdm.diffusion.loops import BalancedUniformLoops, make_loop_distribution
-
-
-def cli(argv, capsys):
-    """Run ``loopmdm ARGV`` in-process through the real entry point; returns (exit code, stdout, stderr)."""
-    from loopmdm.cli import main
-
-    with mock.patch.object(sys, "argv", ["loopmdm", *argv]):
-        with pytest.raises(SystemExit) as e:
-            main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+from helpers import run_cli as cli
 
 
 # --------------------------------------------------------------------------- synthetic curves

@@ -26,21 +26,12 @@ from loopmdm.sampling.kvcache import DualCache, KVCache
 from loopmdm.sampling.policies import Fixed
 from loopmdm.sampling.report import ComputeMeter
 from loopmdm.sampling.runner import LoopState
+from helpers import t_free_model
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_run):
     return load_model(tiny_run)  # adaLN time conditioning, n_h / n_m / n_o = 1 / 2 / 1, S_max = 3
-
-
-def t_free_model(tok, seed: int = 0) -> LoopMDM:
-    """A random model whose prediction depends on x_t only, with peaked logits (confident predictions)."""
-    torch.manual_seed(seed)
-    m = LoopMDM(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=32, d_model=32, n_heads=2, n_layers=4,
-                            n_h=1, n_m=2, n_o=1, cond_dim=16, time_conditioning="none", tie_embeddings=False))
-    with torch.no_grad():
-        m.lm_head.weight.normal_(0.0, 0.5)
-    return m.eval()
 
 
 CACHED = [

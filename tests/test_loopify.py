@@ -3,9 +3,7 @@ random models built from configs); a loopified checkpoint fine-tunes (`train --i
 save / load / export / import, samples and evaluates; bad inputs get one-line errors."""
 
 import json
-import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -23,22 +21,12 @@ from loopmdm.eval.nelbo import evaluate_nelbo  # noqa: E402
 from loopmdm.loopify import check_loop_range, loopify, parse_loop_layers  # noqa: E402
 from loopmdm.sampling import generate  # noqa: E402
 from loopmdm.train import init_run_config, train  # noqa: E402
+from helpers import run_cli as cli
 
 from conftest import python_like_text  # noqa: E402
 
 FAMILIES = ["bert", "roberta", "modernbert", "dream"]
 TOL = 1e-5  # S = 1 exactness, relative, fp32
-
-
-def cli(argv, capsys):
-    """``loopmdm ARGV`` in-process through the real entry point: (exit code, stdout, stderr)."""
-    from loopmdm.cli import main
-
-    with mock.patch.object(sys, "argv", ["loopmdm", *argv]):
-        with pytest.raises(SystemExit) as e:
-            main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def rel(a, b) -> float:

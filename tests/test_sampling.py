@@ -9,28 +9,18 @@ import pytest
 import torch
 
 from loopmdm.checkpoint import load_model
-from loopmdm.config import ModelConfig
 from loopmdm.errors import ConfigError
 from loopmdm.model import LoopMDM
 from loopmdm.sampling import (SAMPLERS, TokenFilter, ancestral_sample, draw, generate, parse_template,
                               transfer_counts)
 from loopmdm.diffusion.schedules import get_schedule
+from helpers import t_free_model
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_run):
     model, tok, cfg = load_model(tiny_run)
     return model, tok, cfg
-
-
-def t_free_model(tok, seed: int = 0) -> LoopMDM:
-    """A random model whose prediction depends on x_t only (no time conditioning), with peaked logits."""
-    torch.manual_seed(seed)
-    m = LoopMDM(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=32, d_model=32, n_heads=2, n_layers=4,
-                            n_h=1, n_m=2, n_o=1, cond_dim=16, time_conditioning="none", tie_embeddings=False))
-    with torch.no_grad():
-        m.lm_head.weight.normal_(0.0, 0.5)
-    return m.eval()
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS.names())

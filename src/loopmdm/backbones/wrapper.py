@@ -21,9 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..model import LoopContext, LoopMDM, ModelConfig
-from ..model.fields import check_loops
 from ..model.layers import sinusoidal
-from ..model.loss import linear_cross_entropy
 
 
 class LayerRange(nn.Module):
@@ -146,32 +144,17 @@ class WrappedLoopMDM(nn.Module):
     def coda(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None,
              positions: Optional[torch.Tensor] = None, cache: Optional[list] = None) -> torch.Tensor:
         """Tail, features and the source's decoder: logits [B, T, V], or [N, V] at the positions ``predict`` marks."""
-        weight, bias = self.family.decoder(self.source)
+        weight, bias = self.decoder()
         return F.linear(self.coda_features(h, ctx, predict, positions, cache), weight, bias)
 
-    def forward(self, x_t: torch.Tensor, t: Optional[torch.Tensor] = None, loops: int = 1,
-                attention_mask: Optional[torch.Tensor] = None, predict: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, label_weights: Optional[torch.Tensor] = None,
-                exclude: Optional[int] = None):
-        """As ``LoopMDM.forward``: logits [B, T, V] at S = ``loops``; with ``predict`` only those positions
-        ([N, V]); with ``labels`` [N] too, ``(sum_i w_i CE_i, CE [N])`` without forming logits (a decoder bias
-        enters the fused loss as one more input column of ones)."""
-        loops = check_loops(loops)
-        ctx = self.prelude(x_t, t, attention_mask)
-        h = self.run_loops(ctx.h0, ctx, loops)
-        if labels is None:
-            return self.coda(h, ctx, predict)
-        feats = self.coda_features(h, ctx, predict)
-        feats = feats.reshape(-1, feats.shape[-1])  # [N, D]
-        weight, bias = self.family.decoder(self.source)
-        if bias is not None:  # h W^T + b = [h, 1] [W, b]^T
-            feats = torch.cat([feats, feats.new_ones(feats.shape[0], 1)], dim=-1)
-            weight = torch.cat([weight, bias[:, None].to(weight.dtype)], dim=1)
-        return linear_cross_entropy(feats, weight, labels, label_weights, exclude)
+    def decoder(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The source's decoder weight [V, D] and bias [V] (or None)."""
+        return self.family.decoder(self.source)
 
-    def num_parameters(self) -> int:
-        """Unique parameters (tied weights counted once); independent of S."""
-        return sum(p.numel() for p in self.parameters())
+    # The forward pass (dense, sparse prediction, fused loss with a decoder bias) and the parameter count:
+    # exactly LoopMDM's, over this model's prelude / loops / coda.
+    forward = LoopMDM.forward
+    num_parameters = LoopMDM.num_parameters
 
 
 # --------------------------------------------------------------------------- tied weights in state dicts

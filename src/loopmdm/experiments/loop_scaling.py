@@ -51,7 +51,7 @@ class LoopScalingConfig(ComputeMatchedConfig):
     """A compute-matched configuration plus the budgets (training FLOPs per run, increasing) and how many seeds
     each gets (``seeds_per_budget[i]``: the first that many of ``seeds``)."""
 
-    budgets: list[float] = field(default_factory=lambda: [3e12, 1e13, 3e13, 9e13])
+    budgets: list[float] = field(default_factory=lambda: [7.5e11, 2.5e12, 7.5e12, 2.25e13])
     seeds_per_budget: list[int] = field(default_factory=lambda: [1, 1, 2, 2])
     bootstrap: int = 2000
 
@@ -80,12 +80,13 @@ def _laptop() -> LoopScalingConfig:
                           log_every=25, keep_last=1, threads=1),
     )
     return LoopScalingConfig(
-        name="laptop", run=run, n_evals=12, seeds=[0, 1], final_eval_batches=32, expected_minutes=150.0,
-        budgets=[3e12, 1e13, 3e13, 9e13], seeds_per_budget=[1, 1, 2, 2],
-        description="4-layer d=64 models (0.3M parameters) on the whole standard-library corpus, BPE 2048, length "
-                    "128, batch 32; LoopMDM loops layers 1-2 with S_max = 4 (the deeper MDM has 7 layers); "
-                    "budgets 3e12 .. 9e13 training FLOPs per run (30x), 2 seeds at the two largest. Run as two "
-                    "one-thread processes (--shard 0/2 and 1/2).")
+        name="laptop", run=run, n_evals=12, seeds=[0, 1], final_eval_batches=32, expected_minutes=130.0,
+        budgets=[7.5e11, 2.5e12, 7.5e12, 2.25e13], seeds_per_budget=[1, 1, 2, 2],
+        description="4-layer d=64 models (0.4M parameters) on the whole standard-library corpus, BPE 2048, length "
+                    "128, batch 32, AdamW 2e-3 (the quickstart recipe's); LoopMDM loops layers 1-2 with S_max = 4 "
+                    "(the deeper MDM has 7 layers); budgets 7.5e11 .. 2.25e13 training FLOPs per run (30x), 2 "
+                    "seeds at the two largest. Run as two one-thread processes (--shard 0/2 and 1/2), then once "
+                    "without --shard for the report.")
 
 
 PRESETS = {"laptop": _laptop}

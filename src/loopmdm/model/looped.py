@@ -229,8 +229,16 @@ class LoopMDM(nn.Module):
         if labels is None:
             return self.coda(h, ctx, predict)
         feats = self.coda_features(h, ctx, predict)
-        return linear_cross_entropy(feats.reshape(-1, feats.shape[-1]), self.lm_head.weight, labels, label_weights,
-                                    exclude)
+        feats = feats.reshape(-1, feats.shape[-1])  # [N, D]
+        weight, bias = self.decoder()
+        if bias is not None:  # h W^T + b = [h, 1] [W, b]^T
+            feats = torch.cat([feats, feats.new_ones(feats.shape[0], 1)], dim=-1)
+            weight = torch.cat([weight, bias[:, None].to(weight.dtype)], dim=1)
+        return linear_cross_entropy(feats, weight, labels, label_weights, exclude)
+
+    def decoder(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The LM head's weight [V, D] and bias [V] (None: this head has none)."""
+        return self.lm_head.weight, None
 
     def num_parameters(self) -> int:
         """Unique parameters (tied weights counted once); independent of S."""
