@@ -3,7 +3,7 @@ training FLOPs? (``loopmdm experiment loopify``)
 
 Two sources, each trained here on the built-in corpus, then fine-tuned two ways at the SAME extra training FLOPs:
 
-- sources: ``mdm``, a plain MDM of the library (the ``tiny-baseline`` model: 6 x 128, adaLN, S = 1) and
+- sources: ``mdm``, a plain MDM of the library (the ``tiny-baseline`` model: 4 x 96, adaLN, S = 1) and
   ``bert``, a transformers ``BertForMaskedLM`` of the same size pretrained with the MDM objective, exported to
   a plain BERT folder (``loopmdm export``) and read back from it as a transformers model;
 - every source is loopified (``loopmdm loopify``, layers ``loop_layers`` = 1:3 as the mid block, exact at S = 1:
@@ -44,7 +44,7 @@ from typing import Callable, Optional
 
 from ..backbones import get_backbone
 from ..checkpoint import load_config_file, load_model, resolve_checkpoint
-from ..config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, RunConfig, preset
 from ..data import PreparedData, prepare_data
 from ..diffusion import make_loop_distribution, predicted_fraction
 from ..errors import ConfigError
@@ -124,22 +124,20 @@ class LoopifyExperimentConfig:
 
 
 def _laptop() -> LoopifyExperimentConfig:
-    run = RunConfig(
-        model=ModelConfig(vocab_size=2048, max_seq_len=128, d_model=128, n_heads=4, n_layers=6, n_h=1, n_m=2, n_o=3),
-        diffusion=DiffusionConfig(loop_dist="fixed", s_fixed=1, s_max=4),
-        data=DataConfig(source="stdlib", max_train_bytes=6_000_000),
-        train=TrainConfig(batch_size=16, lr=1e-3, warmup_steps=30, eval_every=200, eval_batches=6, save_every=200,
-                          precision="fp32", device="cpu", log_every=10, keep_last=1, threads=1),
-    )
-    bert = dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512,
+    run = preset("tiny-baseline")  # the quickstart recipe: 4 x 96, adaLN, AdamW 2e-3, S = 1
+    run.data = DataConfig(source="stdlib", max_train_bytes=6_000_000)
+    t = run.train
+    t.eval_every, t.save_every, t.eval_batches, t.log_every, t.keep_last = 200, 200, 6, 10, 1
+    t.device, t.threads = "cpu", 1
+    bert = dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=384,
                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=1)
     return LoopifyExperimentConfig(
-        name="laptop", run=run, mdm_steps=600, bert=bert, bert_steps=600, finetune_steps=240, finetune_lr=3e-4,
-        expected_minutes=45.0,
-        description="Sources: the tiny-baseline MDM (6 x 128, adaLN, 2.1M parameters) and a BertForMaskedLM of the "
-                    "same shape (no dropout), each trained 600 steps of 16 x 128 tokens on 6 MB of the Python "
-                    "standard library (BPE 2048). Loopify layers 1-2 (n_h=1, n_m=2, n_o=3), S_max=4; (a) fine-tunes "
-                    "240 steps at S=1, (b) the FLOP-equal number of steps with S ~ U{1..4}; lr 3e-4 with 5% warmup "
+        name="laptop", run=run, mdm_steps=800, bert=bert, bert_steps=800, finetune_steps=300, finetune_lr=5e-4,
+        expected_minutes=60.0,
+        description="Sources: the tiny-baseline MDM (4 x 96, adaLN, S = 1) and a BertForMaskedLM of the same shape "
+                    "(no dropout), each trained 800 steps of 32 x 128 tokens at lr 2e-3 on 6 MB of the Python "
+                    "standard library (BPE 2048). Loopify layers 1-2 (n_h=1, n_m=2, n_o=1), S_max=4; (a) fine-tunes "
+                    "300 steps at S=1, (b) the FLOP-equal number of steps with S ~ U{1..4}; lr 5e-4 with 5% warmup "
                     "and cosine decay. One thread per process: run the two seeds as two processes on 2 cores.")
 
 
