@@ -139,6 +139,22 @@ def test_transformers_folder_with_pickle_weights_is_refused(ckpt, tmp_path):
     assert not marker.exists()
 
 
+def test_safetensors_whose_header_length_starts_like_a_pickle_loads(tmp_path):
+    """A safetensors header of 0x..80 bytes makes the file's first byte 0x80, pickle's PROTO opcode: a real
+    trainer checkpoint hit this (a 2944-byte header); it must load, not be refused as a pickle."""
+    import struct
+
+    from loopmdm.checkpoint.load import load_safetensors
+
+    weight = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}).encode()
+    header += b" " * (0x180 - len(header))  # the format allows space padding of the header
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + weight.numpy().tobytes())
+    assert path.read_bytes()[:1] == b"\x80"
+    assert torch.equal(load_safetensors(path)["w"], weight)
+
+
 def test_poisoned_data_cache_is_rebuilt_not_unpickled(tiny_corpus, tmp_path):
     from loopmdm.config import DataConfig
     from loopmdm.data import prepare_data

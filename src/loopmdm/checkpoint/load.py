@@ -105,12 +105,14 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         with path.open("rb") as f:
-            head = f.read(8)
+            head = f.read(9)
     except FileNotFoundError:
         raise CheckpointError(f"{str(path)!r} is missing; the checkpoint is incomplete: use an earlier one") from None
     except OSError as e:
         raise CheckpointError(f"cannot read {str(path)!r} ({describe_os_error(e)})") from None
-    if head.startswith(PICKLE_MAGIC):
+    # a safetensors file is an 8-byte little-endian header length, then the JSON header: its first length byte
+    # may be 0x80, pickle's PROTO opcode, so only a file that is not shaped like safetensors is called a pickle
+    if head[8:9] != b"{" and head.startswith(PICKLE_MAGIC):
         raise CheckpointError(f"{str(path)!r} is a pickle / torch.save file, not safetensors, and was refused: "
                               "unpickling can run arbitrary code; use a checkpoint written by `loopmdm train`")
     try:
