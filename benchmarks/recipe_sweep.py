@@ -1,15 +1,17 @@
-"""The laptop recipe sweep: which settings make the `tiny` preset leave the unigram plateau early.
+"""The laptop recipe sweep: which settings make the quickstart model leave the unigram plateau early.
 
-Every variant is the `tiny` preset with a few `--set` overrides, trained by `loopmdm train` in its own
-process (one thread each, ``--parallel`` at a time) with validation every ``--eval-every`` steps on 2
-batches. Phase 1 stops each run (SIGTERM: the trainer saves and exits) after ``--stop-at`` steps;
-``--finish NAME ...`` resumes the named runs to the preset's full 800 steps. The plateau is the validation
-NELBO of a model that predicts the training unigram distribution at every masked position (for the
-log-linear schedule that NELBO is the unigram cross-entropy H); a run has "left the plateau" at the first
-evaluation whose NELBO is at least ``--margin`` nats below H.
+Every variant is ``SWEEP_BASE`` (the `tiny` preset as it was when the sweep ran: 6 layers x 128, n_h / n_m /
+n_o = 1 / 2 / 3, AdamW 1e-3, 800 steps; the preset has since become the ``d96x4`` variant) with a few
+``--set`` overrides, trained by ``loopmdm train`` in its own process (one thread each, ``--parallel`` at a
+time) with validation every ``--eval-every`` steps on 2 batches. Phase 1 stops each run (SIGTERM: the trainer
+saves and exits) after ``--stop-at`` steps. ``--full NAME ...`` trains the ``FULL`` runs (the candidates at
+their whole length, validation on 4 batches every 100 steps) to the end. The plateau is the validation NELBO of
+a model that predicts the training unigram distribution at every masked position (for the log-linear schedule
+that NELBO is the unigram cross-entropy H); a run has "left the plateau" at the first evaluation whose NELBO
+is at least ``--margin`` nats below H. ``--report`` only summarises the runs already in OUT.
 
-    python benchmarks/recipe_sweep.py --out runs/recipe            # phase 1, all variants
-    python benchmarks/recipe_sweep.py --out runs/recipe --finish base lr2e-3_wu200
+    python benchmarks/recipe_sweep.py --out runs/recipe                       # phase 1, all variants
+    python benchmarks/recipe_sweep.py --out runs/recipe --full full_d96x4 full_d64x4
 
 Prints a table and writes ``OUT/recipe_sweep.json``.
 """
@@ -28,6 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+SWEEP_BASE = ["model.d_model=128", "model.n_heads=4", "model.n_layers=6", "model.n_o=3", "train.lr=1e-3",
+              "train.max_steps=800", "train.save_every=200"]
+RECIPE = ["model.d_model=96", "model.n_heads=3", "model.n_layers=4", "model.n_o=1", "train.lr=2e-3"]
+SMALL = ["model.d_model=64", "model.n_heads=2", "model.n_layers=4", "model.n_o=1", "train.lr=2e-3"]
+
 VARIANTS: dict[str, list[str]] = {
     "base": [],
     "lr2e-3": ["train.lr=2e-3"],
@@ -41,22 +48,26 @@ VARIANTS: dict[str, list[str]] = {
     "betas95": ["train.betas=[0.9,0.95]"],
     "d192": ["model.d_model=192", "model.n_heads=6"],
     "depth4": ["model.n_layers=4", "model.n_o=1"],
-    # round 2: initialisation scale, QK-norm, loss weighting, positions, untied embeddings
+    # round 2: initialisation scale, QK-norm, learned positions
     "init05": ["model.init_std=0.05"],
     "init10": ["model.init_std=0.1"],
     "qknorm": ["model.qk_norm=true"],
     "qknorm_lr3e-3": ["model.qk_norm=true", "train.lr=3e-3"],
     "qknorm_init05": ["model.qk_norm=true", "model.init_std=0.05"],
     "init05_lr3e-3": ["model.init_std=0.05", "train.lr=3e-3"],
-    "uniform_loss": ["diffusion.loss_weight=uniform"],
     "learned_pos": ["model.learned_positions=true"],
-    "untied": ["model.tie_embeddings=false"],
-    # round 3: diagnostics (is the plateau the loops', the objective's, the length's, or the step size's?)
+    # round 3: diagnostics (is the plateau the loops' or the objective's?)
     "no_loops": ["diffusion.loop_dist=fixed", "diffusion.s_fixed=1"],
     "ar": ["diffusion.objective=ar", "model.causal=true", "model.time_conditioning=none",
            "diffusion.loop_dist=fixed", "diffusion.s_fixed=1"],
-    "seq64": ["model.max_seq_len=64", "train.batch_size=64"],
-    "qknorm_lr1e-2": ["model.qk_norm=true", "train.lr=1e-2", "train.warmup_steps=100"],
+    # round 4: smaller models run more optimizer steps in the same time
+    "d96x4": RECIPE + ["train.max_steps=2000"],
+    "d64x4": SMALL + ["train.max_steps=3000"],
+}
+FULL_EVAL = ["train.eval_every=100", "train.eval_batches=4"]
+FULL: dict[str, list[str]] = {
+    "full_d96x4": RECIPE + ["train.max_steps=2000"] + FULL_EVAL,
+    "full_d64x4": SMALL + ["train.max_steps=2800"] + FULL_EVAL,
 }
 
 
@@ -72,14 +83,14 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
-def launch(name: str, overrides: list[str], out: Path, eval_every: int, resume: bool) -> subprocess.Popen:
+def launch(name: str, overrides: list[str], out: Path, eval_every: int) -> subprocess.Popen:
     run = out / name
     cmd = [sys.executable, "-m", "loopmdm.cli", "train", "--out", str(run), "--no-progress"]
-    if resume:
+    if (run / "checkpoints").is_dir():
         cmd += ["--resume", str(run)]
     else:
-        cmd += ["--preset", "tiny", "--set", "train.threads=1", "--set", f"train.eval_every={eval_every}",
-                "--set", "train.eval_batches=2"] + [a for o in overrides for a in ("--set", o)]
+        sets = SWEEP_BASE + ["train.threads=1", f"train.eval_every={eval_every}", "train.eval_batches=2"] + overrides
+        cmd += ["--preset", "tiny"] + [a for o in sets for a in ("--set", o)]
     log = open(out / f"{name}.log", "a")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -104,18 +115,18 @@ def summarise(name: str, run: Path, margin: float) -> dict:
     plateau = unigram_plateau(run) if (run / "config.json").is_file() else None
     left = next((r["step"] for r in recs if plateau is not None and r["val_nelbo"] <= plateau - margin), None)
     tok_s = [r["tokens_per_s"] for r in read_metrics(run / "metrics.jsonl") if "tokens_per_s" in r]
-    return {"name": name, "overrides": VARIANTS.get(name, []), "plateau_nelbo": plateau, "left_plateau_at": left,
+    return {"name": name, "overrides": {**VARIANTS, **FULL}.get(name, []), "plateau_nelbo": plateau, "left_plateau_at": left,
             "val_nelbo": {r["step"]: r["val_nelbo"] for r in recs},
             "last_step": recs[-1]["step"] if recs else 0,
             "median_tokens_per_s": float(np.median(tok_s)) if tok_s else None}
 
 
-def run_all(names: list[str], out: Path, stop_at: int | None, parallel: int, eval_every: int, resume: bool):
-    queue, active = list(names), {}
+def run_all(runs: dict[str, list[str]], out: Path, stop_at: int | None, parallel: int, eval_every: int):
+    queue, active = list(runs), {}
     while queue or active:
         while queue and len(active) < parallel:
             name = queue.pop(0)
-            active[name] = launch(name, VARIANTS.get(name, []), out, eval_every, resume)
+            active[name] = launch(name, runs[name], out, eval_every)
         time.sleep(5)
         for name, proc in list(active.items()):
             steps = [r.get("step", 0) for r in read_metrics(out / name / "metrics.jsonl")]
@@ -133,21 +144,28 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--margin", type=float, default=0.25)
-    ap.add_argument("--finish", nargs="*", default=None, help="resume these runs to the full 800 steps")
+    ap.add_argument("--full", nargs="*", default=None, choices=list(FULL), help="train these FULL runs to the end")
+    ap.add_argument("--report", action="store_true", help="summarise the runs in OUT, train nothing")
     args = ap.parse_args()
+    unknown = [n for n in args.variants if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if args.finish:
-        run_all(args.finish, args.out, None, args.parallel, args.eval_every, resume=True)
-    else:
-        todo = [n for n in args.variants if not (args.out / n / "checkpoints").is_dir()]
-        run_all(todo, args.out, args.stop_at, args.parallel, args.eval_every, resume=False)
-    rows = [summarise(n, args.out / n, args.margin) for n in args.variants if (args.out / n).is_dir()]
-    print(f"{'variant':<18} {'plateau':>7} {'left at':>7} " + " ".join(f"{s:>6}" for s in (40, 80, 120, 200, 400, 800))
-          + f" {'tok/s':>6}")
+    if args.full:
+        run_all({n: FULL[n] for n in args.full}, args.out, None, args.parallel, 100)
+    elif not args.report:
+        todo = {n: VARIANTS[n] for n in args.variants if not (args.out / n / "checkpoints").is_dir()}
+        run_all(todo, args.out, args.stop_at, args.parallel, args.eval_every)
+    names = list(args.variants) + list(FULL)
+    rows = [summarise(n, args.out / n, args.margin) for n in names if (args.out / n / "metrics.jsonl").is_file()]
+    cols = (40, 80, 120, 200, 400, 800, 1600)
+    print(f"{'variant':<18} {'plateau':>7} {'left at':>7} " + " ".join(f"{s:>6}" for s in cols)
+          + f" {'last':>11} {'tok/s':>6}")
     for r in rows:
         v = r["val_nelbo"]
-        cells = " ".join(f"{v[s]:6.3f}" if s in v else f"{'-':>6}" for s in (40, 80, 120, 200, 400, 800))
+        cells = " ".join(f"{v[s]:6.3f}" if s in v else f"{'-':>6}" for s in cols)
+        cells += f" {v[r['last_step']]:6.3f}@{r['last_step']:<4}" if v else f" {'-':>11}"
         left = "-" if r["left_plateau_at"] is None else str(r["left_plateau_at"])
         plat = "-" if r["plateau_nelbo"] is None else f"{r['plateau_nelbo']:.3f}"
         tps = "-" if r["median_tokens_per_s"] is None else f"{r['median_tokens_per_s']:.0f}"

@@ -1,4 +1,4 @@
-"""The optimizer and its schedule: AdamW (no weight decay on embeddings, norms and biases; fused on CUDA) and a
+"""The optimizer and its schedule: AdamW (no weight decay on embeddings, norms and biases; fused on CPU and CUDA) and a
 linear warmup followed by a cosine decay to ``train.min_lr_ratio`` of the peak learning rate."""
 
 from __future__ import annotations
