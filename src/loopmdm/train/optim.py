@@ -1,5 +1,5 @@
-"""The optimizer and its schedule: AdamW (no weight decay on embeddings, norms and biases; fused on CPU and CUDA) and a
-linear warmup followed by a cosine decay to ``train.min_lr_ratio`` of the peak learning rate."""
+"""The optimizer and its schedule: AdamW (no weight decay on embeddings, norms and biases; fused on CPU and
+CUDA) and a linear warmup followed by a cosine decay to ``train.min_lr_ratio`` of the peak learning rate."""
 
 from __future__ import annotations
 
