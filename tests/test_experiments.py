@@ -197,3 +197,14 @@ def test_cli_unmatched_config_is_a_one_line_error(tmp_path, capsys):
     assert code == 2 and "neither a preset" in err
     code, _, err = cli(["experiment", "compute-matched", "--out", str(tmp_path), "--seeds", "0,x"], capsys)
     assert code == 2 and "--seeds 'x' is not an integer" in err
+
+
+def test_train_or_reuse_refuses_a_run_stopped_by_a_signal(tiny_cfg, tmp_path, monkeypatch):
+    """A signal-stopped run (saved at its last step) must stop the experiment, not be evaluated as finished."""
+    import loopmdm.experiments.common as common
+    from loopmdm.errors import LoopMDMError
+    from loopmdm.train.trainer import TrainResult
+
+    monkeypatch.setattr(common, "train", lambda rc, run_dir, **kw: TrainResult(run_dir, 3, 1.0, None, 0.0, True))
+    with pytest.raises(LoopMDMError, match=r"stopped at step 3 of \d+ \(signal received\); run the same command"):
+        common.train_or_reuse(tiny_cfg, tmp_path / "run", log=lambda s: None)

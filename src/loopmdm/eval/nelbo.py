@@ -147,7 +147,7 @@ def nelbo_sweep(model, rows: np.ndarray, objective: Objective, loops: Sequence[i
     """``evaluate_nelbo`` at every S in ``loops`` with the same seed (common random numbers: every S sees the
     same t and masks, so differences between S are measured more precisely than each value alone).
 
-    Adds ``flops_per_token`` (forward FLOPs at S, ``loopmdm.flops``), ``delta`` / ``delta_stderr`` (the paired
+    Adds ``flops_per_token`` (forward FLOPs at S, ``loopmdm.model.flops``), ``delta`` / ``delta_stderr`` (the paired
     difference NELBO(S) - NELBO(first S) over their common passes, whose error is far smaller than either
     value's because the Monte-Carlo noise is shared) and, when ``tokenizer`` is given, ``bits_per_byte`` over
     the bytes of the evaluated rows."""

@@ -12,7 +12,7 @@ import torch
 from ..checkpoint import list_checkpoints, load_config_file, load_model, step_of
 from ..config import RunConfig, apply_dict, read_yaml_file
 from ..data import PreparedData
-from ..errors import ConfigError
+from ..errors import ConfigError, LoopMDMError
 from ..train import train
 from ..train.resume import config_diff
 
@@ -55,7 +55,8 @@ def train_or_reuse(rc: RunConfig, run_dir: str | Path, data: Optional[PreparedDa
     """Train ``rc`` into ``run_dir``, or continue / reuse what is there: a finished run with the same config is
     reused, an unfinished one is resumed from its last checkpoint, and a run with another config is refused
     (naming the differences) rather than overwritten. Returns the trained model (EMA weights when kept) and
-    whether a finished run was reused."""
+    whether a finished run was reused. A run stopped by a signal raises ``LoopMDMError`` (its last step is
+    saved), so that no experiment evaluates a half-trained model as a finished one."""
     run_dir = Path(run_dir)
     kept = list_checkpoints(run_dir / "checkpoints")
     resume = None
@@ -70,5 +71,8 @@ def train_or_reuse(rc: RunConfig, run_dir: str | Path, data: Optional[PreparedDa
             return load_model(run_dir, ema=None)[0], True
         log(f"  resuming {run_dir} from {kept[-1].name}")
         resume = run_dir
-    train(rc, run_dir, resume=resume, progress=progress, log=log, data=data)
+    result = train(rc, run_dir, resume=resume, progress=progress, log=log, data=data)
+    if result.stopped_early:  # a signal: the step is saved; evaluating this model as finished would be wrong
+        raise LoopMDMError(f"training of {str(run_dir)!r} stopped at step {result.step} of {rc.train.max_steps} "
+                           "(signal received); run the same command again to resume it")
     return load_model(run_dir, ema=None)[0], False

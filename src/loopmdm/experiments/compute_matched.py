@@ -8,7 +8,7 @@ Three runs on the same data, tokenizer, sequence length and seed, each given the
 - (c) ``deeper``: a non-looped MDM with L + (E[S] - 1) n_m layers, whose per-step FLOPs match (b)'s
   expected per-step FLOPs F_loop = F_base + (E[S] - 1) n_m F_layer, E[S] = (S_max + 1) / 2.
 
-(b) and (c) cost more per step, so they take fewer steps (computed from ``loopmdm.flops``). Validation
+(b) and (c) cost more per step, so they take fewer steps (computed from ``loopmdm.model.flops``). Validation
 NELBO is logged against cumulative FLOPs; the FLOPs ratio is the FLOPs (a) needs to reach its final
 NELBO over the FLOPs (b) needs to reach the same value (``curves.flops_ratio``).
 """

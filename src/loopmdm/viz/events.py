@@ -1,7 +1,7 @@
 """JSON events the viewer consumes, built from ``StepInfo`` / ``SampleOutput`` / ``Trajectory``.
 
 The browser page (streamed, one event per denoising step) and the self-contained trajectory export
-(``loopmdm.trajectory_html``, all steps at once) share one data model:
+(``loopmdm.viz.trajectory_html``, all steps at once) share one data model:
 
 - ``start``: request echo, total steps T, mask / special token ids, and ``given`` [N, L] (positions fixed by
   the prompt / template);
