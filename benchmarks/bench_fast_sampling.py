@@ -11,8 +11,8 @@ Full run (the numbers for the README / docs/sampling.md; trains what it is not g
   two windows x 14 configurations x 128 samples, about 400 TFLOP of sampling (330 at L = 256, 70 at L = 128,
   most of it the two plain samplers' one-token-per-step runs) at the ~50 GFLOP/s end to end that sampling
   reaches on this CPU (measured: 20 GFLOP/s with one thread on a core shared with a training job); Sudoku:
-  200 boards x 6 configurations, about 5 min; gen-PPL scoring about 10 min. Add about 25 min to train the
-  L = 256 text model (tiny preset, window 256, batch 16, 800 steps), 5 min for the AR evaluator (300 steps)
+  200 boards x 6 configurations, about 5 min; gen-PPL scoring about 10 min. Add about 30 min to train the
+  L = 256 text model (tiny preset, window 256, batch 16, its 1600 steps), 5 min for the AR evaluator (300 steps)
   and 15 min for the Sudoku model (2000 steps) when they are not given. ``--num-samples 64`` halves the text
   part (paired intervals about 1.4x wider). The script prints its FLOP-based estimate before sampling
   (``--dry-run`` prints it and stops).
