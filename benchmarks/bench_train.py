@@ -12,7 +12,7 @@ Prints a table and writes JSON:
      cross-entropy), and a whole training step of the 4-layer model both ways;
   5. the PyTorch profiler's top operators (self CPU time) of the bf16 LoopMDM step.
 
-    python benchmarks/bench_train.py --out benchmarks/results/train_cpu.json
+    python benchmarks/bench_train.py --out benchmarks/results/train/train_cpu.json
     python benchmarks/bench_train.py --sections profile --out before.json   # e.g. against an older checkout
 
 The optimizer is the trainer's (``loopmdm.train.optim.make_optimizer``: fused AdamW where the installed
@@ -182,7 +182,7 @@ def main(
     s_max: int = 12, steps: int = 3, rounds: int = 2,
     loss_vocab: int = 50258, loss_seq_len: int = 1024, loss_batch: int = 2,
     sections: str = typer.Option(",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}"),
-    out: Path = typer.Option(Path("benchmarks/results/train_cpu.json")),
+    out: Path = typer.Option(Path("benchmarks/results/train/train_cpu.json")),
 ) -> None:
     """Run the benchmark with a 4-layer model (n_h=1, n_m=2, n_o=1) looped up to S_max."""
     todo = [x.strip() for x in sections.split(",") if x.strip()]
