@@ -25,13 +25,9 @@ Run it (the ``laptop`` config: 2 seeds as two one-thread processes on 2 CPU core
     loopmdm experiment loopify --out runs/loopify --seeds 1; wait
     loopmdm experiment loopify --out runs/loopify        # both seeds done: reuses every run, writes the summary
 
-``--plan`` prints the steps and FLOPs of every run without training. Expected time, not yet measured end to
-end: per seed about 2,450 steps' worth of the 6 x 128 MDM at batch 16 x 128 (600 + ~460 for the two sources,
-BERT's step being 0.77 of the MDM's; ~480 + ~370 for the fine-tuning arms, (b) matched in FLOPs to (a); ~540 for
-the validation during training and the final NELBO of 6 models at S = 1, 4, 8 on 48 batches). One-thread steps
-measured on this 2-core machine under load: 0.48 s (MDM, S = 1), 0.77 s (MDM, S = 4), 0.37 s (BERT, S = 1),
-which gives ~20 minutes; the compute-matched laptop run's measured ~1.0 s per step (evaluation and I/O
-included) gives ~41 minutes. So 25-45 minutes with the two cores free.
+``--plan`` prints the steps and FLOPs of every run without training. Measured on the 2-core development CPU
+(docs/results.md section 5): 24-25 minutes of wall time per seed as two one-thread processes, 38.4 minutes of
+training summed over the runs of both seeds; the report call reuses every run and takes seconds.
 """
 
 from __future__ import annotations
@@ -133,7 +129,7 @@ def _laptop() -> LoopifyExperimentConfig:
                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=1)
     return LoopifyExperimentConfig(
         name="laptop", run=run, mdm_steps=800, bert=bert, bert_steps=800, finetune_steps=300, finetune_lr=5e-4,
-        expected_minutes=60.0,
+        expected_minutes=25.0,
         description="Sources: the tiny-baseline MDM (4 x 96, adaLN, S = 1) and a BertForMaskedLM of the same shape "
                     "(no dropout), each trained 800 steps of 32 x 128 tokens at lr 2e-3 on 6 MB of the Python "
                     "standard library (BPE 2048). Loopify layers 1-2 (n_h=1, n_m=2, n_o=1), S_max=4; (a) fine-tunes "
