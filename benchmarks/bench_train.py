@@ -88,17 +88,13 @@ def time_steps(step, n: int, warmup: int = 1) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def _fp32_step(cfg_dict: dict, loops: int, batch: int):
-    return make_step(ModelConfig(**cfg_dict), loops, "fp32", batch)
+def _fp32_step(cfg_dict: dict, loops: int, batch: int, dense: bool = False):
+    return make_step(ModelConfig(**cfg_dict), loops, "fp32", batch, dense=dense)
 
 
 def peak_memory(cfg: ModelConfig, loops: int, batch: int) -> int:
     """Bytes of peak-RSS growth over two fp32 training steps, measured in a fresh process."""
     return peak_rss_growth(_fp32_step, cfg.__dict__, loops, batch)
-
-
-def _dense_step(cfg_dict: dict, batch: int):
-    return make_step(ModelConfig(**cfg_dict), 1, "fp32", batch, dense=True)
 
 
 def _loss_only(vocab: int, d_model: int, batch: int, seq_len: int, sparse: bool):
@@ -110,11 +106,11 @@ def _loss_only(vocab: int, d_model: int, batch: int, seq_len: int, sparse: bool)
     w = (0.02 * torch.randn(vocab, d_model, generator=gen)).requires_grad_()  # [V, D]
     target = torch.randint(0, vocab - 1, (batch, seq_len), generator=gen)  # [B, L]
     masked = torch.rand(batch, seq_len, generator=gen) < 0.5  # [B, L]
+    if sparse:
+        from loopmdm.model.loss import linear_cross_entropy  # absent before sparse prediction
 
     def step():
         if sparse:
-            from loopmdm.model.loss import linear_cross_entropy
-
             loss, _ = linear_cross_entropy(h[masked], w, target[masked])  # h[masked]: [N, D]
         else:
             logits = (h @ w.T).float()  # [B, L, V]
@@ -132,7 +128,7 @@ def loss_memory(d_model: int, n_heads: int, vocab: int, seq_len: int, batch: int
                       n_h=4, n_m=0, n_o=0)
     out = {"vocab": vocab, "seq_len": seq_len, "batch": batch, "d_model": d_model,
            "loss_dense": peak_rss_growth(_loss_only, vocab, d_model, batch, seq_len, False),
-           "step_dense": peak_rss_growth(_dense_step, cfg.__dict__, batch)}
+           "step_dense": peak_rss_growth(_fp32_step, cfg.__dict__, 1, batch, True)}
     try:
         from loopmdm.model.loss import linear_cross_entropy  # noqa: F401  (absent before sparse prediction)
     except ImportError:

@@ -145,7 +145,7 @@ def attention(
 def loopify_experiment(
     out: Path = typer.Option(..., "--out", help="Output folder: sources, loopified models, fine-tuned runs, "
                                                 "results.json, PNGs, summary.md."),
-    config: str = typer.Option("laptop", "--config", help="laptop (2 CPU cores, ~45 min) or a YAML file "
+    config: str = typer.Option("laptop", "--config", help="laptop (2 CPU cores, ~25 min per seed) or a YAML file "
                                                           "(`base: laptop` + overrides)."),
     seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0,1 (default: the config's)."),
     plan: bool = typer.Option(False, "--plan", help="Print the steps and FLOPs of every run and exit."),
