@@ -41,6 +41,10 @@ reuse: >= 2x fewer mid-block position-loops than fixed S = S_max at equal qualit
 Sudoku: board accuracy of the ``confidence`` decoder (greedy, order margin, one cell per step, S = S_max) with and
 without the threshold and the delayed cache, on the test boards, with paired per-board differences.
 
+Resumable: each finished configuration is written to OUT/rows/ and read back by a later run with the same
+checkpoint, evaluator and settings (rows so read are marked "resumed": their wall times come from another
+process), and unfinished training runs are resumed; run the same command again after a stop.
+
 Writes OUT/bench_fast_sampling.json (every row with per-sample values and example texts) and
 OUT/bench_fast_sampling.png, and prints the tables.
 """
@@ -64,6 +68,7 @@ from loopmdm.data import prepare_data
 from loopmdm.diffusion import get_schedule
 from loopmdm.errors import LoopMDMError
 from loopmdm.eval.genppl import generative_perplexity, load_evaluator
+from loopmdm.fileio import write_json
 from loopmdm.model.flops import coda_flops, loop_flops, prelude_flops
 from loopmdm.registry import build
 from loopmdm.sampling import SAMPLERS, Canvas, TokenFilter, sample_canvas
@@ -72,27 +77,23 @@ from loopmdm.sampling.policies import Fixed
 
 # --------------------------------------------------------------------------- checkpoints
 
-QUICK_TEXT = ["model.d_model=64", "model.max_seq_len=64", "model.vocab_size=512", "model.cond_dim=32",
-              "train.max_steps=60", "train.eval_every=60", "train.save_every=60", "train.batch_size=16",
-              "data.max_train_bytes=400000"]
+QUICK_TEXT = ["model.d_model=64", "model.n_heads=2", "model.max_seq_len=64", "model.vocab_size=512",
+              "model.cond_dim=32", "train.max_steps=60", "train.eval_every=60", "train.save_every=60",
+              "train.batch_size=16", "data.max_train_bytes=400000"]
 AR = ["diffusion.objective=ar", "model.causal=true", "model.time_conditioning=none", "diffusion.loop_dist=fixed",
       "diffusion.s_fixed=1"]
 
 
 def train_run(run: Path, preset: str, overrides: list[str], what: str) -> Path:
-    """A run trained into ``run`` (reused when it already holds a checkpoint)."""
-    try:
-        resolve_checkpoint(run)
-        return run
-    except LoopMDMError:
-        pass
-    from loopmdm.train import train
+    """A run trained into ``run``: reused when finished with the same config, resumed when unfinished
+    (``loopmdm.experiments.common.train_or_reuse``), so an interrupted benchmark continues where it stopped."""
+    from loopmdm.experiments.common import train_or_reuse
 
     cfg = load_config(preset, None, ["train.precision=fp32", "train.device=cpu"] + overrides)
-    print(f"training {what} into {run} ({cfg.train.max_steps} steps)...", file=sys.stderr)
+    print(f"{what} in {run} ({cfg.train.max_steps} steps)...", file=sys.stderr)
     t0 = time.perf_counter()
-    train(cfg, run, progress=False, log=lambda s: None)
-    print(f"  done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    train_or_reuse(cfg, run, log=lambda s: print(s, file=sys.stderr))
+    print(f"  ready after {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return run
 
 
@@ -191,6 +192,19 @@ def run_text(model, tok, cfg, L: int, label: str, sampler: str, opts: dict, prom
             **tot, "gflops_per_sample": tot["flops"] / N / 1e9,
             "tokens_per_s": tot["generated_tokens"] / max(tot["wall_time_s"], 1e-9),
             "steps_per_batch": tot["steps_run"] / math.ceil(N / args.batch), "notes": notes, "tokens": x}
+
+
+def cached_row(path: Path, key: dict, make) -> dict:
+    """A configuration's finished row: read back from ``path`` when an earlier, interrupted run of the same
+    benchmark wrote it under the same ``key`` (checkpoint, evaluator, length, configuration, samples, seed), else
+    ``make()``, written atomically so that a stopped run resumes at the next configuration."""
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return {**saved["row"], "resumed": True}
+    row = make()
+    write_json(path, {"key": key, "row": row}, indent=None)
+    return row
 
 
 def add_quality(row: dict, tok, evaluator, P: int) -> None:
@@ -430,7 +444,8 @@ def main(argv=None) -> None:
         "min at 50 GFLOP/s (sampling end to end on the 2-core CPU), plus scoring and Sudoku")
     if args.dry_run:
         return
-    evaluator = load_evaluator(str(evaluator_checkpoint(args)), "cpu")
+    evaluator_run = evaluator_checkpoint(args)
+    evaluator = load_evaluator(str(evaluator_run), "cpu")
     prompts = prompt_rows(cfg, args.num_samples, P)
     exact = exactness_check(model, tok, cfg, min(args.lengths), prompts, args)
     log(f"exactness (refresh every call == no cache, one batch): {exact}")
@@ -439,8 +454,15 @@ def main(argv=None) -> None:
     for L in args.lengths:
         by_label = {}
         for label, sampler, opts, base in configs:
-            r = run_text(model, tok, cfg, L, label, sampler, opts, prompts, args)
-            add_quality(r, tok, evaluator, P)
+            def make(label=label, sampler=sampler, opts=opts):
+                r = run_text(model, tok, cfg, L, label, sampler, opts, prompts, args)
+                add_quality(r, tok, evaluator, P)
+                return r
+
+            key = {"checkpoint": str(resolve_checkpoint(run)), "evaluator": str(evaluator_run), "L": L,
+                   "label": label, "options": opts, "num_samples": args.num_samples, "batch": args.batch,
+                   "prompt_tokens": P, "seed": args.seed, "threads": args.threads}
+            r = cached_row(out_dir / "rows" / f"L{L}_{label}.json", key, make)
             rows.append(r)
             by_label[label] = r
             log(f"L={L} {label}: {r['gflops_per_sample']:.2f} GFLOP/sample, {r['wall_time_s']:.1f} s, "
@@ -466,4 +488,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LoopMDMError as e:  # e.g. a training run stopped by a signal: one line, and how to resume
+        raise SystemExit(f"error: {e}") from None

@@ -18,7 +18,7 @@ noise hits them alike; the best round per model is reported. Memory: each (model
 subprocess (Linux); the figure is the growth of the peak resident set over two training steps (activations,
 gradients, AdamW state), measured the same way for all.
 
-    python benchmarks/bench_peer.py --out benchmarks/results/peer_cpu.json                  # every shape, ~25 min
+    python benchmarks/bench_peer.py --out benchmarks/results/peer/peer_cpu.json             # every shape, ~8 min
     python benchmarks/bench_peer.py --shapes 128x6x4 --vocabs 8192 --rounds 2 --no-memory  # a quick look
 """
 
@@ -185,7 +185,7 @@ def main(
     seq_len: int = 128, batch: int = 8, steps: int = 3, rounds: int = 3, threads: int = 0,
     precisions: str = typer.Option("fp32,bf16", help="Comma-separated: fp32, bf16 (CPU autocast)."),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory in subprocesses."),
-    out: Path = typer.Option(Path("benchmarks/results/peer_cpu.json")),
+    out: Path = typer.Option(Path("benchmarks/results/peer/peer_cpu.json")),
 ) -> None:
     """Tokens/s and peak memory of LoopMDM training steps vs ModernBertForMaskedLM (sparse and dense) at equal shape."""
     if threads:

@@ -43,7 +43,6 @@ import torch
 from loopmdm.checkpoint import load_model, resolve_checkpoint
 from loopmdm.config import load_config
 from loopmdm.diffusion import Batch, MaskedDiffusion, Noise
-from loopmdm.errors import LoopMDMError
 from loopmdm.sampling import generate
 from loopmdm.diffusion.schedules import get_schedule
 
@@ -64,26 +63,23 @@ def parse_ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+QUICK = ["train.max_steps=60", "train.eval_every=60", "train.save_every=60", "train.batch_size=16",
+         "model.d_model=64", "model.n_heads=2", "model.max_seq_len=64", "model.vocab_size=512", "model.cond_dim=32",
+         "data.max_train_bytes=400000"]  # --quick: a smoke-size model, the pipeline and not the numbers
+
+
 def get_checkpoint(args) -> Path:
     """The run to sample from: --checkpoint, or a tiny-preset run trained into OUT/tiny_run."""
     if args.checkpoint:
         return Path(args.checkpoint)
     run = Path(args.out) / "tiny_run"
-    try:
-        resolve_checkpoint(run)
-        return run
-    except LoopMDMError:
-        pass
-    from loopmdm.train import train
+    from loopmdm.experiments.common import train_or_reuse
 
-    overrides = ["train.precision=fp32", "train.device=cpu"]
-    if args.quick:  # a smoke-size model: the pipeline, not the numbers
-        overrides += ["train.max_steps=60", "train.eval_every=60", "train.save_every=60", "train.batch_size=16",
-                      "model.d_model=64", "model.max_seq_len=64", "model.vocab_size=512", "model.cond_dim=32",
-                      "data.max_train_bytes=400000"]
+    overrides = ["train.precision=fp32", "train.device=cpu"] + (QUICK if args.quick else [])
     cfg = load_config("tiny", None, overrides)
-    print(f"training a tiny-preset checkpoint into {run} ({cfg.train.max_steps} steps)...", file=sys.stderr)
-    train(cfg, run, progress=False, log=lambda s: None)
+    print(f"a tiny-preset checkpoint in {run} ({cfg.train.max_steps} steps): trained, resumed or reused...",
+          file=sys.stderr)
+    train_or_reuse(cfg, run, log=lambda s: print(s, file=sys.stderr))
     return run
 
 

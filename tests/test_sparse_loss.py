@@ -128,3 +128,38 @@ def test_the_masked_diffusion_head_runs_on_half_the_positions_on_average():
     obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=0, t_eps=1e-3)
     assert obj.predicted_fraction() == pytest.approx((1 + 1e-3) / 2, rel=1e-6)  # E[t], t ~ U[eps, 1)
     assert MaskedDiffusion(get_schedule("cosine"), 0).predicted_fraction() == pytest.approx(1 - 2 / torch.pi, abs=2e-3)
+
+
+@pytest.mark.parametrize("chunk", [4, 1000])
+def test_flop_counter_sees_every_product_of_the_chunked_loss(chunk):
+    """Forward, dL/dh and dL/dW: 3 products of 2 N V D FLOPs each, however the positions are chunked."""
+    n, v, d = 13, 50, 8
+    h = torch.randn(n, d, requires_grad=True)
+    w = torch.randn(v, d, requires_grad=True)
+    with FlopCounterMode(display=False) as fc:
+        linear_cross_entropy(h, w, torch.randint(0, v, (n,)), chunk=chunk)[0].backward()
+    assert fc.get_total_flops() == 3 * 2 * n * v * d
+
+
+def test_a_second_backward_through_the_loss_is_refused():
+    h = torch.randn(5, 4, requires_grad=True)
+    total, _ = linear_cross_entropy(h, torch.randn(7, 4, requires_grad=True), torch.randint(0, 7, (5,)))
+    total.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        total.backward()
+
+
+def test_bf16_chunked_loss_gradients_are_close_to_fp32():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(40, 16, generator=g, requires_grad=True)
+    w = (0.3 * torch.randn(64, 16, generator=g)).requires_grad_()
+    y = torch.randint(0, 64, (40,), generator=g)
+    linear_cross_entropy(h, w, y, chunk=7)[0].backward()
+    ref_h, ref_w = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, _ = linear_cross_entropy(h, w, y, chunk=7)
+    total.backward()
+    assert h.grad.dtype == w.grad.dtype == torch.float32
+    for got, ref in ((h.grad, ref_h), (w.grad, ref_w)):
+        assert float((got - ref).norm() / ref.norm()) < 0.02

@@ -5,7 +5,9 @@ y [N], it returns sum_i w_i * CE(h_i W^T, y_i) and the per-position CE (detached
 chunk over positions. When gradients are needed, each chunk's gradients (softmax - one-hot, scaled by w_i) are
 formed at once and only dL/dh [N, D] and dL/dW [V, D] are kept, so the peak memory of the loss is one chunk of
 logits instead of B x T x V fp32 values. Matrix products follow the surrounding autocast (bf16 on CPU / CUDA);
-the softmax and the sums are fp32. ``exclude`` (the mask id: SUBS) gets no probability mass.
+the softmax and the sums over the vocabulary are fp32; dL/dW is formed and summed over chunks in the matmul
+dtype, as an autocast linear layer's weight gradient is. One exp pass per logit, no zero-filled buffers.
+``exclude`` (the mask id: SUBS) gets no probability mass.
 """
 
 from __future__ import annotations
@@ -25,36 +27,58 @@ def chunk_rows(vocab_size: int, limit: int = LOGITS_PER_CHUNK) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, target, row_weight, exclude: Optional[int], chunk: int):
+    def forward(ctx, h, weight, target, row_weight, exclude: Optional[int], chunk: int, dtype: torch.dtype):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         n = h.shape[0]
+        hq, wq = h.to(dtype), weight.to(dtype)  # the matmul dtype, cast once per call (not per chunk)
         ce_all = torch.empty(n, dtype=torch.float32, device=h.device)
-        grad_h = torch.empty_like(h) if need_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
+        grad_h = torch.empty_like(hq) if need_grad else None
+        grad_w = None  # [V, D], set by the first chunk (no zero fill), then accumulated
+        if n:  # equal chunks: no short tail chunk
+            chunk = math.ceil(n / math.ceil(n / chunk))
         for s in range(0, n, chunk):
-            hc, yc = h[s:s + chunk], target[s:s + chunk]
-            z = (hc @ weight.t()).float()  # [n_c, V]
+            hc, yc, wc = hq[s:s + chunk], target[s:s + chunk], row_weight[s:s + chunk]
+            z = (hc @ wq.t()).float()  # [n_c, V]
             if exclude is not None:
                 z[:, exclude] = -math.inf
-            lse = torch.logsumexp(z, dim=-1)  # [n_c]
-            ce_all[s:s + chunk] = lse - z.gather(1, yc[:, None]).squeeze(1)
-            if need_grad:
-                p = torch.exp(z.sub_(lse[:, None]))  # softmax, in place of z
-                p[torch.arange(len(yc), device=p.device), yc] -= 1.0
-                p.mul_(row_weight[s:s + chunk, None])
-                grad_h[s:s + chunk] = p @ weight.to(p.dtype)
-                grad_w.add_(p.t() @ hc.to(p.dtype))
+            z_y = z.gather(1, yc[:, None]).squeeze(1)  # [n_c]
+            top = z.amax(dim=-1, keepdim=True)  # [n_c, 1]
+            p = z.sub_(top).exp_()  # unnormalised softmax, in place of z: one exp pass
+            total_p = p.sum(dim=-1)  # [n_c]
+            ce_all[s:s + chunk] = total_p.log() + top.squeeze(1) - z_y  # logsumexp(z) - z_y
+            if need_grad:  # dCE/dz = softmax - one-hot = (p - total_p * one-hot) / total_p, times the row weight
+                p[torch.arange(len(yc), device=p.device), yc] -= total_p
+                scale = (wc / total_p)[:, None]
+                pq = p.mul_(scale).to(dtype)  # [n_c, V]
+                torch.mm(pq, wq, out=grad_h[s:s + chunk])  # [n_c, D]
+                if grad_w is None:
+                    grad_w = pq.t() @ hc  # [V, D] in the matmul dtype
+                else:  # in place, written as addmm(out=) so that FlopCounterMode sees it
+                    torch.addmm(grad_w, pq.t(), hc, out=grad_w)
         total = (ce_all * row_weight).sum()
+        if need_grad and grad_w is None:  # no positions: zero gradients
+            grad_w = torch.zeros_like(wq)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.mark_non_differentiable(ce_all)
+        ctx.h_dtype, ctx.used = h.dtype, False
         return total, ce_all
 
     @staticmethod
     def backward(ctx, grad_total, grad_ce):
+        if ctx.used:
+            raise RuntimeError("linear_cross_entropy: one backward per forward (its gradient buffers are scaled in "
+                               "place); run the forward again instead of retain_graph=True")
+        ctx.used = True
         grad_h, grad_w = ctx.saved_tensors
-        gh = None if grad_h is None else (grad_h * grad_total).to(grad_h.dtype)
-        gw = None if grad_w is None else grad_w * grad_total
-        return gh, gw, None, None, None, None
+        gh = None if grad_h is None else (grad_h * grad_total).to(ctx.h_dtype)
+        gw = None if grad_w is None else grad_w.mul_(grad_total)  # in place: the saved buffer is used once
+        return gh, gw, None, None, None, None, None
+
+
+def matmul_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the surrounding autocast gives matrix products on t's device (t's own dtype without autocast)."""
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
@@ -64,4 +88,6 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Te
     ``exclude``: a token id that gets no probability mass; ``chunk``: positions per chunk (default: 64 MiB of
     logits)."""
     w = torch.ones(h.shape[0], device=h.device) if row_weight is None else row_weight.float()
-    return _LinearCrossEntropy.apply(h, weight, target, w, exclude, chunk or chunk_rows(weight.shape[0]))
+    dtype = matmul_dtype(h)
+    with torch.autocast(h.device.type, enabled=False):  # dtypes are set by hand inside
+        return _LinearCrossEntropy.apply(h, weight, target, w, exclude, chunk or chunk_rows(weight.shape[0]), dtype)

@@ -1,0 +1,47 @@
+"""The benchmark scripts' smoke configurations stay valid as presets change (``--quick`` runs are not part of
+the test suite: they train models), and a resumable benchmark reads back only rows written under its key."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from loopmdm.config import load_config
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, attrs", [("bench_fast_sampling", [("QUICK_TEXT",), ("QUICK_TEXT", "AR")]),
+                                         ("bench_sampling", [("QUICK",)])])
+def test_quick_configs_of_the_sampling_benchmarks_are_valid(name, attrs):
+    module = bench_module(name)
+    for combo in attrs:
+        overrides = [o for a in combo for o in getattr(module, a)]
+        cfg = load_config("tiny", None, ["train.precision=fp32", "train.device=cpu"] + overrides)
+        cfg.model.validate()
+
+
+def test_fast_sampling_rows_are_reused_only_under_the_same_key(tmp_path):
+    module = bench_module("bench_fast_sampling")
+    calls = []
+
+    def make():
+        calls.append(1)
+        return {"flops": 1.0 * len(calls)}
+
+    path = tmp_path / "rows" / "L64_plain.json"
+    key = {"checkpoint": "run/step_1", "L": 64, "num_samples": 8, "seed": 0}
+    first = module.cached_row(path, key, make)
+    again = module.cached_row(path, key, make)
+    assert len(calls) == 1 and again == {**first, "resumed": True}
+    other = module.cached_row(path, {**key, "seed": 1}, make)  # another key: computed again, and rewritten
+    assert len(calls) == 2 and other == {"flops": 2.0}
