@@ -43,6 +43,7 @@ import torch
 from loopmdm.checkpoint import load_model, resolve_checkpoint
 from loopmdm.config import load_config
 from loopmdm.diffusion import Batch, MaskedDiffusion, Noise
+from loopmdm.errors import LoopMDMError
 from loopmdm.sampling import generate
 from loopmdm.diffusion.schedules import get_schedule
 
@@ -380,4 +381,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LoopMDMError as e:  # e.g. its training run stopped by a signal: one line, and how to resume
+        raise SystemExit(f"error: {e}") from None
