@@ -66,7 +66,6 @@ from loopmdm.checkpoint import load_model, resolve_checkpoint
 from loopmdm.config import load_config
 from loopmdm.data import prepare_data
 from loopmdm.diffusion import get_schedule
-from loopmdm.errors import LoopMDMError
 from loopmdm.eval.genppl import generative_perplexity, load_evaluator
 from loopmdm.fileio import write_json
 from loopmdm.model.flops import coda_flops, loop_flops, prelude_flops
@@ -74,34 +73,20 @@ from loopmdm.registry import build
 from loopmdm.sampling import SAMPLERS, Canvas, TokenFilter, sample_canvas
 from loopmdm.sampling.policies import Fixed
 
+from bench_common import QUICK_TINY, train_run
+
 
 # --------------------------------------------------------------------------- checkpoints
 
-QUICK_TEXT = ["model.d_model=64", "model.n_heads=2", "model.max_seq_len=64", "model.vocab_size=512",
-              "model.cond_dim=32", "train.max_steps=60", "train.eval_every=60", "train.save_every=60",
-              "train.batch_size=16", "data.max_train_bytes=400000"]
 AR = ["diffusion.objective=ar", "model.causal=true", "model.time_conditioning=none", "diffusion.loop_dist=fixed",
       "diffusion.s_fixed=1"]
-
-
-def train_run(run: Path, preset: str, overrides: list[str], what: str) -> Path:
-    """A run trained into ``run``: reused when finished with the same config, resumed when unfinished
-    (``loopmdm.experiments.common.train_or_reuse``), so an interrupted benchmark continues where it stopped."""
-    from loopmdm.experiments.common import train_or_reuse
-
-    cfg = load_config(preset, None, ["train.precision=fp32", "train.device=cpu"] + overrides)
-    print(f"{what} in {run} ({cfg.train.max_steps} steps)...", file=sys.stderr)
-    t0 = time.perf_counter()
-    train_or_reuse(cfg, run, log=lambda s: print(s, file=sys.stderr))
-    print(f"  ready after {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return run
 
 
 def text_checkpoint(args) -> Path:
     if args.checkpoint:
         return Path(args.checkpoint)
     if args.quick:
-        return train_run(Path(args.out) / "text_run", "tiny", QUICK_TEXT, "a smoke text model")
+        return train_run(Path(args.out) / "text_run", "tiny", QUICK_TINY, "a smoke text model")
     L = max(args.lengths)
     return train_run(Path(args.out) / f"tiny_L{L}_run", "tiny", [f"model.max_seq_len={L}", "train.batch_size=16"],
                      f"a tiny-preset text model with window {L}")
@@ -112,7 +97,7 @@ def evaluator_checkpoint(args) -> Path:
         return Path(args.evaluator)
     if args.quick:
         steps = ["train.max_steps=40", "train.eval_every=40", "train.save_every=40"]
-        return train_run(Path(args.out) / "ar_run", "tiny", QUICK_TEXT + AR + steps, "a smoke AR evaluator")
+        return train_run(Path(args.out) / "ar_run", "tiny", QUICK_TINY + AR + steps, "a smoke AR evaluator")
     return train_run(Path(args.out) / "ar_eval_run", "tiny", AR + ["train.max_steps=300", "train.save_every=300",
                                                                    "train.eval_every=300"], "the AR evaluator")
 
@@ -427,7 +412,7 @@ def main(argv=None) -> None:
 
     configs = text_configs(args.block_length, args.thresholds)
     if args.dry_run and not args.checkpoint:  # the model the script would train, without training it
-        cfg = load_config("tiny", None, QUICK_TEXT if args.quick else [f"model.max_seq_len={max(args.lengths)}"])
+        cfg = load_config("tiny", None, QUICK_TINY if args.quick else [f"model.max_seq_len={max(args.lengths)}"])
         est = sum(estimate_flops(cfg, L, args.prompt_tokens, args.num_samples, configs) for L in args.lengths)
         log(f"about {est / 1e12:.0f} TFLOP of sampling, roughly {est / 50e9 / 60:.0f} min at 50 GFLOP/s, plus "
             "scoring, Sudoku and training the models that are not given")
@@ -450,6 +435,7 @@ def main(argv=None) -> None:
     exact = exactness_check(model, tok, cfg, min(args.lengths), prompts, args)
     log(f"exactness (refresh every call == no cache, one batch): {exact}")
 
+    checkpoint = str(resolve_checkpoint(run))
     rows, comps = [], []
     for L in args.lengths:
         by_label = {}
@@ -459,7 +445,7 @@ def main(argv=None) -> None:
                 add_quality(r, tok, evaluator, P)
                 return r
 
-            key = {"checkpoint": str(resolve_checkpoint(run)), "evaluator": str(evaluator_run), "L": L,
+            key = {"checkpoint": checkpoint, "evaluator": str(evaluator_run), "L": L,
                    "label": label, "options": opts, "num_samples": args.num_samples, "batch": args.batch,
                    "prompt_tokens": P, "seed": args.seed, "threads": args.threads}
             r = cached_row(out_dir / "rows" / f"L{L}_{label}.json", key, make)
@@ -471,7 +457,7 @@ def main(argv=None) -> None:
                 comps.append(compare(r, by_label[base]))
     sudoku, sudoku_comps, sudoku_run = ([], [], None) if args.skip_sudoku else sudoku_rows(args, log)
     result = {
-        "checkpoint": str(resolve_checkpoint(run)), "command": " ".join(sys.argv), "quick": args.quick,
+        "checkpoint": checkpoint, "command": " ".join(sys.argv), "quick": args.quick,
         "lengths": args.lengths, "prompt_tokens": P, "num_samples": args.num_samples, "batch": args.batch,
         "thresholds": args.thresholds, "block_length": args.block_length, "seed": args.seed,
         "threads": args.threads, "S": cfg.diffusion.s_max, "exactness_refresh_every_call": exact,
@@ -488,7 +474,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LoopMDMError as e:  # e.g. a training run stopped by a signal: one line, and how to resume
-        raise SystemExit(f"error: {e}") from None
+    from loopmdm.cli import one_line_errors
+
+    one_line_errors(main)  # e.g. a training run stopped by a signal: one line saying how to resume

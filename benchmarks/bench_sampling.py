@@ -41,11 +41,11 @@ import numpy as np
 import torch
 
 from loopmdm.checkpoint import load_model, resolve_checkpoint
-from loopmdm.config import load_config
 from loopmdm.diffusion import Batch, MaskedDiffusion, Noise
-from loopmdm.errors import LoopMDMError
 from loopmdm.sampling import generate
 from loopmdm.diffusion.schedules import get_schedule
+
+from bench_common import QUICK_TINY, train_run
 
 try:
     from loopmdm.eval.genppl import unigram_entropy
@@ -64,24 +64,12 @@ def parse_ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-QUICK = ["train.max_steps=60", "train.eval_every=60", "train.save_every=60", "train.batch_size=16",
-         "model.d_model=64", "model.n_heads=2", "model.max_seq_len=64", "model.vocab_size=512", "model.cond_dim=32",
-         "data.max_train_bytes=400000"]  # --quick: a smoke-size model, the pipeline and not the numbers
-
-
 def get_checkpoint(args) -> Path:
     """The run to sample from: --checkpoint, or a tiny-preset run trained into OUT/tiny_run."""
     if args.checkpoint:
         return Path(args.checkpoint)
-    run = Path(args.out) / "tiny_run"
-    from loopmdm.experiments.common import train_or_reuse
-
-    overrides = ["train.precision=fp32", "train.device=cpu"] + (QUICK if args.quick else [])
-    cfg = load_config("tiny", None, overrides)
-    print(f"a tiny-preset checkpoint in {run} ({cfg.train.max_steps} steps): trained, resumed or reused...",
-          file=sys.stderr)
-    train_or_reuse(cfg, run, log=lambda s: print(s, file=sys.stderr))
-    return run
+    return train_run(Path(args.out) / "tiny_run", "tiny", QUICK_TINY if args.quick else [],
+                     "a tiny-preset checkpoint")
 
 
 def policies(s_max: int, thresholds: dict[str, float]) -> list[tuple[str, str, dict]]:
@@ -381,7 +369,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LoopMDMError as e:  # e.g. its training run stopped by a signal: one line, and how to resume
-        raise SystemExit(f"error: {e}") from None
+    from loopmdm.cli import one_line_errors
+
+    one_line_errors(main)  # e.g. its training run stopped by a signal: one line saying how to resume

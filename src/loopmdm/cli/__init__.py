@@ -15,10 +15,11 @@ from . import experiment_cmd  # noqa: F401  (experiment: compute-matched, ablati
 from . import loopify_cmd  # noqa: F401  (loopify: retrofit loops onto a trained model)
 
 
-def main() -> None:
-    """Entry point: library errors become one line on stderr and exit code 2, never a traceback."""
+def one_line_errors(entry) -> None:
+    """Run ``entry()`` with library errors as one line on stderr and exit code 2, never a traceback (the CLI's
+    rule; benchmark scripts use it too)."""
     try:
-        app()
+        entry()
     except LoopMDMError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -30,3 +31,8 @@ def main() -> None:
             raise
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """Entry point of ``loopmdm``: see ``one_line_errors``."""
+    one_line_errors(app)
