@@ -8,7 +8,7 @@ Full run (the numbers for the README / docs/sampling.md; trains what it is not g
         [--checkpoint RUN_L256] [--evaluator AR_RUN] [--sudoku-checkpoint SUDOKU_RUN]
 
   Expected time on the 2-core development CPU (idle, 2 threads): about 2.5 h with every model given. Text:
-  two windows x 14 configurations x 128 samples, about 400 TFLOP of sampling (330 at L = 256, 70 at L = 128,
+  two windows x 15 configurations x 128 samples, about 400 TFLOP of sampling (330 at L = 256, 70 at L = 128,
   most of it the two plain samplers' one-token-per-step runs) at the ~50 GFLOP/s end to end that sampling
   reaches on this CPU (measured: 20 GFLOP/s with one thread on a core shared with a training job); Sudoku:
   200 boards x 6 configurations, about 5 min; gen-PPL scoring about 10 min. Add about 30 min to train the
@@ -44,6 +44,13 @@ without the threshold and the delayed cache, on the test boards, with paired per
 Resumable: each finished configuration is written to OUT/rows/ and read back by a later run with the same
 checkpoint, evaluator and settings (rows so read are marked "resumed": their wall times come from another
 process), and unfinished training runs are resumed; run the same command again after a stop.
+
+Split across processes, or a subset: ``--configs`` runs only the named text configurations (labels as printed;
+``exactness`` names the refresh-every-call check), so two one-thread workers can share the rows, and the same
+command with the union of their lists then reads every row back and writes the tables, e.g.
+
+    python benchmarks/bench_fast_sampling.py --lengths 256 --skip-sudoku --out OUT --configs confidence,...
+    python benchmarks/bench_fast_sampling.py --lengths 256 --skip-sudoku --out OUT --configs exactness,semi_ar,...
 
 Writes OUT/bench_fast_sampling.json (every row with per-sample values and example texts) and
 OUT/bench_fast_sampling.png, and prints the tables.
@@ -121,7 +128,8 @@ def text_configs(block: int, thresholds: list[float]) -> list[tuple[str, str, di
     """(label, sampler, options, label of the plain configuration it is compared with)."""
     c = [("confidence", "confidence", {}, None),
          ("confidence+delayed", "confidence", {"cache": "delayed"}, "confidence"),
-         ("confidence+loops", "confidence", {"cache": "loops"}, "confidence")]
+         ("confidence+loops", "confidence", {"cache": "loops"}, "confidence"),
+         ("confidence+loops+delay4", "confidence", {"cache": "loops", "delay": 4}, "confidence")]
     for t in thresholds:
         c += [(f"confidence+thr{t:g}", "confidence", {"threshold": t}, "confidence"),
               (f"confidence+delayed+thr{t:g}", "confidence", {"cache": "delayed", "threshold": t}, "confidence")]
@@ -364,17 +372,34 @@ def print_tables(rows, comps, sudoku, sudoku_comps) -> None:
                   f"{mid:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired)")
 
 
-def exactness_check(model, tok, cfg, L: int, prompts: torch.Tensor, args) -> dict:
-    """One batch: the dual cache and the delayed cache refreshed at every call give the plain tokens."""
+def exactness_check(model, tok, cfg, L: int, prompts: torch.Tensor, args) -> dict[str, bool]:
+    """One batch of up to 8 prompts: the dual cache and the delayed cache refreshed at every call give the plain
+    tokens."""
     out = {}
     for label, sampler, opts in [("semi_ar+dual", "semi_ar", {"block_length": args.block_length, "cache": "dual"}),
                                  ("confidence+delayed", "confidence", {"cache": "delayed"})]:
         base_opts = {k: v for k, v in opts.items() if k != "cache"}
-        p = prompts[:args.batch]
+        p = prompts[:min(args.batch, 8)]
         a = run_text(model, tok, cfg, L, label, sampler, base_opts, p, args)["tokens"]
         b = run_text(model, tok, cfg, L, label, sampler, {**opts, "refresh": 1}, p, args)["tokens"]
         out[label] = bool(torch.equal(a, b))
     return out
+
+
+def select_configs(configs, names: str | None) -> set[str]:
+    """The labels of ``--configs`` (every configuration and the exactness check when none is given)."""
+    labels = [c[0] for c in configs] + ["exactness"]
+    if not names:
+        return set(labels)
+    chosen = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = sorted(chosen - set(labels))
+    if unknown:
+        raise SystemExit(f"error: --configs {','.join(unknown)} unknown; choose from {','.join(labels)}")
+    orphans = sorted(c[0] for c in configs if c[0] in chosen and c[3] is not None and c[3] not in chosen)
+    if orphans:
+        raise SystemExit(f"error: --configs {','.join(orphans)} need their plain sampler in the list too "
+                         f"({','.join(sorted({c[3] for c in configs if c[0] in orphans}))})")
+    return chosen
 
 
 def main(argv=None) -> None:
@@ -395,6 +420,8 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-sudoku", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--configs", help="comma-separated text configurations to run ('exactness' names the "
+                    "refresh-every-call check; a fast row's plain sampler must be listed too); default: all")
     ap.add_argument("--dry-run", action="store_true", help="print the run-time estimate and stop")
     args = ap.parse_args(argv)
     if args.quick:
@@ -411,6 +438,8 @@ def main(argv=None) -> None:
         print(s, file=sys.stderr, flush=True)
 
     configs = text_configs(args.block_length, args.thresholds)
+    chosen = select_configs(configs, args.configs)
+    configs = [c for c in configs if c[0] in chosen]
     if args.dry_run and not args.checkpoint:  # the model the script would train, without training it
         cfg = load_config("tiny", None, QUICK_TINY if args.quick else [f"model.max_seq_len={max(args.lengths)}"])
         est = sum(estimate_flops(cfg, L, args.prompt_tokens, args.num_samples, configs) for L in args.lengths)
@@ -432,10 +461,18 @@ def main(argv=None) -> None:
     evaluator_run = evaluator_checkpoint(args)
     evaluator = load_evaluator(str(evaluator_run), "cpu")
     prompts = prompt_rows(cfg, args.num_samples, P)
-    exact = exactness_check(model, tok, cfg, min(args.lengths), prompts, args)
-    log(f"exactness (refresh every call == no cache, one batch): {exact}")
-
     checkpoint = str(resolve_checkpoint(run))
+    key0 = {"checkpoint": checkpoint, "evaluator": str(evaluator_run), "num_samples": args.num_samples,
+            "batch": args.batch, "prompt_tokens": P, "seed": args.seed, "threads": args.threads}
+    L0 = min(args.lengths)
+    exact = None
+    if "exactness" in chosen:
+        exact = cached_row(out_dir / "rows" / f"L{L0}_exactness.json",
+                           {**key0, "L": L0, "block_length": args.block_length},
+                           lambda: exactness_check(model, tok, cfg, L0, prompts, args))
+        exact.pop("resumed", None)
+        log(f"exactness (refresh every call == no cache, one batch): {exact}")
+
     rows, comps = [], []
     for L in args.lengths:
         by_label = {}
@@ -445,9 +482,7 @@ def main(argv=None) -> None:
                 add_quality(r, tok, evaluator, P)
                 return r
 
-            key = {"checkpoint": checkpoint, "evaluator": str(evaluator_run), "L": L,
-                   "label": label, "options": opts, "num_samples": args.num_samples, "batch": args.batch,
-                   "prompt_tokens": P, "seed": args.seed, "threads": args.threads}
+            key = {**key0, "L": L, "label": label, "options": opts}
             r = cached_row(out_dir / "rows" / f"L{L}_{label}.json", key, make)
             rows.append(r)
             by_label[label] = r

@@ -47,3 +47,16 @@ def test_fast_sampling_rows_are_reused_only_under_the_same_key(tmp_path):
     assert len(calls) == 1 and again == {**first, "resumed": True}
     other = module.cached_row(path, {**key, "seed": 1}, make)  # another key: computed again, and rewritten
     assert len(calls) == 2 and other == {"flops": 2.0}
+
+
+def test_fast_sampling_workers_split_the_configurations_by_label():
+    module = bench_module("bench_fast_sampling")
+    configs = module.text_configs(32, [0.9])
+    labels = {c[0] for c in configs}
+    assert module.select_configs(configs, None) == labels | {"exactness"}
+    assert module.select_configs(configs, "exactness, semi_ar,semi_ar+dual") == {"exactness", "semi_ar",
+                                                                                   "semi_ar+dual"}
+    with pytest.raises(SystemExit, match="semi_ar\\+triple unknown; choose from confidence,"):
+        module.select_configs(configs, "semi_ar,semi_ar+triple")
+    with pytest.raises(SystemExit, match="semi_ar\\+dual need their plain sampler in the list too \\(semi_ar\\)"):
+        module.select_configs(configs, "confidence,semi_ar+dual")
