@@ -67,6 +67,7 @@ class Case:
     env: Optional[dict] = None
     interrupt: Optional[int] = None  # send this signal once training has logged a step
     after: Optional[Callable[["Ctx", list[str]], list[str]]] = None  # extra checks (ctx, cli args) -> problems
+    exit_code: Optional[int] = None  # the CLI exit code this input must give (default: 2 for an error line)
 
 
 class Ctx:
@@ -210,6 +211,9 @@ def execute(prep: Prepared, ctx: Ctx, env: dict) -> Result:
     seconds = time.perf_counter() - t0
     if case.after:
         notes += case.after(ctx, args)
+    want = case.exit_code if case.exit_code is not None else (2 if sees.startswith("error:") else None)
+    if code is not None and want is not None and code != want:
+        notes.append(f"exit {code}, expected {want}")
     lost = sum(len(prep.before[str(r)] - valid_checkpoints(r)) for r in prep.watched)
     expected = bool(re.search(case.expect, sees)) and not notes and one_line
     return Result(case.id, case.area, case.input, how, code, sees.replace(str(ctx.w), "$W"), raw, one_line,
@@ -368,7 +372,7 @@ def cases() -> list[Case]:
              cli=lambda x: train(x, "--config", str(x.w / "nope.yaml"))))
     add(Case("cfg-yaml-syntax", "config", "--config with broken YAML", r"is not valid YAML",
              cli=lambda x: train(x, "--config", str(x.write("bad.yaml", "model: {d_model: [1, 2\n")))))
-    add(Case("cfg-yaml-list", "config", "--config whose top level is a list", r"must be a mapping",
+    add(Case("cfg-yaml-list", "config", "--config whose top level is a list", r"must (be|hold) a mapping",
              cli=lambda x: train(x, "--config", str(x.write("list.yaml", "- 1\n- 2\n")))))
     add(Case("cfg-yaml-binary", "config", "--config pointing at a binary file", r"is not valid YAML",
              cli=lambda x: train(x, "--config", str(x.write("bin.yaml", bytes(range(256)) * 4)))))
@@ -471,14 +475,52 @@ def cases() -> list[Case]:
              r"could not save checkpoint .*disk full \(ENOSPC\)\); the previous checkpoint is intact",
              api=_disk_full, call="Trainer.save() with every write failing with ENOSPC"))
     add(Case("rs-out-file", "disk", "--out under a regular file (not writable as a folder)",
-             r"cannot write the run folder|Not a directory|File exists",
+             r"cannot write the run folder|cannot be created|Not a directory|File exists",
              cli=lambda x: train(x, out=x.write("plainfile", "x") / "run")))
     add(Case("rs-diverge", "numerics", "learning rate 1e30: every step non-finite",
              r"training diverged: 2 non-finite steps in a row .*likely causes: learning rate too high",
              api=_diverge, call="train(cfg with train.lr=1e30, train.max_bad_steps=2)"))
-    add(Case("rs-sigint", "signals", "Ctrl-C (SIGINT) during training", r"done: step",
+    add(Case("rs-sigint", "signals", "Ctrl-C (SIGINT) during training: saves, exits 130",
+             r"stopped by SIGINT at step \d+ .*checkpoint saved .*--resume",
              cli=lambda x: train(x, "--max-steps", "2000", "--set", "train.save_every=1000"),
-             interrupt=signal.SIGINT, after=_sigint_saved))
+             interrupt=signal.SIGINT, after=_sigint_saved, exit_code=130))
+    add(Case("rs-sigterm", "signals", "SIGTERM during training: saves, exits 143 (`train && sample` stops)",
+             r"stopped by SIGTERM at step \d+ .*checkpoint saved .*--resume",
+             cli=lambda x: train(x, "--max-steps", "2000", "--set", "train.save_every=1000"),
+             interrupt=signal.SIGTERM, after=_sigint_saved, exit_code=143))
+    # ---- output folders: never delete or overwrite what the command did not create (loopmdm.outputs)
+    add(Case("out-import-run", "output", "import --out an existing run (would prune its checkpoints)",
+             r"--out .* exists and is not empty .*choose a new or empty folder",
+             cli=lambda x: ["import", "--hf", str(_hf_export(x)), "--out", str(x.copy_run("imp_run"))],
+             after=_unchanged_run))
+    add(Case("out-import-data", "output", "import --out a data folder", r"exists and is not empty",
+             cli=lambda x: ["import", "--hf", str(_hf_export(x)), "--out", str(_corpus_copy(x))]))
+    add(Case("out-train-corpus", "output", "train --out a corpus folder (no run there)",
+             r"is not empty and not a run folder .*--data",
+             cli=lambda x: train(x, out=_corpus_copy(x))))
+    add(Case("out-resume-other", "output", "train --resume RUN_B --out RUN_A (another run's folder)",
+             r"holds checkpoints of another run",
+             cli=lambda x: train(x, "--resume", str(x.copy_run("rs_b")), "--max-steps", "40",
+                                 out=x.copy_run("rs_a"))))
+    add(Case("out-experiment-corpus", "output", "experiment --out a corpus folder",
+             r"is not empty and not an experiment folder",
+             cli=lambda x: ["experiment", "attention", "--checkpoint", str(x.good), "--out", str(_corpus_copy(x))]))
+    # ---- command-line values that are paths are never YAML
+    add(Case("yaml-data-hash", "config", "--data 'DIR #v2' (was read as DIR: a YAML comment)",
+             r"data source '.*corpus #v2'",
+             cli=lambda x: train(x, data=x.write("corpus #v2/a.bin", bytes(range(256)) * 4).parent)))
+    # ---- devices
+    add(Case("dev-train-cuda", "device", "train.device=cuda:99", r"train.device='cuda:99': this machine has",
+             cli=lambda x: train(x, "--set", "train.device=cuda:99")))
+    add(Case("dev-eval-mps", "device", "eval --device mps (no Apple GPU)", r"device='mps': this machine has",
+             cli=lambda x: ["eval", "--checkpoint", str(x.good), "--device", "mps", "--batches", "1"]))
+    # ---- option parsing (click / typer): one line, exit 2
+    add(Case("cli-unknown-option", "cli", "unknown option", r"^error: No such option: --bogus.*--help",
+             cli=lambda x: ["train", "--bogus"]))
+    add(Case("cli-missing-option", "cli", "missing required option", r"^error: Missing option '--out'",
+             cli=lambda x: ["train", "--data", str(x.corpus)]))
+    add(Case("cli-bad-int", "cli", "--steps abc", r"^error: Invalid value for '--steps'",
+             cli=lambda x: sample(x.good, "--steps", "abc")))
     # ---- sampling options
     s = [("smp-loops0", "--loops 0", ["--loops", "0"], r"positive integer"),
          ("smp-loops-word", "--loops abc", ["--loops", "abc"], r"--loops 'abc' is not a positive integer"),
@@ -496,13 +538,24 @@ def cases() -> list[Case]:
          ("smp-prompt", "prompt longer than the window", ["--prompt", "word " * 200], r"prompt"),
          ("smp-template", "malformed infill template", ["--template", "def f(): [MASK:abc]"], r"MASK|template"),
          ("smp-both", "--prompt and --template together", ["--prompt", "x", "--template", "[MASK:3]"],
-          r"prompt|template")]
+          r"prompt|template"),
+         ("smp-utf8", "--prompt with a byte that is not UTF-8 ($'\\xff')", ["--prompt", "def \udcff"],
+          r"--prompt is not valid UTF-8 text \(byte 0xff"),
+         ("smp-steps-huge", "--steps 10**12 (hung before)", ["--steps", str(10 ** 12)],
+          r"exceeds the supported maximum"),
+         ("smp-n-huge", "--num-samples 10**9", ["--num-samples", str(10 ** 9)], r"needs about .* GiB .*use at most"),
+         ("smp-span-huge", "--template 'x [MASK:99999999999] y' (MemoryError before)",
+          ["--template", "x [MASK:99999999999] y"], r"longer than the model window")]
     for cid, text, extra, rx in s:
         add(Case(cid, "sampling", text, rx, cli=lambda x, extra=extra: sample(x.good, *extra)))
+    add(Case("smp-clamp", "sampling", "--steps 100000 on a 32-token window: clamped to 32 with a note",
+             r"note: --steps 100000 is more than the \d+ positions to generate",
+             cli=lambda x: ["sample", "--checkpoint", str(x.good), "--num-samples", "1", "--steps", "100000", "--json"],
+             exit_code=0))
     add(Case("smp-api-temp", "sampling", "generate(temperature=nan, top_k=-1)", r"temperature|top_k",
              api=_generate_nan, call='generate(model, tok, steps=2, temperature=float("nan"), top_k=-1)'))
     # ---- export / import (transformers format)
-    add(Case("hf-export-out", "hf", "export into a path under /dev/null", r"Not a directory|cannot write",
+    add(Case("hf-export-out", "hf", "export into a path under /dev/null", r"Not a directory|cannot write|cannot be created",
              cli=lambda x: ["export", "--checkpoint", str(x.good), "--out", "/dev/null/hf"]))
     add(Case("hf-import-list", "hf", "import a folder whose config.json is a JSON list", r"config.json",
              cli=lambda x: ["import", "--hf", str(x.write("hf_list/config.json", "[1, 2]").parent),
@@ -513,6 +566,12 @@ def cases() -> list[Case]:
              r"pickle|safetensors",
              cli=lambda x: ["import", "--hf", str(_hf_with_bin(x)), "--out", str(x.w / "imported_bin")],
              after=marker_absent("PWNED4")))
+    # ---- Sudoku puzzle files (CSV)
+    add(Case("csv-bom", "data", "puzzle CSV with a UTF-8 BOM (Excel): accepted", r"returned PuzzleReport",
+             api=lambda x: _read_puzzles(_puzzle_csv(x, "bom.csv", bom=True)), call="read_puzzles('bom.csv')"))
+    add(Case("csv-huge-field", "data", "puzzle CSV with a field over the csv size limit",
+             r"line \d+ has a field longer than [\d,]+ characters",
+             api=lambda x: _read_puzzles(_puzzle_csv(x, "huge.csv", huge=True)), call="read_puzzles('huge.csv')"))
     # ---- evaluation
     add(Case("ev-metric", "eval", "--metric bogus", r"bogus",
              cli=lambda x: ["eval", "--checkpoint", str(x.good), "--metric", "bogus"]))
@@ -541,6 +600,46 @@ def _hf_with_bin(ctx: Ctx, index: Optional[str] = None) -> Path:
     return folder
 
 
+def _hf_export(ctx: Ctx) -> Path:
+    """The reference run exported once as a transformers folder (needs the [hf] extra)."""
+    folder = ctx.w / "hf_export"
+    if not folder.is_dir():
+        from loopmdm.hf.export import export_hf
+
+        export_hf(ctx.good, folder)
+    return folder
+
+
+def _corpus_copy(ctx: Ctx) -> Path:
+    ctx.n += 1
+    dst = ctx.w / f"corpus_copy_{ctx.n}"
+    shutil.copytree(ctx.corpus, dst)
+    return dst
+
+
+def _unchanged_run(ctx: Ctx, args: list[str]) -> list[str]:
+    run = Path(args[args.index("--out") + 1])
+    problems = [] if (run / "checkpoints" / "latest").read_text().strip() == "step_000006" else ["latest moved"]
+    return problems + ([] if len(list((run / "checkpoints").glob("step_*"))) == 3 else ["a checkpoint was pruned"])
+
+
+def _puzzle_csv(ctx: Ctx, name: str, bom: bool = False, huge: bool = False) -> Path:
+    import csv
+
+    from loopmdm.data.sudoku import generate_puzzles
+
+    rows = "".join(f"{p.puzzle},{p.solution}\n" for p in generate_puzzles(2, (30, 34), seed=0))
+    if huge:
+        rows += '"' + "1" * (csv.field_size_limit() + 10) + ",x\n"
+    return ctx.write(name, (b"\xef\xbb\xbf" if bom else b"") + f"quizzes,solutions\n{rows}".encode())
+
+
+def _read_puzzles(path: Path) -> Callable[[], object]:
+    from loopmdm.data.sudoku import read_puzzles
+
+    return lambda: read_puzzles(str(path))
+
+
 def _nan_weights(folder: Path) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -563,6 +662,29 @@ def _sigint_saved(ctx: Ctx, args: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- report
+
+CLASSES = [
+    "**Config values and options** (`cfg-*`, `cli-*`): every value is checked with its name and the fix; click / "
+    "typer's option errors (unknown or missing option, a word for a number) are one `error:` line too.",
+    "**Paths are never YAML** (`yaml-*`): `--data`, `--out`, `--checkpoint`, `--resume`, `--init` are taken "
+    "verbatim (`--data 'corpus #v2'`, `--data 2024`, `--data on`); only `--set key=value` reads YAML.",
+    "**Data files** (`data-*`, `csv-*`): unreadable, binary, non-UTF-8 and empty files are counted or named; a "
+    "puzzle CSV may start with a UTF-8 BOM; a field over the csv size limit names its line.",
+    "**Checkpoints** (`ck-*`, `rs-*`, `security`): truncated, corrupt, mismatched or pickled files are named and "
+    "refused before use; nothing is ever unpickled.",
+    "**Output folders** (`out-*`, `loopmdm.outputs`): `train`, `import`, `export`, `loopify` and `experiment` "
+    "never delete or overwrite what they did not create: `--out` must be new, empty or the command's own earlier "
+    "output (a resumed run's own folder); checked before any work starts.",
+    "**Devices** (`dev-*`): a device this machine lacks (`cuda`, `cuda:N`, `mps`) is one line listing the "
+    "devices it has; bf16 where the device cannot run it names fp32.",
+    "**Text** (`smp-utf8`): a prompt or template that is not valid UTF-8 (a lone surrogate from the shell) is "
+    "refused naming the byte.",
+    "**Signals and exit codes** (`rs-sigint`, `rs-sigterm`): a stop saves the step and exits 130 (SIGINT) / 143 "
+    "(SIGTERM) so that `train && sample` stops; a second signal exits at once without saving and says so.",
+    "**Unbounded requests** (`smp-*-huge`, `smp-clamp`): denoising steps above the positions to generate are "
+    "clamped (a note says so) and refused above 1,000,000; a sample count whose memory exceeds what the device "
+    "has, and template spans longer than the model window, are refused before anything is allocated.",
+]
 
 def setup(ctx: Ctx, env: dict) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
@@ -599,7 +721,7 @@ def markdown(results: list[Result], command: str, machine: str, wall: float) -> 
         "`loopmdm.errors.LoopMDMError`. A *lost checkpoint* is one that was complete and valid before the call and "
         "missing or failing verification after it (checked on every run folder a case touches). `$W` is the "
         "scratch folder; `<tiny settings>` stands for the `--set` options of a ~50k-parameter model. CLI errors "
-        "are `error: ...` on stderr with exit code 2; a clean stop on Ctrl-C exits 0 after saving.",
+        "are `error: ...` on stderr with exit code 2; a stop on Ctrl-C / SIGTERM saves the step and exits 130 / 143.",
         "",
         "| # | area | bad input | command or call | what the user sees | exit | traceback | lost ckpt |",
         "|---|---|---|---|---|---|---|---|",
@@ -612,6 +734,7 @@ def markdown(results: list[Result], command: str, machine: str, wall: float) -> 
         cells = [str(i), r.area, r.input, f"`{r.how}`", sees, "" if r.exit is None else str(r.exit),
                  "yes" if r.raw_traceback else "no", str(r.lost_checkpoints)]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    lines += ["", "## Classes of bad input", ""] + [f"- {c}" for c in CLASSES]
     lines += ["", "## Notes", "",
               "- Empty files never stop a run: they are counted as skipped in both `data.bad_files` modes.",
               "  Binary, non-UTF-8, UTF-16/32 and unreadable files are skipped with a count (`skip`, the default)",

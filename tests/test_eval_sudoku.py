@@ -158,6 +158,42 @@ def test_a_model_that_only_copies_givens_solves_nothing(pairs):
         assert matches_puzzle(p.puzzle, g) and set(g[i] for i, c in enumerate(p.puzzle) if c == "0") == {"1"}
 
 
+def two_solution_pair(solution: str) -> tuple[str, str]:
+    """A puzzle with exactly two solutions, and the second one: ``solution`` with the corners of a rectangle that
+    reads a b / b a (two rows of one band, two columns of different stacks) blanked; swapping a and b there
+    gives another grid that obeys every rule and keeps every given."""
+    for r1 in range(9):
+        for r2 in range(r1 + 1, (r1 // 3 + 1) * 3):
+            for c1 in range(9):
+                for c2 in range((c1 // 3 + 1) * 3, 9):
+                    cells = [9 * r1 + c1, 9 * r1 + c2, 9 * r2 + c1, 9 * r2 + c2]
+                    a, b, c, d = (solution[i] for i in cells)
+                    if a == d and b == c:
+                        puzzle = "".join("0" if i in cells else ch for i, ch in enumerate(solution))
+                        other = list(solution)
+                        for i, ch in zip(cells, (b, a, d, c)):
+                            other[i] = ch
+                        return puzzle, "".join(other)
+    raise AssertionError("no a b / b a rectangle in this grid")
+
+
+def test_a_different_valid_completion_of_a_two_solution_puzzle_counts_as_solved(pairs):
+    """The stored solution of a two-solution puzzle is the one the oracle does not find: its (valid, givens kept)
+    board still counts as solved, cell accuracy is against the stored solution, and the evaluation reports one
+    puzzle with more than one solution."""
+    puzzle, other = two_solution_pair(ESCARGOT.solution)
+    assert count_solutions(puzzle, limit=3) == 2 and solve(puzzle) == ESCARGOT.solution != other
+    boards = [SudokuPair(puzzle, other)] + pairs
+    logs = []
+    (score,) = E.sudoku_grid(Oracle(), TOK, boards, orders=["margin"], steps=[0], loops=[1], schedule=SCHEDULE,
+                             log=logs.append)
+    assert score.solved == score.boards == len(boards) and score.board_accuracy == score.valid_grids == 1.0
+    assert score.multi_solution_puzzles == 1 and score.to_dict()["multi_solution_puzzles"] == 1
+    assert score.cell_accuracy == pytest.approx(1 - 4 / sum(blanks(p) for p in boards))  # 4 cells differ
+    assert any(line.startswith("1 of 5 puzzles have more than one solution") for line in logs), logs
+    assert E.multi_solution_puzzles(pairs) == 0
+
+
 def test_records_have_the_declared_fields(pairs):
     oracle = Oracle()
     scores = E.sudoku_grid(oracle, TOK, pairs[:2], orders=["margin", "random"], steps=[1, 0], loops=[1, 2],
@@ -165,12 +201,13 @@ def test_records_have_the_declared_fields(pairs):
     assert [(s.order, s.steps, s.loops) for s in scores] == [
         (o, T, S) for o in ("margin", "random") for T in (1, 0) for S in (1, 2)]
     declared = {"order", "steps", "loops", "boards", "solved", "board_accuracy", "board_accuracy_ci",
-                "cell_accuracy", "valid_grids", "valid_grids_ci", "flops_per_board", "steps_run", "wall_time_s"}
+                "cell_accuracy", "valid_grids", "valid_grids_ci", "flops_per_board", "steps_run", "wall_time_s",
+                "multi_solution_puzzles"}
     assert {f.name for f in dataclasses.fields(E.SudokuScore)} == declared
     for s in scores:
         d = s.to_dict()
         assert set(d) == declared and json.loads(json.dumps(d))["order"] == s.order
-        assert d["boards"] == 2 and d["board_accuracy"] == d["solved"] / 2
+        assert d["boards"] == 2 and d["board_accuracy"] == d["solved"] / 2 and d["multi_solution_puzzles"] == 0
         lo, hi = d["board_accuracy_ci"]
         assert lo <= d["board_accuracy"] <= hi and d["flops_per_board"] > 0 and d["wall_time_s"] >= 0
     by = {(s.order, s.steps, s.loops): s for s in scores}

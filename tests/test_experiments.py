@@ -195,7 +195,7 @@ def test_cli_unmatched_config_is_a_one_line_error(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     code, _, err = cli(["experiment", "ablation", "--config", "nope", "--out", str(tmp_path)], capsys)
     assert code == 2 and "neither a preset" in err
-    code, _, err = cli(["experiment", "compute-matched", "--out", str(tmp_path), "--seeds", "0,x"], capsys)
+    code, _, err = cli(["experiment", "compute-matched", "--out", str(tmp_path / "out"), "--seeds", "0,x"], capsys)
     assert code == 2 and "--seeds 'x' is not an integer" in err
 
 

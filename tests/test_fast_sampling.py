@@ -395,3 +395,18 @@ def test_refresh_cadence_and_block_boundaries(trained):
     r = generate(model, tok, sampler="semi_ar", sampler_options={"block_length": 8, "cache": "dual", "refresh": 4},
                  **kw).report
     assert r.cache_refreshes == 6
+
+
+def test_the_cache_keeps_no_view_of_the_fused_qkv_buffer():
+    """The cached values own a [B, H, T, hd] buffer, not a view that keeps the whole [B, T, 3D] qkv output alive."""
+    from loopmdm.model import LoopMDM, ModelConfig
+    from loopmdm.model.layers import Rotary
+
+    m = LoopMDM(ModelConfig(vocab_size=20, max_seq_len=8, d_model=16, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1,
+                            time_conditioning="none"))
+    attn = m.head.blocks[0].attn
+    cache: dict = {}
+    x = torch.randn(2, 8, 16)
+    attn(x, Rotary(8, 8, 10000.0)(8), None, False, kv_cache=cache)
+    v = cache["v"]
+    assert v.is_contiguous() and v.untyped_storage().nbytes() == v.numel() * v.element_size()

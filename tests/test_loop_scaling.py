@@ -1,5 +1,7 @@
-"""The loop-scaling study: the budget plan (equal FLOPs within 2% at every budget), its bad inputs, the trend fit
-and its zero crossing on synthetic points, and an end-to-end tiny study that resumes from its run folders."""
+"""The loop-scaling study: the budget plan (equal FLOPs within 2% at every budget, plus the equal-steps baseline
+with LoopMDM's steps), its bad inputs, the plateau exit, the trend fit (plateau budgets left out, bootstrap
+interval) and its zero crossing on synthetic points, one validation set for every run, and an end-to-end tiny
+study that resumes from its run folders and records curves, plateau steps, fingerprint and versions."""
 
 import copy
 import json
@@ -7,14 +9,20 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from loopmdm.checkpoint import load_model
+from loopmdm.data import prepare_data
 from loopmdm.errors import ConfigError
-from loopmdm.experiments.loop_scaling import (LoopScalingConfig, budget_plans, fit_trend, load_loop_scaling_config,
-                                              parse_shard, run_list, run_loop_scaling)
+from loopmdm.experiments.curves import Curve, plateau_exit_step, read_curve, unigram_cross_entropy
+from loopmdm.experiments.loop_scaling import (EQUAL_STEPS, FixedValidation, LoopScalingConfig, budget_plans,
+                                              fit_trend, load_loop_scaling_config, parse_shard, run_list,
+                                              run_loop_scaling, shard_assignment)
+from loopmdm.model import LoopMDM
 
 
 def study(tiny_cfg, **kw) -> LoopScalingConfig:
-    cfg = LoopScalingConfig(name="test", run=copy.deepcopy(tiny_cfg), seeds=[0, 1], n_evals=2, final_eval_batches=1,
+    cfg = LoopScalingConfig(name="test", run=copy.deepcopy(tiny_cfg), seeds=[0, 1], n_evals=2, final_eval_batches=2,
                             budgets=[3e9, 6e9], seeds_per_budget=[1, 2], bootstrap=200)
     cfg.run.train.eval_batches = 1
     for k, v in kw.items():
@@ -22,46 +30,116 @@ def study(tiny_cfg, **kw) -> LoopScalingConfig:
     return cfg.validate()
 
 
-def test_every_budget_is_matched_within_two_percent():
+def test_every_budget_is_matched_within_two_percent_and_has_the_equal_steps_baseline():
     cfg = load_loop_scaling_config("laptop")
     plans = budget_plans(cfg)
     assert len(plans) == 4 and cfg.budgets[-1] / cfg.budgets[0] >= 30
     for budget, plan in zip(cfg.budgets, plans):
-        flops = {r.name: r.planned_flops for r in plan.runs}
+        assert [r.name for r in plan.runs] == ["mdm", "loopmdm", "deeper", EQUAL_STEPS]
+        flops = {r.name: r.planned_flops for r in plan.runs if r.name != EQUAL_STEPS}
         assert abs(flops["mdm"] - budget) / budget < 0.02
         assert (max(flops.values()) - min(flops.values())) / max(flops.values()) < 0.02
         steps = {r.name: r.steps for r in plan.runs}
-        assert steps["mdm"] > steps["loopmdm"] == steps["deeper"]
+        assert steps["mdm"] > steps["loopmdm"] == steps["deeper"] == steps[EQUAL_STEPS]
+        a, a_eq = plan.run("mdm"), plan.run(EQUAL_STEPS)  # (a') is (a)'s model and recipe, only the steps differ
+        assert a_eq.cfg.to_dict() == a.cfg.to_dict() and a_eq.cfg.diffusion.loop_dist == "fixed"
+        assert a_eq.planned_flops == pytest.approx(steps["loopmdm"] * a.flops_per_step)
+        assert a_eq.planned_flops < 0.8 * budget
     runs = run_list(cfg, plans)
-    assert len(runs) == 3 * sum(cfg.seeds_per_budget)
+    assert len(runs) == 4 * sum(len(cfg.budget_seeds(i)) for i in range(len(cfg.budgets)))
+    assert all(len(cfg.budget_seeds(i)) >= 5 for i in (1, 2, 3))  # the budgets that decide the trend
+    owner = shard_assignment(runs, 2)  # both shards get about the same planned FLOPs
+    load = [sum(rp.planned_flops for k, (_, _, rp) in zip(owner, runs) if k == shard) for shard in (0, 1)]
+    assert set(owner) == {0, 1} and abs(load[0] - load[1]) / max(load) < 0.05
 
 
-def test_bad_budgets_are_one_line_errors(tiny_cfg):
+def test_bad_budgets_and_seeds_are_one_line_errors(tiny_cfg):
     with pytest.raises(ConfigError, match="must be increasing"):
         study(tiny_cfg, budgets=[1e9, 5e8])
     with pytest.raises(ConfigError, match="one per budget"):
         study(tiny_cfg, seeds_per_budget=[1])
+    with pytest.raises(ConfigError, match="asks for 3 seeds"):
+        study(tiny_cfg, seeds_per_budget=[1, 3])
+    with pytest.raises(ConfigError, match="distinct seeds"):
+        study(tiny_cfg, seeds_per_budget=[1, [4, 4]])
+    assert study(tiny_cfg, seeds_per_budget=[1, [7, 9]]).budget_seeds(1) == [7, 9]  # explicit seeds per budget
     with pytest.raises(ConfigError, match=r"budget 1e\+06 FLOPs cannot be matched: .*raise baseline_steps"):
         budget_plans(study(tiny_cfg, budgets=[1e6, 6e9]))
     with pytest.raises(ConfigError, match="K/N"):
         parse_shard("half")
 
 
-def test_trend_fit_recovers_a_known_line_and_its_crossing():
-    budgets = [1e12, 1e13, 1e14, 1e15]
+def test_plateau_exit_is_the_first_point_a_quarter_nat_below_the_unigram_plateau():
+    curve = Curve(flops=[1.0, 2.0, 3.0, 4.0, 5.0], nelbo=[6.30, 6.10, 5.96, 5.90, 5.20], steps=[10, 20, 30, 40, 50])
+    assert plateau_exit_step(curve, 6.2) == 40  # 5.96 is only 0.24 below; 5.90 is 0.30 below
+    assert plateau_exit_step(curve, 6.2, margin=0.5) == 50
+    assert plateau_exit_step(curve, 5.3) is None  # never 0.25 below
+    # p(0) = (2 + 1) / 5, p(1) = (1 + 1) / 5 (add-one); the validation tokens 0 and 1 once each
+    h = unigram_cross_entropy(np.array([[0, 0, 1]]), np.array([[0, 1]]), vocab_size=2)
+    assert h == pytest.approx(-(math.log(0.6) + math.log(0.4)) / 2)
+
+
+def _rows(budgets, gain, seeds=(0, 1, 2), on_plateau=(), noise=0.005):
     rng = np.random.default_rng(0)
-    rows = [{"budget": b, "per_seed": {s: {"gain_equal_flops": -0.3 + 0.1 * (math.log10(b) - 12)
-                                          + rng.normal(0, 0.005)} for s in (0, 1)}} for b in budgets]
+    return [{"budget": b, "per_seed": {s: {"gain_equal_flops": gain(b) + rng.normal(0, noise),
+                                           "left_plateau": {"mdm": b not in on_plateau, "loopmdm": True}}
+                                       for s in seeds}} for b in budgets]
+
+
+def test_trend_fit_leaves_out_plateau_budgets_and_bootstraps_its_slope():
+    budgets = [1e11, 1e12, 1e13, 1e14, 1e15]
+    line = lambda b: -0.3 + 0.1 * (math.log10(b) - 12)  # noqa: E731
+    # the 1e11 points are on the plateau (gain about 0 there, far off the line): they must not enter the fit
+    rows = _rows(budgets, lambda b: 0.0 if b == 1e11 else line(b), on_plateau=(1e11,))
     trend = fit_trend(rows, bootstrap=500)
+    assert trend["budgets_used"] == budgets[1:] and trend["budgets_excluded"] == [1e11] and trend["points"] == 12
     assert trend["slope_per_decade"] == pytest.approx(0.1, abs=0.01)
     assert trend["crossing_budget"] == pytest.approx(1e15, rel=0.3)  # -0.3 + 0.1 * 3 = 0 at 1e15
-    lo, hi = trend["crossing_interval_68"]
-    assert lo < trend["crossing_budget"] < hi
-    flat = [{"budget": b, "per_seed": {0: {"gain_equal_flops": -0.3 - 0.01 * i}}} for i, b in enumerate(budgets)]
+    lo, hi = trend["slope_interval_95"]
+    assert lo < trend["slope_per_decade"] < hi and hi - lo < 0.02
+    clo, chi = trend["crossing_interval_95"]
+    assert clo < trend["crossing_budget"] < chi
+    with_plateau = fit_trend(_rows(budgets, lambda b: 0.0 if b == 1e11 else line(b)), bootstrap=100)
+    assert with_plateau["slope_per_decade"] < 0.09  # what including the plateau point would have done
+    noisy = fit_trend(_rows(budgets[1:], line, noise=0.1), bootstrap=500)  # the interval widens with seed noise
+    assert noisy["slope_interval_95"][1] - noisy["slope_interval_95"][0] > 5 * (hi - lo)
+    assert noisy["slope_interval_95"][0] < noisy["slope_per_decade"] < noisy["slope_interval_95"][1]
+    flat = [{"budget": b, "per_seed": {0: {"gain_equal_flops": -0.3 - 0.01 * i,
+                                           "left_plateau": {"mdm": True, "loopmdm": True}}}}
+            for i, b in enumerate(budgets)]
     assert fit_trend(flat, bootstrap=100)["crossing_budget"] is None  # heading away from zero: no crossing
+    one = fit_trend(_rows(budgets, line, on_plateau=budgets[:-1]), bootstrap=100)
+    assert one["slope_per_decade"] is None and one["note"] == "no trend: fewer than two budgets past the plateau"
 
 
-def test_a_tiny_study_runs_resumes_and_refuses_a_changed_config(tiny_cfg, tmp_path):
+def test_every_model_is_validated_on_the_same_rows_and_noise(tiny_cfg):
+    cfg = study(tiny_cfg)
+    data = prepare_data(cfg.run.data, cfg.run.model.vocab_size, cfg.run.model.max_seq_len)
+    cfg.run.model.vocab_size = data.tokenizer.vocab_size
+    plan = budget_plans(cfg)[0]
+    seen = {}
+    for name, seed in (("mdm", 0), ("deeper", 1)):  # two architectures, two training seeds
+        torch.manual_seed(seed)
+        model = LoopMDM(plan.run(name).cfg.model).eval()
+        calls = []
+        model.register_forward_pre_hook(lambda m, args: calls.append((args[0].clone(), args[1].clone())))
+        r = FixedValidation.of(cfg, data).evaluate(model, 1, 2)
+        seen[name] = (calls, r)
+    (ca, ra), (cb, rb) = seen["mdm"], seen["deeper"]
+    assert len(ca) == len(cb) == 2 and ra["tokens"] == rb["tokens"] and ra["rows"] == rb["rows"]
+    for (xa, ta), (xb, tb) in zip(ca, cb):
+        assert torch.equal(xa, xb) and torch.equal(ta, tb)  # same rows, same masks, same t
+    assert ra["nelbo"] != rb["nelbo"]
+    other = copy.deepcopy(cfg)
+    other.eval_seed += 1  # another validation seed: other noise
+    calls = []
+    model = LoopMDM(plan.run("mdm").cfg.model).eval()
+    model.register_forward_pre_hook(lambda m, args: calls.append(args[1].clone()))
+    FixedValidation.of(other, data).evaluate(model, 1, 1)
+    assert not torch.equal(calls[0], ca[0][1])
+
+
+def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
     cfg = study(tiny_cfg)
     out = tmp_path / "study"
     assert run_loop_scaling(cfg, out, shard="0/2", log=lambda s: None) is None  # half the runs, no report
@@ -71,11 +149,78 @@ def test_a_tiny_study_runs_resumes_and_refuses_a_changed_config(tiny_cfg, tmp_pa
     for r in rows:
         for p in r["per_seed"].values():
             assert set(p["loopmdm"]) == {1, 3, 6} and math.isfinite(p["gain_equal_flops"])
+            assert p["gain_equal_steps"] == pytest.approx(p[EQUAL_STEPS] - p["loopmdm"][3])
+            assert p["gain_equal_flops_stderr"] > 0 and p["gain_equal_steps_stderr"] > 0
+            assert p["steps"][EQUAL_STEPS] == p["steps"]["loopmdm"] < p["steps"]["mdm"]
+            for name in ("mdm", "loopmdm", "deeper", EQUAL_STEPS):
+                c = p["curves"][name]
+                assert len(c["step"]) == len(c["flops"]) == len(c["val_nelbo"]) >= 2
+                assert c["step"][-1] == p["steps"][name] and name in p["plateau_exit_step"]
+                assert p["final"][name][1]["stderr"] > 0
     saved = json.loads((out / "results.json").read_text())
-    assert saved["trend"]["points"] == 3 and (out / "loop_gain.png").is_file() and (out / "summary.md").is_file()
+    assert saved["data_fingerprint"]["source_fingerprint"] and len(saved["data_fingerprint"]["val_rows_sha256"]) == 64
+    assert saved["corpus"]["source"] == cfg.run.data.source
+    assert saved["software"]["python"] and saved["software"]["torch"] and saved["software"]["loopmdm"]
+    val = saved["validation"]
+    assert val["eval_seed"] == cfg.eval_seed and val["final"]["batches"] == 2 and val["final"]["tokens"] > 0
+    assert saved["plateau"]["H"] > 0 and saved["plateau"]["margin"] == 0.25
+    p0 = saved["rows"][0]["per_seed"]["0"]
+    assert set(p0["curves"]["mdm"]) == {"step", "flops", "val_nelbo"} and set(p0["plateau_exit_step"]) == \
+        {"mdm", "loopmdm", "deeper", EQUAL_STEPS}
+    trend = saved["trend"]  # tiny runs stay on the plateau: no fit through them
+    assert trend["points"] == sum(len(r["seeds"]) for r in rows if r["past_plateau"]["gain_equal_flops"])
+    if trend["slope_per_decade"] is None:
+        assert trend["note"] == "no trend: fewer than two budgets past the plateau"
+    assert (out / "loop_gain.png").is_file() and "rows sha256" in (out / "summary.md").read_text()
+    # the curve was evaluated on the study's validation set, not on rows drawn with the training seed
+    run_dir = out / "budget_1" / "seed_1" / "loopmdm"
+    model = load_model(run_dir, ema=None)[0].eval()
+    data = prepare_data(cfg.run.data, cfg.run.model.vocab_size, cfg.run.model.max_seq_len)
+    refit = FixedValidation.of(cfg, data).evaluate(model, 3, cfg.run.train.eval_batches)
+    assert read_curve(run_dir / "metrics.jsonl").final == pytest.approx(refit["nelbo"], abs=1e-5)
     again = run_loop_scaling(cfg, out, log=lambda s: None)  # everything reused: same numbers
     assert again["rows"][1]["gain_equal_flops"]["mean"] == res["rows"][1]["gain_equal_flops"]["mean"]
+    assert again["rows"][1]["gain_equal_steps"]["mean"] == res["rows"][1]["gain_equal_steps"]["mean"]
     changed = copy.deepcopy(cfg)
     changed.run.train.lr *= 2
     with pytest.raises(ConfigError, match="holds a run with another config .*train.lr"):
         run_loop_scaling(changed, out, log=lambda s: None)
+    other_set = copy.deepcopy(cfg)
+    other_set.eval_seed += 1  # the curves in the folders were evaluated on another validation set
+    with pytest.raises(ConfigError, match="validation curve was evaluated on another set"):
+        run_loop_scaling(other_set, out, log=lambda s: None)
+
+
+def test_an_interrupted_run_resumes_to_the_same_curve(tiny_cfg, tmp_path, monkeypatch):
+    import loopmdm.experiments.loop_scaling as ls
+    from loopmdm.errors import LoopMDMError
+
+    cfg = study(tiny_cfg)
+    data = prepare_data(cfg.run.data, cfg.run.model.vocab_size, cfg.run.model.max_seq_len)
+    cfg.run.model.vocab_size = data.tokenizer.vocab_size
+    rp = budget_plans(cfg)[1].run("loopmdm")
+    val = FixedValidation.of(cfg, data)
+    quiet = lambda s: None  # noqa: E731
+    ls.train_run(rp, 0, tmp_path / "whole", data, cfg, val, False, quiet)
+    init = ls._StudyTrainer.__init__
+
+    def stop_midway(self, *args, **kwargs):  # a signal after step 25: the step is saved, the run refused as finished
+        init(self, *args, **kwargs)
+        step = self.step_fn
+
+        def step_fn(idx, loops):
+            out = step(idx, loops)
+            self.stop_requested = self.step + 1 >= 25
+            return out
+        self.step_fn = step_fn
+
+    monkeypatch.setattr(ls._StudyTrainer, "__init__", stop_midway)
+    with pytest.raises(LoopMDMError, match="stopped at step 25"):
+        ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
+    monkeypatch.setattr(ls._StudyTrainer, "__init__", init)
+    _, info = ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)  # resumed from step 25
+    whole = read_curve(tmp_path / "whole" / "metrics.jsonl")
+    assert not info["reused"] and info["curve"]["steps"] == whole.steps and info["curve"]["steps"][-1] == rp.steps
+    assert info["curve"]["nelbo"] == pytest.approx(whole.nelbo, abs=1e-5)
+    _, again = ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
+    assert again["reused"] and again["curve"] == info["curve"]

@@ -59,13 +59,17 @@ def hf_config(family: str, tok):
                                     rope_theta=10000.0, tie_word_embeddings=False, **ids)
 
 
-def make_source(family: str, tok, folder: Path, seed: int = 0):
+def make_source(family: str, tok, folder: Path, seed: int = 0, **overrides):
     """A tiny random model of ``family`` saved as a transformers folder (Dream: a Qwen2-layout checkpoint whose
-    config says model_type "Dream", as Dream's do), with the BPE tokenizer; returns the in-memory model."""
+    config says model_type "Dream", as Dream's do), with the BPE tokenizer; returns the in-memory model.
+    ``overrides``: config fields set on top of ``hf_config``'s."""
     torch.manual_seed(seed)
     cls = {"bert": transformers.BertForMaskedLM, "roberta": transformers.RobertaForMaskedLM,
            "modernbert": transformers.ModernBertForMaskedLM, "dream": transformers.Qwen2ForCausalLM}[family]
-    model = cls(hf_config(family, tok)).eval()
+    config = hf_config(family, tok)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    model = cls(config).eval()
     model.save_pretrained(folder)
     tok.save(folder / "tokenizer.json")
     (folder / "tokenizer_config.json").write_text(json.dumps({"mask_token": "<mask>"}))
@@ -176,6 +180,46 @@ def test_s1_exact_with_padding(family, sources, loopified, tok):
     pad[0, -7:] = False
     with torch.no_grad():
         assert rel(model(x, loops=1, attention_mask=pad), source_logits(family, source, x, pad.long())) <= TOL
+
+
+def test_s1_probe_runs_past_the_local_attention_window(tok, tmp_path, monkeypatch):
+    """A ModernBERT whose local window (32 tokens) is longer than a 16-token probe: loopify's probe is window +
+    16 = 48 tokens, so an adapter that got the sliding-window layers wrong (here: the global mask everywhere)
+    is refused instead of passing the S = 1 check."""
+    folder = tmp_path / "wide"
+    make_source("modernbert", tok, folder, local_attention=32)
+    summary = loopify(str(folder), "1:3", tmp_path / "ok", s_max=2, log=lambda s: None)
+    assert summary["s1_probe_tokens"] == 48 and summary["s1_max_rel_diff"] <= TOL
+    family = type(get_backbone("modernbert"))
+    right = family.masks
+
+    def global_everywhere(self, model, h, pad):
+        masks = right(self, model, h, pad)
+        return {**masks, "sliding_attention": masks["full_attention"]}
+
+    monkeypatch.setattr(family, "masks", global_everywhere)
+    with pytest.raises(CheckpointError, match="differ from the source's") as e:
+        loopify(str(folder), "1:3", tmp_path / "bad", s_max=2, log=lambda s: None)
+    assert "\n" not in str(e.value) and not (tmp_path / "bad" / "loopify.json").exists()
+
+
+def test_modernbert_layer_0_is_not_looped(sources, loopified, tmp_path, capsys):
+    """ModernBERT's layer 0 has no attention pre-norm: looping it would feed it the un-normalised residual stream
+    from the second loop on, so --loop-layers 0:B is refused (before any weights are read), and so is a config
+    with model.n_h = 0."""
+    folder = sources["modernbert"][0]
+    with pytest.raises(ConfigError, match="no attention pre-norm") as e:
+        loopify(str(folder), "0:2", tmp_path / "out", log=lambda s: None)
+    assert "--loop-layers 1:2" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    code, _, err = cli(["loopify", "--from", str(folder), "--loop-layers", "0:3", "--out", str(tmp_path / "cli")],
+                       capsys)
+    assert code == 2 and "--loop-layers 1:3" in err and err.count("\n") == 1, err
+    cfg = load_config_file(resolve_checkpoint(loopified["modernbert"]))
+    cfg.model.n_h, cfg.model.n_m = 0, 3
+    with pytest.raises(ConfigError, match="model.n_h=0"):
+        cfg.validate()
+    _loopify(sources["bert"][0], tmp_path / "bert", "0:2")  # post-LN BERT feeds its layers normalised states
 
 
 def test_s1_exact_ours_and_options(tiny_run, tmp_path):

@@ -292,6 +292,38 @@ def test_score_grids_board_and_cell_accuracy():
     assert score_grids([SOLVED], [S.SudokuPair(SOLVED, SOLVED)])["cell_accuracy"] == 1.0  # no blank at all
 
 
+def two_solution_pair(solution: str) -> tuple[str, str]:
+    """A puzzle with exactly two solutions, and the second one: ``solution`` with the corners of a rectangle that
+    reads a b / b a (two rows of one band, two columns of different stacks) blanked; swapping a and b there
+    gives another grid that obeys every rule and keeps every given."""
+    for r1 in range(9):
+        for r2 in range(r1 + 1, (r1 // 3 + 1) * 3):
+            for c1 in range(9):
+                for c2 in range((c1 // 3 + 1) * 3, 9):
+                    cells = [9 * r1 + c1, 9 * r1 + c2, 9 * r2 + c1, 9 * r2 + c2]
+                    a, b, c, d = (solution[i] for i in cells)
+                    if a == d and b == c:
+                        puzzle = "".join("0" if i in cells else ch for i, ch in enumerate(solution))
+                        other = list(solution)
+                        for i, ch in zip(cells, (b, a, d, c)):
+                            other[i] = ch
+                        return puzzle, "".join(other)
+    raise AssertionError("no a b / b a rectangle in this grid")
+
+
+def test_score_grids_counts_any_solution_that_keeps_the_givens():
+    """A puzzle with two solutions: the model's completion differs from the stored solution in every blank but
+    obeys the rules and keeps the givens, so the board is solved (cell accuracy stays against the stored one);
+    a valid grid that changes a given is not."""
+    puzzle, other = two_solution_pair(SOLVED)
+    assert S.count_solutions(puzzle, limit=3) == 2 and other != SOLVED and S.is_valid_solution(other)
+    pair = S.SudokuPair(puzzle, SOLVED)
+    assert score_grids([other], [pair]) == {"solved": 1, "cell_accuracy": 0.0, "valid": 1}
+    relabelled = SOLVED.translate(str.maketrans("12", "21"))  # valid, but a 1 or a 2 given is changed
+    assert S.is_valid_solution(relabelled) and not S.matches_puzzle(ESCARGOT.puzzle, relabelled)
+    assert score_grids([relabelled, SOLVED], [ESCARGOT, ESCARGOT])["solved"] == 1
+
+
 def test_score_grids_rejects_mismatched_or_empty_lists():
     with pytest.raises(ConfigError):
         score_grids([SOLVED], [])

@@ -10,6 +10,7 @@ truncated backprop (``model.backprop_depth``) and fused AdamW on CUDA live in th
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import platform
@@ -23,18 +24,107 @@ from .errors import ConfigError
 from .model.layers import Block
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; CUDA asked for but
-    missing is a one-line error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEVICE_SYNTAX = "auto, cpu, cuda, cuda:N or mps"
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} but CUDA is not available; use cpu or auto")
+        return bool(backend is not None and backend.is_available())
+    except Exception:  # noqa: BLE001 - a broken MPS probe means: no MPS
+        return False
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run on: ``cpu``, then ``cuda:0`` .. ``cuda:N-1``, then ``mps``."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        out.append("mps")
+    return out
+
+
+def pick_device(name: str | torch.device, what: str = "device") -> torch.device:
+    """The device ``name`` names, checked against this machine: ``auto`` (CUDA when available, else CPU),
+    ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. A malformed name, or a device this machine does not have, is a
+    one-line ``ConfigError`` that lists what it has, e.g. "device 'cuda': this machine has no CUDA device;
+    available: cpu". ``what`` names the setting in the message (``train.device``, ``--device``)."""
+    text = str(name).strip() if isinstance(name, (str, torch.device)) else None
+    have = ", ".join(available_devices())
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = None
+    if text:
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, ValueError, TypeError):
+            dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{what}={name!r} is not a device; use {DEVICE_SYNTAX} (this machine has: {have})")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{what}={text!r}: this machine has no CUDA device; available: {have} (or auto)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"{what}={text!r}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
+                              f"(cuda:0..cuda:{n - 1}); available: {have}")
+    if dev.type == "mps" and not _mps_available():
+        raise ConfigError(f"{what}={text!r}: this machine has no MPS (Apple GPU) device; available: {have} "
+                          "(or auto)")
     return dev
+
+
+def check_precision(device: torch.device | str, precision: str, what: str = "precision") -> None:
+    """bf16 autocast where the device cannot run it (a CUDA card before Ampere; MPS without bf16 support) is a
+    one-line ``ConfigError`` naming the fix (fp32). CPU autocast runs bf16 everywhere PyTorch does."""
+    if precision != "bf16":
+        return
+    device = torch.device(device)
+    if not _bf16_ok(device.type, device.index):
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+        raise ConfigError(f"{what}=bf16 is not supported on {name}; use fp32")
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_ok(kind: str, index: Optional[int]) -> bool:
+    if kind == "cuda":
+        try:
+            with torch.cuda.device(index if index is not None else torch.cuda.current_device()):
+                try:
+                    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+                except TypeError:  # older PyTorch: no including_emulation
+                    return bool(torch.cuda.is_bf16_supported())
+        except Exception:  # noqa: BLE001 - cannot tell: let the run try
+            return True
+    if kind == "mps":
+        try:
+            torch.ones(1, device="mps", dtype=torch.bfloat16)
+        except (RuntimeError, TypeError):
+            return False
+    return True
+
+
+def available_memory(device: torch.device | str = "cpu") -> Optional[int]:
+    """Bytes a new allocation on ``device`` can take now: free CUDA memory (plus what PyTorch holds cached), else
+    the system's available RAM (Linux ``MemAvailable``, else free pages); None when unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        except Exception:  # noqa: BLE001 - no answer: unknown
+            return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def set_threads(threads: Optional[int]) -> None:
@@ -44,8 +134,10 @@ def set_threads(threads: Optional[int]) -> None:
 
 
 def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast when ``precision == 'bf16'`` (CPU or CUDA), otherwise a no-op context."""
+    """bf16 autocast when ``precision == 'bf16'`` (CPU or CUDA), otherwise a no-op context. A device without bf16
+    support is a one-line ``ConfigError`` (``check_precision``)."""
     if precision == "bf16":
+        check_precision(device, precision)
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -56,15 +148,19 @@ def machine_info() -> dict:
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
-# Dense bf16 tensor-core peak, FLOP/s, by a substring of torch.cuda.get_device_name() (first match wins).
+# Dense bf16 tensor-core peak, FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name(), compared
+# case-insensitively; the first match wins, so the specific names come before the family name.
 PEAK_BF16_FLOPS = (
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # SXM / NVL per-GPU dense
     ("GH200", 989e12),
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),  # H200 SXM: "NVIDIA H200"
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # H100 SXM: "NVIDIA H100 80GB HBM3"
     ("B200", 2250e12),
     ("A100", 312e12),
     ("L40S", 362e12),
+    ("L40", 181e12),
     ("L4", 121e12),
     ("A10G", 70e12),
     ("RTX 4090", 165e12),
@@ -83,15 +179,22 @@ def compile_blocks(model: nn.Module, **options) -> int:
     return n
 
 
-def peak_flops(device: torch.device) -> Optional[float]:
-    """The card's dense bf16 peak in FLOP/s, or None when unknown (CPU, unlisted GPU)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
+def peak_flops_for_name(name: str) -> Optional[float]:
+    """The dense bf16 peak in FLOP/s of a card named ``name`` (as ``torch.cuda.get_device_name()`` spells it,
+    e.g. "NVIDIA H100 80GB HBM3"), or None when the table does not list it."""
+    lowered = name.lower()
     for key, flops in PEAK_BF16_FLOPS:
-        if key in name:
+        if key.lower() in lowered:
             return flops
     return None
+
+
+def peak_flops(device: torch.device | str) -> Optional[float]:
+    """The card's dense bf16 peak in FLOP/s, or None when unknown (CPU, unlisted GPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return peak_flops_for_name(torch.cuda.get_device_name(device))
 
 
 SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")

@@ -99,6 +99,15 @@ class TransformersFamily(Backbone):
         """The longest sequence the source's position encoding covers."""
         return int(hf_config.max_position_embeddings)
 
+    def check_loop_layers(self, a: int, b: int) -> None:
+        """Refuse a mid block [A, B) that the family cannot loop correctly (one-line ``ConfigError``), checked by
+        loopify before any weights are read; e.g. ModernBERT's layer 0, which has no attention pre-norm."""
+
+    def local_window(self, hf_config) -> int:
+        """The widest local (sliding-window) attention span of the source's layers, 0 when all attend globally;
+        loopify's S = 1 probe is longer than it, so a mistake in the local attention is caught."""
+        return 0
+
     def check_source(self, hf_config) -> None:
         """Refuse variants of the family the adapter does not reproduce exactly (one-line ``ConfigError``)."""
 

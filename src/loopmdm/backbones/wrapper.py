@@ -154,6 +154,7 @@ class WrappedLoopMDM(nn.Module):
     # The forward pass (dense, sparse prediction, fused loss with a decoder bias) and the parameter count:
     # exactly LoopMDM's, over this model's prelude / loops / coda.
     forward = LoopMDM.forward
+    _sparse_loss = LoopMDM._sparse_loss  # forward's fused loss (labels given) over coda_features / decoder
     num_parameters = LoopMDM.num_parameters
 
 

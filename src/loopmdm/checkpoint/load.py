@@ -152,7 +152,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", ema: Option
     one ``model.backbone`` names (``LoopMDM``, or a loopified transformers model: ``loopmdm.backbones``).
 
     ema: True = the EMA weights when the checkpoint has them, None = the same ("auto", what training validates
-    with), False = the raw weights (``uses_ema`` tells which a call picks)."""
+    with), False = the raw weights (``uses_ema`` tells which a call picks). ``device`` is checked against this
+    machine first (``loopmdm.runtime.pick_device``: a missing CUDA / MPS device is a one-line ``ConfigError``)."""
+    from ..runtime import pick_device  # imports the model layers: only when a model is loaded
+
+    device = pick_device(device)
     folder = resolve_checkpoint(path)
     verify_checkpoint(folder)
     cfg = load_config_file(folder)

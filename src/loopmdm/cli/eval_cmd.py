@@ -6,6 +6,8 @@
                         generated at each S, or of the texts in --samples FILE; plus unigram entropy
     --metric sudoku     board accuracy over --orders x --steps T (0 = one cell per step) x --loops S on test
                         puzzles (--data FILE, or the built-in test split)
+    --metric exact-match  exact-match accuracy of the answers of --data FILE.jsonl (prompt / answer or infill
+                        rows) over --orders x --steps x --loops, per --group-by level, with baselines
 
 A list of S (``--loops 1,2,4,8``) runs a sweep and prints a table; ``--json`` prints one JSON object;
 ``--plot out.png`` draws metric vs S and metric vs compute. The runners live in ``eval_metrics``.
@@ -20,6 +22,7 @@ import typer
 
 from ..errors import ConfigError
 from ..runtime import set_threads
+from ..viz.reasoning import plot_exact_match
 from ..viz.sweeps import plot_sweeps
 from .app import app, emit_json, info
 from .eval_metrics import METRICS, EvalArgs, format_table
@@ -29,7 +32,7 @@ from .options import parse_loops
 @app.command("eval")
 def eval_(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or checkpoint folder."),
-    metric: str = typer.Option("nelbo", "--metric", help="nelbo | zero-shot | gen-ppl | sudoku."),
+    metric: str = typer.Option("nelbo", "--metric", help="nelbo | zero-shot | gen-ppl | sudoku | exact-match."),
     loops: List[str] = typer.Option([], "--loops", help="Loop count S; repeat or comma-separate for a sweep "
                                                         "(default: the checkpoint's training S_max)."),
     batches: int = typer.Option(16, "--batches", help="Evaluation batches per S (NELBO metrics).", min=1),
@@ -62,14 +65,18 @@ def eval_(
     length: Optional[int] = typer.Option(None, "--length", help="gen-ppl: tokens per sample (default window)."),
     temperature: float = typer.Option(1.0, "--temperature", help="gen-ppl: sampling temperature.", min=0.0),
     sampler: str = typer.Option("ancestral", "--sampler", help="gen-ppl: sampler (loopmdm.sampling.SAMPLERS)."),
-    orders: str = typer.Option("margin", "--orders", help="sudoku: unmasking orders, e.g. margin,probability,random."),
-    max_boards: Optional[int] = typer.Option(None, "--max-boards", help="sudoku: the first N boards.", min=1),
+    orders: str = typer.Option("margin", "--orders", help="sudoku / exact-match: unmasking orders, e.g. "
+                                                          "margin,probability,random."),
+    max_boards: Optional[int] = typer.Option(None, "--max-boards", "--max-rows",
+                                             help="sudoku / exact-match: the first N boards or rows.", min=1),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="exact-match: an integer field of the rows "
+                                                                    "(e.g. depth) to report per level."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest for tiny "
                                                                    "models on a busy machine).", min=1),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the sweep into this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Likelihood bounds (nelbo, zero-shot), generative perplexity (gen-ppl) or Sudoku accuracy at each S."""
+    """Likelihood bounds (nelbo, zero-shot), generative perplexity (gen-ppl), Sudoku or exact-match accuracy."""
     s_list = parse_loops(loops) if loops else None
     runner = METRICS.get(metric)
     if precision not in ("fp32", "bf16"):
@@ -79,10 +86,10 @@ def eval_(
     set_threads(threads)
     args = EvalArgs(checkpoint, s_list, batches, batch_size, repeats, rel_stderr or None, max_repeats, seed, ema,
                     device, precision, data, text_field, max_documents, evaluator, samples, samples_out,
-                    num_samples, steps, length, temperature, sampler, orders, max_boards)
+                    num_samples, steps, length, temperature, sampler, orders, max_boards, group_by)
     payload = {"checkpoint": str(checkpoint) if checkpoint else None, "metric": metric, **runner(args)}
     if plot is not None:
-        plot_sweeps([payload], plot)
+        plot_exact_match(payload["results"], plot) if metric == "exact-match" else plot_sweeps([payload], plot)
         info(f"plot written to {plot}")
     if json_out:
         emit_json(payload)

@@ -16,15 +16,18 @@ from typing import Callable, Optional
 
 from ..checkpoint import load_model, uses_ema
 from ..data import prepare_data
+from ..data.answers import read_rows, source_files
 from ..data.sudoku import GENERATE, generated_splits, read_puzzles
 from ..diffusion import get_schedule, make_objective
 from ..errors import ConfigError, DataError
+from ..eval.exact_match import exact_match_grid, overlap_count
 from ..eval.genppl import generative_perplexity, load_evaluator, read_samples
 from ..eval.nelbo import nelbo_sweep
 from ..eval.sudoku import check_sudoku_model, sudoku_grid
 from ..eval.zeroshot import zero_shot
 from ..model.fields import parse_int_list
 from ..registry import Registry
+from ..tasks import heuristic_for
 from ..sampling import generate
 from .app import info
 
@@ -58,6 +61,7 @@ class EvalArgs:
     sampler: str = "ancestral"
     orders: str = "margin"
     max_boards: Optional[int] = None
+    group_by: Optional[str] = None
 
 
 METRICS: Registry[Callable[[EvalArgs], dict]] = Registry("eval metric")
@@ -177,6 +181,42 @@ def run_sudoku(args: EvalArgs) -> dict:
             "results": [s.to_dict() for s in scores]}
 
 
+def _train_overlap(test_rows, cfg) -> Optional[int]:
+    """Test rows whose given text also occurs in the checkpoint's training file (None when it cannot be read)."""
+    try:
+        train_file, _ = source_files(cfg.data.source, cfg.data.answers)
+        train_rows = read_rows(train_file, cfg.data.answers, cfg.data.text_field)
+    except DataError:
+        return None
+    return overlap_count(test_rows, train_rows)
+
+
+@METRICS.register("exact-match")
+def run_exact_match(args: EvalArgs) -> dict:
+    """Exact-match accuracy of the answers of --data (JSONL prompt / answer or infill rows) over --orders x --steps
+    (T; 0 = one token per step) x --loops, per --group-by level, with the majority and task baselines."""
+    if not args.data:
+        raise ConfigError("--metric exact-match needs --data FILE.jsonl (prompt / answer or text / targets rows)")
+    model, tok, cfg, loops = _load(args)
+    if cfg.data.format != "answers":
+        raise ConfigError(f"--metric exact-match needs a model trained on prompt / answer data "
+                          f"(data.format='answers'); this checkpoint was trained with data.format="
+                          f"{cfg.data.format!r}" + (" (use --metric sudoku)" if cfg.data.format == "sudoku" else ""))
+    rows = read_rows(args.data, cfg.data.answers, cfg.data.text_field, limit=args.max_boards)
+    overlap = _train_overlap(rows, cfg)
+    info(f"{len(rows)} test rows from {args.data}; "
+         + ("training file not found: overlap unknown" if overlap is None else
+            f"{overlap} of them share their prompt with a training row"))
+    heuristic, heuristic_name = heuristic_for([r.raw for r in rows])
+    steps = parse_int_list(args.steps, "--steps", 0, "1,2,4,0") if args.steps else [0]
+    orders = [o.strip() for o in args.orders.split(",") if o.strip()]
+    records = exact_match_grid(model, tok, rows, length=cfg.model.max_seq_len, orders=orders, steps=steps,
+                               loops=loops, schedule=get_schedule(cfg.diffusion.schedule), group_by=args.group_by,
+                               heuristic=heuristic, seed=args.seed, batch_size=args.batch_size or 256, log=info)
+    return {"primary": "accuracy", "data": args.data, "rows": len(rows), "train_overlap": overlap,
+            "group_by": args.group_by, "heuristic": heuristic_name, "results": records}
+
+
 # --------------------------------------------------------------------------- tables
 
 COLUMNS = {  # (header, result key, width, format spec); FLOP columns are printed in GFLOP
@@ -192,6 +232,10 @@ COLUMNS = {  # (header, result key, width, format spec); FLOP columns are printe
                        ("boards", "boards", 6, "d"), ("solved", "solved", 6, "d"),
                        ("board acc", "board_accuracy", 9, ".3f"), ("cell acc", "cell_accuracy", 8, ".3f"),
                        ("valid", "valid_grids", 6, ".3f"), ("GFLOP/board", "flops_per_board", 11, ".3f")],
+    "accuracy": [("order", "order", 11, "s"), ("T", "steps", 4, "d"), ("S", "loops", 4, "d"),
+                 ("group", "group", 6, ""), ("n", "n", 5, "d"), ("exact", "accuracy", 6, ".3f"),
+                 ("token", "token_accuracy", 6, ".3f"), ("major.", "majority_baseline", 6, ".3f"),
+                 ("heur.", "heuristic_baseline", 6, ".3f"), ("GFLOP/row", "flops_per_problem", 10, ".4f")],
 }
 
 

@@ -15,8 +15,10 @@ from ..experiments.attention import load_attention_config, run_attention
 from ..experiments.compute_matched import load_compute_matched_config, plan_compute_matched, run_compute_matched
 from ..experiments.loopify import load_loopify_config, plan_summary, run_loopify_experiment
 from ..experiments.loop_scaling import budget_plans, load_loop_scaling_config, run_loop_scaling
+from ..experiments.reasoning import load_reasoning_config, run_reasoning
 from ..experiments.sudoku import load_sudoku_config, run_sudoku
 from ..model.fields import parse_int_list
+from ..outputs import check_output
 from .app import app, emit_json, info
 from .options import parse_loops
 
@@ -59,6 +61,7 @@ def compute_matched(
         summary = plan_compute_matched(cfg).summary()
         emit_json(summary) if json_out else info(json.dumps(summary, indent=2))
         return
+    check_output(out, "experiment")  # before any work: never into a data folder, a run or someone's files
     res = run_compute_matched(cfg, out, _seeds(seeds), progress=progress, log=info)
     emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
 
@@ -79,6 +82,7 @@ def loop_scaling(
         summary = [p.summary() for p in budget_plans(cfg)]
         emit_json(summary) if json_out else info(json.dumps(summary, indent=2))
         return
+    check_output(out, "experiment")
     res = run_loop_scaling(cfg, out, shard, progress=progress, log=info)
     if res is not None:
         emit_json({"rows": res["rows"], "trend": res["trend"]}) if json_out else info((out / "summary.md").read_text())
@@ -94,6 +98,7 @@ def ablation(
 ) -> None:
     """Which layers loop (early, early-middle, middle, late, all) and how many (n_m), at equal FLOPs."""
     cfg = load_compute_matched_config(config)
+    check_output(out, "experiment")
     res = run_ablation(cfg, out, _seeds(seeds), progress=progress, log=info)
     emit_json(res["rows"]) if json_out else info((out / "ablation.md").read_text())
 
@@ -112,9 +117,39 @@ def sudoku(
     """MDM, LoopMDM and the deeper MDM on Sudoku at equal training FLOPs: board accuracy over T x S x order."""
     cfg = load_sudoku_config(config)
     subset = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    check_output(out, "experiment")
     res = run_sudoku(cfg, out, _seeds(seeds), progress=progress, log=info, models=subset)
     if res is not None:
         emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
+
+
+def _names(value: Optional[str]) -> Optional[list[str]]:
+    return [m.strip() for m in value.split(",") if m.strip()] if value else None
+
+
+@experiment_app.command("reasoning")
+def reasoning(
+    out: Path = typer.Option(..., "--out", help="Output folder: task data, calibration, run folders, results.json, "
+                                                "PNGs, summary.md."),
+    config: str = typer.Option("laptop", "--config", help="laptop (2 CPU cores, about 6 hours, resumable) or a "
+                                                          "YAML file (`base: laptop` + overrides)."),
+    seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0,1,2 (default: the config's)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks, e.g. vars-hops-trace (one process "
+                                                              "per core); then run once without it."),
+    models: Optional[str] = typer.Option(None, "--models", help="Only these models (mdm, loopmdm, deeper, "
+                                                                "loopmdm-ds); then run once without it."),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while training."),
+    json_out: bool = typer.Option(False, "--json", help="Print the per-task summaries as one JSON object."),
+) -> None:
+    """Pre-registered looped-vs-plain study on depth-bound tasks: plain-MDM calibration on validation data first,
+    then MDM / LoopMDM / deeper MDM / LoopMDM with deep supervision at equal FLOPs, exact match over T x S."""
+    cfg = load_reasoning_config(config)
+    check_output(out, "experiment", dirs=[t.name for t in cfg.tasks])  # its task folders, results, figures
+    res = run_reasoning(cfg, out, _seeds(seeds), tasks=_names(tasks), models=_names(models), progress=progress,
+                        log=info)
+    if res is not None:
+        emit_json({k: v.get("summary") for k, v in res["tasks"].items()}) if json_out \
+            else info((out / "summary.md").read_text())
 
 
 @experiment_app.command("attention")
@@ -135,6 +170,7 @@ def attention(
         cfg.loops = parse_loops(loops)
     if batch_size is not None:
         cfg.batch_size = batch_size
+    check_output(out, "experiment")
     res = run_attention(checkpoint, cfg.validate(), out, log=info)
     sw = res["sweep"]
     summary = {k: sw[k] for k in ("ts", "loops", "mid_last", "mean_all", "masked_key_fraction")}
@@ -158,5 +194,6 @@ def loopify_experiment(
         summary = plan_summary(cfg)
         emit_json(summary) if json_out else info(json.dumps(summary, indent=2))
         return
+    check_output(out, "experiment")
     res = run_loopify_experiment(cfg, out, _seeds(seeds), progress=progress, log=info)
     emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())

@@ -14,7 +14,9 @@ import typer
 
 from ..checkpoint import load_model
 from ..errors import ConfigError
-from ..sampling import generate
+from ..sampling import build_canvas, generate
+from ..sampling.api import MAX_STEPS
+from ..sampling.conditioning import check_text
 from .app import app, emit_json, info
 from .options import parse_loops, parse_options
 
@@ -66,11 +68,23 @@ def sample(
     iterations, FLOPs, wall time)."""
     if num_samples < 1:
         raise ConfigError(f"--num-samples {num_samples} must be >= 1")
+    if steps > MAX_STEPS:
+        raise ConfigError(f"--steps {steps} exceeds the supported maximum of {MAX_STEPS:,}; more steps than positions "
+                          "to generate add nothing (T = L reveals one token per step)")
+    for text, what in ((prompt, "--prompt"), (template, "--template")):
+        if text is not None:
+            check_text(text, what)
     s_opts = parse_options(sampler_opt, "--sampler-opt")
     p_opts = parse_options(policy_opt, "--policy-opt")
     if loops and policy != "fixed":
         raise ConfigError(f"--loops applies to --policy fixed; for --policy {policy} use --policy-opt s_max=N")
     model, tok, cfg = load_model(checkpoint, ema=ema)
+    # T above the number of positions to generate only adds network calls: clamp it (a note says so)
+    free = int(build_canvas(tok, 1, length, cfg.model.max_seq_len, prompt=prompt, template=template).free.sum())
+    notes = []
+    if steps > free:
+        notes.append(f"--steps {steps} is more than the {free} positions to generate; using --steps {free}")
+        steps = free
     runs: list[tuple[Optional[int], dict]] = []
     if policy == "fixed" and "loops" not in p_opts:
         runs = [(s, {**p_opts, "loops": s}) for s in parse_loops(loops or [str(cfg.diffusion.s_max)])]
@@ -92,6 +106,9 @@ def sample(
             tag = f"S{s}" if len(runs) > 1 else None
             meta = {"checkpoint": str(checkpoint), "sampler": sampler, "policy": policy, "steps": steps, **opts}
             results[-1]["trajectory"] = str(write_trajectory(out, tok, trajectory, meta=meta, tag=tag))
+        for note in notes:  # after the first generation ran: errors stay one line
+            info(f"note: {note}")
+        notes = []
         if not json_out:
             info(f"[{sampler} / {policy} {opts}] {format_report(results[-1]['report'])}")
             for note in out.report.notes:

@@ -12,7 +12,7 @@ import typer
 from ..checkpoint import load_config_file, resolve_checkpoint
 from ..config import PRESETS, load_config
 from ..errors import ConfigError
-from ..train import init_run_config, train as run_train
+from ..train import SecondSignal, init_run_config, signal_exit_code, train as run_train
 from .app import app, emit_json, info
 
 
@@ -34,16 +34,18 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
 ) -> None:
     """Train a LoopMDM (or its plain / AR twin) on the built-in corpus or your data."""
-    overrides = list(set_)
+    # --set values are YAML; the shortcuts are taken verbatim (a path such as "corpus #v2", "2024" or "on" stays
+    # the string typed, never a YAML comment, number or boolean)
+    overrides: list = list(set_)
     if max_steps is not None:
-        overrides.append(f"train.max_steps={max_steps}")
+        overrides.append({"train": {"max_steps": max_steps}})
     if data is not None:
-        overrides.append(f"data.source={data}")
+        overrides.append({"data": {"source": data}})
     if objective is not None:
-        overrides.append(f"diffusion.objective={objective}")
+        overrides.append({"diffusion": {"objective": objective}})
         if objective == "ar":
-            overrides += ["model.causal=true", "model.time_conditioning=none",
-                          "diffusion.loop_dist=fixed", "diffusion.s_fixed=1"]
+            overrides += [{"model": {"causal": True, "time_conditioning": "none"}},
+                          {"diffusion": {"loop_dist": "fixed", "s_fixed": 1}}]
     if init is not None:
         if resume is not None:
             raise ConfigError("--init and --resume exclude each other: --resume continues a run exactly, --init "
@@ -57,13 +59,21 @@ def train(
         if resume is not None and preset is None and config is None:
             base = load_config_file(resolve_checkpoint(resume))  # continue the run as it was configured
         cfg = load_config(preset or "tiny", config, overrides, base=base)
-    result = run_train(cfg, out, resume=resume, progress=progress, log=info)
+    try:
+        result = run_train(cfg, out, resume=resume, progress=progress, log=info)
+    except SecondSignal as e:  # the message is on stderr already; nothing was saved after the last checkpoint
+        raise typer.Exit(e.exit_code) from None
     summary = {"run_dir": str(result.run_dir), "step": result.step, "final_loss": result.final_loss,
-               "train_flops": result.flops, "val": result.val, "stopped_early": result.stopped_early}
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
-        return
-    if json_out:
-        emit_json(summary)
-    else:
-        val = f", val NELBO {result.val['nelbo']:.3f} (ppl <= {result.val['ppl']:.1f})" if result.val else ""
-        info(f"done: step {result.step}, loss {result.final_loss:.3f}{val}; checkpoints in {out}/checkpoints")
+               "train_flops": result.flops, "val": result.val, "stopped_early": result.stopped_early,
+               "signal": result.signal}
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        if json_out:
+            emit_json(summary)
+        elif result.stopped_early:
+            info(f"stopped by {result.signal or 'a stop request'} at step {result.step} of {cfg.train.max_steps}; "
+                 f"checkpoint saved in {out}/checkpoints: continue with --resume {out}")
+        else:
+            val = f", val NELBO {result.val['nelbo']:.3f} (ppl <= {result.val['ppl']:.1f})" if result.val else ""
+            info(f"done: step {result.step}, loss {result.final_loss:.3f}{val}; checkpoints in {out}/checkpoints")
+    if result.stopped_early:  # not finished: a non-zero exit code (130 SIGINT, 143 SIGTERM) stops `train && ...`
+        raise typer.Exit(signal_exit_code(result.signal))

@@ -58,11 +58,13 @@ def read_yaml_file(path: str | Path, what: str) -> dict:
 
 
 def load_config(preset_name: str = "tiny", config_file: str | Path | None = None,
-                overrides: list[str] | None = None, base: Optional[RunConfig] = None) -> RunConfig:
-    """Preset (or ``base``, e.g. a checkpoint's config) -> YAML file -> ``--set`` overrides, then validated."""
+                overrides: list[str | dict] | None = None, base: Optional[RunConfig] = None) -> RunConfig:
+    """Preset (or ``base``, e.g. a checkpoint's config) -> YAML file -> overrides, then validated. An override is
+    a ``--set`` string ``section.key=value`` (the value read as YAML) or a nested dict applied as it is (values
+    that must never pass through YAML: paths such as ``--data``)."""
     cfg = copy.deepcopy(base) if base is not None else preset(preset_name)
     if config_file is not None:
         apply_dict(cfg, read_yaml_file(config_file, "config file"))
     for item in overrides or []:
-        apply_dict(cfg, parse_override(item))
+        apply_dict(cfg, copy.deepcopy(item) if isinstance(item, dict) else parse_override(item))
     return cfg.validate()

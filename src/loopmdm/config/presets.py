@@ -1,6 +1,6 @@
 """Named starting points for ``loopmdm train --preset NAME``: ``tiny`` (the laptop quickstart), ``paper`` (the
-paper's 12 x 768 model on OpenWebText), ``sudoku`` (puzzles as conditional masked diffusion) and their
-``-baseline`` twins (the same layers with S fixed at 1)."""
+paper's 12 x 768 model on OpenWebText), ``sudoku`` (puzzles as conditional masked diffusion), ``answers``
+(prompt / answer and infill rows) and their ``-baseline`` twins (the same layers with S fixed at 1)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,22 @@ def sudoku() -> RunConfig:
     )
 
 
+@PRESETS.register("answers")
+def answers() -> RunConfig:
+    """Prompt / answer or infill JSONL rows (``--data FILE.jsonl`` or a ``loopmdm task make`` folder): a 4-layer
+    d=128 character-level denoiser with learned positions, no time conditioning, layers 1-2 looped with
+    S ~ U{1..4}; only the answer tokens are masked and scored (mean cross-entropy); rows padded to 128 tokens.
+    ``loopmdm eval --metric exact-match`` scores it."""
+    return RunConfig(
+        model=ModelConfig(vocab_size=256, max_seq_len=128, d_model=128, n_heads=4, n_layers=4, n_h=1, n_m=2, n_o=1,
+                          time_conditioning="none", tie_embeddings=False, learned_positions=True),
+        diffusion=DiffusionConfig(s_max=4, loss_weight="uniform"),
+        data=DataConfig(source="train.jsonl", format="answers"),
+        train=TrainConfig(batch_size=64, max_steps=3000, lr=1e-3, warmup_steps=100, weight_decay=0.01,
+                          eval_every=500, eval_batches=4, save_every=500, precision="fp32"),
+    )
+
+
 def baseline_of(make: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
     """The non-looped twin: same layers, S fixed at 1 (a plain MDM, every line shared)."""
 
@@ -75,7 +91,7 @@ def baseline_of(make: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
     return build
 
 
-for _name in ("tiny", "paper", "sudoku"):
+for _name in ("tiny", "paper", "sudoku", "answers"):
     PRESETS.register(f"{_name}-baseline")(baseline_of(PRESETS.get(_name)))
 
 

@@ -14,7 +14,8 @@ from typing import Any, Optional
 from ..backbones import get_backbone
 from ..data import FORMATS
 from ..data.sudoku.augment import AUGMENTS
-from ..diffusion import LOOP_DISTRIBUTIONS, LOSS_WEIGHTS, OBJECTIVES, SCHEDULES, make_loop_distribution
+from ..diffusion import LOOP_DISTRIBUTIONS, LOSS_WEIGHTS, OBJECTIVES, SCHEDULES, check_time_sampling, \
+    make_loop_distribution
 from ..errors import ConfigError
 from ..model import ModelConfig
 from ..model.fields import apply_dict, at_least, at_most, check_int, check_types
@@ -49,20 +50,56 @@ class SudokuDataConfig:
             check_int(self.max_rows, "data.sudoku.max_rows", 1)
 
 
+DEEP_SUPERVISION = ("none", "all", "random")
+
+
+@dataclass
+class AnswersDataConfig:
+    """Prompt / answer and infill rows for ``data.format = "answers"`` (``loopmdm.data.answers``): the field
+    names, the tokenizer kind when ``data.tokenizer`` is null, and an optional separate validation file."""
+
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    targets_field: str = "targets"  # infill rows: data.text_field holds the text, this field the answer spans
+    tokenizer: str = "char"  # "char" (one token per character of the training file) or "bpe"
+    val_source: Optional[str] = None  # null: data.source's val.jsonl (a task folder) or a hash split
+
+    def validate(self) -> None:
+        check_types(self, "data.answers")
+        for name in ("prompt_field", "answer_field", "targets_field"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"data.answers.{name}='' is empty; name the JSONL field")
+        if self.tokenizer not in ("char", "bpe"):
+            raise ConfigError(f"data.answers.tokenizer={self.tokenizer!r} is unknown; use 'char' or 'bpe' (or set "
+                              "data.tokenizer to a tokenizer.json)")
+        if self.val_source is not None and not self.val_source.strip():
+            raise ConfigError("data.answers.val_source='' is empty; give a .jsonl path or null")
+
+
 @dataclass
 class DiffusionConfig:
-    """MDLM continuous-time objective: noise schedule alpha_t, antithetic t, training loop count S."""
+    """MDLM continuous-time objective: noise schedule alpha_t, the training distribution of t (antithetic, uniform
+    or another ``loopmdm.diffusion.TIME_SAMPLERS`` density with its weighting), complementary masks, training loop
+    count S."""
 
     objective: str = "mdm"  # "mdm" (masked diffusion NELBO) or "ar" (next-token, causal evaluator)
     schedule: str = "loglinear"  # see loopmdm.diffusion.SCHEDULES
     antithetic: bool = True
     t_eps: float = 1e-3  # t ~ U[eps, 1) keeps the weight -alpha'_t / (1 - alpha_t) finite
-    loop_dist: str = "uniform"  # see loopmdm.diffusion.LOOP_DISTRIBUTIONS (uniform, fixed, balanced, lognormal_poisson)
+    loop_dist: str = "uniform"  # see loopmdm.diffusion.LOOP_DISTRIBUTIONS (uniform, fixed, balanced, lognormal_poisson,
+    #                             flop_proportional: p(S) proportional to 1 / FLOPs of a step at S)
     s_max: int = 4  # S ~ Uniform{1..s_max}; also the upper clip of "lognormal_poisson"
     s_fixed: int = 1  # S for loop_dist = "fixed"
     s_mean: float = 4.0  # mean of loop_dist = "lognormal_poisson"
     loop_curriculum_steps: int = 0  # > 0: the largest S ramps from 1 to S_max over these first steps (0 = off)
     loss_weight: str = "elbo"  # "elbo": MDLM's -alpha'_t / (1 - alpha_t) (the NELBO); "uniform": mean CE over masks
+    deep_supervision: str = "none"  # "none": the loss on the final loop's output (the paper's); "all": the mean of the
+    #                                 losses on every loop's output h_1..h_S (R-MDM, TRM); "random": h_S and a random
+    #                                 half of the earlier loops
+    t_sampler: str = "uniform"  # training density of t: "uniform" (MDLM), "bell", "ppots" (diffusion.timesteps)
+    t_sampler_params: dict = field(default_factory=dict)  # its parameters, e.g. {std: 0.2} (bell), {w: [...]} (ppots)
+    t_weighting: str = "exact"  # "exact": importance weights u(t)/p(t), the loss stays the unbiased NELBO; "paper": none
+    complementary_masks: bool = False  # rows in pairs: one sequence, complementary masks (u, 1 - u; t, 1 + eps - t)
 
     @property
     def max_loops(self) -> int:
@@ -75,6 +112,9 @@ class DiffusionConfig:
         OBJECTIVES.get(self.objective)
         SCHEDULES.get(self.schedule)
         LOOP_DISTRIBUTIONS.get(self.loop_dist)
+        if self.deep_supervision not in DEEP_SUPERVISION:
+            raise ConfigError(f"diffusion.deep_supervision={self.deep_supervision!r} is unknown; use one of "
+                              f"{', '.join(DEEP_SUPERVISION)}")
         if self.loss_weight not in LOSS_WEIGHTS:
             raise ConfigError(f"diffusion.loss_weight={self.loss_weight!r} is unknown; use one of "
                               f"{', '.join(LOSS_WEIGHTS)}")
@@ -90,6 +130,10 @@ class DiffusionConfig:
                               "(0 turns the curriculum over S off)")
         if not 0.0 <= self.t_eps < 0.5:
             raise ConfigError(f"diffusion.t_eps={self.t_eps} must be in [0, 0.5)")
+        self.t_sampler_params = check_time_sampling(self)
+        if self.objective != "mdm" and (self.t_sampler != "uniform" or self.complementary_masks):
+            raise ConfigError(f"diffusion.t_sampler={self.t_sampler!r} / complementary_masks only apply to "
+                              f"diffusion.objective='mdm' (objective {self.objective!r} has no diffusion time)")
 
 
 @dataclass
@@ -103,13 +147,16 @@ class DataConfig:
     tokenizer: Optional[str] = None  # null: train a byte-level BPE on the training split
     bad_files: str = "skip"  # "skip" (count and go on) or "error" for unreadable / binary files
     cache_dir: Optional[str] = None  # null: ~/.cache/loopmdm
-    format: str = "text"  # how sources become rows: "text" (BPE, packed) or "sudoku" (81 cells, givens frozen)
+    format: str = "text"  # how sources become rows: "text" (BPE, packed), "sudoku" (81 cells, givens frozen) or
+    #                       "answers" (prompt / answer and infill JSONL rows, only the answers scored)
     sudoku: SudokuDataConfig = field(default_factory=SudokuDataConfig)  # used by format="sudoku"
+    answers: AnswersDataConfig = field(default_factory=AnswersDataConfig)  # used by format="answers"
 
     def validate(self) -> None:
         check_types(self, "data")
         FORMATS.get(self.format)
         self.sudoku.validate()
+        self.answers.validate()
         if not self.source.strip():
             raise ConfigError("data.source='' is empty; use 'stdlib', a file or folder path, or 'hf:NAME'")
         if self.source.startswith("hf:") and not self.source[3:].strip():
@@ -223,6 +270,10 @@ class RunConfig:
                               "diffusion.objective='mdm'")
         if self.diffusion.objective == "mdm" and self.model.causal:
             raise ConfigError("model.causal=true only fits diffusion.objective='ar'; masked diffusion is bidirectional")
+        if self.diffusion.deep_supervision != "none" and (self.model.backprop_depth is not None
+                                                          or self.diffusion.objective != "mdm"):
+            raise ConfigError("diffusion.deep_supervision needs diffusion.objective='mdm' and model.backprop_depth="
+                              "null (every supervised loop is differentiated)")
         bd = self.model.backprop_depth
         if bd is not None and bd > self.diffusion.s_max:
             raise ConfigError(

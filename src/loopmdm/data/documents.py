@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..errors import DataError
 
@@ -93,6 +93,19 @@ def read_file(p: Path, name: str, cfg, report: ReadReport) -> None:
         report.documents.append(Document(name, text))
 
 
+def jsonl_objects(text: str, where) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON value) of every non-blank line of a JSONL text; a line that is not JSON stops
+    with a one-line ``DataError`` naming ``where:line``."""
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise DataError(f"{where}:{i} is not valid JSON; each line of a .jsonl file must be one JSON object") \
+                from None
+
+
 def read_jsonl(p: Path, cfg, name: str, report: Optional[ReadReport] = None) -> list[Document]:
     """One document per JSON line's ``data.text_field``. A file that is not UTF-8 text goes through
     ``data.bad_files``; a malformed line always stops with its line number."""
@@ -107,13 +120,7 @@ def read_jsonl(p: Path, cfg, name: str, report: Optional[ReadReport] = None) -> 
         bad_file(p, problem, cfg, report)
         return []
     docs = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            raise DataError(f"{p}:{i} is not valid JSON; each line of a .jsonl file must be one JSON object") from None
+    for i, row in jsonl_objects(text, p):
         if not isinstance(row, dict) or not isinstance(row.get(cfg.text_field), str):
             raise DataError(f"{p}:{i} has no string field {cfg.text_field!r}; set data.text_field to the text column")
         if row[cfg.text_field].strip():

@@ -1,11 +1,11 @@
 """``prepare_data``: the one entry point from a ``DataConfig`` to ``PreparedData``, dispatched on
-``data.format`` through the ``FORMATS`` registry (``text``, ``sudoku``)."""
+``data.format`` through the ``FORMATS`` registry (``text``, ``sudoku``, ``answers``)."""
 
 from __future__ import annotations
 
 from typing import Callable
 
-from . import text  # noqa: F401  (registers the "text" format)
+from . import answers, text  # noqa: F401  (register the "answers" and "text" formats)
 from .prepared import FORMATS, PreparedData
 from .sudoku import dataset  # noqa: F401  (registers the "sudoku" format)
 

@@ -9,6 +9,10 @@ Any of them can be given a curriculum (``diffusion.loop_curriculum_steps``, ``Cu
 S ramps up from 1 to S_max over the first steps, so the mean loop count grows over training, as McLeish et al.
 do when they retrofit recurrence onto a trained model (arXiv 2511.07384). The stage of a step is a function of
 the step number alone, so resume stays exact.
+
+``flop_proportional`` draws S with p(S) proportional to 1 / F(S), F(S) the training FLOPs of a step at S (affine in
+S: F(S) = a + b S), so every S in 1..S_max gets the same expected share of the training compute; the trainer passes
+F (``make_loop_distribution(..., flops_fn=...)``, from ``loopmdm.model.flops``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..errors import ConfigError
 from ..registry import Registry
 
 
@@ -123,6 +128,42 @@ class LogNormalPoissonLoops(LoopDistribution):
         return self._pmf
 
 
+@LOOP_DISTRIBUTIONS.register("flop_proportional")
+class FlopProportionalLoops(LoopDistribution):
+    """p(S) proportional to 1 / F(S) on 1..S_max, F(S) the training FLOPs of a step at S: every loop count gets the
+    same expected share of the compute (p(S) F(S) is constant), so the cheap small S are drawn more often than
+    under the uniform distribution and the expensive large ones less. F(S) = a + b S is affine in S (base cost a,
+    per-loop cost b, with the loss head at the expected masked share): ``flops_fn(S)``, e.g.
+    ``lambda s: train_flops_per_token(model_cfg, s, seq_len, predicted_fraction)`` as the trainer passes it.
+    Without ``flops_fn`` F(S) is taken proportional to S (the loop-dominated limit a = 0, p(S) proportional to
+    1 / S), which overweights small S when the head, tail and LM head are not negligible. E[F] = S_max / sum_S
+    1 / F(S), the harmonic mean of F over 1..S_max; the draw is one uniform through the CDF of ``gen``."""
+
+    needs_flops = True
+
+    def __init__(self, s_max: int, flops_fn: Optional[Callable[[int], float]] = None):
+        self.s_max = s_max
+        cost = {s: float(flops_fn(s)) if flops_fn is not None else float(s) for s in range(1, s_max + 1)}
+        bad = [s for s, c in cost.items() if not (math.isfinite(c) and c > 0)]
+        if bad:
+            raise ConfigError(f"loop_dist='flop_proportional': the FLOPs of a step at S={bad[0]} are "
+                              f"{cost[bad[0]]!r}; they must be a positive number for every S in 1..{s_max}")
+        z = sum(1.0 / c for c in cost.values())
+        self._pmf = {s: (1.0 / c) / z for s, c in cost.items()}
+        self._cdf = torch.tensor(list(self._pmf.values()), dtype=torch.float64).cumsum(0)
+
+    @classmethod
+    def from_config(cls, cfg, total_steps=None, seed=0, flops_fn=None):
+        return cls(cfg.s_max, flops_fn)
+
+    def sample(self, gen, step=0):
+        u = torch.rand(1, generator=gen, dtype=torch.float64)
+        return int(torch.searchsorted(self._cdf, u * self._cdf[-1], right=True).clamp(max=self.s_max - 1)) + 1
+
+    def pmf(self):
+        return self._pmf
+
+
 @LOOP_DISTRIBUTIONS.register("balanced")
 class BalancedUniformLoops(UniformLoops):
     """S ~ Uniform{1..S_max} at every step, drawn as shuffled blocks of S_max steps that hold each S once.
@@ -216,12 +257,36 @@ def _capped(cfg, cap: int):
     return c
 
 
-def make_loop_distribution(cfg, total_steps: Optional[int] = None, seed: int = 0) -> LoopDistribution:
+def check_support(dist: LoopDistribution, name: str, cap: Optional[int] = None) -> LoopDistribution:
+    """``dist`` itself when every S it can draw is in 1..cap, else a one-line ``ConfigError`` (a step with S = 0
+    would skip the mid block; S above the cap breaks the memory and FLOP budget the run was sized for)."""
+    support = [s for s, p in dist.pmf().items() if p > 0]
+    low, high = min(support, default=0), max(support, default=0)
+    if low < 1:
+        raise ConfigError(f"loop distribution {name!r} can draw S={low}; every training step runs the loop at least "
+                          "once (S >= 1)")
+    if cap is not None and high > cap:
+        raise ConfigError(f"loop distribution {name!r} can draw S={high}, above its cap {cap} (diffusion.s_max, or "
+                          "s_fixed for 'fixed'); raise the cap or lower the distribution's S")
+    return dist
+
+
+def make_loop_distribution(cfg, total_steps: Optional[int] = None, seed: int = 0,
+                           flops_fn: Optional[Callable[[int], float]] = None) -> LoopDistribution:
     """The distribution a ``DiffusionConfig`` names (``loop_dist``), with its curriculum when
-    ``loop_curriculum_steps`` > 0; ``total_steps`` / ``seed`` are used by the balanced distribution."""
+    ``loop_curriculum_steps`` > 0; ``total_steps`` / ``seed`` are used by the balanced distribution, ``flops_fn``
+    (the training FLOPs of a step at S) by ``flop_proportional`` (without it: F(S) proportional to S). Its support
+    is checked: S >= 1 and S <= its cap (``check_support``)."""
     cls = LOOP_DISTRIBUTIONS.get(cfg.loop_dist)
-    final = cls.from_config(cfg, total_steps, seed)
+
+    def build(c, ts):
+        if getattr(cls, "needs_flops", False):
+            return cls.from_config(c, ts, seed, flops_fn=flops_fn)
+        return cls.from_config(c, ts, seed)
+
+    cap = cfg.s_fixed if cfg.loop_dist == "fixed" else cfg.s_max
+    final = check_support(build(cfg, total_steps), cfg.loop_dist, cap)
     steps = getattr(cfg, "loop_curriculum_steps", 0) or 0
     if steps <= 0 or final.max() <= 1:
         return final
-    return CurriculumLoops(final, lambda cap: cls.from_config(_capped(cfg, cap), None, seed), steps)
+    return CurriculumLoops(final, lambda c: build(_capped(cfg, c), None), steps)

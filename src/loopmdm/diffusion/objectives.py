@@ -7,19 +7,27 @@ An objective owns its randomness: ``draw(n, L, gen)`` returns the ``Noise`` of a
 one uniform per position), drawn once over the *global* batch, so that data-parallel ranks and accumulation
 micro-batches slice their rows of it and one process gets exactly the same numbers (``Noise.rows``).
 ``loss(model, batch, loops, noise)`` then needs no generator.
+
+The times t come from the objective's time sampler (``loopmdm.diffusion.timesteps``: uniform by default, or a
+bell / P-POTS density, with importance weights ``Noise.w`` = u(t) / p(t) under ``t_weighting = "exact"``);
+``complementary_masks`` pairs rows (``pair_rows`` + ``draw``). Evaluation always uses ``for_evaluation()``: the
+standard unbiased NELBO with uniform t, whatever the training sampler.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..model.subs import no_mask_logits
 from ..registry import Registry
 from .schedules import NoiseSchedule, get_schedule
+from .timesteps import TimeSampler, UniformTime, make_time_sampler
 
 LOSS_WEIGHTS = ("elbo", "uniform")
 
@@ -43,16 +51,24 @@ class Batch:
 @dataclass
 class Noise:
     """The randomness of one batch: times t [B] and uniforms u [B, L]; position i of row b is masked when
-    u[b, i] < 1 - alpha_{t_b} (and it is not frozen)."""
+    u[b, i] < 1 - alpha_{t_b} (and it is not frozen). ``w`` [B] (optional): an extra factor of each row's NELBO
+    weight, the importance weight u(t) / p(t) of a non-uniform time sampler under ``t_weighting = "exact"`` (None:
+    1, the uniform sampler); the loss multiplies -alpha'_t / (1 - alpha_t) by it (``nelbo_weight``)."""
 
     t: torch.Tensor
     u: torch.Tensor
+    w: Optional[torch.Tensor] = None
 
     def rows(self, sl: slice) -> "Noise":
-        return Noise(self.t[sl], self.u[sl])
+        return Noise(self.t[sl], self.u[sl], None if self.w is None else self.w[sl])
 
     def to(self, device) -> "Noise":
-        return Noise(self.t.to(device), self.u.to(device))
+        return Noise(self.t.to(device), self.u.to(device), None if self.w is None else self.w.to(device))
+
+    def nelbo_weight(self, schedule: NoiseSchedule) -> torch.Tensor:
+        """[B]: each row's weight of a masked token's cross-entropy, -alpha'_t / (1 - alpha_t) times ``w``."""
+        weight = schedule.weight(self.t)
+        return weight if self.w is None else weight * self.w.to(weight.dtype)
 
 
 @dataclass
@@ -67,12 +83,8 @@ class LossOutput:
 
 def sample_t(n: int, gen: torch.Generator, antithetic: bool = True, eps: float = 1e-3) -> torch.Tensor:
     """n diffusion times t in [eps, 1). Antithetic / low-discrepancy: one uniform offset u, then
-    t_i = (u + i / n) mod 1, so the batch covers [0, 1) evenly (MDLM)."""
-    if antithetic:
-        u = (torch.rand(1, generator=gen) + torch.arange(n) / n) % 1.0  # [n]
-    else:
-        u = torch.rand(n, generator=gen)
-    return eps + (1.0 - eps) * u
+    t_i = (u + i / n) mod 1, so the batch covers [0, 1) evenly (MDLM). The ``uniform`` time sampler's draws."""
+    return UniformTime(eps).sample(n, gen, antithetic)
 
 
 def q_sample(batch: Batch, noise: Noise, alpha_t: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -85,12 +97,46 @@ def q_sample(batch: Batch, noise: Noise, alpha_t: torch.Tensor, mask_id: int) ->
 
 
 class Objective:
-    """A training objective: ``draw`` the noise of a batch, then ``loss(model, batch, loops, noise)``."""
+    """A training objective: ``draw`` the noise of a batch, then ``loss(model, batch, loops, noise)``.
+    ``deep_supervision``: ``"none"`` (the loss on the final loop's output, the paper's), ``"all"`` (the mean of
+    the losses on every loop's output h_1..h_S, as R-MDM and TRM supervise) or ``"random"`` (h_S and a random
+    half of the earlier loops); validation stays final-loop."""
+
+    deep_supervision = "none"
 
     def __init__(self, schedule: NoiseSchedule, mask_id: int, antithetic: bool = True, t_eps: float = 1e-3,
-                 loss_weight: str = "elbo"):
+                 loss_weight: str = "elbo", t_sampler: Optional[TimeSampler] = None, t_weighting: str = "exact",
+                 complementary_masks: bool = False):
         self.schedule, self.mask_id, self.antithetic, self.t_eps = schedule, mask_id, antithetic, t_eps
         self.loss_weight = loss_weight
+        self.t_sampler = t_sampler if t_sampler is not None else UniformTime(t_eps)  # the density of t
+        self.t_weighting = t_weighting  # "exact": Noise.w = u(t) / p(t); "paper": no importance weight
+        self.complementary_masks = complementary_masks  # rows 2k, 2k+1: one sequence, complementary masks
+
+    def for_evaluation(self) -> "Objective":
+        """This objective as evaluation uses it: the standard unbiased NELBO estimate, uniform t and one
+        independent mask per row, whatever the training time sampler / weighting / complementary masks."""
+        if self.t_sampler.is_uniform and not self.complementary_masks:
+            return self
+        out = copy.copy(self)
+        out.t_sampler, out.t_weighting, out.complementary_masks = UniformTime(self.t_eps), "exact", False
+        return out
+
+    def pair_rows(self, batch: Batch) -> Batch:
+        """The batch the noise of ``draw`` applies to: with complementary masks, row 2k + 1 holds row 2k's
+        sequence (B / 2 distinct sequences, each twice); otherwise ``batch`` itself. The trainer calls it on the
+        global batch before slicing it over ranks and micro-batches (a pair split between two micro-batches or
+        ranks still enters the same optimizer step)."""
+        if not self.complementary_masks:
+            return batch
+        check_pairs(batch.x0.shape[0])
+        x0 = batch.x0.clone()
+        x0[1::2] = x0[0::2]
+        frozen = None
+        if batch.frozen is not None:
+            frozen = batch.frozen.clone()
+            frozen[1::2] = frozen[0::2]
+        return Batch(x0, frozen)
 
     def draw(self, n: int, seq_len: int, gen: torch.Generator) -> Optional[Noise]:
         """The noise of n rows of length seq_len (None for objectives without any)."""
@@ -107,6 +153,12 @@ class Objective:
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
 
+def check_pairs(n: int) -> None:
+    if n % 2:
+        raise ConfigError(f"diffusion.complementary_masks=true pairs the rows of a batch, but this batch has {n} rows; "
+                          "make train.batch_size (the global batch) even")
+
+
 def sparse_capable(model) -> bool:
     """True when ``model`` (or the module a data-parallel wrapper holds) takes ``predict`` / ``labels`` in forward
     (``LoopMDM``): the loss then never forms full-vocabulary logits."""
@@ -121,38 +173,79 @@ class MaskedDiffusion(Objective):
     so the LM head runs only there (sparse prediction) and the cross-entropy is computed chunk by chunk."""
 
     def draw(self, n, seq_len, gen):
-        t = sample_t(n, gen, self.antithetic, self.t_eps)  # [n]
-        return Noise(t, torch.rand((n, seq_len), generator=gen))  # [n, L]
+        """Times t [n] from the time sampler (low-discrepancy) and uniforms u [n, L]; ``w`` [n] the importance
+        weights u(t) / p(t) (``t_weighting = "exact"`` with a non-uniform sampler, else None).
+
+        Complementary masks (MIRROR-style, arXiv 2511.18159): rows come in pairs (2k, 2k + 1) that hold the same
+        sequence (``pair_rows``); the second row's uniforms are 1 - u of the first and its time the reflection
+        t' = 1 + eps - t (``TimeSampler.reflect``), so under the log-linear schedule the second row masks exactly
+        the positions the first keeps: every position is masked once per pair when t + t' = 1 (t_eps = 0), and
+        at least once, twice with probability eps, otherwise. The pair's times come from the low-discrepancy grid
+        of n / 2 points and its reflection; the second row's time has density p(1 + eps - t), so its importance
+        weight is the first row's. MIRROR's released code (StableDLLM) keeps the same t for both masks (mask 1:
+        u < p, mask 2: u > 1 - p); we reflect t as well, which makes the two masks an exact partition."""
+        sampler = self.t_sampler
+        weighted = self.t_weighting == "exact" and not sampler.is_uniform
+        if not self.complementary_masks:
+            t = sampler.sample(n, gen, self.antithetic)  # [n]
+            return Noise(t, torch.rand((n, seq_len), generator=gen), sampler.weight(t) if weighted else None)
+        check_pairs(n)
+        t1 = sampler.sample(n // 2, gen, self.antithetic)  # [n/2]
+        u1 = torch.rand((n // 2, seq_len), generator=gen)  # [n/2, L]
+        t = torch.stack([t1, sampler.reflect(t1)], 1).reshape(n)
+        u = torch.stack([u1, 1.0 - u1], 1).reshape(n, seq_len)
+        w = sampler.weight(t1).repeat_interleave(2) if weighted else None
+        return Noise(t, u, w)
 
     def predicted_fraction(self, grid: int = 4096) -> float:
-        """E_t[1 - alpha_t], t ~ U[t_eps, 1): the expected share of (non-frozen) positions the LM head runs on."""
-        t = self.t_eps + (1.0 - self.t_eps) * (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
-        return float((1.0 - self.schedule.alpha(t)).mean())
+        """E_t[1 - alpha_t] under the training time sampler (t ~ U[t_eps, 1) by default): the expected share of
+        (non-frozen) positions the LM head runs on. With complementary masks, half the rows use the reflected t."""
+        def masked(t):
+            return 1.0 - self.schedule.alpha(t)
+
+        frac = self.t_sampler.mean_of(masked, grid)
+        if self.complementary_masks:
+            frac = 0.5 * (frac + self.t_sampler.mean_of(masked, grid, reflected=True))
+        return frac
 
     def loss(self, model, batch, loops, noise):
         noise = noise.to(batch.x0.device)
         x_t = q_sample(batch, noise, self.schedule.alpha(noise.t), self.mask_id)
         if not sparse_capable(model):
-            return self.nelbo(model(x_t, noise.t, loops=loops), batch, x_t, noise.t)
+            return self.nelbo(model(x_t, noise.t, loops=loops), batch, x_t, noise.t, noise.w)
         masked = x_t == self.mask_id  # [B, L]
-        w = self.schedule.weight(noise.t)[masked.nonzero()[:, 0]]  # [N]: the NELBO weight of each masked position
+        w = noise.nelbo_weight(self.schedule)[masked.nonzero()[:, 0]]  # [N]: the NELBO weight of each masked position
         n_tokens = self._n_tokens(batch)
         g = w / max(n_tokens, 1) if self.loss_weight == "elbo" else torch.full_like(w, 1.0 / max(len(w), 1))
+        deep = {"supervise": self.supervised_loops(loops)} \
+            if self.deep_supervision != "none" and loops > 1 and torch.is_grad_enabled() else {}
         loss, ce = model(x_t, noise.t, loops=loops, predict=masked, labels=batch.x0[masked], label_weights=g,
-                         exclude=self.mask_id)
+                         exclude=self.mask_id, **deep)
         return LossOutput(loss=loss, nll_sum=(ce * w).sum().detach(), n_tokens=n_tokens)
+
+    def supervised_loops(self, loops: int) -> list[int]:
+        """The loop counts whose outputs get the loss: every k in 1..S (``all``), or S plus each earlier k with
+        probability 1/2 (``random``, drawn on the CPU from the global generator, which checkpoints save)."""
+        if self.deep_supervision == "all":
+            return list(range(1, loops + 1))
+        keep = (torch.rand(loops - 1) < 0.5).tolist()  # CPU draw: no device sync
+        return [k + 1 for k, on in enumerate(keep) if on] + [loops]
 
     @staticmethod
     def _n_tokens(batch: Batch) -> int:
         return int(batch.x0.numel() if batch.frozen is None else (~batch.frozen).sum())
 
-    def nelbo(self, logits: torch.Tensor, batch: Batch, x_t: torch.Tensor, t: torch.Tensor) -> LossOutput:
+    def nelbo(self, logits: torch.Tensor, batch: Batch, x_t: torch.Tensor, t: torch.Tensor,
+              w: Optional[torch.Tensor] = None) -> LossOutput:
         """The same loss from full logits [B, L, V] at x_t (models without sparse prediction; the reference the
-        sparse path is tested against): only masked positions contribute (SUBS copies the rest)."""
+        sparse path is tested against): only masked positions contribute (SUBS copies the rest). ``w`` [B]: the
+        importance weights of a non-uniform t sampler (``Noise.w``), None for uniform t."""
         ce = F.cross_entropy(no_mask_logits(logits, self.mask_id).transpose(1, 2), batch.x0,
                              reduction="none")  # [B, L]
         masked = x_t == self.mask_id
         weight = self.schedule.weight(t)[:, None]  # [B, 1]
+        if w is not None:
+            weight = weight * w[:, None]
         nll_sum = torch.where(masked, weight * ce, torch.zeros_like(ce)).sum()
         n_tokens = self._n_tokens(batch)
         if self.loss_weight == "uniform":
@@ -189,8 +282,12 @@ def predicted_fraction(diffusion) -> float:
 
 
 def make_objective(diffusion, mask_id: int, antithetic: Optional[bool] = None) -> Objective:
-    """The objective a ``DiffusionConfig`` describes (objective, schedule, antithetic t, t_eps, loss weight);
-    ``antithetic`` overrides the config's (evaluation always uses antithetic t: the lowest-variance estimate)."""
+    """The objective a ``DiffusionConfig`` describes (objective, schedule, antithetic t, t_eps, loss weight, time
+    sampler and its weighting, complementary masks); ``antithetic`` overrides the config's (evaluation always uses
+    antithetic t: the lowest-variance estimate; ``loopmdm.eval.nelbo`` also takes ``for_evaluation()``: uniform t).
+    """
     anti = diffusion.antithetic if antithetic is None else antithetic
-    return OBJECTIVES.get(diffusion.objective)(get_schedule(diffusion.schedule), mask_id, anti, diffusion.t_eps,
-                                                diffusion.loss_weight)
+    return OBJECTIVES.get(diffusion.objective)(
+        get_schedule(diffusion.schedule), mask_id, anti, diffusion.t_eps, diffusion.loss_weight,
+        t_sampler=make_time_sampler(diffusion), t_weighting=getattr(diffusion, "t_weighting", "exact"),
+        complementary_masks=getattr(diffusion, "complementary_masks", False))

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import load_model
+from ..data.documents import jsonl_objects
 from ..data.hub import hub_offline
 from ..errors import CheckpointError, ConfigError, DataError
 from ..registry import Registry
@@ -316,13 +317,7 @@ def read_samples(path: str | Path, text_field: str = "text") -> list[str]:
         raise DataError(f"samples file {str(p)!r} is not UTF-8 text") from None
     if p.suffix == ".jsonl":
         out = []
-        for i, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise DataError(f"{p}:{i} is not valid JSON; each line of a .jsonl file must be one object") from None
+        for i, row in jsonl_objects(raw, p):
             text = row if isinstance(row, str) else row.get(text_field) if isinstance(row, dict) else None
             if not isinstance(text, str):
                 raise DataError(f"{p}:{i} has no string field {text_field!r}; pass --text-field")

@@ -5,8 +5,9 @@ The MDLM bound
     NELBO = E_t E_{x_t} [ sum_i 1[x_t^i = mask] * (-alpha'_t / (1 - alpha_t)) * (-log p_theta(x_0^i | x_t)) ]
 
 is estimated by drawing antithetic times t per batch (one uniform offset, then evenly spaced) and one
-mask pattern per row. ``repeats`` passes over the same rows reduce the Monte-Carlo error; the standard
-error between passes measures it, and ``target_rel_stderr`` keeps adding passes until it is small
+mask pattern per row: always uniform t (``Objective.for_evaluation``), whatever time sampler, weighting or
+complementary masks the objective trains with, so validation numbers of runs with different samplers compare.
+``repeats`` passes over the same rows reduce the Monte-Carlo error; the standard error between passes measures it, and ``target_rel_stderr`` keeps adding passes until it is small
 enough that two seeds agree (relative difference of two estimates ~ sqrt(2) * stderr / NELBO).
 For the autoregressive objective the loss is exact and one pass suffices.
 """
@@ -70,6 +71,8 @@ def evaluate_nelbo(model, rows: np.ndarray, objective: Objective, loops: int, ba
     ``stderr_kind`` ('repeats' | 'batches' | 'exact'), ``repeats`` (passes), ``rows`` and ``pass_nelbo``
     (the estimate of each pass, for paired comparisons between S)."""
     loops = check_loops(loops)
+    # the standard unbiased bound: uniform t and independent masks, whatever time sampler the objective trains with
+    objective = objective.for_evaluation() if hasattr(objective, "for_evaluation") else objective
     if len(rows) == 0:
         raise DataError("no rows to evaluate; the corpus is shorter than one sequence of model.max_seq_len tokens")
     if batch_size < 1 or repeats < 1 or max_repeats < 1:

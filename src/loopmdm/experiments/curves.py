@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ..errors import DataError
 
 
@@ -103,6 +105,39 @@ def flops_ratio(reference: Curve, candidate: Curve) -> Optional[float]:
     if f_ref is None or f_cand is None or f_cand <= 0:
         return None
     return f_ref / f_cand
+
+
+def unigram_cross_entropy(train_rows: np.ndarray, eval_rows: np.ndarray, vocab_size: int, smoothing: float = 1.0,
+                          train_frozen: Optional[np.ndarray] = None,
+                          eval_frozen: Optional[np.ndarray] = None) -> float:
+    """The unigram plateau H (nats / token): -mean log p(x) over the tokens of ``eval_rows``, with p the token
+    frequencies of ``train_rows`` plus ``smoothing`` (add-one by default) for every id of the vocabulary.
+
+    A masked diffusion model that ignores its context predicts p at every masked position, and the MDLM bound
+    of such a model is exactly its cross-entropy (the weight -alpha'_t / (1 - alpha_t) integrates the masked
+    share to one), so H is the validation NELBO of the unigram plateau that small runs sit on before they learn
+    anything from the context. Frozen (given) positions are skipped on both sides."""
+    if smoothing <= 0:
+        raise DataError(f"smoothing={smoothing} must be > 0 (a validation token absent from training has p = 0)")
+    train_tokens = np.asarray(train_rows).ravel() if train_frozen is None else np.asarray(train_rows)[~train_frozen]
+    eval_tokens = np.asarray(eval_rows).ravel() if eval_frozen is None else np.asarray(eval_rows)[~eval_frozen]
+    if eval_tokens.size == 0:
+        raise DataError("no validation tokens to compute the unigram cross-entropy on")
+    size = max(int(vocab_size), int(train_tokens.max(initial=-1)) + 1, int(eval_tokens.max()) + 1)
+    counts = np.bincount(train_tokens.astype(np.int64), minlength=size).astype(np.float64) + smoothing
+    logp = np.log(counts) - math.log(counts.sum())
+    return float(-logp[eval_tokens.astype(np.int64)].mean())
+
+
+def plateau_exit_step(curve: Curve, plateau: float, margin: float = 0.25) -> Optional[int]:
+    """The step of the first validation point at least ``margin`` nats below ``plateau`` (the run has left the
+    unigram plateau there), or None when no point is."""
+    if curve.steps is None:
+        raise DataError("the curve has no steps; read it with read_curve (metrics.jsonl keeps them)")
+    for step, value in zip(curve.steps, curve.nelbo):
+        if value <= plateau - margin:
+            return int(step)
+    return None
 
 
 def spread(values: Sequence[Optional[float]]) -> dict:

@@ -36,6 +36,7 @@ from ..checkpoint import load_model, load_safetensors, resolve_checkpoint, save_
 from ..config import ModelConfig, RunConfig
 from ..data import TextTokenizer
 from ..errors import CheckpointError, ConfigError, LoopMDMError
+from ..outputs import check_new_folder
 from ..backbones import build_model, get_backbone
 from ..backbones.transformers_family import no_progress_bars
 
@@ -94,9 +95,7 @@ def to_hf_model(model: torch.nn.Module, cfg: RunConfig, tokenizer: TextTokenizer
 def export_hf(checkpoint: str | Path, out: str | Path, ema: bool = False) -> Path:
     """Write a library checkpoint (run or checkpoint folder) as a transformers folder at ``out``."""
     _require_transformers()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {str(out)!r} exists and is not empty; choose a new folder")
+    out = check_new_folder(out)  # a new or empty folder only (loopmdm.outputs), checked before any work
     model, tokenizer, cfg = load_model(checkpoint, ema=ema)
     step = _checkpoint_step(checkpoint)
     if cfg.model.wrapped:
@@ -216,8 +215,11 @@ transformers. Convert back with `loopmdm import --hf PATH --out RUN_DIR`.
 
 def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     """Turn an exported transformers folder back into a library run folder at ``out`` (a checkpoint under
-    ``out/checkpoints``). Needs no transformers: reads config.json, the safetensors weights and tokenizer.json."""
-    hf_dir, out = Path(hf_dir).expanduser(), Path(out)
+    ``out/checkpoints``). Needs no transformers: reads config.json, the safetensors weights and tokenizer.json.
+    ``out`` must be new or empty (``loopmdm.outputs``): an import never writes into, prunes or repoints an
+    existing run or data folder."""
+    hf_dir = Path(hf_dir).expanduser()
+    out = check_new_folder(out)  # before any work
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{str(hf_dir)!r} has no config.json; pass a folder written by `loopmdm export` "

@@ -6,10 +6,12 @@ A library run of the plain MDM (``loopmdm``) is mapped into a ``LoopMDM`` with n
 renaming its block keys; a transformers model (BERT, RoBERTa, ModernBERT, Dream) keeps its own modules inside a
 ``WrappedLoopMDM`` (``loopmdm.backbones``). Either way the result computes, at S = 1, exactly what the source
 computed: ``loopify`` checks it on a probe input (fp32, relative difference of the logits below 1e-4, recorded
-in ``loopify.json``) and refuses to write a model that fails. Input injection and a loop embedding may be added;
-they start as the identity, so S = 1 stays exact. The run folder holds one checkpoint (step 0, weights only), the
-source's tokenizer and a config whose ``diffusion`` section is the training distribution of S; fine-tune it with
-``loopmdm train --init OUT``.
+in ``loopify.json``; the probe runs past the source's local attention window, if any) and refuses to write a
+model that fails. A family may refuse a mid block it cannot loop correctly: ModernBERT's layer 0 has no
+attention pre-norm, so its loop starts at layer 1 or later (``backbones/modernbert.py``). Input injection and a
+loop embedding may be added; they start as the identity, so S = 1 stays exact. The run folder holds one
+checkpoint (step 0, weights only), the source's tokenizer and a config whose ``diffusion`` section is the
+training distribution of S; fine-tune it with ``loopmdm train --init OUT``.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from ..checkpoint import save_checkpoint
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write_text
+from ..outputs import check_new_folder
 from .ranges import parse_loop_layers
 from .sources import Source, open_source
 
 TOLERANCE = 1e-4  # largest relative logit difference at S = 1 that loopify accepts (measured: 0.0 in the tests)
 DEFAULT_S_MAX = 4
 DEFAULT_SEQ_LEN = 1024  # training window of a transformers source unless --seq-len says otherwise
+PROBE_TOKENS = 16  # shortest probe of the S = 1 check ...
+PROBE_MARGIN = 16  # ... which runs past the source's local attention window by this many tokens, when it has one
 FINETUNE_LR = 1e-4  # train.lr written for a transformers source (pretrained models: a fine-tuning rate)
 LOOP_OPTIONS = ("injection.", "loop_embed.")  # keys a loopified model may add (identity-initialised)
 
@@ -47,9 +52,7 @@ def loopify(source: str, loop_layers: str | tuple[int, int], out: str | Path, s_
     fine-tuning (``diffusion.loop_curriculum_steps``); ``seq_len``: training window of a transformers source
     (default min(its positions, 1024)); ``family`` / ``tokenizer``: force the adapter / the tokenizer; ``ema``: a
     library run's weights (None = EMA when present). Returns the summary written to ``out/loopify.json``."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {str(out)!r} exists and is not empty; choose a new folder")
+    out = check_new_folder(out)  # a new or empty folder only (loopmdm.outputs), checked before any work
     a, b = parse_loop_layers(loop_layers) if isinstance(loop_layers, str) else tuple(loop_layers)
     if s_max is not None and s_max < 1:
         raise ConfigError(f"--s-max {s_max} must be >= 1 (S ~ U{{1..S_max}})")
@@ -69,6 +72,7 @@ def loopify(source: str, loop_layers: str | tuple[int, int], out: str | Path, s_
     summary = {"source": source, "kind": src.kind, "family": src.family.name, "loop_layers": [a, b],
                "n_h": cfg.model.n_h, "n_m": cfg.model.n_m, "n_o": cfg.model.n_o, "s_max": d.s_max,
                "loop_curriculum_steps": curriculum_steps, "s1_max_rel_diff": diff,
+               "s1_probe_tokens": probe_length(src, model) if verify else None,
                "parameters": int(sum(p.numel() for p in model.parameters())), "tokenizer": cfg.data.tokenizer,
                "mask_token_id": src.tokenizer.mask_id}
     save_checkpoint(out, 0, model, cfg, src.tokenizer, {"step": 0, "loopified_from": source, "loop_layers": [a, b]},
@@ -112,9 +116,10 @@ def _from_transformers(src: Source, a: int, b: int, seq_len: Optional[int], opti
 @torch.no_grad()
 def check_exact(src: Source, model: torch.nn.Module, tolerance: float = TOLERANCE) -> float:
     """max |loopified - source| / max |source| of the logits at S = 1 on a probe (a third of the tokens masked);
-    ``CheckpointError`` above ``tolerance``."""
-    cfg = model.config
-    T = min(16, cfg.max_seq_len)
+    ``CheckpointError`` above ``tolerance``. The probe has ``probe_length`` tokens: longer than a local attention
+    window of the source (ModernBERT's sliding-window layers), so those layers really slide and a mistake in
+    their masks or rotary tables shows."""
+    T = probe_length(src, model)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, src.tokenizer.vocab_size, (2, T), generator=g)
     x[:, ::3] = src.tokenizer.mask_id
@@ -131,3 +136,11 @@ def check_exact(src: Source, model: torch.nn.Module, tolerance: float = TOLERANC
                               f"(relative; tolerance {tolerance:.0e}): this {src.family.name} variant is not "
                               "reproduced exactly; nothing was written")
     return diff
+
+
+def probe_length(src: Source, model: torch.nn.Module) -> int:
+    """Tokens in ``check_exact``'s probe: 16, or the source's whole local attention window + 16 when it has one
+    (ModernBERT: 128 + 16 = 144), capped by ``model.max_seq_len``, the longest input the loopified model takes
+    (by default min(the source's positions, 1024); a shorter --seq-len never runs longer inputs)."""
+    window = src.family.local_window(src.model.config) if src.kind == "transformers" else 0
+    return min(max(PROBE_TOKENS, window + PROBE_MARGIN if window else 0), model.config.max_seq_len)

@@ -134,6 +134,7 @@ def _transformers_source(spec: str, folder: Path, loop_layers: tuple[int, int], 
         raise ConfigError(f"--family {family!r} is not a transformers family; use one of: {known_architectures()}")
     if isinstance(raw.get("num_hidden_layers"), int):
         check_loop_range(*loop_layers, raw["num_hidden_layers"])
+    fam.check_loop_layers(*loop_layers)  # e.g. ModernBERT's layer 0 (no attention pre-norm) may not be looped
     _check_weights(spec, folder)
     model = fam.load_source(folder, raw)
     check_loop_range(*loop_layers, len(fam.layers(model)))

@@ -85,12 +85,15 @@ def forward_flops_per_token(cfg: ModelConfig, loops: int, seq_len: Optional[int]
 
 
 def train_flops_per_token(cfg: ModelConfig, loops: int, seq_len: Optional[int] = None,
-                          predicted_fraction: float = 1.0) -> float:
+                          predicted_fraction: float = 1.0, supervised: int = 1) -> float:
     """Training (forward + backward) FLOPs per token at S = loops; with truncated backprop of depth k,
     only the last min(k, S) loops are differentiated. ``predicted_fraction``: share of positions the LM head
-    and loss run on (the expected masked fraction under sparse prediction)."""
+    and loss run on (the expected masked fraction under sparse prediction). ``supervised``: loop outputs that
+    go through the tail and the loss (deep supervision: S; otherwise 1)."""
+    T = seq_len or cfg.max_seq_len
     k = loops if cfg.backprop_depth is None else min(cfg.backprop_depth, loops)
-    return 3 * forward_flops_per_token(cfg, loops, seq_len, predicted_fraction) \
+    extra_codas = (supervised - 1) * coda_flops(cfg, 1, T, predicted_fraction * T) / T
+    return 3 * (forward_flops_per_token(cfg, loops, seq_len, predicted_fraction) + extra_codas) \
         - 2 * (loops - k) * loop_flops_per_token(cfg, seq_len)
 
 

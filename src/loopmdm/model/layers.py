@@ -89,8 +89,8 @@ class Attention(nn.Module):
         B, T, D = x.shape
         q, k, v = self.heads(x)  # [B, H, T, hd]
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        if kv_cache is not None:
-            kv_cache["k"], kv_cache["v"] = k, v
+        if kv_cache is not None:  # v is a view of the fused [B, T, 3D] qkv output: keep a compact copy, not that
+            kv_cache["k"], kv_cache["v"] = k, v.contiguous()
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None,
             dropout_p=self.dropout if self.training else 0.0,

@@ -10,7 +10,7 @@ policies can decide per step, or per token, how many loops to run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -215,19 +215,38 @@ class LoopMDM(nn.Module):
     def forward(self, x_t: torch.Tensor, t: Optional[torch.Tensor] = None, loops: int = 1,
                 attention_mask: Optional[torch.Tensor] = None, predict: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, label_weights: Optional[torch.Tensor] = None,
-                exclude: Optional[int] = None):
+                exclude: Optional[int] = None, supervise: Optional[Sequence[int]] = None):
         """Logits [B, T, V] for tokens x_t [B, T] at diffusion time t [B], running the mid block S = loops times.
 
         Sparse prediction: with ``predict`` [B, T] (bool) only those positions get the final norm and the LM
         head: logits [N, V] in row-major order. With ``labels`` [N] as well, no logits are formed: the result
         is ``(sum_i w_i CE_i, CE [N])`` from ``loss.linear_cross_entropy`` (weights ``label_weights`` [N],
         ``exclude`` a token id that gets no probability, e.g. the mask under SUBS): the loss runs inside
-        ``forward``, as data-parallel wrappers need."""
+        ``forward``, as data-parallel wrappers need.
+
+        Deep supervision (R-MDM, TRM): ``supervise`` lists loop counts k in 1..S whose state h_k also goes
+        through the tail and the loss; the result is then the mean of those losses and the CE [N] of h_S.
+        ``supervise=[S]`` is exactly the final-loop loss."""
         loops = check_loops(loops)
         ctx = self.prelude(x_t, t, attention_mask)
-        h = self.run_loops(ctx.h0, ctx, loops)
-        if labels is None:
-            return self.coda(h, ctx, predict)
+        if supervise is None:
+            h = self.run_loops(ctx.h0, ctx, loops)
+            if labels is None:
+                return self.coda(h, ctx, predict)
+            return self._sparse_loss(h, ctx, predict, labels, label_weights, exclude)
+        ks = sorted(set(supervise))
+        if labels is None or ks[-1] != loops or ks[0] < 1:
+            raise ConfigError(f"supervise={list(supervise)} must list loop counts in 1..{loops} including S={loops}, "
+                              "with labels (deep supervision is a training loss)")
+        h, done, total = ctx.h0, 0, 0.0
+        for k in ks:
+            h, done = self.run_loops(h, ctx, k - done, start=done), k
+            loss_k, ce = self._sparse_loss(h, ctx, predict, labels, label_weights, exclude)
+            total = total + loss_k
+        return total / len(ks), ce
+
+    def _sparse_loss(self, h, ctx, predict, labels, label_weights, exclude):
+        """Tail, final norm and the chunked LM-head cross-entropy at the ``predict`` positions of state h."""
         feats = self.coda_features(h, ctx, predict)
         feats = feats.reshape(-1, feats.shape[-1])  # [N, D]
         weight, bias = self.decoder()

@@ -5,9 +5,9 @@ y [N], it returns sum_i w_i * CE(h_i W^T, y_i) and the per-position CE (detached
 chunk over positions. When gradients are needed, each chunk's gradients (softmax - one-hot, scaled by w_i) are
 formed at once and only dL/dh [N, D] and dL/dW [V, D] are kept, so the peak memory of the loss is one chunk of
 logits instead of B x T x V fp32 values. Matrix products follow the surrounding autocast (bf16 on CPU / CUDA);
-the softmax and the sums over the vocabulary are fp32; dL/dW is formed and summed over chunks in the matmul
-dtype, as an autocast linear layer's weight gradient is. One exp pass per logit, no zero-filled buffers.
-``exclude`` (the mask id: SUBS) gets no probability mass.
+the softmax and the sums over the vocabulary are fp32; dL/dW is summed over chunks in fp32 (one chunk: formed
+in the matmul dtype and cast once). Without grad mode (validation) only the forward products run. One exp pass
+per logit, no zero-filled buffers. ``exclude`` (the mask id: SUBS) gets no probability mass.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ from typing import Optional
 
 import torch
 
-LOGITS_PER_CHUNK = 1 << 24  # fp32 logits held at once (64 MiB)
+LOGITS_PER_CHUNK = {"cpu": 1 << 24, "cuda": 1 << 27}  # fp32 logits held at once: 64 MiB on CPU, 512 MiB on GPU
 
 
-def chunk_rows(vocab_size: int, limit: int = LOGITS_PER_CHUNK) -> int:
+def chunk_rows(vocab_size: int, limit: int = LOGITS_PER_CHUNK["cpu"]) -> int:
     """Positions per chunk so that one chunk of logits holds at most ``limit`` values."""
     return max(1, limit // max(vocab_size, 1))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, target, row_weight, exclude: Optional[int], chunk: int, dtype: torch.dtype):
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(ctx, h, weight, target, row_weight, exclude: Optional[int], chunk: int, dtype: torch.dtype,
+                need_grad: bool):
         n = h.shape[0]
         hq, wq = h.to(dtype), weight.to(dtype)  # the matmul dtype, cast once per call (not per chunk)
         ce_all = torch.empty(n, dtype=torch.float32, device=h.device)
@@ -51,10 +51,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 scale = (wc / total_p)[:, None]
                 pq = p.mul_(scale).to(dtype)  # [n_c, V]
                 torch.mm(pq, wq, out=grad_h[s:s + chunk])  # [n_c, D]
+                gw_c = pq.t() @ hc  # [V, D] in the matmul dtype
                 if grad_w is None:
-                    grad_w = pq.t() @ hc  # [V, D] in the matmul dtype
-                else:  # in place, written as addmm(out=) so that FlopCounterMode sees it
-                    torch.addmm(grad_w, pq.t(), hc, out=grad_w)
+                    grad_w = gw_c.float() if chunk < n else gw_c  # several chunks: accumulate in fp32
+                elif gw_c.dtype == grad_w.dtype:  # in place, written as add(out=) to keep one buffer
+                    torch.add(grad_w, gw_c, out=grad_w)
+                else:
+                    grad_w.add_(gw_c)
         total = (ce_all * row_weight).sum()
         if need_grad and grad_w is None:  # no positions: zero gradients
             grad_w = torch.zeros_like(wq)
@@ -72,7 +75,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = None if grad_h is None else (grad_h * grad_total).to(ctx.h_dtype)
         gw = None if grad_w is None else grad_w.mul_(grad_total)  # in place: the saved buffer is used once
-        return gh, gw, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None
 
 
 def matmul_dtype(t: torch.Tensor) -> torch.dtype:
@@ -86,8 +89,10 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Te
                          chunk: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum_i w_i CE_i, CE [N] detached) of logits h [N, D] @ weight [V, D]^T against target [N]; w defaults to 1.
     ``exclude``: a token id that gets no probability mass; ``chunk``: positions per chunk (default: 64 MiB of
-    logits)."""
+    logits on CPU, 512 MiB on CUDA). Under ``torch.no_grad`` only the forward products run."""
     w = torch.ones(h.shape[0], device=h.device) if row_weight is None else row_weight.float()
     dtype = matmul_dtype(h)
+    need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    chunk = chunk or chunk_rows(weight.shape[0], LOGITS_PER_CHUNK.get(h.device.type, LOGITS_PER_CHUNK["cpu"]))
     with torch.autocast(h.device.type, enabled=False):  # dtypes are set by hand inside
-        return _LinearCrossEntropy.apply(h, weight, target, w, exclude, chunk or chunk_rows(weight.shape[0]), dtype)
+        return _LinearCrossEntropy.apply(h, weight, target, w, exclude, chunk, dtype, need_grad)

@@ -9,7 +9,7 @@ per_token, warm). Fast sampling: the ``confidence`` and ``semi_ar`` options ``th
 from ..registry import build
 from .api import SampleOutput, ancestral_sample, generate, sample_canvas
 from .conditioning import Canvas, build_canvas, parse_template
-from .filters import TokenFilter, draw
+from .filters import BannedTokens, TokenFilter, draw
 from .policies import DEFAULT_LOOPS, LOOP_POLICIES, SHAPES, LoopPolicy
 from .report import ComputeReport, StepInfo, Trajectory
 from .kvcache import CACHES, KVCache
@@ -19,5 +19,5 @@ from .samplers import SAMPLERS, Sampler, transfer_counts
 __all__ = [
     "generate", "ancestral_sample", "sample_canvas", "build", "SampleOutput", "ComputeReport", "Trajectory",
     "StepInfo", "SAMPLERS", "LOOP_POLICIES", "SHAPES", "ORDERS", "DEFAULT_LOOPS", "Sampler", "LoopPolicy",
-    "TokenFilter", "draw", "Canvas", "build_canvas", "parse_template", "transfer_counts", "CACHES", "KVCache",
+    "TokenFilter", "BannedTokens", "draw", "Canvas", "build_canvas", "parse_template", "transfer_counts", "CACHES", "KVCache",
 ]

@@ -40,8 +40,46 @@ class SampleOutput:
     lengths: Optional[torch.Tensor] = None
 
 
+MAX_STEPS = 1_000_000  # denoising steps T beyond this are a typo: T = L already reveals one token per step
+ACTIVATIONS_PER_TOKEN = 12  # floats of d_model per position alive at once in a forward pass (a rough floor)
+
+
 def _check_steps(steps) -> int:
-    return check_int(steps, "steps", 1, " (the number of denoising steps T)")
+    steps = check_int(steps, "steps", 1, " (the number of denoising steps T)")
+    if steps > MAX_STEPS:
+        raise ConfigError(f"steps={steps} exceeds the supported maximum of {MAX_STEPS:,} denoising steps; use at most "
+                          "the number of positions to generate (T = L reveals one token per step)")
+    return steps
+
+
+def sampling_memory(model, num_samples: int, length: int) -> int:
+    """A floor of the bytes sampling ``num_samples`` rows of ``length`` tokens takes: the fp32 logits over the
+    vocabulary and the activations of every position (``N x L x (V + 12 d_model) x 4``)."""
+    cfg = getattr(model, "config", None)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    width = int(getattr(cfg, "d_model", 0) or 0)
+    return int(num_samples) * int(length) * (vocab + ACTIVATIONS_PER_TOKEN * width) * 4
+
+
+def check_sample_memory(model, num_samples: int, length: int, device=None) -> None:
+    """Refuse (one-line ``ConfigError``) a batch whose ``sampling_memory`` exceeds the memory available on the
+    model's device, before any tensor of that size is allocated; the message gives the largest N that fits."""
+    from ..runtime import available_memory
+
+    check_int(num_samples, "num_samples")
+    device = device if device is not None else next(model.parameters()).device
+    need = sampling_memory(model, num_samples, length)
+    have = available_memory(device)
+    if have is None:
+        have = 1 << 40  # unknown: only absurd requests (a terabyte) are refused
+    if need <= have:
+        return
+    per_row = max(sampling_memory(model, 1, length), 1)
+    fit = have // per_row
+    how = f"use at most {fit} (--num-samples {fit})" if fit >= 1 else "lower the length L"
+    raise ConfigError(f"num_samples={num_samples} at L={length} tokens needs about {need / 2**30:,.1f} GiB "
+                      f"(N x L x (vocabulary + activations) x 4 bytes) but {torch.device(device).type} memory has "
+                      f"{have / 2**30:,.1f} GiB available; {how}")
 
 
 @torch.no_grad()
@@ -131,6 +169,8 @@ def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = 
     if check_int(seed, "seed", 0) >= 2 ** 64:
         raise ConfigError(f"seed={seed!r} must be an integer in [0, 2**64)")
     device = next(model.parameters()).device
+    if length is None or check_int(length, "length") <= model.config.max_seq_len:  # too long: build_canvas says so
+        check_sample_memory(model, num_samples, length or model.config.max_seq_len, device)
     canvas = build_canvas(tokenizer, num_samples, length, model.config.max_seq_len, prompt=prompt,
                           template=template, device=device, prompt_ids=prompt_ids)
     gen = torch.Generator().manual_seed(seed)
@@ -158,6 +198,7 @@ def ancestral_sample(model, mask_id: int, num_samples: int, seq_len: int, steps:
         raise ConfigError(f"seq_len={seq_len!r} must be an integer in 1..{max_len} (the model window)")
     check_int(num_samples, "num_samples")
     device = next(model.parameters()).device
+    check_sample_memory(model, num_samples, seq_len, device)
     x = torch.full((num_samples, seq_len), mask_id, dtype=torch.long, device=device)  # [N, L]
     free = torch.ones_like(x, dtype=torch.bool)
     if prefix is not None and len(prefix):

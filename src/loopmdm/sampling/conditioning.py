@@ -32,8 +32,51 @@ class Canvas:
     free: torch.Tensor
 
 
-def parse_template(template: str, tokenizer) -> tuple[list[int], list[bool]]:
-    """Token ids and a free flag per position for a template with ``[MASK:n]`` spans (mask id at free spots)."""
+def check_text(text, what: str) -> str:
+    """``text`` when it is a string of valid Unicode that encodes as UTF-8; otherwise a one-line ``ConfigError``.
+    A shell passes bytes that are not UTF-8 (``$'\\xff'``) to Python as lone surrogates, which no tokenizer
+    takes; the message names the first bad byte."""
+    if not isinstance(text, str):
+        raise ConfigError(f"the {what} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        ch = ord(text[e.start])
+        byte = f"byte 0x{ch - 0xDC00:02x}" if 0xDC80 <= ch <= 0xDCFF else f"lone surrogate U+{ch:04X}"
+        raise ConfigError(f"the {what} is not valid UTF-8 text ({byte} at character {e.start}); pass UTF-8 "
+                          "text (convert it with iconv -t UTF-8, or fix the terminal's encoding)") from None
+    return text
+
+
+def template_span_count(template: str, max_len: Optional[int] = None) -> int:
+    """The number of positions the ``[MASK:n]`` spans of ``template`` ask for, counted from the markers alone
+    (no list is built): more than ``max_len`` (the model window) is a one-line ``ConfigError``, so a template
+    such as ``[MASK:99999999999]`` is refused before it costs any memory."""
+    total = 0
+    for m in SPAN.finditer(template):
+        digits = m.group(1)
+        if digits is not None and len(digits.lstrip("0")) > 12:
+            n = None
+        else:
+            n = int(digits) if digits is not None else 1
+        if n is not None and n < 1:
+            raise ConfigError(f"template span {m.group(0)!r} must fill at least one token, e.g. [MASK:4]")
+        shown = m.group(0) if len(m.group(0)) <= 24 else m.group(0)[:20] + "...]"
+        if n is None:
+            raise ConfigError(f"template span {shown} asks for more tokens than any model has, longer than the "
+                              "model window; shorten the span")
+        if max_len is not None and total + n > max_len:
+            raise ConfigError(f"the template's spans ask for {total + n} tokens (at {shown}), longer than the model "
+                              f"window of {max_len}; shorten the spans")
+        total += n
+    return total
+
+
+def parse_template(template: str, tokenizer, max_len: Optional[int] = None) -> tuple[list[int], list[bool]]:
+    """Token ids and a free flag per position for a template with ``[MASK:n]`` spans (mask id at free spots).
+    ``max_len``: the model window; spans asking for more are refused before any list is built."""
+    check_text(template, "template")
+    template_span_count(template, max_len)
     ids: list[int] = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     free: list[bool] = [False] * len(ids)
     pos, spans = 0, 0
@@ -73,8 +116,10 @@ def build_canvas(tokenizer, num_samples: int, length: Optional[int], max_len: in
     if length is not None and check_int(length, "length") > max_len:
         raise ConfigError(f"length={length!r} must be an integer in 1..{max_len} (the model window)")
     mask = tokenizer.mask_id
+    if prompt is not None:
+        check_text(prompt, "prompt")
     if template is not None:
-        ids, free = parse_template(template, tokenizer)
+        ids, free = parse_template(template, tokenizer, max_len)
         if len(ids) > max_len:
             raise ConfigError(f"the template is {len(ids)} tokens, longer than the model window {max_len}; shorten it")
         L = max(length or 0, len(ids))

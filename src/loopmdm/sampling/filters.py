@@ -50,6 +50,21 @@ class TokenFilter:
         return z
 
 
+@dataclass(frozen=True)
+class BannedTokens(TokenFilter):
+    """A ``TokenFilter`` whose candidates never include the ids in ``banned`` (e.g. pad / BOS / EOS when filling
+    answer positions, or anything but the digits of a Sudoku board)."""
+
+    banned: tuple[int, ...] = ()
+
+    def log_probs(self, logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+        if self.banned:
+            ban = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            ban[list(self.banned)] = True
+            logits = logits.masked_fill(ban, -math.inf)
+        return super().log_probs(logits, mask_id)
+
+
 def _one_hot_log(idx: torch.Tensor, V: int, dtype) -> torch.Tensor:
     out = torch.full((*idx.shape, V), -math.inf, dtype=dtype, device=idx.device)
     return out.scatter_(-1, idx[..., None], 0.0)

@@ -5,10 +5,10 @@ signal handling (``guard``) and data parallelism (``distributed``: DDP, FSDP2 un
 ``torchrun --nproc_per_node N -m loopmdm.cli train ...``)."""
 
 from .batches import BatchStream
-from .guard import TrainingDiverged
+from .guard import SecondSignal, TrainingDiverged, signal_exit_code
 from .init import init_run_config
 from .optim import lr_lambda
 from .trainer import Trainer, TrainResult, check_fresh_run_dir, train
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged", "check_fresh_run_dir", "BatchStream", "lr_lambda",
-           "init_run_config"]
+           "init_run_config", "SecondSignal", "signal_exit_code"]

@@ -4,6 +4,7 @@ SIGTERM / SIGINT turned into "save this step and exit" (a second Ctrl-C stops at
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Optional
@@ -46,18 +47,42 @@ def divergence_message(cfg, run_dir: Path, bad_in_row: int, step: int, loss: flo
             f"(loss={loss}, grad_norm={gnorm}); likely causes: {'; '.join(causes)}; {last}")
 
 
+def signal_exit_code(name: Optional[str]) -> int:
+    """The shell's exit code for a process stopped by signal ``name`` (128 + its number: SIGINT 130, SIGTERM
+    143), so that ``loopmdm train ... && loopmdm sample ...`` stops after an interrupted run."""
+    try:
+        return 128 + int(signal.Signals[name]) if name else 130
+    except KeyError:
+        return 130
+
+
+class SecondSignal(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM while a stop is pending: exit at once, without saving (the checkpoint saved last
+    is kept). ``exit_code`` is 128 + the signal number; the message was already written to stderr."""
+
+    def __init__(self, name: str):
+        super().__init__(f"second {name}: exiting now without saving")
+        self.name, self.exit_code, self.reported = name, signal_exit_code(name), True
+
+
 class StopSignals:
     """While active (``with StopSignals() as stop``), SIGTERM / SIGINT set ``stop.requested`` (and ``stop.name``)
-    instead of killing the process; a second signal raises KeyboardInterrupt (the last checkpoint is intact)."""
+    instead of killing the process; the run then saves the step it is on and stops. A second signal writes
+    "second SIGINT: exiting now without saving ..." to stderr and raises ``SecondSignal`` (a KeyboardInterrupt):
+    nothing more is saved, a save in progress is abandoned, and the last complete checkpoint stays ``latest``."""
 
     def __init__(self):
         self.requested, self.name = False, None
         self._old: dict = {}
 
     def _handler(self, signum, frame):
+        name = signal.Signals(signum).name
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested, self.name = True, signal.Signals(signum).name
+            _write_stderr(f"second {name}: exiting now without saving; the last saved checkpoint is kept\n")
+            raise SecondSignal(name)
+        self.requested, self.name = True, name
+        _write_stderr(f"{name}: finishing this step, then saving it and exiting ({name} again exits at once "
+                      "without saving)\n")
 
     def __enter__(self) -> "StopSignals":
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,3 +95,11 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for sig, h in self._old.items():
             signal.signal(sig, h)
+
+
+def _write_stderr(text: str) -> None:
+    """Write from a signal handler: ``os.write`` (a buffered ``sys.stderr`` may be in the middle of a write)."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass

@@ -36,7 +36,7 @@ def init_folder(path: str | Path) -> Path:
 
 
 def init_run_config(init: str | Path, config_file: Optional[str | Path] = None,
-                    overrides: Optional[list[str]] = None) -> RunConfig:
+                    overrides: Optional[list] = None) -> RunConfig:
     """The config of a run started from ``init``'s weights: its config, then ``config_file`` and ``--set``
     overrides; ``train.init`` names the resolved checkpoint folder. Model changes that would change the set of
     weights are refused."""

@@ -32,7 +32,8 @@ from ..eval.nelbo import evaluate_nelbo
 from ..fileio import atomic_write_text, describe_os_error
 from ..backbones import build_model
 from ..model.flops import train_flops_per_token
-from ..runtime import compile_blocks, pick_device, set_threads
+from ..outputs import check_run_folder
+from ..runtime import check_precision, compile_blocks, pick_device, set_threads
 from . import distributed
 from .guard import StopSignals, TrainingDiverged, divergence_message, out_of_memory
 from .init import check_init_model, check_init_tokenizer, fit_vocabulary, init_folder
@@ -51,6 +52,7 @@ class TrainResult:
     val: Optional[dict]
     flops: float
     stopped_early: bool = False
+    signal: Optional[str] = None  # SIGINT / SIGTERM when a signal stopped the run (its step is saved)
 
 
 class Trainer:
@@ -65,8 +67,10 @@ class Trainer:
                  loop_dist: Optional[LoopDistribution] = None):
         self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
         tc = cfg.train
-        self.dist = distributed.setup(pick_device(tc.device))  # torchrun: join the process group
+        # the device and precision this machine can run, checked before any work (one-line errors)
+        self.dist = distributed.setup(pick_device(tc.device, "train.device"))  # torchrun: join the process group
         self.device = self.dist.device
+        check_precision(self.device, tc.precision, "train.precision")
         distributed.check_global_batch(tc.batch_size, tc.grad_accum, self.dist)
         if not self.dist.is_main:  # rank 0 alone logs, writes metrics and checkpoints
             self.log, self.progress = (lambda s: None), False
@@ -83,9 +87,11 @@ class Trainer:
         # unwrapped module for evaluation, EMA and checkpoints.
         self.train_model = distributed.wrap_model(self.model, self.dist, fsdp=tc.fsdp)
         self.objective = make_objective(cfg.diffusion, self.data.tokenizer.mask_id)
-        self.loop_dist = loop_dist or make_loop_distribution(cfg.diffusion, total_steps=tc.max_steps, seed=tc.seed)
+        self.objective.deep_supervision = cfg.diffusion.deep_supervision  # training only: validation is final-loop
         # the LM head runs on the positions that enter the loss: the expected masked share of the free ones
         self.predicted_fraction = self.objective.predicted_fraction() * self.data.free_fraction
+        self.loop_dist = loop_dist or make_loop_distribution(  # flops_fn: F(S) of a step, as fit() counts it
+            cfg.diffusion, total_steps=tc.max_steps, seed=tc.seed, flops_fn=self.flops_per_token)
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.scheduler = make_scheduler(self.optimizer, tc)
         self.ema = None
@@ -98,12 +104,20 @@ class Trainer:
         self.stop_requested, self.resumed, self.saved_step = False, False, -1
         self.step_fn = self._step
 
+    def flops_per_token(self, loops: int) -> float:
+        """Training FLOPs per token of a step at S = ``loops`` (deep supervision adds a tail pass per supervised
+        loop: S of them for ``all``, (S + 1) / 2 expected for ``random``)."""
+        supervised = {"all": loops, "random": (loops + 1) / 2}.get(self.cfg.diffusion.deep_supervision, 1)
+        return train_flops_per_token(self.cfg.model, loops, self.data.train.shape[1], self.predicted_fraction,
+                                     supervised)
+
     # ------------------------------------------------------------------ one step
     def _step(self, idx: np.ndarray, loops: int) -> tuple[float, float]:
         """Forward / backward on the global batch rows ``idx`` at loop count S = ``loops``: (loss, grad norm)."""
         tc = self.cfg.train
         rng = np.random.default_rng([tc.seed, self.step, 3]) if self.data.augment is not None else None
         batch = self.data.batch("train", idx, rng)  # [B, L] over the global batch
+        batch = self.objective.pair_rows(batch)  # complementary masks: rows 2k + 1 repeat rows 2k (else unchanged)
         noise = self.objective.draw(len(idx), batch.x0.shape[1], self.gen_noise)
         own = distributed.rank_slice(len(idx), self.dist)  # this rank's rows (all of them, alone)
         return train_step(self.model, self.train_model, self.objective, batch.rows(own),
@@ -127,7 +141,7 @@ class Trainer:
         tokens_per_step = tc.batch_size * self.data.train.shape[1]
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                    desc="train", unit="step")
-        last_loss, val, t_last = float("nan"), None, time.perf_counter()
+        last_loss, val, t_last, stop_signal = float("nan"), None, time.perf_counter(), None
         if self.step >= tc.max_steps:
             self.log(f"step {self.step} already reached train.max_steps={tc.max_steps}: nothing to train "
                      "(raise --max-steps to continue)")
@@ -142,8 +156,7 @@ class Trainer:
                         self._skip_bad_step(loss, gnorm, metrics)
                         continue
                     self._apply_update()
-                    self.flops += train_flops_per_token(self.cfg.model, loops, self.data.train.shape[1],
-                                                        self.predicted_fraction) * tokens_per_step
+                    self.flops += self.flops_per_token(loops) * tokens_per_step
                     last_loss, now = loss, time.perf_counter()
                     rec = {"step": self.step, "loss": loss, "loops": loops, "grad_norm": gnorm,
                            "lr": self.scheduler.get_last_lr()[0], "flops": self.flops,
@@ -162,6 +175,7 @@ class Trainer:
                         self.save()
                     self.stop_requested = distributed.step_agreement(
                         loops, self.stop_requested or signals.requested, self.dist)
+                stop_signal = signals.name
                 if self.stop_requested:
                     self.log(f"{signals.name or 'stop'} received: saving step {self.step} and exiting")
                     if self.saved_step != self.step:
@@ -169,7 +183,8 @@ class Trainer:
         finally:
             bar.close()
             metrics.close()
-        return TrainResult(self.run_dir, self.step, last_loss, val, self.flops, self.stop_requested)
+        return TrainResult(self.run_dir, self.step, last_loss, val, self.flops, self.stop_requested,
+                           stop_signal if self.stop_requested else None)
 
     def _apply_update(self) -> None:
         self.bad_in_row = 0
@@ -328,9 +343,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Optional[str | Path] = No
           loop_dist: Optional[LoopDistribution] = None) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (optionally resuming from a checkpoint or run folder). Without
     ``resume``, ``run_dir`` must not hold checkpoints already, and ``cfg.train.init`` (when set) names the
-    checkpoint whose weights the run starts from."""
-    if resume is None:
-        check_fresh_run_dir(run_dir)
+    checkpoint whose weights the run starts from. ``run_dir`` follows ``loopmdm.outputs``: new, empty, or this
+    run's own folder (a folder of data or of another run is refused before anything is written)."""
+    check_run_folder(run_dir, resume=resume)  # before any work: never write into a folder that is not this run's
     trainer = Trainer(cfg, run_dir, data=data, progress=progress, log=log, loop_dist=loop_dist)
     try:
         if resume is not None:

@@ -189,27 +189,59 @@ def plot_lines(xs: Sequence, series: Mapping[str, Sequence[float]], path: str | 
     _save(fig, path)
 
 
-def plot_loop_gain(rows: Sequence[Mapping], trend: Mapping, path: str | Path) -> None:
-    """The loop gain NELBO(MDM) - NELBO(LoopMDM at S_max) at equal training FLOPs against the budget: every seed
-    as a dot, the seed mean with its spread, the fitted line and its zero crossing."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+def _gain_panel(ax, rows: Sequence[Mapping], trend: Optional[Mapping], key: str, title: str) -> None:
+    """One gain against the budget: every seed as a dot, the seed mean with its standard error (hollow where the
+    budget is not past the plateau, so outside the fit), the fitted line over the fitted budgets (to the zero
+    crossing when there is one) or the reason there is no fit."""
     for r in rows:
-        ys = [p["gain_equal_flops"] for p in r["per_seed"].values()]
-        ax.plot([r["budget"]] * len(ys), ys, "o", color=COLORS["loopmdm"], alpha=0.45)
-        g = r["gain_equal_flops"]
-        ax.errorbar([r["budget"]], [g["mean"]], yerr=[g["std"] or 0.0], fmt="s", color="black", capsize=4)
-    if trend.get("slope_per_decade") is not None:
-        lo = min(r["budget"] for r in rows)
-        hi = max(max(r["budget"] for r in rows), trend.get("crossing_budget") or 0)
+        past = (r.get("past_plateau") or {}).get(key, True)
+        ys = [p[key] for p in r["per_seed"].values() if p.get(key) is not None]
+        ax.plot([r["budget"]] * len(ys), ys, "o", color=COLORS["loopmdm"], alpha=0.45 if past else 0.2)
+        g = r[key]
+        if g.get("mean") is None:
+            continue
+        err = g.get("sem") if g.get("sem") is not None else (g.get("std") or 0.0)
+        ax.errorbar([r["budget"]], [g["mean"]], yerr=[err], fmt="s", color="black", capsize=4,
+                    markerfacecolor="black" if past else "white")
+    if trend and trend.get("slope_per_decade") is not None:
+        used = trend.get("budgets_used") or [r["budget"] for r in rows]
+        lo, hi = min(used), max(max(used), trend.get("crossing_budget") or 0)
         xs = np.logspace(np.log10(lo), np.log10(hi * 1.2), 50)
-        ax.plot(xs, trend["intercept"] + trend["slope_per_decade"] * np.log10(xs), "--", color="grey",
-                label=f"fit: {trend['slope_per_decade']:+.3f} per decade")
+        ci = trend.get("slope_interval_95")
+        label = f"fit: {trend['slope_per_decade']:+.3f} per decade" + (
+            f" (95% {ci[0]:+.3f} .. {ci[1]:+.3f})" if ci else "")
+        ax.plot(xs, trend["intercept"] + trend["slope_per_decade"] * np.log10(xs), "--", color="grey", label=label)
+        ax.legend(fontsize=7)
+    elif trend:
+        ax.text(0.02, 0.97, trend.get("note") or "no trend", transform=ax.transAxes, fontsize=7, color="grey",
+                va="top")
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs per run")
-    ax.set_ylabel("loop gain at equal FLOPs (nats / token)")
-    ax.set_title("NELBO(MDM) - NELBO(LoopMDM, S_max): > 0 means looping wins", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+
+
+def plot_loop_gain(rows: Sequence[Mapping], trend: Mapping, path: str | Path, provenance: str = "",
+                   equal_steps_trend: Optional[Mapping] = None) -> None:
+    """The loop gain against the budget, at equal training FLOPs NELBO(MDM) - NELBO(LoopMDM at S_max) and (when
+    the rows hold it and ``equal_steps_trend`` is given) at equal steps NELBO(MDM trained for LoopMDM's steps) -
+    NELBO(LoopMDM): every seed as a dot, the seed mean with its standard error (hollow: on the unigram plateau,
+    left out of the fit), the fitted line. ``provenance`` (corpus, data digest, versions) is printed under the
+    figure, so that the figure says which corpus it came from."""
+    plt = _plt()
+    steps = equal_steps_trend is not None and all("gain_equal_steps" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if steps else 1, figsize=(11.5 if steps else 6.5, 4.4), squeeze=False)
+    _gain_panel(axes[0][0], rows, trend, "gain_equal_flops", "equal FLOPs: NELBO(a) - NELBO(b, S_max)")
+    axes[0][0].set_ylabel("loop gain (nats / token), > 0: looping wins")
+    if steps:
+        _gain_panel(axes[0][1], rows, equal_steps_trend, "gain_equal_steps",
+                    "equal steps, same LR schedule: NELBO(a': MDM, b's steps) - NELBO(b, S_max)")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout(rect=(0, 0.045, 1, 1))
+    foot = "filled squares: seed mean ± standard error, budget past the unigram plateau (in the fit); hollow: on it"
+    fig.text(0.99, 0.008, foot, fontsize=6, color="dimgray", ha="right", va="bottom")
+    if provenance:
+        fig.text(0.01, 0.008, provenance, fontsize=6, color="dimgray", ha="left", va="bottom")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

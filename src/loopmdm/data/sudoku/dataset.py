@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, Regex, decoders, models, pre_tokenizers
 
 from ...errors import DataError
 from ..cache import cache_root
-from ..packing import stable_fraction
+from ..packing import split_by_key
 from ..prepared import FORMATS, PreparedData
 from ..tokenizer import TextTokenizer
 from .augment import AUGMENTS
@@ -74,12 +74,7 @@ def generated_splits(cfg, log: Callable[[str], None] = lambda s: None) -> Splits
 
 def split_by_solution(pairs: Sequence[SudokuPair], val_fraction: float) -> tuple[list, list]:
     """Train / validation pairs by a stable hash of the solution grid (at least one of each)."""
-    if len(pairs) < 2:
-        raise DataError(f"the puzzle source holds {len(pairs)} valid row; need at least 2 for train / validation")
-    val = [p for p in pairs if stable_fraction(p.solution) < val_fraction] or list(pairs[:1])
-    names = {p.solution for p in val}
-    train = [p for p in pairs if p.solution not in names]
-    return (train, val) if train else (val[1:], val[:1])
+    return split_by_key(list(pairs), lambda p: p.solution, val_fraction, "the puzzle source")
 
 
 @FORMATS.register("sudoku")

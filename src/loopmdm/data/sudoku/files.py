@@ -80,24 +80,38 @@ def collect(rows: Iterable[tuple[object, object]], source: str, max_rows: Option
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[object, object]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark at the start (Excel's "CSV UTF-8") is not part of the first column's name
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = [h.strip().lower() for h in next(reader, [])]
-        for p_col, s_col in CSV_COLUMNS:
-            if p_col in header and s_col in header:
-                ip, js = header.index(p_col), header.index(s_col)
-                break
-        else:
-            raise DataError(f"puzzle file {str(path)!r} has header {header[:6]} without a known pair of columns; "
-                            f"use one of {', '.join(a + ',' + b for a, b in CSV_COLUMNS[:3])}")
-        for row in reader:
-            if not row or not any(c.strip() for c in row):
-                continue
-            yield (row[ip] if ip < len(row) else None, row[js] if js < len(row) else None)
+        try:
+            header = [h.strip().lower() for h in next(reader, [])]
+            for p_col, s_col in CSV_COLUMNS:
+                if p_col in header and s_col in header:
+                    ip, js = header.index(p_col), header.index(s_col)
+                    break
+            else:
+                raise DataError(f"puzzle file {str(path)!r} has header {[h[:40] for h in header[:6]]} without a known "
+                                f"pair of columns; use one of {', '.join(a + ',' + b for a, b in CSV_COLUMNS[:3])}")
+            for row in reader:
+                if not row or not any(c.strip() for c in row):
+                    continue
+                yield (row[ip] if ip < len(row) else None, row[js] if js < len(row) else None)
+        except csv.Error as e:
+            raise DataError(_csv_problem(path, reader.line_num, e)) from None
+
+
+def _csv_problem(path: Path, line: int, e: csv.Error) -> str:
+    """One line for a row Python's csv module cannot split (a field over its size limit, a NUL byte)."""
+    text = str(e)
+    if "field larger than field limit" in text:
+        return (f"puzzle file {str(path)!r} line {line} has a field longer than {csv.field_size_limit():,} "
+                "characters (an unclosed quote, or not a puzzle CSV); a row holds 81-character grids: fix that "
+                "line or pass the right file")
+    return f"puzzle file {str(path)!r} line {line} is not valid CSV ({text}); fix that line or pass the right file"
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[object, object]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line in f:
             if not line.strip():
                 continue

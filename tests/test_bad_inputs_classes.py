@@ -1,0 +1,383 @@
+"""Classes of bad input, one regression test (or more) per class: each answer is one line (``error: ...``, exit 2,
+or a ``LoopMDMError``), never a traceback, and never loses data.
+
+1. output folders (``loopmdm.outputs``): nothing a command did not create is deleted or overwritten;
+2. paths are never read as YAML (``--data "corpus #v2"``, ``--data 2024``, ``--data on``);
+3. devices this machine does not have (``loopmdm.runtime.pick_device``);
+4. text that is not valid UTF-8 (lone surrogates from the shell);
+5. CSV edge cases of puzzle files (a UTF-8 BOM, a field over the csv size limit);
+6. exit codes: interrupts exit 130 / 143 after saving, a second signal exits without saving, usage errors are one
+   line;
+7. unbounded sampling requests (steps, samples, template spans).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import run_cli
+from loopmdm.checkpoint import list_checkpoints, load_model, read_latest, resolve_checkpoint, verify_checkpoint
+from loopmdm.errors import CheckpointError, ConfigError, DataError, LoopMDMError
+
+
+def check_output(*args, **kw):
+    from loopmdm.outputs import check_output as check
+
+    return check(*args, **kw)
+
+
+def one_error_line(err: str) -> str:
+    """The only line on stderr, which must be ``error: ...`` (no traceback, no usage box)."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+# ============================================================================ 1. output folders
+
+@pytest.fixture(scope="module")
+def hf_folder(tiny_run, tmp_path_factory) -> Path:
+    pytest.importorskip("transformers")
+    from loopmdm.hf.export import export_hf
+
+    return export_hf(tiny_run, tmp_path_factory.mktemp("hf") / "hf")
+
+
+def test_import_into_an_existing_run_is_refused_and_the_run_is_untouched(hf_folder, run_copy, capsys):
+    before = snapshot(run_copy)
+    code, _, err = run_cli(["import", "--hf", hf_folder, "--out", run_copy], capsys)
+    assert code == 2
+    assert "is not empty" in one_error_line(err)
+    assert snapshot(run_copy) == before  # checkpoint, config.json and `latest` as they were
+
+
+def test_import_into_a_data_folder_is_refused(hf_folder, tiny_corpus, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    code, _, err = run_cli(["import", "--hf", hf_folder, "--out", data], capsys)
+    assert code == 2 and "is not empty" in one_error_line(err)
+    assert not (data / "checkpoints").exists() and not (data / "config.json").exists()
+    # a new folder still works
+    code, _, err = run_cli(["import", "--hf", hf_folder, "--out", tmp_path / "new"], capsys)
+    assert code == 0, err
+    verify_checkpoint(resolve_checkpoint(tmp_path / "new"))
+
+
+def test_train_into_a_corpus_folder_is_refused_before_any_work(tiny_corpus, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    before = snapshot(data)
+    code, _, err = run_cli(["train", "--out", data, "--data", data, "--max-steps", "1", "--no-progress",
+                            "--set", "train.device=cpu"], capsys)
+    assert code == 2 and "not a run folder" in one_error_line(err)
+    assert snapshot(data) == before and not (data / "metrics.jsonl").exists()
+
+
+def test_resuming_another_run_into_a_run_folder_is_refused(tiny_cfg, run_copy, tmp_path):
+    from loopmdm.train import train
+
+    other = tmp_path / "other"
+    shutil.copytree(run_copy, other)
+    before = snapshot(run_copy)
+    with pytest.raises(CheckpointError, match="holds checkpoints of another run"):
+        train(tiny_cfg, run_copy, resume=other, progress=False, log=lambda s: None)
+    assert snapshot(run_copy) == before
+    # the same run resumed into its own folder is fine (experiments' train_or_reuse, train --resume OUT)
+    assert check_output(run_copy, "run", resume=run_copy) == run_copy
+    assert check_output(run_copy, "run", resume=resolve_checkpoint(run_copy)) == run_copy
+
+
+def test_the_output_rule(tmp_path, run_copy):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is not a folder"):
+        check_output(tmp_path / "file" / "sub", "new")
+    with pytest.raises(ConfigError, match="existing file"):
+        check_output(tmp_path / "file", "run")
+    (tmp_path / "empty").mkdir()
+    for kind in ("run", "experiment", "new"):
+        check_output(tmp_path / "empty", kind)
+        check_output(tmp_path / "missing" / "deeper", kind)
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        check_output(run_copy, "run")
+    # a run folder without checkpoints yet (killed before the first save) is the run's own
+    young = tmp_path / "young"
+    young.mkdir()
+    (young / "config.json").write_text(json.dumps({"model": {}, "train": {}}))
+    (young / "metrics.jsonl").write_text("")
+    check_output(young, "run")
+    # ... but a transformers folder's config.json is not a run config
+    hf = tmp_path / "hfish"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ConfigError, match="not a run folder"):
+        check_output(hf, "run")
+    # experiments: their own results are reused, anything else refused
+    exp = tmp_path / "exp"
+    (exp / "seed_0").mkdir(parents=True)
+    (exp / "results.json").write_text("{}")
+    (exp / "loss_vs_flops.png").write_bytes(b"")
+    check_output(exp, "experiment")
+    (exp / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not an experiment folder"):
+        check_output(exp, "experiment")
+
+
+def test_export_loopify_and_experiments_refuse_folders_they_did_not_create(tiny_run, tiny_corpus, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    before = snapshot(data)
+    for argv in (["loopify", "--from", tiny_run, "--loop-layers", "1:3", "--out", data],
+                 ["experiment", "attention", "--checkpoint", tiny_run, "--out", data]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and "not empty" in one_error_line(err), argv
+    assert snapshot(data) == before
+    code, _, err = run_cli(["export", "--checkpoint", tiny_run, "--out", "/dev/null/hf"], capsys)
+    assert code == 2 and "cannot be created" in one_error_line(err)
+
+
+# ============================================================================ 2. paths are not YAML
+
+@pytest.fixture
+def captured_train(monkeypatch):
+    """``loopmdm train`` with the training itself replaced: records the config the CLI built."""
+    import loopmdm.cli.train_cmd as tc
+    from loopmdm.train import TrainResult
+
+    seen = []
+
+    def fake(cfg, out, **kw):
+        seen.append(cfg)
+        return TrainResult(Path(out), 0, 0.0, None, 0.0)
+
+    monkeypatch.setattr(tc, "run_train", fake)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["corpus #v2", "2024", "on", "null", "[a]", "x: y"])
+def test_data_path_is_taken_verbatim(name, tiny_corpus, tmp_path, monkeypatch, captured_train, capsys):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_corpus, tmp_path / name)
+    code, _, err = run_cli(["train", "--out", "o", "--data", name, "--max-steps", "3", "--objective", "mdm"], capsys)
+    assert code == 0, err
+    cfg = captured_train[-1]
+    assert cfg.data.source == name and cfg.train.max_steps == 3
+    # --set keeps YAML values
+    code, _, err = run_cli(["train", "--out", "o", "--set", "train.max_steps=7", "--set", "train.ema=0.99"], capsys)
+    assert code == 0, err
+    assert captured_train[-1].train.max_steps == 7 and captured_train[-1].train.ema == 0.99
+
+
+# ============================================================================ 3. devices
+
+def test_devices_this_machine_lacks_are_one_line_errors(tiny_run, tiny_cfg, tmp_path, capsys):
+    from loopmdm.runtime import pick_device
+    from loopmdm.train import train
+
+    mps = getattr(torch.backends, "mps", None)
+    have = ["cpu"] + (["mps"] if mps is not None and mps.is_available() else [])
+    assert pick_device("cpu") == torch.device("cpu") and pick_device("auto").type in ("cpu", "cuda")
+    missing = ["mps"] if "mps" not in have else []
+    if not torch.cuda.is_available():
+        missing += ["cuda", "cuda:7"]
+    elif torch.cuda.device_count() <= 7:
+        missing += ["cuda:7"]
+    for name in missing:
+        with pytest.raises(ConfigError, match=f"device='{name}': this machine has .*available: cpu"):
+            pick_device(name)
+        with pytest.raises(ConfigError, match="this machine has"):
+            load_model(tiny_run, device=name)  # eval, sample and serve place the model through load_model
+        cfg = tiny_cfg
+        cfg.train.device = name
+        with pytest.raises(ConfigError, match=f"train.device='{name}': this machine has"):
+            train(cfg, tmp_path / f"run_{name}", progress=False, log=lambda s: None)
+        assert not (tmp_path / f"run_{name}").exists()
+    with pytest.raises(ConfigError, match="is not a device; use auto, cpu, cuda, cuda:N or mps"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        code, _, err = run_cli(["eval", "--checkpoint", tiny_run, "--device", "cuda"], capsys)
+        assert code == 2 and "no CUDA device; available: cpu" in one_error_line(err)
+
+
+def test_device_messages_on_a_machine_with_one_gpu(monkeypatch):
+    """The CUDA branches without a GPU: torch reports one device; cuda:N beyond it names the ones there are."""
+    from loopmdm import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: False)
+    assert runtime.available_devices() == ["cpu", "cuda:0"]
+    assert runtime.pick_device("cuda:0") == torch.device("cuda", 0)
+    assert runtime.pick_device("auto") == torch.device("cuda")
+    with pytest.raises(ConfigError, match=r"--device='cuda:3': this machine has 1 CUDA device \(cuda:0..cuda:0\); "
+                                          r"available: cpu, cuda:0"):
+        runtime.pick_device("cuda:3", "--device")
+
+
+# ============================================================================ 4. text that is not UTF-8
+
+def test_prompt_and_template_that_are_not_utf8(tiny_run, capsys):
+    from loopmdm.sampling import generate
+
+    for flag, text in (("--prompt", "def \udcff"), ("--template", "x [MASK:3] \udcfe")):  # bytes 0xff / 0xfe
+        code, _, err = run_cli(["sample", "--checkpoint", tiny_run, flag, text, "--steps", "2"], capsys)
+        assert code == 2 and "not valid UTF-8" in one_error_line(err), err
+    model, tok, _ = load_model(tiny_run)
+    with pytest.raises(ConfigError, match=r"template is not valid UTF-8 text \(lone surrogate U\+D800"):
+        generate(model, tok, steps=2, template="[MASK:2] \ud800")
+
+
+# ============================================================================ 5. CSV puzzle files
+
+def test_puzzle_csv_with_a_bom_and_with_an_overlong_field(tmp_path):
+    from loopmdm.data.sudoku import generate_puzzles, read_puzzles
+
+    pairs = generate_puzzles(3, (30, 34), seed=0)
+    rows = "".join(f"{p.puzzle},{p.solution}\n" for p in pairs)
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + f"quizzes,solutions\n{rows}".encode())
+    assert len(read_puzzles(str(bom)).pairs) == 3
+    jsonl = tmp_path / "excel.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps({"puzzle": p.puzzle, "solution": p.solution}) + "\n"
+                                                for p in pairs).encode())
+    assert len(read_puzzles(str(jsonl)).pairs) == 3
+    huge = tmp_path / "huge.csv"
+    huge.write_text(f"quizzes,solutions\n{rows}\"{'1' * (csv.field_size_limit() + 10)},x\n")
+    with pytest.raises(DataError, match=r"huge.csv' line 5 has a field longer than [\d,]+ characters") as e:
+        read_puzzles(str(huge))
+    assert "\n" not in str(e.value)
+
+
+# ============================================================================ 6. exit codes, signals, usage errors
+
+@pytest.mark.parametrize("argv,phrase", [
+    (["train", "--bogus"], "No such option: --bogus"),
+    (["train"], "Missing option '--out'"),
+    (["sample", "--checkpoint", "x", "--steps", "abc"], "Invalid value for '--steps'"),
+    (["nosuch"], "No such command 'nosuch'"),
+])
+def test_usage_errors_are_one_line(argv, phrase, capsys):
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert phrase in line and "--help" in line
+
+
+def test_help_still_works(capsys):
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0 and "--out" in out
+
+
+def launch_train(run: Path, corpus: Path, cache: Path) -> subprocess.Popen:
+    args = ["train", "--out", str(run), "--data", str(corpus), "--max-steps", "5000", "--no-progress",
+            "--set", "model.vocab_size=320", "--set", "model.max_seq_len=32", "--set", "model.d_model=32",
+            "--set", "model.n_heads=2", "--set", "model.cond_dim=16", "--set", "train.batch_size=8",
+            "--set", "train.eval_every=10000", "--set", "train.save_every=10000", "--set", "train.device=cpu",
+            "--set", "data.val_fraction=0.2", "--set", f"data.cache_dir={cache}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.Popen([sys.executable, "-c", "from loopmdm.cli import main; main()", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_train_saves_and_exits_non_zero(sig, code, tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    p = launch_train(run, tiny_corpus, tmp_path / "cache")
+    deadline = time.time() + 240
+    while p.poll() is None and time.time() < deadline and not (
+            (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == code, err[-2000:]  # `train && sample` stops here
+    assert "Traceback" not in err and f"stopped by {sig.name}" in err
+    verify_checkpoint(resolve_checkpoint(run))
+
+
+def test_second_signal_exits_at_once_without_saving(tiny_cfg, tmp_path, capfd):
+    from loopmdm.train import Trainer
+
+    tiny_cfg.train.max_steps, tiny_cfg.train.save_every, tiny_cfg.train.eval_every = 50, 2, 50
+    tr = Trainer(tiny_cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    step, handler = tr.step_fn, signal.getsignal(signal.SIGINT)
+
+    def two_interrupts(idx, loops):
+        if tr.step == 3:  # checkpoint step 2 exists; interrupt twice inside step 4
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(idx, loops)
+
+    tr.step_fn = two_interrupts
+    with pytest.raises(KeyboardInterrupt) as e:  # loopmdm.train.SecondSignal
+        tr.fit()
+    assert getattr(e.value, "exit_code", None) == 130
+    assert read_latest(tmp_path / "run" / "checkpoints") == "step_000002"
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step_000002"]
+    err = capfd.readouterr().err
+    assert "second SIGINT: exiting now without saving" in err
+    assert signal.getsignal(signal.SIGINT) is handler  # the previous handlers are back
+
+
+# ============================================================================ 7. unbounded sampling requests
+
+def test_sampling_steps_are_refused_above_a_maximum_and_clamped_below(tiny_run, capsys):
+    t0 = time.time()
+    code, _, err = run_cli(["sample", "--checkpoint", tiny_run, "--steps", str(10 ** 12)], capsys)
+    assert code == 2 and "exceeds the supported maximum" in one_error_line(err)
+    code, out, err = run_cli(["sample", "--checkpoint", tiny_run, "--steps", "100000", "--num-samples", "1",
+                              "--loops", "1", "--json"], capsys)
+    assert code == 0, err
+    assert "note: --steps 100000 is more than the 32 positions to generate; using --steps 32" in err
+    res = json.loads(out)
+    assert res["steps"] == 32 and res["results"][0]["report"]["network_calls"] <= 32
+    assert time.time() - t0 < 120
+
+
+def test_huge_sample_counts_and_template_spans_are_refused_before_allocating(tiny_run, capsys):
+    from loopmdm.sampling import build_canvas, generate
+
+    model, tok, _ = load_model(tiny_run)
+    with pytest.raises(ConfigError, match=r"num_samples=1000000000 at L=32 tokens needs about .* GiB .*use at most"):
+        generate(model, tok, num_samples=10 ** 9, steps=2)
+    for template in ("x [MASK:99999999999] y", "[MASK:" + "9" * 5000 + "]", "[MASK:20] [MASK:20]"):
+        with pytest.raises(ConfigError, match="longer than the model window"):
+            build_canvas(tok, 1, None, 32, template=template)
+    code, _, err = run_cli(["sample", "--checkpoint", tiny_run, "--template", "x [MASK:99999999999] y"], capsys)
+    assert code == 2 and "longer than the model window of 32" in one_error_line(err)
+
+
+def test_serve_answers_a_huge_template_span_with_422(tiny_run):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from loopmdm.serve import create_app
+
+    with TestClient(create_app(tiny_run, timeout_s=30)) as client:
+        r = client.post("/api/generate", json={"template": "x [MASK:99999999999] y", "steps": 2})
+    assert r.status_code == 422 and "longer than the model window" in r.json()["error"]
+
+
+def test_library_errors_stay_library_errors():
+    assert issubclass(ConfigError, LoopMDMError) and issubclass(CheckpointError, LoopMDMError)

@@ -1,0 +1,77 @@
+"""``loopmdm experiment reasoning``: calibration first (plain MDM, validation only), the comparison only when the
+calibration chose a model, runs and scores reused on a second call."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import run_cli
+
+from loopmdm.errors import ConfigError
+from loopmdm.experiments.reasoning import TaskSpec, load_reasoning_config, run_reasoning
+
+
+def tiny_config(target: float):
+    cfg = load_reasoning_config("laptop")
+    cfg.tasks = [TaskSpec("hops", "vars", {"mode": "query", "kind": "hops", "statements": [6, 7], "literals": 3,
+                                           "n_train": 40, "n_val": 10, "n_test": 6, "train_levels": [0, 1, 2],
+                                           "test_levels": [0, 1, 2, 3], "seed": 0}, "depth", 1, 32)]
+    cfg.candidates = [{"d_model": 32, "n_heads": 2, "n_layers": 3}]
+    cfg.run.model.n_layers, cfg.run.model.n_h, cfg.run.model.n_m, cfg.run.model.n_o = 3, 1, 1, 1
+    cfg.run.train.batch_size = 16
+    cfg.calibration_steps, cfg.target, cfg.s_max = 60, target, 3
+    cfg.seeds, cfg.steps, cfg.loops = [0], [1, 0], [1, 3, 6]
+    cfg.policies = {"converge": {"threshold": 0.05, "s_max": 4}}
+    return cfg.validate()
+
+
+def test_calibration_then_comparison_and_reuse(tmp_path):
+    cfg = tiny_config(target=0.0)  # any accuracy passes: the comparison runs
+    res = run_reasoning(cfg, tmp_path, log=lambda s: None)
+    entry = res["tasks"]["hops"]
+    cal = json.loads((tmp_path / "hops" / "calibration.json").read_text())
+    assert cal["chosen"] == {"shape": cfg.candidates[0], "baseline_steps": 60} and cal["level"] == 1
+    runs = {r["name"]: r["steps"] for r in entry["plan"]["runs"]}
+    assert runs["mdm"] == 60 and runs["loopmdm"] < 60  # equal training FLOPs: LoopMDM takes fewer steps
+    per = entry["per_seed"][0]
+    assert set(per) == {"mdm", "loopmdm", "deeper", "loopmdm-ds"}
+    assert per["loopmdm-ds"]["flops"] > per["loopmdm"]["flops"]  # deep supervision's extra tail passes counted
+    looped = {(r["steps"], r["loops"], r["group"]) for r in per["loopmdm"]["scores"]}
+    assert (1, 6, 3) in looped and (0, 1, "all") in looped  # S up to 2 S_max; level 3 was never trained
+    assert {r["group"] for r in per["mdm"]["scores"]} == {"all", 0, 1, 2, 3}
+    assert {r["loops"] for r in per["mdm"]["scores"]} == {1}
+    assert per["loopmdm"]["policies"] and all("mean_loops" in r for r in per["loopmdm"]["policies"])
+    assert not per["mdm"]["policies"]
+    assert (tmp_path / "results.json").is_file() and "hops" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "hops_loopmdm.png").is_file()
+    stamp = (tmp_path / "hops" / "seed_0" / "mdm" / "scores.json").stat().st_mtime_ns
+    again = run_reasoning(tiny_config(target=0.0), tmp_path, log=lambda s: None)
+    assert again["tasks"]["hops"]["summary"] == entry["summary"]
+    assert (tmp_path / "hops" / "seed_0" / "mdm" / "scores.json").stat().st_mtime_ns == stamp
+
+
+def test_no_comparison_when_calibration_fails(tmp_path):
+    res = run_reasoning(tiny_config(target=1.0), tmp_path, log=lambda s: None)
+    entry = res["tasks"]["hops"]
+    assert entry["calibration"]["chosen"] is None and "per_seed" not in entry
+    assert not (tmp_path / "hops" / "seed_0").exists()  # no looped model was trained
+    assert "no candidate reached the target" in (tmp_path / "summary.md").read_text()
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="--tasks"):
+        run_reasoning(tiny_config(0.0), tmp_path, tasks=["nope"], log=lambda s: None)
+    code, _, err = run_cli(["experiment", "reasoning", "--out", tmp_path / "x", "--models", "mdm,bogus"], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error:") and "bogus" in err
+
+
+def test_the_study_refuses_a_foreign_folder_and_accepts_its_own(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text("not an experiment")
+    code, _, err = run_cli(["experiment", "reasoning", "--out", tmp_path, "--tasks", "prefix-sum"], capsys)
+    assert code == 2 and "not an experiment folder" in err
+    from loopmdm.outputs import check_output
+    own = tmp_path / "own"
+    (own / "vars-hops-trace" / "data").mkdir(parents=True)
+    (own / "summary.md").write_text("x")
+    assert check_output(own, "experiment", dirs=["vars-hops-trace", "prefix-sum"]) == own
