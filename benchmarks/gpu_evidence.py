@@ -47,17 +47,31 @@ Output: ``OUT/gpu_evidence.json``, rewritten atomically when each section starts
      "sections": {NAME: {"status": "ok" | "skipped: time cap" | "error: ONE LINE" | "running" | "pending",
                          "share_s", "cap_s", "wall_s", "result": {...}, "traceback": [...] (errors only)}}}
 
+with, in ``result``: throughput ``runs`` [{loops, compile, batch, oom_batches, first_step_s, compile_s,
+sec_per_step, tokens_per_s, model_tflops_per_s, mfu, peak_mem_gib, status}], ``batch``, ``peak_bf16_flops``,
+``peak_note``; syncs ``train_step`` {syncs, where}, ``denoising`` {per_step, fixed, T1, T4}; profile
+``sdpa_backend``, ``sdpa_ops``, ``attention_kernels``, ``gpu_busy_s``, ``gpu_busy_fraction``, ``top``; loss
+``linear_cross_entropy`` / ``gemms`` / ``plain_cross_entropy`` {sec, tflops_per_s, extra_peak_mem_gib},
+``ratio_lce_over_gemms``; sampling ``runs`` {fp32, bf16: {steps, sec_per_step}}, ``bf16_speedup``; trio and
+sudoku the plan (steps per model), the sizing (``probe_sec_per_step``, ``baseline_steps``), the experiment's
+summary and ``summary_md``.
+
 A section that raises is recorded as ``error: ...`` (one line, the traceback's last lines kept) and the next
 section runs; the exit code is then 1 (0 when every section is ok or skipped). ``OUT/trio`` and ``OUT/sudoku``
 hold the experiments' own folders (``results.json``, ``summary.md``, figures). A short table per section is
 printed as it finishes. Without CUDA and without ``--smoke`` the script says so in one line and exits with code
 2, as it does for an unknown section name.
 
-``--smoke``: every section on CPU at toy sizes (a 3-layer width-32 model), bf16 autocast and ``torch.compile``
-of the blocks included (a cold inductor compile on a small CPU takes about a minute; later runs use the
-inductor cache), a simulated out-of-memory error at the largest batch to run the fallback, and a nominal
-1 TFLOP/s peak so the MFU arithmetic runs. Test hook: ``GPU_EVIDENCE_FAIL=NAME[,NAME:kill]`` makes section NAME
-raise (or, with ``:kill``, end the process at once) to check that the JSON keeps the other sections.
+``--smoke``: every section on CPU at toy sizes (a 3-layer width-32 model; the trio and Sudoku at their minimum
+steps, whatever the cap), bf16 autocast and ``torch.compile`` of the blocks included (a cold inductor compile is
+most of the smoke's time; later runs reuse the inductor cache), a simulated out-of-memory error at the largest
+batch to run the fallback, and a nominal 1 TFLOP/s peak so the MFU arithmetic runs. Test hook:
+``GPU_EVIDENCE_FAIL=NAME[,NAME:kill]`` makes section NAME raise (or, with ``:kill``, end the process at once) to
+check that the JSON keeps the other sections.
+
+Other options: ``--batches 64,32,16,8``, ``--loops 1,12``, ``--compile off,on``, ``--steps 10`` (measured steps
+per throughput run at most), ``--warmup 2``, ``--sdpa flash|efficient|cudnn|math`` (pin the backend of every
+training step), ``--peak-tflops`` (the dense bf16 peak of a card the table does not list).
 """
 
 from __future__ import annotations
@@ -357,8 +371,12 @@ def section_throughput(ctx: Ctx, clock: Clock) -> dict:
             runs.append({"loops": s, "compile": compiled, "status": "skipped: time cap"})
             continue
         candidates = batches if fixed is None else [b for b in batches if b <= fixed]
-        row = throughput_run(model_cfg, diffusion, s, compiled, candidates, ctx, clock.left() / (len(plan) - i),
-                             pf, peak)
+        try:
+            row = throughput_run(model_cfg, diffusion, s, compiled, candidates, ctx,
+                                 clock.left() / (len(plan) - i), pf, peak)
+        except Exception as e:  # noqa: BLE001 - e.g. a compiler failure: recorded, the other runs go on
+            row = {"loops": s, "compile": compiled, "status": one_line(e), "batch": None}
+            free_memory(ctx.device)
         if fixed is None and row.get("batch"):
             fixed = row["batch"]
         runs.append(row)
@@ -911,7 +929,8 @@ def main(
     loops: str = typer.Option("1,12", help="Throughput loop counts S."),
     compile: str = typer.Option("off,on", help="Throughput with torch.compile of the blocks: off, on or both."),
     steps: int = typer.Option(10, help="At most this many measured steps per throughput run."),
-    warmup: int = typer.Option(2, help="Warm-up steps per throughput run (the first one compiles)."),
+    warmup: int = typer.Option(2, help="Warm-up steps per throughput run, at least 2 (the first compiles, the "
+                                       "second sizes the measurement)."),
     sdpa: Optional[str] = typer.Option(None, help="Pin one SDPA backend: flash, efficient, cudnn or math."),
     peak_tflops: Optional[float] = typer.Option(None, help="The card's dense bf16 peak, TFLOP/s (unlisted cards)."),
 ) -> None:

@@ -13,7 +13,7 @@ from helpers import run_cli
 from loopmdm.config import DataConfig
 from loopmdm.data import prepare_data
 from loopmdm.data.answers import AnswerRow, char_tokenizer, encode_rows, read_rows
-from loopmdm.diffusion import Batch, get_schedule, make_objective
+from loopmdm.diffusion import make_objective
 from loopmdm.config import DiffusionConfig
 from loopmdm.errors import ConfigError, DataError
 from loopmdm.eval.exact_match import group_values, score_predictions

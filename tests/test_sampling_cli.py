@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import run_cli
 
 
 def run(*args, check=True):
@@ -64,3 +65,27 @@ def test_sample_cli_errors_are_one_line(tiny_run, args, match):
     assert p.returncode == 2, p.stderr
     assert match in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_bad_trajectory_paths_are_refused_before_generating(tiny_run, tmp_path, capsys, monkeypatch):
+    import loopmdm.cli.sample_cmd as sample_cmd
+
+    def boom(*a, **k):
+        raise AssertionError("generated before checking --trajectory")
+
+    monkeypatch.setattr(sample_cmd, "generate", boom)
+    for bad, why in ((tmp_path / "out.txt", "unknown format"), (tmp_path, "unknown format"),
+                     (tmp_path / "f.html" / "x.html", "cannot be written")):
+        if why == "cannot be written":
+            (tmp_path / "f.html").write_text("a file, not a folder")
+        code, _, err = run_cli(["sample", "--checkpoint", tiny_run, "--steps", "2", "--trajectory", bad], capsys)
+        assert code == 2 and why in err.strip().splitlines()[-1]
+
+
+def test_sample_in_bf16_on_the_cpu(tiny_run, capsys):
+    code, out, err = run_cli(["sample", "--checkpoint", tiny_run, "--steps", "4", "--num-samples", "1",
+                              "--precision", "bf16", "--device", "cpu", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["results"][0]["report"]["network_calls"] == 4
+    code, _, err = run_cli(["sample", "--checkpoint", tiny_run, "--precision", "fp16"], capsys)
+    assert code == 2 and "fp32 or bf16" in err

@@ -53,7 +53,7 @@ def pick_device(name: str | torch.device, what: str = "device") -> torch.device:
     text = str(name).strip() if isinstance(name, (str, torch.device)) else None
     have = ", ".join(available_devices())
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        text = "cuda" if torch.cuda.is_available() else "cpu"
     dev = None
     if text:
         try:
@@ -72,6 +72,8 @@ def pick_device(name: str | torch.device, what: str = "device") -> torch.device:
     if dev.type == "mps" and not _mps_available():
         raise ConfigError(f"{what}={text!r}: this machine has no MPS (Apple GPU) device; available: {have} "
                           "(or auto)")
+    if dev.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls (Ampere and newer)
     return dev
 
 

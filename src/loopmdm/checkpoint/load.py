@@ -188,9 +188,17 @@ def checked_weights(path: Path, cfg: RunConfig) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: torch.nn.Module, path: Path, cfg: RunConfig) -> None:
-    """``model.load_state_dict(checked_weights(path), strict=True)`` with a one-line error on a mismatch."""
+    """``model.load_state_dict(checked_weights(path), strict=True)`` with a one-line error on a mismatch (an integer
+    or boolean tensor where the model has floating-point weights would otherwise be cast silently)."""
+    state = checked_weights(path, cfg)
+    expected = model.state_dict()
+    for name, value in state.items():
+        if name in expected and expected[name].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{str(path)!r} holds {name} as {str(value.dtype).removeprefix('torch.')}, not as "
+                                  "floating-point weights; the file is damaged or not a LoopMDM checkpoint: use an "
+                                  "earlier checkpoint")
     try:
-        model.load_state_dict(checked_weights(path, cfg), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not match config.json ({str(e).splitlines()[0][:120]}); "
                               "the files come from different models") from None

@@ -212,7 +212,8 @@ def run_exact_match(args: EvalArgs) -> dict:
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     records = exact_match_grid(model, tok, rows, length=cfg.model.max_seq_len, orders=orders, steps=steps,
                                loops=loops, schedule=get_schedule(cfg.diffusion.schedule), group_by=args.group_by,
-                               heuristic=heuristic, seed=args.seed, batch_size=args.batch_size or 256, log=info)
+                               heuristic=heuristic, seed=args.seed, batch_size=args.batch_size or 256, log=info,
+                               precision=args.precision)
     return {"primary": "accuracy", "data": args.data, "rows": len(rows), "train_overlap": overlap,
             "group_by": args.group_by, "heuristic": heuristic_name, "results": records}
 

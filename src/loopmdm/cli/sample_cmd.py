@@ -59,6 +59,8 @@ def sample(
     seed: int = typer.Option(0, "--seed"),
     stop_at_eos: bool = typer.Option(False, "--stop-at-eos", help="Variable length: end each sample at its first EOS."),
     ema: bool = typer.Option(False, "--ema", help="Use EMA weights when present."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, mps or auto."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16 (autocast of the network)."),
     trajectory: Optional[Path] = typer.Option(None, "--trajectory",
                                               help="Write the denoising trajectory: .html (interactive replay), "
                                                    ".png/.svg/.pdf (frame strip) or .gif; one file per S."),
@@ -78,7 +80,13 @@ def sample(
     p_opts = parse_options(policy_opt, "--policy-opt")
     if loops and policy != "fixed":
         raise ConfigError(f"--loops applies to --policy fixed; for --policy {policy} use --policy-opt s_max=N")
-    model, tok, cfg = load_model(checkpoint, ema=ema)
+    if trajectory is not None:  # before generating: a bad path never throws samples away
+        from ..viz.trajectory_html import check_trajectory_path
+
+        check_trajectory_path(trajectory)
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--precision {precision!r} is unknown; use fp32 or bf16")
+    model, tok, cfg = load_model(checkpoint, ema=ema, device=device)
     # T above the number of positions to generate only adds network calls: clamp it (a note says so)
     free = int(build_canvas(tok, 1, length, cfg.model.max_seq_len, prompt=prompt, template=template).free.sum())
     notes = []
@@ -97,7 +105,8 @@ def sample(
         out = generate(model, tok, num_samples=num_samples, length=length, steps=steps, sampler=sampler,
                        sampler_options=s_opts, policy=policy, policy_options=opts, prompt=prompt, template=template,
                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
-                       schedule=cfg.diffusion.schedule, record_trajectory=trajectory is not None)
+                       schedule=cfg.diffusion.schedule, record_trajectory=trajectory is not None,
+                       precision=precision)
         results.append({"loops": s, "policy_options": opts, "samples": out.texts,
                         "lengths": out.lengths.tolist(), "report": out.report.to_dict()})
         if trajectory is not None:

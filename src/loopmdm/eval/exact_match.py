@@ -15,7 +15,6 @@ of the ``group_by`` integer field.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Callable, Optional, Sequence
 
@@ -53,8 +52,8 @@ def group_values(rows: Sequence[AnswerRow], group_by: Optional[str]) -> list:
 @torch.no_grad()
 def decode_answers(model, x: torch.Tensor, target: torch.Tensor, *, mask_id: int, loops: int, steps: int,
                    order: str, schedule: NoiseSchedule, banned: tuple[int, ...], seed: int = 0,
-                   batch_size: int = 256, policy: str = "fixed", policy_options: Optional[dict] = None
-                   ) -> tuple[torch.Tensor, dict]:
+                   batch_size: int = 256, policy: str = "fixed", policy_options: Optional[dict] = None,
+                   precision: str = "fp32") -> tuple[torch.Tensor, dict]:
     """Fill the ``target`` [N, L] positions of x [N, L] (given tokens elsewhere) at S = ``loops`` (or another
     loop ``policy``) over T = ``steps`` (0: one token per step; clamped to the answer tokens of each batch).
     Returns tokens [N, L] and the cost: ``flops`` (total), ``wall_time_s``, ``steps_run`` (most in a batch) and
@@ -72,7 +71,7 @@ def decode_answers(model, x: torch.Tensor, target: torch.Tensor, *, mask_id: int
         T = most if steps == 0 else min(steps, most)
         tokens, _, report, _ = sample_canvas(model, canvas, mask_id, steps=max(T, 1), sampler=sampler,
                                              policy=build(LOOP_POLICIES, policy, opts), token_filter=token_filter,
-                                             schedule=schedule, gen=gen)
+                                             schedule=schedule, gen=gen, precision=precision)
         out.append(tokens.cpu())
         cost["flops"] += report.flops
         cost["wall_time_s"] += report.wall_time_s
@@ -108,11 +107,12 @@ def score_predictions(pred: np.ndarray, ids: np.ndarray, target: np.ndarray, tok
 def exact_match_grid(model, tokenizer: TextTokenizer, rows: Sequence[AnswerRow], *, length: int,
                      orders: Sequence[str], steps: Sequence[int], loops: Sequence[int], schedule: NoiseSchedule,
                      group_by: Optional[str] = None, heuristic: Optional[Heuristic] = None, seed: int = 0,
-                     batch_size: int = 256, log: Callable[[str], None] = lambda s: None) -> list[dict]:
+                     batch_size: int = 256, log: Callable[[str], None] = lambda s: None,
+                     precision: str = "fp32") -> list[dict]:
     """One record per (order, T, S, group): ``order``, ``steps``, ``loops``, ``group``, ``n``, ``correct``,
     ``accuracy``, ``accuracy_ci``, ``token_accuracy``, ``majority_baseline``, ``heuristic_baseline``,
     ``flops_per_problem``, ``steps_run``, ``wall_time_s``. Rows are padded to ``length`` (the model window, as
-    in training)."""
+    in training); ``precision``: ``"bf16"`` runs the network under autocast."""
     for o in orders:
         ORDERS.get(o)
     steps = check_int_list(steps, "--steps", 0)
@@ -136,7 +136,7 @@ def exact_match_grid(model, tokenizer: TextTokenizer, rows: Sequence[AnswerRow],
             for S in loops:
                 pred, cost = decode_answers(
                     model, x, target, mask_id=tokenizer.mask_id, loops=S, steps=T, order=order, schedule=schedule,
-                    banned=banned, seed=seed, batch_size=batch_size)
+                    banned=banned, seed=seed, batch_size=batch_size, precision=precision)
                 groups_scored = score_predictions(pred.numpy(), ids, tgt, tokenizer, index, baseline)
                 for g, sc in groups_scored.items():
                     out.append({"order": order, "steps": T, "loops": S, "group": g, "group_by": group_by, **sc,

@@ -14,10 +14,11 @@ from .policies import DEFAULT_LOOPS, LOOP_POLICIES, SHAPES, LoopPolicy
 from .report import ComputeReport, StepInfo, Trajectory
 from .kvcache import CACHES, KVCache
 from .orders import ORDERS
+from .reference import reference_sample
 from .samplers import SAMPLERS, Sampler, transfer_counts
 
 __all__ = [
     "generate", "ancestral_sample", "sample_canvas", "build", "SampleOutput", "ComputeReport", "Trajectory",
     "StepInfo", "SAMPLERS", "LOOP_POLICIES", "SHAPES", "ORDERS", "DEFAULT_LOOPS", "Sampler", "LoopPolicy",
-    "TokenFilter", "BannedTokens", "draw", "Canvas", "build_canvas", "parse_template", "transfer_counts", "CACHES", "KVCache",
+    "TokenFilter", "BannedTokens", "draw", "reference_sample", "Canvas", "build_canvas", "parse_template", "transfer_counts", "CACHES", "KVCache",
 ]

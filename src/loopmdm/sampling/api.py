@@ -18,6 +18,7 @@ from ..diffusion.schedules import NoiseSchedule, get_schedule
 from ..errors import ConfigError
 from ..model.fields import check_int
 from ..registry import build
+from ..runtime import autocast_context
 from .conditioning import Canvas, build_canvas
 from .filters import TokenFilter
 from .policies import LOOP_POLICIES, Fixed, LoopPolicy
@@ -86,9 +87,10 @@ def check_sample_memory(model, num_samples: int, length: int, device=None) -> No
 def sample_canvas(model, canvas: Canvas, mask_id: int, *, steps: int, sampler: Sampler, policy: LoopPolicy,
                   token_filter: TokenFilter, schedule: NoiseSchedule, gen: torch.Generator,
                   eos_id: Optional[int] = None, fill_id: Optional[int] = None, stop_at_eos: bool = False,
-                  record_trajectory: bool = False, on_step: Optional[Callable] = None):
-    """Run ``sampler`` on a canvas (tokenizer-free core of ``generate``). Returns (tokens [N, L], lengths [N],
-    ComputeReport, Trajectory | None)."""
+                  record_trajectory: bool = False, on_step: Optional[Callable] = None, precision: str = "fp32"):
+    """Run ``sampler`` on a canvas (tokenizer-free core of ``generate``); ``precision="bf16"``: the network under
+    bf16 autocast (the draws stay in float64). Returns (tokens [N, L], lengths [N], ComputeReport,
+    Trajectory | None)."""
     steps = _check_steps(steps)
     x, free = canvas.x.clone(), canvas.free.clone()
     N, L = x.shape
@@ -102,7 +104,8 @@ def sample_canvas(model, canvas: Canvas, mask_id: int, *, steps: int, sampler: S
                       on_step=on_step)
     start = time.perf_counter()
     try:
-        sampler.run(session)
+        with autocast_context(x.device, precision):
+            sampler.run(session)
     finally:
         model.train(was_training)
     x = session.x
@@ -129,7 +132,8 @@ def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = 
              policy_options: Optional[dict] = None, prompt: Optional[str] = None, template: Optional[str] = None,
              temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0,
              stop_at_eos: bool = False, record_trajectory: bool = False, on_step: Optional[Callable] = None,
-             schedule: str | NoiseSchedule = "loglinear", prompt_ids: Optional[Sequence[int]] = None) -> SampleOutput:
+             schedule: str | NoiseSchedule = "loglinear", prompt_ids: Optional[Sequence[int]] = None,
+             precision: str = "fp32") -> SampleOutput:
     """Sample text from a LoopMDM.
 
     model: a ``LoopMDM`` (its device is used; run in eval mode, gradients off).
@@ -157,6 +161,8 @@ def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = 
     on_step: called with a ``StepInfo`` after every denoising step (streaming).
     schedule: the noise schedule alpha_t (name in ``loopmdm.diffusion.SCHEDULES`` or an object); use the
         checkpoint's ``diffusion.schedule``.
+    precision: ``"fp32"`` or ``"bf16"`` (the network under bf16 autocast on the model's device; TF32 matmuls on
+        CUDA in either case, see ``loopmdm.runtime.pick_device``).
 
     Returns a ``SampleOutput`` (tokens, texts, report, trajectory, lengths). Bad arguments raise
     ``ConfigError`` with a one-line message.
@@ -178,7 +184,7 @@ def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = 
     x, lengths, report, trajectory = sample_canvas(
         model, canvas, tokenizer.mask_id, steps=steps, sampler=sampler_obj, policy=policy_obj,
         token_filter=token_filter, schedule=sched, gen=gen, eos_id=tokenizer.eos_id, fill_id=fill,
-        stop_at_eos=stop_at_eos, record_trajectory=record_trajectory, on_step=on_step)
+        stop_at_eos=stop_at_eos, record_trajectory=record_trajectory, on_step=on_step, precision=precision)
     texts = [tokenizer.decode(row[: int(n)].tolist()) for row, n in zip(x, lengths)]
     return SampleOutput(tokens=x, texts=texts, report=report, trajectory=trajectory, lengths=lengths)
 

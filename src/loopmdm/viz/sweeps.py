@@ -30,7 +30,7 @@ def load_sweep(path: str | Path) -> dict:
         obj = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"sweep file {str(p)!r} does not exist; write one with `loopmdm eval --json > FILE`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         raise DataError(f"sweep file {str(p)!r} is not JSON; write one with `loopmdm eval --json > FILE`") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("results"), list) or not obj["results"]:
         raise DataError(f"sweep file {str(p)!r} has no 'results' list; write one with `loopmdm eval --json`")

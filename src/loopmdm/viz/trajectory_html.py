@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -95,13 +96,29 @@ def write_trajectory(output, tokenizer, path: str | Path, *, meta: Optional[dict
     path = Path(path)
     if tag:
         path = path.with_name(f"{path.stem}.{tag}{path.suffix}")
-    suffix = path.suffix.lower()
-    if suffix in (".html", ".htm"):
+    check_trajectory_path(path)
+    if path.suffix.lower() in (".html", ".htm"):
         return write_trajectory_html(output, tokenizer, path, meta=meta)
-    if suffix in FIGURE_SUFFIXES:
-        return write_trajectory_figure(output, tokenizer, path)
-    raise ConfigError(f"--trajectory {str(path)!r}: unknown format {suffix or '(none)'!r}; "
-                      f"use .html or one of {', '.join(FIGURE_SUFFIXES)}")
+    return write_trajectory_figure(output, tokenizer, path)
+
+
+def check_trajectory_path(path: str | Path) -> Path:
+    """A one-line ``ConfigError`` for a ``--trajectory`` path of an unknown format or in a place that cannot be
+    written, so that ``sample`` can check it before generating (no samples are thrown away)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".html", ".htm", *FIGURE_SUFFIXES):
+        raise ConfigError(f"--trajectory {str(path)!r}: unknown format {suffix or '(none)'!r}; "
+                          f"use .html or one of {', '.join(FIGURE_SUFFIXES)}")
+    if path.is_dir():
+        raise ConfigError(f"--trajectory {str(path)!r} is a folder; give a file name such as out.html")
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"--trajectory {str(path)!r} cannot be written ({str(parent)!r} is not a writable "
+                          "folder); choose another path")
+    return path
 
 
 TEMPLATE = """<!doctype html>

@@ -117,7 +117,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[object, object]]:
                 continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # RecursionError: a line nested too deeply
                 yield (None, None)  # counted as a bad row ("wrong length")
                 continue
             yield (rec.get("puzzle"), rec.get("solution")) if isinstance(rec, dict) else (None, None)
