@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from loopmdm.fileio import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.vocab_size=320", "--set", "model.max_seq_len=32", "--set", "model.d_model=32",
         "--set", "model.n_heads=2", "--set", "model.cond_dim=16", "--set", "model.n_layers=4", "--set", "model.n_o=1",
@@ -276,7 +278,7 @@ def _disk_full(ctx: Ctx) -> Callable[[], object]:
     """Save with every file write failing as on a full disk (ENOSPC); the previous checkpoint must survive."""
     import copy
 
-    import loopmdm.checkpoint as ck
+    import loopmdm.checkpoint.save as ck  # where the checkpoint writer looks the function up
     from loopmdm.checkpoint import load_config_file
     from loopmdm.train import Trainer
 
@@ -366,7 +368,7 @@ def cases() -> list[Case]:
              cli=lambda x: train(x, "--set", "data.val_fraction=1.5")))
     add(Case("cfg-steps", "config", "--max-steps -5", r"train.max_steps=-5 must be >= 1",
              cli=lambda x: train(x, "--max-steps", "-5")))
-    add(Case("cfg-objective", "config", "--objective xyz", r"diffusion.objective='xyz' is unknown",
+    add(Case("cfg-objective", "config", "--objective xyz", r"unknown objective 'xyz'; choose one of: ar, mdm",
              cli=lambda x: train(x, "--objective", "xyz")))
     add(Case("cfg-yaml-missing", "config", "--config file missing", r"config file .* does not exist",
              cli=lambda x: train(x, "--config", str(x.w / "nope.yaml"))))
@@ -748,6 +750,11 @@ def markdown(results: list[Result], command: str, machine: str, wall: float) -> 
     return "\n".join(lines)
 
 
+def printable(text: str) -> str:
+    """``text`` with characters UTF-8 cannot hold (lone surrogates from a non-UTF-8 argument) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bad_inputs.md")
@@ -788,13 +795,11 @@ def main() -> None:
                   f"{__import__('torch').__version__}"
         command = "python benchmarks/bad_inputs.py" + (f" --only {args.only}" if args.only else "")
         if not args.only:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(markdown(ordered, command, machine, wall))
+            atomic_write_text(args.out, printable(markdown(ordered, command, machine, wall)))
             print(f"wrote {args.out}")
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": command, "machine": machine, "wall_s": wall, "inputs": len(ordered),
-                                         "raw_tracebacks": raw, "lost_checkpoints": lost,
-                                         "results": [asdict(r) for r in ordered]}, indent=1))
+        atomic_write_text(args.json, printable(json.dumps({
+            "command": command, "machine": machine, "wall_s": wall, "inputs": len(ordered), "raw_tracebacks": raw,
+            "lost_checkpoints": lost, "results": [asdict(r) for r in ordered]}, indent=1)))
         print(f"wrote {args.json}")
     finally:
         if not args.keep:

@@ -15,7 +15,7 @@ package re-exports, so the module is imported by name):
   checked against that command too. ``python -m loopmdm.X`` of a module other than the CLI must name a runnable
   module; ``torchrun`` must run ``-m loopmdm.cli`` (the CLI; ``loopmdm.train`` is not an entry point).
   ``python benchmarks/X.py --flag`` must name an existing script whose source names each flag. The commands
-  of docs/bad_inputs.md carry wrong values on purpose: there only subcommands and options are checked.
+  of docs/bad_inputs.md carry wrong values and options on purpose: there only subcommands are checked.
   Not checked: ``loopmdm-lm-eval`` (its options belong to lm-eval-harness's own parser, not ours).
 * **Links.** Every relative Markdown link and image (``[x](path)``, ``![x](path)``, reference definitions)
   resolves to a file or folder inside the repository; an anchor (``#...``) on a Markdown target must name one
@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = [README] + sorted((ROOT / "docs").glob("*.md"))
 README_MAX_BYTES = 10 * 1024
-# docs whose commands carry wrong values on purpose (an unknown preset, a misspelt --set key): their
-# subcommands and options are checked, their values are not
+# docs whose commands carry wrong values or options on purpose (an unknown preset, a misspelt --set key, an
+# unknown option): their subcommands are checked, their options and values are not
 BAD_VALUES_ON_PURPOSE = {"docs/bad_inputs.md"}
 
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
@@ -309,7 +309,7 @@ def check_cli(cli, args: list[str], extra_flags: list[str], check_values: bool =
         for flag in flag_names(tok):
             # on the command itself every alternative must take the flag; in the row's prose, one of them
             have = [flag in options(c) for c in cmds]
-            if not (all(have) if k < len(rest) else any(have)):
+            if not (all(have) if k < len(rest) else any(have)) and check_values:
                 known = sorted(set().union(*(options(c) for c in cmds)))
                 problems.append(f"{' '.join(path)} has no option {flag} (options: {', '.join(known)})")
         value = rest[k + 1].strip("[]") if k + 1 < len(rest) else None

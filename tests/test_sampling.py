@@ -218,3 +218,12 @@ def test_bad_input_is_one_line_config_error(trained, kw, match):
     with pytest.raises(ConfigError, match=match) as e:
         generate(model, tok, **{"length": 16, **kw} if "template" not in kw else kw)
     assert "\n" not in str(e.value)
+
+
+def test_an_option_of_a_sampler_without_options_names_none():
+    from loopmdm.errors import ConfigError
+    from loopmdm.registry import build
+    from loopmdm.sampling import SAMPLERS
+
+    with pytest.raises(ConfigError, match=r"valid options: \(none\) \(parallel decoding"):
+        build(SAMPLERS, "ancestral", {"threshold": 0.9})

@@ -54,7 +54,9 @@ def build(registry: Registry, name: str, options: Optional[dict]) -> Any:
     if options is not None and not isinstance(options, dict):
         raise ConfigError(f"{registry.kind} options must be a dict of name -> value, got {type(options).__name__}")
     options = dict(options or {})
-    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    params = inspect.signature(cls.__init__).parameters.values()
+    known = [p.name for p in params if p.name != "self"  # not object.__init__'s *args / **kwargs
+             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
     unknown = [k for k in options if k not in known]
     if unknown:
         hint = getattr(cls, "option_hints", {}).get(unknown[0])  # the variants that do take it, if any

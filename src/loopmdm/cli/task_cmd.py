@@ -17,12 +17,17 @@ task_app = typer.Typer(help="Depth-bound reasoning task suites (vars, prefix): g
 app.add_typer(task_app, name="task")
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts "²" and other digits that ``int()`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_int(text: Optional[str], flag: str, low: int, example: str) -> Optional[int]:
     """An integer option given as text (so that a bad value is a one-line ConfigError, not a usage box)."""
     if text is None:
         return None
     t = text.strip()
-    if not t.lstrip("-").isdigit() or int(t) < low:
+    if not is_digits(t.removeprefix("-")) or int(t) < low:
         raise ConfigError(f"{flag} {text!r} is not an integer >= {low}; pass e.g. {flag} {example}")
     return int(t)
 
@@ -39,7 +44,7 @@ def parse_levels(values: List[str], flag: str, example: str) -> Optional[list[in
             if not part:
                 continue
             lo, sep, hi = part.partition("..")
-            if not lo.isdigit() or (sep and not hi.isdigit()) or (sep and int(hi) < int(lo)):
+            if not is_digits(lo) or (sep and not is_digits(hi)) or (sep and int(hi) < int(lo)):
                 raise ConfigError(f"{flag} {part!r} is not a level or a range A..B of levels >= 0; "
                                   f"pass e.g. {flag} {example}")
             out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
@@ -53,7 +58,7 @@ def parse_statements(text: Optional[str]) -> Optional[tuple[int, int]]:
     if text is None:
         return None
     lo, sep, hi = text.strip().partition(":")
-    if not lo.isdigit() or (sep and not hi.isdigit()):
+    if not is_digits(lo) or (sep and not is_digits(hi)):
         raise ConfigError(f"--statements {text!r} is not a range LO:HI; pass e.g. --statements 8:26")
     return int(lo), int(hi) if sep else int(lo)
 

@@ -54,7 +54,7 @@ def _as_bool(v) -> bool:
 
 def _positive_int(name: str, v) -> int:
     """A model_arg >= 1; lm-eval passes numbers parsed from ``key=value`` text, or the text itself."""
-    if isinstance(v, str) and v.strip().isdigit():
+    if isinstance(v, str) and v.strip().isascii() and v.strip().isdigit():  # not "²": int() refuses it
         v = int(v)
     return check_int(v, f"lm-eval model_args {name}")
 

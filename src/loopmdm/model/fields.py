@@ -74,7 +74,8 @@ def parse_int_list(values: Iterable[str], flag: str, low: int = 1, example: str 
             part = part.strip()
             if not part:
                 continue
-            if not part.lstrip("-").isdigit() or int(part) < low:
+            digits = part.removeprefix("-")
+            if not (digits.isascii() and digits.isdigit()) or int(part) < low:  # "²".isdigit(), but int("²") fails
                 what = "a positive integer" if low == 1 else f"an integer >= {low}"
                 raise ConfigError(f"{flag} {part!r} is not {what}; pass e.g. {flag} {example}")
             out.append(int(part))

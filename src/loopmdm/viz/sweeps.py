@@ -34,8 +34,33 @@ def load_sweep(path: str | Path) -> dict:
         raise DataError(f"sweep file {str(p)!r} is not JSON; write one with `loopmdm eval --json > FILE`") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("results"), list) or not obj["results"]:
         raise DataError(f"sweep file {str(p)!r} has no 'results' list; write one with `loopmdm eval --json`")
+    if obj.get("primary") is not None and not isinstance(obj["primary"], str):
+        raise DataError(f"sweep file {str(p)!r}: 'primary' must name a metric; write one with `loopmdm eval --json`")
+    for i, row in enumerate(obj["results"]):
+        problem = _row_problem(row)
+        if problem:
+            raise DataError(f"sweep file {str(p)!r}: results[{i}] {problem}; write one with `loopmdm eval --json`")
     obj.setdefault("label", p.stem)
     return obj
+
+
+NUMBERS = {*PRIMARY, *(v[1] for v in PRIMARY.values()), "stderr"}  # the values a plot reads, besides S
+
+
+def _row_problem(row) -> Optional[str]:
+    """Why a result row cannot be plotted (a sweep file edited by hand or damaged), or None."""
+    if not isinstance(row, dict):
+        return "is not an object"
+    loops = row.get("loops")
+    if loops is not None and (isinstance(loops, bool) or not isinstance(loops, int)):
+        return f"has loops={str(loops)[:20]!r}, not an integer"
+    for key in NUMBERS:
+        v = row.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"has {key}={str(v)[:20]!r}, not a number"
+    if isinstance(row.get("stderr"), (int, float)) and row["stderr"] < 0:
+        return f"has stderr={row['stderr']}, a negative standard error"
+    return None
 
 
 def plot_sweeps(sweeps: Sequence[dict], out: str | Path, metric: Optional[str] = None) -> Path:
@@ -55,8 +80,20 @@ def plot_sweeps(sweeps: Sequence[dict], out: str | Path, metric: Optional[str] =
     metric = metric or sweeps[0].get("primary", "nelbo")
     if metric not in PRIMARY:
         raise ConfigError(f"cannot plot metric {metric!r}; choose one of: {', '.join(PRIMARY)}")
-    ylabel, ckey, clabel = PRIMARY[metric]
     fig, (ax_s, ax_c) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    try:
+        _draw(fig, ax_s, ax_c, sweeps, out, metric)
+    except (ValueError, OverflowError) as e:  # values matplotlib cannot lay out (1e308, S = 2**70, ...)
+        first = (str(e).splitlines() or [type(e).__name__])[0][:100]
+        raise DataError(f"the sweep values cannot be drawn ({first}); check the files' loops and {metric} values "
+                        "for extreme numbers") from None
+    finally:
+        plt.close(fig)  # also when a sweep cannot be drawn: no figure is left open
+    return out
+
+
+def _draw(fig, ax_s, ax_c, sweeps: Sequence[dict], out: Path, metric: str) -> None:
+    ylabel, ckey, clabel = PRIMARY[metric]
     drawn = 0
     for sw in sweeps:
         rows = sorted((r for r in sw["results"] if r.get("loops") is not None and r.get(metric) is not None),
@@ -89,5 +126,3 @@ def plot_sweeps(sweeps: Sequence[dict], out: str | Path, metric: Optional[str] =
     ax_c.set_title(f"{ylabel} vs compute")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
