@@ -381,3 +381,165 @@ def test_serve_answers_a_huge_template_span_with_422(tiny_run):
 
 def test_library_errors_stay_library_errors():
     assert issubclass(ConfigError, LoopMDMError) and issubclass(CheckpointError, LoopMDMError)
+
+
+# --------------------------------------------------------------------------- 9. Python API inputs
+
+@pytest.mark.parametrize("x, t, message", [
+    (torch.zeros(1, 8), None, "integer token ids"),
+    (torch.zeros(8, dtype=torch.long), None, r"\[batch, length\]"),
+    (torch.full((1, 8), 99, dtype=torch.long), None, r"in \[0, 20\)"),
+    (torch.full((1, 8), -1, dtype=torch.long), None, r"in \[0, 20\)"),
+    (torch.zeros(1, 8, dtype=torch.long), torch.ones(5), r"one time per row \[1\]"),
+    (torch.zeros(1, 8, dtype=torch.long), torch.tensor([float("nan")]), r"in \[0, 1\]"),
+])
+def test_model_inputs_are_checked_with_one_line_errors(x, t, message):
+    from loopmdm.errors import InputError
+    from loopmdm.model import LoopMDM, ModelConfig
+
+    m = LoopMDM(ModelConfig(vocab_size=20, max_seq_len=8, d_model=16, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1,
+                            cond_dim=8))
+    with pytest.raises(InputError, match=message) as e:
+        m(x, torch.ones(1) if t is None else t)
+    assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
+
+
+def test_an_exported_folder_passed_to_sample_suggests_import(hf_folder, capsys):
+    code, _, err = run_cli(["sample", "--checkpoint", hf_folder, "--steps", "2"], capsys)
+    assert code == 2 and "loopmdm import --hf" in err.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- 10. models too big for this machine
+
+def test_huge_models_are_refused_before_allocating(tiny_run, tiny_cfg, tmp_path, capsys):
+    from loopmdm.backbones import build_model
+    from loopmdm.backbones.base import check_model_memory
+    from loopmdm.model import LoopMDM, ModelConfig
+    from loopmdm.model.flops import parameter_count
+    from loopmdm.train import train
+
+    for kw in (dict(), dict(time_conditioning="none", tie_embeddings=False, learned_positions=True),
+               dict(input_injection=True, loop_embedding=True, mlp_ratio=2.5)):
+        cfg = ModelConfig(vocab_size=37, max_seq_len=16, d_model=24, n_heads=2, n_layers=5, n_h=1, n_m=2, n_o=2,
+                          cond_dim=8, **kw)
+        assert parameter_count(cfg) == LoopMDM(cfg).num_parameters()
+    with pytest.raises(ConfigError, match=r"d_model=60,000.*GiB, but only 1.0 GiB of memory is available; lower"):
+        check_model_memory(ModelConfig(d_model=60000), available=2**30)
+    t0 = time.time()
+    tiny_cfg.model.d_model = 60000
+    with pytest.raises(ConfigError, match=r"d_model=60,000, .* parameters, whose fp32 weights need about [\d,.]+ GiB"):
+        train(tiny_cfg, tmp_path / "big", progress=False, log=lambda s: None)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    folder = resolve_checkpoint(run)
+    (folder / "index.json").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    config["model"].update(vocab_size=16_000_000, d_model=65536)
+    (folder / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(["sample", "--checkpoint", run, "--steps", "2"], capsys)
+    assert code == 2 and "vocab_size=16,000,000, d_model=65,536" in one_error_line(err)
+    assert time.time() - t0 < 60
+    with pytest.raises(ConfigError, match="of memory is available"):
+        build_model(ModelConfig(vocab_size=16_000_000, d_model=65536, n_heads=2))
+
+
+# --------------------------------------------------------------------------- 11. messages that do not mislead
+
+def test_paths_that_exist_but_are_not_files_or_folders_say_what_they_are(tmp_path, capsys):
+    from loopmdm.data.sources import PathSource
+    from loopmdm.data.sudoku import read_puzzles
+    from loopmdm.data.tokenizer import TextTokenizer
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "broken").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "folder").mkdir()
+    for name, kind in (("fifo", "is a FIFO"), ("loop", "is a symlink loop"), ("broken", "is a broken symlink")):
+        path = tmp_path / name
+        code, _, err = run_cli(["sample", "--checkpoint", path, "--steps", "2"], capsys)
+        line = one_error_line(err)
+        assert code == 2 and f"checkpoint path {str(path)!r} {kind}" in line and "does not exist" not in line
+        with pytest.raises(DataError, match=f"data path .* {kind}") as e:
+            PathSource().read(str(path), None)
+        assert "does not exist" not in str(e.value)
+    with pytest.raises(DataError, match="puzzle file .*folder' is a folder, not a file"):
+        read_puzzles(str(tmp_path / "folder"))
+    with pytest.raises(DataError, match="tokenizer file .*fifo' is a FIFO"):
+        TextTokenizer.load(tmp_path / "fifo")
+    code, _, err = run_cli(["sample", "--checkpoint", tmp_path / "missing", "--steps", "2"], capsys)
+    assert code == 2 and "does not exist" in one_error_line(err)
+
+
+def test_text_prompts_to_a_sudoku_model_say_it_is_a_sudoku_model():
+    from loopmdm.data.sudoku.dataset import sudoku_tokenizer
+    from loopmdm.sampling import build_canvas
+
+    tok = sudoku_tokenizer()
+    for kw in (dict(prompt="def hello():"), dict(template="x [MASK:3] y")):
+        with pytest.raises(ConfigError, match=r"this is a Sudoku model .*a board .*loopmdm eval --metric sudoku") as e:
+            build_canvas(tok, 1, None, 81, **kw)
+        assert "mask token itself" not in str(e.value)
+    assert build_canvas(tok, 1, None, 81, prompt="123").x[0, :3].tolist() == [1, 2, 3]
+
+
+def test_a_state_dict_mismatch_names_the_tensor_and_both_shapes(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    folder = resolve_checkpoint(run)
+    (folder / "index.json").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["mlp_ratio"] = 2.0
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"tensor head\.blocks\.0\.mlp\.fc\.weight has shape \[128, 32\] in the "
+                                              r"file but the model expects \[64, 32\]") as e:
+        load_model(run)
+    assert "Error(s) in loading state_dict" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cache_dir_errors_name_the_key(tiny_corpus, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for cache, phrase in ((tmp_path / "file", "is a file, not a folder"),
+                          (tmp_path / "file" / "sub", "cannot be created ('.*file' is a file)")):
+        code, _, err = run_cli(["train", "--out", tmp_path / "o", "--data", tiny_corpus, "--max-steps", "1",
+                                "--set", f"data.cache_dir={cache}"], capsys)
+        line = one_error_line(err)
+        assert code == 2 and f"data.cache_dir={str(cache)!r} {phrase.split(' (')[0]}" in line, line
+        assert "set data.cache_dir to a writable folder" in line
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- 12. newcomer friction
+
+def test_the_model_card_snippet_trusts_remote_code_explicitly(hf_folder):
+    import re
+
+    card = (hf_folder / "README.md").read_text()
+    calls = re.findall(r"\w+\.from_pretrained\([^)]*\)", card)
+    assert len(calls) >= 2 and any(c.startswith("AutoTokenizer") for c in calls), calls
+    assert all("trust_remote_code=True" in c for c in calls), calls
+    assert 'PATH = "' in card
+
+
+def test_eval_with_few_batches_notes_that_the_nelbo_is_noisy(tiny_run, capsys):
+    from loopmdm.cli.eval_cmd import precision_note
+
+    code, out, err = run_cli(["eval", "--checkpoint", tiny_run, "--batches", "2", "--loops", "1", "--json"], capsys)
+    assert code == 0, err
+    notes = [ln for ln in err.splitlines() if ln.startswith("note: this NELBO is a noisy estimate")]
+    assert len(notes) == 1 and "--batches" in notes[0] and "--rel-stderr" in notes[0]
+    assert json.loads(out)["results"]
+    quiet = {"primary": "nelbo", "results": [{"nelbo": 4.0, "stderr": 0.01}]}
+    assert precision_note(quiet, 16) is None
+    assert "up to 5.0%" in precision_note({"primary": "nelbo", "results": [{"nelbo": 4.0, "stderr": 0.2}]}, 16)
+    assert "only --batches 2" in precision_note(quiet, 2)
+    assert precision_note({"primary": "accuracy", "results": []}, 2) is None
+
+
+def test_help_is_not_cut_and_list_options_have_readable_metavars(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")
+    for argv, wanted in ((["train", "--help"], "--set KEY=VALUE"), (["eval", "--help"], "--loops 1,2,4"),
+                         (["sample", "--help"], "--loops 1,2,4"), (["loopify", "--help"], "--curriculum-steps ")):
+        code, out, _ = run_cli(argv, capsys)
+        assert code == 0 and wanted in out, out
+        assert "list[" not in out and "…" not in out and "-ste..." not in out
+        assert max(len(line) for line in out.splitlines()) <= 100

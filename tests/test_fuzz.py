@@ -270,12 +270,12 @@ PATHS = [  # values of Path options that read (inputs)
     "{RUN}", "{RUN}", "{CKPT}", "{CKPT}/model.safetensors", "{CKPT}/config.json", "{RUN}/checkpoints",
     "{T}", "{T}/empty", "{T}/notes", "{T}/keep.txt", "{T}/keep.txt/sub", "{T}/missing", "{T}/sweep.json",
     "{T}/bad.json", "{T}/rows.jsonl", "{T}/puzzles.csv", "{T}/cfg.yaml", "{T}/bad.yaml", "{T}/u \u00fc \u540d #v2",
-    "{T}/fuzz.json", "{CORPUS}", "/dev/null", "/dev/null/x", "/nonexistent/deep/path", "", ".", "-", "x\udcff",
+    "{T}/fuzz.json", "{CORPUS}", "/dev/null", "/dev/null/x", "{T}/absent/deep/path", "", ".", "-", "x\udcff",
 ]
 OUT_PATHS = [  # values of options that write (never the tiny run itself)
     "{T}/new_out", "{T}/new/deeper/out", "{T}/empty", "{T}/notes", "{T}", "{T}/keep.txt", "{T}/keep.txt/sub",
     "{T}/hf.png", "{T}/out.png", "{T}/out.html", "{T}/out.gif", "{T}/notes/out.png", "{T}/new/p.png",
-    "{T}/u \u00fc \u540d #v2", "/dev/null", "/dev/null/x.png", "/nonexistent/deep/out", "", ".", "x\udcff.png",
+    "{T}/u \u00fc \u540d #v2", "/dev/null", "/dev/null/x.png", "{T}/absent/deep/out", "", ".", "x\udcff.png",
 ]
 WRITES = {("train", "out"), ("export", "out"), ("import", "out"), ("loopify", "out"), ("task make", "out"),
           ("plot", "out"), ("sample", "trajectory"), ("eval", "samples_out"), ("eval", "plot")}

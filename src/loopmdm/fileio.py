@@ -90,3 +90,36 @@ def describe_os_error(e: BaseException) -> str:
     if code == errno.EROFS:
         return "read-only file system"
     return getattr(e, "strerror", None) or str(e).splitlines()[0][:100] or type(e).__name__
+
+
+def path_kind(path: str | os.PathLike) -> str | None:
+    """What ``path`` is, for messages: None when nothing is there (or a parent is not a folder), else ``"a file"``,
+    ``"a folder"``, ``"a FIFO (named pipe)"``, ``"a symlink loop"``, ``"a broken symlink (to X)"``,
+    ``"a socket"``, ``"a device"`` or ``"not accessible (REASON)"``: so "does not exist" is said only when true."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            if os.path.islink(path):
+                try:
+                    return f"a broken symlink (to {os.readlink(path)!r})"
+                except OSError:
+                    return "a broken symlink"
+            return None
+        return f"not accessible ({describe_os_error(e)})"
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file or folder"

@@ -86,7 +86,25 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     are then loaded from a checkpoint). Every place that builds a model from a config calls this."""
     backbone = get_backbone(cfg.backbone)
     backbone.check(cfg)
+    check_model_memory(cfg)
     return backbone.build(cfg)
+
+
+def check_model_memory(cfg: ModelConfig, available: Optional[int] = None) -> None:
+    """Refuse, with one line, a config whose fp32 weights (parameters x 4 bytes, ``model.flops.parameter_count``)
+    exceed the memory available now, before anything is allocated (``build_model`` builds on the CPU first)."""
+    from ..model.flops import parameter_count
+    from ..runtime import available_memory
+
+    need = parameter_count(cfg) * 4
+    have = available_memory("cpu") if available is None else available
+    if have is None or need <= have:
+        return
+    raise ConfigError(f"a model with vocab_size={cfg.vocab_size:,}, d_model={cfg.d_model:,}, "
+                      f"n_layers={cfg.n_h + cfg.n_m + cfg.n_o} has about {parameter_count(cfg):,} parameters, whose "
+                      f"fp32 weights need about {need / 2**30:,.1f} GiB, but only {have / 2**30:,.1f} GiB of memory "
+                      "is available; lower model.d_model / model.vocab_size / model.n_layers (or use a machine with "
+                      "more memory)")
 
 
 def family_for(model_type: Optional[str]) -> Backbone:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from ..config import RunConfig
 from ..data import TextTokenizer
 from ..errors import CheckpointError, ConfigError, DataError
-from ..fileio import describe_os_error, sha256_file
+from ..fileio import describe_os_error, path_kind, sha256_file
 from ..backbones import build_model
 from .layout import PICKLE_MAGIC, PICKLE_SUFFIXES, REQUIRED, list_checkpoints, read_latest
 
@@ -26,8 +26,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
     A path to a file inside a checkpoint (``.../model.safetensors``) resolves to its folder."""
     path = Path(path).expanduser()
-    if not path.exists():
+    kind = path_kind(path)
+    if kind is None:
         raise CheckpointError(f"checkpoint path {str(path)!r} does not exist; pass a run folder (--out of "
+                              "`loopmdm train`) or a checkpoint folder")
+    if kind not in ("a file", "a folder"):
+        raise CheckpointError(f"checkpoint path {str(path)!r} is {kind}, not a folder; pass a run folder (--out of "
                               "`loopmdm train`) or a checkpoint folder")
     if path.is_file():
         if path.name in REQUIRED or path.name == "index.json" or path.suffix == ".safetensors":
@@ -134,8 +138,13 @@ def load_json(path: Path) -> Any:
 
 
 def load_config_file(folder: Path) -> RunConfig:
+    data = load_json(folder / "config.json")
+    if isinstance(data, dict) and ("architectures" in data or "model_type" in data):
+        raise CheckpointError(f"{str(folder)!r} is a Hugging Face transformers folder, not a loopmdm checkpoint; "
+                              f"convert it with `loopmdm import --hf {folder} --out RUN` (or load it with "
+                              "transformers' from_pretrained)")
     try:
-        return RunConfig.from_dict(load_json(folder / "config.json")).validate()
+        return RunConfig.from_dict(data).validate()
     except ConfigError as e:
         raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
 
@@ -197,8 +206,33 @@ def load_weights(model: torch.nn.Module, path: Path, cfg: RunConfig) -> None:
             raise CheckpointError(f"{str(path)!r} holds {name} as {str(value.dtype).removeprefix('torch.')}, not as "
                                   "floating-point weights; the file is damaged or not a LoopMDM checkpoint: use an "
                                   "earlier checkpoint")
+    mismatch = state_dict_mismatch(expected, state)
+    if mismatch:
+        raise CheckpointError(f"{path} does not match config.json: {mismatch}; the files come from different models "
+                              "(use the config.json saved with these weights)")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not match config.json ({str(e).splitlines()[0][:120]}); "
                               "the files come from different models") from None
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(n) for n in t.shape) + "]"
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> Optional[str]:
+    """The first difference between the model's state dict and a file's, in words (None when they match): a
+    tensor whose shape differs (expected vs found), one the model needs but the file lacks, or an extra one."""
+    for name, want in expected.items():
+        if name in found and tuple(found[name].shape) != tuple(want.shape):
+            return f"tensor {name} has shape {_shape(found[name])} in the file but the model expects {_shape(want)}"
+    missing = [k for k in expected if k not in found]
+    if missing:
+        return f"tensor {missing[0]} (shape {_shape(expected[missing[0]])}) is missing from the file" + (
+            f", and {len(missing) - 1} more" if len(missing) > 1 else "")
+    extra = [k for k in found if k not in expected]
+    if extra:
+        return f"the file has tensor {extra[0]} (shape {_shape(found[extra[0]])}) the model does not" + (
+            f", and {len(extra) - 1} more" if len(extra) > 1 else "")
+    return None

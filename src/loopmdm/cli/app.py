@@ -14,6 +14,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain click help (no rich panels, which cut long option names at 80 columns when stdout is not a terminal),
+    # wrapped to the terminal's width up to 120 columns.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 
 

@@ -33,7 +33,7 @@ from .options import parse_loops
 def eval_(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or checkpoint folder."),
     metric: str = typer.Option("nelbo", "--metric", help="nelbo | zero-shot | gen-ppl | sudoku | exact-match."),
-    loops: List[str] = typer.Option([], "--loops", help="Loop count S; repeat or comma-separate for a sweep "
+    loops: List[str] = typer.Option([], "--loops", metavar="1,2,4", help="Loop count S; repeat or comma-separate for a sweep "
                                                         "(default: the checkpoint's training S_max)."),
     batches: int = typer.Option(16, "--batches", help="Evaluation batches per S (NELBO metrics).", min=1),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
@@ -60,7 +60,7 @@ def eval_(
                                                                    "instead of generating."),
     samples_out: Optional[Path] = typer.Option(None, "--samples-out", help="Write generated samples (JSONL)."),
     num_samples: int = typer.Option(16, "--num-samples", help="gen-ppl: samples per S.", min=1),
-    steps: List[str] = typer.Option([], "--steps", help="Denoising steps T: gen-ppl one value (default 64); sudoku "
+    steps: List[str] = typer.Option([], "--steps", metavar="64|0,8,16", help="Denoising steps T: gen-ppl one value (default 64); sudoku "
                                                         "a list, 0 = one cell per step (default 0)."),
     length: Optional[int] = typer.Option(None, "--length", help="gen-ppl: tokens per sample (default window)."),
     temperature: float = typer.Option(1.0, "--temperature", help="gen-ppl: sampling temperature.", min=0.0),
@@ -88,6 +88,9 @@ def eval_(
                     device, precision, data, text_field, max_documents, evaluator, samples, samples_out,
                     num_samples, steps, length, temperature, sampler, orders, max_boards, group_by)
     payload = {"checkpoint": str(checkpoint) if checkpoint else None, "metric": metric, **runner(args)}
+    note = precision_note(payload, batches)
+    if note:
+        info(note)
     if plot is not None:
         plot_exact_match(payload["results"], plot) if metric == "exact-match" else plot_sweeps([payload], plot)
         info(f"plot written to {plot}")
@@ -95,3 +98,19 @@ def eval_(
         emit_json(payload)
         return
     typer.echo(format_table(payload))
+
+
+def precision_note(payload: dict, batches: int, max_rel: float = 0.01, min_batches: int = 8) -> Optional[str]:
+    """A one-line note when a NELBO estimate is noisy: its relative standard error is above ``max_rel`` at some S,
+    or fewer than ``min_batches`` batches were scored (a NELBO from 2 batches can sit far from the default's)."""
+    if payload.get("primary") != "nelbo":
+        return None
+    rels = [r["stderr"] / abs(r["nelbo"]) for r in payload.get("results") or []
+            if isinstance(r, dict) and r.get("stderr") is not None and r.get("nelbo")]
+    worst = max(rels, default=0.0)
+    if worst <= max_rel and batches >= min_batches:
+        return None
+    why = (f"relative standard error up to {worst:.1%}" if worst > max_rel else
+           f"only --batches {batches} (relative standard error {worst:.1%})")
+    return (f"note: this NELBO is a noisy estimate ({why}); use more --batches (default 16) or a smaller "
+            "--rel-stderr for a number that matches other runs")

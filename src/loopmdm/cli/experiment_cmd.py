@@ -50,7 +50,7 @@ def _floats(values: List[str], name: str) -> Optional[list[float]]:
 def compute_matched(
     out: Path = typer.Option(..., "--out", help="Output folder: run folders, results.json, PNGs, summary.md."),
     config: str = typer.Option("laptop", "--config", help=CONFIG_HELP),
-    seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0,1 (default: the config's)."),
+    seeds: List[str] = typer.Option([], "--seeds", metavar="0,1,2", help="Seeds, e.g. 0,1 (default: the config's)."),
     plan: bool = typer.Option(False, "--plan", help="Print the matched plan (depth of (c), steps, FLOPs) and exit."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while training."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
@@ -92,7 +92,7 @@ def loop_scaling(
 def ablation(
     out: Path = typer.Option(..., "--out", help="Output folder: run folders, ablation.json, ablation.png, ablation.md."),
     config: str = typer.Option("laptop", "--config", help=CONFIG_HELP),
-    seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0 (default: the config's)."),
+    seeds: List[str] = typer.Option([], "--seeds", metavar="0,1,2", help="Seeds, e.g. 0 (default: the config's)."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while training."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object on stdout."),
 ) -> None:
@@ -108,7 +108,7 @@ def sudoku(
     out: Path = typer.Option(..., "--out", help="Output folder: run folders, results.json, PNGs, summary.md."),
     config: str = typer.Option("laptop", "--config", help="laptop (2 CPU cores, about 60 min), gpu (one H100, "
                                                           "about 3 min) or a YAML file (`base: laptop` + overrides)."),
-    seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0,1 (default: the config's)."),
+    seeds: List[str] = typer.Option([], "--seeds", metavar="0,1,2", help="Seeds, e.g. 0,1 (default: the config's)."),
     models: Optional[str] = typer.Option(None, "--models", help="Train and score only these, e.g. mdm,deeper (one "
                                                                 "process per core); then run once without it."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while training."),
@@ -133,7 +133,7 @@ def reasoning(
                                                 "PNGs, summary.md."),
     config: str = typer.Option("laptop", "--config", help="laptop (2 CPU cores, about 6 hours, resumable) or a "
                                                           "YAML file (`base: laptop` + overrides)."),
-    seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0,1,2 (default: the config's)."),
+    seeds: List[str] = typer.Option([], "--seeds", metavar="0,1,2", help="Seeds, e.g. 0,1,2 (default: the config's)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks, e.g. vars-hops-trace (one process "
                                                               "per core); then run once without it."),
     models: Optional[str] = typer.Option(None, "--models", help="Only these models (mdm, loopmdm, deeper, "
@@ -157,8 +157,8 @@ def attention(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Run / checkpoint folder, or a Sudoku model folder."),
     out: Path = typer.Option(..., "--out", help="Output folder: attention.json, heatmaps, line plots."),
     config: str = typer.Option("laptop", "--config", help=CONFIG_HELP),
-    t: List[str] = typer.Option([], "--t", help="Masking levels, e.g. 0.1,0.5,0.9 (default: the config's)."),
-    loops: List[str] = typer.Option([], "--loops", help="Loop counts S, e.g. 1,2,4,8 (default: 1,2,4..2*S_max)."),
+    t: List[str] = typer.Option([], "--t", metavar="0.1,0.5,0.9", help="Masking levels, e.g. 0.1,0.5,0.9 (default: the config's)."),
+    loops: List[str] = typer.Option([], "--loops", metavar="1,2,4", help="Loop counts S, e.g. 1,2,4,8 (default: 1,2,4..2*S_max)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Validation rows / test boards analysed."),
     json_out: bool = typer.Option(False, "--json", help="Print the sweep summary as one JSON object on stdout."),
 ) -> None:
@@ -183,7 +183,7 @@ def loopify_experiment(
                                                 "results.json, PNGs, summary.md."),
     config: str = typer.Option("laptop", "--config", help="laptop (2 CPU cores, ~25 min per seed) or a YAML file "
                                                           "(`base: laptop` + overrides)."),
-    seeds: List[str] = typer.Option([], "--seeds", help="Seeds, e.g. 0,1 (default: the config's)."),
+    seeds: List[str] = typer.Option([], "--seeds", metavar="0,1,2", help="Seeds, e.g. 0,1 (default: the config's)."),
     plan: bool = typer.Option(False, "--plan", help="Print the steps and FLOPs of every run and exit."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while training."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),

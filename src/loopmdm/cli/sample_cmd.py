@@ -34,16 +34,16 @@ def format_report(rep: dict) -> str:
 def sample(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or checkpoint folder."),
     sampler: str = typer.Option("ancestral", "--sampler", help="ancestral | cached | confidence | semi_ar."),
-    sampler_opt: List[str] = typer.Option([], "--sampler-opt",
+    sampler_opt: List[str] = typer.Option([], "--sampler-opt", metavar="KEY=VALUE",
                                           help="Sampler option name=value (repeat), e.g. order=margin; fast "
                                                "sampling (confidence, semi_ar): threshold=0.9, cache=dual | "
                                                "prefix | delayed | loops, refresh=N, delay=N."),
     policy: str = typer.Option("fixed", "--policy",
                                help="Loop policy: fixed | schedule | converge | per_token | warm."),
-    policy_opt: List[str] = typer.Option([], "--policy-opt",
+    policy_opt: List[str] = typer.Option([], "--policy-opt", metavar="KEY=VALUE",
                                          help="Loop-policy option name=value (repeat), e.g. threshold=0.05. "
                                               "s_max defaults to the checkpoint's training S_max."),
-    loops: Optional[List[str]] = typer.Option(None, "--loops",
+    loops: Optional[List[str]] = typer.Option(None, "--loops", metavar="1,2,4",
                                               help="Fixed policy: loop count S (repeat or comma-separate for a "
                                                    "run per S; default: the training S_max)."),
     steps: int = typer.Option(64, "--steps", help="Denoising steps T."),

@@ -93,9 +93,9 @@ def make(
     train: str = typer.Option("1000", "--train", help="Training rows per level."),
     val: str = typer.Option("100", "--val", help="Validation rows per level (at the training levels)."),
     test: str = typer.Option("100", "--test", help="Test rows per level (at the test levels)."),
-    train_levels: List[str] = typer.Option([], "--train-levels", help="Levels (vars: depths, prefix: sizes), "
+    train_levels: List[str] = typer.Option([], "--train-levels", metavar="1,2,3", help="Levels (vars: depths, prefix: sizes), "
                                                                       "e.g. 0,1,2,3 or 0..3."),
-    test_levels: List[str] = typer.Option([], "--test-levels", help="Test levels, may be harder: 0..8."),
+    test_levels: List[str] = typer.Option([], "--test-levels", metavar="1,2,3", help="Test levels, may be harder: 0..8."),
     statements: Optional[str] = typer.Option(None, "--statements", help="vars: statements per program, "
                                                                         "LO:HI (default 8:26, raised for "
                                                                         "deep levels)."),

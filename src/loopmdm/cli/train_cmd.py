@@ -22,7 +22,7 @@ def train(
     preset: Optional[str] = typer.Option(None, help=f"Base configuration: {', '.join(PRESETS.names())} (default tiny; with "
                                                        "--resume and no --preset / --config: the checkpoint's)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding the preset."),
-    set_: List[str] = typer.Option([], "--set", help="Override one field, e.g. --set model.d_model=512."),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override one field, e.g. --set model.d_model=512."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Shortcut for --set train.max_steps=N."),
     objective: Optional[str] = typer.Option(None, "--objective", help="mdm (masked diffusion) or ar (causal evaluator)."),
     data: Optional[str] = typer.Option(None, "--data", help="Shortcut for --set data.source=PATH."),

@@ -15,12 +15,29 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from ..errors import DataError
 from .tokenizer import TextTokenizer
 
 
 def cache_root(cfg) -> Path:
-    """``data.cache_dir``, else ``$LOOPMDM_CACHE``, else ``~/.cache/loopmdm``."""
-    return Path(cfg.cache_dir or os.environ.get("LOOPMDM_CACHE", Path.home() / ".cache" / "loopmdm")).expanduser()
+    """``data.cache_dir``, else ``$LOOPMDM_CACHE``, else ``~/.cache/loopmdm``. A file there, or a folder that cannot
+    be created (under a file or a read-only folder), is a one-line ``DataError`` naming ``data.cache_dir``."""
+    root = Path(cfg.cache_dir or os.environ.get("LOOPMDM_CACHE", Path.home() / ".cache" / "loopmdm")).expanduser()
+    where = (f"data.cache_dir={str(root)!r}" if cfg.cache_dir else
+             f"the data cache {str(root)!r} (data.cache_dir unset, from "
+             + ("$LOOPMDM_CACHE)" if os.environ.get("LOOPMDM_CACHE") else "the default)"))
+    fix = "set data.cache_dir to a writable folder (e.g. --set data.cache_dir=/tmp/loopmdm-cache)"
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{where} is a file, not a folder; {fix}")
+    if not root.is_dir():  # created when first written: its nearest existing ancestor must be a writable folder
+        parent = root.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise DataError(f"{where} cannot be created ({str(parent)!r} is a file); {fix}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise DataError(f"{where} cannot be created ({str(parent)!r} is not writable); {fix}")
+    return root
 
 
 def files_fingerprint(files: Iterable[Path], h: Optional["hashlib._Hash"] = None, mtime: bool = True) -> str:

@@ -14,6 +14,7 @@ import sysconfig
 from pathlib import Path
 
 from ..errors import DataError
+from ..fileio import path_kind
 from ..registry import Registry
 from . import hf
 from .cache import files_fingerprint
@@ -67,8 +68,12 @@ class PathSource(Source):
 
     def read(self, spec, cfg):
         path = Path(spec).expanduser()
-        if not path.exists():
+        kind = path_kind(path)
+        if kind is None:
             raise DataError(f"data path {spec!r} does not exist; pass a file, a folder, a .jsonl file or 'stdlib'")
+        if kind not in ("a file", "a folder"):
+            raise DataError(f"data path {spec!r} is {kind}, not a regular file or folder; pass a file, a folder, "
+                            "a .jsonl file or 'stdlib'")
         report = ReadReport()
         if path.is_dir():
             for p, rel in self._folder_files(path, spec, cfg, report):

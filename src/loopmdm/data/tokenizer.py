@@ -72,7 +72,11 @@ class TextTokenizer:
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.is_file():
-            raise DataError(f"tokenizer file {str(path)!r} does not exist; pass a tokenizer.json or a folder with one")
+            from ..fileio import path_kind
+
+            kind = path_kind(path)
+            raise DataError(f"tokenizer file {str(path)!r} "
+                            + ("does not exist" if kind is None else f"is {kind}, not a file") + "; pass a tokenizer.json or a folder with one")
         try:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises plain Exception on malformed JSON

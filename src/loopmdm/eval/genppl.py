@@ -310,7 +310,11 @@ def read_samples(path: str | Path, text_field: str = "text") -> list[str]:
     strings or objects, or the output of ``loopmdm sample --json``), or plain text (one sample per line)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"samples file {str(p)!r} does not exist; pass a .jsonl, .json or .txt file")
+        from ..fileio import path_kind
+
+        kind = path_kind(p)
+        raise DataError(f"samples file {str(p)!r} " + ("does not exist" if kind is None else f"is {kind}, not a file")
+                        + "; pass a .jsonl, .json or .txt file")
     try:
         raw = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:

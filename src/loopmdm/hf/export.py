@@ -200,8 +200,9 @@ Trained with S up to {hf_config.default_loops} (the default S at inference).
 
 ```python
 from transformers import AutoModelForMaskedLM, AutoTokenizer
+PATH = "path/to/this/folder"  # or its Hub id; trust_remote_code=True runs the modeling code shipped here
 model = AutoModelForMaskedLM.from_pretrained(PATH, trust_remote_code=True)
-tok = AutoTokenizer.from_pretrained(PATH)
+tok = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)
 logits = model(**tok(["some text"], return_tensors="pt"), loops={hf_config.default_loops}).logits
 ```
 

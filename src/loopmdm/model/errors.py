@@ -20,3 +20,7 @@ class DataError(LoopMDMError):
 
 class CheckpointError(LoopMDMError):
     """A checkpoint folder or file is missing, corrupt or unsafe."""
+
+
+class InputError(LoopMDMError, ValueError):
+    """Token ids or diffusion times passed to the model have the wrong dtype, shape or values."""

@@ -107,3 +107,22 @@ def expected_train_flops_per_token(cfg: ModelConfig, dist, seq_len: Optional[int
 def effective_depth(cfg: ModelConfig, loops: int) -> int:
     """Layers a token passes through at loop count S: n_h + S * n_m + n_o."""
     return cfg.n_h + loops * cfg.n_m + cfg.n_o
+
+
+# --------------------------------------------------------------------------- parameters (memory before building)
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Parameters ``LoopMDM(cfg)`` holds (tied weights counted once), from the config alone, as the layers
+    define them: what ``LoopMDM.num_parameters()`` returns, without allocating anything."""
+    d, c, v = cfg.d_model, cfg.cond_dim, cfg.vocab_size
+    adaln = cfg.time_conditioned
+    norm = 0 if adaln else d  # LayerNorm without bias; affine only without adaLN
+    block = 2 * norm + 3 * d * d + d * d + 2 * d * cfg.mlp_dim + (c * 6 * d + 6 * d if adaln else 0)
+    n = v * d + (0 if cfg.tie_embeddings else d * v)  # embedding, LM head
+    n += cfg.max_seq_len * d if cfg.learned_positions else 0
+    n += TIME_FREQ_DIM * c + c + c * c + c if adaln else 0
+    n += (cfg.n_h + cfg.n_m + cfg.n_o) * block
+    n += 2 * d * d if cfg.input_injection else 0
+    n += 64 * d if cfg.loop_embedding else 0
+    n += norm + (c * 2 * d + 2 * d if adaln else 0)
+    return int(n)

@@ -143,6 +143,12 @@ def build_canvas(tokenizer, num_samples: int, length: Optional[int], max_len: in
         free = [False] * len(ids) + [True] * (L - len(ids))
         ids = ids + [mask] * (L - len(ids))
     if any(i == mask and not f for i, f in zip(ids, free)):
+        from ..data.sudoku.dataset import is_sudoku_tokenizer  # lazy: the data package is not needed otherwise
+
+        if is_sudoku_tokenizer(tokenizer):
+            raise ConfigError("this is a Sudoku model (vocabulary <pad>, 1-9, <mask>): a prompt / template must be "
+                              "a board (cell digits 1-9, row by row), not text; to solve puzzles with blanks use "
+                              "`loopmdm eval --metric sudoku`")
         raise ConfigError("the prompt / template text contains the mask token itself; remove it or mark a span "
                           "to fill with [MASK:n]")
     x = torch.tensor(ids, dtype=torch.long, device=device).expand(num_samples, L).clone()  # [N, L]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from ...errors import DataError
-from ...fileio import atomic_write_text
+from ...fileio import atomic_write_text, path_kind
 from ..hub import hub_offline, require_hub
 from .grid import N_CELLS, SudokuPair, is_valid_solution, matches_puzzle
 
@@ -154,7 +154,9 @@ def read_puzzles(source: str, max_rows: Optional[int] = None) -> PuzzleReport:
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise DataError(f"puzzle file {source!r} does not exist; pass a CSV (quizzes,solutions or "
+            kind = path_kind(path)
+            raise DataError(f"puzzle file {source!r} " + ("does not exist" if kind is None else f"is {kind}, not a file")
+                            + "; pass a CSV (quizzes,solutions or "
                             "source,question,answer,rating) or JSONL ({\"puzzle\", \"solution\"}) file, or hf:NAME")
         rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _csv_rows(path)
     try:
