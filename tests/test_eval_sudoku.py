@@ -28,7 +28,7 @@ from loopmdm.experiments import sudoku as X
 from loopmdm.model import LoopMDM, ModelConfig
 from loopmdm.model.flops import train_flops_per_token
 from loopmdm.sampling import transfer_counts
-from helpers import run_cli
+from helpers import run_cli, two_solution_pair
 
 
 def cli(capsys, *args):
@@ -156,25 +156,6 @@ def test_a_model_that_only_copies_givens_solves_nothing(pairs):
     grids = solve_with(Oracle(wrong_digit=1), pairs)[0]
     for g, p in zip(grids, pairs):
         assert matches_puzzle(p.puzzle, g) and set(g[i] for i, c in enumerate(p.puzzle) if c == "0") == {"1"}
-
-
-def two_solution_pair(solution: str) -> tuple[str, str]:
-    """A puzzle with exactly two solutions, and the second one: ``solution`` with the corners of a rectangle that
-    reads a b / b a (two rows of one band, two columns of different stacks) blanked; swapping a and b there
-    gives another grid that obeys every rule and keeps every given."""
-    for r1 in range(9):
-        for r2 in range(r1 + 1, (r1 // 3 + 1) * 3):
-            for c1 in range(9):
-                for c2 in range((c1 // 3 + 1) * 3, 9):
-                    cells = [9 * r1 + c1, 9 * r1 + c2, 9 * r2 + c1, 9 * r2 + c2]
-                    a, b, c, d = (solution[i] for i in cells)
-                    if a == d and b == c:
-                        puzzle = "".join("0" if i in cells else ch for i, ch in enumerate(solution))
-                        other = list(solution)
-                        for i, ch in zip(cells, (b, a, d, c)):
-                            other[i] = ch
-                        return puzzle, "".join(other)
-    raise AssertionError("no a b / b a rectangle in this grid")
 
 
 def test_a_different_valid_completion_of_a_two_solution_puzzle_counts_as_solved(pairs):

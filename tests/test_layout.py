@@ -88,7 +88,8 @@ def test_nothing_below_the_cli_imports_it():
 
 @pytest.mark.parametrize("package, allowed", [
     ("loopmdm.model", ()),  # the torch-only core, exported verbatim as remote code
-    ("loopmdm.backbones", ("loopmdm.model", "loopmdm.registry", "loopmdm.errors")),  # above model, below diffusion
+    # above model, below diffusion; runtime (devices, memory) imports only the model's layers and the errors
+    ("loopmdm.backbones", ("loopmdm.model", "loopmdm.registry", "loopmdm.errors", "loopmdm.runtime")),
     ("loopmdm.diffusion", ("loopmdm.model", "loopmdm.registry", "loopmdm.errors")),
     ("loopmdm.data", ("loopmdm.model", "loopmdm.diffusion", "loopmdm.registry", "loopmdm.errors",
                       "loopmdm.fileio")),

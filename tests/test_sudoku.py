@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from helpers import two_solution_pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -290,25 +291,6 @@ def test_score_grids_board_and_cell_accuracy():
     copy_input = score_grids([pair.puzzle], [pair])  # givens copied, nothing filled in
     assert copy_input == {"solved": 0, "cell_accuracy": 0.0, "valid": 0}
     assert score_grids([SOLVED], [S.SudokuPair(SOLVED, SOLVED)])["cell_accuracy"] == 1.0  # no blank at all
-
-
-def two_solution_pair(solution: str) -> tuple[str, str]:
-    """A puzzle with exactly two solutions, and the second one: ``solution`` with the corners of a rectangle that
-    reads a b / b a (two rows of one band, two columns of different stacks) blanked; swapping a and b there
-    gives another grid that obeys every rule and keeps every given."""
-    for r1 in range(9):
-        for r2 in range(r1 + 1, (r1 // 3 + 1) * 3):
-            for c1 in range(9):
-                for c2 in range((c1 // 3 + 1) * 3, 9):
-                    cells = [9 * r1 + c1, 9 * r1 + c2, 9 * r2 + c1, 9 * r2 + c2]
-                    a, b, c, d = (solution[i] for i in cells)
-                    if a == d and b == c:
-                        puzzle = "".join("0" if i in cells else ch for i, ch in enumerate(solution))
-                        other = list(solution)
-                        for i, ch in zip(cells, (b, a, d, c)):
-                            other[i] = ch
-                        return puzzle, "".join(other)
-    raise AssertionError("no a b / b a rectangle in this grid")
 
 
 def test_score_grids_counts_any_solution_that_keeps_the_givens():

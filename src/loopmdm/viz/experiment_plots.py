@@ -104,6 +104,18 @@ def _sudoku_cells(summary: Mapping, model: str, order: str) -> dict[tuple[int, i
     return out
 
 
+def annotated_heatmap(ax, m: np.ndarray, xlabels: Sequence[str], ylabels: Sequence[str]) -> None:
+    """An accuracy matrix m [rows, columns] in [0, 1] on ``ax``, each finite cell written in it (NaN left blank)."""
+    ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, origin="lower")
+    ax.set_xticks(range(len(xlabels)), list(xlabels), fontsize=8)
+    ax.set_yticks(range(len(ylabels)), list(ylabels), fontsize=8)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if np.isfinite(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if m[i, j] < 0.5 else "black")
+
+
 def plot_sudoku_heatmap(summary: Mapping, order: str, path: str | Path) -> None:
     """Board accuracy over T denoising steps (columns; 0 = one cell per step) x S loops (rows), one panel per
     model, mean over seeds."""
@@ -116,14 +128,7 @@ def plot_sudoku_heatmap(summary: Mapping, order: str, path: str | Path) -> None:
         ss = sorted({s for _, s in cells})
         m = np.array([[cells.get((t, s), {}).get("board_accuracy", {}).get("mean", np.nan) for t in ts] for s in ss],
                      dtype=float)
-        ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, origin="lower")
-        ax.set_xticks(range(len(ts)), [str(t) if t else "1/cell" for t in ts], fontsize=8)
-        ax.set_yticks(range(len(ss)), [str(s) for s in ss], fontsize=8)
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                if np.isfinite(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if m[i, j] < 0.5 else "black")
+        annotated_heatmap(ax, m, [str(t) if t else "1/cell" for t in ts], [str(s) for s in ss])
         ax.set_xlabel("denoising steps T")
         ax.set_ylabel("loops S")
         ax.set_title(model, fontsize=9)

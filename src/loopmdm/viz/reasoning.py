@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .experiment_plots import _plt, _save
+from .experiment_plots import _plt, _save, annotated_heatmap
 
 
 def _t_label(t: int) -> str:
@@ -22,14 +22,7 @@ def heatmap(ax, records: Sequence[Mapping], title: str) -> None:
     ts = sorted({t for t, _ in cells}, key=lambda t: (t == 0, t))
     ss = sorted({s for _, s in cells})
     m = np.array([[cells.get((t, s), np.nan) for t in ts] for s in ss], dtype=float)
-    ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, origin="lower")
-    ax.set_xticks(range(len(ts)), [_t_label(t) for t in ts], fontsize=8)
-    ax.set_yticks(range(len(ss)), [str(s) for s in ss], fontsize=8)
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if np.isfinite(m[i, j]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] < 0.5 else "black")
+    annotated_heatmap(ax, m, [_t_label(t) for t in ts], [str(s) for s in ss])
     ax.set_xlabel("denoising steps T")
     ax.set_ylabel("loops S")
     ax.set_title(title, fontsize=9)
