@@ -543,3 +543,18 @@ def test_help_is_not_cut_and_list_options_have_readable_metavars(monkeypatch, ca
         assert code == 0 and wanted in out, out
         assert "list[" not in out and "…" not in out and "-ste..." not in out
         assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_missing_extras_say_how_to_install_them_from_a_clone(monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_fastapi(name, *a, **k):
+        if name.split(".")[0] in ("fastapi", "uvicorn"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_fastapi)
+    code, _, err = run_cli(["serve", "--checkpoint", "x"], capsys)
+    assert code == 2 and "pip install 'loopmdm[serve]' (from a clone: pip install -e '.[serve]')" in err

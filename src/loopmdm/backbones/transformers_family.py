@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, install_hint
 from ..model import ModelConfig
 from .base import Backbone
 
@@ -33,7 +33,7 @@ def import_transformers():
         from transformers import masking_utils
     except ImportError as e:
         raise ConfigError(f"loopified transformers models need transformers >= 5 ({e}); install it with: "
-                          "pip install 'loopmdm[hf]'") from None
+                          + install_hint("hf")) from None
     if not hasattr(masking_utils, "create_bidirectional_mask"):
         raise ConfigError(f"loopify needs transformers >= 5 (found {transformers.__version__}): the adapters call "
                           "the layers as transformers 5 defines them; pip install -U transformers")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError
+from ..errors import ConfigError, install_hint
 from .app import app, info
 
 
@@ -29,7 +29,7 @@ def serve(
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise ConfigError("loopmdm serve needs FastAPI and uvicorn: pip install 'loopmdm[serve]'") from None
+        raise ConfigError("loopmdm serve needs FastAPI and uvicorn: " + install_hint("serve")) from None
     from ..serve import create_app
     from ..serve.server import bind_socket, is_loopback, run_server
 

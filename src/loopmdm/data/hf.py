@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ..errors import DataError
+from ..errors import DataError, install_hint
 from ..registry import Registry
 from .cache import cache_root, files_fingerprint
 from .documents import Document, ReadReport, chunk_lines
@@ -124,7 +124,7 @@ def _import_datasets():
     try:
         import datasets
     except ImportError:
-        raise DataError("data.source='hf:...' needs the `datasets` package: pip install 'loopmdm[hf]'") from None
+        raise DataError("data.source='hf:...' needs the `datasets` package: " + install_hint("hf")) from None
     datasets.disable_progress_bars()
     return datasets
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 from tokenizers import Tokenizer
 
-from ..errors import DataError
+from ..errors import DataError, install_hint
 from .tokenizer import ALIASES, TextTokenizer
 
 MASK_TOKEN = "<|mask|>"
@@ -145,7 +145,7 @@ def _via_transformers(name: str, local_only: bool) -> Tokenizer:
         from transformers import AutoTokenizer
     except ImportError:
         raise DataError(f"tokenizer {name!r} has no tokenizer.json; converting vocabulary files needs transformers: "
-                        "pip install 'loopmdm[hf]'") from None
+                        + install_hint("hf")) from None
     try:
         fast = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
     except (OSError, ValueError) as e:

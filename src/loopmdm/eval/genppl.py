@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_model
 from ..data.documents import jsonl_objects
 from ..data.hub import hub_offline
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, install_hint
 from ..registry import Registry
 
 
@@ -144,7 +144,7 @@ class HFEvaluator(Evaluator):
         try:
             import transformers
         except ImportError:
-            raise ConfigError("the hf evaluator needs `transformers`: pip install 'loopmdm[hf]'") from None
+            raise ConfigError("the hf evaluator needs `transformers`: " + install_hint("hf")) from None
 
         local = Path(name_or_path).expanduser()
         if not local.exists() and hub_offline():

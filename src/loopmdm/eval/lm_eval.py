@@ -32,7 +32,7 @@ import torch
 from ..checkpoint import load_model
 from ..diffusion import get_schedule
 from ..diffusion.likelihood import ar_completion_nll, mdm_completion_nll, mdm_greedy_matches
-from ..errors import ConfigError
+from ..errors import ConfigError, install_hint
 from ..model.fields import check_int
 from ..sampling import SAMPLERS, generate
 
@@ -41,7 +41,7 @@ try:
     from lm_eval.api.registry import register_model
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 except ImportError as e:  # pragma: no cover - exercised only without the [eval] extra
-    raise ImportError("the lm-eval adapter needs lm-eval: pip install 'loopmdm[eval]'") from e
+    raise ImportError("the lm-eval adapter needs lm-eval: " + install_hint("eval")) from e
 
 logger = logging.getLogger(__name__)
 

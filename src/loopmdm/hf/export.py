@@ -35,7 +35,7 @@ from .. import __version__
 from ..checkpoint import load_model, load_safetensors, resolve_checkpoint, save_checkpoint
 from ..config import ModelConfig, RunConfig
 from ..data import TextTokenizer
-from ..errors import CheckpointError, ConfigError, LoopMDMError
+from ..errors import CheckpointError, ConfigError, LoopMDMError, install_hint
 from ..outputs import check_new_folder
 from ..backbones import build_model, get_backbone
 from ..backbones.transformers_family import no_progress_bars
@@ -66,7 +66,7 @@ __all__ = ["LoopMDMConfig", "LoopMDMForMaskedLM", "LoopMDMPreTrainedModel", "to_
 def _require_transformers() -> None:
     if _IMPORT_ERROR is not None:
         raise ConfigError(f"the Hugging Face format needs transformers ({_IMPORT_ERROR}); "
-                          "install it with: pip install 'loopmdm[hf]'")
+                          "install it with: " + install_hint("hf"))
 
 
 # --------------------------------------------------------------------------- library -> transformers

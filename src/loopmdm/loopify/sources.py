@@ -18,7 +18,7 @@ from ..config import RunConfig
 from ..data import TextTokenizer
 from ..data.hub import has_mask_token, hub_offline, load_hf_tokenizer, require_hub
 from ..data.tokenizer import ALIASES
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, install_hint
 from .ranges import check_loop_range
 
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]  # config, weights, tokenizer: never code or pickles
@@ -97,7 +97,7 @@ def _download(hub_id: str, log) -> Path:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError:
-        raise ConfigError("loading a Hub model needs huggingface_hub: pip install 'loopmdm[hf]'") from None
+        raise ConfigError("loading a Hub model needs huggingface_hub: " + install_hint("hf")) from None
     offline = hub_offline()
     if offline:
         try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from ...errors import DataError
+from ...errors import DataError, install_hint
 from ...fileio import atomic_write_text, path_kind
 from ..hub import hub_offline, require_hub
 from .grid import N_CELLS, SudokuPair, is_valid_solution, matches_puzzle
@@ -127,7 +127,7 @@ def _hf_rows(name: str) -> Iterator[tuple[object, object]]:
     try:
         import datasets
     except ImportError:
-        raise DataError(f"hf:{name} needs the `datasets` package: pip install 'loopmdm[hf]'") from None
+        raise DataError(f"hf:{name} needs the `datasets` package: " + install_hint("hf")) from None
     offline = hub_offline()
     if not offline:
         require_hub(f"puzzle dataset hf:{name}")
