@@ -51,11 +51,11 @@ def clone(obj: C) -> C:
 
 
 def train_or_reuse(rc: RunConfig, run_dir: str | Path, data: Optional[PreparedData] = None, progress: bool = False,
-                   log: Callable[[str], None] = print) -> tuple[torch.nn.Module, bool]:
+                   log: Callable[[str], None] = print, trainer_cls=None) -> tuple[torch.nn.Module, bool]:
     """Train ``rc`` into ``run_dir``, or continue / reuse what is there: a finished run with the same config is
     reused, an unfinished one is resumed from its last checkpoint, and a run with another config is refused
     (naming the differences) rather than overwritten. Returns the trained model (EMA weights when kept) and
-    whether a finished run was reused. A run stopped by a signal raises ``LoopMDMError`` (its last step is
+    whether a finished run was reused. ``trainer_cls``: passed to ``train``. A run stopped by a signal raises ``LoopMDMError`` (its last step is
     saved), so that no experiment evaluates a half-trained model as a finished one."""
     run_dir = Path(run_dir)
     kept = list_checkpoints(run_dir / "checkpoints")
@@ -71,7 +71,8 @@ def train_or_reuse(rc: RunConfig, run_dir: str | Path, data: Optional[PreparedDa
             return load_model(run_dir, ema=None)[0], True
         log(f"  resuming {run_dir} from {kept[-1].name}")
         resume = run_dir
-    result = train(rc, run_dir, resume=resume, progress=progress, log=log, data=data)
+    extra = {} if trainer_cls is None else {"trainer_cls": trainer_cls}  # e.g. a study's own validation set
+    result = train(rc, run_dir, resume=resume, progress=progress, log=log, data=data, **extra)
     if result.stopped_early:  # a signal: the step is saved; evaluating this model as finished would be wrong
         raise LoopMDMError(f"training of {str(run_dir)!r} stopped at step {result.step} of {rc.train.max_steps} "
                            "(signal received); run the same command again to resume it")

@@ -44,13 +44,9 @@ call without ``--shard`` reuses every finished run and writes the report.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
+import functools
 import json
 import math
-import platform
-import sys
-import sysconfig
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,25 +55,23 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..checkpoint import list_checkpoints, load_config_file, load_model, step_of
+from ..checkpoint import list_checkpoints
 from ..config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ..data import PreparedData
-from ..data.sources import source_fingerprint
-from ..diffusion import make_objective, predicted_fraction
-from ..errors import ConfigError, LoopMDMError
-from ..eval.nelbo import evaluate_nelbo
+from ..diffusion import predicted_fraction
+from ..errors import ConfigError
 from ..fileio import write_json
 from ..model.fields import check_int
 from ..model.flops import train_flops_per_token
 from ..outputs import check_run_folder
 from ..runtime import machine_info
 from ..train import Trainer
-from ..train import distributed
-from ..train.resume import config_diff
 from ..viz.experiment_plots import plot_loop_gain
-from .common import clone, load_experiment_config
+from .common import clone, load_experiment_config, train_or_reuse
 from .compute_matched import ComputeMatchedConfig, MatchedPlan, RunPlan, _finalize_run_config, \
     plan_compute_matched, start
+from .fixed_validation import FixedValidation, batch_seed, paired_gain  # noqa: F401  (re-exported)
+from .provenance import corpus_description, data_fingerprint, provenance_line, software_versions  # noqa: F401
 from .curves import Curve, flops_ratio, plateau_exit_step, read_curve, spread, unigram_cross_entropy
 
 Log = Callable[[str], None]
@@ -224,67 +218,6 @@ def parse_shard(spec: Optional[str]) -> Optional[tuple[int, int]]:
     return k, n
 
 
-# --------------------------------------------------------------------------- the one validation set
-
-def batch_seed(eval_seed: int, k: int) -> int:
-    """The seed of validation batch k's t and masks (independent of every training seed)."""
-    return int(np.random.SeedSequence([int(eval_seed), int(k)]).generate_state(1)[0])
-
-
-@dataclass
-class FixedValidation:
-    """The study's validation set: batch k holds validation rows [k B, (k + 1) B) and draws its t and masks
-    from ``batch_seed(seed, k)``, for every run and every S; the first n batches of any evaluation are the same
-    rows and noise. ``objective``: one evaluation objective for all runs (antithetic t, uniform t)."""
-
-    data: PreparedData
-    objective: object
-    batch_size: int
-    seed: int
-    precision: str = "fp32"
-
-    @classmethod
-    def of(cls, cfg: LoopScalingConfig, data: PreparedData) -> "FixedValidation":
-        obj = make_objective(cfg.run.diffusion, data.tokenizer.mask_id, antithetic=True)
-        return cls(data, obj, cfg.run.train.batch_size, cfg.eval_seed, cfg.run.train.precision)
-
-    def n_batches(self, batches: int) -> int:
-        return max(1, min(int(batches), math.ceil(len(self.data.val) / self.batch_size)))
-
-    def rows(self, batches: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        n = self.n_batches(batches) * self.batch_size
-        frozen = self.data.val_frozen
-        return self.data.val[:n], None if frozen is None else frozen[:n]
-
-    def evaluate(self, model, loops: int, batches: int) -> dict:
-        """NELBO at S = ``loops`` on the first ``batches`` batches: ``nelbo`` (token-weighted), ``stderr``
-        (between batches; None with one batch), ``tokens``, ``batches``, ``rows``, ``per_batch`` /
-        ``per_batch_tokens`` (for paired differences)."""
-        rows, frozen = self.rows(batches)
-        per, tok = [], []
-        for k in range(self.n_batches(batches)):
-            sl = slice(k * self.batch_size, (k + 1) * self.batch_size)
-            r = evaluate_nelbo(model, rows[sl], self.objective, loops, batch_size=self.batch_size, max_batches=1,
-                               seed=batch_seed(self.seed, k), precision=self.precision,
-                               frozen=None if frozen is None else frozen[sl])
-            per.append(float(r["nelbo"]))
-            tok.append(int(r["tokens"]))
-        nelbo = float(np.dot(per, tok) / max(sum(tok), 1))
-        stderr = float(np.std(per, ddof=1) / math.sqrt(len(per))) if len(per) > 1 else None
-        return {"nelbo": nelbo, "stderr": stderr, "tokens": int(sum(tok)), "batches": len(per), "rows": len(rows),
-                "per_batch": per, "per_batch_tokens": tok}
-
-
-def paired_gain(reference: dict, candidate: dict) -> tuple[float, Optional[float]]:
-    """NELBO(reference) - NELBO(candidate) of two ``FixedValidation.evaluate`` results on the same batches, and
-    its standard error from the per-batch differences (same rows, t and masks: the shared noise cancels)."""
-    n = min(len(reference["per_batch"]), len(candidate["per_batch"]))
-    if n != len(reference["per_batch"]) or n != len(candidate["per_batch"]):
-        raise ConfigError("a paired difference needs both models evaluated on the same batches")
-    d = np.asarray(reference["per_batch"]) - np.asarray(candidate["per_batch"])
-    return reference["nelbo"] - candidate["nelbo"], float(np.std(d, ddof=1) / math.sqrt(n)) if n > 1 else None
-
-
 class _StudyTrainer(Trainer):
     """The library's Trainer, its validation curve on the study's ``FixedValidation`` rows and noise (instead of
     a slice drawn with the training seed)."""
@@ -319,45 +252,28 @@ def train_run(plan: RunPlan, seed: int, run_dir: Path, data: PreparedData, cfg: 
     record_path = run_dir / "experiment_run.json"
     curve_eval = {"method": EVAL_METHOD, "eval_seed": cfg.eval_seed, "batches": rc.train.eval_batches,
                   "batch_size": rc.train.batch_size}
-    kept = list_checkpoints(run_dir / "checkpoints")
-    record, resume, finished = _read_record(record_path), None, False
-    if kept:
-        diffs = config_diff(load_config_file(kept[-1]).to_dict(), rc.to_dict())
-        if diffs:
-            raise ConfigError(f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); "
-                              "delete that folder to retrain it, or choose another --out")
-        if record.get("curve_eval") != curve_eval:
-            raise ConfigError(f"{str(run_dir)!r} holds a run whose validation curve was evaluated on another set "
-                              f"({record.get('curve_eval')} instead of {curve_eval}); delete that folder to retrain "
-                              "it, or choose another --out")
-        finished = step_of(kept[-1]) >= rc.train.max_steps
-        resume = None if finished else run_dir
-    t0 = time.perf_counter()
-    if finished:
-        log(f"  reusing the finished run in {run_dir}")
-    else:
-        check_run_folder(run_dir, resume=resume)  # before anything is written into it
-        if resume is None:
-            record = {"seed": seed, "steps": plan.steps, "curve_eval": curve_eval, "train_wall_s": 0.0}
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(record_path, record)
-        else:
-            log(f"  resuming {run_dir} from {kept[-1].name}")
-        trainer = _StudyTrainer(rc, run_dir, data=data, progress=progress, log=log, validation=validation)
-        try:
-            if resume is not None:
-                trainer.resume(resume)
-            result = trainer.fit()
-        finally:
-            distributed.teardown(trainer.dist)
-        record["train_wall_s"] = (record.get("train_wall_s") or 0.0) + (time.perf_counter() - t0)
+    record = _read_record(record_path)
+    if list_checkpoints(run_dir / "checkpoints") and record.get("curve_eval") != curve_eval:
+        raise ConfigError(f"{str(run_dir)!r} holds a run whose validation curve was evaluated on another set "
+                          f"({record.get('curve_eval')} instead of {curve_eval}); delete that folder to retrain "
+                          "it, or choose another --out")
+    if not record:
+        check_run_folder(run_dir)  # before the record is written into it
+        record = {"seed": seed, "steps": plan.steps, "curve_eval": curve_eval, "train_wall_s": 0.0}
+        run_dir.mkdir(parents=True, exist_ok=True)
         write_json(record_path, record)
-        if result.stopped_early:  # a signal: the step is saved; evaluating this model as finished would be wrong
-            raise LoopMDMError(f"training of {str(run_dir)!r} stopped at step {result.step} of {rc.train.max_steps}"
-                               " (signal received); run the same command again to resume it")
-    model = load_model(run_dir, ema=None)[0].eval()
+    t0 = time.perf_counter()
+    reused = False
+    try:
+        model, reused = train_or_reuse(rc, run_dir, data, progress, log,
+                                       trainer_cls=functools.partial(_StudyTrainer, validation=validation))
+    finally:
+        if not reused:  # also when a signal stopped it: the next call resumes and adds its own time
+            record["train_wall_s"] = (record.get("train_wall_s") or 0.0) + (time.perf_counter() - t0)
+            write_json(record_path, record)
+    model.eval()
     curve = read_curve(run_dir / "metrics.jsonl")
-    info = {"steps": plan.steps, "flops": curve.flops[-1] if curve.flops else 0.0, "reused": finished,
+    info = {"steps": plan.steps, "flops": curve.flops[-1] if curve.flops else 0.0, "reused": reused,
             "wall_s": time.perf_counter() - t0, "train_wall_s": record.get("train_wall_s"),
             "curve": curve.to_dict(), "parameters": sum(p.numel() for p in model.parameters())}
     return model, info
@@ -378,59 +294,6 @@ def final_eval(model, plan: RunPlan, run_dir: Path, loops: list[int], cfg: LoopS
     record["final_eval"] = {"key": key, "results": out}
     write_json(record_path, record)
     return out
-
-
-# --------------------------------------------------------------------------- provenance
-
-def software_versions() -> dict:
-    import loopmdm
-
-    out = {"python": platform.python_version(), "python_implementation": platform.python_implementation(),
-           "torch": torch.__version__, "numpy": np.__version__, "loopmdm": getattr(loopmdm, "__version__", None)}
-    for dist in ("tokenizers", "matplotlib"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def corpus_description(data_cfg: DataConfig) -> dict:
-    """Where the text came from: ``data.source`` and, for ``stdlib`` (the running interpreter's standard
-    library, so the corpus depends on the machine's Python), that Python's version and stdlib path."""
-    out = {"source": data_cfg.source, "val_fraction": data_cfg.val_fraction,
-           "max_train_bytes": data_cfg.max_train_bytes, "tokenizer": data_cfg.tokenizer}
-    if data_cfg.source == "stdlib":
-        out.update(python=sys.version, python_version=platform.python_version(),
-                   stdlib_path=sysconfig.get_paths()["stdlib"])
-    return out
-
-
-def data_fingerprint(data_cfg: DataConfig, data: PreparedData) -> dict:
-    """The source's fingerprint (``loopmdm.data.sources.source_fingerprint``: file names and sizes for a
-    folder / the stdlib) and SHA-256 digests of the prepared token rows and the tokenizer actually used."""
-    def digest(a: np.ndarray) -> str:
-        return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-    tok = getattr(data.tokenizer, "tok", None)
-    tok_text = tok.to_str() if tok is not None and hasattr(tok, "to_str") else None
-    try:
-        source_fp = source_fingerprint(data_cfg)
-    except (LoopMDMError, OSError) as e:  # e.g. a source that cannot be listed any more: say so, keep the row digests
-        source_fp = f"unavailable: {e}"
-    return {"source_fingerprint": source_fp, "train_rows_sha256": digest(data.train),
-            "val_rows_sha256": digest(data.val),
-            "tokenizer_sha256": None if tok_text is None else hashlib.sha256(tok_text.encode()).hexdigest(),
-            "train_shape": list(data.train.shape), "val_shape": list(data.val.shape), "dtype": str(data.train.dtype),
-            "stats": data.stats}
-
-
-def provenance_line(corpus: dict, fingerprint: dict, software: dict) -> str:
-    where = corpus["source"]
-    if corpus.get("stdlib_path"):
-        where += f" (Python {corpus['python_version']}, {corpus['stdlib_path']})"
-    return (f"data: {where}; rows sha256 {fingerprint['train_rows_sha256'][:12]}/{fingerprint['val_rows_sha256'][:12]}"
-            f"; loopmdm {software.get('loopmdm')}, torch {software['torch']}")
 
 
 # --------------------------------------------------------------------------- the study

@@ -340,13 +340,14 @@ def check_fresh_run_dir(run_dir: str | Path) -> None:
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: Optional[str | Path] = None, progress: bool = True,
           log: Callable[[str], None] = print, data: Optional[PreparedData] = None,
-          loop_dist: Optional[LoopDistribution] = None) -> TrainResult:
+          loop_dist: Optional[LoopDistribution] = None, trainer_cls: Callable[..., Trainer] = Trainer) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (optionally resuming from a checkpoint or run folder). Without
     ``resume``, ``run_dir`` must not hold checkpoints already, and ``cfg.train.init`` (when set) names the
     checkpoint whose weights the run starts from. ``run_dir`` follows ``loopmdm.outputs``: new, empty, or this
-    run's own folder (a folder of data or of another run is refused before anything is written)."""
+    run's own folder (a folder of data or of another run is refused before anything is written).
+    ``trainer_cls``: a ``Trainer`` subclass (or factory) for studies that change, e.g., the validation set."""
     check_run_folder(run_dir, resume=resume)  # before any work: never write into a folder that is not this run's
-    trainer = Trainer(cfg, run_dir, data=data, progress=progress, log=log, loop_dist=loop_dist)
+    trainer = trainer_cls(cfg, run_dir, data=data, progress=progress, log=log, loop_dist=loop_dist)
     try:
         if resume is not None:
             trainer.resume(resume)
