@@ -92,3 +92,20 @@ def tiny_run(tiny_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ar_run(tiny_corpus, tmp_path_factory) -> Path:
     return _train_run(tiny_corpus, tmp_path_factory.mktemp("tiny_ar_run"), "ar")
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """``loopmdm train`` with the training itself replaced: the config is built and validated, nothing trains;
+    returns the list of configs the CLI built."""
+    import loopmdm.cli.train_cmd as tc
+    from loopmdm.train import TrainResult
+
+    seen = []
+
+    def fake(cfg, out, **kw):
+        seen.append(cfg)
+        return TrainResult(Path(out), 0, 0.0, None, 0.0)
+
+    monkeypatch.setattr(tc, "run_train", fake)
+    return seen

@@ -160,34 +160,19 @@ def test_export_loopify_and_experiments_refuse_folders_they_did_not_create(tiny_
 
 # ============================================================================ 2. paths are not YAML
 
-@pytest.fixture
-def captured_train(monkeypatch):
-    """``loopmdm train`` with the training itself replaced: records the config the CLI built."""
-    import loopmdm.cli.train_cmd as tc
-    from loopmdm.train import TrainResult
-
-    seen = []
-
-    def fake(cfg, out, **kw):
-        seen.append(cfg)
-        return TrainResult(Path(out), 0, 0.0, None, 0.0)
-
-    monkeypatch.setattr(tc, "run_train", fake)
-    return seen
-
 
 @pytest.mark.parametrize("name", ["corpus #v2", "2024", "on", "null", "[a]", "x: y"])
-def test_data_path_is_taken_verbatim(name, tiny_corpus, tmp_path, monkeypatch, captured_train, capsys):
+def test_data_path_is_taken_verbatim(name, tiny_corpus, tmp_path, monkeypatch, fake_train, capsys):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_corpus, tmp_path / name)
     code, _, err = run_cli(["train", "--out", "o", "--data", name, "--max-steps", "3", "--objective", "mdm"], capsys)
     assert code == 0, err
-    cfg = captured_train[-1]
+    cfg = fake_train[-1]
     assert cfg.data.source == name and cfg.train.max_steps == 3
     # --set keeps YAML values
     code, _, err = run_cli(["train", "--out", "o", "--set", "train.max_steps=7", "--set", "train.ema=0.99"], capsys)
     assert code == 0, err
-    assert captured_train[-1].train.max_steps == 7 and captured_train[-1].train.ema == 0.99
+    assert fake_train[-1].train.max_steps == 7 and fake_train[-1].train.ema == 0.99
 
 
 # ============================================================================ 3. devices

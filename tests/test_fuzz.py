@@ -730,22 +730,6 @@ def yaml_files(draw):
     return text
 
 
-@pytest.fixture
-def fake_train(monkeypatch):
-    """``loopmdm train`` with the training itself replaced: the config is built and validated, nothing trains."""
-    import loopmdm.cli.train_cmd as tc
-    from loopmdm.train import TrainResult
-
-    seen = []
-
-    def fake(cfg, out, **kw):
-        seen.append(cfg)
-        return TrainResult(Path(out), 0, 0.0, None, 0.0)
-
-    monkeypatch.setattr(tc, "run_train", fake)
-    return seen
-
-
 @fuzz(60)
 @given(content=yaml_files())
 def test_config_yaml_files(content, fake_train, scratch_base, capsys):
