@@ -75,3 +75,36 @@ def test_the_study_refuses_a_foreign_folder_and_accepts_its_own(tmp_path, capsys
     (own / "vars-hops-trace" / "data").mkdir(parents=True)
     (own / "summary.md").write_text("x")
     assert check_output(own, "experiment", dirs=["vars-hops-trace", "prefix-sum"]) == own
+
+
+def test_an_amendment_appends_candidates_and_reuses_the_tried_ones(tmp_path):
+    run_reasoning(tiny_config(target=1.0), tmp_path, log=lambda s: None)  # candidate 0 fails
+    first = tmp_path / "hops" / "calibration_0" / "metrics.jsonl"
+    stamp = first.stat().st_mtime_ns
+    cfg = tiny_config(target=0.0)
+    cfg.target = 1.0
+    cfg.candidates.append({"d_model": 32, "n_heads": 2, "n_layers": 3, "steps": 30})
+    cal = run_reasoning(cfg.validate(), tmp_path, log=lambda s: None)["tasks"]["hops"]["calibration"]
+    assert [c["shape"] for c in cal["tried"]] == cfg.candidates and first.stat().st_mtime_ns == stamp
+    assert (tmp_path / "hops" / "calibration_1").is_dir()
+    cfg.candidates = cfg.candidates[::-1]
+    with pytest.raises(ConfigError, match="candidates may only be appended"):
+        run_reasoning(cfg, tmp_path, log=lambda s: None)
+
+
+def test_a_candidates_own_budget_becomes_the_plain_models_steps(tmp_path):
+    cfg = tiny_config(target=0.0)
+    cfg.candidates = [{**cfg.candidates[0], "steps": 80}]
+    cfg.models = ["mdm"]
+    entry = run_reasoning(cfg.validate(), tmp_path, log=lambda s: None)["tasks"]["hops"]
+    assert entry["calibration"]["chosen"]["baseline_steps"] == 80
+    assert {r["name"]: r["steps"] for r in entry["plan"]["runs"]}["mdm"] == 80
+
+
+@pytest.mark.parametrize("candidate, match", [({"d_model": 32, "width": 3}, "'width' is neither"),
+                                              ({"d_model": 32, "steps": 0}, "candidate steps")])
+def test_bad_candidates_are_refused(candidate, match):
+    cfg = tiny_config(target=0.0)
+    cfg.candidates = [candidate]
+    with pytest.raises(ConfigError, match=match):
+        cfg.validate()

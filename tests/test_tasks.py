@@ -30,9 +30,10 @@ CASES = [  # (family, params, levels)
     ("vars", {"mode": "query", "kind": "arith", "literals": 1, "statements": (3, 9)}, [0, 1, 2]),
     ("prefix", {"kind": "sum"}, [2, 4, 12, 24]),
     ("prefix", {"kind": "parity"}, [5, 8, 24]),
+    ("prefix", {"kind": "sum", "layout": "interleaved"}, [2, 4, 12, 24]),
 ]
 IDS = ["query-hops", "query-arith", "trace-hops", "trace-arith", "query-1-literal", "prefix-sum",
-       "prefix-parity"]
+       "prefix-parity", "prefix-sum-interleaved"]
 
 
 # --------------------------------------------------------------------------- the test's own parser
@@ -128,6 +129,11 @@ def test_the_checker_on_hand_written_rows():
     assert vars_.check({"text": "k=3:3;q=7:7;b=q-k:4", "targets": [[4, 5], [10, 11], [18, 19]]}) == "374"
     assert prefix.check({"text": "3141=3489", "targets": [[5, 9]], "task": "prefix-sum"}) == "3489"
     assert prefix.check({"text": "1011=1101", "targets": [[5, 9]], "task": "prefix-parity"}) == "1101"
+    assert prefix.check({"text": "33144819", "targets": [[1, 2], [3, 4], [5, 6], [7, 8]],
+                         "task": "prefix-sum"}) == "3489"
+    for bad in ("3314481", "3=14", "3a1", "1=1=1"):
+        with pytest.raises(DataError, match="malformed prefix row"):
+            prefix.check({"text": bad, "targets": [[1, 2]], "task": "prefix-sum"})
 
 
 # --------------------------------------------------------------------------- depth, size, literals
@@ -215,6 +221,17 @@ def test_prefix_size_is_exact(kind, alphabet, levels):
         assert row["targets"] == [[row["size"] + 1, 2 * row["size"] + 1]] and row["task"] == f"prefix-{kind}"
 
 
+def test_prefix_interleaved_layout_puts_each_sum_after_its_digit():
+    fam = TASKS.get("prefix")
+    infill = fam.generate(30, [3, 7], 4)
+    rows = fam.generate(30, [3, 7], 4, layout="interleaved")
+    for a, b in zip(infill, rows):  # the same inputs, drawn in the same order
+        digits, out = a["text"].split("=")
+        assert b["text"] == "".join(x + y for x, y in zip(digits, out)) and b["size"] == a["size"]
+        assert b["targets"] == [[2 * i + 1, 2 * i + 2] for i in range(b["size"])]
+        assert fam.heuristic_accuracy(b) == fam.heuristic_accuracy(a)
+
+
 # --------------------------------------------------------------------------- splits and levels
 
 SPLIT_CASES = [
@@ -223,6 +240,7 @@ SPLIT_CASES = [
      [1, 2, 3, 5, 8]),
     ("prefix", {"kind": "sum"}, [3, 4], [3, 4, 6]),  # size 3: 900 of the 1000 inputs are used
     ("prefix", {"kind": "parity"}, [9, 10], [9, 10, 12]),  # size 9: 450 of 512
+    ("prefix", {"kind": "sum", "layout": "interleaved"}, [3, 4], [3, 4, 6]),
 ]
 
 
@@ -436,6 +454,8 @@ def test_cli_bad_options_exit_2_with_one_line(extra, match, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, match", [
     (["task", "make", "prefix", "--out", "OUT", "--literals", "3"], "for the vars family only"),
+    (["task", "make", "vars", "--out", "OUT", "--layout", "interleaved"], "for the prefix family only"),
+    (["task", "make", "prefix", "--out", "OUT", "--layout", "zigzag"], "--layout 'zigzag'"),
     (["task", "make", "nope", "--out", "OUT"], "unknown task family"),
     (["task", "make", "vars"], "--out is required"),
 ])

@@ -64,13 +64,17 @@ def parse_statements(text: Optional[str]) -> Optional[tuple[int, int]]:
 
 
 def family_params(family: str, mode: Optional[str], kind: Optional[str], statements: Optional[str],
-                  literals: Optional[str]) -> dict:
+                  literals: Optional[str], layout: Optional[str] = None) -> dict:
     """The generator parameters given on the command line (unset ones keep the library defaults)."""
     params: dict = {}
-    if family != "vars":
-        for flag, value in (("--mode", mode), ("--statements", statements), ("--literals", literals)):
-            if value is not None:
-                raise ConfigError(f"{flag} is for the vars family only; drop it for {family}")
+    only = {"vars": (("--mode", mode), ("--statements", statements), ("--literals", literals)),
+            "prefix": (("--layout", layout),)}
+    for owner, flags in only.items():
+        for flag, value in flags:
+            if value is not None and family != owner:
+                raise ConfigError(f"{flag} is for the {owner} family only; drop it for {family}")
+    if layout is not None:
+        params["layout"] = layout
     if mode is not None:
         params["mode"] = mode
     if kind is not None:
@@ -90,6 +94,8 @@ def make(
                                                             "(infill scratchpad)."),
     kind: Optional[str] = typer.Option(None, "--kind", help="vars: hops or arith (default); prefix: sum "
                                                             "(default) or parity."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="prefix: infill (DIGITS=SUMS, default) or "
+                                                                "interleaved (each sum after its digit)."),
     train: str = typer.Option("1000", "--train", help="Training rows per level."),
     val: str = typer.Option("100", "--val", help="Validation rows per level (at the training levels)."),
     test: str = typer.Option("100", "--test", help="Test rows per level (at the test levels)."),
@@ -114,7 +120,7 @@ def make(
                      train_levels=parse_levels(train_levels, "--train-levels", "0..3"),
                      test_levels=parse_levels(test_levels, "--test-levels", "0..8"),
                      seed=parse_int(seed, "--seed", 0, "0"),
-                     **family_params(fam.name, mode, kind, statements, literals))
+                     **family_params(fam.name, mode, kind, statements, literals, layout))
     if json_out:
         emit_json(res)
         return

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -96,6 +96,13 @@ class ReasoningConfig:
             raise ConfigError("run.data.format must be 'answers' (prompt / answer and infill rows)")
         if not self.tasks or not self.candidates:
             raise ConfigError("tasks and candidates must be non-empty")
+        model_fields = {f.name for f in fields(ModelConfig)}
+        for c in self.candidates:
+            bad = sorted(set(c) - model_fields - {"steps"})
+            if bad:
+                raise ConfigError(f"candidate {c}: {bad[0]!r} is neither a model field nor 'steps'")
+            if "steps" in c:
+                check_int_list([c["steps"]], "candidate steps", 1)
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise ConfigError(f"models={self.models} must be a non-empty subset of {', '.join(MODELS)}")
@@ -122,12 +129,18 @@ def _laptop() -> ReasoningConfig:
              "n_test": 100, "train_levels": [1, 2, 3, 4], "test_levels": [1, 2, 3, 4, 5, 6, 7, 8], "seed": 0}
     prefix = {"kind": "sum", "n_train": 3000, "n_val": 100, "n_test": 100, "train_levels": [4, 6, 8, 10],
               "test_levels": [4, 6, 8, 10, 12, 14, 16], "seed": 0}
+    # Amendment 1 (2026-12-06, after both tasks' calibration failed and before any looped run; decided from the
+    # plain models' validation scores only): a third candidate, d 128 with 3x the steps, and the task
+    # prefix-sum-interleaved (each running sum next to its digit: in the infill layout output i is n + 1 places
+    # after input i, an offset that changes with the size n).
     return ReasoningConfig(
-        name="laptop", expected_minutes=360.0,
+        name="laptop", expected_minutes=600.0,
         tasks=[TaskSpec("vars-hops-trace", "vars", trace, "depth", 1, 84),
-               TaskSpec("prefix-sum", "prefix", prefix, "size", 4, 34)],
+               TaskSpec("prefix-sum", "prefix", prefix, "size", 4, 34),
+               TaskSpec("prefix-sum-interleaved", "prefix", {**prefix, "layout": "interleaved"}, "size", 4, 32)],
         run=run,
-        candidates=[{"d_model": 128, "n_heads": 4, "n_layers": 4}, {"d_model": 192, "n_heads": 6, "n_layers": 4}],
+        candidates=[{"d_model": 128, "n_heads": 4, "n_layers": 4}, {"d_model": 192, "n_heads": 6, "n_layers": 4},
+                    {"d_model": 128, "n_heads": 4, "n_layers": 4, "steps": 9000}],
         description="Two tasks. vars-hops-trace: programs of 12-14 statements with 4 digit literals and copies, "
                     "every value written after its statement (a scratchpad); the value of a depth-d statement is d "
                     "lookups away, so at T = 1 (every value decoded at once) the depth must come from the network, "
@@ -135,7 +148,9 @@ def _laptop() -> ReasoningConfig:
                     "prefix-sum: running sums mod 10 of 4-10 digits, tested up to 16. Calibration: plain 4-layer "
                     "MDMs (d 128, then d 192), 3000 steps of batch 64, until one reaches 90% validation exact match "
                     "at T = 1 on the easiest level (depth 1, size 4). Then (a)-(d) at equal FLOPs, S_max = 4, 3 "
-                    "seeds. One-thread processes, two at once (--tasks / --models); about 6 hours in all.")
+                    "seeds. One-thread processes, two at once (--tasks / --models); about 6 hours in all. "
+                    "Amendment 1, after both calibrations failed and before any looped run: a third candidate (d 128, "
+                    "9000 steps) and the task prefix-sum-interleaved (each running sum right after its digit).")
 
 
 PRESETS = {"laptop": _laptop}
@@ -174,42 +189,73 @@ def calibration_score(model, data_rows, tok, rc: RunConfig, cfg: ReasoningConfig
     return {"accuracy": recs[0]["accuracy"], "accuracy_ci": recs[0]["accuracy_ci"], "n": recs[0]["n"]}
 
 
+def earlier_calibration(path: Path, candidates: list[dict]) -> list[dict]:
+    """The candidates already tried in ``calibration.json`` (none if absent). Candidates may only be appended
+    after a calibration (a documented amendment): a changed or reordered list is refused."""
+    if not path.is_file():
+        return []
+    tried = json.loads(path.read_text())["tried"]
+    for i, entry in enumerate(tried):
+        if i >= len(candidates) or entry["shape"] != candidates[i]:
+            raise ConfigError(f"{path} was made with candidate {i} = {entry['shape']}, the config now has "
+                              f"{candidates[i] if i < len(candidates) else 'none'}; candidates may only be appended "
+                              "after a calibration (move the folder away to start over)")
+    return tried
+
+
 def calibrate(cfg: ReasoningConfig, task: TaskSpec, out: Path, progress: bool, log: Log) -> dict:
-    """Phase 1 for one task (reused from ``calibration.json`` when present): the first candidate whose plain MDM
-    reaches ``target`` on the calibration level of the validation rows."""
+    """Phase 1 for one task: the first candidate whose plain MDM reaches ``target`` on the calibration level of
+    the validation rows. Candidates tried before (``calibration.json``) are reused, so an amendment that appends
+    candidates continues from there. A candidate's ``steps`` (default ``calibration_steps``) is its budget; the
+    other keys are ``ModelConfig`` fields."""
     path = out / task.name / "calibration.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    tried = []
+    tried = earlier_calibration(path, cfg.candidates)
     chosen = None
-    for i, shape in enumerate(cfg.candidates):
-        rc = run_config(cfg, task, out, shape)
-        rc.diffusion.loop_dist, rc.diffusion.s_fixed = "fixed", 1
-        rc.train.max_steps = cfg.calibration_steps
-        rc.train.warmup_steps = max(1, round(cfg.warmup_frac * cfg.calibration_steps))
-        rc.train.eval_every = max(1, cfg.calibration_steps // cfg.n_evals)
-        data = prepare_data(rc.data, rc.model.vocab_size, rc.model.max_seq_len, log=log)
-        rc.model.vocab_size = data.tokenizer.vocab_size
-        log(f"{task.name}: calibration candidate {i} {shape}, plain MDM, {cfg.calibration_steps} steps")
-        t0 = time.perf_counter()
-        model, _ = train_or_reuse(rc.validate(), out / task.name / f"calibration_{i}", data, progress, log)
-        val_rows = read_rows(Path(rc.data.source) / "val.jsonl", rc.data.answers, rc.data.text_field)
-        score = calibration_score(model.eval(), val_rows, data.tokenizer, rc, cfg, task.calibration_level,
-                                  task.level_field)
-        tried.append({"shape": shape, **score, "wall_s": time.perf_counter() - t0})
-        log(f"  validation exact match at {task.level_field}={task.calibration_level}: {score['accuracy']:.3f}")
+    for i, candidate in enumerate(cfg.candidates):
+        steps = candidate.get("steps", cfg.calibration_steps)
+        if i < len(tried):
+            score = tried[i]
+        else:
+            score = calibration_run(cfg, task, out, i, candidate, steps, progress, log)
+            tried.append(score)
+            write_json(path, calibration_record(cfg, task, tried, None))
         if score["accuracy"] >= cfg.target:
-            chosen = {"shape": shape, "baseline_steps": cfg.calibration_steps}
+            chosen = {"shape": candidate, "baseline_steps": steps}
             break
-    result = {"task": task.name, "level_field": task.level_field, "level": task.calibration_level,
-              "target": cfg.target, "t": cfg.calibration_t, "tried": tried, "chosen": chosen}
+    result = calibration_record(cfg, task, tried, chosen)
     write_json(path, result)
     return result
 
 
+def calibration_record(cfg: ReasoningConfig, task: TaskSpec, tried: list[dict], chosen: Optional[dict]) -> dict:
+    return {"task": task.name, "level_field": task.level_field, "level": task.calibration_level,
+            "target": cfg.target, "t": cfg.calibration_t, "tried": tried, "chosen": chosen}
+
+
+def calibration_run(cfg: ReasoningConfig, task: TaskSpec, out: Path, i: int, candidate: dict, steps: int,
+                    progress: bool, log: Log) -> dict:
+    """Train candidate ``i`` as a plain MDM for ``steps`` and score it on the calibration level."""
+    shape = {k: v for k, v in candidate.items() if k != "steps"}
+    rc = run_config(cfg, task, out, shape)
+    rc.diffusion.loop_dist, rc.diffusion.s_fixed = "fixed", 1
+    rc.train.max_steps = steps
+    rc.train.warmup_steps = max(1, round(cfg.warmup_frac * steps))
+    rc.train.eval_every = max(1, steps // cfg.n_evals)
+    data = prepare_data(rc.data, rc.model.vocab_size, rc.model.max_seq_len, log=log)
+    rc.model.vocab_size = data.tokenizer.vocab_size
+    log(f"{task.name}: calibration candidate {i} {shape}, plain MDM, {steps} steps")
+    t0 = time.perf_counter()
+    model, _ = train_or_reuse(rc.validate(), out / task.name / f"calibration_{i}", data, progress, log)
+    val_rows = read_rows(Path(rc.data.source) / "val.jsonl", rc.data.answers, rc.data.text_field)
+    score = calibration_score(model.eval(), val_rows, data.tokenizer, rc, cfg, task.calibration_level,
+                              task.level_field)
+    log(f"  validation exact match at {task.level_field}={task.calibration_level}: {score['accuracy']:.3f}")
+    return {"shape": candidate, **score, "wall_s": time.perf_counter() - t0}
+
+
 def matched_config(cfg: ReasoningConfig, task: TaskSpec, out: Path, chosen: dict) -> ComputeMatchedConfig:
     """The compute-matched plan's config for the chosen model: (b) is LoopMDM with S ~ U{1..S_max}."""
-    rc = run_config(cfg, task, out, chosen["shape"])
+    rc = run_config(cfg, task, out, {k: v for k, v in chosen["shape"].items() if k != "steps"})
     rc.diffusion.loop_dist, rc.diffusion.s_max = "uniform", cfg.s_max
     return ComputeMatchedConfig(run=rc, baseline_steps=chosen["baseline_steps"], n_evals=cfg.n_evals,
                                 warmup_frac=cfg.warmup_frac, seeds=list(cfg.seeds)).validate()

@@ -1,9 +1,14 @@
 """``prefix``: a positional easy-to-hard task, prefix sums mod 10 (kind ``sum``) or prefix XOR over bits (kind
 ``parity``), as infill rows.
 
-``text = digits + "=" + outputs`` where output ``i`` is the sum of digits ``0..i`` mod 10 (``parity``: bits,
-mod 2): ``3141`` -> ``3141=3489``, ``1011`` -> ``1011=1101``. The targets are the one span of the outputs; a
-level is the size ``n`` (the number of input digits), inputs uniform over all ``base**n`` strings (leading
+Output ``i`` is the sum of digits ``0..i`` mod 10 (``parity``: bits, mod 2). Two layouts:
+
+- ``infill`` (default): ``text = digits + "=" + outputs``, one target span: ``3141`` -> ``3141=3489``.
+- ``interleaved``: every output right after its input digit, one target per output: ``3141`` -> ``33144819``.
+  Output ``i`` sits next to input ``i`` (as in the easy-to-hard literature, where output ``i`` is read at input
+  ``i``'s position), so one step of the recurrence is a fixed offset away whatever the size.
+
+A level is the size ``n`` (the number of input digits), inputs uniform over all ``base**n`` strings (leading
 zeros included), distinct within and across splits. No padding: fitting the model window is the data
 loader's job.
 
@@ -20,7 +25,8 @@ from ..errors import ConfigError, DataError
 from .base import TASKS, TaskFamily, check_count, check_levels, draw_distinct
 
 BASES = {"sum": 10, "parity": 2}
-DEFAULTS = {"kind": "sum"}
+LAYOUTS = ("infill", "interleaved")
+DEFAULTS = {"kind": "sum", "layout": "infill"}
 MAX_SIZE = 4096
 # Levels with at most this many possible inputs are drawn without replacement (exact, even near exhaustion).
 SMALL_SPACE = 2_000_000
@@ -35,11 +41,21 @@ def prefix_outputs(digits: str, base: int) -> str:
     return "".join(out)
 
 
-def make_row(digits: str, base: int, task: str) -> dict:
-    """The infill row of one input."""
-    n = len(digits)
-    return {"text": f"{digits}={prefix_outputs(digits, base)}", "targets": [[n + 1, 2 * n + 1]], "task": task,
-            "size": n}
+def make_row(digits: str, base: int, task: str, layout: str = "infill") -> dict:
+    """The row of one input in ``layout``."""
+    n, outputs = len(digits), prefix_outputs(digits, base)
+    if layout == "interleaved":
+        text = "".join(x + y for x, y in zip(digits, outputs))
+        return {"text": text, "targets": [[2 * i + 1, 2 * i + 2] for i in range(n)], "task": task, "size": n}
+    return {"text": f"{digits}={outputs}", "targets": [[n + 1, 2 * n + 1]], "task": task, "size": n}
+
+
+def split_row(text: str) -> tuple[str, str]:
+    """``(digits, outputs)`` of a row's text in either layout (no ``=``: interleaved)."""
+    if "=" in text:
+        digits, _, outputs = text.partition("=")
+        return digits, outputs
+    return text[0::2], text[1::2]
 
 
 def as_digits(x: int, size: int, base: int) -> str:
@@ -47,14 +63,15 @@ def as_digits(x: int, size: int, base: int) -> str:
     return format(x, f"0{size}b") if base == 2 else str(x).zfill(size)
 
 
-def draw_small(rng: random.Random, n: int, size: int, base: int, task: str, seen: set[str]) -> list[dict]:
+def draw_small(rng: random.Random, n: int, size: int, base: int, task: str, seen: set[str],
+               layout: str = "infill") -> list[dict]:
     """``n`` distinct rows of a small input space, sampled without replacement; ConfigError if too few are
     left."""
     space = base ** size
-    taken = sum(1 for k in seen if len(k) == 2 * size + 1)
+    taken = sum(1 for k in seen if len(split_row(k)[0]) == size)
     rows = []
     for x in rng.sample(range(space), min(space, n + taken)):
-        row = make_row(as_digits(x, size, base), base, task)
+        row = make_row(as_digits(x, size, base), base, task, layout)
         if row["text"] not in seen:
             rows.append(row)
             if len(rows) == n:
@@ -82,8 +99,11 @@ class PrefixTask(TaskFamily):
         kind = params.get("kind", DEFAULTS["kind"])
         if kind not in BASES:
             raise ConfigError(f"--kind {kind!r} is not a prefix kind; choose one of: {', '.join(BASES)}")
+        layout = params.get("layout", DEFAULTS["layout"])
+        if layout not in LAYOUTS:
+            raise ConfigError(f"--layout {layout!r} is not a prefix layout; choose one of: {', '.join(LAYOUTS)}")
         check_levels(levels, "--train-levels / --test-levels (sizes)", 1, MAX_SIZE)
-        return {"kind": kind}
+        return {"kind": kind, "layout": layout}
 
     def default_levels(self, params: dict) -> tuple[list[int], list[int]]:
         if params.get("kind", "sum") == "parity":  # 2**n inputs: sizes with room for the default row counts
@@ -95,7 +115,8 @@ class PrefixTask(TaskFamily):
 
     def generate(self, n_per_level: int, levels: Sequence[int], seed: int, *,
                  exclude: Optional[Iterable[str]] = None, **params) -> list[dict]:
-        kind = self.resolve(levels, params)["kind"]
+        resolved = self.resolve(levels, params)
+        kind, layout = resolved["kind"], resolved["layout"]
         n_per_level = check_count(n_per_level, "n_per_level")
         base, task = BASES[kind], f"prefix-{kind}"
         rng = random.Random(seed)
@@ -104,21 +125,23 @@ class PrefixTask(TaskFamily):
         rows: list[dict] = []
         for size in levels:
             if base ** size <= SMALL_SPACE:
-                rows += draw_small(rng, n_per_level, size, base, task, seen)
+                rows += draw_small(rng, n_per_level, size, base, task, seen, layout)
                 continue
 
             def draw(r: random.Random, size=size) -> dict:
-                return make_row("".join(r.choices(symbols, k=size)), base, task)
+                return make_row("".join(r.choices(symbols, k=size)), base, task, layout)
 
             rows += draw_distinct(rng, n_per_level, draw, seen, f"size {size}")
         rng.shuffle(rows)
         return rows
 
     def check(self, row: dict) -> str:
-        digits, sep, _ = row["text"].partition("=")
+        text = row["text"]
+        digits, outputs = split_row(text)
         base = BASES.get(row.get("task", "prefix-sum").removeprefix("prefix-"))
-        if not sep or base is None or not digits or any(c not in "0123456789"[:base] for c in digits):
-            raise DataError(f"malformed prefix row {row.get('text')!r}; expected DIGITS=OUTPUTS")
+        if (base is None or not digits or len(digits) != len(outputs) or text.count("=") > 1
+                or any(c not in "0123456789"[:base] for c in digits)):
+            raise DataError(f"malformed prefix row {text!r}; expected DIGITS=OUTPUTS or digit / output pairs")
         sums, total = [], 0
         for c in digits:
             total += int(c)
@@ -126,7 +149,7 @@ class PrefixTask(TaskFamily):
         return "".join(map(str, sums))
 
     def heuristic_accuracy(self, row: dict) -> float:
-        digits, _, outputs = row["text"].partition("=")
+        digits, outputs = split_row(row["text"])
         return 1.0 if outputs == digits else 0.0
 
 
