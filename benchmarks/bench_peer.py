@@ -36,7 +36,8 @@ import typer
 
 from loopmdm.config import ModelConfig
 from loopmdm.model import LoopMDM
-from loopmdm.runtime import autocast_context, peak_rss_growth
+from bench_hardware import peak_rss_growth
+from loopmdm.runtime import autocast_context
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 MASK_ID = 3  # ids 0..3 are special in both vocabularies (pad, bos, eos, mask)

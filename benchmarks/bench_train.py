@@ -36,7 +36,8 @@ from loopmdm.diffusion import Batch, MaskedDiffusion
 from loopmdm.diffusion.schedules import get_schedule
 from loopmdm.model import LoopMDM
 from loopmdm.model.flops import train_flops_per_token
-from loopmdm.runtime import autocast_context, peak_rss_growth
+from bench_hardware import peak_rss_growth
+from loopmdm.runtime import autocast_context
 from loopmdm.train.optim import make_optimizer
 
 SECTIONS = ("throughput", "memory", "loss_memory", "profile")

@@ -15,7 +15,7 @@ Sections (``--sections``, comma-separated; default all, always run in this order
   (``loopmdm.model.flops.train_flops_per_token``, LM head at the expected masked share) x tokens/s / the card's
   dense bf16 peak (``loopmdm.runtime.peak_flops``; unlisted card: MFU null with a note, or ``--peak-tflops``),
   peak memory (``torch.cuda.max_memory_allocated``).
-- ``syncs``: host-device synchronisations of one training step and of denoising (``ancestral_sample`` at T = 1
+- ``syncs``: host-device synchronisations of one training step and of denoising (ancestral sampling at T = 1
   and T = 4: per step and fixed), counted with ``torch.cuda.set_sync_debug_mode("warn")``, with the source lines
   that caused them. Without CUDA: "n/a: no CUDA" (the steps still run).
 - ``profile``: ``torch.profiler`` over a few training steps: the SDPA kernel actually used (flash / efficient /
@@ -24,7 +24,7 @@ Sections (``--sections``, comma-separated; default all, always run in this order
 - ``loss``: ``loopmdm.model.loss.linear_cross_entropy`` forward + backward against the three plain GEMMs it
   contains (h W^T, G W, G^T h) and against ``F.cross_entropy`` on materialised logits, N = 16384 positions at
   the paper's vocabulary and width, bf16: seconds, TFLOP/s, the ratio LCE / GEMMs, peak memory.
-- ``sampling``: seconds per denoising step of ``loopmdm.sampling.ancestral_sample`` (the ``generate`` core) with
+- ``sampling``: seconds per denoising step of ancestral sampling (``loopmdm.sampling.sample_canvas``, the ``generate`` core) with
   the ``paper`` model at S = 12, 8 sequences of 1024 tokens, fp32 (TF32 matmuls) against bf16 autocast.
 - ``trio``: the compute-matched trio (``experiments.compute_matched``: same-size MDM, LoopMDM with
   S ~ U{1..4}, deeper MDM, equal training FLOPs; d 512 x 8 layers, length 256, batch 128, bf16) on the standard
@@ -104,8 +104,10 @@ from loopmdm.fileio import jsonable, write_json  # noqa: E402
 from loopmdm.model import LoopMDM  # noqa: E402
 from loopmdm.model.flops import train_flops_per_token  # noqa: E402
 from loopmdm.model.loss import linear_cross_entropy  # noqa: E402
-from loopmdm.runtime import autocast_context, compile_blocks, machine_info, peak_flops, sdpa_backend  # noqa: E402
-from loopmdm.sampling import ancestral_sample  # noqa: E402
+from bench_hardware import peak_flops, sdpa_backend  # noqa: E402
+from loopmdm.runtime import autocast_context, compile_blocks, machine_info  # noqa: E402
+from loopmdm.sampling import SAMPLERS, Canvas, TokenFilter, sample_canvas  # noqa: E402
+from loopmdm.sampling.policies import Fixed  # noqa: E402
 from loopmdm.train.distributed import DistEnv  # noqa: E402
 from loopmdm.train.step import train_step  # noqa: E402
 
@@ -429,6 +431,16 @@ def audit_syncs(fn: Callable[[], object], device: torch.device) -> dict:
     return {"syncs": len(found), "where": dict(where.most_common(12)), "other_warnings": len(caught) - len(found)}
 
 
+def ancestral(model, mask_id: int, n: int, length: int, steps: int, loops: int, schedule,
+              gen: torch.Generator) -> torch.Tensor:
+    """``n`` unconditional samples [n, length] by ancestral sampling with T = ``steps`` at a fixed S."""
+    x = torch.full((n, length), mask_id, dtype=torch.long, device=next(model.parameters()).device)  # [N, L]
+    out, _, _, _ = sample_canvas(model, Canvas(x, torch.ones_like(x, dtype=torch.bool)), mask_id, steps=steps,
+                                 sampler=SAMPLERS.get("ancestral")(), policy=Fixed(loops),
+                                 token_filter=TokenFilter(1.0), schedule=schedule, gen=gen)
+    return out
+
+
 def section_syncs(ctx: Ctx, clock: Clock) -> dict:
     model_cfg, diffusion = model_config(ctx)
     batch, loops = 2, 2
@@ -440,7 +452,7 @@ def section_syncs(ctx: Ctx, clock: Clock) -> dict:
     def denoise(T: int) -> Callable[[], object]:
         def run():
             with autocast_context(ctx.device, "bf16"):
-                return ancestral_sample(step.model, step.mask_id, batch, L, T, loops, sched,
+                return ancestral(step.model, step.mask_id, batch, L, T, loops, sched,
                                         torch.Generator().manual_seed(0))
         return run
 
@@ -652,7 +664,7 @@ def section_sampling(ctx: Ctx, clock: Clock) -> dict:
     for i, precision in enumerate(("fp32", "bf16")):
         def run(T: int) -> None:
             with autocast_context(ctx.device, precision):
-                ancestral_sample(model, mask_id, N, L, T, loops, sched, torch.Generator().manual_seed(0))
+                ancestral(model, mask_id, N, L, T, loops, sched, torch.Generator().manual_seed(0))
 
         free_memory(ctx.device)
         warm = timed(lambda: run(2), ctx.device) / 2  # the first call includes one-off set-up

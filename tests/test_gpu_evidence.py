@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from loopmdm.runtime import peak_flops, peak_flops_for_name
-
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_evidence.py"
+if str(SCRIPT.parent) not in sys.path:  # as when the script runs: its folder first (for bench_hardware)
+    sys.path.insert(0, str(SCRIPT.parent))
+from bench_hardware import peak_flops, peak_flops_for_name  # noqa: E402
 ALL = ["throughput", "syncs", "profile", "loss", "sampling", "trio", "sudoku"]
 
 

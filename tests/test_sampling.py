@@ -11,7 +11,7 @@ import torch
 from loopmdm.checkpoint import load_model
 from loopmdm.errors import ConfigError
 from loopmdm.model import LoopMDM
-from loopmdm.sampling import (SAMPLERS, TokenFilter, ancestral_sample, draw, generate, parse_template,
+from loopmdm.sampling import (SAMPLERS, TokenFilter, draw, generate, parse_template,
                               transfer_counts)
 from loopmdm.diffusion.schedules import get_schedule
 from helpers import t_free_model
@@ -178,20 +178,6 @@ def test_trajectory_and_on_step(trained):
     d = tr.to_dict(tok)
     json.dumps(d)
     assert len(d["tokens"]) == 2 and len(d["snapshots"]) == 5
-
-
-def test_ancestral_sample_keeps_its_signature(trained):
-    model, tok, cfg = trained
-    prefix = torch.tensor([tok.bos_id] + tok.encode("def"))
-    x = ancestral_sample(model, tok.mask_id, 2, 16, 4, 2, get_schedule(cfg.diffusion.schedule),
-                         torch.Generator().manual_seed(0), temperature=1.0, prefix=prefix)
-    assert x.shape == (2, 16) and torch.equal(x[:, :len(prefix)], prefix.expand(2, -1))
-    assert not (x == tok.mask_id).any()
-    sched, gen = get_schedule(cfg.diffusion.schedule), torch.Generator()
-    for args, match in [((2, 16, 0, 2), "steps"), ((2, 10_000, 4, 2), "seq_len"), ((0, 16, 4, 2), "num_samples"),
-                        ((2, 16, 4, 0), "loops")]:
-        with pytest.raises(ConfigError, match=match):
-            ancestral_sample(model, tok.mask_id, *args, sched, gen)
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -1,21 +1,17 @@
 """The machine and how we run on it: device choice, threads, bf16 autocast, ``torch.compile`` of the
-transformer blocks, SDPA backend selection, the accelerator peak used for MFU (model FLOPs utilisation), the
-peak memory of a step, and a description of the machine for result files.
-
-Measured effects (see docs/ecosystem.md): compile the blocks on CUDA; on CPU it does not pay for tiny models.
-bf16 autocast (``train.precision=bf16``), activation checkpointing of loops (``model.checkpoint_loops``),
-truncated backprop (``model.backprop_depth``) and fused AdamW on CUDA live in the model / trainer.
+transformer blocks, memory available, and a description of the machine for result files. (What only the
+benchmarks need, the GPU peak FLOPs for MFU, SDPA backend pinning and peak RSS, is in
+``benchmarks/bench_hardware.py``.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import multiprocessing as mp
 import os
 import platform
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -150,26 +146,6 @@ def machine_info() -> dict:
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
-# Dense bf16 tensor-core peak, FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name(), compared
-# case-insensitively; the first match wins, so the specific names come before the family name.
-PEAK_BF16_FLOPS = (
-    ("GH200", 989e12),
-    ("H200 NVL", 835e12),
-    ("H200", 989e12),  # H200 SXM: "NVIDIA H200"
-    ("H100 NVL", 835e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # H100 SXM: "NVIDIA H100 80GB HBM3"
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-)
-
-
 def compile_blocks(model: nn.Module, **options) -> int:
     """``torch.compile`` every transformer block in place (the loop over S and the stages stay eager, so a new
     S never triggers a recompilation). Returns the number of compiled blocks."""
@@ -179,76 +155,3 @@ def compile_blocks(model: nn.Module, **options) -> int:
             module.compile(**options)
             n += 1
     return n
-
-
-def peak_flops_for_name(name: str) -> Optional[float]:
-    """The dense bf16 peak in FLOP/s of a card named ``name`` (as ``torch.cuda.get_device_name()`` spells it,
-    e.g. "NVIDIA H100 80GB HBM3"), or None when the table does not list it."""
-    lowered = name.lower()
-    for key, flops in PEAK_BF16_FLOPS:
-        if key.lower() in lowered:
-            return flops
-    return None
-
-
-def peak_flops(device: torch.device | str) -> Optional[float]:
-    """The card's dense bf16 peak in FLOP/s, or None when unknown (CPU, unlisted GPU)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return peak_flops_for_name(torch.cuda.get_device_name(device))
-
-
-SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
-
-
-@contextlib.contextmanager
-def sdpa_backend(name: Optional[str]) -> Iterator[None]:
-    """Restrict ``scaled_dot_product_attention`` to one backend (``flash``, ``efficient``, ``cudnn``, ``math``);
-    None leaves PyTorch's automatic choice (flash / memory-efficient on CUDA when the inputs allow)."""
-    if name is None:
-        yield
-        return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    table = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
-    if name not in table:
-        raise ConfigError(f"SDPA backend {name!r} is unknown; use one of: {', '.join(SDPA_BACKENDS)}")
-    with sdpa_kernel(table[name]):
-        yield
-
-
-# --------------------------------------------------------------------------- CPU peak memory (Linux)
-
-def _proc_status_bytes(field: str) -> int:
-    """``VmRSS`` / ``VmHWM`` (peak RSS) of this process from /proc/self/status, in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise OSError(f"{field} not in /proc/self/status")
-
-
-def _peak_child(make: Callable[..., Callable[[], Any]], args: tuple, repeats: int, q) -> None:
-    step = make(*args)
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    before = _proc_status_bytes("VmRSS")
-    for _ in range(repeats):
-        step()
-    q.put(_proc_status_bytes("VmHWM") - before)
-
-
-def peak_rss_growth(make: Callable[..., Callable[[], Any]], *args: Any, repeats: int = 2) -> int:
-    """Bytes by which the peak resident set grows while ``make(*args)()`` runs ``repeats`` times, measured in a
-    fresh spawned process (``make`` must be importable: a module-level function returning the step to time).
-
-    ``ru_maxrss`` cannot be used: Linux carries it across exec, so a spawned child starts with its parent's
-    peak. The per-address-space peak ``VmHWM`` is reset through /proc/self/clear_refs instead. PyTorch's CPU
-    allocator has no peak counter and tracemalloc does not see its C++ allocations, hence the process level."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(make, args, repeats, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out

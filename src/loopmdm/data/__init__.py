@@ -9,7 +9,7 @@ from .cache import cache_root
 from .documents import Document, ReadReport, decode_text
 from .packing import cap_bytes, pack, split_documents, stable_fraction
 from .prepare import prepare_data
-from .prepared import FORMATS, PreparedData
+from .formats import FORMATS, PreparedData
 from .sources import SOURCES, read_documents
 from .text import load_tokenizer
 from .tokenizer import TextTokenizer, train_bpe

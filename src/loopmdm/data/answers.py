@@ -34,7 +34,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from ..errors import ConfigError, DataError
 from .documents import decode_text, jsonl_objects
 from .packing import split_by_key
-from .prepared import FORMATS, PreparedData
+from .formats import FORMATS, PreparedData
 from .text import load_tokenizer
 from .tokenizer import SPECIALS, TextTokenizer, train_bpe
 

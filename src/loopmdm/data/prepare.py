@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from . import answers, text  # noqa: F401  (register the "answers" and "text" formats)
-from .prepared import FORMATS, PreparedData
+from .formats import FORMATS, PreparedData
 from .sudoku import dataset  # noqa: F401  (registers the "sudoku" format)
 
 

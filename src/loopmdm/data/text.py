@@ -13,7 +13,7 @@ from .cache import cache_root, read_cache, write_cache
 from .documents import LINES_PER_CHUNK
 from .hub import tokenizer_from_hub
 from .packing import cap_bytes, pack, split_documents
-from .prepared import FORMATS, PreparedData
+from .formats import FORMATS, PreparedData
 from .sources import read_documents, source_fingerprint
 from .tokenizer import TextTokenizer, train_bpe
 

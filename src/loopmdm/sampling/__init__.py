@@ -7,7 +7,7 @@ per_token, warm). Fast sampling: the ``confidence`` and ``semi_ar`` options ``th
 """
 
 from ..registry import build
-from .api import SampleOutput, ancestral_sample, generate, sample_canvas
+from .api import SampleOutput, generate, sample_canvas
 from .conditioning import Canvas, build_canvas, parse_template
 from .filters import BannedTokens, TokenFilter, draw
 from .policies import DEFAULT_LOOPS, LOOP_POLICIES, SHAPES, LoopPolicy
@@ -18,7 +18,7 @@ from .reference import reference_sample
 from .samplers import SAMPLERS, Sampler, transfer_counts
 
 __all__ = [
-    "generate", "ancestral_sample", "sample_canvas", "build", "SampleOutput", "ComputeReport", "Trajectory",
+    "generate", "sample_canvas", "build", "SampleOutput", "ComputeReport", "Trajectory",
     "StepInfo", "SAMPLERS", "LOOP_POLICIES", "SHAPES", "ORDERS", "DEFAULT_LOOPS", "Sampler", "LoopPolicy",
     "TokenFilter", "BannedTokens", "draw", "reference_sample", "Canvas", "build_canvas", "parse_template", "transfer_counts", "CACHES", "KVCache",
 ]

@@ -21,7 +21,7 @@ from ..registry import build
 from ..runtime import autocast_context
 from .conditioning import Canvas, build_canvas
 from .filters import TokenFilter
-from .policies import LOOP_POLICIES, Fixed, LoopPolicy
+from .policies import LOOP_POLICIES, LoopPolicy
 from .report import ComputeMeter, ComputeReport, Trajectory, TrajectoryRecorder
 from .runner import Denoiser
 from .samplers import SAMPLERS, Sampler, Session, first_true
@@ -187,30 +187,3 @@ def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = 
         stop_at_eos=stop_at_eos, record_trajectory=record_trajectory, on_step=on_step, precision=precision)
     texts = [tokenizer.decode(row[: int(n)].tolist()) for row, n in zip(x, lengths)]
     return SampleOutput(tokens=x, texts=texts, report=report, trajectory=trajectory, lengths=lengths)
-
-
-@torch.no_grad()
-def ancestral_sample(model, mask_id: int, num_samples: int, seq_len: int, steps: int, loops: int,
-                     schedule: NoiseSchedule, gen: torch.Generator, temperature: float = 1.0,
-                     prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Token ids [num_samples, seq_len] by MDLM ancestral sampling at a fixed loop count S = ``loops``.
-
-    model: a LoopMDM; mask_id: the tokenizer's mask id; steps: T denoising steps; schedule: alpha_t;
-    gen: the generator every draw comes from; prefix: optional prompt ids [P] kept fixed.
-    (Kept for callers of the first API; ``generate`` is the full one.)"""
-    steps = _check_steps(steps)
-    max_len = model.config.max_seq_len
-    if check_int(seq_len, "seq_len") > max_len:
-        raise ConfigError(f"seq_len={seq_len!r} must be an integer in 1..{max_len} (the model window)")
-    check_int(num_samples, "num_samples")
-    device = next(model.parameters()).device
-    check_sample_memory(model, num_samples, seq_len, device)
-    x = torch.full((num_samples, seq_len), mask_id, dtype=torch.long, device=device)  # [N, L]
-    free = torch.ones_like(x, dtype=torch.bool)
-    if prefix is not None and len(prefix):
-        x[:, : len(prefix)] = prefix.to(device)
-        free[:, : len(prefix)] = False
-    out, _, _, _ = sample_canvas(model, Canvas(x, free), mask_id, steps=steps, sampler=SAMPLERS.get("ancestral")(),
-                                 policy=Fixed(loops), token_filter=TokenFilter(temperature), schedule=schedule,
-                                 gen=gen)
-    return out

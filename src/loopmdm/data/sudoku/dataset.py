@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, Regex, decoders, models, pre_tokenizers
 from ...errors import DataError
 from ..cache import cache_root
 from ..packing import split_by_key
-from ..prepared import FORMATS, PreparedData
+from ..formats import FORMATS, PreparedData
 from ..tokenizer import TextTokenizer
 from .augment import AUGMENTS
 from .files import read_puzzles
