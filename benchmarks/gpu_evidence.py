@@ -267,9 +267,9 @@ def model_config(ctx: Ctx) -> tuple[ModelConfig, DiffusionConfig]:
 
 class TrainStep:
     """One training step as the trainer runs it (``loopmdm.train.step.train_step``: forward and backward under
-    autocast, the loss and gradient norm read back, clipping) plus fused AdamW, on random token rows [batch, L]
-    at loop count S = ``loops``. ``simulate_oom_above``: a batch above it raises ``torch.OutOfMemoryError`` at
-    once (``--smoke``: runs the fallback on CPU)."""
+    autocast of host rows, clipping; the loss and gradient norm stay on the device) plus fused AdamW, on random
+    token rows [batch, L] at loop count S = ``loops``. ``simulate_oom_above``: a batch above it raises
+    ``torch.OutOfMemoryError`` at once (``--smoke``: runs the fallback on CPU)."""
 
     def __init__(self, model_cfg: ModelConfig, diffusion: DiffusionConfig, loops: int, batch: int, ctx: Ctx,
                  precision: str = "bf16", compiled: bool = False, simulate_oom_above: Optional[int] = None):
@@ -285,10 +285,10 @@ class TrainStep:
         self.seq_len = model_cfg.max_seq_len
         self.objective = make_objective(diffusion, self.mask_id)
         self.gen = torch.Generator().manual_seed(0)
-        self.x0 = torch.randint(0, self.mask_id, (batch, self.seq_len), generator=self.gen).to(ctx.device)
+        self.x0 = torch.randint(0, self.mask_id, (batch, self.seq_len), generator=self.gen)  # on the host
         self.dist = DistEnv(device=ctx.device)
 
-    def __call__(self) -> float:
+    def __call__(self) -> torch.Tensor:
         noise = self.objective.draw(self.batch, self.seq_len, self.gen)
         with sdpa_backend(self.sdpa):
             loss, _ = train_step(self.model, self.model, self.objective, Batch(self.x0), noise, self.loops,

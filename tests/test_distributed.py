@@ -98,7 +98,7 @@ def _record_steps(trainer) -> list[dict]:
 
     def recording(idx, loops):
         loss, gnorm = step_fn(idx, loops)
-        rec = {"loops": loops, "loss": loss, "gnorm": gnorm}
+        rec = {"loops": loops, "loss": float(loss), "gnorm": float(gnorm)}  # (device scalars or floats)
         if not seen:
             rec["grads"] = {n: p.grad.detach().clone().contiguous() for n, p in trainer.model.named_parameters()
                             if p.grad is not None}
@@ -241,3 +241,108 @@ def test_torchrun_module_entry(tiny_corpus, tmp_path):
     assert len(summaries) == 1 and summaries[0]["step"] == 2
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
     assert load_model(tmp_path / "run")[2].train.max_steps == 2
+
+
+# --------------------------------------------------------------------------- FSDP2: the looped mid block
+
+def test_fsdp_mixed_precision_follows_train_precision():
+    bf16, fp32 = distributed.fsdp_mixed_precision("bf16"), distributed.fsdp_mixed_precision("fp32")
+    assert (bf16.param_dtype, bf16.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert (fp32.param_dtype, fp32.reduce_dtype) == (torch.float32, torch.float32)
+    assert not bf16.cast_forward_inputs  # t and the loss weights stay fp32
+
+
+def _count_collectives() -> dict:
+    """Patch the all-gather / reduce-scatter entry points FSDP2 calls (``all_gather_single`` in torch >= 2.13,
+    ``all_gather_into_tensor`` before) to count calls in this process; returns the live counters."""
+    counts = {"all_gather": 0, "reduce_scatter": 0}
+    names = {"all_gather_single": "all_gather", "all_gather_into_tensor": "all_gather",
+             "reduce_scatter_single": "reduce_scatter", "reduce_scatter_tensor": "reduce_scatter"}
+    for name, key in names.items():
+        if hasattr(dist, name):
+            def counted(*args, _f=getattr(dist, name), _k=key, **kwargs):
+                counts[_k] += 1
+                return _f(*args, **kwargs)
+            setattr(dist, name, counted)
+    return counts
+
+
+def _gather_count_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank: a tiny LoopMDM (n_h = 1, n_m = 2, n_o = 1) sharded with ``wrap_model(fsdp=True)``; the memory
+    pre-flight on it (the probes are collective; a budget no step fits fails on both ranks), then per optimizer
+    step at S = 1, 4, 8 (fp32, then bf16 at S = 4) count the collectives, compare the gathered gradients with
+    the unsharded model's on the global batch, and record the dtype the mid block computes with."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from types import SimpleNamespace
+
+    from loopmdm.config import DiffusionConfig, ModelConfig, TrainConfig
+    from loopmdm.diffusion import Batch
+    from loopmdm.model import LoopMDM
+    from loopmdm.train.preflight import check_memory
+    from loopmdm.train.step import train_step
+
+    env = DistEnv(rank=rank, world_size=world, backend="gloo")
+    cfg = ModelConfig(vocab_size=64, max_seq_len=16, d_model=16, n_heads=2, n_layers=4, n_h=1, n_m=2, n_o=1,
+                      cond_dim=8)
+    obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=63)
+    gen = torch.Generator().manual_seed(1)
+    results, counts = [], _count_collectives()
+    for precision, loop_counts in (("fp32", (1, 1, 4, 8)), ("bf16", (4,))):
+        torch.manual_seed(0)
+        model, ref = LoopMDM(cfg), LoopMDM(cfg)
+        ref.load_state_dict(model.state_dict())
+        distributed.wrap_model(model, env, fsdp=True, precision=precision)
+        mid_dtypes = []
+        model.mid.register_forward_pre_hook(lambda m, a: mid_dtypes.append(str(m.blocks[0].attn.qkv.weight.dtype)))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+        if precision == "fp32":
+            run = SimpleNamespace(model=cfg, diffusion=DiffusionConfig(s_max=8), train=TrainConfig(batch_size=4))
+            rows = torch.randint(0, 63, (8, 16), generator=torch.Generator().manual_seed(2)).numpy()
+            data = SimpleNamespace(train=rows, batch=lambda split, idx: Batch(torch.from_numpy(rows[idx])))
+            found = check_memory(model, model, obj, data, run, torch.device("cpu"), env, budget_bytes=1 << 40,
+                                 log=lambda s: None)
+            try:
+                check_memory(model, model, obj, data, run, torch.device("cpu"), env, budget_bytes=found.needed // 2)
+            except ConfigError as e:
+                results.append({"preflight": found.needed, "rows": found.rows, "error": str(e)})
+        for loops in loop_counts:
+            x0, own = torch.randint(0, 63, (4, 16), generator=gen), rank_slice(4, env)
+            noise = obj.draw(4, 16, gen)
+            counts.update(all_gather=0, reduce_scatter=0)
+            train_step(model, model, obj, Batch(x0[own]), noise.rows(own), loops, grad_accum=1, precision=precision,
+                       grad_clip=0.0, device=torch.device("cpu"), dist=env)
+            step = dict(counts, loops=loops, precision=precision, mid_dtype=sorted(set(mid_dtypes)))
+            obj.loss(ref, Batch(x0), loops, noise).loss.backward()
+            step["grad_err"] = max(float((p.grad.full_tensor() - r.grad).abs().max() / r.grad.abs().max())
+                                   for p, r in zip(model.parameters(), ref.parameters()) if r.grad is not None)
+            step["grad_dtype"] = sorted({str(p.grad.dtype) for p in model.parameters() if p.grad is not None})
+            opt.step(), ref_opt.step()
+            opt.zero_grad(), ref_opt.zero_grad()
+            mid_dtypes.clear()
+            results.append(step)
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def test_fsdp_gathers_the_looped_mid_block_once_per_step(tmp_path):
+    """The mid block runs S times per step on shared weights; FSDP2 must all-gather it once per step (not per
+    loop, forward and backward), so the all-gathers per optimizer step are the same at S = 1, 4, 8."""
+    out = tmp_path / "gathers.json"
+    mp.spawn(_gather_count_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    steps = json.loads(out.read_text())
+    pre = steps.pop(0)  # the pre-flight ran on the sharded model and left the steps after it exact
+    assert pre["rows"] == 2 and pre["preflight"] > 0, pre
+    assert pre["error"].startswith("memory pre-flight: one training step at S=8 (") and "would fit: " in pre["error"]
+    fp32 = {s["loops"]: s for s in steps if s["precision"] == "fp32"}  # (S = 1 twice: the second is warm)
+    gathers = {loops: s["all_gather"] for loops, s in fp32.items()}
+    assert gathers[1] == gathers[4] == gathers[8] == 1 + 2 * (1 + 1), gathers  # root (+ mid) once, head / tail 2x
+    assert len({s["reduce_scatter"] for s in fp32.values()}) == 1
+    for s in fp32.values():  # gradients are the unsharded model's on the global batch
+        assert s["grad_err"] < 1e-5 and s["mid_dtype"] == ["torch.float32"], s
+    bf16 = next(s for s in steps if s["precision"] == "bf16")
+    assert bf16["all_gather"] == gathers[1] and bf16["mid_dtype"] == ["torch.bfloat16"], bf16
+    assert bf16["grad_dtype"] == ["torch.float32"] and bf16["grad_err"] < 0.1, bf16  # reduced in fp32

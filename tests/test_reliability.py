@@ -71,6 +71,51 @@ def test_nonfinite_in_a_row_stops_and_keeps_last_good_checkpoint(tiny_cfg, tmp_p
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_nonfinite_step_that_logs_nothing_is_skipped_on_the_device(tiny_cfg, tmp_path):
+    """Between logged steps the loss is not read on the host: the fused AdamW kernel skips the update (found_inf),
+    the EMA keeps its value, the step still counts, and the next read records and logs it."""
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.save_every, cfg.train.log_every = 6, 100, 100, 3
+    cfg.train.ema = 0.9
+    logs = []
+    tr = trainer(cfg, tmp_path / "run", logs)
+    nan_hook(tr, attempts={2})
+    tr.fit()
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in recs if r.get("skipped")] == [
+        {"step": 2, "skipped": True, "skipped_steps": 1, "bad_in_row": 1, "bad_total": 1}]
+    assert [r["step"] for r in recs if not r.get("skipped")] == [3, 6]
+    assert tr.bad_total == 1 and tr.bad_in_row == 0 and any("1 step with a non-finite loss" in x for x in logs)
+    assert all(torch.isfinite(p).all() for p in [*tr.model.parameters(), *tr.ema.parameters()])
+    assert int(tr.ema.n_averaged) == 5  # the skipped step left the average alone
+    state = json.loads((resolve_checkpoint(tmp_path / "run") / "trainer_state.json").read_text())
+    assert state["bad_total"] == 1 and state["bad_in_row"] == 0
+
+
+def test_nonfinite_steps_in_a_row_on_the_device_stop_at_the_next_read(tiny_cfg, tmp_path):
+    """The run of device-skipped steps goes on across a checkpoint (which reads the counts) and stops the run at the
+    next read once it reaches train.max_bad_steps."""
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.save_every, cfg.train.log_every = 8, 100, 2, 4
+    cfg.train.max_bad_steps = 2
+    tr = trainer(cfg, tmp_path / "run")
+    nan_hook(tr, attempts={2, 3})
+    with pytest.raises(TrainingDiverged, match="2 non-finite steps in a row"):
+        tr.fit()
+    assert tr.bad_total == 2
+
+
+def test_a_good_step_on_the_device_ends_the_run_of_nonfinite_steps(tiny_cfg, tmp_path):
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.save_every, cfg.train.log_every = 4, 100, 2, 4
+    tr = trainer(cfg, tmp_path / "run")
+    nan_hook(tr, attempts={2, 4})  # step 2 skipped on the device, 3 good on the device, 4 skipped on the host
+    tr.fit()
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["bad_in_row"]) for r in recs if r.get("skipped")] == [(2, 1), (4, 1)]
+    assert tr.bad_total == 2 and tr.step == 4
+
+
 def test_huge_learning_rate_diverges_with_a_clear_message(tiny_cfg, tmp_path):
     cfg = copy.deepcopy(tiny_cfg)
     cfg.train.lr, cfg.train.warmup_steps, cfg.train.max_bad_steps, cfg.train.save_every = 1e30, 0, 2, 1

@@ -4,13 +4,16 @@ count of a sparse training step matches FlopCounterMode; the AR objective keeps 
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+import loopmdm.diffusion.objectives as objectives
 from loopmdm.diffusion import Autoregressive, Batch, MaskedDiffusion, get_schedule, q_sample
+from loopmdm.diffusion.objectives import LossPositions, bucketed
 from loopmdm.model import LoopMDM, ModelConfig
 from loopmdm.model.flops import train_flops_per_token
 from loopmdm.model.loss import linear_cross_entropy
@@ -57,6 +60,39 @@ def test_sparse_and_dense_nelbo_and_gradients_agree(kw, loss_weight, frozen):
     assert ga.keys() == gb.keys()
     for k in ga:
         torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_loss_positions_are_row_major_and_padded_to_one_of_32_sizes():
+    assert [bucketed(n, 1000) for n in (0, 1, 32, 33, 990, 999)] == [0, 32, 32, 64, 992, 1000]  # at most all
+    scored = np.zeros((4, 64), dtype=bool)  # 256 positions: sizes in steps of 8
+    scored[0, [5, 1]] = scored[2, 7] = True
+    pos = LossPositions.of(scored)
+    assert pos.n == 3 and pos.index.tolist() == [1, 5, 135] + [135] * 5  # the padding repeats the last one
+    assert pos.valid.tolist() == [True] * 3 + [False] * 5
+    assert pos.rows(64).tolist() == [0, 0, 2] + [2] * 5
+    assert pos.labels(torch.arange(256).reshape(4, 64)).tolist() == pos.index.tolist()
+
+
+def test_the_padding_of_the_loss_positions_changes_nothing(monkeypatch):
+    torch.manual_seed(0)
+    model = LoopMDM(cfg())
+    obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=96)
+    x0 = torch.randint(0, 96, (4, 24))
+    noise = obj.draw(4, 24, torch.Generator().manual_seed(1))
+    outs = {}
+    for padded in (True, False):
+        if not padded:
+            monkeypatch.setattr(objectives, "bucketed", lambda n, total: n)
+        model.zero_grad()
+        out = obj.loss(model, Batch(x0), 2, noise)
+        out.loss.backward()
+        outs[padded] = (out, grads(model))
+    (a, ga), (b, gb) = outs[True], outs[False]
+    assert a.n_tokens == b.n_tokens
+    torch.testing.assert_close(a.loss, b.loss, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(a.nll_sum, b.nll_sum, rtol=1e-6, atol=1e-6)
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-7, msg=k)
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 1000])

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..model import LoopContext, LoopMDM, ModelConfig
 from ..model.layers import sinusoidal
+from ..model.looped import select_positions
 
 
 class LayerRange(nn.Module):
@@ -131,14 +132,14 @@ class WrappedLoopMDM(nn.Module):
     def coda_features(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None,
                       positions: Optional[torch.Tensor] = None, cache: Optional[list] = None) -> torch.Tensor:
         """Tail (layers [n_h + n_m, L)) over every position, then the source's per-position features before its
-        decoder (final norm / prediction-head transform): [B, T, D], or [N, D] at the positions ``predict``
-        [B, T] marks. Families that read position i's logits from position i - 1 (Dream) shift here."""
+        decoder (final norm / prediction-head transform): [B, T, D], or [N, D] at the positions ``predict`` marks
+        (``select_positions``). Families that read position i's logits from position i - 1 (Dream) shift here."""
         self._whole_sequences_only(positions, cache)
         h = self.tail(h, ctx)
         if self.family.shift:
             h = torch.cat([h[:, :1], h[:, :-1]], dim=1)
         if predict is not None:
-            h = h[predict]  # [N, D]
+            h = select_positions(h, predict)[0]  # [N, D]
         return self.family.features(self.source, h)
 
     def coda(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None,

@@ -8,6 +8,10 @@ one uniform per position), drawn once over the *global* batch, so that data-para
 micro-batches slice their rows of it and one process gets exactly the same numbers (``Noise.rows``).
 ``loss(model, batch, loops, noise)`` then needs no generator.
 
+The loss never waits for the device: the forward process q(x_t | x_0) and the positions that enter the loss are
+found on the host from the batch and noise as the trainer draws them (``LossPositions``: integer indices, padded to
+one of ``LOSS_BUCKETS`` sizes so that the LM head sees few shapes), and only what the model needs moves to it.
+
 The times t come from the objective's time sampler (``loopmdm.diffusion.timesteps``: uniform by default, or a
 bell / P-POTS density, with importance weights ``Noise.w`` = u(t) / p(t) under ``t_weighting = "exact"``);
 ``complementary_masks`` pairs rows (``pair_rows`` + ``draw``). Evaluation always uses ``for_evaluation()``: the
@@ -20,6 +24,7 @@ import copy
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -63,7 +68,12 @@ class Noise:
         return Noise(self.t[sl], self.u[sl], None if self.w is None else self.w[sl])
 
     def to(self, device) -> "Noise":
-        return Noise(self.t.to(device), self.u.to(device), None if self.w is None else self.w.to(device))
+        """On ``device``, from the host without waiting (a non-blocking copy)."""
+        return Noise(*(None if v is None else v.to(device, non_blocking=True) for v in (self.t, self.u, self.w)))
+
+    def host(self) -> "Noise":
+        """On the host (itself when it is: the trainer's noise)."""
+        return Noise(*(None if v is None else _on_host(v) for v in (self.t, self.u, self.w)))
 
     def nelbo_weight(self, schedule: NoiseSchedule) -> torch.Tensor:
         """[B]: each row's weight of a masked token's cross-entropy, -alpha'_t / (1 - alpha_t) times ``w``."""
@@ -79,6 +89,69 @@ class LossOutput:
     loss: torch.Tensor
     nll_sum: torch.Tensor
     n_tokens: int
+
+
+def _on_host(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself on the CPU (the trainer's batches and noise), else copied there (a device sync)."""
+    return t if t.device.type == "cpu" else t.cpu()
+
+
+def host_array(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a NumPy array, read on the host (``_on_host``)."""
+    return _on_host(t).numpy()
+
+
+def host_batch(batch: Batch) -> Batch:
+    """``batch`` with its tensors on the host (``_on_host``)."""
+    return Batch(_on_host(batch.x0), None if batch.frozen is None else _on_host(batch.frozen))
+
+
+LOSS_BUCKETS = 32  # the loss positions of a batch are padded to a multiple of 1/32 of its positions
+
+
+def bucketed(n: int, total: int, buckets: int = LOSS_BUCKETS) -> int:
+    """``n`` rounded up to a multiple of ceil(total / buckets), at most ``total``: the padded number of loss
+    positions of a batch of ``total`` positions (one of ``buckets`` sizes)."""
+    unit = max(-(-total // buckets), 1)
+    return min(total, -(-n // unit) * unit)
+
+
+def model_device(model, default: torch.device) -> torch.device:
+    """The device ``model`` (or a data-parallel wrapper) computes on; ``default`` for a model without parameters."""
+    p = next(iter(model.parameters()), None)
+    return default if p is None else p.device
+
+
+@dataclass
+class LossPositions:
+    """The positions that enter the loss, found on the host: ``index`` [K] their flat indices b * L + i in row-major
+    order, padded to K = ``bucketed(n, B * L)`` by repeating the last one; ``valid`` [K] True at the ``n`` real
+    positions, False at the padding (which gets loss weight 0). Integer indices of a size fixed on the host let
+    the model gather the positions without a device sync."""
+
+    index: torch.Tensor
+    valid: torch.Tensor
+    n: int
+
+    @classmethod
+    def of(cls, scored: np.ndarray) -> "LossPositions":
+        """The True positions of ``scored`` [B, L] (a host array)."""
+        flat = np.flatnonzero(scored)  # [n]
+        n, k = len(flat), bucketed(len(flat), scored.size)
+        index = np.concatenate([flat, np.full(k - n, flat[-1] if n else 0)]).astype(np.int64)  # [K]
+        return cls(torch.from_numpy(index), torch.from_numpy(np.arange(k) < n), n)
+
+    def labels(self, x0: torch.Tensor) -> torch.Tensor:
+        """The target token of every position [K] from the host rows x0 [B, L]."""
+        return x0.reshape(-1).index_select(0, self.index)
+
+    def to(self, device) -> "LossPositions":
+        return LossPositions(self.index.to(device, non_blocking=True), self.valid.to(device, non_blocking=True),
+                             self.n)
+
+    def rows(self, length: int) -> torch.Tensor:
+        """The row b of every position [K] in rows of ``length`` positions."""
+        return torch.div(self.index, length, rounding_mode="floor")
 
 
 def sample_t(n: int, gen: torch.Generator, antithetic: bool = True, eps: float = 1e-3) -> torch.Tensor:
@@ -209,17 +282,26 @@ class MaskedDiffusion(Objective):
         return frac
 
     def loss(self, model, batch, loops, noise):
-        noise = noise.to(batch.x0.device)
-        x_t = q_sample(batch, noise, self.schedule.alpha(noise.t), self.mask_id)
-        if not sparse_capable(model):
-            return self.nelbo(model(x_t, noise.t, loops=loops), batch, x_t, noise.t, noise.w)
-        masked = x_t == self.mask_id  # [B, L]
-        w = noise.nelbo_weight(self.schedule)[masked.nonzero()[:, 0]]  # [N]: the NELBO weight of each masked position
+        """The NELBO of ``batch`` under ``noise``, both best on the host (as the trainer passes them): x_t and the
+        masked positions are then found without a device sync, and x_t, t and the positions move to the model's
+        device (device tensors are first copied back, a sync)."""
+        device = model_device(model, batch.x0.device)
+        batch, noise = host_batch(batch), noise.host()
+        x_t = q_sample(batch, noise, self.schedule.alpha(noise.t), self.mask_id)  # [B, L] on the host
         n_tokens = self._n_tokens(batch)
-        g = w / max(n_tokens, 1) if self.loss_weight == "elbo" else torch.full_like(w, 1.0 / max(len(w), 1))
+        noise, x_t_dev = noise.to(device), x_t.to(device, non_blocking=True)
+        if not sparse_capable(model):
+            return self.nelbo(model(x_t_dev, noise.t, loops=loops), batch.to(device), x_t_dev, noise.t, noise.w,
+                              n_tokens)
+        pos = LossPositions.of(host_array(x_t) == self.mask_id)
+        labels = pos.labels(batch.x0).to(device, non_blocking=True)  # [K]
+        pos = pos.to(device)
+        valid = pos.valid.float()  # [K]
+        w = noise.nelbo_weight(self.schedule).index_select(0, pos.rows(x_t.shape[1])) * valid  # [K]: 0 at the padding
+        g = w / max(n_tokens, 1) if self.loss_weight == "elbo" else valid * (1.0 / max(pos.n, 1))
         deep = {"supervise": self.supervised_loops(loops)} \
             if self.deep_supervision != "none" and loops > 1 and torch.is_grad_enabled() else {}
-        loss, ce = model(x_t, noise.t, loops=loops, predict=masked, labels=batch.x0[masked], label_weights=g,
+        loss, ce = model(x_t_dev, noise.t, loops=loops, predict=pos.index, labels=labels, label_weights=g,
                          exclude=self.mask_id, **deep)
         return LossOutput(loss=loss, nll_sum=(ce * w).sum().detach(), n_tokens=n_tokens)
 
@@ -228,18 +310,22 @@ class MaskedDiffusion(Objective):
         probability 1/2 (``random``, drawn on the CPU from the global generator, which checkpoints save)."""
         if self.deep_supervision == "all":
             return list(range(1, loops + 1))
-        keep = (torch.rand(loops - 1) < 0.5).tolist()  # CPU draw: no device sync
+        keep = (torch.rand(loops - 1) < 0.5).numpy()  # CPU draw, read on the host: no device sync
         return [k + 1 for k, on in enumerate(keep) if on] + [loops]
 
     @staticmethod
     def _n_tokens(batch: Batch) -> int:
-        return int(batch.x0.numel() if batch.frozen is None else (~batch.frozen).sum())
+        """The scored (not frozen) tokens of ``batch``, counted on the host."""
+        if batch.frozen is None:
+            return batch.x0.numel()
+        return batch.frozen.numel() - int(np.count_nonzero(host_array(batch.frozen)))
 
     def nelbo(self, logits: torch.Tensor, batch: Batch, x_t: torch.Tensor, t: torch.Tensor,
-              w: Optional[torch.Tensor] = None) -> LossOutput:
+              w: Optional[torch.Tensor] = None, n_tokens: Optional[int] = None) -> LossOutput:
         """The same loss from full logits [B, L, V] at x_t (models without sparse prediction; the reference the
         sparse path is tested against): only masked positions contribute (SUBS copies the rest). ``w`` [B]: the
-        importance weights of a non-uniform t sampler (``Noise.w``), None for uniform t."""
+        importance weights of a non-uniform t sampler (``Noise.w``), None for uniform t; ``n_tokens``: the scored
+        tokens when the caller counted them (else counted here)."""
         ce = F.cross_entropy(no_mask_logits(logits, self.mask_id).transpose(1, 2), batch.x0,
                              reduction="none")  # [B, L]
         masked = x_t == self.mask_id
@@ -247,7 +333,7 @@ class MaskedDiffusion(Objective):
         if w is not None:
             weight = weight * w[:, None]
         nll_sum = torch.where(masked, weight * ce, torch.zeros_like(ce)).sum()
-        n_tokens = self._n_tokens(batch)
+        n_tokens = self._n_tokens(batch) if n_tokens is None else n_tokens
         if self.loss_weight == "uniform":
             loss = torch.where(masked, ce, torch.zeros_like(ce)).sum() / masked.sum().clamp_min(1)
         else:
@@ -263,15 +349,24 @@ class Autoregressive(Objective):
         return 1.0
 
     def loss(self, model, batch, loops, noise=None):
-        x0 = batch.x0
-        keep = torch.ones_like(x0[:, 1:], dtype=torch.bool) if batch.frozen is None else ~batch.frozen[:, 1:]
-        n_tokens = int(keep.sum())
+        """The next-token NLL of ``batch`` (best on the host: the scored positions are then found without a
+        device sync)."""
+        device = model_device(model, batch.x0.device)
+        batch = host_batch(batch)
+        keep = np.ones(batch.x0[:, 1:].shape, dtype=bool) if batch.frozen is None \
+            else ~host_array(batch.frozen)[:, 1:]  # [B, L-1]: the scored next tokens
+        n_tokens = int(np.count_nonzero(keep))
+        x0 = batch.x0.to(device, non_blocking=True)
         if sparse_capable(model):
-            nll_sum, _ = model(x0[:, :-1], loops=loops, predict=keep, labels=x0[:, 1:][keep])
+            pos = LossPositions.of(keep)
+            labels = pos.labels(batch.x0[:, 1:]).to(device, non_blocking=True)  # [K]
+            pos = pos.to(device)
+            nll_sum, _ = model(x0[:, :-1], loops=loops, predict=pos.index, labels=labels,
+                               label_weights=pos.valid.float())
         else:
             ce = F.cross_entropy(model(x0[:, :-1], loops=loops).float().transpose(1, 2), x0[:, 1:],
                                  reduction="none")  # [B, L-1]
-            nll_sum = torch.where(keep, ce, torch.zeros_like(ce)).sum()
+            nll_sum = torch.where(torch.from_numpy(keep).to(device, non_blocking=True), ce, torch.zeros_like(ce)).sum()
         return LossOutput(loss=nll_sum / max(n_tokens, 1), nll_sum=nll_sum.detach(), n_tokens=n_tokens)
 
 

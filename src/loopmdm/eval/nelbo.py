@@ -27,9 +27,10 @@ from ..model.flops import forward_flops_per_token
 from ..runtime import autocast_context
 
 
-def _batch(rows: np.ndarray, frozen: Optional[np.ndarray], sl: slice, device: torch.device) -> Batch:
+def _batch(rows: np.ndarray, frozen: Optional[np.ndarray], sl: slice) -> Batch:
+    """Rows ``sl`` on the host [B, L] (the objective moves what the model needs to its device)."""
     f = None if frozen is None else torch.from_numpy(np.ascontiguousarray(frozen[sl], dtype=bool))
-    return Batch(torch.from_numpy(rows[sl].astype(np.int64)), f).to(device)  # [B, L]
+    return Batch(torch.from_numpy(rows[sl].astype(np.int64)), f)
 
 
 def _one_pass(model, rows: np.ndarray, frozen: Optional[np.ndarray], objective: Objective, loops: int,
@@ -38,13 +39,14 @@ def _one_pass(model, rows: np.ndarray, frozen: Optional[np.ndarray], objective: 
     """One Monte-Carlo pass over the first ``n_batches`` batches: (NLL sum, tokens, per-batch NELBO)."""
     total_nll, total_tok, per_batch = 0.0, 0, []
     for b in range(n_batches):
-        batch = _batch(rows, frozen, slice(b * batch_size, (b + 1) * batch_size), device)
+        batch = _batch(rows, frozen, slice(b * batch_size, (b + 1) * batch_size))
         noise = objective.draw(batch.x0.shape[0], batch.x0.shape[1], gen)
         with autocast_context(device, precision):
             out = objective.loss(model, batch, loops, noise)
-        total_nll += float(out.nll_sum)
+        nll = float(out.nll_sum)
+        total_nll += nll
         total_tok += out.n_tokens
-        per_batch.append(float(out.nll_sum) / max(out.n_tokens, 1))
+        per_batch.append(nll / max(out.n_tokens, 1))
     return total_nll, total_tok, per_batch
 
 

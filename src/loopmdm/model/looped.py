@@ -51,12 +51,23 @@ def check_inputs(x_t: torch.Tensor, t: Optional[torch.Tensor], vocab_size: int, 
                          f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     if not values or x_t.numel() == 0:
         return
-    lo, hi = int(x_t.min()), int(x_t.max())
+    ids = x_t.detach().numpy()  # read through NumPy: host values, never a device sync
+    lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= vocab_size:
         raise InputError(f"token ids must be in [0, {vocab_size}) (the model's vocabulary), got ids from {lo} to "
                          f"{hi}; encode the text with the checkpoint's tokenizer")
-    if t is not None and not bool(((t >= 0) & (t <= 1)).all()):
+    times = None if t is None or t.device.type != "cpu" else t.detach().double().numpy()
+    if times is not None and not ((times >= 0) & (times <= 1)).all():
         raise InputError("t must hold diffusion times in [0, 1] (no NaN); pass t = 1 for an all-masked sequence")
+
+
+def select_positions(h: torch.Tensor, predict: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states h [B, T, D] at the positions ``predict`` names: a [B, T] bool mask, or [N] flat indices
+    b * T + i in row-major order (what the objectives pass: found on the host, they need no device sync; a mask's
+    positions are counted on the device, a sync). Returns (states [N, D], the row b of each [N])."""
+    B, T, D = h.shape
+    flat = predict.reshape(-1).nonzero().squeeze(1) if predict.dtype == torch.bool else predict  # [N]
+    return h.reshape(B * T, D).index_select(0, flat), torch.div(flat, T, rounding_mode="floor")
 
 
 class Stack(nn.Module):
@@ -195,7 +206,7 @@ class LoopMDM(nn.Module):
     def coda_features(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None,
                       positions: Optional[torch.Tensor] = None, cache: Optional[list] = None) -> torch.Tensor:
         """Tail (n_o layers) over every position, then the final norm (adaLN-modulated when time-conditioned) at
-        every position [B, T, D], or only at the positions ``predict`` [B, T] (bool) marks: [N, D] (sparse
+        every position [B, T, D], or only at the positions ``predict`` marks (``select_positions``): [N, D] (sparse
         prediction: the LM head and the loss need nothing else). ``positions`` / ``cache``: inference-only key /
         value caching of the tail, as in ``prelude`` (h [B, K, D] then holds the states at ``positions``)."""
         if positions is None and cache is None:
@@ -204,9 +215,8 @@ class LoopMDM(nn.Module):
             h = self.tail(h, ctx, positions=positions, cache=cache)
         cond = ctx.cond
         if predict is not None:
-            rows = predict.nonzero()[:, 0]  # [N]: the row of each predicted position
-            h = h[predict]  # [N, D]
-            cond = None if cond is None else cond[rows]  # [N, cond_dim]
+            h, rows = select_positions(h, predict)  # [N, D], [N]: the row of each predicted position
+            cond = None if cond is None else cond.index_select(0, rows)  # [N, cond_dim]
         h = self.final_norm(h)
         if self.final_modulation is not None:
             shift, scale = self.final_modulation(cond).chunk(2, dim=-1)  # [B, 2D] or [N, 2D]
@@ -243,11 +253,11 @@ class LoopMDM(nn.Module):
                 exclude: Optional[int] = None, supervise: Optional[Sequence[int]] = None):
         """Logits [B, T, V] for tokens x_t [B, T] at diffusion time t [B], running the mid block S = loops times.
 
-        Sparse prediction: with ``predict`` [B, T] (bool) only those positions get the final norm and the LM
-        head: logits [N, V] in row-major order. With ``labels`` [N] as well, no logits are formed: the result
-        is ``(sum_i w_i CE_i, CE [N])`` from ``loss.linear_cross_entropy`` (weights ``label_weights`` [N],
-        ``exclude`` a token id that gets no probability, e.g. the mask under SUBS): the loss runs inside
-        ``forward``, as data-parallel wrappers need.
+        Sparse prediction: with ``predict`` (a [B, T] bool mask or [N] flat indices, ``select_positions``) only
+        those positions get the final norm and the LM head: logits [N, V] in row-major order. With ``labels`` [N]
+        as well, no logits are formed: the result is ``(sum_i w_i CE_i, CE [N])`` from
+        ``loss.linear_cross_entropy`` (weights ``label_weights`` [N], ``exclude`` a token id that gets no
+        probability, e.g. the mask under SUBS): the loss runs inside ``forward``, as data-parallel wrappers need.
 
         Deep supervision (R-MDM, TRM): ``supervise`` lists loop counts k in 1..S whose state h_k also goes
         through the tail and the loss; the result is then the mean of those losses and the CE [N] of h_S.

@@ -86,6 +86,6 @@ def draw(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.long, device=logp.device)
     probs = (logp - logp.max(dim=-1, keepdim=True).values).exp()  # [M, V] float64, max 1
     cdf = probs.cumsum(dim=-1)
-    target = (1.0 - u.double().to(logp.device)) * cdf[:, -1]  # in (0, total]
+    target = (1.0 - u.double().to(logp.device, non_blocking=True)) * cdf[:, -1]  # in (0, total]
     idx = torch.searchsorted(cdf, target[:, None]).squeeze(-1)  # first index with cdf >= target
     return idx.clamp_max(logp.shape[-1] - 1)

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..model.fields import check_int
 from ..registry import Registry
 from .policies import LOOP_POLICIES
-from .runner import LoopRunner, LoopState, Prediction, padded_positions, sub_context
+from .runner import LoopRunner, LoopState, Prediction, marked_positions, padded_positions, sub_context
 
 KV = ("k", "v")
 
@@ -102,8 +103,7 @@ class PrefixCache(CacheMode):
     blockwise = True
 
     def queries(self, kv, x, masked):
-        start = int(kv.block.nonzero()[0])
-        return (torch.arange(x.shape[1], device=x.device) >= start)[None].expand_as(masked).clone()
+        return (kv.block.cumsum(0) > 0)[None].expand_as(masked).clone()  # from the block's start on
 
 
 @CACHES.register("dual")
@@ -200,15 +200,18 @@ class KVCache:
         return self.mode.refresh is not None and self.since_refresh >= self.mode.refresh
 
     def predict(self, model, policy, meter, x: torch.Tensor, t: torch.Tensor, state: LoopState) -> Prediction:
-        """One network call for every row of x [N, L] at times t [N], through the cache."""
+        """One network call for every row of x [N, L] at times t [N], through the cache. Deciding between a refresh
+        and a partial call, and its shapes, takes one read of the query counts (a sync)."""
         queries = None if self.needs_refresh() else self.mode.queries(self, x, state.masked)
+        counts = None
         if queries is not None:
-            queries[~queries.any(1), 0] = True  # a row with nothing to compute still needs one query position
-        if queries is None or bool(queries.all()):
+            queries[:, 0] |= ~queries.any(1)  # a row with nothing to compute still needs one query position
+            counts = QueryCounts.read(queries, state.masked)
+        if counts is None or counts.everything:
             runner: LoopRunner = Refresh(model, self, x, t, meter)
             self.since_refresh, self.block_changed, computed = 1, False, None
         else:
-            runner = Partial(model, self, x, t, meter, queries, state.masked)
+            runner = Partial(model, self, x, t, meter, queries, state.masked, counts)
             self.since_refresh, computed = self.since_refresh + 1, queries
         pred = policy.run(runner, state)
         runner.commit()
@@ -228,6 +231,28 @@ class KVCache:
         while len(self.mid) <= k:
             self.mid.append([{n: c[n].clone() for n in KV} for c in self.mid[-1]])
         return self.mid[k]
+
+
+class QueryCounts:
+    """Per row [N], on the host: the query positions of a partial call (``queries``), those of them the sampler
+    reads a prediction at (``predicted``: masked queries) and the masked positions (``masked``), read in one
+    transfer, so that the call's shapes need no further sync."""
+
+    def __init__(self, counts: np.ndarray, length: int):
+        self.queries, self.predicted, self.masked = counts  # [N] each
+        self.everything = bool((self.queries == length).all())  # every position is a query: a refresh
+
+    @classmethod
+    def read(cls, queries: torch.Tensor, masked: torch.Tensor) -> "QueryCounts":
+        counts = torch.stack([queries.sum(1), (queries & masked).sum(1), masked.sum(1)])  # [3, N]
+        return cls(counts.cpu().numpy(), queries.shape[1])
+
+    @staticmethod
+    def total(per_row: np.ndarray, rows: Optional[torch.Tensor], selected: torch.Tensor) -> int:
+        """The count over ``rows``: from the host counts ``per_row`` when all rows are used (None); for a subset of
+        rows, which a loop policy chose on the device, ``selected`` (those rows' positions, bool) is summed there
+        and read (a sync)."""
+        return int(per_row.sum()) if rows is None else int(selected.sum())
 
 
 def _write_rows(buffers: list[dict], rows: Optional[torch.Tensor], values: list[dict]) -> list[dict]:
@@ -257,7 +282,7 @@ class Refresh(LoopRunner):
         super().__init__(model, ctx, meter)
         kv.head, kv.mid, kv.tail = head, [], None
         kv.state = torch.zeros_like(ctx.h0)
-        self.depth = torch.zeros(self.B, dtype=torch.long, device=x.device)
+        self.depth = np.zeros(self.B, dtype=np.int64)  # loops each row ran, on the host (``deepen``)
 
     def _rows(self, rows):
         return None if rows is None or rows.numel() == self.B else rows
@@ -275,19 +300,19 @@ class Refresh(LoopRunner):
                 kv.mid.append(fresh)
             else:
                 kv.mid[k] = fresh
-            self.depth += 1
+            deepen(self.depth, None)
             return out
         out = self.model.loop_step(h[rows], sub_context(self.ctx, rows), k, cache=fresh)  # [R, L, D]
         self.meter.loop(int(rows.numel()), self.L)
         if k == 0 and not kv.mid:
             kv.mid.append([{n: f[n].new_zeros(self.B, *f[n].shape[1:]) for n in KV} for f in fresh])
         _write_rows(kv.loop_buffers(k), rows, fresh)
-        self.depth[rows] += 1
+        deepen(self.depth, rows)
         h = h.clone()
         h[rows] = out
         return h
 
-    def partial(self, h, k, active):
+    def partial(self, h, k, active, per_row):
         raise ConfigError("per-token loop exit cannot run with a key / value cache")  # check_policy prevents it
 
     def coda(self, h, rows=None):
@@ -318,11 +343,11 @@ class Partial(LoopRunner):
     the cached keys / values of the others at every stage (the mid block only in ``loops`` mode)."""
 
     def __init__(self, model, kv: KVCache, x: torch.Tensor, t: torch.Tensor, meter, queries: torch.Tensor,
-                 masked: torch.Tensor):
-        self.kv, self.queries, self.masked = kv, queries, masked
-        self.positions, counts = padded_positions(queries)  # [N, K]
+                 masked: torch.Tensor, counts: QueryCounts):
+        self.kv, self.queries, self.masked, self.counts = kv, queries, masked, counts
+        self.positions, per_row = padded_positions(queries, int(counts.queries.max()))  # [N, K], [N]
         K = self.positions.shape[1]
-        self.valid = torch.arange(K, device=x.device)[None] < counts[:, None]  # [N, K]
+        self.valid = torch.arange(K, device=x.device)[None] < per_row[:, None]  # [N, K]
         D = kv.state.shape[-1]
         self.idx = self.positions[..., None].expand(-1, -1, D)  # [N, K, D]
         if kv.mode.partial_stages:
@@ -335,7 +360,7 @@ class Partial(LoopRunner):
             meter.report.cached_calls += 1  # the mid block computes only the query positions
             ctx.h0 = torch.where(queries[..., None], ctx.h0, kv.state)
         super().__init__(model, ctx, meter)
-        self.depth = torch.zeros(self.B, dtype=torch.long, device=x.device)
+        self.depth = np.zeros(self.B, dtype=np.int64)  # loops each row ran, on the host (``deepen``)
 
     def _select(self, rows):
         """(rows or None for all, positions [R, K], idx [R, K, D], valid [R, K], context)."""
@@ -352,16 +377,17 @@ class Partial(LoopRunner):
         h_rows = h if rows is None else h[rows]
         out = self.model.loop_step(h_rows.gather(1, idx), ctx, k, positions=pos, cache=cache)  # [R, K, D]
         h_rows = h_rows.scatter(1, idx, out)
-        self.meter.loop(h_rows.shape[0], pos.shape[1], updated=int(valid.sum()))
+        self.meter.loop(h_rows.shape[0], pos.shape[1],
+                        updated=int(self.counts.queries.sum()) if rows is None else valid.sum())
         self.kv.mid[k] = _write_rows(buffers, rows, cache)
-        self.depth[slice(None) if rows is None else rows] += 1
+        deepen(self.depth, rows)
         if rows is None:
             return h_rows
         h = h.clone()
         h[rows] = h_rows
         return h
 
-    def partial(self, h, k, active):
+    def partial(self, h, k, active, per_row):
         raise ConfigError("per-token loop exit cannot run with a key / value cache")  # check_policy prevents it
 
     def coda(self, h, rows=None):
@@ -374,17 +400,20 @@ class Partial(LoopRunner):
             feats = self.model.coda_features(h_rows.gather(1, idx), ctx, positions=pos, cache=cache)  # [R, K, D]
             self.kv.tail = _write_rows(self.kv.tail, rows, cache)
             pred = valid & masked.gather(1, pos)  # [R, K]: the LM head only where the sampler reads a prediction
-            out = self.model.lm_head(feats[pred])  # [M, V]
-            r_idx, k_idx = pred.nonzero(as_tuple=True)
+            m = QueryCounts.total(self.counts.predicted, rows, pred)
+            flat = marked_positions(pred, m)  # [M] in R x K
+            out = self.model.lm_head(feats.reshape(-1, feats.shape[-1]).index_select(0, flat))  # [M, V]
+            K = pos.shape[1]
             logits = out.new_zeros(R, self.L, out.shape[-1])
-            logits[r_idx, pos[r_idx, k_idx]] = out
-            self.meter.tail(R, predicted=int(pred.sum()), queries=pos.shape[1])
+            logits[torch.div(flat, K, rounding_mode="floor"), pos.reshape(-1).index_select(0, flat)] = out
+            self.meter.tail(R, predicted=m, queries=K)
         else:
             feats = self.model.coda_features(h_rows, ctx)  # [R, L, D]
-            out = self.model.lm_head(feats[masked])
-            logits = out.new_zeros(R, self.L, out.shape[-1])
-            logits[masked] = out
-            self.meter.tail(R, predicted=int(masked.sum()))
+            m = QueryCounts.total(self.counts.masked, rows, masked)
+            flat = marked_positions(masked, m)  # [M] in R x L
+            out = self.model.lm_head(feats.reshape(-1, feats.shape[-1]).index_select(0, flat))  # [M, V]
+            logits = out.new_zeros(R * self.L, out.shape[-1]).index_copy_(0, flat, out).view(R, self.L, -1)
+            self.meter.tail(R, predicted=m)
         self.kv.state[slice(None) if rows is None else rows] = h_rows
         return logits
 
@@ -392,14 +421,23 @@ class Partial(LoopRunner):
         fill_shallow(self.kv, self.depth, self.queries)
 
 
-def fill_shallow(kv: KVCache, depth: torch.Tensor, queries: Optional[torch.Tensor]) -> None:
-    """After a call in which row r ran depth[r] loops, its computed positions (``queries`` [N, L], all when None)
-    are seen at every deeper loop k >= depth[r] through their last loop's keys / values."""
+def deepen(depth: np.ndarray, rows: Optional[torch.Tensor]) -> None:
+    """One more loop in the host's per-row loop counts ``depth`` [N] for ``rows`` (all when None; a subset of rows,
+    which a loop policy chose on the device, is read: a sync)."""
+    if rows is None:
+        depth += 1
+    else:
+        depth[rows.cpu().numpy()] += 1
+
+
+def fill_shallow(kv: KVCache, depth: np.ndarray, queries: Optional[torch.Tensor]) -> None:
+    """After a call in which row r ran depth[r] loops (host), its computed positions (``queries`` [N, L], all when
+    None) are seen at every deeper loop k >= depth[r] through their last loop's keys / values."""
     K = len(kv.mid)
     for d in sorted(set(depth.tolist())):
         if d == 0 or d >= K:
             continue
-        rows = (depth == d).nonzero().squeeze(1)
+        rows = torch.from_numpy(np.flatnonzero(depth == d)).to(kv.token.device, non_blocking=True)
         q = None if queries is None else queries[rows][:, None, :, None]  # [R, 1, L, 1]
         for k in range(d, K):
             for src, dst in zip(kv.mid[d - 1], kv.mid[k]):

@@ -16,12 +16,16 @@ loop count each position received. Every policy keeps S within [s_min, s_max] (f
   ``threshold``; the others keep looping and attend to the frozen positions' cached keys / values.
 * ``warm``: ``converge`` started from the previous step's final mid-block state at positions whose token did
   not change (newly revealed positions start from h_0), after FP-MGM's warm start.
+
+Loop counts that depend on the data cost host reads: ``schedule`` one per call (the loop counts S), ``converge``,
+``warm`` and ``per_token`` one per loop (which rows or positions still loop); ``fixed`` none.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -113,10 +117,16 @@ class Schedule(LoopPolicy):
     def run(self, runner, state):
         m = (state.masked & state.free).sum(1) / state.free.sum(1).clamp_min(1)  # [B]
         S = self.loops_for(m)  # [B]
+        S_host = S.cpu().numpy()  # the call's one sync: which rows run loop k
         h = runner.ctx.h0
-        for k in range(int(S.max())):
-            h = runner.full(h, k, rows=(S > k).nonzero().squeeze(1))
+        for k in range(int(S_host.max())):
+            h = runner.full(h, k, rows=host_rows(S_host > k, h.device))
         return Prediction(runner.coda(h), S[:, None].expand_as(state.x).clone())
+
+
+def host_rows(mask: np.ndarray, device) -> torch.Tensor:
+    """The indices [R] of the True entries of a host mask [B], on ``device`` (copied without waiting)."""
+    return torch.from_numpy(np.flatnonzero(mask)).to(device, non_blocking=True)
 
 
 def relative_change(new: torch.Tensor, old: torch.Tensor, where: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -155,9 +165,10 @@ class Converge(LoopPolicy):
         self.criterion = criterion
         self.s_min, self.s_max = _check_bounds(s_min, s_max)
 
-    def start(self, runner: LoopRunner, state: LoopState) -> tuple[torch.Tensor, torch.Tensor]:
-        """The state h [B, L, D] the loops start from and the most loops each row may run [B]."""
-        return runner.ctx.h0, torch.full((state.x.shape[0],), self.s_max, dtype=torch.long, device=state.x.device)
+    def start(self, runner: LoopRunner, state: LoopState) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The state h [B, L, D] the loops start from, the most loops each row may run [B] and their maximum (host)."""
+        limit = torch.full((state.x.shape[0],), self.s_max, dtype=torch.long, device=state.x.device)
+        return runner.ctx.h0, limit, self.s_max
 
     def finish(self, h: torch.Tensor, state: LoopState, loops: torch.Tensor) -> None:
         """Called with the final mid-block state h [B, L, D] and the loops each row ran [B]."""
@@ -166,12 +177,15 @@ class Converge(LoopPolicy):
         B = state.x.shape[0]
         computed = getattr(runner, "queries", None)  # a key / value cache computes only these positions [B, L]
         where = (state.masked if computed is None else state.masked & computed).float()  # [B, L]
-        h, limit = self.start(runner, state)
+        h, limit, most = self.start(runner, state)
         loops = torch.zeros(B, dtype=torch.long, device=h.device)
         live = limit > 0
         logits = prev_logp = None
-        for k in range(int(limit.max())):
-            rows = live.nonzero().squeeze(1)
+        for k in range(most):
+            live_host = live.cpu().numpy()  # the loop's one sync: which rows still loop
+            if not live_host.any():
+                break
+            rows = host_rows(live_host, h.device)
             h_new = runner.full(h, k, rows=rows)
             loops[rows] += 1
             if self.criterion == "delta":
@@ -188,9 +202,7 @@ class Converge(LoopPolicy):
                 prev_logp[rows] = logp
             h = h_new
             done = ((loops[rows] >= self.s_min) & (score < self.threshold)) | (loops[rows] >= limit[rows])
-            live[rows[done]] = False
-            if not live.any():
-                break
+            live[rows] = ~done
         self.finish(h, state, loops)
         if logits is None:
             logits = runner.coda(h)
@@ -218,9 +230,10 @@ class PerToken(LoopPolicy):
         for k in range(1, self.s_max):
             change = token_change(h, h_prev)  # [B, L] (0 for frozen positions)
             active &= ~((loops >= self.s_min) & (change < self.threshold))
-            if not active.any():
+            per_row = active.sum(1).cpu().numpy()  # the loop's one sync: which rows and how many positions loop
+            if not per_row.any():
                 break
-            h_prev, h = h, runner.partial(h, k, active)
+            h_prev, h = h, runner.partial(h, k, active, per_row)
             loops += active.long()
         return Prediction(runner.coda(h), loops)
 
@@ -258,12 +271,12 @@ class Warm(Converge):
         cap = min(self.s_max, self.max_depth)
         if getattr(self, "_h", None) is None:
             self._warm = torch.zeros(state.x.shape, dtype=torch.bool, device=h0.device)
-            return h0, torch.full((B,), cap, dtype=torch.long, device=h0.device)
+            return h0, torch.full((B,), cap, dtype=torch.long, device=h0.device), cap
         depth = self._depth[state.rows]  # [B, L]
         self._warm = (self._x[state.rows] == state.x) & (depth + self.s_min <= self.max_depth)  # [B, L]
         deepest = torch.where(self._warm, depth, torch.zeros_like(depth)).max(dim=1).values  # [B]
         limit = (self.max_depth - deepest).clamp(max=cap)  # >= s_min by the choice of warm positions
-        return torch.where(self._warm[..., None], self._h[state.rows].to(h0.dtype), h0), limit
+        return torch.where(self._warm[..., None], self._h[state.rows].to(h0.dtype), h0), limit, int(limit.max())
 
     def finish(self, h, state, loops):
         if getattr(self, "_h", None) is None:

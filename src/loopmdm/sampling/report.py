@@ -81,7 +81,7 @@ class ComputeMeter:
         self.cfg = cfg
         self.N, self.L = num_samples, seq_len
         self.report = ComputeReport()
-        self.position_updates = 0  # sum over mid calls of rows x positions updated
+        self.position_updates = 0  # sum over mid calls of rows x positions updated (a device scalar once added)
         self.positions_evaluated = 0  # sum over network calls of rows x L
         self._step_loops = 0
         self._tail_calls = 0
@@ -97,9 +97,10 @@ class ComputeMeter:
         self.report.cached_calls += queries is not None
         self.report.flops += prelude_flops(self.cfg, rows, self.L, queries)
 
-    def loop(self, rows: int, queries: int, updated: Optional[int] = None) -> None:
+    def loop(self, rows: int, queries: int, updated: Optional[int | torch.Tensor] = None) -> None:
         """One mid-block call over ``rows`` sequences with ``queries`` query positions each (keys: all L);
-        ``updated``: positions whose state this call really changes (padding of partial updates excluded)."""
+        ``updated``: positions whose state this call really changes (padding of partial updates excluded), an int
+        or a device scalar (summed on the device and read once, by ``finish``: no sync per call)."""
         self.report.loop_iterations += 1
         self._step_loops += 1
         self.position_updates += rows * queries if updated is None else updated
@@ -139,8 +140,9 @@ class ComputeMeter:
         cfg = self.cfg
         r.position_layers = cfg.n_h * r.head_positions + cfg.n_m * r.mid_positions + cfg.n_o * r.tail_positions
         r.coda_calls = max(self._tail_calls - r.network_calls, 0)
-        r.token_loop_iterations = self.position_updates / max(self.N * self.L, 1)
-        r.mean_loops = self.position_updates / max(self.positions_evaluated, 1)
+        updates = float(self.position_updates)
+        r.token_loop_iterations = updates / max(self.N * self.L, 1)
+        r.mean_loops = updates / max(self.positions_evaluated, 1)
         return r
 
 

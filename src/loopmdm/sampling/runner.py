@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..model import LoopContext
@@ -28,12 +29,17 @@ def sub_context(ctx: LoopContext, rows: torch.Tensor) -> LoopContext:
     )
 
 
-def padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def marked_positions(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The flat indices [count] (row-major order) of the True entries of ``mask``, whose number ``count`` the host
+    knows: a stable sort instead of ``nonzero``, so no device sync."""
+    return torch.argsort((~mask).reshape(-1).to(torch.uint8), stable=True)[:count]
+
+
+def padded_positions(mask: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The positions marked in each row of ``mask`` [R, L] (bool, at least one per row) as indices [R, K], K the
-    largest count, in increasing order; rows with fewer are padded by repeating their first marked position
-    (a repeated query computes the same values twice). Returns (positions [R, K], counts [R])."""
+    largest count (as the host read it), in increasing order; rows with fewer are padded by repeating their first
+    marked position (a repeated query computes the same values twice). Returns (positions [R, K], counts [R])."""
     counts = mask.sum(dim=1)  # [R]
-    K = int(counts.max()) if counts.numel() else 0
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :K]  # marked positions first, [R, K]
     valid = torch.arange(K, device=mask.device)[None] < counts[:, None]
     return torch.where(valid, order, order[:, :1]), counts
@@ -77,13 +83,14 @@ class LoopRunner:
         h[rows] = out
         return h
 
-    def partial(self, h: torch.Tensor, k: int, active: torch.Tensor) -> torch.Tensor:
-        """Loop iteration k updating only positions ``active`` [B, L] (needs an earlier ``full(fill_cache=True)``).
-        Rows are padded to the same number K of query positions by repeating one of their active positions."""
-        rows = active.any(dim=1).nonzero().squeeze(1)  # [R]
+    def partial(self, h: torch.Tensor, k: int, active: torch.Tensor, per_row: np.ndarray) -> torch.Tensor:
+        """Loop iteration k updating only positions ``active`` [B, L] (needs an earlier ``full(fill_cache=True)``);
+        ``per_row`` [B]: their number in each row, as read on the host. Rows are padded to the same number K of
+        query positions by repeating one of their active positions."""
+        rows = torch.from_numpy(np.flatnonzero(per_row)).to(h.device, non_blocking=True)  # [R]
         if rows.numel() == 0:
             return h
-        positions, counts = padded_positions(active[rows])  # [R, K], [R]
+        positions, counts = padded_positions(active[rows], int(per_row.max()))  # [R, K], [R]
         K = positions.shape[1]
         everything = rows.numel() == self.B
         ctx = self.ctx if everything else sub_context(self.ctx, rows)
@@ -93,7 +100,7 @@ class LoopRunner:
         h_rows = h if everything else h[rows]
         out = self.model.loop_step(h_rows.gather(1, idx), ctx, k, positions=positions, cache=cache)  # [R, K, D]
         h_rows = h_rows.scatter(1, idx, out)
-        self.meter.loop(int(rows.numel()), K, updated=int(counts.sum()))
+        self.meter.loop(int(rows.numel()), K, updated=counts.sum())
         if everything:
             return h_rows
         for c, sc in zip(self.cache, cache):

@@ -23,6 +23,12 @@
   key / value caching through head, every loop of the mid block and tail (``loopmdm.sampling.kvcache``).
 
 Every sampler works on a ``Session`` that owns the canvas, the RNG, the compute meter and the trajectory.
+
+A denoising step does not wait for the device: the random numbers are drawn on the host, and the host follows which
+positions are masked (ancestral: exactly, since the reveals are decided by host uniforms; confidence: how many per
+row, since each step reveals k_i of them), so the positions a step reads are gathered by integer indices of a size
+the host knows (``marked_positions``), never by boolean masks. A confidence threshold reveals a data-dependent
+number: then each step reads the masked counts once.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -41,7 +48,7 @@ from .filters import TokenFilter, draw
 from .kvcache import KVCache, cache_mode
 from .orders import ORDERS
 from .report import ComputeMeter, StepInfo, TrajectoryRecorder
-from .runner import Denoiser, Prediction
+from .runner import Denoiser, Prediction, marked_positions
 
 
 class Session:
@@ -61,13 +68,22 @@ class Session:
         self.kv: Optional[KVCache] = None  # a key / value cache, when the sampler runs with one
 
     # ---------------------------------------------------------------- helpers samplers share
-    def uniform(self) -> torch.Tensor:
+    def uniform_host(self) -> torch.Tensor:
         """One float64 uniform per position [N, L], drawn on CPU from the session's generator."""
-        return torch.rand((self.N, self.L), generator=self.gen, dtype=torch.float64).to(self.x.device)
+        return torch.rand((self.N, self.L), generator=self.gen, dtype=torch.float64)
+
+    def uniform(self) -> torch.Tensor:
+        """``uniform_host`` on the canvas's device (copied without waiting)."""
+        return self.uniform_host().to(self.x.device, non_blocking=True)
 
     @property
     def masked(self) -> torch.Tensor:
         return self.x == self.mask_id  # [N, L]
+
+    def host_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(masked, free) [N, L] read on the host: one sync, when a sampler starts; it then follows its reveals."""
+        both = torch.stack([self.masked, self.free]).cpu().numpy()  # [2, N, L]
+        return both[0], both[1]
 
     def predict(self, t: torch.Tensor, step: int, rows: Optional[torch.Tensor] = None) -> Prediction:
         """Network prediction for all rows (rows=None) or some; t [N] diffusion times."""
@@ -90,12 +106,13 @@ class Session:
         that fraction of them (the model was trained on x_t at t). Samplers that do not follow a time grid
         (confidence, semi-AR) call the network at this t."""
         frac = ((self.masked & self.free).sum(1).double() / self.free.sum(1).clamp_min(1)).clamp(1e-3, 1.0)
-        return self.schedule.t_for_masked_fraction(frac).to(self.x.device)
+        return self.schedule.t_for_masked_fraction(frac)
 
     def reveal(self, step: int, where: torch.Tensor, tokens: torch.Tensor, loops: torch.Tensor,
                confidence: torch.Tensor) -> None:
-        """Write ``tokens`` [M] at positions ``where`` [N, L] (M of them); loops / confidence [N, L] for the record."""
-        self.x[where] = tokens
+        """Write ``tokens`` [N, L] at the positions ``where`` [N, L] (bool); loops / confidence [N, L] for the
+        record."""
+        self.x.copy_(torch.where(where, tokens, self.x))
         if self.recorder is not None:
             self.recorder.reveal(step, where, loops, confidence)
 
@@ -117,6 +134,12 @@ class Session:
         pos = torch.arange(self.L, device=self.x.device)[None]
         pending = (self.masked & (pos < first[:, None])).any(1)
         return eos.any(1) & ~pending
+
+
+def scatter_flat(index: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], fill=0) -> torch.Tensor:
+    """[N, L] holding ``values`` [M] at the flat positions ``index`` [M] and ``fill`` elsewhere."""
+    out = torch.full((shape[0] * shape[1],), fill, dtype=values.dtype, device=values.device)
+    return out.index_copy_(0, index, values).view(shape)
 
 
 def first_true(a: torch.Tensor) -> torch.Tensor:
@@ -161,40 +184,57 @@ class Ancestral(Sampler):
     reuse = False
     granularity = "batch"
 
-    def rows_to_evaluate(self, x: torch.Tensor, seen: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """Rows needing a network call (None = all rows in one batch; empty = none)."""
-        if not self.reuse or seen is None:
+    def rows_to_evaluate(self, changed: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """Rows needing a network call (None = all rows in one batch; empty = none), from the rows whose tokens
+        changed since the last call ``changed`` [N] (host; None before the first call)."""
+        if not self.reuse or changed is None:
             return None
-        changed = (x != seen).any(dim=1)  # [N]
         if not changed.any():
-            return changed.nonzero().squeeze(1)
-        if self.granularity == "batch" or bool(changed.all()):
+            return np.zeros(0, dtype=np.int64)
+        if self.granularity == "batch" or changed.all():
             return None
-        return changed.nonzero().squeeze(1)
+        return np.flatnonzero(changed)
 
     def run(self, s: Session) -> None:
-        ts = time_grid(s.steps)
-        alpha = s.schedule.alpha(ts).double()
-        logits = loops = seen = None
+        grid = time_grid(s.steps)
+        ts, alpha = grid.numpy(), s.schedule.alpha(grid).double().numpy()
+        masked = s.host_state()[0]  # [N, L], followed on the host: the reveals are decided by host uniforms
+        logits = loops = changed = None
         for i in range(s.steps):
             a_t, a_s = float(alpha[i]), float(alpha[i + 1])
             p_reveal = (a_s - a_t) / max(1.0 - a_t, 1e-12)
-            u_reveal, u_token = s.uniform(), s.uniform()  # drawn every step, whatever runs
-            rows = self.rows_to_evaluate(s.x, seen)
-            if rows is None or rows.numel():
+            u_reveal, u_token = s.uniform_host(), s.uniform_host()  # drawn every step, whatever runs
+            rows = self.rows_to_evaluate(changed)
+            if rows is None or len(rows):
                 t = torch.full((s.N,), float(ts[i]), device=s.x.device)
-                pred = s.predict(t, i, rows)
+                rows_dev = None if rows is None else torch.from_numpy(rows).to(s.x.device, non_blocking=True)
+                pred = s.predict(t, i, rows_dev)
                 if rows is None:
                     logits, loops = pred.logits, pred.loops
                 else:
-                    logits[rows], loops[rows] = pred.logits, pred.loops
-                seen = s.x.clone()
-            reveal = s.masked & (u_reveal < p_reveal)  # [N, L]
-            if reveal.any():
-                tokens, conf = s.draw_tokens(logits[reveal], u_token[reveal])
-                s.reveal(i, reveal, tokens, loops, _scatter(reveal, conf))
+                    logits[rows_dev], loops[rows_dev] = pred.logits, pred.loops
+                changed = np.zeros(s.N, dtype=bool)
+            reveal = masked & (u_reveal.numpy() < p_reveal)  # [N, L]
+            index = np.flatnonzero(reveal)  # [M]
+            if len(index):
+                self.reveal_at(s, i, index, logits, loops, u_token)
+                masked &= ~reveal
+                changed |= reveal.any(1)
             if s.end_step(i):
                 break
+
+    @staticmethod
+    def reveal_at(s: Session, step: int, index: np.ndarray, logits: torch.Tensor, loops: torch.Tensor,
+                  u_token: torch.Tensor) -> None:
+        """Draw and write the tokens at the flat positions ``index`` [M] (host) from ``logits`` [N, L, V] and the
+        host uniforms ``u_token`` [N, L]."""
+        device = s.x.device
+        flat = torch.from_numpy(index).to(device, non_blocking=True)  # [M]
+        u = torch.from_numpy(u_token.numpy().reshape(-1)[index]).to(device, non_blocking=True)  # [M]
+        tokens, conf = s.draw_tokens(logits.reshape(-1, logits.shape[-1]).index_select(0, flat), u)
+        where = scatter_flat(flat, torch.ones_like(flat, dtype=torch.bool), (s.N, s.L), False)
+        s.reveal(step, where, scatter_flat(flat, tokens, (s.N, s.L), s.mask_id), loops,
+                 scatter_flat(flat, conf, (s.N, s.L)))
 
 
 @SAMPLERS.register("cached")
@@ -211,50 +251,64 @@ class CachedAncestral(Ancestral):
         self.granularity = granularity
 
 
-def _scatter(where: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(where.shape, dtype=values.dtype, device=values.device)
-    out[where] = values
-    return out
-
-
 def transfer_counts(masked: torch.Tensor, steps: int, schedule: NoiseSchedule) -> torch.Tensor:
     """Tokens to reveal per step [N, T] for ``masked`` [N] masked tokens over T steps, following alpha_t
     (linear for the log-linear schedule, as LLaDA's precomputed counts): after step i a fraction
-    alpha_{t_{i+1}} of them is revealed; each row sums to its masked count."""
+    alpha_{t_{i+1}} of them is revealed; each row sums to its masked count. Computed on the host; on
+    ``masked``'s device."""
+    host = masked if masked.device.type == "cpu" else masked.cpu()
     alpha = schedule.alpha(time_grid(steps)).double()[1:].clamp(0.0, 1.0)  # [T]
-    cum = torch.round(masked.double()[:, None].cpu() * alpha[None]).long()  # [N, T]
-    cum[:, -1] = masked.cpu()
+    cum = torch.round(host.double()[:, None] * alpha[None]).long()  # [N, T]
+    cum[:, -1] = host
     cum = torch.cummax(cum, dim=1).values
-    return torch.diff(cum, dim=1, prepend=torch.zeros_like(cum[:, :1])).to(masked.device)
+    counts = torch.diff(cum, dim=1, prepend=torch.zeros_like(cum[:, :1]))
+    return counts if masked.device.type == "cpu" else counts.to(masked.device, non_blocking=True)
 
 
-def confidence_step(s: Session, step: int, candidates: torch.Tensor, k: torch.Tensor, order: str,
+class Unmasking:
+    """What the host knows of confidence unmasking within ``candidates`` [N, L] (the positions a run of steps may
+    fill): how many of them are still masked per row (``left`` [N]), and the tokens to reveal per step (``counts``
+    [N, T], on the host and on the device). Without a threshold a step reveals exactly min(k_i, left) per row;
+    with one, the counts are read back after the step (one sync)."""
+
+    def __init__(self, s: Session, candidates: torch.Tensor, left: np.ndarray, steps: int):
+        self.candidates, self.left = candidates, left
+        self.counts = transfer_counts(torch.from_numpy(left), steps, s.schedule)  # [N, T] on the host
+        self.counts_dev = self.counts.to(s.x.device, non_blocking=True)
+
+    def after_step(self, s: Session, step: int, threshold: Optional[float]) -> None:
+        """Update ``left`` after step ``step`` (0-based within this run of steps)."""
+        if threshold is None:
+            self.left = self.left - np.minimum(self.counts[:, step].numpy(), self.left)
+        else:
+            self.left = (s.masked & self.candidates).sum(1).cpu().numpy()
+
+
+def confidence_step(s: Session, step: int, unmasking: Unmasking, i: int, order: str,
                     threshold: Optional[float] = None) -> None:
-    """One LLaDA-style step: predict, draw a token for every masked position, reveal the k [N] most
-    confident among ``candidates`` [N, L] (masked positions this step may fill). With ``threshold``, also every
-    candidate whose score exceeds it, and at least one per row that has candidates."""
+    """One LLaDA-style step (step ``i`` of ``unmasking``): predict, draw a token for every masked candidate, reveal
+    the k_i [N] most confident. With ``threshold``, also every candidate whose score exceeds it, and at least one
+    per row that has candidates."""
     u_token, u_order = s.uniform(), s.uniform()
-    masked = s.masked
-    L = s.L
+    cand = unmasking.candidates & s.masked  # [N, L]
+    m = int(unmasking.left.sum())
     pred = s.predict(s.time_of_canvas(), step)
-    cand = candidates & masked
-    if not cand.any():
+    if not m:
         return
-    logits = pred.logits[cand]  # [M, V]
-    tokens = draw(s.filt.log_probs(logits, s.mask_id), u_token[cand])
+    flat = marked_positions(cand, m)  # [M]
+    logits = pred.logits.reshape(-1, pred.logits.shape[-1]).index_select(0, flat)  # [M, V]
+    tokens = draw(s.filt.log_probs(logits, s.mask_id), u_token.reshape(-1).index_select(0, flat))
     probs = s.model_probs(logits)
     conf = probs.gather(-1, tokens[:, None]).squeeze(-1)
-    score = torch.full((s.N, L), -math.inf, dtype=torch.float64, device=s.x.device)
-    score[cand] = ORDERS.get(order)(probs, tokens, u_order[cand])
+    score = scatter_flat(flat, ORDERS.get(order)(probs, tokens, u_order.reshape(-1).index_select(0, flat)),
+                         (s.N, s.L), -math.inf)  # [N, L]
     rank = torch.empty_like(score, dtype=torch.long).scatter_(
-        1, score.argsort(dim=1, descending=True, stable=True), torch.arange(L, device=s.x.device).expand(s.N, L))
-    keep = rank < k[:, None]
+        1, score.argsort(dim=1, descending=True, stable=True), torch.arange(s.L, device=s.x.device).expand(s.N, s.L))
+    keep = rank < unmasking.counts_dev[:, i, None]
     if threshold is not None:
         keep |= (score > threshold) | (rank == 0)
-    reveal = cand & keep
-    token_map = torch.full((s.N, L), s.mask_id, dtype=torch.long, device=s.x.device)
-    token_map[cand] = tokens
-    s.reveal(step, reveal, token_map[reveal], pred.loops, _scatter(cand, conf))
+    s.reveal(step, cand & keep, scatter_flat(flat, tokens, (s.N, s.L), s.mask_id), pred.loops,
+             scatter_flat(flat, conf, (s.N, s.L)))
 
 
 def _check_order(order: str) -> str:
@@ -287,9 +341,21 @@ class FastOptions:
         if self._cache.active:
             s.kv = KVCache(self._cache, s.denoiser.policy, s.N, s.L, s.x.device, model=s.denoiser.model)
 
-    def done(self, s: Session, where: torch.Tensor) -> bool:
-        """With a threshold the step count adapts: stop once no position of ``where`` [N, L] is masked."""
-        return self.threshold is not None and not bool((s.masked & where).any())
+    def done(self, unmasking: Unmasking) -> bool:
+        """With a threshold the step count adapts: stop once no candidate is masked."""
+        return self.threshold is not None and not unmasking.left.any()
+
+    def unmask(self, s: Session, unmasking: Unmasking, first_step: int, steps: int) -> tuple[int, bool]:
+        """Run up to ``steps`` confidence steps (numbered from ``first_step``) on ``unmasking``, fewer once nothing
+        is left. Returns (the steps taken, True when sampling may stop early: ``Session.end_step``)."""
+        for i in range(steps):
+            if self.done(unmasking):
+                return i, False
+            confidence_step(s, first_step + i, unmasking, i, self.order, self.threshold)
+            unmasking.after_step(s, i, self.threshold)
+            if s.end_step(first_step + i):
+                return i + 1, True
+        return steps, False
 
 
 @SAMPLERS.register("confidence")
@@ -307,13 +373,8 @@ class Confidence(FastOptions, Sampler):
 
     def run(self, s: Session) -> None:
         self.start_cache(s)
-        counts = transfer_counts((s.masked & s.free).sum(1), s.steps, s.schedule)  # [N, T]
-        for i in range(s.steps):
-            if self.done(s, s.free):
-                break
-            confidence_step(s, i, s.free, counts[:, i], self.order, self.threshold)
-            if s.end_step(i):
-                break
+        masked, free = s.host_state()
+        self.unmask(s, Unmasking(s, s.free, (masked & free).sum(1), s.steps), 0, s.steps)
 
 
 @SAMPLERS.register("semi_ar")
@@ -340,26 +401,20 @@ class SemiAutoregressive(FastOptions, Sampler):
             s.meter.note(f"semi_ar: the window of {s.L} positions is not a multiple of block_length={b}; it is "
                          f"treated as padded to {-(-s.L // b) * b}, so its last block has only {s.L % b} positions "
                          f"(windows of a multiple of {b} positions split evenly)")
+        masked, free = s.host_state()  # a block's steps reveal only in it: its masked count is known at its start
         pos = torch.arange(s.L, device=s.x.device)
-        blocks = []
-        for start in range(0, s.L, self.block_length):
-            in_block = (pos >= start) & (pos < start + self.block_length)  # [L]
-            if (s.free & in_block[None]).any():
-                blocks.append(in_block)
-        if s.steps < len(blocks):
-            raise ConfigError(f"steps={s.steps} is fewer than the {len(blocks)} blocks of block_length="
+        starts = [start for start in range(0, s.L, b) if free[:, start:start + b].any()]
+        if s.steps < len(starts):
+            raise ConfigError(f"steps={s.steps} is fewer than the {len(starts)} blocks of block_length="
                               f"{self.block_length}; raise steps or block_length")
-        per_block = [s.steps // len(blocks) + (b < s.steps % len(blocks)) for b in range(len(blocks))]
+        per_block = [s.steps // len(starts) + (i < s.steps % len(starts)) for i in range(len(starts))]
         step = 0
-        for in_block, n in zip(blocks, per_block):
-            cand = s.free & in_block[None]  # [N, L]
+        for start, n in zip(starts, per_block):
+            in_block = (pos >= start) & (pos < start + b)  # [L]
             if s.kv is not None:
                 s.kv.begin_block(in_block)
-            counts = transfer_counts((s.masked & cand).sum(1), n, s.schedule)  # [N, n]
-            for i in range(n):
-                if self.done(s, cand):
-                    break
-                confidence_step(s, step, cand, counts[:, i], self.order, self.threshold)
-                step += 1
-                if s.end_step(step - 1):
-                    return
+            left = (masked & free)[:, start:start + b].sum(1)  # [N]
+            taken, stop = self.unmask(s, Unmasking(s, s.free & in_block[None], left, n), step, n)
+            if stop:
+                return
+            step += taken

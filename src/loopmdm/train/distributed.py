@@ -132,26 +132,52 @@ def rank_slice(n: int, env: DistEnv) -> slice:
 
 # --------------------------------------------------------------------------- wrapping
 
-def wrap_model(model: nn.Module, env: DistEnv, fsdp: bool = False) -> nn.Module:
+def wrap_model(model: nn.Module, env: DistEnv, fsdp: bool = False, precision: str = "fp32") -> nn.Module:
     """The module to train: ``model`` itself (one process), a DDP wrapper, or ``model`` sharded in place
-    with FSDP2 ``fully_shard`` (every transformer block, then the root: embeddings, LM head, time MLP)."""
+    with FSDP2 (``shard_fsdp``; ``precision`` is ``train.precision`` and picks its mixed-precision policy)."""
     if fsdp:
         if not env.enabled:
             raise ConfigError("train.fsdp=true needs several processes: launch with "
                               "torchrun --nproc_per_node N (N >= 2), or set train.fsdp=false")
         check_fsdp_backend(env)
-        from torch.distributed.fsdp import fully_shard
-
-        for module in model.modules():
-            if isinstance(module, Block):
-                fully_shard(module)
-        fully_shard(model)
-        return model
+        return shard_fsdp(model, precision)
     if not env.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+
+
+def fsdp_mixed_precision(precision: str):
+    """FSDP2's ``MixedPrecisionPolicy`` for ``train.precision``: bf16 parameters for compute with gradients
+    reduced in fp32 under ``bf16``; fp32 throughout otherwise. Forward inputs are never cast
+    (``cast_forward_inputs=False``): the times t and the loss weights stay fp32, autocast picks each op's dtype."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    param = torch.bfloat16 if precision == "bf16" else torch.float32
+    return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
+def shard_fsdp(model: nn.Module, precision: str = "fp32") -> nn.Module:
+    """Shard ``model`` in place with FSDP2 ``fully_shard``.
+
+    Each head (n_h) and tail (n_o) block is its own unit: all-gathered for its forward, resharded, gathered
+    again for its backward. The shared mid block (n_m layers, run S times per step) is *not* its own unit: a
+    unit called S times is gathered on every loop, forward and backward (2S + 1 all-gathers per step). Its
+    parameters join the root unit (embeddings, time MLP, LM head), sharded with ``reshard_after_forward=False``:
+    gathered once when the step's forward starts, kept through all S loops and their backward, their gradients
+    reduce-scattered once when backward ends. The all-gathers per optimizer step are then the same at every S
+    (1 + 2 (n_h + n_o) per micro-batch), at the memory cost of the n_m mid layers held unsharded for the step."""
+    from torch.distributed.fsdp import fully_shard
+
+    mp = fsdp_mixed_precision(precision)
+    mid = getattr(model, "mid", None)
+    looped = {id(m) for m in mid.modules()} if isinstance(mid, nn.Module) else set()
+    for module in model.modules():
+        if isinstance(module, Block) and id(module) not in looped:
+            fully_shard(module, mp_policy=mp)
+    fully_shard(model, reshard_after_forward=False, mp_policy=mp)  # root unit: + the mid block's parameters
+    return model
 
 
 def check_fsdp_backend(env: DistEnv) -> None:

@@ -1,6 +1,9 @@
 """What stops a run, and how it says why: out-of-memory as a one-line error naming the knobs that reduce memory,
 non-finite steps skipped and counted until ``train.max_bad_steps`` in a row (then the likely causes), and
-SIGTERM / SIGINT turned into "save this step and exit" (a second Ctrl-C stops at once)."""
+SIGTERM / SIGINT turned into "save this step and exit" (a second Ctrl-C stops at once).
+
+A non-finite step is found on the host at the steps whose loss the trainer reads (the logged ones), and on the
+device at the others (``DeviceGuard``), where reading the loss would make the host wait for the device."""
 
 from __future__ import annotations
 
@@ -103,3 +106,29 @@ def _write_stderr(text: str) -> None:
         os.write(2, text.encode("utf-8", "replace"))
     except OSError:
         pass
+
+
+class DeviceGuard:
+    """Non-finite steps found and counted on the device, for the steps whose loss the host does not read.
+
+    ``flag(loss, gnorm)`` is 1.0 ([] float32, on the device) when the loss or the gradient norm is not finite: the
+    fused AdamW kernel takes it as ``found_inf`` and leaves weights and moments as they are. ``counts`` [2] holds
+    the steps flagged since the last ``settle`` and the run of non-finite steps in a row, which goes on from the
+    host's (``in_row``; small counts: exact in float32)."""
+
+    def __init__(self, device: torch.device):
+        self.counts = torch.zeros(2, device=device)  # [skipped since the last read, in a row]
+
+    def flag(self, loss: torch.Tensor, gnorm: torch.Tensor) -> torch.Tensor:
+        bad = (~(torch.isfinite(loss) & torch.isfinite(gnorm))).float()  # []
+        self.counts += torch.stack([bad, self.counts[1] * (bad - 1.0) + bad])  # skipped += bad; in a row: +1 or 0
+        return bad
+
+    def in_row(self, n: int) -> None:
+        """The run of non-finite steps in a row is ``n`` (as the host counted it at a step it checked)."""
+        self.counts[1] = n
+
+    def settle(self, values: list[float]) -> tuple[int, int]:
+        """(skipped, in a row) from ``counts`` as read on the host (``values``); the skipped count starts over."""
+        self.counts[0] = 0
+        return int(values[0]), int(values[1])

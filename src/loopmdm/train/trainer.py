@@ -3,7 +3,9 @@
 Every step draws one loop count S (the same on every rank), the global batch's rows (augmented per step where
 the data has an augmentation) and the objective's noise over the global batch (times t, mask uniforms), runs
 ``train_step`` on this rank's share, and logs NELBO, tokens/s and cumulative training FLOPs to
-``metrics.jsonl``. Checkpoints (safetensors + JSON) are written atomically and hold everything needed for an
+``metrics.jsonl`` every ``train.log_every`` steps. Only those steps read the loss on the host; the others queue
+their work without waiting for the device, and a non-finite step among them is skipped on the device
+(``guard.DeviceGuard``). Checkpoints (safetensors + JSON) are written atomically and hold everything needed for an
 exact resume: model, optimizer, LR schedule, EMA, RNG states and the data position. Everything every
 experiment trains, Sudoku included, goes through here.
 """
@@ -34,8 +36,9 @@ from ..backbones import build_model
 from ..model.flops import train_flops_per_token
 from ..outputs import check_run_folder
 from ..runtime import check_precision, compile_blocks, pick_device, set_threads
-from . import distributed
-from .guard import StopSignals, TrainingDiverged, divergence_message, out_of_memory
+from . import distributed, preflight
+from .ema import update_ema
+from .guard import DeviceGuard, StopSignals, TrainingDiverged, divergence_message, out_of_memory
 from .init import check_init_model, check_init_tokenizer, fit_vocabulary, init_folder
 from .optim import make_optimizer, make_scheduler
 from .resume import check_resumable, global_random_state, restore_global_random, restore_rng, resumable_folder, \
@@ -68,7 +71,7 @@ class Trainer:
         self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
         tc = cfg.train
         # the device and precision this machine can run, checked before any work (one-line errors)
-        self.dist = distributed.setup(pick_device(tc.device, "train.device"))  # torchrun: join the process group
+        self.dist = distributed.setup(preflight.expandable_segments(pick_device(tc.device, "train.device")))  # torchrun
         self.device = self.dist.device
         check_precision(self.device, tc.precision, "train.precision")
         distributed.check_global_batch(tc.batch_size, tc.grad_accum, self.dist)
@@ -85,7 +88,7 @@ class Trainer:
             compile_blocks(self.model)
         # DDP wrapper, or self.model itself sharded in place with FSDP2 (train.fsdp); self.model stays the
         # unwrapped module for evaluation, EMA and checkpoints.
-        self.train_model = distributed.wrap_model(self.model, self.dist, fsdp=tc.fsdp)
+        self.train_model = distributed.wrap_model(self.model, self.dist, fsdp=tc.fsdp, precision=tc.precision)
         self.objective = make_objective(cfg.diffusion, self.data.tokenizer.mask_id)
         self.objective.deep_supervision = cfg.diffusion.deep_supervision  # training only: validation is final-loop
         # the LM head runs on the positions that enter the loss: the expected masked share of the free ones
@@ -103,6 +106,9 @@ class Trainer:
         self.step, self.flops, self.bad_in_row, self.bad_total = 0, 0.0, 0, 0
         self.stop_requested, self.resumed, self.saved_step = False, False, -1
         self.step_fn = self._step
+        # non-finite steps skipped on the device: the fused AdamW kernel's found_inf (FSDP2 shards: read on the host)
+        sharded = distributed.is_sharded(self.model)
+        self.guard = DeviceGuard(self.device) if self.optimizer.defaults.get("fused") and not sharded else None
 
     def flops_per_token(self, loops: int) -> float:
         """Training FLOPs per token of a step at S = ``loops`` (deep supervision adds a tail pass per supervised
@@ -112,8 +118,9 @@ class Trainer:
                                      supervised)
 
     # ------------------------------------------------------------------ one step
-    def _step(self, idx: np.ndarray, loops: int) -> tuple[float, float]:
-        """Forward / backward on the global batch rows ``idx`` at loop count S = ``loops``: (loss, grad norm)."""
+    def _step(self, idx: np.ndarray, loops: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward / backward on the global batch rows ``idx`` at loop count S = ``loops``: (loss, grad norm), device
+        scalars."""
         tc = self.cfg.train
         rng = np.random.default_rng([tc.seed, self.step, 3]) if self.data.augment is not None else None
         batch = self.data.batch("train", idx, rng)  # [B, L] over the global batch
@@ -124,8 +131,9 @@ class Trainer:
                           None if noise is None else noise.rows(own), loops, grad_accum=tc.grad_accum,
                           precision=tc.precision, grad_clip=tc.grad_clip, device=self.device, dist=self.dist)
 
-    def _guarded_step(self, idx: np.ndarray, loops: int) -> tuple[float, float]:
-        """``step_fn`` with out-of-memory turned into a one-line error naming the knobs that reduce memory."""
+    def _guarded_step(self, idx: np.ndarray, loops: int) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """``step_fn`` with out-of-memory turned into a one-line error naming the knobs that reduce memory (step
+        functions under test may return Python floats)."""
         try:
             return self.step_fn(idx, loops)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
@@ -137,11 +145,16 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
         tc = self.cfg.train
+        if self.step < tc.max_steps:  # one step at the largest S first: a run that cannot fit stops here
+            preflight.check_memory(self.model, self.train_model, self.objective, self.data, self.cfg, self.device,
+                                   self.dist, loops=self.loop_dist.max(), optimizer=self.optimizer, log=self.log)
         metrics = self._open_run_dir()
         tokens_per_step = tc.batch_size * self.data.train.shape[1]
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                    desc="train", unit="step")
-        last_loss, val, t_last, stop_signal = float("nan"), None, time.perf_counter(), None
+        last_loss, val, stop_signal = float("nan"), None, None
+        self._clock = (time.perf_counter(), self.step)  # tokens/s over the steps since the last metrics line
+        self._set_bad_in_row(self.bad_in_row)  # a run of non-finite steps saved by the checkpoint goes on
         if self.step >= tc.max_steps:
             self.log(f"step {self.step} already reached train.max_steps={tc.max_steps}: nothing to train "
                      "(raise --max-steps to continue)")
@@ -152,30 +165,27 @@ class Trainer:
                     idx = self.stream.next()
                     self.model.train()
                     loss, gnorm = self._guarded_step(idx, loops)
-                    if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                        self._skip_bad_step(loss, gnorm, metrics)
-                        continue
-                    self._apply_update()
+                    read = self._reads_loss(self.step + 1)
+                    if read:
+                        loss, gnorm = self._read(loss, gnorm, metrics)
+                        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                            self._skip_bad_step(loss, gnorm, metrics)
+                            continue
+                        self._apply_update()
+                    else:  # queued without waiting: a non-finite step is skipped on the device
+                        self._apply_update(self.guard.flag(self._on_device(loss), self._on_device(gnorm)))
                     self.flops += self.flops_per_token(loops) * tokens_per_step
-                    last_loss, now = loss, time.perf_counter()
-                    rec = {"step": self.step, "loss": loss, "loops": loops, "grad_norm": gnorm,
-                           "lr": self.scheduler.get_last_lr()[0], "flops": self.flops,
-                           "tokens": self.step * tokens_per_step, "tokens_per_s": tokens_per_step / (now - t_last)}
-                    if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
-                        val = self.validate()
-                        rec.update({f"val_{k}": v for k, v in val.items()})
-                    t_last = time.perf_counter()
-                    if self.step % tc.log_every == 0 or "val_nelbo" in rec:
-                        metrics.write(json.dumps(rec) + "\n")
-                        metrics.flush()
+                    last_loss = loss
+                    if read:
+                        val = self._log_step(loops, loss, gnorm, tokens_per_step, metrics, bar) or val
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", S=loops, tok_s=f"{rec['tokens_per_s']:.0f}",
-                                    flops=f"{self.flops:.2e}", refresh=False)
                     if self.step % tc.save_every == 0 or self.step == tc.max_steps:
+                        self._settle(metrics)
                         self.save()
                     self.stop_requested = distributed.step_agreement(
                         loops, self.stop_requested or signals.requested, self.dist)
                 stop_signal = signals.name
+                self._settle(metrics)
                 if self.stop_requested:
                     self.log(f"{signals.name or 'stop'} received: saving step {self.step} and exiting")
                     if self.saved_step != self.step:
@@ -183,17 +193,101 @@ class Trainer:
         finally:
             bar.close()
             metrics.close()
-        return TrainResult(self.run_dir, self.step, last_loss, val, self.flops, self.stop_requested,
+        return TrainResult(self.run_dir, self.step, float(last_loss), val, self.flops, self.stop_requested,
                            stop_signal if self.stop_requested else None)
 
-    def _apply_update(self) -> None:
-        self.bad_in_row = 0
+    def _reads_loss(self, step: int) -> bool:
+        """Whether step ``step`` reads its loss and gradient norm on the host (one sync): the steps that write a
+        metrics line (every ``train.log_every``, evaluations, the last), and every step where non-finite steps
+        cannot be skipped on the device (no fused optimizer, or FSDP2)."""
+        tc = self.cfg.train
+        return (self.guard is None or step % tc.log_every == 0 or step % tc.eval_every == 0
+                or step == tc.max_steps)
+
+    def _on_device(self, value: torch.Tensor | float) -> torch.Tensor:
+        """A step's loss or gradient norm as a device scalar."""
+        return value if isinstance(value, torch.Tensor) else torch.full((), float(value), dtype=torch.float64,
+                                                                        device=self.device)
+
+    def _read(self, loss, gnorm, metrics) -> tuple[float, float]:
+        """The step's loss and gradient norm as Python floats, read together with the device guard's counts in one
+        transfer; non-finite steps skipped on the device since the last read are logged first."""
+        parts = [self._on_device(loss).double().reshape(1), self._on_device(gnorm).double().reshape(1)]
+        if self.guard is not None:
+            parts.append(self.guard.counts.double())
+        values = torch.cat(parts).tolist()
+        if self.guard is not None:
+            self._report_device_skips(*self.guard.settle(values[2:]), metrics)
+        return values[0], values[1]
+
+    def _settle(self, metrics) -> None:
+        """Take the device guard's counts (one sync) before a checkpoint or the end of the run."""
+        if self.guard is not None:
+            self._report_device_skips(*self.guard.settle(self.guard.counts.tolist()), metrics)
+
+    def _report_device_skips(self, skipped: int, in_row: int, metrics) -> None:
+        """Count, log and record the ``skipped`` steps the device guard skipped since its last read (the run of
+        non-finite steps in a row is ``in_row`` now); after ``train.max_bad_steps`` in a row stop with the likely
+        causes."""
+        self.bad_in_row = in_row
+        if not skipped:
+            return
+        self.bad_total += skipped
+        metrics.write(json.dumps({"step": self.step, "skipped": True, "skipped_steps": skipped,
+                                  "bad_in_row": in_row, "bad_total": self.bad_total}) + "\n")
+        metrics.flush()
+        self.log(f"before step {self.step + 1}: {skipped} step{'s' if skipped != 1 else ''} with a non-finite loss "
+                 f"or grad_norm skipped ({in_row}/{self.cfg.train.max_bad_steps} in a row)")
+        if in_row >= self.cfg.train.max_bad_steps:
+            raise TrainingDiverged(divergence_message(self.cfg, self.run_dir, in_row, self.step + 1, float("nan"),
+                                                      float("nan")))
+
+    def _log_step(self, loops: int, loss: float, gnorm: float, tokens_per_step: int, metrics, bar) -> Optional[dict]:
+        """The metrics line of a step that read its loss (with the validation NELBO at evaluation steps) and the
+        progress bar; returns the validation result, if any."""
+        tc = self.cfg.train
+        (start, start_step), now = self._clock, time.perf_counter()
+        rec = {"step": self.step, "loss": loss, "loops": loops, "grad_norm": gnorm,
+               "lr": self.scheduler.get_last_lr()[0], "flops": self.flops, "tokens": self.step * tokens_per_step,
+               "tokens_per_s": tokens_per_step * (self.step - start_step) / (now - start)}
+        val = None
+        if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
+            val = self.validate()
+            rec.update({f"val_{k}": v for k, v in val.items()})
+        self._clock = (time.perf_counter(), self.step)
+        if self.step % tc.log_every == 0 or val is not None:
+            metrics.write(json.dumps(rec) + "\n")
+            metrics.flush()
+        bar.set_postfix(loss=f"{loss:.3f}", S=loops, tok_s=f"{rec['tokens_per_s']:.0f}", flops=f"{self.flops:.2e}",
+                        refresh=False)
+        return val
+
+    def _apply_update(self, bad: Optional[torch.Tensor] = None) -> None:
+        """The optimizer step, LR schedule, EMA and step count. ``bad``: the device guard's flag of a step the host
+        did not check: where it is 1, the fused AdamW kernel leaves weights and moments as they are and the EMA
+        keeps its value, but the step still counts (as with AMP's GradScaler); the guard counts it."""
+        if bad is None:
+            self._set_bad_in_row(0)
+        self.optimizer.found_inf = bad  # read by the fused AdamW step (None: apply)
         self.optimizer.step()
+        self.optimizer.found_inf = None
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            self._update_ema(None if bad is None else 1.0 - bad)
         self.step += 1
+
+    def _set_bad_in_row(self, n: int) -> None:
+        """Non-finite steps in a row, as the host counted them; the device guard goes on from there."""
+        self.bad_in_row = n
+        if self.guard is not None:
+            self.guard.in_row(n)
+
+    def _update_ema(self, keep: Optional[torch.Tensor]) -> None:
+        if distributed.is_sharded(self.model):  # FSDP2: AveragedModel's own update (every step is read on the host)
+            self.ema.update_parameters(self.model)
+        else:
+            update_ema(self.ema, self.model, self.cfg.train.ema, keep)
 
     def _open_run_dir(self):
         """Create the run folder, write config.json atomically and open metrics.jsonl (truncated on a fresh
@@ -214,7 +308,7 @@ class Trainer:
         """A non-finite loss or gradient norm: drop the gradients, count it, log it (``step`` is the step that
         was attempted), and after ``train.max_bad_steps`` in a row stop with the likely causes."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.bad_in_row += 1
+        self._set_bad_in_row(self.bad_in_row + 1)
         self.bad_total += 1
         metrics.write(json.dumps({"step": self.step + 1, "skipped": True, "loss": str(loss), "grad_norm": str(gnorm),
                                   "bad_in_row": self.bad_in_row, "bad_total": self.bad_total}) + "\n")

@@ -1,0 +1,109 @@
+"""Progressive unmasking (PUMA, ``loopmdm.diffusion.progressive``): stages spread over the pool, each row's
+revealed share inside its stage's interval, masks that only shrink until a row is replaced, the most confident
+positions revealed first, frozen positions never masked, and a ``Noise`` that reproduces the pool's masks."""
+
+from __future__ import annotations
+
+import torch
+
+from loopmdm.diffusion import Batch, get_schedule, q_sample
+from loopmdm.diffusion.progressive import ProgressivePool, spread_stages, top_k_mask
+
+B, L, K, MASK = 24, 20, 4, 99
+
+
+def rows(n: int, seed: int, frozen_prefix: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randint(0, 50, (n, L), generator=g)
+    frozen = None
+    if frozen_prefix:
+        frozen = torch.zeros(n, L, dtype=torch.bool)
+        frozen[:, :frozen_prefix] = True
+    return Batch(x0, frozen)
+
+
+def shown_share(pool: ProgressivePool) -> torch.Tensor:
+    free = torch.ones_like(pool.masked) if pool.frozen is None else ~pool.frozen
+    return (free & ~pool.masked).sum(1).float() / free.sum(1).float()
+
+
+def test_stages_are_spread_evenly():
+    s = spread_stages(B, K, torch.Generator().manual_seed(0))
+    assert torch.bincount(s, minlength=K).tolist() == [B // K] * K
+
+
+def test_each_rows_share_lies_in_its_stage_and_frozen_positions_stay_given():
+    gen = torch.Generator().manual_seed(1)
+    pool = ProgressivePool.start(K, rows(B, 0, frozen_prefix=4), gen)
+    n_free = L - 4
+    for _ in range(2 * K):
+        share = shown_share(pool)
+        lo = torch.floor(pool.stage.float() / K * n_free) / n_free
+        hi = torch.round((pool.stage.float() + 1) / K * n_free) / n_free
+        assert ((share >= lo - 1e-6) & (share <= hi + 1e-6)).all()
+        assert not (pool.masked & pool.frozen).any() and pool.masked.any(1).all()  # every row keeps a mask
+        pool.advance(torch.rand(B, L, generator=gen), lambda n: rows(n, 7, frozen_prefix=4), gen)
+
+
+def test_masks_only_shrink_until_a_row_is_replaced():
+    gen = torch.Generator().manual_seed(2)
+    pool = ProgressivePool.start(K, rows(B, 0), gen)
+    taken = []
+
+    def take(n):
+        taken.append(n)
+        return rows(n, 100 + len(taken))
+
+    for _ in range(3 * K):
+        before, stage = pool.masked.clone(), pool.stage.clone()
+        replaced = pool.advance(torch.rand(B, L, generator=gen), take, gen)
+        kept = stage < K - 1
+        assert replaced == int((~kept).sum()) and (pool.stage[~kept] == 0).all()
+        assert (pool.stage[kept] == stage[kept] + 1).all()
+        assert not (pool.masked[kept] & ~before[kept]).any()  # nothing re-masked
+    assert sum(taken) == 3 * B  # every row is replaced once per K steps
+
+
+def test_the_most_confident_masked_positions_are_revealed_first():
+    masked = torch.tensor([[True, True, False, True, True]])
+    score = torch.tensor([[0.1, 0.9, 5.0, 0.5, 0.9]])
+    out = top_k_mask(masked, score, torch.tensor([2]))
+    assert out.tolist() == [[False, True, False, False, True]]  # 0.9 twice (ties: earlier first); 5.0 not masked
+    gen = torch.Generator().manual_seed(3)
+    pool = ProgressivePool.start(K, rows(B, 0), gen)
+    pool.stage.zero_()
+    score = torch.arange(L).float().expand(B, L)  # later positions more confident
+    before = pool.masked.clone()
+    pool.advance(score, lambda n: rows(n, 9), gen)
+    newly = before & ~pool.masked
+    for b in range(B):
+        if newly[b].any():  # the revealed ones are the last masked positions
+            last = before[b].nonzero().flatten()[-int(newly[b].sum()):]
+            assert newly[b].nonzero().flatten().tolist() == last.tolist()
+
+
+def test_noise_reproduces_the_pools_masks_and_weights():
+    gen = torch.Generator().manual_seed(4)
+    pool = ProgressivePool.start(K, rows(B, 0, frozen_prefix=3), gen)
+    for name in ("loglinear", "cosine"):
+        sched = get_schedule(name)
+        noise = pool.noise(sched)
+        x_t = q_sample(pool.batch(), noise, sched.alpha(noise.t), MASK)
+        assert torch.equal(x_t == MASK, pool.masked)
+        share = pool.masked.sum(1).float() / (L - 3)
+        assert torch.allclose(1 - sched.alpha(noise.t), share, atol=1e-5)
+    loglinear = pool.noise(get_schedule("loglinear"))
+    assert torch.allclose(get_schedule("loglinear").weight(loglinear.t), 1 / share, rtol=1e-5)
+
+
+def test_state_round_trip():
+    gen = torch.Generator().manual_seed(5)
+    pool = ProgressivePool.start(K, rows(B, 0, frozen_prefix=2), gen)
+    again = ProgressivePool.from_state(K, pool.state_dict())
+    for k, v in pool.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    g1, g2 = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
+    score = torch.rand(B, L, generator=torch.Generator().manual_seed(0))
+    pool.advance(score, lambda n: rows(n, 8, 2), g1)
+    again.advance(score, lambda n: rows(n, 8, 2), g2)
+    assert torch.equal(pool.masked, again.masked) and torch.equal(pool.x0, again.x0)
