@@ -32,14 +32,43 @@ from typing import Callable, Optional
 from loopmdm.fileio import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--set", "model.vocab_size=320", "--set", "model.max_seq_len=32", "--set", "model.d_model=32",
-        "--set", "model.n_heads=2", "--set", "model.cond_dim=16", "--set", "model.n_layers=4", "--set", "model.n_o=1",
-        "--set", "diffusion.s_max=3", "--set", "train.batch_size=8", "--set", "train.eval_every=50",
-        "--set", "train.eval_batches=1", "--set", "train.precision=fp32", "--set", "train.device=cpu",
-        "--set", "train.threads=1", "--set", "data.val_fraction=0.2", "--no-progress"]
+TINY = [
+    "--set",
+    "model.vocab_size=320",
+    "--set",
+    "model.max_seq_len=32",
+    "--set",
+    "model.d_model=32",
+    "--set",
+    "model.n_heads=2",
+    "--set",
+    "model.cond_dim=16",
+    "--set",
+    "model.n_layers=4",
+    "--set",
+    "model.n_o=1",
+    "--set",
+    "diffusion.s_max=3",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.eval_every=50",
+    "--set",
+    "train.eval_batches=1",
+    "--set",
+    "train.precision=fp32",
+    "--set",
+    "train.device=cpu",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "data.val_fraction=0.2",
+    "--no-progress",
+]
 
 
 # --------------------------------------------------------------------------- results
+
 
 @dataclass
 class Result:
@@ -63,13 +92,17 @@ class Case:
     area: str
     input: str
     expect: str  # regex the message must match
-    cli: Optional[Callable[["Ctx"], list[str]]] = None  # builds the inputs -> CLI args (after `loopmdm`)
-    api: Optional[Callable[["Ctx"], Callable[[], object]]] = None  # builds the inputs -> the call to measure
+    # builds the inputs -> CLI args (after `loopmdm`)
+    cli: Optional[Callable[["Ctx"], list[str]]] = None
+    # builds the inputs -> the call to measure
+    api: Optional[Callable[["Ctx"], Callable[[], object]]] = None
     call: str = ""  # how the API call reads, for the table
     env: Optional[dict] = None
     interrupt: Optional[int] = None  # send this signal once training has logged a step
-    after: Optional[Callable[["Ctx", list[str]], list[str]]] = None  # extra checks (ctx, cli args) -> problems
-    exit_code: Optional[int] = None  # the CLI exit code this input must give (default: 2 for an error line)
+    # extra checks (ctx, cli args) -> problems
+    after: Optional[Callable[["Ctx", list[str]], list[str]]] = None
+    # the CLI exit code this input must give (default: 2 for an error line)
+    exit_code: Optional[int] = None
 
 
 class Ctx:
@@ -80,7 +113,8 @@ class Ctx:
         self.corpus = work / "corpus"
         self.good = work / "good"
         self.n = 0
-        self.created: list[Path] = []  # run folders copied while building the current case (all watched)
+        # run folders copied while building the current case (all watched)
+        self.created: list[Path] = []
 
     def fresh(self, name: str) -> Path:
         self.n += 1
@@ -142,6 +176,7 @@ def valid_checkpoints(run: Path) -> set[str]:
 
 # --------------------------------------------------------------------------- running one case
 
+
 def cli_command(args: list[str]) -> list[str]:
     return [sys.executable, "-c", "from loopmdm.cli import main; main()", *args]
 
@@ -182,13 +217,21 @@ def execute(prep: Prepared, ctx: Ctx, env: dict) -> Result:
     t0 = time.perf_counter()
     notes: list[str] = []
     if case.cli is not None:
-        p = subprocess.Popen(cli_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(env, **(case.env or {})))
+        p = subprocess.Popen(
+            cli_command(args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env, **(case.env or {})),
+        )
         if case.interrupt is not None:
             deadline = time.time() + 300
             metrics = Path(args[args.index("--out") + 1]) / "metrics.jsonl"
-            while p.poll() is None and time.time() < deadline and not (
-                    metrics.is_file() and metrics.read_text().count("\n") >= 2):
+            while (
+                p.poll() is None
+                and time.time() < deadline
+                and not (metrics.is_file() and metrics.read_text().count("\n") >= 2)
+            ):
                 time.sleep(0.05)
             p.send_signal(case.interrupt)
         _, err = p.communicate(timeout=600)
@@ -213,13 +256,27 @@ def execute(prep: Prepared, ctx: Ctx, env: dict) -> Result:
     seconds = time.perf_counter() - t0
     if case.after:
         notes += case.after(ctx, args)
-    want = case.exit_code if case.exit_code is not None else (2 if sees.startswith("error:") else None)
+    want = (
+        case.exit_code if case.exit_code is not None else (2 if sees.startswith("error:") else None)
+    )
     if code is not None and want is not None and code != want:
         notes.append(f"exit {code}, expected {want}")
     lost = sum(len(prep.before[str(r)] - valid_checkpoints(r)) for r in prep.watched)
     expected = bool(re.search(case.expect, sees)) and not notes and one_line
-    return Result(case.id, case.area, case.input, how, code, sees.replace(str(ctx.w), "$W"), raw, one_line,
-                  expected, lost, round(seconds, 2), notes)
+    return Result(
+        case.id,
+        case.area,
+        case.input,
+        how,
+        code,
+        sees.replace(str(ctx.w), "$W"),
+        raw,
+        one_line,
+        expected,
+        lost,
+        round(seconds, 2),
+        notes,
+    )
 
 
 def _without_tiny(args: list[str]) -> list[str]:
@@ -242,10 +299,23 @@ def _show(arg: str, ctx: Ctx) -> str:
 
 # --------------------------------------------------------------------------- the inputs
 
-def train(ctx: Ctx, *extra: str, out: Optional[Path] = None, data: Optional[Path] = None) -> list[str]:
+
+def train(
+    ctx: Ctx, *extra: str, out: Optional[Path] = None, data: Optional[Path] = None
+) -> list[str]:
     out = out or ctx.w / f"out_{ctx.n}"
     ctx.n += 1
-    return ["train", "--out", str(out), "--data", str(data or ctx.corpus), *TINY, "--max-steps", "2", *extra]
+    return [
+        "train",
+        "--out",
+        str(out),
+        "--data",
+        str(data or ctx.corpus),
+        *TINY,
+        "--max-steps",
+        "2",
+        *extra,
+    ]
 
 
 def sample(ckpt: Path, *extra: str) -> list[str]:
@@ -308,7 +378,12 @@ def _diverge(ctx: Ctx) -> Callable[[], object]:
     from loopmdm.train import train as run_train
 
     cfg = copy.deepcopy(load_config_file(ctx.ckpt(ctx.good)))
-    cfg.train.lr, cfg.train.warmup_steps, cfg.train.max_bad_steps, cfg.train.max_steps = 1e30, 0, 2, 20
+    cfg.train.lr, cfg.train.warmup_steps, cfg.train.max_bad_steps, cfg.train.max_steps = (
+        1e30,
+        0,
+        2,
+        20,
+    )
     cfg.train.save_every = 1
     return lambda: run_train(cfg, ctx.w / "diverge", progress=False, log=lambda s: None)
 
@@ -336,254 +411,1009 @@ def cases() -> list[Case]:
     c = []
     add = c.append
     # ---- configuration and CLI arguments
-    add(Case("cfg-preset", "config", "unknown preset", r"unknown preset 'huge'",
-             cli=lambda x: train(x, "--preset", "huge")))
-    add(Case("cfg-layers", "config", "layer split does not add up", r"add up to n_layers",
-             cli=lambda x: train(x, "--set", "model.n_o=7")))
-    add(Case("cfg-type", "config", "a word where a number belongs", r"model.d_model='abc' must be an integer",
-             cli=lambda x: train(x, "--set", "model.d_model=abc")))
-    add(Case("cfg-neg-lr", "config", "negative learning rate", r"train.lr=-1.0 must be > 0",
-             cli=lambda x: train(x, "--set", "train.lr=-1")))
-    add(Case("cfg-nan-lr", "config", "NaN learning rate", r"train.lr=nan must be a finite number",
-             cli=lambda x: train(x, "--set", "train.lr=.nan")))
-    add(Case("cfg-smax", "config", "S_max = 0", r"diffusion.s_max=0 must be >= 1",
-             cli=lambda x: train(x, "--set", "diffusion.s_max=0")))
-    add(Case("cfg-bptt", "config", "truncation depth > S_max", r"backprop_depth=9 exceeds diffusion.s_max",
-             cli=lambda x: train(x, "--set", "model.backprop_depth=9", "--set", "model.input_injection=true")))
-    add(Case("cfg-key", "config", "misspelt key", r"unknown config key 'model.d_modle'; valid keys here",
-             cli=lambda x: train(x, "--set", "model.d_modle=64")))
-    add(Case("cfg-noeq", "config", "--set without '='", r"must look like section.key=value",
-             cli=lambda x: train(x, "--set", "model.d_model")))
-    add(Case("cfg-precision", "config", "unknown precision", r"train.precision='fp8' is unknown",
-             cli=lambda x: train(x, "--set", "train.precision=fp8")))
-    add(Case("cfg-device", "config", "unknown device", r"train.device='tpu' is not a device",
-             cli=lambda x: train(x, "--set", "train.device=tpu")))
-    add(Case("cfg-accum", "config", "batch not divisible by accumulation", r"not divisible by .*grad_accum",
-             cli=lambda x: train(x, "--set", "train.batch_size=7", "--set", "train.grad_accum=2")))
-    add(Case("cfg-huge", "config", "absurd model width (typo)", r"larger than the supported 65536",
-             cli=lambda x: train(x, "--set", "model.d_model=1e12")))
-    add(Case("cfg-seed", "config", "negative seed", r"train.seed=-1 must be in \[0, 2\*\*62\)",
-             cli=lambda x: train(x, "--set", "train.seed=-1")))
-    add(Case("cfg-valfrac", "config", "validation fraction 1.5", r"data.val_fraction=1.5 must be in \(0, 1\)",
-             cli=lambda x: train(x, "--set", "data.val_fraction=1.5")))
-    add(Case("cfg-steps", "config", "--max-steps -5", r"train.max_steps=-5 must be >= 1",
-             cli=lambda x: train(x, "--max-steps", "-5")))
-    add(Case("cfg-objective", "config", "--objective xyz", r"unknown objective 'xyz'; choose one of: ar, mdm",
-             cli=lambda x: train(x, "--objective", "xyz")))
-    add(Case("cfg-yaml-missing", "config", "--config file missing", r"config file .* does not exist",
-             cli=lambda x: train(x, "--config", str(x.w / "nope.yaml"))))
-    add(Case("cfg-yaml-syntax", "config", "--config with broken YAML", r"is not valid YAML",
-             cli=lambda x: train(x, "--config", str(x.write("bad.yaml", "model: {d_model: [1, 2\n")))))
-    add(Case("cfg-yaml-list", "config", "--config whose top level is a list", r"must (be|hold) a mapping",
-             cli=lambda x: train(x, "--config", str(x.write("list.yaml", "- 1\n- 2\n")))))
-    add(Case("cfg-yaml-binary", "config", "--config pointing at a binary file", r"is not valid YAML",
-             cli=lambda x: train(x, "--config", str(x.write("bin.yaml", bytes(range(256)) * 4)))))
-    add(Case("cfg-dict-api", "config", "RunConfig.from_dict with a list section", r"must be a mapping",
-             api=lambda x: _from_dict({"model": [1, 2]}), call='RunConfig.from_dict({"model": [1, 2]}).validate()'))
-    add(Case("cfg-dict-inf", "config", "RunConfig.from_dict with an infinite float", r"must be a finite number",
-             api=lambda x: _from_dict({"train": {"lr": float("inf")}}),
-             call='RunConfig.from_dict({"train": {"lr": float("inf")}}).validate()'))
+    add(
+        Case(
+            "cfg-preset",
+            "config",
+            "unknown preset",
+            r"unknown preset 'huge'",
+            cli=lambda x: train(x, "--preset", "huge"),
+        )
+    )
+    add(
+        Case(
+            "cfg-layers",
+            "config",
+            "layer split does not add up",
+            r"add up to n_layers",
+            cli=lambda x: train(x, "--set", "model.n_o=7"),
+        )
+    )
+    add(
+        Case(
+            "cfg-type",
+            "config",
+            "a word where a number belongs",
+            r"model.d_model='abc' must be an integer",
+            cli=lambda x: train(x, "--set", "model.d_model=abc"),
+        )
+    )
+    add(
+        Case(
+            "cfg-neg-lr",
+            "config",
+            "negative learning rate",
+            r"train.lr=-1.0 must be > 0",
+            cli=lambda x: train(x, "--set", "train.lr=-1"),
+        )
+    )
+    add(
+        Case(
+            "cfg-nan-lr",
+            "config",
+            "NaN learning rate",
+            r"train.lr=nan must be a finite number",
+            cli=lambda x: train(x, "--set", "train.lr=.nan"),
+        )
+    )
+    add(
+        Case(
+            "cfg-smax",
+            "config",
+            "S_max = 0",
+            r"diffusion.s_max=0 must be >= 1",
+            cli=lambda x: train(x, "--set", "diffusion.s_max=0"),
+        )
+    )
+    add(
+        Case(
+            "cfg-bptt",
+            "config",
+            "truncation depth > S_max",
+            r"backprop_depth=9 exceeds diffusion.s_max",
+            cli=lambda x: train(
+                x, "--set", "model.backprop_depth=9", "--set", "model.input_injection=true"
+            ),
+        )
+    )
+    add(
+        Case(
+            "cfg-key",
+            "config",
+            "misspelt key",
+            r"unknown config key 'model.d_modle'; valid keys here",
+            cli=lambda x: train(x, "--set", "model.d_modle=64"),
+        )
+    )
+    add(
+        Case(
+            "cfg-noeq",
+            "config",
+            "--set without '='",
+            r"must look like section.key=value",
+            cli=lambda x: train(x, "--set", "model.d_model"),
+        )
+    )
+    add(
+        Case(
+            "cfg-precision",
+            "config",
+            "unknown precision",
+            r"train.precision='fp8' is unknown",
+            cli=lambda x: train(x, "--set", "train.precision=fp8"),
+        )
+    )
+    add(
+        Case(
+            "cfg-device",
+            "config",
+            "unknown device",
+            r"train.device='tpu' is not a device",
+            cli=lambda x: train(x, "--set", "train.device=tpu"),
+        )
+    )
+    add(
+        Case(
+            "cfg-accum",
+            "config",
+            "batch not divisible by accumulation",
+            r"not divisible by .*grad_accum",
+            cli=lambda x: train(x, "--set", "train.batch_size=7", "--set", "train.grad_accum=2"),
+        )
+    )
+    add(
+        Case(
+            "cfg-huge",
+            "config",
+            "absurd model width (typo)",
+            r"larger than the supported 65536",
+            cli=lambda x: train(x, "--set", "model.d_model=1e12"),
+        )
+    )
+    add(
+        Case(
+            "cfg-seed",
+            "config",
+            "negative seed",
+            r"train.seed=-1 must be in \[0, 2\*\*62\)",
+            cli=lambda x: train(x, "--set", "train.seed=-1"),
+        )
+    )
+    add(
+        Case(
+            "cfg-valfrac",
+            "config",
+            "validation fraction 1.5",
+            r"data.val_fraction=1.5 must be in \(0, 1\)",
+            cli=lambda x: train(x, "--set", "data.val_fraction=1.5"),
+        )
+    )
+    add(
+        Case(
+            "cfg-steps",
+            "config",
+            "--max-steps -5",
+            r"train.max_steps=-5 must be >= 1",
+            cli=lambda x: train(x, "--max-steps", "-5"),
+        )
+    )
+    add(
+        Case(
+            "cfg-objective",
+            "config",
+            "--objective xyz",
+            r"unknown objective 'xyz'; choose one of: ar, mdm",
+            cli=lambda x: train(x, "--objective", "xyz"),
+        )
+    )
+    add(
+        Case(
+            "cfg-yaml-missing",
+            "config",
+            "--config file missing",
+            r"config file .* does not exist",
+            cli=lambda x: train(x, "--config", str(x.w / "nope.yaml")),
+        )
+    )
+    add(
+        Case(
+            "cfg-yaml-syntax",
+            "config",
+            "--config with broken YAML",
+            r"is not valid YAML",
+            cli=lambda x: train(
+                x, "--config", str(x.write("bad.yaml", "model: {d_model: [1, 2\n"))
+            ),
+        )
+    )
+    add(
+        Case(
+            "cfg-yaml-list",
+            "config",
+            "--config whose top level is a list",
+            r"must (be|hold) a mapping",
+            cli=lambda x: train(x, "--config", str(x.write("list.yaml", "- 1\n- 2\n"))),
+        )
+    )
+    add(
+        Case(
+            "cfg-yaml-binary",
+            "config",
+            "--config pointing at a binary file",
+            r"is not valid YAML",
+            cli=lambda x: train(x, "--config", str(x.write("bin.yaml", bytes(range(256)) * 4))),
+        )
+    )
+    add(
+        Case(
+            "cfg-dict-api",
+            "config",
+            "RunConfig.from_dict with a list section",
+            r"must be a mapping",
+            api=lambda x: _from_dict({"model": [1, 2]}),
+            call='RunConfig.from_dict({"model": [1, 2]}).validate()',
+        )
+    )
+    add(
+        Case(
+            "cfg-dict-inf",
+            "config",
+            "RunConfig.from_dict with an infinite float",
+            r"must be a finite number",
+            api=lambda x: _from_dict({"train": {"lr": float("inf")}}),
+            call='RunConfig.from_dict({"train": {"lr": float("inf")}}).validate()',
+        )
+    )
     # ---- data files
-    add(Case("data-missing", "data", "data path does not exist", r"data path .* does not exist",
-             cli=lambda x: train(x, data=x.w / "no_such_dir")))
-    add(Case("data-empty-dir", "data", "empty folder", r"no text found .*no files skipped",
-             cli=lambda x: train(x, data=x.fresh("empty_dir"))))
-    add(Case("data-empty-file", "data", "empty file", r"no text found .*1 file skipped \(1 empty\)",
-             cli=lambda x: train(x, data=x.write("empty.txt", ""))))
-    add(Case("data-binary", "data", "folder of binary files", r"no text found .*1 file skipped \(1 binary\)",
-             cli=lambda x: train(x, data=x.write("bin/a.dat", bytes(range(256)) * 8).parent)))
-    add(Case("data-latin1", "data", "Latin-1 file (default: skip with a count)", r"1 not UTF-8",
-             cli=lambda x: train(x, data=x.write("latin/a.txt", "caf\xe9 cr\xe8me\n".encode("latin-1") * 50).parent)))
-    add(Case("data-latin1-error", "data", "Latin-1 file with data.bad_files=error",
-             r"data file .*a.txt' cannot be used \(not UTF-8: byte 0xe9 at offset 3\); fix or remove it",
-             cli=lambda x: train(x, "--set", "data.bad_files=error",
-                                 data=x.write("latin2/a.txt", "caf\xe9\n".encode("latin-1") * 50).parent)))
-    add(Case("data-utf16", "data", "UTF-16 file with data.bad_files=error", r"cannot be used \(UTF-16 text, convert it to UTF-8\)",
-             cli=lambda x: train(x, "--set", "data.bad_files=error",
-                                 data=x.write("u16.txt", "hello world\n".encode("utf-16") * 50))))
-    add(Case("data-device", "data", "a device instead of a file (/dev/zero)", r"not a regular file or folder",
-             cli=lambda x: train(x, data=Path("/dev/zero"))))
-    add(Case("data-jsonl", "data", "JSONL with a broken line", r"\.jsonl:2 is not valid JSON",
-             cli=lambda x: train(x, data=x.write("bad.jsonl", '{"text": "a b c"}\n{oops\n'))))
-    add(Case("data-jsonl-field", "data", "JSONL without the text field", r"has no string field 'text'",
-             cli=lambda x: train(x, data=x.write("nofield.jsonl", '{"body": "a b c"}\n'))))
-    add(Case("data-small", "data", "corpus too small for the window", r"corpus is too small|exceeds the .* training rows|need at least 2 to split",
-             cli=lambda x: train(x, "--set", "model.max_seq_len=1024",
-                                 data=x.write("small/a.txt", "tiny text\n").parent)))
-    add(Case("data-hf-offline", "data", "hf: dataset while offline", r"hf|Hugging Face|offline|datasets",
-             cli=lambda x: train(x, data="hf:no_such_dataset_xyz")))  # type: ignore[arg-type]
-    add(Case("data-tok-hub", "data", "Hub tokenizer name while offline", r"tokenizer 'gpt2' .*HF_HUB_OFFLINE|gpt2",
-             cli=lambda x: train(x, "--set", "data.tokenizer=gpt2")))
-    add(Case("data-tok-garbage", "data", "tokenizer.json that is garbage", r"tokenizer file .* cannot be read",
-             cli=lambda x: train(x, "--set", f"data.tokenizer={x.write('garbage_tok.json', '{not json')}")))
-    add(Case("data-batch", "data", "batch larger than the corpus", r"train.batch_size=100000 exceeds the",
-             cli=lambda x: train(x, "--set", "train.batch_size=100000")))
+    add(
+        Case(
+            "data-missing",
+            "data",
+            "data path does not exist",
+            r"data path .* does not exist",
+            cli=lambda x: train(x, data=x.w / "no_such_dir"),
+        )
+    )
+    add(
+        Case(
+            "data-empty-dir",
+            "data",
+            "empty folder",
+            r"no text found .*no files skipped",
+            cli=lambda x: train(x, data=x.fresh("empty_dir")),
+        )
+    )
+    add(
+        Case(
+            "data-empty-file",
+            "data",
+            "empty file",
+            r"no text found .*1 file skipped \(1 empty\)",
+            cli=lambda x: train(x, data=x.write("empty.txt", "")),
+        )
+    )
+    add(
+        Case(
+            "data-binary",
+            "data",
+            "folder of binary files",
+            r"no text found .*1 file skipped \(1 binary\)",
+            cli=lambda x: train(x, data=x.write("bin/a.dat", bytes(range(256)) * 8).parent),
+        )
+    )
+    add(
+        Case(
+            "data-latin1",
+            "data",
+            "Latin-1 file (default: skip with a count)",
+            r"1 not UTF-8",
+            cli=lambda x: train(
+                x, data=x.write("latin/a.txt", "caf\xe9 cr\xe8me\n".encode("latin-1") * 50).parent
+            ),
+        )
+    )
+    add(
+        Case(
+            "data-latin1-error",
+            "data",
+            "Latin-1 file with data.bad_files=error",
+            r"data file .*a.txt' cannot be used \(not UTF-8: byte 0xe9 at offset 3\); fix or remove it",
+            cli=lambda x: train(
+                x,
+                "--set",
+                "data.bad_files=error",
+                data=x.write("latin2/a.txt", "caf\xe9\n".encode("latin-1") * 50).parent,
+            ),
+        )
+    )
+    add(
+        Case(
+            "data-utf16",
+            "data",
+            "UTF-16 file with data.bad_files=error",
+            r"cannot be used \(UTF-16 text, convert it to UTF-8\)",
+            cli=lambda x: train(
+                x,
+                "--set",
+                "data.bad_files=error",
+                data=x.write("u16.txt", "hello world\n".encode("utf-16") * 50),
+            ),
+        )
+    )
+    add(
+        Case(
+            "data-device",
+            "data",
+            "a device instead of a file (/dev/zero)",
+            r"not a regular file or folder",
+            cli=lambda x: train(x, data=Path("/dev/zero")),
+        )
+    )
+    add(
+        Case(
+            "data-jsonl",
+            "data",
+            "JSONL with a broken line",
+            r"\.jsonl:2 is not valid JSON",
+            cli=lambda x: train(x, data=x.write("bad.jsonl", '{"text": "a b c"}\n{oops\n')),
+        )
+    )
+    add(
+        Case(
+            "data-jsonl-field",
+            "data",
+            "JSONL without the text field",
+            r"has no string field 'text'",
+            cli=lambda x: train(x, data=x.write("nofield.jsonl", '{"body": "a b c"}\n')),
+        )
+    )
+    add(
+        Case(
+            "data-small",
+            "data",
+            "corpus too small for the window",
+            r"corpus is too small|exceeds the .* training rows|need at least 2 to split",
+            cli=lambda x: train(
+                x,
+                "--set",
+                "model.max_seq_len=1024",
+                data=x.write("small/a.txt", "tiny text\n").parent,
+            ),
+        )
+    )
+    # type: ignore[arg-type]
+    add(
+        Case(
+            "data-hf-offline",
+            "data",
+            "hf: dataset while offline",
+            r"hf|Hugging Face|offline|datasets",
+            cli=lambda x: train(x, data="hf:no_such_dataset_xyz"),
+        )
+    )
+    add(
+        Case(
+            "data-tok-hub",
+            "data",
+            "Hub tokenizer name while offline",
+            r"tokenizer 'gpt2' .*HF_HUB_OFFLINE|gpt2",
+            cli=lambda x: train(x, "--set", "data.tokenizer=gpt2"),
+        )
+    )
+    add(
+        Case(
+            "data-tok-garbage",
+            "data",
+            "tokenizer.json that is garbage",
+            r"tokenizer file .* cannot be read",
+            cli=lambda x: train(
+                x, "--set", f"data.tokenizer={x.write('garbage_tok.json', '{not json')}"
+            ),
+        )
+    )
+    add(
+        Case(
+            "data-batch",
+            "data",
+            "batch larger than the corpus",
+            r"train.batch_size=100000 exceeds the",
+            cli=lambda x: train(x, "--set", "train.batch_size=100000"),
+        )
+    )
     # ---- checkpoints
-    add(Case("ck-missing", "checkpoint", "checkpoint path does not exist", r"does not exist",
-             cli=lambda x: sample(x.w / "nowhere")))
-    add(Case("ck-empty", "checkpoint", "folder without a checkpoint", r"holds no checkpoint",
-             cli=lambda x: sample(x.fresh("nockpt"))))
-    add(Case("ck-truncated", "checkpoint", "truncated model.safetensors", r"model.safetensors' is truncated or corrupt",
-             cli=lambda x: sample(damaged(x, lambda f: (f / "model.safetensors").write_bytes(
-                 (f / "model.safetensors").read_bytes()[:4000])))))
-    add(Case("ck-truncated-noindex", "checkpoint", "truncated weights, no index.json",
-             r"model.safetensors' is not a valid safetensors file",
-             cli=lambda x: sample(damaged(x, lambda f: (f / "model.safetensors").write_bytes(
-                 (f / "model.safetensors").read_bytes()[:4000]), drop_index=True))))
-    add(Case("ck-bitflip", "checkpoint", "one flipped byte in optimizer.safetensors",
-             r"optimizer.safetensors' is corrupt or truncated \(checksum mismatch\)",
-             cli=lambda x: sample(damaged(x, lambda f: flip(f / "optimizer.safetensors")))))
-    add(Case("ck-config", "checkpoint", "config.json that is not JSON", r"config.json' is not valid JSON",
-             cli=lambda x: sample(damaged(x, lambda f: (f / "config.json").write_text("{oops"), drop_index=True))))
-    add(Case("ck-config-bad", "checkpoint", "config.json with an invalid layer split", r"config.json: .*n_layers",
-             cli=lambda x: sample(damaged(x, lambda f: (f / "config.json").write_text('{"model": {"n_m": 9}}'),
-                                          drop_index=True))))
-    add(Case("ck-no-tok", "checkpoint", "tokenizer.json deleted", r"is missing tokenizer.json",
-             cli=lambda x: sample(damaged(x, lambda f: (f / "tokenizer.json").unlink()))))
-    add(Case("ck-pickle", "security", "pickle with a __reduce__ payload as model.safetensors (index fixed up)",
-             r"model.safetensors' is a pickle / torch.save file, not safetensors, and was refused",
-             cli=lambda x: sample(damaged(x, lambda f: plant(f, "model.safetensors",
-                                                             pickle.dumps(Payload(x.w / "PWNED1"))))),
-             after=marker_absent("PWNED1")))
-    add(Case("ck-pickle-state", "security", "pickle payload as trainer_state.json, then --resume",
-             r"trainer_state.json' is not valid JSON",
-             cli=lambda x: train(x, "--resume", str(damaged(x, lambda f: plant(
-                 f, "trainer_state.json", pickle.dumps(Payload(x.w / "PWNED2"))))), "--max-steps", "40"),
-             after=marker_absent("PWNED2")))
-    add(Case("ck-bin", "security", "folder with only pytorch_model.bin (a pickle)",
-             r"pytorch_model.bin' is a pickle-format file; LoopMDM loads weights only from safetensors",
-             cli=lambda x: sample(x.write("binonly/pytorch_model.bin", pickle.dumps(Payload(x.w / "PWNED3"))).parent),
-             after=marker_absent("PWNED3")))
-    add(Case("ck-nan", "checkpoint", "weights containing NaN", r"non-finite weights",
-             api=lambda x: (lambda run=damaged(x, _nan_weights): _load_model(run)), call="load_model(RUN_WITH_NAN)"))
-    add(Case("ck-file", "checkpoint", "--checkpoint pointing at a random file", r"is a file; pass the run folder",
-             cli=lambda x: sample(x.write("random.txt", "hello"))))
-    add(Case("ck-latest", "checkpoint", "tampered latest pointer ('../../etc')", r"returned tuple \(no error\)",
-             api=lambda x: (lambda run=_tamper_latest(x.copy_run("latest")): _load_model(run)),
-             call="load_model(RUN) with checkpoints/latest = '../../../etc'"))
+    add(
+        Case(
+            "ck-missing",
+            "checkpoint",
+            "checkpoint path does not exist",
+            r"does not exist",
+            cli=lambda x: sample(x.w / "nowhere"),
+        )
+    )
+    add(
+        Case(
+            "ck-empty",
+            "checkpoint",
+            "folder without a checkpoint",
+            r"holds no checkpoint",
+            cli=lambda x: sample(x.fresh("nockpt")),
+        )
+    )
+    add(
+        Case(
+            "ck-truncated",
+            "checkpoint",
+            "truncated model.safetensors",
+            r"model.safetensors' is truncated or corrupt",
+            cli=lambda x: sample(
+                damaged(
+                    x,
+                    lambda f: (f / "model.safetensors").write_bytes(
+                        (f / "model.safetensors").read_bytes()[:4000]
+                    ),
+                )
+            ),
+        )
+    )
+    add(
+        Case(
+            "ck-truncated-noindex",
+            "checkpoint",
+            "truncated weights, no index.json",
+            r"model.safetensors' is not a valid safetensors file",
+            cli=lambda x: sample(
+                damaged(
+                    x,
+                    lambda f: (f / "model.safetensors").write_bytes(
+                        (f / "model.safetensors").read_bytes()[:4000]
+                    ),
+                    drop_index=True,
+                )
+            ),
+        )
+    )
+    add(
+        Case(
+            "ck-bitflip",
+            "checkpoint",
+            "one flipped byte in optimizer.safetensors",
+            r"optimizer.safetensors' is corrupt or truncated \(checksum mismatch\)",
+            cli=lambda x: sample(damaged(x, lambda f: flip(f / "optimizer.safetensors"))),
+        )
+    )
+    add(
+        Case(
+            "ck-config",
+            "checkpoint",
+            "config.json that is not JSON",
+            r"config.json' is not valid JSON",
+            cli=lambda x: sample(
+                damaged(x, lambda f: (f / "config.json").write_text("{oops"), drop_index=True)
+            ),
+        )
+    )
+    add(
+        Case(
+            "ck-config-bad",
+            "checkpoint",
+            "config.json with an invalid layer split",
+            r"config.json: .*n_layers",
+            cli=lambda x: sample(
+                damaged(
+                    x,
+                    lambda f: (f / "config.json").write_text('{"model": {"n_m": 9}}'),
+                    drop_index=True,
+                )
+            ),
+        )
+    )
+    add(
+        Case(
+            "ck-no-tok",
+            "checkpoint",
+            "tokenizer.json deleted",
+            r"is missing tokenizer.json",
+            cli=lambda x: sample(damaged(x, lambda f: (f / "tokenizer.json").unlink())),
+        )
+    )
+    add(
+        Case(
+            "ck-pickle",
+            "security",
+            "pickle with a __reduce__ payload as model.safetensors (index fixed up)",
+            r"model.safetensors' is a pickle / torch.save file, not safetensors, and was refused",
+            cli=lambda x: sample(
+                damaged(
+                    x,
+                    lambda f: plant(f, "model.safetensors", pickle.dumps(Payload(x.w / "PWNED1"))),
+                )
+            ),
+            after=marker_absent("PWNED1"),
+        )
+    )
+    add(
+        Case(
+            "ck-pickle-state",
+            "security",
+            "pickle payload as trainer_state.json, then --resume",
+            r"trainer_state.json' is not valid JSON",
+            cli=lambda x: train(
+                x,
+                "--resume",
+                str(
+                    damaged(
+                        x,
+                        lambda f: plant(
+                            f, "trainer_state.json", pickle.dumps(Payload(x.w / "PWNED2"))
+                        ),
+                    )
+                ),
+                "--max-steps",
+                "40",
+            ),
+            after=marker_absent("PWNED2"),
+        )
+    )
+    add(
+        Case(
+            "ck-bin",
+            "security",
+            "folder with only pytorch_model.bin (a pickle)",
+            r"pytorch_model.bin' is a pickle-format file; LoopMDM loads weights only from safetensors",
+            cli=lambda x: sample(
+                x.write("binonly/pytorch_model.bin", pickle.dumps(Payload(x.w / "PWNED3"))).parent
+            ),
+            after=marker_absent("PWNED3"),
+        )
+    )
+    add(
+        Case(
+            "ck-nan",
+            "checkpoint",
+            "weights containing NaN",
+            r"non-finite weights",
+            api=lambda x: lambda run=damaged(x, _nan_weights): _load_model(run),
+            call="load_model(RUN_WITH_NAN)",
+        )
+    )
+    add(
+        Case(
+            "ck-file",
+            "checkpoint",
+            "--checkpoint pointing at a random file",
+            r"is a file; pass the run folder",
+            cli=lambda x: sample(x.write("random.txt", "hello")),
+        )
+    )
+    add(
+        Case(
+            "ck-latest",
+            "checkpoint",
+            "tampered latest pointer ('../../etc')",
+            r"returned tuple \(no error\)",
+            api=lambda x: lambda run=_tamper_latest(x.copy_run("latest")): _load_model(run),
+            call="load_model(RUN) with checkpoints/latest = '../../../etc'",
+        )
+    )
     # ---- resuming
-    add(Case("rs-model", "resume", "--resume with a different model width",
-             r"different model config \(model.d_model: 32 -> 64\)",
-             cli=lambda x: train(x, "--set", "model.d_model=64", "--resume", str(x.copy_run("rs")), "--max-steps", "40")))
-    add(Case("rs-fresh", "resume", "new run into a folder that holds checkpoints (no --resume)",
-             r"already holds checkpoints .*--resume",
-             cli=lambda x: train(x, out=x.copy_run("fresh"))))
-    add(Case("rs-none", "resume", "--resume from an empty folder", r"holds no checkpoint",
-             cli=lambda x: train(x, "--resume", str(x.fresh("rs_empty")))))
-    add(Case("rs-weights-only", "resume", "--resume from a weights-only folder", r"has no trainer_state.json",
-             cli=lambda x: train(x, "--resume", str(damaged(x, lambda f: [(f / n).unlink() for n in
-                                                                        ("trainer_state.json", "index.json")])))))
-    add(Case("rs-disk-full", "disk", "disk full while saving (ENOSPC injected)",
-             r"could not save checkpoint .*disk full \(ENOSPC\)\); the previous checkpoint is intact",
-             api=_disk_full, call="Trainer.save() with every write failing with ENOSPC"))
-    add(Case("rs-out-file", "disk", "--out under a regular file (not writable as a folder)",
-             r"cannot write the run folder|cannot be created|Not a directory|File exists",
-             cli=lambda x: train(x, out=x.write("plainfile", "x") / "run")))
-    add(Case("rs-diverge", "numerics", "learning rate 1e30: every step non-finite",
-             r"training diverged: 2 non-finite steps in a row .*likely causes: learning rate too high",
-             api=_diverge, call="train(cfg with train.lr=1e30, train.max_bad_steps=2)"))
-    add(Case("rs-sigint", "signals", "Ctrl-C (SIGINT) during training: saves, exits 130",
-             r"stopped by SIGINT at step \d+ .*checkpoint saved .*--resume",
-             cli=lambda x: train(x, "--max-steps", "2000", "--set", "train.save_every=1000"),
-             interrupt=signal.SIGINT, after=_sigint_saved, exit_code=130))
-    add(Case("rs-sigterm", "signals", "SIGTERM during training: saves, exits 143 (`train && sample` stops)",
-             r"stopped by SIGTERM at step \d+ .*checkpoint saved .*--resume",
-             cli=lambda x: train(x, "--max-steps", "2000", "--set", "train.save_every=1000"),
-             interrupt=signal.SIGTERM, after=_sigint_saved, exit_code=143))
+    add(
+        Case(
+            "rs-model",
+            "resume",
+            "--resume with a different model width",
+            r"different model config \(model.d_model: 32 -> 64\)",
+            cli=lambda x: train(
+                x,
+                "--set",
+                "model.d_model=64",
+                "--resume",
+                str(x.copy_run("rs")),
+                "--max-steps",
+                "40",
+            ),
+        )
+    )
+    add(
+        Case(
+            "rs-fresh",
+            "resume",
+            "new run into a folder that holds checkpoints (no --resume)",
+            r"already holds checkpoints .*--resume",
+            cli=lambda x: train(x, out=x.copy_run("fresh")),
+        )
+    )
+    add(
+        Case(
+            "rs-none",
+            "resume",
+            "--resume from an empty folder",
+            r"holds no checkpoint",
+            cli=lambda x: train(x, "--resume", str(x.fresh("rs_empty"))),
+        )
+    )
+    add(
+        Case(
+            "rs-weights-only",
+            "resume",
+            "--resume from a weights-only folder",
+            r"has no trainer_state.json",
+            cli=lambda x: train(
+                x,
+                "--resume",
+                str(
+                    damaged(
+                        x,
+                        lambda f: [(f / n).unlink() for n in ("trainer_state.json", "index.json")],
+                    )
+                ),
+            ),
+        )
+    )
+    add(
+        Case(
+            "rs-disk-full",
+            "disk",
+            "disk full while saving (ENOSPC injected)",
+            r"could not save checkpoint .*disk full \(ENOSPC\)\); the previous checkpoint is intact",
+            api=_disk_full,
+            call="Trainer.save() with every write failing with ENOSPC",
+        )
+    )
+    add(
+        Case(
+            "rs-out-file",
+            "disk",
+            "--out under a regular file (not writable as a folder)",
+            r"cannot write the run folder|cannot be created|Not a directory|File exists",
+            cli=lambda x: train(x, out=x.write("plainfile", "x") / "run"),
+        )
+    )
+    add(
+        Case(
+            "rs-diverge",
+            "numerics",
+            "learning rate 1e30: every step non-finite",
+            r"training diverged: 2 non-finite steps in a row .*likely causes: learning rate too high",
+            api=_diverge,
+            call="train(cfg with train.lr=1e30, train.max_bad_steps=2)",
+        )
+    )
+    add(
+        Case(
+            "rs-sigint",
+            "signals",
+            "Ctrl-C (SIGINT) during training: saves, exits 130",
+            r"stopped by SIGINT at step \d+ .*checkpoint saved .*--resume",
+            cli=lambda x: train(x, "--max-steps", "2000", "--set", "train.save_every=1000"),
+            interrupt=signal.SIGINT,
+            after=_sigint_saved,
+            exit_code=130,
+        )
+    )
+    add(
+        Case(
+            "rs-sigterm",
+            "signals",
+            "SIGTERM during training: saves, exits 143 (`train && sample` stops)",
+            r"stopped by SIGTERM at step \d+ .*checkpoint saved .*--resume",
+            cli=lambda x: train(x, "--max-steps", "2000", "--set", "train.save_every=1000"),
+            interrupt=signal.SIGTERM,
+            after=_sigint_saved,
+            exit_code=143,
+        )
+    )
     # ---- output folders: never delete or overwrite what the command did not create (loopmdm.outputs)
-    add(Case("out-import-run", "output", "import --out an existing run (would prune its checkpoints)",
-             r"--out .* exists and is not empty .*choose a new or empty folder",
-             cli=lambda x: ["import", "--hf", str(_hf_export(x)), "--out", str(x.copy_run("imp_run"))],
-             after=_unchanged_run))
-    add(Case("out-import-data", "output", "import --out a data folder", r"exists and is not empty",
-             cli=lambda x: ["import", "--hf", str(_hf_export(x)), "--out", str(_corpus_copy(x))]))
-    add(Case("out-train-corpus", "output", "train --out a corpus folder (no run there)",
-             r"is not empty and not a run folder .*--data",
-             cli=lambda x: train(x, out=_corpus_copy(x))))
-    add(Case("out-resume-other", "output", "train --resume RUN_B --out RUN_A (another run's folder)",
-             r"holds checkpoints of another run",
-             cli=lambda x: train(x, "--resume", str(x.copy_run("rs_b")), "--max-steps", "40",
-                                 out=x.copy_run("rs_a"))))
-    add(Case("out-experiment-corpus", "output", "experiment --out a corpus folder",
-             r"is not empty and not an experiment folder",
-             cli=lambda x: ["experiment", "attention", "--checkpoint", str(x.good), "--out", str(_corpus_copy(x))]))
+    add(
+        Case(
+            "out-import-run",
+            "output",
+            "import --out an existing run (would prune its checkpoints)",
+            r"--out .* exists and is not empty .*choose a new or empty folder",
+            cli=lambda x: [
+                "import",
+                "--hf",
+                str(_hf_export(x)),
+                "--out",
+                str(x.copy_run("imp_run")),
+            ],
+            after=_unchanged_run,
+        )
+    )
+    add(
+        Case(
+            "out-import-data",
+            "output",
+            "import --out a data folder",
+            r"exists and is not empty",
+            cli=lambda x: ["import", "--hf", str(_hf_export(x)), "--out", str(_corpus_copy(x))],
+        )
+    )
+    add(
+        Case(
+            "out-train-corpus",
+            "output",
+            "train --out a corpus folder (no run there)",
+            r"is not empty and not a run folder .*--data",
+            cli=lambda x: train(x, out=_corpus_copy(x)),
+        )
+    )
+    add(
+        Case(
+            "out-resume-other",
+            "output",
+            "train --resume RUN_B --out RUN_A (another run's folder)",
+            r"holds checkpoints of another run",
+            cli=lambda x: train(
+                x, "--resume", str(x.copy_run("rs_b")), "--max-steps", "40", out=x.copy_run("rs_a")
+            ),
+        )
+    )
+    add(
+        Case(
+            "out-experiment-corpus",
+            "output",
+            "experiment --out a corpus folder",
+            r"is not empty and not an experiment folder",
+            cli=lambda x: [
+                "experiment",
+                "attention",
+                "--checkpoint",
+                str(x.good),
+                "--out",
+                str(_corpus_copy(x)),
+            ],
+        )
+    )
     # ---- command-line values that are paths are never YAML
-    add(Case("yaml-data-hash", "config", "--data 'DIR #v2' (was read as DIR: a YAML comment)",
-             r"data source '.*corpus #v2'",
-             cli=lambda x: train(x, data=x.write("corpus #v2/a.bin", bytes(range(256)) * 4).parent)))
+    add(
+        Case(
+            "yaml-data-hash",
+            "config",
+            "--data 'DIR #v2' (was read as DIR: a YAML comment)",
+            r"data source '.*corpus #v2'",
+            cli=lambda x: train(x, data=x.write("corpus #v2/a.bin", bytes(range(256)) * 4).parent),
+        )
+    )
     # ---- devices
-    add(Case("dev-train-cuda", "device", "train.device=cuda:99", r"train.device='cuda:99': this machine has",
-             cli=lambda x: train(x, "--set", "train.device=cuda:99")))
-    add(Case("dev-eval-mps", "device", "eval --device mps (no Apple GPU)", r"device='mps': this machine has",
-             cli=lambda x: ["eval", "--checkpoint", str(x.good), "--device", "mps", "--batches", "1"]))
+    add(
+        Case(
+            "dev-train-cuda",
+            "device",
+            "train.device=cuda:99",
+            r"train.device='cuda:99': this machine has",
+            cli=lambda x: train(x, "--set", "train.device=cuda:99"),
+        )
+    )
+    add(
+        Case(
+            "dev-eval-mps",
+            "device",
+            "eval --device mps (no Apple GPU)",
+            r"device='mps': this machine has",
+            cli=lambda x: [
+                "eval",
+                "--checkpoint",
+                str(x.good),
+                "--device",
+                "mps",
+                "--batches",
+                "1",
+            ],
+        )
+    )
     # ---- option parsing (click / typer): one line, exit 2
-    add(Case("cli-unknown-option", "cli", "unknown option", r"^error: No such option: --bogus.*--help",
-             cli=lambda x: ["train", "--bogus"]))
-    add(Case("cli-missing-option", "cli", "missing required option", r"^error: Missing option '--out'",
-             cli=lambda x: ["train", "--data", str(x.corpus)]))
-    add(Case("cli-bad-int", "cli", "--steps abc", r"^error: Invalid value for '--steps'",
-             cli=lambda x: sample(x.good, "--steps", "abc")))
+    add(
+        Case(
+            "cli-unknown-option",
+            "cli",
+            "unknown option",
+            r"^error: No such option: --bogus.*--help",
+            cli=lambda x: ["train", "--bogus"],
+        )
+    )
+    add(
+        Case(
+            "cli-missing-option",
+            "cli",
+            "missing required option",
+            r"^error: Missing option '--out'",
+            cli=lambda x: ["train", "--data", str(x.corpus)],
+        )
+    )
+    add(
+        Case(
+            "cli-bad-int",
+            "cli",
+            "--steps abc",
+            r"^error: Invalid value for '--steps'",
+            cli=lambda x: sample(x.good, "--steps", "abc"),
+        )
+    )
     # ---- sampling options
-    s = [("smp-loops0", "--loops 0", ["--loops", "0"], r"positive integer"),
-         ("smp-loops-word", "--loops abc", ["--loops", "abc"], r"--loops 'abc' is not a positive integer"),
-         ("smp-steps0", "--steps 0", ["--steps", "0"], r"steps"),
-         ("smp-n0", "--num-samples 0", ["--num-samples", "0"], r"num.samples"),
-         ("smp-len", "--length 10000 (beyond the window)", ["--length", "10000"], r"length"),
-         ("smp-temp", "--temperature -1", ["--temperature", "-1"], r"temperature"),
-         ("smp-topp", "--top-p 2", ["--top-p", "2"], r"top.p"),
-         ("smp-topk", "--top-k 0", ["--top-k", "0"], r"top.k"),
-         ("smp-sampler", "--sampler bogus", ["--sampler", "bogus"], r"unknown sampler 'bogus'; choose one of"),
-         ("smp-policy", "--policy bogus", ["--policy", "bogus"], r"unknown loop policy 'bogus'|policy"),
-         ("smp-opt", "--sampler-opt bogus=1", ["--sampler", "cached", "--sampler-opt", "bogus=1"],
-          r"unknown option 'bogus'"),
-         ("smp-policy-opt", "--policy-opt loops=-3", ["--policy-opt", "loops=-3"], r"loops"),
-         ("smp-prompt", "prompt longer than the window", ["--prompt", "word " * 200], r"prompt"),
-         ("smp-template", "malformed infill template", ["--template", "def f(): [MASK:abc]"], r"MASK|template"),
-         ("smp-both", "--prompt and --template together", ["--prompt", "x", "--template", "[MASK:3]"],
-          r"prompt|template"),
-         ("smp-utf8", "--prompt with a byte that is not UTF-8 ($'\\xff')", ["--prompt", "def \udcff"],
-          r"--prompt is not valid UTF-8 text \(byte 0xff"),
-         ("smp-steps-huge", "--steps 10**12 (hung before)", ["--steps", str(10 ** 12)],
-          r"exceeds the supported maximum"),
-         ("smp-n-huge", "--num-samples 10**9", ["--num-samples", str(10 ** 9)], r"needs about .* GiB .*use at most"),
-         ("smp-span-huge", "--template 'x [MASK:99999999999] y' (MemoryError before)",
-          ["--template", "x [MASK:99999999999] y"], r"longer than the model window")]
+    s = [
+        ("smp-loops0", "--loops 0", ["--loops", "0"], r"positive integer"),
+        (
+            "smp-loops-word",
+            "--loops abc",
+            ["--loops", "abc"],
+            r"--loops 'abc' is not a positive integer",
+        ),
+        ("smp-steps0", "--steps 0", ["--steps", "0"], r"steps"),
+        ("smp-n0", "--num-samples 0", ["--num-samples", "0"], r"num.samples"),
+        ("smp-len", "--length 10000 (beyond the window)", ["--length", "10000"], r"length"),
+        ("smp-temp", "--temperature -1", ["--temperature", "-1"], r"temperature"),
+        ("smp-topp", "--top-p 2", ["--top-p", "2"], r"top.p"),
+        ("smp-topk", "--top-k 0", ["--top-k", "0"], r"top.k"),
+        (
+            "smp-sampler",
+            "--sampler bogus",
+            ["--sampler", "bogus"],
+            r"unknown sampler 'bogus'; choose one of",
+        ),
+        (
+            "smp-policy",
+            "--policy bogus",
+            ["--policy", "bogus"],
+            r"unknown loop policy 'bogus'|policy",
+        ),
+        (
+            "smp-opt",
+            "--sampler-opt bogus=1",
+            ["--sampler", "cached", "--sampler-opt", "bogus=1"],
+            r"unknown option 'bogus'",
+        ),
+        ("smp-policy-opt", "--policy-opt loops=-3", ["--policy-opt", "loops=-3"], r"loops"),
+        ("smp-prompt", "prompt longer than the window", ["--prompt", "word " * 200], r"prompt"),
+        (
+            "smp-template",
+            "malformed infill template",
+            ["--template", "def f(): [MASK:abc]"],
+            r"MASK|template",
+        ),
+        (
+            "smp-both",
+            "--prompt and --template together",
+            ["--prompt", "x", "--template", "[MASK:3]"],
+            r"prompt|template",
+        ),
+        (
+            "smp-utf8",
+            "--prompt with a byte that is not UTF-8 ($'\\xff')",
+            ["--prompt", "def \udcff"],
+            r"--prompt is not valid UTF-8 text \(byte 0xff",
+        ),
+        (
+            "smp-steps-huge",
+            "--steps 10**12 (hung before)",
+            ["--steps", str(10**12)],
+            r"exceeds the supported maximum",
+        ),
+        (
+            "smp-n-huge",
+            "--num-samples 10**9",
+            ["--num-samples", str(10**9)],
+            r"needs about .* GiB .*use at most",
+        ),
+        (
+            "smp-span-huge",
+            "--template 'x [MASK:99999999999] y' (MemoryError before)",
+            ["--template", "x [MASK:99999999999] y"],
+            r"longer than the model window",
+        ),
+    ]
     for cid, text, extra, rx in s:
         add(Case(cid, "sampling", text, rx, cli=lambda x, extra=extra: sample(x.good, *extra)))
-    add(Case("smp-clamp", "sampling", "--steps 100000 on a 32-token window: clamped to 32 with a note",
-             r"note: --steps 100000 is more than the \d+ positions to generate",
-             cli=lambda x: ["sample", "--checkpoint", str(x.good), "--num-samples", "1", "--steps", "100000", "--json"],
-             exit_code=0))
-    add(Case("smp-api-temp", "sampling", "generate(temperature=nan, top_k=-1)", r"temperature|top_k",
-             api=_generate_nan, call='generate(model, tok, steps=2, temperature=float("nan"), top_k=-1)'))
+    add(
+        Case(
+            "smp-clamp",
+            "sampling",
+            "--steps 100000 on a 32-token window: clamped to 32 with a note",
+            r"note: --steps 100000 is more than the \d+ positions to generate",
+            cli=lambda x: [
+                "sample",
+                "--checkpoint",
+                str(x.good),
+                "--num-samples",
+                "1",
+                "--steps",
+                "100000",
+                "--json",
+            ],
+            exit_code=0,
+        )
+    )
+    add(
+        Case(
+            "smp-api-temp",
+            "sampling",
+            "generate(temperature=nan, top_k=-1)",
+            r"temperature|top_k",
+            api=_generate_nan,
+            call='generate(model, tok, steps=2, temperature=float("nan"), top_k=-1)',
+        )
+    )
     # ---- export / import (transformers format)
-    add(Case("hf-export-out", "hf", "export into a path under /dev/null", r"Not a directory|cannot write|cannot be created",
-             cli=lambda x: ["export", "--checkpoint", str(x.good), "--out", "/dev/null/hf"]))
-    add(Case("hf-import-list", "hf", "import a folder whose config.json is a JSON list", r"config.json",
-             cli=lambda x: ["import", "--hf", str(x.write("hf_list/config.json", "[1, 2]").parent),
-                            "--out", str(x.w / "imported_list")]))
-    add(Case("hf-import-index", "hf", "import with a broken model.safetensors.index.json", r"shard index",
-             cli=lambda x: ["import", "--hf", str(_hf_with_bin(x, index="{}")), "--out", str(x.w / "imported_idx")]))
-    add(Case("hf-import-bin", "security", "import a transformers folder holding only pytorch_model.bin",
-             r"pickle|safetensors",
-             cli=lambda x: ["import", "--hf", str(_hf_with_bin(x)), "--out", str(x.w / "imported_bin")],
-             after=marker_absent("PWNED4")))
+    add(
+        Case(
+            "hf-export-out",
+            "hf",
+            "export into a path under /dev/null",
+            r"Not a directory|cannot write|cannot be created",
+            cli=lambda x: ["export", "--checkpoint", str(x.good), "--out", "/dev/null/hf"],
+        )
+    )
+    add(
+        Case(
+            "hf-import-list",
+            "hf",
+            "import a folder whose config.json is a JSON list",
+            r"config.json",
+            cli=lambda x: [
+                "import",
+                "--hf",
+                str(x.write("hf_list/config.json", "[1, 2]").parent),
+                "--out",
+                str(x.w / "imported_list"),
+            ],
+        )
+    )
+    add(
+        Case(
+            "hf-import-index",
+            "hf",
+            "import with a broken model.safetensors.index.json",
+            r"shard index",
+            cli=lambda x: [
+                "import",
+                "--hf",
+                str(_hf_with_bin(x, index="{}")),
+                "--out",
+                str(x.w / "imported_idx"),
+            ],
+        )
+    )
+    add(
+        Case(
+            "hf-import-bin",
+            "security",
+            "import a transformers folder holding only pytorch_model.bin",
+            r"pickle|safetensors",
+            cli=lambda x: [
+                "import",
+                "--hf",
+                str(_hf_with_bin(x)),
+                "--out",
+                str(x.w / "imported_bin"),
+            ],
+            after=marker_absent("PWNED4"),
+        )
+    )
     # ---- Sudoku puzzle files (CSV)
-    add(Case("csv-bom", "data", "puzzle CSV with a UTF-8 BOM (Excel): accepted", r"returned PuzzleReport",
-             api=lambda x: _read_puzzles(_puzzle_csv(x, "bom.csv", bom=True)), call="read_puzzles('bom.csv')"))
-    add(Case("csv-huge-field", "data", "puzzle CSV with a field over the csv size limit",
-             r"line \d+ has a field longer than [\d,]+ characters",
-             api=lambda x: _read_puzzles(_puzzle_csv(x, "huge.csv", huge=True)), call="read_puzzles('huge.csv')"))
+    add(
+        Case(
+            "csv-bom",
+            "data",
+            "puzzle CSV with a UTF-8 BOM (Excel): accepted",
+            r"returned PuzzleReport",
+            api=lambda x: _read_puzzles(_puzzle_csv(x, "bom.csv", bom=True)),
+            call="read_puzzles('bom.csv')",
+        )
+    )
+    add(
+        Case(
+            "csv-huge-field",
+            "data",
+            "puzzle CSV with a field over the csv size limit",
+            r"line \d+ has a field longer than [\d,]+ characters",
+            api=lambda x: _read_puzzles(_puzzle_csv(x, "huge.csv", huge=True)),
+            call="read_puzzles('huge.csv')",
+        )
+    )
     # ---- evaluation
-    add(Case("ev-metric", "eval", "--metric bogus", r"bogus",
-             cli=lambda x: ["eval", "--checkpoint", str(x.good), "--metric", "bogus"]))
-    add(Case("ev-loops", "eval", "--loops 1,x", r"--loops 'x' is not a positive integer",
-             cli=lambda x: ["eval", "--checkpoint", str(x.good), "--loops", "1,x"]))
-    add(Case("ev-batches", "eval", "--batches 0", r"batches",
-             cli=lambda x: ["eval", "--checkpoint", str(x.good), "--batches", "0"]))
-    add(Case("ev-data", "eval", "--metric zero-shot on a binary file", r"no text found|binary|not UTF-8",
-             cli=lambda x: ["eval", "--checkpoint", str(x.good), "--metric", "zero-shot", "--data",
-                            str(x.write("zs/b.bin", bytes(range(256)) * 4).parent)]))
+    add(
+        Case(
+            "ev-metric",
+            "eval",
+            "--metric bogus",
+            r"bogus",
+            cli=lambda x: ["eval", "--checkpoint", str(x.good), "--metric", "bogus"],
+        )
+    )
+    add(
+        Case(
+            "ev-loops",
+            "eval",
+            "--loops 1,x",
+            r"--loops 'x' is not a positive integer",
+            cli=lambda x: ["eval", "--checkpoint", str(x.good), "--loops", "1,x"],
+        )
+    )
+    add(
+        Case(
+            "ev-batches",
+            "eval",
+            "--batches 0",
+            r"batches",
+            cli=lambda x: ["eval", "--checkpoint", str(x.good), "--batches", "0"],
+        )
+    )
+    add(
+        Case(
+            "ev-data",
+            "eval",
+            "--metric zero-shot on a binary file",
+            r"no text found|binary|not UTF-8",
+            cli=lambda x: [
+                "eval",
+                "--checkpoint",
+                str(x.good),
+                "--metric",
+                "zero-shot",
+                "--data",
+                str(x.write("zs/b.bin", bytes(range(256)) * 4).parent),
+            ],
+        )
+    )
     return c
 
 
@@ -596,7 +1426,9 @@ def _hf_with_bin(ctx: Ctx, index: Optional[str] = None) -> Path:
         (folder / "model.safetensors.index.json").write_text(index)
     ck = ctx.ckpt(ctx.good)
     cfg = json.loads((ck / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({"model_type": "loopmdm", "loopmdm_run_config": cfg}))
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "loopmdm", "loopmdm_run_config": cfg})
+    )
     shutil.copy(ck / "tokenizer.json", folder / "tokenizer.json")
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload(ctx.w / "PWNED4")))
     return folder
@@ -621,8 +1453,14 @@ def _corpus_copy(ctx: Ctx) -> Path:
 
 def _unchanged_run(ctx: Ctx, args: list[str]) -> list[str]:
     run = Path(args[args.index("--out") + 1])
-    problems = [] if (run / "checkpoints" / "latest").read_text().strip() == "step_000006" else ["latest moved"]
-    return problems + ([] if len(list((run / "checkpoints").glob("step_*"))) == 3 else ["a checkpoint was pruned"])
+    problems = (
+        []
+        if (run / "checkpoints" / "latest").read_text().strip() == "step_000006"
+        else ["latest moved"]
+    )
+    return problems + (
+        [] if len(list((run / "checkpoints").glob("step_*"))) == 3 else ["a checkpoint was pruned"]
+    )
 
 
 def _puzzle_csv(ctx: Ctx, name: str, bom: bool = False, huge: bool = False) -> Path:
@@ -633,7 +1471,9 @@ def _puzzle_csv(ctx: Ctx, name: str, bom: bool = False, huge: bool = False) -> P
     rows = "".join(f"{p.puzzle},{p.solution}\n" for p in generate_puzzles(2, (30, 34), seed=0))
     if huge:
         rows += '"' + "1" * (csv.field_size_limit() + 10) + ",x\n"
-    return ctx.write(name, (b"\xef\xbb\xbf" if bom else b"") + f"quizzes,solutions\n{rows}".encode())
+    return ctx.write(
+        name, (b"\xef\xbb\xbf" if bom else b"") + f"quizzes,solutions\n{rows}".encode()
+    )
 
 
 def _read_puzzles(path: Path) -> Callable[[], object]:
@@ -688,6 +1528,7 @@ CLASSES = [
     "has, and template spans longer than the model window, are refused before anything is allocated.",
 ]
 
+
 def setup(ctx: Ctx, env: dict) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import python_like_text  # the test suite's deterministic tiny corpus
@@ -695,9 +1536,27 @@ def setup(ctx: Ctx, env: dict) -> None:
     ctx.corpus.mkdir(parents=True)
     for i in range(40):
         (ctx.corpus / f"mod_{i:02d}.py").write_text(python_like_text(i))
-    p = subprocess.run(cli_command(["train", "--out", str(ctx.good), "--data", str(ctx.corpus), *TINY,
-                                    "--max-steps", "6", "--set", "train.save_every=2", "--set", "train.keep_last=3"]),
-                       capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        cli_command(
+            [
+                "train",
+                "--out",
+                str(ctx.good),
+                "--data",
+                str(ctx.corpus),
+                *TINY,
+                "--max-steps",
+                "6",
+                "--set",
+                "train.save_every=2",
+                "--set",
+                "train.keep_last=3",
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if p.returncode != 0:
         raise SystemExit(f"could not train the reference run:\n{p.stderr[-3000:]}")
 
@@ -733,20 +1592,34 @@ def markdown(results: list[Result], command: str, machine: str, wall: float) -> 
         sees += "" if r.expected else " **(unexpected)**"
         if r.notes:
             sees += " " + "; ".join(r.notes)
-        cells = [str(i), r.area, r.input, f"`{r.how}`", sees, "" if r.exit is None else str(r.exit),
-                 "yes" if r.raw_traceback else "no", str(r.lost_checkpoints)]
-        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+        cells = [
+            str(i),
+            r.area,
+            r.input,
+            f"`{r.how}`",
+            sees,
+            "" if r.exit is None else str(r.exit),
+            "yes" if r.raw_traceback else "no",
+            str(r.lost_checkpoints),
+        ]
+        lines.append(
+            "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+        )
     lines += ["", "## Classes of bad input", ""] + [f"- {c}" for c in CLASSES]
-    lines += ["", "## Notes", "",
-              "- Empty files never stop a run: they are counted as skipped in both `data.bad_files` modes.",
-              "  Binary, non-UTF-8, UTF-16/32 and unreadable files are skipped with a count (`skip`, the default)",
-              "  or stop the run naming the file and the first bad byte (`error`).",
-              "- Checkpoints are never unpickled: safetensors and JSON only. A pickle or `torch.save` archive found",
-              "  where a safetensors file is expected is refused by its magic bytes before any parser sees it; the",
-              "  payload rows above check that the marker file the payload would create does not exist.",
-              "- Known gap (reported): the byte-level BPE turns the literal strings `<mask>`, `<eos>`, `<bos>`,",
-              "  `<pad>` inside user text into the special tokens; see the round-trip property test.",
-              ""]
+    lines += [
+        "",
+        "## Notes",
+        "",
+        "- Empty files never stop a run: they are counted as skipped in both `data.bad_files` modes.",
+        "  Binary, non-UTF-8, UTF-16/32 and unreadable files are skipped with a count (`skip`, the default)",
+        "  or stop the run naming the file and the first bad byte (`error`).",
+        "- Checkpoints are never unpickled: safetensors and JSON only. A pickle or `torch.save` archive found",
+        "  where a safetensors file is expected is refused by its magic bytes before any parser sees it; the",
+        "  payload rows above check that the marker file the payload would create does not exist.",
+        "- Known gap (reported): the byte-level BPE turns the literal strings `<mask>`, `<eos>`, `<bos>`,",
+        "  `<pad>` inside user text into the special tokens; see the round-trip property test.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -758,16 +1631,26 @@ def printable(text: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bad_inputs.md")
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bad_inputs.json")
+    ap.add_argument(
+        "--json", type=Path, default=ROOT / "benchmarks" / "results" / "bad_inputs.json"
+    )
     ap.add_argument("--only", default="", help="run only cases whose id contains this text")
     ap.add_argument("--workers", type=int, default=2, help="CLI cases run in parallel")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = ap.parse_args()
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="loopmdm_bad_inputs_"))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", LOOPMDM_CACHE=str(work / "cache"))
-    os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "LOOPMDM_CACHE")})
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        LOOPMDM_CACHE=str(work / "cache"),
+    )
+    os.environ.update(
+        {k: env[k] for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "LOOPMDM_CACHE")}
+    )
     ctx = Ctx(work)
     try:
         setup(ctx, env)
@@ -775,7 +1658,8 @@ def main() -> None:
         prepared = [prepare(c, ctx) for c in todo]
         cli = [p for p in prepared if p.case.cli is not None]
         results: dict[str, Result] = {}
-        with ThreadPoolExecutor(max_workers=args.workers) as pool:  # subprocesses: run a few at a time
+        # subprocesses: run a few at a time
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
             for prep, res in zip(cli, pool.map(lambda p: execute(p, ctx, env), cli)):
                 results[prep.case.id] = res
         for prep in prepared:
@@ -786,20 +1670,40 @@ def main() -> None:
         width = max(len(r.id) for r in ordered)
         for r in ordered:
             flag = "RAW " if r.raw_traceback else ("??? " if not r.expected else "ok  ")
-            print(f"{flag}{r.id:<{width}}  exit={r.exit!s:<4} lost={r.lost_checkpoints}  {r.sees[:150]}")
+            print(
+                f"{flag}{r.id:<{width}}  exit={r.exit!s:<4} lost={r.lost_checkpoints}  {r.sees[:150]}"
+            )
         raw = sum(r.raw_traceback for r in ordered)
         lost = sum(r.lost_checkpoints for r in ordered)
-        print(f"\n{len(ordered)} inputs, {raw} raw tracebacks, {lost} lost checkpoints, "
-              f"{sum(not r.expected for r in ordered)} unexpected messages, {wall:.0f} s")
-        machine = f"{os.cpu_count()}-core CPU (shared), Python {platform.python_version()}, torch " \
-                  f"{__import__('torch').__version__}"
+        print(
+            f"\n{len(ordered)} inputs, {raw} raw tracebacks, {lost} lost checkpoints, "
+            f"{sum(not r.expected for r in ordered)} unexpected messages, {wall:.0f} s"
+        )
+        machine = (
+            f"{os.cpu_count()}-core CPU (shared), Python {platform.python_version()}, torch "
+            f"{__import__('torch').__version__}"
+        )
         command = "python benchmarks/bad_inputs.py" + (f" --only {args.only}" if args.only else "")
         if not args.only:
             atomic_write_text(args.out, printable(markdown(ordered, command, machine, wall)))
             print(f"wrote {args.out}")
-        atomic_write_text(args.json, printable(json.dumps({
-            "command": command, "machine": machine, "wall_s": wall, "inputs": len(ordered), "raw_tracebacks": raw,
-            "lost_checkpoints": lost, "results": [asdict(r) for r in ordered]}, indent=1)))
+        atomic_write_text(
+            args.json,
+            printable(
+                json.dumps(
+                    {
+                        "command": command,
+                        "machine": machine,
+                        "wall_s": wall,
+                        "inputs": len(ordered),
+                        "raw_tracebacks": raw,
+                        "lost_checkpoints": lost,
+                        "results": [asdict(r) for r in ordered],
+                    },
+                    indent=1,
+                )
+            ),
+        )
         print(f"wrote {args.json}")
     finally:
         if not args.keep:

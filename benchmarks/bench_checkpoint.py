@@ -20,8 +20,8 @@ import torch
 
 from loopmdm.checkpoint import load_model, resolve_checkpoint, save_checkpoint, verify_checkpoint
 from loopmdm.config import preset
-from loopmdm.model import LoopMDM
 from loopmdm.data.tokenizer import train_bpe
+from loopmdm.model import LoopMDM
 
 
 def timed(fn, repeats: int) -> float:
@@ -49,19 +49,32 @@ def main() -> None:
     opt.step()  # optimizer moments exist, as in a real checkpoint
     params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as d:
-        step = iter(range(1, 10 ** 6))
-        t_save = timed(lambda: save_checkpoint(d, next(step), model, cfg, tok, {"step": 0}, opt, keep_last=2),
-                       args.repeats)
+        step = iter(range(1, 10**6))
+        t_save = timed(
+            lambda: save_checkpoint(d, next(step), model, cfg, tok, {"step": 0}, opt, keep_last=2),
+            args.repeats,
+        )
         folder = resolve_checkpoint(d)
         size = sum(f.stat().st_size for f in folder.iterdir())
         t_verify = timed(lambda: verify_checkpoint(folder), args.repeats)
         t_load = timed(lambda: load_model(d), args.repeats)
-    row = {"preset": args.preset, "params_m": params / 1e6, "checkpoint_mb": size / 1e6, "save_s": t_save,
-           "verify_s": t_verify, "load_model_s": t_load, "save_mb_per_s": size / 1e6 / t_save,
-           "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, python {platform.python_version()}"}
-    print(f"{'preset':<8} {'params':>8} {'ckpt MB':>8} {'save s':>7} {'MB/s':>6} {'verify s':>9} {'load s':>7}")
-    print(f"{args.preset:<8} {params / 1e6:>7.2f}M {size / 1e6:>8.1f} {t_save:>7.3f} {row['save_mb_per_s']:>6.0f} "
-          f"{t_verify:>9.3f} {t_load:>7.3f}")
+    row = {
+        "preset": args.preset,
+        "params_m": params / 1e6,
+        "checkpoint_mb": size / 1e6,
+        "save_s": t_save,
+        "verify_s": t_verify,
+        "load_model_s": t_load,
+        "save_mb_per_s": size / 1e6 / t_save,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, python {platform.python_version()}",
+    }
+    print(
+        f"{'preset':<8} {'params':>8} {'ckpt MB':>8} {'save s':>7} {'MB/s':>6} {'verify s':>9} {'load s':>7}"
+    )
+    print(
+        f"{args.preset:<8} {params / 1e6:>7.2f}M {size / 1e6:>8.1f} {t_save:>7.3f} {row['save_mb_per_s']:>6.0f} "
+        f"{t_verify:>9.3f} {t_load:>7.3f}"
+    )
     out = args.out or Path(__file__).parent / "results" / f"checkpoint_{args.preset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(row, indent=2))

@@ -10,9 +10,18 @@ from pathlib import Path
 from loopmdm.config import load_config
 
 # --quick: a smoke-size tiny-preset model (the pipeline, not the numbers)
-QUICK_TINY = ["model.d_model=64", "model.n_heads=2", "model.max_seq_len=64", "model.vocab_size=512",
-              "model.cond_dim=32", "train.max_steps=60", "train.eval_every=60", "train.save_every=60",
-              "train.batch_size=16", "data.max_train_bytes=400000"]
+QUICK_TINY = [
+    "model.d_model=64",
+    "model.n_heads=2",
+    "model.max_seq_len=64",
+    "model.vocab_size=512",
+    "model.cond_dim=32",
+    "train.max_steps=60",
+    "train.eval_every=60",
+    "train.save_every=60",
+    "train.batch_size=16",
+    "data.max_train_bytes=400000",
+]
 
 
 def train_run(run: Path, preset: str, overrides: list[str], what: str) -> Path:

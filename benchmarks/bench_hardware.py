@@ -62,15 +62,22 @@ def sdpa_backend(name: Optional[str]) -> Iterator[None]:
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    table = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    table = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     if name not in table:
-        raise ConfigError(f"SDPA backend {name!r} is unknown; use one of: {', '.join(SDPA_BACKENDS)}")
+        raise ConfigError(
+            f"SDPA backend {name!r} is unknown; use one of: {', '.join(SDPA_BACKENDS)}"
+        )
     with sdpa_kernel(table[name]):
         yield
 
 
 # --------------------------------------------------------------------------- CPU peak memory (Linux)
+
 
 def _proc_status_bytes(field: str) -> int:
     """``VmRSS`` / ``VmHWM`` (peak RSS) of this process from /proc/self/status, in bytes."""

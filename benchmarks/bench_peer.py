@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import typer
 
+from bench_hardware import peak_rss_growth
 from loopmdm.config import ModelConfig
 from loopmdm.model import LoopMDM
-from bench_hardware import peak_rss_growth
 from loopmdm.runtime import autocast_context
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -46,15 +45,32 @@ MODELS = ("loopmdm", "loopmdm-adaln", "modernbert-sparse", "modernbert")
 
 def loopmdm_model(d: int, layers: int, heads: int, vocab: int, seq: int, time_conditioning: str):
     """(model, loss(x_t, t, labels)): the library's own sparse-prediction loss, mean CE over masked positions."""
-    cfg = ModelConfig(vocab_size=vocab, max_seq_len=seq, d_model=d, n_heads=heads, n_layers=layers,
-                      n_h=layers, n_m=0, n_o=0, time_conditioning=time_conditioning, cond_dim=128)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        max_seq_len=seq,
+        d_model=d,
+        n_heads=heads,
+        n_layers=layers,
+        n_h=layers,
+        n_m=0,
+        n_o=0,
+        time_conditioning=time_conditioning,
+        cond_dim=128,
+    )
     model = LoopMDM(cfg)
 
     def loss(x_t, t, labels):
         masked = labels != -100
         n = int(masked.sum())
-        total, _ = model(x_t, t, loops=1, predict=masked, labels=labels[masked],
-                         label_weights=torch.full((n,), 1.0 / max(n, 1)), exclude=MASK_ID)
+        total, _ = model(
+            x_t,
+            t,
+            loops=1,
+            predict=masked,
+            labels=labels[masked],
+            label_weights=torch.full((n,), 1.0 / max(n, 1)),
+            exclude=MASK_ID,
+        )
         return total
 
     return model, loss
@@ -63,12 +79,28 @@ def loopmdm_model(d: int, layers: int, heads: int, vocab: int, seq: int, time_co
 def modernbert_model(d: int, layers: int, heads: int, vocab: int, seq: int, sparse: bool):
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-    cfg = ModernBertConfig(vocab_size=vocab, hidden_size=d, intermediate_size=int(round(4 * d * 2 / 3)),
-                           num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=seq,
-                           global_attn_every_n_layers=1, local_attention=seq, pad_token_id=0, bos_token_id=1,
-                           eos_token_id=2, cls_token_id=1, sep_token_id=2, attention_dropout=0.0,
-                           embedding_dropout=0.0, mlp_dropout=0.0, tie_word_embeddings=True,
-                           sparse_prediction=sparse, sparse_pred_ignore_index=-100, attn_implementation="sdpa")
+    cfg = ModernBertConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        intermediate_size=int(round(4 * d * 2 / 3)),
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=seq,
+        global_attn_every_n_layers=1,
+        local_attention=seq,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
+        attention_dropout=0.0,
+        embedding_dropout=0.0,
+        mlp_dropout=0.0,
+        tie_word_embeddings=True,
+        sparse_prediction=sparse,
+        sparse_pred_ignore_index=-100,
+        attn_implementation="sdpa",
+    )
     model = ModernBertForMaskedLM(cfg)
     return model, (lambda x_t, t, labels: model(input_ids=x_t, labels=labels).loss)
 
@@ -92,7 +124,9 @@ def batches(shape: dict, n: int, seed: int = 0):
     return out
 
 
-def make_step(name: str, shape: dict, precision: str) -> tuple[Callable[[int], None], torch.nn.Module]:
+def make_step(
+    name: str, shape: dict, precision: str
+) -> tuple[Callable[[int], None], torch.nn.Module]:
     torch.manual_seed(0)
     model, loss_fn = build(name, shape)
     model.train()
@@ -130,7 +164,9 @@ def _step_for_memory(name: str, shape: dict, precision: str):
     return lambda: step(next(counter))
 
 
-def measure_shape(shape: dict, precisions: list[str], rounds: int, steps: int, memory: bool) -> dict:
+def measure_shape(
+    shape: dict, precisions: list[str], rounds: int, steps: int, memory: bool
+) -> dict:
     res = {"shape": shape, "params": {}, "flops_per_step": {}, "runs": []}
     for name in MODELS:
         _, model = make_step(name, shape, "fp32")
@@ -151,16 +187,26 @@ def measure_shape(shape: dict, precisions: list[str], rounds: int, steps: int, m
         for name in MODELS:
             sec = min(times[name])
             mem = peak_rss_growth(_step_for_memory, name, shape, precision) if memory else None
-            res["runs"].append({"model": name, "precision": precision, "sec_per_step": sec, "tokens_per_s": tokens / sec,
-                                "peak_mem_bytes": mem, "flops_per_s": res["flops_per_step"][name] / sec})
+            res["runs"].append(
+                {
+                    "model": name,
+                    "precision": precision,
+                    "sec_per_step": sec,
+                    "tokens_per_s": tokens / sec,
+                    "peak_mem_bytes": mem,
+                    "flops_per_s": res["flops_per_step"][name] / sec,
+                }
+            )
     by = {(r["model"], r["precision"]): r for r in res["runs"]}
     res["ratios"] = {}
     for precision in precisions:
         for name in ("loopmdm", "loopmdm-adaln"):
             for peer in ("modernbert-sparse", "modernbert"):
                 a, b = by[(name, precision)], by[(peer, precision)]
-                entry = {"tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
-                         "flops": res["flops_per_step"][name] / res["flops_per_step"][peer]}
+                entry = {
+                    "tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
+                    "flops": res["flops_per_step"][name] / res["flops_per_step"][peer],
+                }
                 if memory:
                     entry["peak_memory"] = a["peak_mem_bytes"] / max(b["peak_mem_bytes"], 1)
                 res["ratios"][f"{name}_vs_{peer}_{precision}"] = entry
@@ -169,12 +215,18 @@ def measure_shape(shape: dict, precisions: list[str], rounds: int, steps: int, m
 
 def print_shape(res: dict) -> None:
     s = res["shape"]
-    print(f"\nd={s['d_model']} L={s['layers']} H={s['heads']} V={s['vocab']} T={s['seq_len']} B={s['batch']}")
-    print(f"{'model':<19}{'prec':>6}{'params':>10}{'GFLOP/step':>12}{'s/step':>9}{'tok/s':>9}{'mem MiB':>9}")
+    print(
+        f"\nd={s['d_model']} L={s['layers']} H={s['heads']} V={s['vocab']} T={s['seq_len']} B={s['batch']}"
+    )
+    print(
+        f"{'model':<19}{'prec':>6}{'params':>10}{'GFLOP/step':>12}{'s/step':>9}{'tok/s':>9}{'mem MiB':>9}"
+    )
     for r in res["runs"]:
         mem = f"{r['peak_mem_bytes'] / 2**20:.0f}" if r["peak_mem_bytes"] is not None else "-"
-        print(f"{r['model']:<19}{r['precision']:>6}{res['params'][r['model']] / 1e6:>9.2f}M"
-              f"{res['flops_per_step'][r['model']] / 1e9:>12.2f}{r['sec_per_step']:>9.3f}{r['tokens_per_s']:>9.0f}{mem:>9}")
+        print(
+            f"{r['model']:<19}{r['precision']:>6}{res['params'][r['model']] / 1e6:>9.2f}M"
+            f"{res['flops_per_step'][r['model']] / 1e9:>12.2f}{r['sec_per_step']:>9.3f}{r['tokens_per_s']:>9.0f}{mem:>9}"
+        )
     for k, v in res["ratios"].items():
         print(f"  {k}: " + ", ".join(f"{m} x{x:.2f}" for m, x in v.items()))
 
@@ -183,22 +235,40 @@ def print_shape(res: dict) -> None:
 def main(
     shapes: str = typer.Option("128x6x4,512x4x8", help="Comma-separated d_model x layers x heads."),
     vocabs: str = typer.Option("8192,32768", help="Comma-separated vocabulary sizes."),
-    seq_len: int = 128, batch: int = 8, steps: int = 3, rounds: int = 3, threads: int = 0,
+    seq_len: int = 128,
+    batch: int = 8,
+    steps: int = 3,
+    rounds: int = 3,
+    threads: int = 0,
     precisions: str = typer.Option("fp32,bf16", help="Comma-separated: fp32, bf16 (CPU autocast)."),
-    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory in subprocesses."),
+    memory: bool = typer.Option(
+        True, "--memory/--no-memory", help="Measure peak memory in subprocesses."
+    ),
     out: Path = typer.Option(Path("benchmarks/results/peer/peer_cpu.json")),
 ) -> None:
     """Tokens/s and peak memory of LoopMDM training steps vs ModernBertForMaskedLM (sparse and dense) at equal shape."""
     if threads:
         torch.set_num_threads(threads)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-               "torch": torch.__version__, "shapes": []}
-    print(f"LoopMDM (S=1) vs ModernBertForMaskedLM ({results['machine']}, torch {torch.__version__})")
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "shapes": [],
+    }
+    print(
+        f"LoopMDM (S=1) vs ModernBertForMaskedLM ({results['machine']}, torch {torch.__version__})"
+    )
     for spec in shapes.split(","):
         d, layers, heads = (int(x) for x in spec.split("x"))
         for vocab in (int(v) for v in vocabs.split(",")):
-            shape = dict(d_model=d, layers=layers, heads=heads, vocab=vocab, seq_len=seq_len, batch=batch,
-                         threads=torch.get_num_threads())
+            shape = dict(
+                d_model=d,
+                layers=layers,
+                heads=heads,
+                vocab=vocab,
+                seq_len=seq_len,
+                batch=batch,
+                threads=torch.get_num_threads(),
+            )
             res = measure_shape(shape, precisions.split(","), rounds, steps, memory)
             results["shapes"].append(res)
             print_shape(res)

@@ -32,9 +32,26 @@ def run(nproc: int, threads: int, steps: int, sets: dict, workdir: Path, tag: st
     out = workdir / f"run_n{nproc}_t{threads}{tag}"
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "loopmdm.train", "--out", str(out), "--preset", "tiny", "--max-steps", str(steps),
-           "--no-progress", "--set", f"train.threads={threads}", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "loopmdm.train",
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--max-steps",
+        str(steps),
+        "--no-progress",
+        "--set",
+        f"train.threads={threads}",
+        *args,
+    ]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -46,20 +63,34 @@ def run(nproc: int, threads: int, steps: int, sets: dict, workdir: Path, tag: st
 
 @app.command()
 def main(
-    steps: int = 12, skip: int = 2, batch: int = 16, seq_len: int = 128, d_model: int = 256, vocab: int = 2048,
+    steps: int = 12,
+    skip: int = 2,
+    batch: int = 16,
+    seq_len: int = 128,
+    d_model: int = 256,
+    vocab: int = 2048,
     cores: int = typer.Option(0, help="CPU cores to use in total (0 = os.cpu_count())."),
     out: Path = typer.Option(Path("benchmarks/results/scaling_cpu.json")),
 ) -> None:
     """Tokens/s of the tiny preset's training with 1 and 2 torchrun processes (Gloo, CPU)."""
     cores = cores or os.cpu_count() or 1
     workdir = Path(tempfile.mkdtemp(prefix="loopmdm-scaling-"))
-    sets = {"train.device": "cpu", "train.precision": "fp32", "train.batch_size": batch,
-            "model.max_seq_len": seq_len, "model.d_model": d_model, "model.vocab_size": vocab,
-            "train.eval_every": 10**6, "train.save_every": 10**6, "data.max_train_bytes": 3_000_000,
-            "data.cache_dir": str(workdir / "cache")}
+    sets = {
+        "train.device": "cpu",
+        "train.precision": "fp32",
+        "train.batch_size": batch,
+        "model.max_seq_len": seq_len,
+        "model.d_model": d_model,
+        "model.vocab_size": vocab,
+        "train.eval_every": 10**6,
+        "train.save_every": 10**6,
+        "data.max_train_bytes": 3_000_000,
+        "data.cache_dir": str(workdir / "cache"),
+    }
     configs = [(1, 1), (1, max(1, cores)), (2, max(1, cores // 2))]
     results = {"cores": cores, "sets": sets, "steps": steps, "runs": []}
-    run(1, 1, 1, sets, workdir, tag="_warmup")  # tokenise once; every measured run then reads the cache
+    # tokenise once; every measured run then reads the cache
+    run(1, 1, 1, sets, workdir, tag="_warmup")
     for nproc, threads in configs:
         r = run(nproc, threads, steps, sets, workdir)
         measured = [row["tokens_per_s"] for row in r.pop("rows")[skip:] if "tokens_per_s" in row]
@@ -70,8 +101,10 @@ def main(
     print(f"{'procs':>6}{'threads/proc':>14}{'tok/s':>10}{'vs 1x1':>9}{'wall s':>9}")
     for r in results["runs"]:
         r["speedup_vs_1x1"] = r["tokens_per_s"] / base
-        print(f"{r['nproc']:>6}{r['threads_per_proc']:>14}{r['tokens_per_s']:>10.0f}{r['speedup_vs_1x1']:>9.2f}"
-              f"{r['wall_s']:>9.1f}")
+        print(
+            f"{r['nproc']:>6}{r['threads_per_proc']:>14}{r['tokens_per_s']:>10.0f}{r['speedup_vs_1x1']:>9.2f}"
+            f"{r['wall_s']:>9.1f}"
+        )
     shutil.rmtree(workdir, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

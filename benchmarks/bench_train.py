@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 import typer
 
+from bench_hardware import peak_rss_growth
 from loopmdm.config import ModelConfig, TrainConfig
 from loopmdm.diffusion import Batch, MaskedDiffusion
 from loopmdm.diffusion.schedules import get_schedule
 from loopmdm.model import LoopMDM
 from loopmdm.model.flops import train_flops_per_token
-from bench_hardware import peak_rss_growth
 from loopmdm.runtime import autocast_context
 from loopmdm.train.optim import make_optimizer
 
@@ -60,7 +60,9 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10, rounds: int =
     return 2 * n**3 * reps / best
 
 
-def make_step(cfg: ModelConfig, loops: int, precision: str, batch: int, seed: int = 0, dense: bool = False):
+def make_step(
+    cfg: ModelConfig, loops: int, precision: str, batch: int, seed: int = 0, dense: bool = False
+):
     """A closure running one full training step (forward, backward, AdamW) at loop count S = loops;
     ``dense``: the loss from full logits at every position (the path of models without sparse prediction)."""
     torch.manual_seed(seed)
@@ -129,11 +131,24 @@ def _loss_only(vocab: int, d_model: int, batch: int, seq_len: int, sparse: bool)
 
 def loss_memory(d_model: int, n_heads: int, vocab: int, seq_len: int, batch: int) -> dict:
     """Peak-RSS growth (bytes) of the loss alone and of a whole fp32 step, dense vs sparse, fresh processes."""
-    cfg = ModelConfig(vocab_size=vocab, max_seq_len=seq_len, d_model=d_model, n_heads=n_heads, n_layers=4,
-                      n_h=4, n_m=0, n_o=0)
-    out = {"vocab": vocab, "seq_len": seq_len, "batch": batch, "d_model": d_model,
-           "loss_dense": peak_rss_growth(_loss_only, vocab, d_model, batch, seq_len, False),
-           "step_dense": peak_rss_growth(_fp32_step, cfg.__dict__, 1, batch, True)}
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        max_seq_len=seq_len,
+        d_model=d_model,
+        n_heads=n_heads,
+        n_layers=4,
+        n_h=4,
+        n_m=0,
+        n_o=0,
+    )
+    out = {
+        "vocab": vocab,
+        "seq_len": seq_len,
+        "batch": batch,
+        "d_model": d_model,
+        "loss_dense": peak_rss_growth(_loss_only, vocab, d_model, batch, seq_len, False),
+        "step_dense": peak_rss_growth(_fp32_step, cfg.__dict__, 1, batch, True),
+    }
     try:
         from loopmdm.model.loss import linear_cross_entropy  # noqa: F401  (absent before sparse prediction)
     except ImportError:
@@ -152,11 +167,20 @@ def profile_step(cfg: ModelConfig, loops: int, batch: int, top: int = 12) -> lis
             step()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    return [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 2e3, "share": e.self_cpu_time_total / total,
-             "calls": e.count // 2} for e in events[:top]]
+    return [
+        {
+            "op": e.key,
+            "self_cpu_ms": e.self_cpu_time_total / 2e3,
+            "share": e.self_cpu_time_total / total,
+            "calls": e.count // 2,
+        }
+        for e in events[:top]
+    ]
 
 
-def throughput(runs: dict, peaks: dict, batch: int, seq_len: int, steps: int, rounds: int) -> list[dict]:
+def throughput(
+    runs: dict, peaks: dict, batch: int, seq_len: int, steps: int, rounds: int
+) -> list[dict]:
     """Seconds per step (best of ``rounds``, runs alternated so machine noise hits all alike) and FLOP/s."""
     rows, tokens = [], batch * seq_len
     for precision in ("fp32", "bf16"):
@@ -168,61 +192,126 @@ def throughput(runs: dict, peaks: dict, batch: int, seq_len: int, steps: int, ro
         for name, (cfg, s) in runs.items():
             sec = min(times[name])
             flops = train_flops_per_token(cfg, s) * tokens
-            rows.append({"run": name, "precision": precision, "sec_per_step": sec, "tokens_per_s": tokens / sec,
-                         "flops_per_s": flops / sec, "frac_of_peak": flops / sec / peaks[precision]})
+            rows.append(
+                {
+                    "run": name,
+                    "precision": precision,
+                    "sec_per_step": sec,
+                    "tokens_per_s": tokens / sec,
+                    "flops_per_s": flops / sec,
+                    "frac_of_peak": flops / sec / peaks[precision],
+                }
+            )
     print(f"{'run':<22}{'prec':>6}{'s/step':>9}{'tok/s':>9}{'GFLOP/s':>9}{'of peak':>9}")
     for r in rows:
-        print(f"{r['run']:<22}{r['precision']:>6}{r['sec_per_step']:>9.3f}{r['tokens_per_s']:>9.0f}"
-              f"{r['flops_per_s'] / 1e9:>9.1f}{r['frac_of_peak']:>9.0%}")
+        print(
+            f"{r['run']:<22}{r['precision']:>6}{r['sec_per_step']:>9.3f}{r['tokens_per_s']:>9.0f}"
+            f"{r['flops_per_s'] / 1e9:>9.1f}{r['frac_of_peak']:>9.0%}"
+        )
     return rows
 
 
 @app.command()
 def main(
-    d_model: int = 512, n_heads: int = 8, seq_len: int = 256, batch: int = 8, vocab: int = 4096,
-    s_max: int = 12, steps: int = 3, rounds: int = 2,
-    loss_vocab: int = 50258, loss_seq_len: int = 1024, loss_batch: int = 2,
-    sections: str = typer.Option(",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}"),
+    d_model: int = 512,
+    n_heads: int = 8,
+    seq_len: int = 256,
+    batch: int = 8,
+    vocab: int = 4096,
+    s_max: int = 12,
+    steps: int = 3,
+    rounds: int = 2,
+    loss_vocab: int = 50258,
+    loss_seq_len: int = 1024,
+    loss_batch: int = 2,
+    sections: str = typer.Option(
+        ",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}"
+    ),
     out: Path = typer.Option(Path("benchmarks/results/train/train_cpu.json")),
 ) -> None:
     """Run the benchmark with a 4-layer model (n_h=1, n_m=2, n_o=1) looped up to S_max."""
     todo = [x.strip() for x in sections.split(",") if x.strip()]
     if not todo or any(x not in SECTIONS for x in todo):
         raise typer.BadParameter(f"--sections {sections!r}: choose from {', '.join(SECTIONS)}")
-    base = ModelConfig(vocab_size=vocab, max_seq_len=seq_len, d_model=d_model, n_heads=n_heads, n_layers=4,
-                       n_h=1, n_m=2, n_o=1)
+    base = ModelConfig(
+        vocab_size=vocab,
+        max_seq_len=seq_len,
+        d_model=d_model,
+        n_heads=n_heads,
+        n_layers=4,
+        n_h=1,
+        n_m=2,
+        n_o=1,
+    )
     target = train_flops_per_token(base, s_max)
-    depth = min(range(4, 200), key=lambda L: abs(train_flops_per_token(replace(base, n_layers=L, n_h=L, n_m=0, n_o=0), 1) - target))
+    depth = min(
+        range(4, 200),
+        key=lambda L: abs(
+            train_flops_per_token(replace(base, n_layers=L, n_h=L, n_m=0, n_o=0), 1) - target
+        ),
+    )
     deep = replace(base, n_layers=depth, n_h=depth, n_m=0, n_o=0)
-    runs = {"a_baseline_S1": (base, 1), f"b_loopmdm_S{s_max}": (base, s_max), f"c_deeper_{depth}L": (deep, 1)}
-    peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in ("fp32", "bf16")}
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-               "torch": torch.__version__, "matmul_peak_flops": peaks, "config": base.__dict__,
-               "deeper_layers": depth, "sections": todo}
-    print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s "
-          f"({results['machine']})")
+    runs = {
+        "a_baseline_S1": (base, 1),
+        f"b_loopmdm_S{s_max}": (base, s_max),
+        f"c_deeper_{depth}L": (deep, 1),
+    }
+    peaks = {
+        p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in ("fp32", "bf16")
+    }
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "matmul_peak_flops": peaks,
+        "config": base.__dict__,
+        "deeper_layers": depth,
+        "sections": todo,
+    }
+    print(
+        f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s "
+        f"({results['machine']})"
+    )
     bname, cname = f"b_loopmdm_S{s_max}", f"c_deeper_{depth}L"
     targets = results["targets"] = {}
     if "throughput" in todo:
         results["throughput"] = throughput(runs, peaks, batch, seq_len, steps, rounds)
         thr = {(r["run"], r["precision"]): r for r in results["throughput"]}
         for p in ("fp32", "bf16"):
-            targets[f"loop_vs_deeper_flops_per_s_{p}"] = thr[(bname, p)]["flops_per_s"] / thr[(cname, p)]["flops_per_s"]
+            targets[f"loop_vs_deeper_flops_per_s_{p}"] = (
+                thr[(bname, p)]["flops_per_s"] / thr[(cname, p)]["flops_per_s"]
+            )
             targets[f"frac_of_peak_loop_{p}"] = thr[(bname, p)]["frac_of_peak"]
-        targets["bf16_over_fp32_tokens_per_s_loop"] = (thr[(bname, "bf16")]["tokens_per_s"]
-                                                       / thr[(bname, "fp32")]["tokens_per_s"])
+        targets["bf16_over_fp32_tokens_per_s_loop"] = (
+            thr[(bname, "bf16")]["tokens_per_s"] / thr[(bname, "fp32")]["tokens_per_s"]
+        )
     if "memory" in todo:
         mem = results["memory"] = {
             variant: peak_memory(replace(base, **overrides), s_max, batch)
-            for variant, overrides in {"full_backprop": {}, "checkpoint_loops": {"checkpoint_loops": True},
-                                       "truncated_k2": {"input_injection": True, "backprop_depth": 2}}.items()}
-        print(f"peak training memory at S={s_max} (fp32): " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem.items()))
-        targets["memory_cut_checkpoint"] = 1 - mem["checkpoint_loops"] / max(mem["full_backprop"], 1)
+            for variant, overrides in {
+                "full_backprop": {},
+                "checkpoint_loops": {"checkpoint_loops": True},
+                "truncated_k2": {"input_injection": True, "backprop_depth": 2},
+            }.items()
+        }
+        print(
+            f"peak training memory at S={s_max} (fp32): "
+            + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem.items())
+        )
+        targets["memory_cut_checkpoint"] = 1 - mem["checkpoint_loops"] / max(
+            mem["full_backprop"], 1
+        )
         targets["memory_cut_truncated_k2"] = 1 - mem["truncated_k2"] / max(mem["full_backprop"], 1)
     if "loss_memory" in todo:
-        lm = results["loss_memory"] = loss_memory(d_model, n_heads, loss_vocab, loss_seq_len, loss_batch)
-        print(f"loss memory at V={loss_vocab}, L={loss_seq_len}, batch {loss_batch}, d {d_model} (fp32, peak RSS "
-              "growth): " + ", ".join(f"{k} {lm[k] / 2**20:.0f} MiB" for k in lm if k.startswith(("loss", "step"))))
+        lm = results["loss_memory"] = loss_memory(
+            d_model, n_heads, loss_vocab, loss_seq_len, loss_batch
+        )
+        print(
+            f"loss memory at V={loss_vocab}, L={loss_seq_len}, batch {loss_batch}, d {d_model} (fp32, peak RSS "
+            "growth): "
+            + ", ".join(
+                f"{k} {lm[k] / 2**20:.0f} MiB" for k in lm if k.startswith(("loss", "step"))
+            )
+        )
         if "loss_sparse" in lm:
             targets["loss_memory_cut_x"] = lm["loss_dense"] / max(lm["loss_sparse"], 1)
             targets["step_memory_cut_x"] = lm["step_dense"] / max(lm["step_sparse"], 1)
@@ -230,7 +319,9 @@ def main(
         prof = results["profile_bf16"] = profile_step(base, s_max, batch)
         print(f"profile of the bf16 LoopMDM step at S={s_max} (top operators by self CPU time):")
         for e in prof:
-            print(f"  {e['op'][:56]:<58}{e['self_cpu_ms']:>10.1f} ms{e['share']:>7.1%}{e['calls']:>7} calls")
+            print(
+                f"  {e['op'][:56]:<58}{e['self_cpu_ms']:>10.1f} ms{e['share']:>7.1%}{e['calls']:>7} calls"
+            )
     for k, v in targets.items():
         print(f"  {k}: {v:.2f}")
     out.parent.mkdir(parents=True, exist_ok=True)

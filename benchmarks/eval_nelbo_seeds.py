@@ -25,7 +25,6 @@ def tiny_fixture_run(root: Path) -> Path:
     """The test suite's `tiny_run` (tests/conftest.py): 40 Python-like files, a ~50k-parameter model, 30 steps."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import make_tiny_cfg, python_like_text
-
     from loopmdm.train import train
 
     corpus = root / "corpus"
@@ -55,8 +54,8 @@ def main() -> None:
     from loopmdm.checkpoint import load_model
     from loopmdm.data import prepare_data
     from loopmdm.diffusion import make_objective
-    from loopmdm.eval.nelbo import evaluate_nelbo
     from loopmdm.diffusion.schedules import get_schedule
+    from loopmdm.eval.nelbo import evaluate_nelbo
 
     tmp = None
     ckpt = a.checkpoint
@@ -65,32 +64,65 @@ def main() -> None:
         ckpt = tiny_fixture_run(Path(tmp.name))
     model, tok, cfg = load_model(ckpt)
     data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
-    obj = make_objective(cfg.diffusion.objective, get_schedule(cfg.diffusion.schedule), tok.mask_id, True,
-                         cfg.diffusion.t_eps)
+    obj = make_objective(
+        cfg.diffusion.objective,
+        get_schedule(cfg.diffusion.schedule),
+        tok.mask_id,
+        True,
+        cfg.diffusion.t_eps,
+    )
     seeds = [int(s) for s in a.seeds.split(",")]
     rows = []
-    for mode, kw in (("1 pass", {}), (f"rel-stderr {a.rel_stderr}", {"target_rel_stderr": a.rel_stderr,
-                                                                    "max_repeats": a.max_repeats})):
+    for mode, kw in (
+        ("1 pass", {}),
+        (
+            f"rel-stderr {a.rel_stderr}",
+            {"target_rel_stderr": a.rel_stderr, "max_repeats": a.max_repeats},
+        ),
+    ):
         for seed in seeds:
             t0 = time.perf_counter()
-            r = evaluate_nelbo(model, data.val, obj, a.loops, batch_size=a.batch_size, max_batches=a.max_batches,
-                               seed=seed, details=True, **kw)
+            r = evaluate_nelbo(
+                model,
+                data.val,
+                obj,
+                a.loops,
+                batch_size=a.batch_size,
+                max_batches=a.max_batches,
+                seed=seed,
+                details=True,
+                **kw,
+            )
             rows.append({"mode": mode, "seed": seed, "seconds": time.perf_counter() - t0, **r})
-    print(f"checkpoint {ckpt}  S={a.loops}  validation rows {len(data.val)} x {data.val.shape[1]}  "
-          f"threads {a.threads}")
-    print(f"{'mode':>20} {'seed':>4} {'NELBO':>8} {'stderr':>8} {'kind':>8} {'passes':>6} {'tokens':>8} {'s':>7}")
+    print(
+        f"checkpoint {ckpt}  S={a.loops}  validation rows {len(data.val)} x {data.val.shape[1]}  "
+        f"threads {a.threads}"
+    )
+    print(
+        f"{'mode':>20} {'seed':>4} {'NELBO':>8} {'stderr':>8} {'kind':>8} {'passes':>6} {'tokens':>8} {'s':>7}"
+    )
     for r in rows:
-        print(f"{r['mode']:>20} {r['seed']:>4} {r['nelbo']:>8.4f} {r['stderr']:>8.4f} {r['stderr_kind']:>8} "
-              f"{r['repeats']:>6} {r['tokens'] * r['repeats']:>8} {r['seconds']:>7.2f}")
+        print(
+            f"{r['mode']:>20} {r['seed']:>4} {r['nelbo']:>8.4f} {r['stderr']:>8.4f} {r['stderr_kind']:>8} "
+            f"{r['repeats']:>6} {r['tokens'] * r['repeats']:>8} {r['seconds']:>7.2f}"
+        )
     summary = {}
     for mode in dict.fromkeys(r["mode"] for r in rows):
         vals = [r["nelbo"] for r in rows if r["mode"] == mode]
-        worst = max(abs(x - y) / min(x, y) for x, y in itertools.combinations(vals, 2)) if len(vals) > 1 else 0.0
+        worst = (
+            max(abs(x - y) / min(x, y) for x, y in itertools.combinations(vals, 2))
+            if len(vals) > 1
+            else 0.0
+        )
         summary[mode] = worst
         print(f"largest relative difference between seeds ({mode}): {100 * worst:.2f}%")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"checkpoint": str(ckpt), "loops": a.loops, "rows": rows,
-                                 "max_rel_diff": summary}, indent=2))
+    a.out.write_text(
+        json.dumps(
+            {"checkpoint": str(ckpt), "loops": a.loops, "rows": rows, "max_rel_diff": summary},
+            indent=2,
+        )
+    )
     print(f"wrote {a.out}")
     if tmp is not None:
         tmp.cleanup()

@@ -78,7 +78,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # fewer OOMs from fragmentation
+# fewer OOMs from fragmentation
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import gc  # noqa: E402
 import platform  # noqa: E402
@@ -89,6 +90,7 @@ import traceback  # noqa: E402
 import warnings  # noqa: E402
 from collections import Counter  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, Optional  # noqa: E402
 
@@ -96,6 +98,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import typer  # noqa: E402
 
+from bench_hardware import peak_flops, sdpa_backend  # noqa: E402
 from loopmdm.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from loopmdm.config import preset as get_preset  # noqa: E402
 from loopmdm.diffusion import Batch, get_schedule, make_objective, predicted_fraction  # noqa: E402
@@ -104,7 +107,6 @@ from loopmdm.fileio import jsonable, write_json  # noqa: E402
 from loopmdm.model import LoopMDM  # noqa: E402
 from loopmdm.model.flops import train_flops_per_token  # noqa: E402
 from loopmdm.model.loss import linear_cross_entropy  # noqa: E402
-from bench_hardware import peak_flops, sdpa_backend  # noqa: E402
 from loopmdm.runtime import autocast_context, compile_blocks, machine_info  # noqa: E402
 from loopmdm.sampling import SAMPLERS, Canvas, TokenFilter, sample_canvas  # noqa: E402
 from loopmdm.sampling.policies import Fixed  # noqa: E402
@@ -114,17 +116,35 @@ from loopmdm.train.step import train_step  # noqa: E402
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 SECTIONS = ("throughput", "syncs", "profile", "loss", "sampling", "trio", "sudoku")
-SHARES = {"throughput": 0.30, "syncs": 0.05, "profile": 0.10, "loss": 0.10, "sampling": 0.15, "trio": 0.15,
-          "sudoku": 0.15}
+SHARES = {
+    "throughput": 0.30,
+    "syncs": 0.05,
+    "profile": 0.10,
+    "loss": 0.10,
+    "sampling": 0.15,
+    "trio": 0.15,
+    "sudoku": 0.15,
+}
 FAIL_ENV = "GPU_EVIDENCE_FAIL"
-SMOKE_MODEL = dict(vocab_size=512, max_seq_len=32, d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1,
-                   cond_dim=16)
+SMOKE_MODEL = dict(
+    vocab_size=512,
+    max_seq_len=32,
+    d_model=32,
+    n_heads=2,
+    n_layers=3,
+    n_h=1,
+    n_m=1,
+    n_o=1,
+    cond_dim=16,
+)
 SMOKE_BATCHES = [8, 4]  # 8 raises a simulated out-of-memory error: the fallback to 4 runs on CPU
 SMOKE_PEAK_FLOPS = 1e12  # nominal: exercises the MFU arithmetic on CPU; the number means nothing
-SUDOKU_SECONDS_PER_BOARD = 0.0035  # generation on one CPU core (unique-solution boards), for sizing only
+# generation on one CPU core (unique-solution boards), for sizing only
+SUDOKU_SECONDS_PER_BOARD = 0.0035
 
 
 # --------------------------------------------------------------------------- budget
+
 
 def parse_sections(text: str) -> list[str]:
     """The sections named in ``text`` (comma-separated), in the script's order; an unknown name is a one-line
@@ -132,8 +152,11 @@ def parse_sections(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in names if s not in SECTIONS]
     if unknown or not names:
-        what = f"unknown section{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}" if unknown \
+        what = (
+            f"unknown section{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+            if unknown
             else "no section named"
+        )
         raise ConfigError(f"--sections: {what}; choose among: {', '.join(SECTIONS)}")
     return [s for s in SECTIONS if s in names]
 
@@ -182,6 +205,7 @@ def fit_count(seconds: float, sec_each: float, lo: int, hi: int) -> int:
 
 # --------------------------------------------------------------------------- shared pieces
 
+
 @dataclass
 class Ctx:
     """What every section gets: the device, the mode, the output folder and the command-line settings."""
@@ -196,7 +220,8 @@ class Ctx:
     warmup: int = 2
     sdpa: Optional[str] = None
     peak_tflops: Optional[float] = None
-    shared: dict = field(default_factory=dict)  # facts a section leaves for later ones (the batch that fitted)
+    # facts a section leaves for later ones (the batch that fitted)
+    shared: dict = field(default_factory=dict)
 
     @property
     def cuda(self) -> bool:
@@ -210,12 +235,17 @@ class Ctx:
         if self.peak_tflops:
             return self.peak_tflops * 1e12, "--peak-tflops"
         if self.smoke:
-            return SMOKE_PEAK_FLOPS, "nominal 1 TFLOP/s (--smoke on CPU: the MFU arithmetic only, not a measurement)"
+            return (
+                SMOKE_PEAK_FLOPS,
+                "nominal 1 TFLOP/s (--smoke on CPU: the MFU arithmetic only, not a measurement)",
+            )
         p = peak_flops(self.device)
         name = device_name(self.device)
         if p is None:
-            return None, (f"{name!r} is not in loopmdm.runtime.PEAK_BF16_FLOPS: MFU is null; pass --peak-tflops "
-                          "with the card's dense bf16 peak")
+            return None, (
+                f"{name!r} is not in loopmdm.runtime.PEAK_BF16_FLOPS: MFU is null; pass --peak-tflops "
+                "with the card's dense bf16 peak"
+            )
         return p, f"loopmdm.runtime.PEAK_BF16_FLOPS for {name!r}"
 
 
@@ -249,8 +279,11 @@ def timed(fn: Callable[[], object], device: torch.device, n: int = 1) -> float:
 
 def is_out_of_memory(e: BaseException) -> bool:
     """``torch.OutOfMemoryError`` or a RuntimeError that reports running out of memory (cuBLAS, cuDNN)."""
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower() \
+    return (
+        isinstance(e, torch.OutOfMemoryError)
+        or "out of memory" in str(e).lower()
         or "ALLOC_FAILED" in str(e)
+    )
 
 
 def peak_mem_gib(device: torch.device) -> Optional[float]:
@@ -271,42 +304,71 @@ class TrainStep:
     token rows [batch, L] at loop count S = ``loops``. ``simulate_oom_above``: a batch above it raises
     ``torch.OutOfMemoryError`` at once (``--smoke``: runs the fallback on CPU)."""
 
-    def __init__(self, model_cfg: ModelConfig, diffusion: DiffusionConfig, loops: int, batch: int, ctx: Ctx,
-                 precision: str = "bf16", compiled: bool = False, simulate_oom_above: Optional[int] = None):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        diffusion: DiffusionConfig,
+        loops: int,
+        batch: int,
+        ctx: Ctx,
+        precision: str = "bf16",
+        compiled: bool = False,
+        simulate_oom_above: Optional[int] = None,
+    ):
         if simulate_oom_above is not None and batch > simulate_oom_above:
             raise torch.OutOfMemoryError(f"simulated out of memory at batch {batch} (--smoke)")
         torch.manual_seed(0)
-        self.device, self.loops, self.batch, self.precision, self.sdpa = ctx.device, loops, batch, precision, ctx.sdpa
+        self.device, self.loops, self.batch, self.precision, self.sdpa = (
+            ctx.device,
+            loops,
+            batch,
+            precision,
+            ctx.sdpa,
+        )
         self.model = LoopMDM(model_cfg).to(ctx.device)
         self.compiled_blocks = compile_blocks(self.model) if compiled else 0
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=3e-4, betas=(0.9, 0.999),
-                                           fused=ctx.device.type in ("cpu", "cuda"))
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=3e-4,
+            betas=(0.9, 0.999),
+            fused=ctx.device.type in ("cpu", "cuda"),
+        )
         self.mask_id = model_cfg.vocab_size - 1
         self.seq_len = model_cfg.max_seq_len
         self.objective = make_objective(diffusion, self.mask_id)
         self.gen = torch.Generator().manual_seed(0)
-        self.x0 = torch.randint(0, self.mask_id, (batch, self.seq_len), generator=self.gen)  # on the host
+        # on the host
+        self.x0 = torch.randint(0, self.mask_id, (batch, self.seq_len), generator=self.gen)
         self.dist = DistEnv(device=ctx.device)
 
     def __call__(self) -> torch.Tensor:
         noise = self.objective.draw(self.batch, self.seq_len, self.gen)
         with sdpa_backend(self.sdpa):
-            loss, _ = train_step(self.model, self.model, self.objective, Batch(self.x0), noise, self.loops,
-                                 grad_accum=1, precision=self.precision, grad_clip=1.0, device=self.device,
-                                 dist=self.dist)
+            loss, _ = train_step(
+                self.model,
+                self.model,
+                self.objective,
+                Batch(self.x0),
+                noise,
+                self.loops,
+                grad_accum=1,
+                precision=self.precision,
+                grad_clip=1.0,
+                device=self.device,
+                dist=self.dist,
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
 
 
-def probe_step_seconds(model_cfg: ModelConfig, diffusion: DiffusionConfig, batch: int, precision: str,
-                       ctx: Ctx) -> float:
+def probe_step_seconds(
+    model_cfg: ModelConfig, diffusion: DiffusionConfig, batch: int, precision: str, ctx: Ctx
+) -> float:
     """Seconds of one training step at S = 1 (after a warm-up step): what the experiments are sized from."""
     step = TrainStep(model_cfg, diffusion, 1, batch, ctx, precision)
     step()
     sec = timed(step, ctx.device, 2)
-    del step
-    free_memory(ctx.device)
     return sec
 
 
@@ -316,8 +378,18 @@ def fmt(x, spec: str = ".3g", none: str = "-") -> str:
 
 # --------------------------------------------------------------------------- (A) throughput
 
-def throughput_run(model_cfg: ModelConfig, diffusion: DiffusionConfig, loops: int, compiled: bool,
-                   batches: list[int], ctx: Ctx, run_cap: float, pf: float, peak: Optional[float]) -> dict:
+
+def throughput_run(
+    model_cfg: ModelConfig,
+    diffusion: DiffusionConfig,
+    loops: int,
+    compiled: bool,
+    batches: list[int],
+    ctx: Ctx,
+    run_cap: float,
+    pf: float,
+    peak: Optional[float],
+) -> dict:
     """The first batch of ``batches`` (largest first) that fits, measured for about ``run_cap`` seconds."""
     t_run = time.perf_counter()
     oom: list[int] = []
@@ -326,13 +398,23 @@ def throughput_run(model_cfg: ModelConfig, diffusion: DiffusionConfig, loops: in
         free_memory(ctx.device)
         failed = False
         try:
-            step = TrainStep(model_cfg, diffusion, loops, batch, ctx, "bf16", compiled,
-                             simulate_oom_above=min(SMOKE_BATCHES) if ctx.smoke else None)
+            step = TrainStep(
+                model_cfg,
+                diffusion,
+                loops,
+                batch,
+                ctx,
+                "bf16",
+                compiled,
+                simulate_oom_above=min(SMOKE_BATCHES) if ctx.smoke else None,
+            )
             first = timed(step, ctx.device)  # compilation happens here (forward and backward)
             steady = timed(step, ctx.device)
             for _ in range(max(0, ctx.warmup - 2)):
                 steady = timed(step, ctx.device)
-            n = fit_count(run_cap - (time.perf_counter() - t_run), steady, 1, 3 if ctx.smoke else ctx.steps)
+            n = fit_count(
+                run_cap - (time.perf_counter() - t_run), steady, 1, 3 if ctx.smoke else ctx.steps
+            )
             sec = timed(step, ctx.device, n)
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
@@ -345,16 +427,30 @@ def throughput_run(model_cfg: ModelConfig, diffusion: DiffusionConfig, loops: in
             continue
         tokens = batch * model_cfg.max_seq_len
         flops = train_flops_per_token(model_cfg, loops, predicted_fraction=pf) * tokens / sec
-        row.update(status="ok", batch=batch, oom_batches=oom, compiled_blocks=step.compiled_blocks,
-                   first_step_s=first, compile_s=max(0.0, first - sec) if compiled else None,
-                   sec_per_step=sec, measured_steps=n, tokens_per_s=tokens / sec,
-                   model_tflops_per_s=flops / 1e12, mfu=flops / peak if peak else None,
-                   peak_mem_gib=peak_mem_gib(ctx.device), wall_s=time.perf_counter() - t_run)
+        row.update(
+            status="ok",
+            batch=batch,
+            oom_batches=oom,
+            compiled_blocks=step.compiled_blocks,
+            first_step_s=first,
+            compile_s=max(0.0, first - sec) if compiled else None,
+            sec_per_step=sec,
+            measured_steps=n,
+            tokens_per_s=tokens / sec,
+            model_tflops_per_s=flops / 1e12,
+            mfu=flops / peak if peak else None,
+            peak_mem_gib=peak_mem_gib(ctx.device),
+            wall_s=time.perf_counter() - t_run,
+        )
         del step
         free_memory(ctx.device)
         return row
-    row.update(status=f"error: out of memory at every batch of {batches}", batch=None, oom_batches=oom,
-               wall_s=time.perf_counter() - t_run)
+    row.update(
+        status=f"error: out of memory at every batch of {batches}",
+        batch=None,
+        oom_batches=oom,
+        wall_s=time.perf_counter() - t_run,
+    )
     return row
 
 
@@ -374,40 +470,67 @@ def section_throughput(ctx: Ctx, clock: Clock) -> dict:
             continue
         candidates = batches if fixed is None else [b for b in batches if b <= fixed]
         try:
-            row = throughput_run(model_cfg, diffusion, s, compiled, candidates, ctx,
-                                 clock.left() / (len(plan) - i), pf, peak)
+            row = throughput_run(
+                model_cfg,
+                diffusion,
+                s,
+                compiled,
+                candidates,
+                ctx,
+                clock.left() / (len(plan) - i),
+                pf,
+                peak,
+            )
         except Exception as e:  # noqa: BLE001 - e.g. a compiler failure: recorded, the other runs go on
             row = {"loops": s, "compile": compiled, "status": one_line(e), "batch": None}
             free_memory(ctx.device)
         if fixed is None and row.get("batch"):
             fixed = row["batch"]
         runs.append(row)
-        ctx.log(f"S={s} compile={compiled}: {row['status']}, batch {row.get('batch')}, "
-                f"{fmt(row.get('tokens_per_s'), '.0f')} tok/s")
+        ctx.log(
+            f"S={s} compile={compiled}: {row['status']}, batch {row.get('batch')}, "
+            f"{fmt(row.get('tokens_per_s'), '.0f')} tok/s"
+        )
     if fixed:
         ctx.shared["batch"] = fixed
-    return {"model": "toy (--smoke)" if ctx.smoke else "paper preset", "d_model": model_cfg.d_model,
-            "n_layers": model_cfg.n_layers, "seq_len": model_cfg.max_seq_len, "vocab_size": model_cfg.vocab_size,
-            "precision": "bf16 autocast", "sdpa": ctx.sdpa or "automatic", "batches_tried": batches,
-            "batch": fixed, "predicted_fraction": pf, "peak_bf16_flops": peak, "peak_note": peak_note,
-            "mfu_note": None if peak else peak_note, "runs": runs}
+    return {
+        "model": "toy (--smoke)" if ctx.smoke else "paper preset",
+        "d_model": model_cfg.d_model,
+        "n_layers": model_cfg.n_layers,
+        "seq_len": model_cfg.max_seq_len,
+        "vocab_size": model_cfg.vocab_size,
+        "precision": "bf16 autocast",
+        "sdpa": ctx.sdpa or "automatic",
+        "batches_tried": batches,
+        "batch": fixed,
+        "predicted_fraction": pf,
+        "peak_bf16_flops": peak,
+        "peak_note": peak_note,
+        "mfu_note": None if peak else peak_note,
+        "runs": runs,
+    }
 
 
 def throughput_table(res: dict) -> str:
-    lines = [f"{'S':>4}{'compile':>9}{'batch':>7}{'1st s':>8}{'compile s':>11}{'s/step':>9}{'tok/s':>10}"
-             f"{'TFLOP/s':>9}{'MFU':>7}{'mem GiB':>9}  status"]
+    lines = [
+        f"{'S':>4}{'compile':>9}{'batch':>7}{'1st s':>8}{'compile s':>11}{'s/step':>9}{'tok/s':>10}"
+        f"{'TFLOP/s':>9}{'MFU':>7}{'mem GiB':>9}  status"
+    ]
     for r in res["runs"]:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
-        lines.append(f"{r['loops']:>4}{str(r['compile']):>9}{fmt(r.get('batch'), 'd'):>7}"
-                     f"{fmt(r.get('first_step_s'), '.2f'):>8}{fmt(r.get('compile_s'), '.1f'):>11}"
-                     f"{fmt(r.get('sec_per_step'), '.4f'):>9}{fmt(r.get('tokens_per_s'), '.0f'):>10}"
-                     f"{fmt(r.get('model_tflops_per_s'), '.2f'):>9}{mfu:>7}{fmt(r.get('peak_mem_gib'), '.1f'):>9}"
-                     f"  {r['status']}" + (f" (OOM at {r['oom_batches']})" if r.get("oom_batches") else ""))
+        lines.append(
+            f"{r['loops']:>4}{str(r['compile']):>9}{fmt(r.get('batch'), 'd'):>7}"
+            f"{fmt(r.get('first_step_s'), '.2f'):>8}{fmt(r.get('compile_s'), '.1f'):>11}"
+            f"{fmt(r.get('sec_per_step'), '.4f'):>9}{fmt(r.get('tokens_per_s'), '.0f'):>10}"
+            f"{fmt(r.get('model_tflops_per_s'), '.2f'):>9}{mfu:>7}{fmt(r.get('peak_mem_gib'), '.1f'):>9}"
+            f"  {r['status']}" + (f" (OOM at {r['oom_batches']})" if r.get("oom_batches") else "")
+        )
     lines.append(f"peak: {res['peak_note']}")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- (B) syncs
+
 
 def short_path(filename: str) -> str:
     for marker in ("site-packages/", "/src/", "/benchmarks/"):
@@ -428,16 +551,30 @@ def audit_syncs(fn: Callable[[], object], device: torch.device) -> dict:
     sync(device)
     found = [w for w in caught if "synchroniz" in str(w.message).lower()]
     where = Counter(f"{short_path(w.filename)}:{w.lineno}" for w in found)
-    return {"syncs": len(found), "where": dict(where.most_common(12)), "other_warnings": len(caught) - len(found)}
+    return {
+        "syncs": len(found),
+        "where": dict(where.most_common(12)),
+        "other_warnings": len(caught) - len(found),
+    }
 
 
-def ancestral(model, mask_id: int, n: int, length: int, steps: int, loops: int, schedule,
-              gen: torch.Generator) -> torch.Tensor:
+def ancestral(
+    model, mask_id: int, n: int, length: int, steps: int, loops: int, schedule, gen: torch.Generator
+) -> torch.Tensor:
     """``n`` unconditional samples [n, length] by ancestral sampling with T = ``steps`` at a fixed S."""
-    x = torch.full((n, length), mask_id, dtype=torch.long, device=next(model.parameters()).device)  # [N, L]
-    out, _, _, _ = sample_canvas(model, Canvas(x, torch.ones_like(x, dtype=torch.bool)), mask_id, steps=steps,
-                                 sampler=SAMPLERS.get("ancestral")(), policy=Fixed(loops),
-                                 token_filter=TokenFilter(1.0), schedule=schedule, gen=gen)
+    # [N, L]
+    x = torch.full((n, length), mask_id, dtype=torch.long, device=next(model.parameters()).device)
+    out, _, _, _ = sample_canvas(
+        model,
+        Canvas(x, torch.ones_like(x, dtype=torch.bool)),
+        mask_id,
+        steps=steps,
+        sampler=SAMPLERS.get("ancestral")(),
+        policy=Fixed(loops),
+        token_filter=TokenFilter(1.0),
+        schedule=schedule,
+        gen=gen,
+    )
     return out
 
 
@@ -452,21 +589,38 @@ def section_syncs(ctx: Ctx, clock: Clock) -> dict:
     def denoise(T: int) -> Callable[[], object]:
         def run():
             with autocast_context(ctx.device, "bf16"):
-                return ancestral(step.model, step.mask_id, batch, L, T, loops, sched,
-                                        torch.Generator().manual_seed(0))
+                return ancestral(
+                    step.model,
+                    step.mask_id,
+                    batch,
+                    L,
+                    T,
+                    loops,
+                    sched,
+                    torch.Generator().manual_seed(0),
+                )
+
         return run
 
     if not ctx.cuda:  # the same code runs; the counting needs CUDA
         step(), denoise(1)(), denoise(4)()
-        return {"train_step": "n/a: no CUDA", "denoising": "n/a: no CUDA", "batch": batch, "loops": loops}
+        return {
+            "train_step": "n/a: no CUDA",
+            "denoising": "n/a: no CUDA",
+            "batch": batch,
+            "loops": loops,
+        }
     train = audit_syncs(step, ctx.device)
     d1 = audit_syncs(denoise(1), ctx.device)
     d4 = audit_syncs(denoise(4), ctx.device)
     per_step = (d4["syncs"] - d1["syncs"]) / 3
-    del step
-    free_memory(ctx.device)
-    return {"batch": batch, "loops": loops, "seq_len": L, "train_step": train,
-            "denoising": {"T1": d1, "T4": d4, "per_step": per_step, "fixed": d1["syncs"] - per_step}}
+    return {
+        "batch": batch,
+        "loops": loops,
+        "seq_len": L,
+        "train_step": train,
+        "denoising": {"T1": d1, "T4": d4, "per_step": per_step, "fixed": d1["syncs"] - per_step},
+    }
 
 
 def syncs_table(res: dict) -> str:
@@ -475,8 +629,10 @@ def syncs_table(res: dict) -> str:
         return f"training step: {t}; denoising: {d}"
     lines = [f"training step (S={res['loops']}, batch {res['batch']}): {t['syncs']} syncs"]
     lines += [f"    {n:>4}  {w}" for w, n in t["where"].items()]
-    lines.append(f"denoising: {d['per_step']:.1f} syncs per step + {d['fixed']:.1f} per call "
-                 f"(T=1: {d['T1']['syncs']}, T=4: {d['T4']['syncs']})")
+    lines.append(
+        f"denoising: {d['per_step']:.1f} syncs per step + {d['fixed']:.1f} per call "
+        f"(T=1: {d['T1']['syncs']}, T=4: {d['T4']['syncs']})"
+    )
     lines += [f"    {n:>4}  {w}" for w, n in d["T4"]["where"].items()]
     return "\n".join(lines)
 
@@ -510,9 +666,13 @@ def sdpa_backend_used(op_counts: dict[str, int]) -> tuple[str, dict]:
 
 def busy_seconds(events) -> float:
     """Seconds during which at least one device event (kernel, copy, memset) ran: the union of their intervals."""
-    spans = sorted((e.time_range.start, e.time_range.end) for e in events
-                   if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
-                   and not getattr(e, "is_user_annotation", False) and not e.name.startswith("ProfilerStep"))
+    spans = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in events
+        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+        and not getattr(e, "is_user_annotation", False)
+        and not e.name.startswith("ProfilerStep")
+    )
     busy, end = 0.0, None
     for s, e in spans:
         if end is None or s > end:
@@ -533,7 +693,9 @@ def device_time_us(avg) -> float:
 
 def averages_table(averages, cuda: bool) -> str:
     """The profiler's key-average table, by self device time on CUDA (the sort key's name varies by release)."""
-    for key in (("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)):
+    for key in (
+        ("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)
+    ):
         try:
             return averages.table(sort_by=key, row_limit=40)
         except (KeyError, AttributeError, ValueError):
@@ -550,7 +712,8 @@ def section_profile(ctx: Ctx, clock: Clock) -> dict:
     step = TrainStep(model_cfg, diffusion, loops, batch, ctx, "bf16")
     step()
     sec = timed(step, ctx.device)
-    n = fit_count(clock.left() * 0.4, sec * 3, 1, 3)  # the profiler slows steps and its parsing takes time
+    # the profiler slows steps and its parsing takes time
+    n = fit_count(clock.left() * 0.4, sec * 3, 1, 3)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.cuda else [])
     with profile(activities=activities) as prof:
         wall = timed(step, ctx.device, n) * n
@@ -559,37 +722,57 @@ def section_profile(ctx: Ctx, clock: Clock) -> dict:
     backend, sdpa_ops = sdpa_backend_used(ops)
     by = device_time_us if ctx.cuda else (lambda a: float(a.self_cpu_time_total))
     top = sorted(averages, key=by, reverse=True)[:12]
-    res = {"batch": batch, "loops": loops, "seq_len": model_cfg.max_seq_len, "steps": n,
-           "sec_per_step_unprofiled": sec, "wall_s": wall, "sdpa_backend": backend, "sdpa_ops": sdpa_ops,
-           "ranked_by": "self device time" if ctx.cuda else "self CPU time",
-           "top": [{"name": a.key[:120], "calls": int(a.count), "ms": by(a) / 1e3} for a in top]}
+    res = {
+        "batch": batch,
+        "loops": loops,
+        "seq_len": model_cfg.max_seq_len,
+        "steps": n,
+        "sec_per_step_unprofiled": sec,
+        "wall_s": wall,
+        "sdpa_backend": backend,
+        "sdpa_ops": sdpa_ops,
+        "ranked_by": "self device time" if ctx.cuda else "self CPU time",
+        "top": [{"name": a.key[:120], "calls": int(a.count), "ms": by(a) / 1e3} for a in top],
+    }
     if ctx.cuda:
-        kernels = {a.key[:120]: int(a.count) for a in averages
-                   if device_time_us(a) > 0 and any(h in a.key.lower() for h in ATTENTION_KERNEL_HINTS)}
+        kernels = {
+            a.key[:120]: int(a.count)
+            for a in averages
+            if device_time_us(a) > 0 and any(h in a.key.lower() for h in ATTENTION_KERNEL_HINTS)
+        }
         busy = busy_seconds(prof.events())
-        res.update(attention_kernels=kernels, gpu_busy_s=busy, gpu_busy_fraction=busy / wall if wall else None)
+        res.update(
+            attention_kernels=kernels,
+            gpu_busy_s=busy,
+            gpu_busy_fraction=busy / wall if wall else None,
+        )
     else:
-        res.update(attention_kernels="n/a: no CUDA", gpu_busy_s="n/a: no CUDA", gpu_busy_fraction=None)
+        res.update(
+            attention_kernels="n/a: no CUDA", gpu_busy_s="n/a: no CUDA", gpu_busy_fraction=None
+        )
     (ctx.out / "profile_top.txt").write_text(averages_table(averages, ctx.cuda))
-    del step, prof
-    free_memory(ctx.device)
     return res
 
 
 def profile_table(res: dict) -> str:
     lines = [f"SDPA backend: {res['sdpa_backend']} {res['sdpa_ops']}"]
     if isinstance(res["gpu_busy_s"], float):
-        lines.append(f"GPU busy {res['gpu_busy_s']:.3f} s of {res['wall_s']:.3f} s wall "
-                     f"({res['gpu_busy_fraction']:.0%}) over {res['steps']} steps (batch {res['batch']}, "
-                     f"S={res['loops']}); attention kernels: {res['attention_kernels']}")
+        lines.append(
+            f"GPU busy {res['gpu_busy_s']:.3f} s of {res['wall_s']:.3f} s wall "
+            f"({res['gpu_busy_fraction']:.0%}) over {res['steps']} steps (batch {res['batch']}, "
+            f"S={res['loops']}); attention kernels: {res['attention_kernels']}"
+        )
     else:
-        lines.append(f"GPU busy: {res['gpu_busy_s']}; {res['steps']} steps in {res['wall_s']:.3f} s")
+        lines.append(
+            f"GPU busy: {res['gpu_busy_s']}; {res['steps']} steps in {res['wall_s']:.3f} s"
+        )
     lines.append(f"top by {res['ranked_by']}:")
     lines += [f"  {t['ms']:>9.2f} ms {t['calls']:>6}x  {t['name'][:90]}" for t in res["top"][:8]]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- (D) loss
+
 
 def section_loss(ctx: Ctx, clock: Clock) -> dict:
     N, V, D = (512, 4096, 64) if ctx.smoke else (16384, 50258, 768)
@@ -627,29 +810,41 @@ def section_loss(ctx: Ctx, clock: Clock) -> dict:
         first = timed(fn, dev)
         n = fit_count(clock.left() * 0.8 / (len(fns) - i), first, 1, 3 if ctx.smoke else 20)
         sec = timed(fn, dev, n)
-        out[name] = {"sec": sec, "repeats": n, "tflops_per_s": flops / sec / 1e12,
-                     "extra_peak_mem_gib": (torch.cuda.max_memory_allocated(dev) - base) / 2**30 if ctx.cuda
-                     else None}
+        out[name] = {
+            "sec": sec,
+            "repeats": n,
+            "tflops_per_s": flops / sec / 1e12,
+            "extra_peak_mem_gib": (torch.cuda.max_memory_allocated(dev) - base) / 2**30
+            if ctx.cuda
+            else None,
+        }
     out["ratio_lce_over_gemms"] = out["linear_cross_entropy"]["sec"] / out["gemms"]["sec"]
-    out["ratio_lce_over_plain_ce"] = out["linear_cross_entropy"]["sec"] / out["plain_cross_entropy"]["sec"]
-    del h, W, G, hb, Wb
-    free_memory(dev)
+    out["ratio_lce_over_plain_ce"] = (
+        out["linear_cross_entropy"]["sec"] / out["plain_cross_entropy"]["sec"]
+    )
     return out
 
 
 def loss_table(res: dict) -> str:
-    lines = [f"N={res['positions']} V={res['vocab_size']} D={res['d_model']} bf16 (forward + backward)",
-             f"{'':<22}{'ms':>9}{'TFLOP/s':>9}{'extra GiB':>11}"]
+    lines = [
+        f"N={res['positions']} V={res['vocab_size']} D={res['d_model']} bf16 (forward + backward)",
+        f"{'':<22}{'ms':>9}{'TFLOP/s':>9}{'extra GiB':>11}",
+    ]
     for name in ("linear_cross_entropy", "gemms", "plain_cross_entropy"):
         r = res[name]
-        lines.append(f"{name:<22}{r['sec'] * 1e3:>9.2f}{r['tflops_per_s']:>9.2f}"
-                     f"{fmt(r['extra_peak_mem_gib'], '.2f'):>11}")
-    lines.append(f"LCE / GEMMs {res['ratio_lce_over_gemms']:.2f}x, "
-                 f"LCE / plain CE {res['ratio_lce_over_plain_ce']:.2f}x")
+        lines.append(
+            f"{name:<22}{r['sec'] * 1e3:>9.2f}{r['tflops_per_s']:>9.2f}"
+            f"{fmt(r['extra_peak_mem_gib'], '.2f'):>11}"
+        )
+    lines.append(
+        f"LCE / GEMMs {res['ratio_lce_over_gemms']:.2f}x, "
+        f"LCE / plain CE {res['ratio_lce_over_plain_ce']:.2f}x"
+    )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- (E) sampling
+
 
 def section_sampling(ctx: Ctx, clock: Clock) -> dict:
     model_cfg, _ = model_config(ctx)
@@ -659,36 +854,50 @@ def section_sampling(ctx: Ctx, clock: Clock) -> dict:
     model = LoopMDM(model_cfg).to(ctx.device).eval()
     mask_id = model_cfg.vocab_size - 1
     sched = get_schedule("loglinear")
-    out = {"model": "toy (--smoke)" if ctx.smoke else "paper preset (random weights)", "num_samples": N,
-           "length": L, "loops": loops, "sampler": "ancestral", "runs": {}}
+    out = {
+        "model": "toy (--smoke)" if ctx.smoke else "paper preset (random weights)",
+        "num_samples": N,
+        "length": L,
+        "loops": loops,
+        "sampler": "ancestral",
+        "runs": {},
+    }
     for i, precision in enumerate(("fp32", "bf16")):
-        def run(T: int) -> None:
+
+        def run(T: int, precision: str = precision) -> None:
             with autocast_context(ctx.device, precision):
                 ancestral(model, mask_id, N, L, T, loops, sched, torch.Generator().manual_seed(0))
 
         free_memory(ctx.device)
         warm = timed(lambda: run(2), ctx.device) / 2  # the first call includes one-off set-up
         T = fit_count(clock.left() * 0.85 / (2 - i), warm, 2, 8 if ctx.smoke else 64)
-        sec = timed(lambda: run(T), ctx.device) / T
-        out["runs"][precision] = {"steps": T, "sec_per_step": sec, "tokens_per_s": N * L / (sec * T),
-                                  "peak_mem_gib": peak_mem_gib(ctx.device)}
+        sec = timed(partial(run, T), ctx.device) / T
+        out["runs"][precision] = {
+            "steps": T,
+            "sec_per_step": sec,
+            "tokens_per_s": N * L / (sec * T),
+            "peak_mem_gib": peak_mem_gib(ctx.device),
+        }
     out["bf16_speedup"] = out["runs"]["fp32"]["sec_per_step"] / out["runs"]["bf16"]["sec_per_step"]
     out["note"] = "fp32 runs with TF32 matmuls on CUDA" if ctx.cuda else "CPU"
-    del model
-    free_memory(ctx.device)
     return out
 
 
 def sampling_table(res: dict) -> str:
-    lines = [f"N={res['num_samples']} L={res['length']} S={res['loops']} ({res['model']})",
-             f"{'':<6}{'T':>5}{'ms/step':>10}{'mem GiB':>9}"]
+    lines = [
+        f"N={res['num_samples']} L={res['length']} S={res['loops']} ({res['model']})",
+        f"{'':<6}{'T':>5}{'ms/step':>10}{'mem GiB':>9}",
+    ]
     for p, r in res["runs"].items():
-        lines.append(f"{p:<6}{r['steps']:>5}{r['sec_per_step'] * 1e3:>10.2f}{fmt(r['peak_mem_gib'], '.1f'):>9}")
+        lines.append(
+            f"{p:<6}{r['steps']:>5}{r['sec_per_step'] * 1e3:>10.2f}{fmt(r['peak_mem_gib'], '.1f'):>9}"
+        )
     lines.append(f"bf16 speed-up {res['bf16_speedup']:.2f}x ({res['note']})")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- (F) trio
+
 
 def byte_tokenizer(path: Path) -> Path:
     """A byte-level tokenizer with no merges (256 byte tokens + pad / bos / eos / mask) saved to ``path``: a fixed
@@ -712,22 +921,60 @@ def trio_config(ctx: Ctx, tokenizer: Path):
 
     if ctx.smoke:
         asyncio_dir = Path(sysconfig.get_paths()["stdlib"]) / "asyncio"  # ~0.5 MB: a quick CPU read
-        model = ModelConfig(vocab_size=260, max_seq_len=32, d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1,
-                            cond_dim=16)
+        model = ModelConfig(
+            vocab_size=260,
+            max_seq_len=32,
+            d_model=32,
+            n_heads=2,
+            n_layers=3,
+            n_h=1,
+            n_m=1,
+            n_o=1,
+            cond_dim=16,
+        )
         data = DataConfig(source=str(asyncio_dir), val_fraction=0.2, tokenizer=str(tokenizer))
-        train = TrainConfig(batch_size=8, precision="fp32", device="cpu", eval_batches=1, log_every=5, threads=1,
-                            keep_last=1)
+        train = TrainConfig(
+            batch_size=8,
+            precision="fp32",
+            device="cpu",
+            eval_batches=1,
+            log_every=5,
+            threads=1,
+            keep_last=1,
+        )
         s_max, n_evals, final_batches = 3, 4, 2
     else:
-        model = ModelConfig(vocab_size=260, max_seq_len=256, d_model=512, n_heads=8, n_layers=8, n_h=1, n_m=2,
-                            n_o=5, cond_dim=128)
+        model = ModelConfig(
+            vocab_size=260,
+            max_seq_len=256,
+            d_model=512,
+            n_heads=8,
+            n_layers=8,
+            n_h=1,
+            n_m=2,
+            n_o=5,
+            cond_dim=128,
+        )
         data = DataConfig(source="stdlib", max_train_bytes=8_000_000, tokenizer=str(tokenizer))
-        train = TrainConfig(batch_size=128, lr=1e-3, precision="bf16", device=str(ctx.device), eval_batches=8,
-                            log_every=20, keep_last=1)
+        train = TrainConfig(
+            batch_size=128,
+            lr=1e-3,
+            precision="bf16",
+            device=str(ctx.device),
+            eval_batches=8,
+            log_every=20,
+            keep_last=1,
+        )
         s_max, n_evals, final_batches = 4, 8, 16
     run = RunConfig(model=model, diffusion=DiffusionConfig(s_max=s_max), data=data, train=train)
-    return ComputeMatchedConfig(name="gpu-evidence-smoke" if ctx.smoke else "gpu-evidence", run=run, seeds=[0],
-                                n_evals=n_evals, final_eval_batches=final_batches, warmup_frac=0.05)
+    return ComputeMatchedConfig(
+        name="gpu-evidence-smoke" if ctx.smoke else "gpu-evidence",
+        run=run,
+        seeds=[0],
+        n_evals=n_evals,
+        final_eval_batches=final_batches,
+        warmup_frac=0.05,
+    )
 
 
 def section_trio(ctx: Ctx, clock: Clock) -> dict:
@@ -738,36 +985,56 @@ def section_trio(ctx: Ctx, clock: Clock) -> dict:
     cfg = trio_config(ctx, byte_tokenizer(folder / "byte_tokenizer.json"))
     run = cfg.run
     t0 = time.perf_counter()
-    data = prepare_data(run.data, run.model.vocab_size, run.model.max_seq_len, log=ctx.log)  # cached for the runs
+    # cached for the runs
+    data = prepare_data(run.data, run.model.vocab_size, run.model.max_seq_len, log=ctx.log)
     run.model.vocab_size = data.tokenizer.vocab_size
     prep_s = time.perf_counter() - t0
-    sec = probe_step_seconds(baseline_run_config(run).model, run.diffusion, run.train.batch_size,
-                             run.train.precision, ctx)
+    sec = probe_step_seconds(
+        baseline_run_config(run).model,
+        run.diffusion,
+        run.train.batch_size,
+        run.train.precision,
+        ctx,
+    )
     left = clock.left()
-    overhead = 5.0 if ctx.smoke else 10.0 + 0.2 * left  # evaluations, final NELBO over S, checkpoints, figures
+    # evaluations, final NELBO over S, checkpoints, figures
+    overhead = 5.0 if ctx.smoke else 10.0 + 0.2 * left
     lo = 40 if ctx.smoke else 60  # fewer steps miss the 2 % FLOPs matching after rounding
     cfg.baseline_steps = fit_count(left - overhead, 3 * 1.3 * sec, lo, lo if ctx.smoke else 50_000)
-    ctx.log(f"data ready in {prep_s:.1f} s; MDM step {sec * 1e3:.1f} ms -> {cfg.baseline_steps} MDM steps")
+    ctx.log(
+        f"data ready in {prep_s:.1f} s; MDM step {sec * 1e3:.1f} ms -> {cfg.baseline_steps} MDM steps"
+    )
     res = run_compute_matched(cfg.validate(), folder, progress=False, log=ctx.log)
     s = res["summary"]
-    return {"folder": str(folder), "tokenizer": "byte-level, 260 tokens (fixed, no BPE trained)",
-            "data_prep_s": prep_s, "probe_sec_per_step": sec, "baseline_steps": cfg.baseline_steps,
-            "plan": res["plan"], "final_nelbo": s["final_nelbo"],
-            "flops_ratio_mdm_over_loopmdm": s["flops_ratio_mdm_over_loopmdm"],
-            "flops_ratio_mdm_over_deeper": s["flops_ratio_mdm_over_deeper"],
-            "flops_agreement": s["flops_agreement"], "loopmdm_smax_beats_mdm": s["loopmdm_smax_beats_mdm"],
-            "loopmdm_smax_beats_deeper": s["loopmdm_smax_beats_deeper"], "experiment_wall_s": res["wall_s"],
-            "summary_md": (folder / "summary.md").read_text()}
+    return {
+        "folder": str(folder),
+        "tokenizer": "byte-level, 260 tokens (fixed, no BPE trained)",
+        "data_prep_s": prep_s,
+        "probe_sec_per_step": sec,
+        "baseline_steps": cfg.baseline_steps,
+        "plan": res["plan"],
+        "final_nelbo": s["final_nelbo"],
+        "flops_ratio_mdm_over_loopmdm": s["flops_ratio_mdm_over_loopmdm"],
+        "flops_ratio_mdm_over_deeper": s["flops_ratio_mdm_over_deeper"],
+        "flops_agreement": s["flops_agreement"],
+        "loopmdm_smax_beats_mdm": s["loopmdm_smax_beats_mdm"],
+        "loopmdm_smax_beats_deeper": s["loopmdm_smax_beats_deeper"],
+        "experiment_wall_s": res["wall_s"],
+        "summary_md": (folder / "summary.md").read_text(),
+    }
 
 
 def trio_table(res: dict) -> str:
     steps = ", ".join(f"{r['name']} {r['steps']}" for r in res["plan"]["runs"])
-    return (f"steps {steps} "
-            f"(MDM step {res['probe_sec_per_step'] * 1e3:.1f} ms probed, data {res['data_prep_s']:.1f} s)\n"
-            + res["summary_md"].rstrip())
+    return (
+        f"steps {steps} "
+        f"(MDM step {res['probe_sec_per_step'] * 1e3:.1f} ms probed, data {res['data_prep_s']:.1f} s)\n"
+        + res["summary_md"].rstrip()
+    )
 
 
 # --------------------------------------------------------------------------- (G) sudoku
+
 
 def sudoku_config(ctx: Ctx, cap_s: float):
     from loopmdm.experiments.sudoku import load_sudoku_config
@@ -801,23 +1068,36 @@ def section_sudoku(ctx: Ctx, clock: Clock) -> dict:
     gen_s = time.perf_counter() - t0
     sec = probe_step_seconds(r.model, r.diffusion, r.train.batch_size, r.train.precision, ctx)
     left = clock.left()
-    reserve = 4.0 if ctx.smoke else max(10.0, 0.25 * left)  # solving the test boards over T x S, figures
+    # solving the test boards over T x S, figures
+    reserve = 4.0 if ctx.smoke else max(10.0, 0.25 * left)
     lo = 40 if ctx.smoke else 100
     cfg.baseline_steps = fit_count(left - reserve, 3 * 1.5 * sec, lo, lo if ctx.smoke else 12_000)
-    ctx.log(f"{r.data.sudoku.n_train} boards in {gen_s:.1f} s; MDM step {sec * 1e3:.1f} ms -> "
-            f"{cfg.baseline_steps} MDM steps")
+    ctx.log(
+        f"{r.data.sudoku.n_train} boards in {gen_s:.1f} s; MDM step {sec * 1e3:.1f} ms -> "
+        f"{cfg.baseline_steps} MDM steps"
+    )
     res = run_sudoku(cfg.validate(), folder, log=ctx.log)
-    return {"folder": str(folder), "train_boards": r.data.sudoku.n_train, "test_boards": cfg.test_boards,
-            "generate_s": gen_s, "probe_sec_per_step": sec, "baseline_steps": cfg.baseline_steps,
-            "plan": res["plan"], "checks": res["checks"], "summary": res["summary"],
-            "experiment_wall_s": res["wall_s"], "summary_md": (folder / "summary.md").read_text()}
+    return {
+        "folder": str(folder),
+        "train_boards": r.data.sudoku.n_train,
+        "test_boards": cfg.test_boards,
+        "generate_s": gen_s,
+        "probe_sec_per_step": sec,
+        "baseline_steps": cfg.baseline_steps,
+        "plan": res["plan"],
+        "checks": res["checks"],
+        "summary": res["summary"],
+        "experiment_wall_s": res["wall_s"],
+        "summary_md": (folder / "summary.md").read_text(),
+    }
 
 
 def sudoku_table(res: dict) -> str:
     steps = ", ".join(f"{r['name']} {r['steps']}" for r in res["plan"]["runs"])
-    return (f"{res['train_boards']} train boards ({res['generate_s']:.1f} s), {res['test_boards']} test boards, "
-            f"steps {steps}\n"
-            + res["summary_md"].rstrip())
+    return (
+        f"{res['train_boards']} train boards ({res['generate_s']:.1f} s), {res['test_boards']} test boards, "
+        f"steps {steps}\n" + res["summary_md"].rstrip()
+    )
 
 
 # --------------------------------------------------------------------------- driver
@@ -900,7 +1180,8 @@ def run_sections(ctx: Ctx, names: list[str], budget_s: float, report: Report) ->
             entry["status"] = one_line(e)
             entry["traceback"] = traceback.format_exc().strip().splitlines()[-12:]
             print(f"{name}: {entry['status']}", file=sys.stderr, flush=True)
-            free_memory(ctx.device)
+        # the section's tensors are gone once it returned (closures included)
+        free_memory(ctx.device)
         entry["wall_s"] = clock.elapsed()
         budget.charge(name, entry["wall_s"])
         report.write()
@@ -934,17 +1215,34 @@ def parse_compile(text: str) -> list[bool]:
 @app.command()
 def main(
     out: Path = typer.Option(Path("benchmarks/results/gpu_evidence"), help="Output folder."),
-    smoke: bool = typer.Option(False, "--smoke", help="Every section on CPU at toy sizes (about 2 minutes)."),
-    sections: str = typer.Option(",".join(SECTIONS), help="Comma-separated sections to run (in the script's order)."),
-    budget_s: float = typer.Option(420.0, "--budget-s", help="Seconds for all sections, split in fixed shares."),
-    batches: str = typer.Option("64,32,16,8", help="Throughput batches to try, the largest that fits is used."),
+    smoke: bool = typer.Option(
+        False, "--smoke", help="Every section on CPU at toy sizes (about 2 minutes)."
+    ),
+    sections: str = typer.Option(
+        ",".join(SECTIONS), help="Comma-separated sections to run (in the script's order)."
+    ),
+    budget_s: float = typer.Option(
+        420.0, "--budget-s", help="Seconds for all sections, split in fixed shares."
+    ),
+    batches: str = typer.Option(
+        "64,32,16,8", help="Throughput batches to try, the largest that fits is used."
+    ),
     loops: str = typer.Option("1,12", help="Throughput loop counts S."),
-    compile: str = typer.Option("off,on", help="Throughput with torch.compile of the blocks: off, on or both."),
+    compile: str = typer.Option(
+        "off,on", help="Throughput with torch.compile of the blocks: off, on or both."
+    ),
     steps: int = typer.Option(10, help="At most this many measured steps per throughput run."),
-    warmup: int = typer.Option(2, help="Warm-up steps per throughput run, at least 2 (the first compiles, the "
-                                       "second sizes the measurement)."),
-    sdpa: Optional[str] = typer.Option(None, help="Pin one SDPA backend: flash, efficient, cudnn or math."),
-    peak_tflops: Optional[float] = typer.Option(None, help="The card's dense bf16 peak, TFLOP/s (unlisted cards)."),
+    warmup: int = typer.Option(
+        2,
+        help="Warm-up steps per throughput run, at least 2 (the first compiles, the "
+        "second sizes the measurement).",
+    ),
+    sdpa: Optional[str] = typer.Option(
+        None, help="Pin one SDPA backend: flash, efficient, cudnn or math."
+    ),
+    peak_tflops: Optional[float] = typer.Option(
+        None, help="The card's dense bf16 peak, TFLOP/s (unlisted cards)."
+    ),
 ) -> None:
     """Throughput / MFU, sync audit, profile, loss kernel, sampling, the compute-matched trio and Sudoku on one GPU,
     each section under a time cap, the JSON rewritten after each."""
@@ -956,38 +1254,72 @@ def main(
     if sdpa is not None:
         with sdpa_backend(sdpa):  # an unknown name is a one-line error now, not inside a section
             pass
-    ctx = Ctx(device=torch.device("cpu"), smoke=smoke, out=out, batches=parse_ints(batches, "--batches"),
-              loops=parse_ints(loops, "--loops"), compile=parse_compile(compile), steps=steps, warmup=warmup,
-              sdpa=sdpa, peak_tflops=peak_tflops)
+    ctx = Ctx(
+        device=torch.device("cpu"),
+        smoke=smoke,
+        out=out,
+        batches=parse_ints(batches, "--batches"),
+        loops=parse_ints(loops, "--loops"),
+        compile=parse_compile(compile),
+        steps=steps,
+        warmup=warmup,
+        sdpa=sdpa,
+        peak_tflops=peak_tflops,
+    )
     if not smoke:
         if not torch.cuda.is_available():
-            raise ConfigError("no CUDA device here; gpu_evidence.py needs one GPU (run it where a GPU is lent), or "
-                              "pass --smoke for the CPU check of the script")
+            raise ConfigError(
+                "no CUDA device here; gpu_evidence.py needs one GPU (run it where a GPU is lent), or "
+                "pass --smoke for the CPU check of the script"
+            )
         ctx.device = torch.device("cuda")
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(out / "gpu_evidence.json", {
-        "script": "benchmarks/gpu_evidence.py", "command": " ".join(sys.argv), "smoke": smoke,
-        "device": device_name(ctx.device), "cuda": ctx.cuda, "torch": torch.__version__, "machine": machine_info(),
-        "budget_s": budget_s, "shares_s": split_budget(budget_s, names), "sections_requested": names,
-        "finished": False, "wall_s": 0.0, "sections": {n: {"status": "pending"} for n in names}})
+    report = Report(
+        out / "gpu_evidence.json",
+        {
+            "script": "benchmarks/gpu_evidence.py",
+            "command": " ".join(sys.argv),
+            "smoke": smoke,
+            "device": device_name(ctx.device),
+            "cuda": ctx.cuda,
+            "torch": torch.__version__,
+            "machine": machine_info(),
+            "budget_s": budget_s,
+            "shares_s": split_budget(budget_s, names),
+            "sections_requested": names,
+            "finished": False,
+            "wall_s": 0.0,
+            "sections": {n: {"status": "pending"} for n in names},
+        },
+    )
     report.write()
-    print(f"gpu_evidence on {report.data['device']} (torch {torch.__version__}), budget {budget_s:.0f} s: "
-          f"{', '.join(names)}", flush=True)
+    print(
+        f"gpu_evidence on {report.data['device']} (torch {torch.__version__}), budget {budget_s:.0f} s: "
+        f"{', '.join(names)}",
+        flush=True,
+    )
     ok = run_sections(ctx, names, budget_s, report)
     report.data["finished"] = True
     report.write()
     entries = report.data["sections"]
-    print("\nwall time per section: " + ", ".join(f"{n} {e.get('wall_s', 0):.0f}s ({e['status'].split(':')[0]})"
-                                                 for n, e in entries.items()))
+    print(
+        "\nwall time per section: "
+        + ", ".join(
+            f"{n} {e.get('wall_s', 0):.0f}s ({e['status'].split(':')[0]})"
+            for n, e in entries.items()
+        )
+    )
     print(f"wrote {report.path} ({report.data['wall_s']:.0f} s)")
     if not ok:
         failed = [n for n, e in entries.items() if e["status"].startswith("error")]
-        print(f"error: section{'s' if len(failed) > 1 else ''} {', '.join(failed)} failed; see {report.path}",
-              file=sys.stderr)
+        print(
+            f"error: section{'s' if len(failed) > 1 else ''} {', '.join(failed)} failed; see {report.path}",
+            file=sys.stderr,
+        )
         raise typer.Exit(1)
 
 

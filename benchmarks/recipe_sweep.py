@@ -30,8 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-SWEEP_BASE = ["model.d_model=128", "model.n_heads=4", "model.n_layers=6", "model.n_o=3", "train.lr=1e-3",
-              "train.max_steps=800", "train.save_every=200"]
+SWEEP_BASE = [
+    "model.d_model=128",
+    "model.n_heads=4",
+    "model.n_layers=6",
+    "model.n_o=3",
+    "train.lr=1e-3",
+    "train.max_steps=800",
+    "train.save_every=200",
+]
 RECIPE = ["model.d_model=96", "model.n_heads=3", "model.n_layers=4", "model.n_o=1", "train.lr=2e-3"]
 SMALL = ["model.d_model=64", "model.n_heads=2", "model.n_layers=4", "model.n_o=1", "train.lr=2e-3"]
 
@@ -58,8 +65,13 @@ VARIANTS: dict[str, list[str]] = {
     "learned_pos": ["model.learned_positions=true"],
     # round 3: diagnostics (is the plateau the loops' or the objective's?)
     "no_loops": ["diffusion.loop_dist=fixed", "diffusion.s_fixed=1"],
-    "ar": ["diffusion.objective=ar", "model.causal=true", "model.time_conditioning=none",
-           "diffusion.loop_dist=fixed", "diffusion.s_fixed=1"],
+    "ar": [
+        "diffusion.objective=ar",
+        "model.causal=true",
+        "model.time_conditioning=none",
+        "diffusion.loop_dist=fixed",
+        "diffusion.s_fixed=1",
+    ],
     # round 4: smaller models run more optimizer steps in the same time
     "d96x4": RECIPE + ["train.max_steps=2000"],
     "d64x4": SMALL + ["train.max_steps=3000"],
@@ -89,7 +101,11 @@ def launch(name: str, overrides: list[str], out: Path, eval_every: int) -> subpr
     if (run / "checkpoints").is_dir():
         cmd += ["--resume", str(run)]
     else:
-        sets = SWEEP_BASE + ["train.threads=1", f"train.eval_every={eval_every}", "train.eval_batches=2"] + overrides
+        sets = (
+            SWEEP_BASE
+            + ["train.threads=1", f"train.eval_every={eval_every}", "train.eval_batches=2"]
+            + overrides
+        )
         cmd += ["--preset", "tiny"] + [a for o in sets for a in ("--set", o)]
     log = open(out / f"{name}.log", "a")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -113,15 +129,25 @@ def unigram_plateau(run: Path) -> float:
 def summarise(name: str, run: Path, margin: float) -> dict:
     recs = [r for r in read_metrics(run / "metrics.jsonl") if "val_nelbo" in r]
     plateau = unigram_plateau(run) if (run / "config.json").is_file() else None
-    left = next((r["step"] for r in recs if plateau is not None and r["val_nelbo"] <= plateau - margin), None)
+    left = next(
+        (r["step"] for r in recs if plateau is not None and r["val_nelbo"] <= plateau - margin),
+        None,
+    )
     tok_s = [r["tokens_per_s"] for r in read_metrics(run / "metrics.jsonl") if "tokens_per_s" in r]
-    return {"name": name, "overrides": {**VARIANTS, **FULL}.get(name, []), "plateau_nelbo": plateau, "left_plateau_at": left,
-            "val_nelbo": {r["step"]: r["val_nelbo"] for r in recs},
-            "last_step": recs[-1]["step"] if recs else 0,
-            "median_tokens_per_s": float(np.median(tok_s)) if tok_s else None}
+    return {
+        "name": name,
+        "overrides": {**VARIANTS, **FULL}.get(name, []),
+        "plateau_nelbo": plateau,
+        "left_plateau_at": left,
+        "val_nelbo": {r["step"]: r["val_nelbo"] for r in recs},
+        "last_step": recs[-1]["step"] if recs else 0,
+        "median_tokens_per_s": float(np.median(tok_s)) if tok_s else None,
+    }
 
 
-def run_all(runs: dict[str, list[str]], out: Path, stop_at: int | None, parallel: int, eval_every: int):
+def run_all(
+    runs: dict[str, list[str]], out: Path, stop_at: int | None, parallel: int, eval_every: int
+):
     queue, active = list(runs), {}
     while queue or active:
         while queue and len(active) < parallel:
@@ -144,24 +170,43 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--margin", type=float, default=0.25)
-    ap.add_argument("--full", nargs="*", default=None, choices=list(FULL), help="train these FULL runs to the end")
-    ap.add_argument("--report", action="store_true", help="summarise the runs in OUT, train nothing")
+    ap.add_argument(
+        "--full",
+        nargs="*",
+        default=None,
+        choices=list(FULL),
+        help="train these FULL runs to the end",
+    )
+    ap.add_argument(
+        "--report", action="store_true", help="summarise the runs in OUT, train nothing"
+    )
     args = ap.parse_args()
     unknown = [n for n in args.variants if n not in VARIANTS]
     if unknown:
-        sys.exit(f"error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        sys.exit(
+            f"error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.full:
         run_all({n: FULL[n] for n in args.full}, args.out, None, args.parallel, 100)
     elif not args.report:
-        todo = {n: VARIANTS[n] for n in args.variants if not (args.out / n / "checkpoints").is_dir()}
+        todo = {
+            n: VARIANTS[n] for n in args.variants if not (args.out / n / "checkpoints").is_dir()
+        }
         run_all(todo, args.out, args.stop_at, args.parallel, args.eval_every)
     names = list(args.variants) + list(FULL)
-    rows = [summarise(n, args.out / n, args.margin) for n in names if (args.out / n / "metrics.jsonl").is_file()]
+    rows = [
+        summarise(n, args.out / n, args.margin)
+        for n in names
+        if (args.out / n / "metrics.jsonl").is_file()
+    ]
     cols = (40, 80, 120, 200, 400, 800, 1600)
-    print(f"{'variant':<18} {'plateau':>7} {'left at':>7} " + " ".join(f"{s:>6}" for s in cols)
-          + f" {'last':>11} {'tok/s':>6}")
+    print(
+        f"{'variant':<18} {'plateau':>7} {'left at':>7} "
+        + " ".join(f"{s:>6}" for s in cols)
+        + f" {'last':>11} {'tok/s':>6}"
+    )
     for r in rows:
         v = r["val_nelbo"]
         cells = " ".join(f"{v[s]:6.3f}" if s in v else f"{'-':>6}" for s in cols)
@@ -170,7 +215,12 @@ def main() -> None:
         plat = "-" if r["plateau_nelbo"] is None else f"{r['plateau_nelbo']:.3f}"
         tps = "-" if r["median_tokens_per_s"] is None else f"{r['median_tokens_per_s']:.0f}"
         print(f"{r['name']:<18} {plat:>7} {left:>7} {cells} {tps:>6}")
-    result = {"rows": rows, "wall_s": time.perf_counter() - t0, "margin": args.margin, "stop_at": args.stop_at}
+    result = {
+        "rows": rows,
+        "wall_s": time.perf_counter() - t0,
+        "margin": args.margin,
+        "stop_at": args.stop_at,
+    }
     prev = args.out / "recipe_sweep.json"
     if prev.is_file():
         result["wall_s"] += json.loads(prev.read_text()).get("wall_s", 0.0)

@@ -28,6 +28,7 @@ def _test_threads():
     """Restore the test thread count before every test: a trainer under test may have changed it."""
     torch.set_num_threads(int(_THREADS))
 
+
 NAMES = ["alpha", "beta", "gamma", "delta", "value", "item", "count", "total", "index", "result"]
 
 
@@ -61,12 +62,35 @@ def tiny_corpus(tmp_path_factory) -> Path:
 def make_tiny_cfg(corpus: Path, cache: Path, objective: str = "mdm") -> RunConfig:
     ar = objective == "ar"
     return RunConfig(
-        model=ModelConfig(vocab_size=320, max_seq_len=32, d_model=32, n_heads=2, n_layers=4, n_h=1, n_m=2, n_o=1,
-                          cond_dim=16, causal=ar, time_conditioning="none" if ar else "adaln"),
-        diffusion=DiffusionConfig(s_max=3, objective=objective, loop_dist="fixed" if ar else "uniform"),
+        model=ModelConfig(
+            vocab_size=320,
+            max_seq_len=32,
+            d_model=32,
+            n_heads=2,
+            n_layers=4,
+            n_h=1,
+            n_m=2,
+            n_o=1,
+            cond_dim=16,
+            causal=ar,
+            time_conditioning="none" if ar else "adaln",
+        ),
+        diffusion=DiffusionConfig(
+            s_max=3, objective=objective, loop_dist="fixed" if ar else "uniform"
+        ),
         data=DataConfig(source=str(corpus), val_fraction=0.2, cache_dir=str(cache)),
-        train=TrainConfig(batch_size=8, max_steps=4, lr=3e-3, warmup_steps=2, eval_every=2, eval_batches=2,
-                          save_every=2, log_every=1, precision="fp32", device="cpu"),
+        train=TrainConfig(
+            batch_size=8,
+            max_steps=4,
+            lr=3e-3,
+            warmup_steps=2,
+            eval_every=2,
+            eval_batches=2,
+            save_every=2,
+            log_every=1,
+            precision="fp32",
+            device="cpu",
+        ),
     ).validate()
 
 

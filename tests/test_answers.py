@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
 
-from loopmdm.config import DataConfig
+from helpers import run_cli
+from loopmdm.config import DataConfig, DiffusionConfig
 from loopmdm.data import prepare_data
 from loopmdm.data.answers import AnswerRow, char_tokenizer, encode_rows, read_rows
 from loopmdm.diffusion import make_objective
-from loopmdm.config import DiffusionConfig
 from loopmdm.errors import ConfigError, DataError
 from loopmdm.eval.exact_match import group_values, score_predictions
 from loopmdm.model import LoopMDM, ModelConfig
@@ -52,8 +51,10 @@ def test_prompt_answer_rows_freeze_prompt_and_padding(tmp_path):
 
 
 def test_infill_rows_score_only_the_spans(tmp_path):
-    rows = [{"text": "a=3:3;b=a:3", "targets": [[4, 5], [10, 11]], "depth": 1},
-            {"text": "c=7:7;d=c:7", "targets": [[4, 5], [10, 11]], "depth": 1}]
+    rows = [
+        {"text": "a=3:3;b=a:3", "targets": [[4, 5], [10, 11]], "depth": 1},
+        {"text": "c=7:7;d=c:7", "targets": [[4, 5], [10, 11]], "depth": 1},
+    ]
     parsed = read_rows(write_jsonl(tmp_path / "r.jsonl", rows), DataConfig().answers)
     tok = char_tokenizer([r.text for r in parsed])
     ids, target = encode_rows(parsed, tok, 16)
@@ -70,18 +71,41 @@ def test_conditional_objective_never_masks_or_scores_given_tokens(tmp_path):
     for _ in range(20):
         noise = obj.draw(32, 10, gen)
         from loopmdm.diffusion.objectives import q_sample
+
         x_t = q_sample(batch, noise, obj.schedule.alpha(noise.t), obj.mask_id)
         assert torch.equal(x_t[batch.frozen], batch.x0[batch.frozen])
-    model = LoopMDM(ModelConfig(vocab_size=data.tokenizer.vocab_size, max_seq_len=10, d_model=32, n_heads=2,
-                                n_layers=3, n_h=1, n_m=1, n_o=1, time_conditioning="none"))
+    model = LoopMDM(
+        ModelConfig(
+            vocab_size=data.tokenizer.vocab_size,
+            max_seq_len=10,
+            d_model=32,
+            n_heads=2,
+            n_layers=3,
+            n_h=1,
+            n_m=1,
+            n_o=1,
+            time_conditioning="none",
+        )
+    )
     out = obj.loss(model, batch, 2, obj.draw(32, 10, gen))
     assert out.n_tokens == 32  # one answer token per row: prompt and padding are not counted
 
 
 def test_deep_supervision_of_the_last_loop_is_the_final_loop_loss():
     torch.manual_seed(0)
-    m = LoopMDM(ModelConfig(vocab_size=20, max_seq_len=8, d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1,
-                            time_conditioning="none"))
+    m = LoopMDM(
+        ModelConfig(
+            vocab_size=20,
+            max_seq_len=8,
+            d_model=32,
+            n_heads=2,
+            n_layers=3,
+            n_h=1,
+            n_m=1,
+            n_o=1,
+            time_conditioning="none",
+        )
+    )
     x = torch.randint(0, 19, (4, 8))
     predict = torch.rand(4, 8) < 0.5
     labels = torch.randint(0, 19, (int(predict.sum()),))
@@ -90,7 +114,9 @@ def test_deep_supervision_of_the_last_loop_is_the_final_loop_loss():
     last = m(x, loops=3, predict=predict, labels=labels, label_weights=w, supervise=[3])
     assert torch.equal(base[0], last[0]) and torch.equal(base[1], last[1])
     every = m(x, loops=3, predict=predict, labels=labels, label_weights=w, supervise=[1, 2, 3])
-    per_loop = [m(x, loops=k, predict=predict, labels=labels, label_weights=w)[0] for k in (1, 2, 3)]
+    per_loop = [
+        m(x, loops=k, predict=predict, labels=labels, label_weights=w)[0] for k in (1, 2, 3)
+    ]
     assert torch.allclose(every[0], sum(per_loop) / 3, atol=1e-6)
     assert torch.equal(every[1], base[1])  # the CE returned is h_S's
     with pytest.raises(ConfigError, match="supervise"):
@@ -102,7 +128,10 @@ def test_exact_match_is_one_for_an_oracle_and_the_majority_for_a_constant(tmp_pa
     tok = char_tokenizer([r.text for r in rows])
     ids, target = encode_rows(rows, tok, 8)
     groups = group_values(rows, "depth")
-    index = {"all": np.arange(len(rows)), **{g: np.flatnonzero(np.asarray(groups) == g) for g in set(groups)}}
+    index = {
+        "all": np.arange(len(rows)),
+        **{g: np.flatnonzero(np.asarray(groups) == g) for g in set(groups)},
+    }
     oracle = score_predictions(ids.copy(), ids, target, tok, index)
     assert all(v["accuracy"] == 1.0 and v["token_accuracy"] == 1.0 for v in oracle.values())
     const = ids.copy()
@@ -111,18 +140,23 @@ def test_exact_match_is_one_for_an_oracle_and_the_majority_for_a_constant(tmp_pa
     for g, idx in index.items():
         refs = [rows[i].answer for i in idx]
         assert scored[g]["accuracy"] == pytest.approx(refs.count("7") / len(idx))
-        assert scored[g]["majority_baseline"] == pytest.approx(max(refs.count(d) for d in set(refs)) / len(idx))
+        assert scored[g]["majority_baseline"] == pytest.approx(
+            max(refs.count(d) for d in set(refs)) / len(idx)
+        )
     lo, hi = scored["all"]["accuracy_ci"]
     assert lo <= scored["all"]["accuracy"] <= hi
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"question": "1+1=", "reply": "2"}, "neither"),
-    ({"prompt": "1+1=", "answer": ""}, "answer is empty"),
-    ({"text": "abc", "targets": [[2, 9]]}, "out of range"),
-    ({"text": "abcdef", "targets": [[1, 3], [2, 4]]}, "overlaps"),
-    ({"text": "abc", "targets": [[1]]}, "not a \\[start, end\\] pair"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"question": "1+1=", "reply": "2"}, "neither"),
+        ({"prompt": "1+1=", "answer": ""}, "answer is empty"),
+        ({"text": "abc", "targets": [[2, 9]]}, "out of range"),
+        ({"text": "abcdef", "targets": [[1, 3], [2, 4]]}, "overlaps"),
+        ({"text": "abc", "targets": [[1]]}, "not a \\[start, end\\] pair"),
+    ],
+)
 def test_bad_rows_name_the_row_and_the_fix(tmp_path, row, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "1+2=", "answer": "3"}, row])
     with pytest.raises(DataError, match=message) as e:
@@ -138,9 +172,12 @@ def test_long_rows_non_utf8_and_unknown_characters_are_one_line_errors(tmp_path)
     bad.write_bytes('{"prompt": "caf\xe9", "answer": "1"}\n'.encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8"):
         read_rows(bad, DataConfig().answers)
-    rows = read_rows(write_jsonl(tmp_path / "u.jsonl", [{"prompt": "1+2=", "answer": "3"}]), DataConfig().answers)
+    rows = read_rows(
+        write_jsonl(tmp_path / "u.jsonl", [{"prompt": "1+2=", "answer": "3"}]), DataConfig().answers
+    )
     tok = char_tokenizer(["0123456789+="])
     from loopmdm.data.answers import check_characters
+
     check_characters(rows, tok)
     odd = [AnswerRow([("x*y=", False), ("3", True)], {}, "test.jsonl:7")]
     with pytest.raises(DataError, match=r"test.jsonl:7: characters '\*xy'"):
@@ -151,10 +188,33 @@ def test_long_rows_non_utf8_and_unknown_characters_are_one_line_errors(tmp_path)
 
 def _tiny_train(tmp_path, capsys, source: str, extra=()) -> str:
     out = tmp_path / "run"
-    code, _, err = run_cli(["train", "--preset", "answers", "--data", source, "--out", out, "--max-steps", "30",
-                            "--set", "model.max_seq_len=24",
-                            "--set", "model.d_model=32", "--set", "model.n_heads=2", "--set", "train.eval_every=30",
-                            "--set", "train.batch_size=16", "--set", "train.threads=1", *extra], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--preset",
+            "answers",
+            "--data",
+            source,
+            "--out",
+            out,
+            "--max-steps",
+            "30",
+            "--set",
+            "model.max_seq_len=24",
+            "--set",
+            "model.d_model=32",
+            "--set",
+            "model.n_heads=2",
+            "--set",
+            "train.eval_every=30",
+            "--set",
+            "train.batch_size=16",
+            "--set",
+            "train.threads=1",
+            *extra,
+        ],
+        capsys,
+    )
     assert code == 0, err
     return str(out)
 
@@ -164,24 +224,57 @@ def test_train_then_exact_match_end_to_end(tmp_path, capsys, kind):
     if kind == "prompt_answer":
         train, test = sum_rows(200), sum_rows(40, seed=5)
     else:
+
         def infill(r):
             text = r["prompt"] + r["answer"]
             return {"text": text, "targets": [[len(text) - 1, len(text)]], "depth": r["depth"]}
+
         train, test = [infill(r) for r in sum_rows(200)], [infill(r) for r in sum_rows(40, seed=5)]
-    run = _tiny_train(tmp_path, capsys, write_jsonl(tmp_path / "train.jsonl", train),
-                      ["--set", "diffusion.deep_supervision=all"] if kind == "infill" else [])
+    run = _tiny_train(
+        tmp_path,
+        capsys,
+        write_jsonl(tmp_path / "train.jsonl", train),
+        ["--set", "diffusion.deep_supervision=all"] if kind == "infill" else [],
+    )
     test_path = write_jsonl(tmp_path / "test.jsonl", test)
     plot = tmp_path / "em.png"
-    code, out, err = run_cli(["eval", "--checkpoint", run, "--metric", "exact-match", "--data", test_path,
-                              "--steps", "1,0", "--loops", "1,2", "--group-by", "depth", "--plot", plot, "--json"],
-                             capsys)
+    code, out, err = run_cli(
+        [
+            "eval",
+            "--checkpoint",
+            run,
+            "--metric",
+            "exact-match",
+            "--data",
+            test_path,
+            "--steps",
+            "1,0",
+            "--loops",
+            "1,2",
+            "--group-by",
+            "depth",
+            "--plot",
+            plot,
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     payload = json.loads(out)
     recs = payload["results"]
     assert len(recs) == 2 * 2 * 3  # (T, S) x (all, depth 0, depth 1)
     for r in recs:
-        assert {"steps", "loops", "group", "accuracy", "n", "accuracy_ci", "token_accuracy", "flops_per_problem",
-                "majority_baseline"} <= set(r)
+        assert {
+            "steps",
+            "loops",
+            "group",
+            "accuracy",
+            "n",
+            "accuracy_ci",
+            "token_accuracy",
+            "flops_per_problem",
+            "majority_baseline",
+        } <= set(r)
         assert 0.0 <= r["accuracy"] <= 1.0 and r["flops_per_problem"] > 0
     assert payload["train_overlap"] is not None and "share their prompt" in err
     assert plot.is_file()
@@ -191,7 +284,9 @@ def test_exact_match_refuses_other_formats_and_missing_data(tmp_path, capsys, ti
     code, _, err = run_cli(["eval", "--checkpoint", tiny_run, "--metric", "exact-match"], capsys)
     assert code == 2 and "needs --data" in err
     path = write_jsonl(tmp_path / "t.jsonl", sum_rows(4))
-    code, _, err = run_cli(["eval", "--checkpoint", tiny_run, "--metric", "exact-match", "--data", path], capsys)
+    code, _, err = run_cli(
+        ["eval", "--checkpoint", tiny_run, "--metric", "exact-match", "--data", path], capsys
+    )
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error:") and "data.format='text'" in last
 

@@ -7,20 +7,31 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import run_cli as cli
 from loopmdm.config import preset
 from loopmdm.data.sudoku import MASK_ID, count_solutions, decode_grid
 from loopmdm.errors import ConfigError
 from loopmdm.experiments import attention as A
 from loopmdm.model import LoopMDM, ModelConfig
-from helpers import run_cli as cli
 
 
 def tiny_model(**kw) -> LoopMDM:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=40, max_seq_len=16, d_model=32, n_heads=4, n_layers=4, n_h=1, n_m=2, n_o=1,
-                      cond_dim=16, **kw)
+    cfg = ModelConfig(
+        vocab_size=40,
+        max_seq_len=16,
+        d_model=32,
+        n_heads=4,
+        n_layers=4,
+        n_h=1,
+        n_m=2,
+        n_o=1,
+        cond_dim=16,
+        **kw,
+    )
     model = LoopMDM(cfg).eval()
-    with torch.no_grad():  # adaLN-Zero starts every block as the identity; give the gates some weight
+    # adaLN-Zero starts every block as the identity; give the gates some weight
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "modulation" in name:
                 p.normal_(0, 0.2)
@@ -38,7 +49,9 @@ def test_recomputed_probabilities_reproduce_sdpa():
     manual = attn.proj((probs @ v).transpose(1, 2).reshape(2, 16, 32))
     assert torch.allclose(manual, attn(x, rope, None, False), atol=1e-5)
     causal = A.attention_probs(attn, x, rope, causal=True)
-    assert torch.allclose(causal.triu(1), torch.zeros_like(causal)) and torch.allclose(causal.sum(-1), torch.ones(2, 4, 16))
+    assert torch.allclose(causal.triu(1), torch.zeros_like(causal)) and torch.allclose(
+        causal.sum(-1), torch.ones(2, 4, 16)
+    )
 
 
 def test_shares_sum_to_one_and_have_the_declared_shapes():
@@ -47,7 +60,9 @@ def test_shares_sum_to_one_and_have_the_declared_shapes():
     x_t = A.corrupt(x0, 0.5, 39, seed=0)
     sh = A.analyze_attention(model, x_t, 0.5, loops=3, mask_id=39)
     d_eff = 1 + 3 * 2 + 1
-    assert sh.to_masked.shape == sh.to_unmasked.shape == (d_eff,) and sh.per_head_to_masked.shape == (d_eff, 4)
+    assert sh.to_masked.shape == sh.to_unmasked.shape == (
+        d_eff,
+    ) and sh.per_head_to_masked.shape == (d_eff, 4)
     assert np.allclose(sh.to_masked + sh.to_unmasked, 1.0, atol=1e-5)
     assert sh.stage == ["head"] + ["mid"] * 6 + ["tail"] and sh.layer == [0, 1, 2, 1, 2, 1, 2, 3]
     assert sh.loop == [-1, 0, 0, 1, 1, 2, 2, -1] and sh.mid(2).shape == (3, 2)
@@ -74,9 +89,13 @@ def test_uniform_attention_gives_the_masked_key_fraction():
 def test_corrupt_is_seeded_masks_about_t_and_keeps_given_positions():
     x0 = torch.randint(0, 39, (64, 16))
     a = A.corrupt(x0, 0.3, 39, seed=5)
-    assert torch.equal(a, A.corrupt(x0, 0.3, 39, seed=5)) and not torch.equal(a, A.corrupt(x0, 0.3, 39, seed=6))
+    assert torch.equal(a, A.corrupt(x0, 0.3, 39, seed=5)) and not torch.equal(
+        a, A.corrupt(x0, 0.3, 39, seed=6)
+    )
     assert ((a == x0) | (a == 39)).all()
-    rate = np.mean([float((A.corrupt(x0, 0.3, 39, seed=s) == 39).float().mean()) for s in range(20)])
+    rate = np.mean(
+        [float((A.corrupt(x0, 0.3, 39, seed=s) == 39).float().mean()) for s in range(20)]
+    )
     assert abs(rate - 0.3) < 0.015  # each position masked with probability t (20 x 1024 draws)
     assert (A.corrupt(x0, 1.0, 39, 0) == 39).all()
     keep = torch.zeros_like(x0, dtype=torch.bool)
@@ -94,12 +113,16 @@ def test_sweep_shapes_and_padding():
     sw = A.attention_sweep(model, x0, 39, ts=[0.2, 0.8], loops=[1, 3])
     assert sw.mid.shape == (2, 2, 3, 2) and sw.mid_last.shape == sw.mean_all.shape == (2, 2)
     assert np.isnan(sw.mid[:, 0, 1:]).all() and np.isfinite(sw.mid[:, 1]).all()
-    assert sw.masked_key_fraction.shape == (2,) and sw.masked_key_fraction[1] > sw.masked_key_fraction[0]
+    assert (
+        sw.masked_key_fraction.shape == (2,)
+        and sw.masked_key_fraction[1] > sw.masked_key_fraction[0]
+    )
     keep = torch.zeros_like(x0, dtype=torch.bool)
     keep[:, :8] = True  # e.g. Sudoku givens: never masked
     assert (A.corrupt(x0, 1.0, 39, 0, keep)[:, :8] == x0[:, :8]).all()
     kept = A.attention_sweep(model, x0, 39, ts=[1.0], loops=[1], keep=keep)
-    assert kept.masked_key_fraction[0] == pytest.approx(0.5)  # only the 8 free positions of 16 are masked
+    # only the 8 free positions of 16 are masked
+    assert kept.masked_key_fraction[0] == pytest.approx(0.5)
     pad = torch.ones_like(x0, dtype=torch.bool)
     pad[:, 12:] = False
     sh = A.analyze_attention(model, A.corrupt(x0, 0.5, 39, 0), 0.5, 2, 39, attention_mask=pad)
@@ -107,19 +130,55 @@ def test_sweep_shapes_and_padding():
 
 
 def test_attention_cli_on_a_checkpoint_and_missing_checkpoint(tiny_run, tmp_path, capsys):
-    code, out, _ = cli(["experiment", "attention", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "a"),
-                        "--t", "0.3,0.7", "--loops", "1,2", "--batch-size", "4", "--json"], capsys)
+    code, out, _ = cli(
+        [
+            "experiment",
+            "attention",
+            "--checkpoint",
+            str(tiny_run),
+            "--out",
+            str(tmp_path / "a"),
+            "--t",
+            "0.3,0.7",
+            "--loops",
+            "1,2",
+            "--batch-size",
+            "4",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     summary = json.loads(out)
     assert summary["ts"] == [0.3, 0.7] and np.array(summary["mid_last"]).shape == (2, 2)
     saved = json.loads((tmp_path / "a" / "attention.json").read_text())
     assert len(saved["sweep"]["shares"][0][1]["to_masked"]) == 1 + 2 * 2 + 1
     assert len(list((tmp_path / "a").glob("*.png"))) == 4
-    code, _, err = cli(["experiment", "attention", "--checkpoint", str(tmp_path / "missing"), "--out",
-                        str(tmp_path / "b")], capsys)
+    code, _, err = cli(
+        [
+            "experiment",
+            "attention",
+            "--checkpoint",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        capsys,
+    )
     assert code == 2 and err.startswith("error: checkpoint") and "does not exist" in err
-    code, _, err = cli(["experiment", "attention", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "c"),
-                        "--t", "1.5"], capsys)
+    code, _, err = cli(
+        [
+            "experiment",
+            "attention",
+            "--checkpoint",
+            str(tiny_run),
+            "--out",
+            str(tmp_path / "c"),
+            "--t",
+            "1.5",
+        ],
+        capsys,
+    )
     assert code == 2 and "masking levels in (0, 1]" in err
 
 
@@ -142,8 +201,15 @@ def sudoku_run(tmp_path_factory):
     s.n_train, s.n_val, s.n_test = 16, 6, 4
     cfg.data.cache_dir = str(root / "cache")
     t = cfg.train
-    t.batch_size, t.max_steps, t.warmup_steps, t.eval_every, t.save_every, t.eval_batches, t.device = \
-        8, 2, 1, 2, 2, 1, "cpu"
+    (
+        t.batch_size,
+        t.max_steps,
+        t.warmup_steps,
+        t.eval_every,
+        t.save_every,
+        t.eval_batches,
+        t.device,
+    ) = 8, 2, 1, 2, 2, 1, "cpu"
     train(cfg.validate(), root / "run", progress=False, log=lambda s: None)
     return root / "run"
 
@@ -156,9 +222,26 @@ def test_load_for_analysis_of_a_sudoku_run_keeps_the_givens(sudoku_run, tmp_path
         puzzle = "".join(str(v) if g else "0" for v, g in zip(row, k))
         assert 30 <= sum(k) <= 42 and count_solutions(puzzle) == 1 and decode_grid(row) != puzzle
     sw = A.attention_sweep(model, x0, mask_id, ts=[1.0], loops=[1, 2], keep=keep)
-    assert sw.masked_key_fraction[0] == pytest.approx(float((~keep).float().mean()))  # givens never masked
-    code, out, err = cli(["experiment", "attention", "--checkpoint", str(sudoku_run), "--out", str(tmp_path / "s"),
-                          "--t", "0.5,1", "--loops", "1,2", "--batch-size", "4", "--json"], capsys)
+    # givens never masked
+    assert sw.masked_key_fraction[0] == pytest.approx(float((~keep).float().mean()))
+    code, out, err = cli(
+        [
+            "experiment",
+            "attention",
+            "--checkpoint",
+            str(sudoku_run),
+            "--out",
+            str(tmp_path / "s"),
+            "--t",
+            "0.5,1",
+            "--loops",
+            "1,2",
+            "--batch-size",
+            "4",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["loops"] == [1, 2] and np.array(summary["mid_last"]).shape == (2, 2)

@@ -27,7 +27,13 @@ import pytest
 import torch
 
 from helpers import run_cli
-from loopmdm.checkpoint import list_checkpoints, load_model, read_latest, resolve_checkpoint, verify_checkpoint
+from loopmdm.checkpoint import (
+    list_checkpoints,
+    load_model,
+    read_latest,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
 from loopmdm.errors import CheckpointError, ConfigError, DataError, LoopMDMError
 
 
@@ -46,7 +52,9 @@ def one_error_line(err: str) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -58,6 +66,7 @@ def run_copy(tiny_run, tmp_path) -> Path:
 
 # ============================================================================ 1. output folders
 
+
 @pytest.fixture(scope="module")
 def hf_folder(tiny_run, tmp_path_factory) -> Path:
     pytest.importorskip("transformers")
@@ -66,7 +75,9 @@ def hf_folder(tiny_run, tmp_path_factory) -> Path:
     return export_hf(tiny_run, tmp_path_factory.mktemp("hf") / "hf")
 
 
-def test_import_into_an_existing_run_is_refused_and_the_run_is_untouched(hf_folder, run_copy, capsys):
+def test_import_into_an_existing_run_is_refused_and_the_run_is_untouched(
+    hf_folder, run_copy, capsys
+):
     before = snapshot(run_copy)
     code, _, err = run_cli(["import", "--hf", hf_folder, "--out", run_copy], capsys)
     assert code == 2
@@ -90,8 +101,21 @@ def test_train_into_a_corpus_folder_is_refused_before_any_work(tiny_corpus, tmp_
     data = tmp_path / "data"
     shutil.copytree(tiny_corpus, data)
     before = snapshot(data)
-    code, _, err = run_cli(["train", "--out", data, "--data", data, "--max-steps", "1", "--no-progress",
-                            "--set", "train.device=cpu"], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--out",
+            data,
+            "--data",
+            data,
+            "--max-steps",
+            "1",
+            "--no-progress",
+            "--set",
+            "train.device=cpu",
+        ],
+        capsys,
+    )
     assert code == 2 and "not a run folder" in one_error_line(err)
     assert snapshot(data) == before and not (data / "metrics.jsonl").exists()
 
@@ -145,12 +169,16 @@ def test_the_output_rule(tmp_path, run_copy):
         check_output(exp, "experiment")
 
 
-def test_export_loopify_and_experiments_refuse_folders_they_did_not_create(tiny_run, tiny_corpus, tmp_path, capsys):
+def test_export_loopify_and_experiments_refuse_folders_they_did_not_create(
+    tiny_run, tiny_corpus, tmp_path, capsys
+):
     data = tmp_path / "data"
     shutil.copytree(tiny_corpus, data)
     before = snapshot(data)
-    for argv in (["loopify", "--from", tiny_run, "--loop-layers", "1:3", "--out", data],
-                 ["experiment", "attention", "--checkpoint", tiny_run, "--out", data]):
+    for argv in (
+        ["loopify", "--from", tiny_run, "--loop-layers", "1:3", "--out", data],
+        ["experiment", "attention", "--checkpoint", tiny_run, "--out", data],
+    ):
         code, _, err = run_cli(argv, capsys)
         assert code == 2 and "not empty" in one_error_line(err), argv
     assert snapshot(data) == before
@@ -165,17 +193,22 @@ def test_export_loopify_and_experiments_refuse_folders_they_did_not_create(tiny_
 def test_data_path_is_taken_verbatim(name, tiny_corpus, tmp_path, monkeypatch, fake_train, capsys):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_corpus, tmp_path / name)
-    code, _, err = run_cli(["train", "--out", "o", "--data", name, "--max-steps", "3", "--objective", "mdm"], capsys)
+    code, _, err = run_cli(
+        ["train", "--out", "o", "--data", name, "--max-steps", "3", "--objective", "mdm"], capsys
+    )
     assert code == 0, err
     cfg = fake_train[-1]
     assert cfg.data.source == name and cfg.train.max_steps == 3
     # --set keeps YAML values
-    code, _, err = run_cli(["train", "--out", "o", "--set", "train.max_steps=7", "--set", "train.ema=0.99"], capsys)
+    code, _, err = run_cli(
+        ["train", "--out", "o", "--set", "train.max_steps=7", "--set", "train.ema=0.99"], capsys
+    )
     assert code == 0, err
     assert fake_train[-1].train.max_steps == 7 and fake_train[-1].train.ema == 0.99
 
 
 # ============================================================================ 3. devices
+
 
 def test_devices_this_machine_lacks_are_one_line_errors(tiny_run, tiny_cfg, tmp_path, capsys):
     from loopmdm.runtime import pick_device
@@ -190,10 +223,13 @@ def test_devices_this_machine_lacks_are_one_line_errors(tiny_run, tiny_cfg, tmp_
     elif torch.cuda.device_count() <= 7:
         missing += ["cuda:7"]
     for name in missing:
-        with pytest.raises(ConfigError, match=f"device='{name}': this machine has .*available: cpu"):
+        with pytest.raises(
+            ConfigError, match=f"device='{name}': this machine has .*available: cpu"
+        ):
             pick_device(name)
         with pytest.raises(ConfigError, match="this machine has"):
-            load_model(tiny_run, device=name)  # eval, sample and serve place the model through load_model
+            # eval, sample and serve place the model through load_model
+            load_model(tiny_run, device=name)
         cfg = tiny_cfg
         cfg.train.device = name
         with pytest.raises(ConfigError, match=f"train.device='{name}': this machine has"):
@@ -216,25 +252,35 @@ def test_device_messages_on_a_machine_with_one_gpu(monkeypatch):
     assert runtime.available_devices() == ["cpu", "cuda:0"]
     assert runtime.pick_device("cuda:0") == torch.device("cuda", 0)
     assert runtime.pick_device("auto") == torch.device("cuda")
-    with pytest.raises(ConfigError, match=r"--device='cuda:3': this machine has 1 CUDA device \(cuda:0..cuda:0\); "
-                                          r"available: cpu, cuda:0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--device='cuda:3': this machine has 1 CUDA device \(cuda:0..cuda:0\); "
+        r"available: cpu, cuda:0",
+    ):
         runtime.pick_device("cuda:3", "--device")
 
 
 # ============================================================================ 4. text that is not UTF-8
 
+
 def test_prompt_and_template_that_are_not_utf8(tiny_run, capsys):
     from loopmdm.sampling import generate
 
-    for flag, text in (("--prompt", "def \udcff"), ("--template", "x [MASK:3] \udcfe")):  # bytes 0xff / 0xfe
-        code, _, err = run_cli(["sample", "--checkpoint", tiny_run, flag, text, "--steps", "2"], capsys)
+    # bytes 0xff / 0xfe
+    for flag, text in (("--prompt", "def \udcff"), ("--template", "x [MASK:3] \udcfe")):
+        code, _, err = run_cli(
+            ["sample", "--checkpoint", tiny_run, flag, text, "--steps", "2"], capsys
+        )
         assert code == 2 and "not valid UTF-8" in one_error_line(err), err
     model, tok, _ = load_model(tiny_run)
-    with pytest.raises(ConfigError, match=r"template is not valid UTF-8 text \(lone surrogate U\+D800"):
+    with pytest.raises(
+        ConfigError, match=r"template is not valid UTF-8 text \(lone surrogate U\+D800"
+    ):
         generate(model, tok, steps=2, template="[MASK:2] \ud800")
 
 
 # ============================================================================ 5. CSV puzzle files
+
 
 def test_puzzle_csv_with_a_bom_and_with_an_overlong_field(tmp_path):
     from loopmdm.data.sudoku import generate_puzzles, read_puzzles
@@ -245,24 +291,34 @@ def test_puzzle_csv_with_a_bom_and_with_an_overlong_field(tmp_path):
     bom.write_bytes(b"\xef\xbb\xbf" + f"quizzes,solutions\n{rows}".encode())
     assert len(read_puzzles(str(bom)).pairs) == 3
     jsonl = tmp_path / "excel.jsonl"
-    jsonl.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps({"puzzle": p.puzzle, "solution": p.solution}) + "\n"
-                                                for p in pairs).encode())
+    jsonl.write_bytes(
+        b"\xef\xbb\xbf"
+        + "".join(
+            json.dumps({"puzzle": p.puzzle, "solution": p.solution}) + "\n" for p in pairs
+        ).encode()
+    )
     assert len(read_puzzles(str(jsonl)).pairs) == 3
     huge = tmp_path / "huge.csv"
-    huge.write_text(f"quizzes,solutions\n{rows}\"{'1' * (csv.field_size_limit() + 10)},x\n")
-    with pytest.raises(DataError, match=r"huge.csv' line 5 has a field longer than [\d,]+ characters") as e:
+    huge.write_text(f'quizzes,solutions\n{rows}"{"1" * (csv.field_size_limit() + 10)},x\n')
+    with pytest.raises(
+        DataError, match=r"huge.csv' line 5 has a field longer than [\d,]+ characters"
+    ) as e:
         read_puzzles(str(huge))
     assert "\n" not in str(e.value)
 
 
 # ============================================================================ 6. exit codes, signals, usage errors
 
-@pytest.mark.parametrize("argv,phrase", [
-    (["train", "--bogus"], "No such option: --bogus"),
-    (["train"], "Missing option '--out'"),
-    (["sample", "--checkpoint", "x", "--steps", "abc"], "Invalid value for '--steps'"),
-    (["nosuch"], "No such command 'nosuch'"),
-])
+
+@pytest.mark.parametrize(
+    "argv,phrase",
+    [
+        (["train", "--bogus"], "No such option: --bogus"),
+        (["train"], "Missing option '--out'"),
+        (["sample", "--checkpoint", "x", "--steps", "abc"], "Invalid value for '--steps'"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+)
 def test_usage_errors_are_one_line(argv, phrase, capsys):
     code, _, err = run_cli(argv, capsys)
     assert code == 2
@@ -276,14 +332,46 @@ def test_help_still_works(capsys):
 
 
 def launch_train(run: Path, corpus: Path, cache: Path) -> subprocess.Popen:
-    args = ["train", "--out", str(run), "--data", str(corpus), "--max-steps", "5000", "--no-progress",
-            "--set", "model.vocab_size=320", "--set", "model.max_seq_len=32", "--set", "model.d_model=32",
-            "--set", "model.n_heads=2", "--set", "model.cond_dim=16", "--set", "train.batch_size=8",
-            "--set", "train.eval_every=10000", "--set", "train.save_every=10000", "--set", "train.device=cpu",
-            "--set", "data.val_fraction=0.2", "--set", f"data.cache_dir={cache}"]
+    args = [
+        "train",
+        "--out",
+        str(run),
+        "--data",
+        str(corpus),
+        "--max-steps",
+        "5000",
+        "--no-progress",
+        "--set",
+        "model.vocab_size=320",
+        "--set",
+        "model.max_seq_len=32",
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "model.n_heads=2",
+        "--set",
+        "model.cond_dim=16",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "train.eval_every=10000",
+        "--set",
+        "train.save_every=10000",
+        "--set",
+        "train.device=cpu",
+        "--set",
+        "data.val_fraction=0.2",
+        "--set",
+        f"data.cache_dir={cache}",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.Popen([sys.executable, "-c", "from loopmdm.cli import main; main()", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from loopmdm.cli import main; main()", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -291,8 +379,14 @@ def test_interrupted_train_saves_and_exits_non_zero(sig, code, tiny_corpus, tmp_
     run = tmp_path / "run"
     p = launch_train(run, tiny_corpus, tmp_path / "cache")
     deadline = time.time() + 240
-    while p.poll() is None and time.time() < deadline and not (
-            (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().count("\n") >= 2):
+    while (
+        p.poll() is None
+        and time.time() < deadline
+        and not (
+            (run / "metrics.jsonl").is_file()
+            and (run / "metrics.jsonl").read_text().count("\n") >= 2
+        )
+    ):
         time.sleep(0.05)
     p.send_signal(sig)
     _, err = p.communicate(timeout=120)
@@ -327,12 +421,26 @@ def test_second_signal_exits_at_once_without_saving(tiny_cfg, tmp_path, capfd):
 
 # ============================================================================ 7. unbounded sampling requests
 
+
 def test_sampling_steps_are_refused_above_a_maximum_and_clamped_below(tiny_run, capsys):
     t0 = time.time()
-    code, _, err = run_cli(["sample", "--checkpoint", tiny_run, "--steps", str(10 ** 12)], capsys)
+    code, _, err = run_cli(["sample", "--checkpoint", tiny_run, "--steps", str(10**12)], capsys)
     assert code == 2 and "exceeds the supported maximum" in one_error_line(err)
-    code, out, err = run_cli(["sample", "--checkpoint", tiny_run, "--steps", "100000", "--num-samples", "1",
-                              "--loops", "1", "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "sample",
+            "--checkpoint",
+            tiny_run,
+            "--steps",
+            "100000",
+            "--num-samples",
+            "1",
+            "--loops",
+            "1",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "note: --steps 100000 is more than the 32 positions to generate; using --steps 32" in err
     res = json.loads(out)
@@ -344,12 +452,16 @@ def test_huge_sample_counts_and_template_spans_are_refused_before_allocating(tin
     from loopmdm.sampling import build_canvas, generate
 
     model, tok, _ = load_model(tiny_run)
-    with pytest.raises(ConfigError, match=r"num_samples=1000000000 at L=32 tokens needs about .* GiB .*use at most"):
-        generate(model, tok, num_samples=10 ** 9, steps=2)
+    with pytest.raises(
+        ConfigError, match=r"num_samples=1000000000 at L=32 tokens needs about .* GiB .*use at most"
+    ):
+        generate(model, tok, num_samples=10**9, steps=2)
     for template in ("x [MASK:99999999999] y", "[MASK:" + "9" * 5000 + "]", "[MASK:20] [MASK:20]"):
         with pytest.raises(ConfigError, match="longer than the model window"):
             build_canvas(tok, 1, None, 32, template=template)
-    code, _, err = run_cli(["sample", "--checkpoint", tiny_run, "--template", "x [MASK:99999999999] y"], capsys)
+    code, _, err = run_cli(
+        ["sample", "--checkpoint", tiny_run, "--template", "x [MASK:99999999999] y"], capsys
+    )
     assert code == 2 and "longer than the model window of 32" in one_error_line(err)
 
 
@@ -370,20 +482,35 @@ def test_library_errors_stay_library_errors():
 
 # --------------------------------------------------------------------------- 9. Python API inputs
 
-@pytest.mark.parametrize("x, t, message", [
-    (torch.zeros(1, 8), None, "integer token ids"),
-    (torch.zeros(8, dtype=torch.long), None, r"\[batch, length\]"),
-    (torch.full((1, 8), 99, dtype=torch.long), None, r"in \[0, 20\)"),
-    (torch.full((1, 8), -1, dtype=torch.long), None, r"in \[0, 20\)"),
-    (torch.zeros(1, 8, dtype=torch.long), torch.ones(5), r"one time per row \[1\]"),
-    (torch.zeros(1, 8, dtype=torch.long), torch.tensor([float("nan")]), r"in \[0, 1\]"),
-])
+
+@pytest.mark.parametrize(
+    "x, t, message",
+    [
+        (torch.zeros(1, 8), None, "integer token ids"),
+        (torch.zeros(8, dtype=torch.long), None, r"\[batch, length\]"),
+        (torch.full((1, 8), 99, dtype=torch.long), None, r"in \[0, 20\)"),
+        (torch.full((1, 8), -1, dtype=torch.long), None, r"in \[0, 20\)"),
+        (torch.zeros(1, 8, dtype=torch.long), torch.ones(5), r"one time per row \[1\]"),
+        (torch.zeros(1, 8, dtype=torch.long), torch.tensor([float("nan")]), r"in \[0, 1\]"),
+    ],
+)
 def test_model_inputs_are_checked_with_one_line_errors(x, t, message):
     from loopmdm.errors import InputError
     from loopmdm.model import LoopMDM, ModelConfig
 
-    m = LoopMDM(ModelConfig(vocab_size=20, max_seq_len=8, d_model=16, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1,
-                            cond_dim=8))
+    m = LoopMDM(
+        ModelConfig(
+            vocab_size=20,
+            max_seq_len=8,
+            d_model=16,
+            n_heads=2,
+            n_layers=3,
+            n_h=1,
+            n_m=1,
+            n_o=1,
+            cond_dim=8,
+        )
+    )
     with pytest.raises(InputError, match=message) as e:
         m(x, torch.ones(1) if t is None else t)
     assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
@@ -396,6 +523,7 @@ def test_an_exported_folder_passed_to_sample_suggests_import(hf_folder, capsys):
 
 # --------------------------------------------------------------------------- 10. models too big for this machine
 
+
 def test_huge_models_are_refused_before_allocating(tiny_run, tiny_cfg, tmp_path, capsys):
     from loopmdm.backbones import build_model
     from loopmdm.backbones.base import check_model_memory
@@ -403,16 +531,34 @@ def test_huge_models_are_refused_before_allocating(tiny_run, tiny_cfg, tmp_path,
     from loopmdm.model.flops import parameter_count
     from loopmdm.train import train
 
-    for kw in (dict(), dict(time_conditioning="none", tie_embeddings=False, learned_positions=True),
-               dict(input_injection=True, loop_embedding=True, mlp_ratio=2.5)):
-        cfg = ModelConfig(vocab_size=37, max_seq_len=16, d_model=24, n_heads=2, n_layers=5, n_h=1, n_m=2, n_o=2,
-                          cond_dim=8, **kw)
+    for kw in (
+        dict(),
+        dict(time_conditioning="none", tie_embeddings=False, learned_positions=True),
+        dict(input_injection=True, loop_embedding=True, mlp_ratio=2.5),
+    ):
+        cfg = ModelConfig(
+            vocab_size=37,
+            max_seq_len=16,
+            d_model=24,
+            n_heads=2,
+            n_layers=5,
+            n_h=1,
+            n_m=2,
+            n_o=2,
+            cond_dim=8,
+            **kw,
+        )
         assert parameter_count(cfg) == LoopMDM(cfg).num_parameters()
-    with pytest.raises(ConfigError, match=r"d_model=60,000.*GiB, but only 1.0 GiB of memory is available; lower"):
+    with pytest.raises(
+        ConfigError, match=r"d_model=60,000.*GiB, but only 1.0 GiB of memory is available; lower"
+    ):
         check_model_memory(ModelConfig(d_model=60000), available=2**30)
     t0 = time.time()
     tiny_cfg.model.d_model = 60000
-    with pytest.raises(ConfigError, match=r"d_model=60,000, .* parameters, whose fp32 weights need about [\d,.]+ GiB"):
+    with pytest.raises(
+        ConfigError,
+        match=r"d_model=60,000, .* parameters, whose fp32 weights need about [\d,.]+ GiB",
+    ):
         train(tiny_cfg, tmp_path / "big", progress=False, log=lambda s: None)
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -430,6 +576,7 @@ def test_huge_models_are_refused_before_allocating(tiny_run, tiny_cfg, tmp_path,
 
 # --------------------------------------------------------------------------- 11. messages that do not mislead
 
+
 def test_paths_that_exist_but_are_not_files_or_folders_say_what_they_are(tmp_path, capsys):
     from loopmdm.data.sources import PathSource
     from loopmdm.data.sudoku import read_puzzles
@@ -439,11 +586,19 @@ def test_paths_that_exist_but_are_not_files_or_folders_say_what_they_are(tmp_pat
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     (tmp_path / "broken").symlink_to(tmp_path / "nowhere")
     (tmp_path / "folder").mkdir()
-    for name, kind in (("fifo", "is a FIFO"), ("loop", "is a symlink loop"), ("broken", "is a broken symlink")):
+    for name, kind in (
+        ("fifo", "is a FIFO"),
+        ("loop", "is a symlink loop"),
+        ("broken", "is a broken symlink"),
+    ):
         path = tmp_path / name
         code, _, err = run_cli(["sample", "--checkpoint", path, "--steps", "2"], capsys)
         line = one_error_line(err)
-        assert code == 2 and f"checkpoint path {str(path)!r} {kind}" in line and "does not exist" not in line
+        assert (
+            code == 2
+            and f"checkpoint path {str(path)!r} {kind}" in line
+            and "does not exist" not in line
+        )
         with pytest.raises(DataError, match=f"data path .* {kind}") as e:
             PathSource().read(str(path), None)
         assert "does not exist" not in str(e.value)
@@ -461,7 +616,9 @@ def test_text_prompts_to_a_sudoku_model_say_it_is_a_sudoku_model():
 
     tok = sudoku_tokenizer()
     for kw in (dict(prompt="def hello():"), dict(template="x [MASK:3] y")):
-        with pytest.raises(ConfigError, match=r"this is a Sudoku model .*a board .*loopmdm eval --metric sudoku") as e:
+        with pytest.raises(
+            ConfigError, match=r"this is a Sudoku model .*a board .*loopmdm eval --metric sudoku"
+        ) as e:
             build_canvas(tok, 1, None, 81, **kw)
         assert "mask token itself" not in str(e.value)
     assert build_canvas(tok, 1, None, 81, prompt="123").x[0, :3].tolist() == [1, 2, 3]
@@ -475,18 +632,35 @@ def test_a_state_dict_mismatch_names_the_tensor_and_both_shapes(tiny_run, tmp_pa
     config = json.loads((folder / "config.json").read_text())
     config["model"]["mlp_ratio"] = 2.0
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"tensor head\.blocks\.0\.mlp\.fc\.weight has shape \[128, 32\] in the "
-                                              r"file but the model expects \[64, 32\]") as e:
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensor head\.blocks\.0\.mlp\.fc\.weight has shape \[128, 32\] in the "
+        r"file but the model expects \[64, 32\]",
+    ) as e:
         load_model(run)
     assert "Error(s) in loading state_dict" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_cache_dir_errors_name_the_key(tiny_corpus, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    for cache, phrase in ((tmp_path / "file", "is a file, not a folder"),
-                          (tmp_path / "file" / "sub", "cannot be created ('.*file' is a file)")):
-        code, _, err = run_cli(["train", "--out", tmp_path / "o", "--data", tiny_corpus, "--max-steps", "1",
-                                "--set", f"data.cache_dir={cache}"], capsys)
+    for cache, phrase in (
+        (tmp_path / "file", "is a file, not a folder"),
+        (tmp_path / "file" / "sub", "cannot be created ('.*file' is a file)"),
+    ):
+        code, _, err = run_cli(
+            [
+                "train",
+                "--out",
+                tmp_path / "o",
+                "--data",
+                tiny_corpus,
+                "--max-steps",
+                "1",
+                "--set",
+                f"data.cache_dir={cache}",
+            ],
+            capsys,
+        )
         line = one_error_line(err)
         assert code == 2 and f"data.cache_dir={str(cache)!r} {phrase.split(' (')[0]}" in line, line
         assert "set data.cache_dir to a writable folder" in line
@@ -494,6 +668,7 @@ def test_cache_dir_errors_name_the_key(tiny_corpus, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- 12. newcomer friction
+
 
 def test_the_model_card_snippet_trusts_remote_code_explicitly(hf_folder):
     import re
@@ -508,22 +683,30 @@ def test_the_model_card_snippet_trusts_remote_code_explicitly(hf_folder):
 def test_eval_with_few_batches_notes_that_the_nelbo_is_noisy(tiny_run, capsys):
     from loopmdm.cli.eval_cmd import precision_note
 
-    code, out, err = run_cli(["eval", "--checkpoint", tiny_run, "--batches", "2", "--loops", "1", "--json"], capsys)
+    code, out, err = run_cli(
+        ["eval", "--checkpoint", tiny_run, "--batches", "2", "--loops", "1", "--json"], capsys
+    )
     assert code == 0, err
     notes = [ln for ln in err.splitlines() if ln.startswith("note: this NELBO is a noisy estimate")]
     assert len(notes) == 1 and "--batches" in notes[0] and "--rel-stderr" in notes[0]
     assert json.loads(out)["results"]
     quiet = {"primary": "nelbo", "results": [{"nelbo": 4.0, "stderr": 0.01}]}
     assert precision_note(quiet, 16) is None
-    assert "up to 5.0%" in precision_note({"primary": "nelbo", "results": [{"nelbo": 4.0, "stderr": 0.2}]}, 16)
+    assert "up to 5.0%" in precision_note(
+        {"primary": "nelbo", "results": [{"nelbo": 4.0, "stderr": 0.2}]}, 16
+    )
     assert "only --batches 2" in precision_note(quiet, 2)
     assert precision_note({"primary": "accuracy", "results": []}, 2) is None
 
 
 def test_help_is_not_cut_and_list_options_have_readable_metavars(monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "100")
-    for argv, wanted in ((["train", "--help"], "--set KEY=VALUE"), (["eval", "--help"], "--loops 1,2,4"),
-                         (["sample", "--help"], "--loops 1,2,4"), (["loopify", "--help"], "--curriculum-steps ")):
+    for argv, wanted in (
+        (["train", "--help"], "--set KEY=VALUE"),
+        (["eval", "--help"], "--loops 1,2,4"),
+        (["sample", "--help"], "--loops 1,2,4"),
+        (["loopify", "--help"], "--curriculum-steps "),
+    ):
         code, out, _ = run_cli(argv, capsys)
         assert code == 0 and wanted in out, out
         assert "list[" not in out and "…" not in out and "-ste..." not in out
@@ -542,4 +725,7 @@ def test_missing_extras_say_how_to_install_them_from_a_clone(monkeypatch, capsys
 
     monkeypatch.setattr(builtins, "__import__", no_fastapi)
     code, _, err = run_cli(["serve", "--checkpoint", "x"], capsys)
-    assert code == 2 and "pip install 'loopmdm[serve]' (from a clone: pip install -e '.[serve]')" in err
+    assert (
+        code == 2
+        and "pip install 'loopmdm[serve]' (from a clone: pip install -e '.[serve]')" in err
+    )

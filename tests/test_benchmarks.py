@@ -22,8 +22,13 @@ def bench_module(name: str):
     return module
 
 
-@pytest.mark.parametrize("name, attrs", [("bench_fast_sampling", [("QUICK_TINY",), ("QUICK_TINY", "AR")]),
-                                         ("bench_sampling", [("QUICK_TINY",)])])
+@pytest.mark.parametrize(
+    "name, attrs",
+    [
+        ("bench_fast_sampling", [("QUICK_TINY",), ("QUICK_TINY", "AR")]),
+        ("bench_sampling", [("QUICK_TINY",)]),
+    ],
+)
 def test_quick_configs_of_the_sampling_benchmarks_are_valid(name, attrs):
     module = bench_module(name)
     for combo in attrs:
@@ -45,7 +50,8 @@ def test_fast_sampling_rows_are_reused_only_under_the_same_key(tmp_path):
     first = module.cached_row(path, key, make)
     again = module.cached_row(path, key, make)
     assert len(calls) == 1 and again == {**first, "resumed": True}
-    other = module.cached_row(path, {**key, "seed": 1}, make)  # another key: computed again, and rewritten
+    # another key: computed again, and rewritten
+    other = module.cached_row(path, {**key, "seed": 1}, make)
     assert len(calls) == 2 and other == {"flops": 2.0}
 
 
@@ -54,9 +60,14 @@ def test_fast_sampling_workers_split_the_configurations_by_label():
     configs = module.text_configs(32, [0.9])
     labels = {c[0] for c in configs}
     assert module.select_configs(configs, None) == labels | {"exactness"}
-    assert module.select_configs(configs, "exactness, semi_ar,semi_ar+dual") == {"exactness", "semi_ar",
-                                                                                   "semi_ar+dual"}
+    assert module.select_configs(configs, "exactness, semi_ar,semi_ar+dual") == {
+        "exactness",
+        "semi_ar",
+        "semi_ar+dual",
+    }
     with pytest.raises(SystemExit, match="semi_ar\\+triple unknown; choose from confidence,"):
         module.select_configs(configs, "semi_ar,semi_ar+triple")
-    with pytest.raises(SystemExit, match="semi_ar\\+dual need their plain sampler in the list too \\(semi_ar\\)"):
+    with pytest.raises(
+        SystemExit, match="semi_ar\\+dual need their plain sampler in the list too \\(semi_ar\\)"
+    ):
         module.select_configs(configs, "confidence,semi_ar+dual")

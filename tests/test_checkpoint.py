@@ -13,9 +13,17 @@ def test_round_trip_identical_logits(tiny_cfg, tmp_path):
     tr.fit()
     folder = resolve_checkpoint(tmp_path / "run")
     assert folder.name == "step_000004"
-    assert sorted(p.name for p in folder.iterdir()) == sorted([
-        "model.safetensors", "config.json", "tokenizer.json", "trainer_state.json", "optimizer.safetensors",
-        "rng.safetensors", "index.json"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [
+            "model.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "trainer_state.json",
+            "optimizer.safetensors",
+            "rng.safetensors",
+            "index.json",
+        ]
+    )
     model, tok, cfg = load_model(tmp_path / "run")
     x = torch.randint(0, tok.vocab_size, (2, 32))
     t = torch.rand(2)

@@ -47,7 +47,8 @@ def test_expected_cost_over_a_run_follows_the_ramp():
 
 def test_off_by_default_and_validated():
     assert not isinstance(dist(s_max=4), CurriculumLoops)
-    assert not isinstance(dist(s_max=1, loop_curriculum_steps=10), CurriculumLoops)  # nothing to ramp
+    # nothing to ramp
+    assert not isinstance(dist(s_max=1, loop_curriculum_steps=10), CurriculumLoops)
     with pytest.raises(ConfigError, match="loop_curriculum_steps=-1 must be >= 0"):
         DiffusionConfig(loop_curriculum_steps=-1).validate()
     fixed = dist(loop_dist="fixed", s_fixed=3, loop_curriculum_steps=30)

@@ -8,8 +8,8 @@ import torch
 from loopmdm.config import DiffusionConfig, ModelConfig
 from loopmdm.diffusion import Batch, MaskedDiffusion, Noise, q_sample, sample_t, subs_log_probs
 from loopmdm.diffusion.loops import make_loop_distribution
-from loopmdm.model import LoopMDM
 from loopmdm.diffusion.schedules import SCHEDULES, get_schedule
+from loopmdm.model import LoopMDM
 
 
 def test_antithetic_t_covers_unit_interval():
@@ -26,7 +26,9 @@ def test_antithetic_t_covers_unit_interval():
 def test_schedules_boundaries_and_derivative(name):
     s = get_schedule(name)
     t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
-    assert torch.allclose(s.alpha(torch.tensor([0.0], dtype=torch.float64)), torch.tensor([1.0], dtype=torch.float64))
+    assert torch.allclose(
+        s.alpha(torch.tensor([0.0], dtype=torch.float64)), torch.tensor([1.0], dtype=torch.float64)
+    )
     assert abs(float(s.alpha(torch.tensor([1.0], dtype=torch.float64)))) < 1e-9
     h = 1e-6
     num = (s.alpha(t + h) - s.alpha(t - h)) / (2 * h)
@@ -62,14 +64,24 @@ def test_subs_invariants():
 
 def test_loss_finite_and_falls_when_overfitting():
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=40, max_seq_len=16, d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1, cond_dim=16)
+    cfg = ModelConfig(
+        vocab_size=40,
+        max_seq_len=16,
+        d_model=32,
+        n_heads=2,
+        n_layers=3,
+        n_h=1,
+        n_m=1,
+        n_o=1,
+        cond_dim=16,
+    )
     m = LoopMDM(cfg)
     obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=39)
     x0 = torch.randint(0, 39, (8, 16), generator=torch.Generator().manual_seed(0))
     noise = obj.draw(8, 16, torch.Generator().manual_seed(0))  # same t and x_t every step
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     losses = []
-    for step in range(120):
+    for _ in range(120):
         out = obj.loss(m, Batch(x0), 2, noise)
         assert math.isfinite(float(out.loss.detach()))
         opt.zero_grad()
@@ -90,11 +102,16 @@ def test_nelbo_weights_masked_tokens_only():
     assert math.isclose(float(out.loss), 2 * 2 * math.log(3) / 4, rel_tol=1e-6)
     # conditional: a frozen (given) position is not a scored token; 'uniform' is the mean CE over masked ones
     frozen = torch.tensor([[False, False, False, True]])
-    assert math.isclose(float(obj.nelbo(logits, Batch(x0, frozen), x_t, t).loss), 2 * 2 * math.log(3) / 3,
-                        rel_tol=1e-6)
+    assert math.isclose(
+        float(obj.nelbo(logits, Batch(x0, frozen), x_t, t).loss),
+        2 * 2 * math.log(3) / 3,
+        rel_tol=1e-6,
+    )
     uniform = MaskedDiffusion(get_schedule("loglinear"), mask_id=3, loss_weight="uniform")
     out_u = uniform.nelbo(logits, Batch(x0), x_t, t)
-    assert math.isclose(float(out_u.loss), math.log(3), rel_tol=1e-6) and out_u.nll_sum == out.nll_sum
+    assert (
+        math.isclose(float(out_u.loss), math.log(3), rel_tol=1e-6) and out_u.nll_sum == out.nll_sum
+    )
 
 
 def test_loop_distributions():

@@ -15,19 +15,22 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from conftest import make_tiny_cfg
-from loopmdm.train import distributed
 from loopmdm.checkpoint import load_model
 from loopmdm.config import RunConfig
 from loopmdm.data import prepare_data
 from loopmdm.diffusion import MaskedDiffusion, get_schedule
-from loopmdm.train.distributed import DistEnv, check_global_batch, rank_slice, torchrun_env
 from loopmdm.errors import ConfigError
+from loopmdm.train import distributed
+from loopmdm.train.distributed import DistEnv, check_global_batch, rank_slice, torchrun_env
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="this PyTorch build has no torch.distributed / Gloo")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="this PyTorch build has no torch.distributed / Gloo",
+)
 
 
 # --------------------------------------------------------------------------- single-process units
+
 
 def test_torchrun_env_detection():
     assert torchrun_env({}) is None
@@ -38,7 +41,9 @@ def test_torchrun_env_detection():
 
 def test_global_batch_must_split_over_ranks():
     env = DistEnv(rank=1, world_size=3)
-    with pytest.raises(ConfigError, match=r"batch_size=8 is not divisible by world_size x grad_accum = 3 x 1"):
+    with pytest.raises(
+        ConfigError, match=r"batch_size=8 is not divisible by world_size x grad_accum = 3 x 1"
+    ):
         check_global_batch(8, 1, env)
     check_global_batch(12, 2, DistEnv(rank=0, world_size=2))
     assert rank_slice(12, env) == slice(4, 8)
@@ -47,7 +52,9 @@ def test_global_batch_must_split_over_ranks():
 def test_trainer_checks_the_global_batch_under_torchrun(tiny_cfg, tmp_path, monkeypatch):
     from loopmdm.train import Trainer
 
-    monkeypatch.setattr(distributed, "setup", lambda device, **kw: DistEnv(rank=0, world_size=3, device=device))
+    monkeypatch.setattr(
+        distributed, "setup", lambda device, **kw: DistEnv(rank=0, world_size=3, device=device)
+    )
     with pytest.raises(ConfigError, match="world_size x grad_accum = 3 x 1"):
         Trainer(tiny_cfg, tmp_path / "run", progress=False, log=lambda s: None)
 
@@ -70,20 +77,33 @@ def test_each_rank_and_micro_batch_gets_its_slice_of_one_global_noise_draw(world
             part = mine.rows(slice(m * micro, (m + 1) * micro))
             lo, hi = own.start + m * micro, own.start + (m + 1) * micro
             assert torch.equal(part.u, ref.u[lo:hi]) and torch.equal(part.t, ref.t[lo:hi])
-        assert torch.equal(torch.rand(3, generator=gen), after)  # every rank leaves in the same state
+        # every rank leaves in the same state
+        assert torch.equal(torch.rand(3, generator=gen), after)
 
 
 def test_fsdp_needs_several_processes():
     from loopmdm.config import ModelConfig
     from loopmdm.model import LoopMDM
 
-    model = LoopMDM(ModelConfig(vocab_size=64, max_seq_len=8, d_model=16, n_heads=2, n_layers=3, n_h=1, n_m=1,
-                                 n_o=1, cond_dim=8))
+    model = LoopMDM(
+        ModelConfig(
+            vocab_size=64,
+            max_seq_len=8,
+            d_model=16,
+            n_heads=2,
+            n_layers=3,
+            n_h=1,
+            n_m=1,
+            n_o=1,
+            cond_dim=8,
+        )
+    )
     with pytest.raises(ConfigError, match="train.fsdp=true needs several processes"):
         distributed.wrap_model(model, DistEnv(), fsdp=True)
 
 
 # --------------------------------------------------------------------------- 2 processes, Gloo
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -98,10 +118,14 @@ def _record_steps(trainer) -> list[dict]:
 
     def recording(idx, loops):
         loss, gnorm = step_fn(idx, loops)
-        rec = {"loops": loops, "loss": float(loss), "gnorm": float(gnorm)}  # (device scalars or floats)
+        # (device scalars or floats)
+        rec = {"loops": loops, "loss": float(loss), "gnorm": float(gnorm)}
         if not seen:
-            rec["grads"] = {n: p.grad.detach().clone().contiguous() for n, p in trainer.model.named_parameters()
-                            if p.grad is not None}
+            rec["grads"] = {
+                n: p.grad.detach().clone().contiguous()
+                for n, p in trainer.model.named_parameters()
+                if p.grad is not None
+            }
         seen.append(rec)
         return loss, gnorm
 
@@ -111,8 +135,13 @@ def _record_steps(trainer) -> list[dict]:
 
 def _worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
     """One torchrun-like rank: the trainer finds RANK / WORLD_SIZE / MASTER_* and joins the Gloo group."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     from loopmdm.config import RunConfig
     from loopmdm.train import Trainer
@@ -151,9 +180,15 @@ def two_ranks(tiny_corpus, tmp_path_factory):
     """Run the 2-process worker once (Gloo, CPU) and the same three things in this single process."""
     root = tmp_path_factory.mktemp("dist")
     cfg = make_tiny_cfg(tiny_corpus, root / "cache")
-    cfg.train.max_steps, cfg.train.eval_every, cfg.train.save_every, cfg.train.grad_accum = 3, 3, 3, 2
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.save_every, cfg.train.grad_accum = (
+        3,
+        3,
+        3,
+        2,
+    )
     cfg.validate()
-    prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)  # the workers find the cache
+    # the workers find the cache
+    prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
     mp.spawn(_worker, args=(2, _free_port(), cfg.to_dict(), str(root)), nprocs=2, join=True)
 
     from loopmdm.train import Trainer
@@ -184,7 +219,10 @@ def test_ddp_step_gradients_equal_single_process(two_ranks):
 def test_loop_count_identical_across_ranks(two_ranks):
     root, _ = two_ranks
     s0, s1 = (json.loads((root / f"loops{r}.json").read_text()) for r in (0, 1))
-    single = [json.loads(line)["loops"] for line in (root / "single_run" / "metrics.jsonl").read_text().splitlines()]
+    single = [
+        json.loads(line)["loops"]
+        for line in (root / "single_run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert s0 == s1 == single and len(s0) == 3
 
 
@@ -223,19 +261,57 @@ def _assert_same_weights(run_a: Path, run_b: Path, ema: bool = False) -> None:
 
 # --------------------------------------------------------------------------- the torchrun entry point
 
+
 @pytest.mark.slow
 def test_torchrun_module_entry(tiny_corpus, tmp_path):
     """`torchrun --nproc_per_node 2 -m loopmdm.cli train ...` trains, reports once and checkpoints on rank 0."""
-    sets = {"model.vocab_size": 320, "model.max_seq_len": 32, "model.d_model": 32, "model.n_heads": 2,
-            "model.n_layers": 4, "model.n_h": 1, "model.n_m": 2, "model.n_o": 1, "model.cond_dim": 16,
-            "train.batch_size": 8, "train.precision": "fp32", "train.device": "cpu", "train.eval_every": 2,
-            "train.save_every": 2, "train.eval_batches": 1, "data.val_fraction": 0.2,
-            "data.cache_dir": str(tmp_path / "cache"), "data.source": str(tiny_corpus), "diffusion.s_max": 3}
+    sets = {
+        "model.vocab_size": 320,
+        "model.max_seq_len": 32,
+        "model.d_model": 32,
+        "model.n_heads": 2,
+        "model.n_layers": 4,
+        "model.n_h": 1,
+        "model.n_m": 2,
+        "model.n_o": 1,
+        "model.cond_dim": 16,
+        "train.batch_size": 8,
+        "train.precision": "fp32",
+        "train.device": "cpu",
+        "train.eval_every": 2,
+        "train.save_every": 2,
+        "train.eval_batches": 1,
+        "data.val_fraction": 0.2,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "data.source": str(tiny_corpus),
+        "diffusion.s_max": 3,
+    }
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "loopmdm.cli", "train", "--out", str(tmp_path / "run"), "--max-steps", "2", "--no-progress",
-                        "--json", *args], capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "loopmdm.cli",
+            "train",
+            "--out",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "2",
+            "--no-progress",
+            "--json",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     summaries = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["step"] == 2
@@ -244,6 +320,7 @@ def test_torchrun_module_entry(tiny_corpus, tmp_path):
 
 
 # --------------------------------------------------------------------------- FSDP2: the looped mid block
+
 
 def test_fsdp_mixed_precision_follows_train_precision():
     bf16, fp32 = distributed.fsdp_mixed_precision("bf16"), distributed.fsdp_mixed_precision("fp32")
@@ -256,13 +333,19 @@ def _count_collectives() -> dict:
     """Patch the all-gather / reduce-scatter entry points FSDP2 calls (``all_gather_single`` in torch >= 2.13,
     ``all_gather_into_tensor`` before) to count calls in this process; returns the live counters."""
     counts = {"all_gather": 0, "reduce_scatter": 0}
-    names = {"all_gather_single": "all_gather", "all_gather_into_tensor": "all_gather",
-             "reduce_scatter_single": "reduce_scatter", "reduce_scatter_tensor": "reduce_scatter"}
+    names = {
+        "all_gather_single": "all_gather",
+        "all_gather_into_tensor": "all_gather",
+        "reduce_scatter_single": "reduce_scatter",
+        "reduce_scatter_tensor": "reduce_scatter",
+    }
     for name, key in names.items():
         if hasattr(dist, name):
+
             def counted(*args, _f=getattr(dist, name), _k=key, **kwargs):
                 counts[_k] += 1
                 return _f(*args, **kwargs)
+
             setattr(dist, name, counted)
     return counts
 
@@ -284,8 +367,17 @@ def _gather_count_worker(rank: int, world: int, port: int, out: str) -> None:
     from loopmdm.train.step import train_step
 
     env = DistEnv(rank=rank, world_size=world, backend="gloo")
-    cfg = ModelConfig(vocab_size=64, max_seq_len=16, d_model=16, n_heads=2, n_layers=4, n_h=1, n_m=2, n_o=1,
-                      cond_dim=8)
+    cfg = ModelConfig(
+        vocab_size=64,
+        max_seq_len=16,
+        d_model=16,
+        n_heads=2,
+        n_layers=4,
+        n_h=1,
+        n_m=2,
+        n_o=1,
+        cond_dim=8,
+    )
     obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=63)
     gen = torch.Generator().manual_seed(1)
     results, counts = [], _count_collectives()
@@ -295,30 +387,72 @@ def _gather_count_worker(rank: int, world: int, port: int, out: str) -> None:
         ref.load_state_dict(model.state_dict())
         distributed.wrap_model(model, env, fsdp=True, precision=precision)
         mid_dtypes = []
-        model.mid.register_forward_pre_hook(lambda m, a: mid_dtypes.append(str(m.blocks[0].attn.qkv.weight.dtype)))
+        model.mid.register_forward_pre_hook(
+            lambda m, a, mid_dtypes=mid_dtypes: mid_dtypes.append(
+                str(m.blocks[0].attn.qkv.weight.dtype)
+            )
+        )
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
         if precision == "fp32":
-            run = SimpleNamespace(model=cfg, diffusion=DiffusionConfig(s_max=8), train=TrainConfig(batch_size=4))
+            run = SimpleNamespace(
+                model=cfg, diffusion=DiffusionConfig(s_max=8), train=TrainConfig(batch_size=4)
+            )
             rows = torch.randint(0, 63, (8, 16), generator=torch.Generator().manual_seed(2)).numpy()
-            data = SimpleNamespace(train=rows, batch=lambda split, idx: Batch(torch.from_numpy(rows[idx])))
-            found = check_memory(model, model, obj, data, run, torch.device("cpu"), env, budget_bytes=1 << 40,
-                                 log=lambda s: None)
+            data = SimpleNamespace(
+                train=rows, batch=lambda split, idx, rows=rows: Batch(torch.from_numpy(rows[idx]))
+            )
+            found = check_memory(
+                model,
+                model,
+                obj,
+                data,
+                run,
+                torch.device("cpu"),
+                env,
+                budget_bytes=1 << 40,
+                log=lambda s: None,
+            )
             try:
-                check_memory(model, model, obj, data, run, torch.device("cpu"), env, budget_bytes=found.needed // 2)
+                check_memory(
+                    model,
+                    model,
+                    obj,
+                    data,
+                    run,
+                    torch.device("cpu"),
+                    env,
+                    budget_bytes=found.needed // 2,
+                )
             except ConfigError as e:
                 results.append({"preflight": found.needed, "rows": found.rows, "error": str(e)})
         for loops in loop_counts:
             x0, own = torch.randint(0, 63, (4, 16), generator=gen), rank_slice(4, env)
             noise = obj.draw(4, 16, gen)
             counts.update(all_gather=0, reduce_scatter=0)
-            train_step(model, model, obj, Batch(x0[own]), noise.rows(own), loops, grad_accum=1, precision=precision,
-                       grad_clip=0.0, device=torch.device("cpu"), dist=env)
+            train_step(
+                model,
+                model,
+                obj,
+                Batch(x0[own]),
+                noise.rows(own),
+                loops,
+                grad_accum=1,
+                precision=precision,
+                grad_clip=0.0,
+                device=torch.device("cpu"),
+                dist=env,
+            )
             step = dict(counts, loops=loops, precision=precision, mid_dtype=sorted(set(mid_dtypes)))
             obj.loss(ref, Batch(x0), loops, noise).loss.backward()
-            step["grad_err"] = max(float((p.grad.full_tensor() - r.grad).abs().max() / r.grad.abs().max())
-                                   for p, r in zip(model.parameters(), ref.parameters()) if r.grad is not None)
-            step["grad_dtype"] = sorted({str(p.grad.dtype) for p in model.parameters() if p.grad is not None})
+            step["grad_err"] = max(
+                float((p.grad.full_tensor() - r.grad).abs().max() / r.grad.abs().max())
+                for p, r in zip(model.parameters(), ref.parameters())
+                if r.grad is not None
+            )
+            step["grad_dtype"] = sorted(
+                {str(p.grad.dtype) for p in model.parameters() if p.grad is not None}
+            )
             opt.step(), ref_opt.step()
             opt.zero_grad(), ref_opt.zero_grad()
             mid_dtypes.clear()
@@ -336,13 +470,19 @@ def test_fsdp_gathers_the_looped_mid_block_once_per_step(tmp_path):
     steps = json.loads(out.read_text())
     pre = steps.pop(0)  # the pre-flight ran on the sharded model and left the steps after it exact
     assert pre["rows"] == 2 and pre["preflight"] > 0, pre
-    assert pre["error"].startswith("memory pre-flight: one training step at S=8 (") and "would fit: " in pre["error"]
-    fp32 = {s["loops"]: s for s in steps if s["precision"] == "fp32"}  # (S = 1 twice: the second is warm)
+    assert (
+        pre["error"].startswith("memory pre-flight: one training step at S=8 (")
+        and "would fit: " in pre["error"]
+    )
+    # (S = 1 twice: the second is warm)
+    fp32 = {s["loops"]: s for s in steps if s["precision"] == "fp32"}
     gathers = {loops: s["all_gather"] for loops, s in fp32.items()}
-    assert gathers[1] == gathers[4] == gathers[8] == 1 + 2 * (1 + 1), gathers  # root (+ mid) once, head / tail 2x
+    # root (+ mid) once, head / tail 2x
+    assert gathers[1] == gathers[4] == gathers[8] == 1 + 2 * (1 + 1), gathers
     assert len({s["reduce_scatter"] for s in fp32.values()}) == 1
     for s in fp32.values():  # gradients are the unsharded model's on the global batch
         assert s["grad_err"] < 1e-5 and s["mid_dtype"] == ["torch.float32"], s
     bf16 = next(s for s in steps if s["precision"] == "bf16")
     assert bf16["all_gather"] == gathers[1] and bf16["mid_dtype"] == ["torch.bfloat16"], bf16
-    assert bf16["grad_dtype"] == ["torch.float32"] and bf16["grad_err"] < 0.1, bf16  # reduced in fp32
+    # reduced in fp32
+    assert bf16["grad_dtype"] == ["torch.float32"] and bf16["grad_err"] < 0.1, bf16

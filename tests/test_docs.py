@@ -180,11 +180,14 @@ def classify(seg: list[str]):
     if head == "torchrun":
         for k, tok in enumerate(seg[1:], 1):
             if tok == "loopmdm" or tok.endswith("/bin/loopmdm"):
-                return "cli", seg[k + 1:]
+                return "cli", seg[k + 1 :]
             if tok == "-m" and k + 1 < len(seg):
                 if seg[k + 1] == "loopmdm.cli":
-                    return "cli", seg[k + 2:]
-                return "torchrun", f"torchrun runs -m {seg[k + 1]}, which is not the CLI; use -m loopmdm.cli"
+                    return "cli", seg[k + 2 :]
+                return (
+                    "torchrun",
+                    f"torchrun runs -m {seg[k + 1]}, which is not the CLI; use -m loopmdm.cli",
+                )
         return None  # torchrun with an unnamed script: not ours to check
     return None
 
@@ -203,7 +206,9 @@ def doc_commands(path: Path):
                     yield n, line.strip(), found[0], found[1], []
     prose = blank_fences(text)
     lines = prose.split("\n")
-    indented = [(n, line) for n, line in enumerate(lines, 1) if line.startswith("    ") and line.strip()]
+    indented = [
+        (n, line) for n, line in enumerate(lines, 1) if line.startswith("    ") and line.strip()
+    ]
     for n, line in logical_lines([ln for _, ln in indented], 0):
         n = indented[n][0]
         for seg in segments(tokenize(line.strip())):
@@ -220,7 +225,13 @@ def doc_commands(path: Path):
             segs = list(segments(tokenize(spans[0])))
             found = classify(segs[0]) if segs else None
             if found and found[0] == "cli":
-                flags = [t for c in cells[1:] for _, s in inline_spans(c) if s.startswith("--") for t in s.split()]
+                flags = [
+                    t
+                    for c in cells[1:]
+                    for _, s in inline_spans(c)
+                    if s.startswith("--")
+                    for t in s.split()
+                ]
                 row_cmd[n] = (spans[0], flags)
     for n, span in inline_spans(prose):
         extra = row_cmd.get(n, (None, []))
@@ -297,8 +308,10 @@ def check_cli(cli, args: list[str], extra_flags: list[str], check_values: bool =
             i += 2
         missing = [nm for nm in names if nm not in cmds[0].commands]
         if missing:
-            return [f"{' '.join(path)} has no subcommand {nm!r} (it has {', '.join(sorted(cmds[0].commands))})"
-                    for nm in missing]
+            return [
+                f"{' '.join(path)} has no subcommand {nm!r} (it has {', '.join(sorted(cmds[0].commands))})"
+                for nm in missing
+            ]
         cmds, path, i = [cmds[0].commands[nm] for nm in names], path + ["/".join(names)], i + 1
     if is_group(cmds[0]):
         return []  # `loopmdm experiment` alone: a group named in prose
@@ -311,7 +324,9 @@ def check_cli(cli, args: list[str], extra_flags: list[str], check_values: bool =
             have = [flag in options(c) for c in cmds]
             if not (all(have) if k < len(rest) else any(have)) and check_values:
                 known = sorted(set().union(*(options(c) for c in cmds)))
-                problems.append(f"{' '.join(path)} has no option {flag} (options: {', '.join(known)})")
+                problems.append(
+                    f"{' '.join(path)} has no option {flag} (options: {', '.join(known)})"
+                )
         value = rest[k + 1].strip("[]") if k + 1 < len(rest) else None
         if not check_values:
             continue
@@ -319,7 +334,12 @@ def check_cli(cli, args: list[str], extra_flags: list[str], check_values: bool =
             problem = config_key_problem(value)
             if problem:
                 problems.append(problem)
-        if tok == "--preset" and value and re.match(r"^[a-z][\w-]*$", value) and value not in PRESETS.names():
+        if (
+            tok == "--preset"
+            and value
+            and re.match(r"^[a-z][\w-]*$", value)
+            and value not in PRESETS.names()
+        ):
             problems.append(f"--preset {value}: no such preset ({', '.join(PRESETS.names())})")
     return problems
 
@@ -334,7 +354,11 @@ def check_module(name: str) -> list[str]:
     if spec is None:
         return [f"python -m {name}: no such module"]
     if spec.submodule_search_locations is not None:
-        return [] if importlib.util.find_spec(name + ".__main__") else [f"python -m {name}: package has no __main__"]
+        return (
+            []
+            if importlib.util.find_spec(name + ".__main__")
+            else [f"python -m {name}: package has no __main__"]
+        )
     source = Path(spec.origin).read_text(encoding="utf-8")
     return [] if "__main__" in source else [f"python -m {name}: module does nothing when run"]
 
@@ -348,8 +372,11 @@ def check_bench(args: list[str]) -> list[str]:
     for tok in args[1:]:
         for flag in flag_names(tok):
             name = flag.lstrip("-")
-            if f'"{flag}"' not in source and f"'{flag}'" not in source \
-                    and not re.search(rf"\b{re.escape(name.replace('-', '_'))}\s*:", source):
+            if (
+                f'"{flag}"' not in source
+                and f"'{flag}'" not in source
+                and not re.search(rf"\b{re.escape(name.replace('-', '_'))}\s*:", source)
+            ):
                 problems.append(f"{args[0]} has no option {flag}")
     return problems
 
@@ -359,7 +386,9 @@ def test_documented_commands_parse(doc, cli):
     problems = []
     for n, text, kind, payload, extra in doc_commands(doc):
         if kind == "cli":
-            found = check_cli(cli, payload, extra, check_values=rel(doc) not in BAD_VALUES_ON_PURPOSE)
+            found = check_cli(
+                cli, payload, extra, check_values=rel(doc) not in BAD_VALUES_ON_PURPOSE
+            )
         elif kind == "module":
             found = check_module(payload)
         elif kind == "bench":
@@ -375,14 +404,17 @@ def test_the_checker_finds_commands_everywhere(cli):
     pass by finding nothing)."""
     found = {kind: [] for kind in ("cli", "module", "torchrun", "bench")}
     for doc in DOCS:
-        for _, text, kind, payload, extra in doc_commands(doc):
+        for _, _text, kind, payload, extra in doc_commands(doc):
             found[kind].append((payload, extra))
     cli_args = [" ".join(a) for a, _ in found["cli"]]
     assert len(cli_args) > 50
-    assert any(a.startswith("sample --checkpoint runs/tiny") for a in cli_args)  # quickstart, after &&
+    # quickstart, after &&
+    assert any(a.startswith("sample --checkpoint runs/tiny") for a in cli_args)
     assert any(a.startswith("task make") for a in cli_args)
     assert any(extra for _, extra in found["cli"])  # flags of a README table row
-    assert check_cli(cli, ["train", "--no-such-flag"], []) and check_cli(cli, ["no-such-command"], [])
+    assert check_cli(cli, ["train", "--no-such-flag"], []) and check_cli(
+        cli, ["no-such-command"], []
+    )
     assert check_cli(cli, ["train", "--set", "model.no_such_field=1"], [])
     assert not check_cli(cli, ["experiment", "compute-matched", "/", "loopify", "--out", "D"], [])
     assert classify(tokenize("torchrun --standalone -m loopmdm.train --out D"))[0] == "torchrun"
@@ -442,15 +474,19 @@ def test_links_resolve_inside_the_repository(doc):
         if not dest.exists():
             problems.append(f"{rel(doc)}:{n}: {target}: no such file")
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
-            problems.append(f"{rel(doc)}:{n}: {target}: {rel(dest)} has no heading with anchor #{anchor}")
+            problems.append(
+                f"{rel(doc)}:{n}: {target}: {rel(dest)} has no heading with anchor #{anchor}"
+            )
     assert not problems, "broken links:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=rel)
 def test_no_doc_points_outside_the_repository(doc):
     text = doc.read_text(encoding="utf-8")
-    bad = [f"{rel(doc)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
-           for m in re.finditer(r"\.\./shared\S*|/work/\S+|shared/paper\.md", text)]
+    bad = [
+        f"{rel(doc)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
+        for m in re.finditer(r"\.\./shared\S*|/work/\S+|shared/paper\.md", text)
+    ]
     assert not bad, "references to files that are not in the repository:\n" + "\n".join(bad)
 
 
@@ -479,8 +515,10 @@ def test_readme_is_short_and_has_a_quickstart():
     text = README.read_text(encoding="utf-8")
     assert re.search(r"^#+ *quick ?start", text, re.I | re.M)
     size = len(text.encode("utf-8"))
-    assert size <= README_MAX_BYTES, (f"README.md is {size} bytes (budget {README_MAX_BYTES}): measurements go "
-                                      "to docs/benchmarks.md, history to docs/log.md")
+    assert size <= README_MAX_BYTES, (
+        f"README.md is {size} bytes (budget {README_MAX_BYTES}): measurements go "
+        "to docs/benchmarks.md, history to docs/log.md"
+    )
 
 
 def test_readme_links_every_doc():
@@ -499,7 +537,9 @@ def test_readme_map_matches_the_package():
     folders = {n.rstrip("/") for n in named if n.endswith("/")}
     files = {n for n in named if n.endswith(".py")}
     actual = {p.name for p in pkg.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert folders == actual, f"map names {sorted(folders - actual)} (not there); misses {sorted(actual - folders)}"
+    assert folders == actual, (
+        f"map names {sorted(folders - actual)} (not there); misses {sorted(actual - folders)}"
+    )
     assert all((pkg / f).is_file() for f in files), [f for f in files if not (pkg / f).is_file()]
     top = {p.name for p in pkg.glob("*.py") if p.name != "__init__.py"}
     assert top <= files, f"map misses {sorted(top - files)}"
@@ -517,7 +557,9 @@ def test_readme_method_snippet_is_the_library_loss():
     ns: dict = {}
     exec(compile("\n".join(blocks[0]), "README.md (the method in code)", "exec"), ns)  # noqa: S102
     with torch.no_grad():
-        ref = MaskedDiffusion(ns["schedule"], ns["mask_id"]).loss(ns["model"], Batch(ns["x0"]), ns["S"], ns["noise"])
+        ref = MaskedDiffusion(ns["schedule"], ns["mask_id"]).loss(
+            ns["model"], Batch(ns["x0"]), ns["S"], ns["noise"]
+        )
     assert torch.allclose(ns["loss"].detach(), ref.loss, rtol=1e-5, atol=1e-6)
     assert 1 <= ns["S"] <= 4
     assert any(p.grad is not None for p in ns["model"].parameters())

@@ -12,9 +12,9 @@ import torch.nn as nn
 from loopmdm.checkpoint import load_model
 from loopmdm.data import prepare_data
 from loopmdm.diffusion import Autoregressive, MaskedDiffusion
+from loopmdm.diffusion.schedules import get_schedule
 from loopmdm.errors import ConfigError, DataError
 from loopmdm.eval.nelbo import evaluate_nelbo, nelbo_sweep, rows_text_bytes
-from loopmdm.diffusion.schedules import get_schedule
 
 
 class IIDOracle(nn.Module):
@@ -23,10 +23,11 @@ class IIDOracle(nn.Module):
     def __init__(self, probs: np.ndarray, mask_id: int):
         super().__init__()
         logp = torch.full((len(probs) + 1,), -math.inf)
-        logp[:len(probs)] = torch.log(torch.tensor(probs, dtype=torch.float32))
+        logp[: len(probs)] = torch.log(torch.tensor(probs, dtype=torch.float32))
         assert mask_id == len(probs)
         self.register_buffer("logp", logp)
-        self.dummy = nn.Parameter(torch.zeros(1))  # evaluate_nelbo reads the device from the parameters
+        # evaluate_nelbo reads the device from the parameters
+        self.dummy = nn.Parameter(torch.zeros(1))
 
     def forward(self, x_t, t=None, loops=1, attention_mask=None):
         return self.logp.expand(*x_t.shape, -1).clone()  # [B, T, V]
@@ -37,7 +38,9 @@ ENTROPY = float(-(PROBS * np.log(PROBS)).sum())
 
 
 def iid_rows(n: int, length: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).choice(len(PROBS), size=(n, length), p=PROBS).astype(np.int32)
+    return (
+        np.random.default_rng(seed).choice(len(PROBS), size=(n, length), p=PROBS).astype(np.int32)
+    )
 
 
 @pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
@@ -47,13 +50,25 @@ def test_oracle_nelbo_is_the_data_entropy(schedule):
     mask_id = len(PROBS)
     model = IIDOracle(PROBS, mask_id)
     obj = MaskedDiffusion(get_schedule(schedule), mask_id, antithetic=True)
-    r = evaluate_nelbo(model, rows, obj, loops=1, batch_size=16, seed=0, target_rel_stderr=0.002, max_repeats=400,
-                       details=True)
+    r = evaluate_nelbo(
+        model,
+        rows,
+        obj,
+        loops=1,
+        batch_size=16,
+        seed=0,
+        target_rel_stderr=0.002,
+        max_repeats=400,
+        details=True,
+    )
     empirical = float(-np.log(PROBS[rows]).mean())  # the exact value the estimator is unbiased for
     assert r["stderr_kind"] == "repeats" and r["stderr"] <= 0.002 * r["nelbo"] * 1.0001
-    assert abs(r["nelbo"] - empirical) < 4 * r["stderr"] + 2e-3 * empirical  # cosine: t_eps bias ~1e-3
+    # cosine: t_eps bias ~1e-3
+    assert abs(r["nelbo"] - empirical) < 4 * r["stderr"] + 2e-3 * empirical
     assert abs(r["nelbo"] - ENTROPY) / ENTROPY < 0.01
-    assert r["tokens"] == rows.size and r["bits_per_token"] == pytest.approx(r["nelbo"] / math.log(2))
+    assert r["tokens"] == rows.size and r["bits_per_token"] == pytest.approx(
+        r["nelbo"] / math.log(2)
+    )
 
 
 def test_oracle_estimate_is_stable_across_seeds():
@@ -61,11 +76,17 @@ def test_oracle_estimate_is_stable_across_seeds():
     rows = iid_rows(32, 64, seed=1)
     model = IIDOracle(PROBS, len(PROBS))
     obj = MaskedDiffusion(get_schedule("loglinear"), len(PROBS))
-    a, b = (evaluate_nelbo(model, rows, obj, 1, batch_size=32, seed=s, target_rel_stderr=0.0025, max_repeats=600)
-            for s in (0, 1))
+    a, b = (
+        evaluate_nelbo(
+            model, rows, obj, 1, batch_size=32, seed=s, target_rel_stderr=0.0025, max_repeats=600
+        )
+        for s in (0, 1)
+    )
     assert abs(a["nelbo"] - b["nelbo"]) / a["nelbo"] < 0.01
     assert abs(a["nelbo"] - b["nelbo"]) < 4 * math.hypot(a["stderr"], b["stderr"])
-    same = evaluate_nelbo(model, rows, obj, 1, batch_size=32, seed=0, target_rel_stderr=0.0025, max_repeats=600)
+    same = evaluate_nelbo(
+        model, rows, obj, 1, batch_size=32, seed=0, target_rel_stderr=0.0025, max_repeats=600
+    )
     assert same["nelbo"] == a["nelbo"]  # a fixed seed reproduces the number exactly
 
 
@@ -82,9 +103,13 @@ def test_tiny_model_estimate_is_stable_across_seeds(tiny_run):
     model, tok, cfg = load_model(tiny_run)
     data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
     obj = MaskedDiffusion(get_schedule(cfg.diffusion.schedule), tok.mask_id)
-    a, b = (evaluate_nelbo(model, data.val, obj, 2, batch_size=50, seed=s, repeats=12, details=True)
-            for s in (0, 1))
-    assert a["repeats"] == 12 and a["stderr_kind"] == "repeats" and 0 < a["stderr"] < 0.05 * a["nelbo"]
+    a, b = (
+        evaluate_nelbo(model, data.val, obj, 2, batch_size=50, seed=s, repeats=12, details=True)
+        for s in (0, 1)
+    )
+    assert (
+        a["repeats"] == 12 and a["stderr_kind"] == "repeats" and 0 < a["stderr"] < 0.05 * a["nelbo"]
+    )
     assert abs(a["nelbo"] - b["nelbo"]) < 4 * math.hypot(a["stderr"], b["stderr"])
     one = evaluate_nelbo(model, data.val, obj, 2, batch_size=50, seed=0, details=True)
     assert one["stderr_kind"] == "batches" and one["repeats"] == 1
@@ -96,7 +121,9 @@ def test_ar_loss_is_the_hand_computed_next_token_nll(tiny_ar_run):
     data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
     rows = data.val[:3]
     obj = Autoregressive(get_schedule(cfg.diffusion.schedule), tok.mask_id)
-    r = evaluate_nelbo(model, rows, obj, 1, batch_size=2, seed=0, target_rel_stderr=0.01, details=True)
+    r = evaluate_nelbo(
+        model, rows, obj, 1, batch_size=2, seed=0, target_rel_stderr=0.01, details=True
+    )
     total, n = 0.0, 0
     with torch.no_grad():
         for row in torch.from_numpy(rows.astype(np.int64)):
@@ -120,7 +147,9 @@ def test_bytes_per_token_and_bits_per_byte(tiny_run):
     rows = data.val[:64]
     for r in res:
         assert r["rows"] == 64
-        assert r["bits_per_byte"] == pytest.approx(r["nelbo"] * rows.size / rows_text_bytes(tok, rows) / math.log(2))
+        assert r["bits_per_byte"] == pytest.approx(
+            r["nelbo"] * rows.size / rows_text_bytes(tok, rows) / math.log(2)
+        )
         assert r["flops_per_token"] > 0
     assert res[1]["flops_per_token"] > res[0]["flops_per_token"]
 

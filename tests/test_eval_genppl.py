@@ -11,13 +11,23 @@ import torch
 
 from conftest import python_like_text
 from loopmdm.errors import CheckpointError, ConfigError, DataError
-from loopmdm.eval.genppl import (generative_perplexity, load_evaluator, read_samples, score_token_lists, unigram_entropy,
-                            windows)
+from loopmdm.eval.genppl import (
+    generative_perplexity,
+    load_evaluator,
+    read_samples,
+    score_token_lists,
+    unigram_entropy,
+    windows,
+)
 
 
 def random_token_texts(tok, n: int, length: int, seed: int = 0) -> list[str]:
     """Texts of uniformly random (non-special, cleanly decodable) tokens of ``tok``."""
-    ok = [i for i in range(tok.vocab_size) if i not in tok.special_ids and "\ufffd" not in tok.decode([i])]
+    ok = [
+        i
+        for i in range(tok.vocab_size)
+        if i not in tok.special_ids and "\ufffd" not in tok.decode([i])
+    ]
     rng = np.random.default_rng(seed)
     return [tok.decode(rng.choice(ok, size=length).tolist()) for _ in range(n)]
 
@@ -61,10 +71,16 @@ def test_padding_and_batching_do_not_change_scores(tiny_ar_run):
 def test_entropy_uses_generator_tokens_when_given(tiny_ar_run):
     ev = load_evaluator(str(tiny_ar_run))
     text = python_like_text(3)[:200]
-    rep = generative_perplexity([text, "value = value\n" * 12], ev, token_ids=[[1, 2, 3, 4], [7] * 9])
-    assert rep.entropy_tokens == "generator" and rep.per_sample_entropy == pytest.approx([math.log(4), 0.0])
+    rep = generative_perplexity(
+        [text, "value = value\n" * 12], ev, token_ids=[[1, 2, 3, 4], [7] * 9]
+    )
+    assert rep.entropy_tokens == "generator" and rep.per_sample_entropy == pytest.approx(
+        [math.log(4), 0.0]
+    )
     own = generative_perplexity([text, "value = value\n" * 12], ev)
-    assert own.entropy_tokens == "evaluator" and own.per_sample_entropy[1] < own.per_sample_entropy[0]
+    assert (
+        own.entropy_tokens == "evaluator" and own.per_sample_entropy[1] < own.per_sample_entropy[0]
+    )
 
 
 def test_empty_inputs(tiny_ar_run):
@@ -92,16 +108,26 @@ def test_missing_hub_evaluator_offline(monkeypatch):
 
 # --------------------------------------------------------------------------- transformers (GPT-2) from local folders
 
+
 def save_gpt2(folder, tokenizer_object, vocab_size: int, bos: str, unk=None):
     """A randomly initialised tiny GPT-2 plus a fast tokenizer, saved like a Hub model."""
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, bos_token=bos, eos_token=bos, unk_token=unk)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_object, bos_token=bos, eos_token=bos, unk_token=unk
+    )
     hf_tok.save_pretrained(folder)
     torch.manual_seed(0)
     bos_id = tokenizer_object.token_to_id(bos)
-    cfg = GPT2Config(vocab_size=vocab_size, n_positions=48, n_embd=16, n_layer=1, n_head=2, bos_token_id=bos_id,
-                     eos_token_id=bos_id)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=48,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=bos_id,
+        eos_token_id=bos_id,
+    )
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     return folder
 
@@ -128,7 +154,9 @@ def test_evaluator_tokenizer_that_cannot_encode_the_samples(tmp_path, monkeypatc
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    word = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2, "<s>": 3}, unk_token="[UNK]"))
+    word = Tokenizer(
+        models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2, "<s>": 3}, unk_token="[UNK]")
+    )
     word.pre_tokenizer = pre_tokenizers.Whitespace()
     ev = load_evaluator(str(save_gpt2(tmp_path / "word", word, 4, "<s>", unk="[UNK]")))
     assert generative_perplexity(["hello world"], ev).tokens == 2
@@ -143,11 +171,17 @@ def test_evaluator_tokenizer_that_cannot_encode_the_samples(tmp_path, monkeypatc
 
 # --------------------------------------------------------------------------- sample files
 
+
 def test_read_samples_formats(tmp_path):
-    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two\nlines"}) + "\n")
+    (tmp_path / "a.jsonl").write_text(
+        json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two\nlines"}) + "\n"
+    )
     assert read_samples(tmp_path / "a.jsonl") == ["one", "two\nlines"]
-    (tmp_path / "b.json").write_text(json.dumps({"results": [{"loops": 1, "samples": ["x", "y"]},
-                                                             {"loops": 2, "samples": ["z"]}]}))
+    (tmp_path / "b.json").write_text(
+        json.dumps(
+            {"results": [{"loops": 1, "samples": ["x", "y"]}, {"loops": 2, "samples": ["z"]}]}
+        )
+    )
     assert read_samples(tmp_path / "b.json") == ["x", "y", "z"]
     (tmp_path / "c.json").write_text(json.dumps([{"content": "p"}, {"content": "q"}]))
     assert read_samples(tmp_path / "c.json", text_field="content") == ["p", "q"]

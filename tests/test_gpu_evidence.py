@@ -13,15 +13,18 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_evidence.py"
-if str(SCRIPT.parent) not in sys.path:  # as when the script runs: its folder first (for bench_hardware)
+# as when the script runs: its folder first (for bench_hardware)
+if str(SCRIPT.parent) not in sys.path:
     sys.path.insert(0, str(SCRIPT.parent))
 from bench_hardware import peak_flops, peak_flops_for_name  # noqa: E402
+
 ALL = ["throughput", "syncs", "profile", "loss", "sampling", "trio", "sudoku"]
 
 
 def load_script():
     name = "gpu_evidence_under_test"
-    if name not in sys.modules:  # registered first: its dataclasses look their module up while being defined
+    # registered first: its dataclasses look their module up while being defined
+    if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, SCRIPT)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
@@ -31,9 +34,12 @@ def load_script():
 
 def run(args, tmp_path, **env):
     full = {k: v for k, v in os.environ.items() if k != "GPU_EVIDENCE_FAIL"}
-    full.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", LOOPMDM_CACHE=str(tmp_path / "cache"), **env)
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=full,
-                          timeout=600)
+    full.update(
+        HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", LOOPMDM_CACHE=str(tmp_path / "cache"), **env
+    )
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=full, timeout=600
+    )
 
 
 def read(out: Path) -> dict:
@@ -58,10 +64,18 @@ def test_smoke_runs_every_section(smoke):
         assert entry["wall_s"] >= 0 and entry["cap_s"] > 0 and entry["share_s"] > 0
     sec = {k: v["result"] for k, v in res["sections"].items()}
     runs = sec["throughput"]["runs"]
-    assert {(r["loops"], r["compile"]) for r in runs} == {(1, False), (2, False), (1, True), (2, True)}
+    assert {(r["loops"], r["compile"]) for r in runs} == {
+        (1, False),
+        (2, False),
+        (1, True),
+        (2, True),
+    }
     assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in runs)
-    assert runs[0]["oom_batches"] == [8] and all(r["batch"] == 4 for r in runs)  # the OOM fallback ran
-    assert all(r["compiled_blocks"] > 0 and r["compile_s"] is not None for r in runs if r["compile"])
+    # the OOM fallback ran
+    assert runs[0]["oom_batches"] == [8] and all(r["batch"] == 4 for r in runs)
+    assert all(
+        r["compiled_blocks"] > 0 and r["compile_s"] is not None for r in runs if r["compile"]
+    )
     assert sec["throughput"]["precision"] == "bf16 autocast"
     assert sec["syncs"]["train_step"] == "n/a: no CUDA"
     assert sec["profile"]["sdpa_backend"] != "none seen" and (out / "profile_top.txt").is_file()
@@ -76,11 +90,16 @@ def test_smoke_runs_every_section(smoke):
 
 def test_a_failing_section_is_recorded_and_the_next_one_runs(tmp_path):
     out = tmp_path / "out"
-    p = run(["--smoke", "--out", str(out), "--sections", "sampling,loss,syncs"], tmp_path, GPU_EVIDENCE_FAIL="loss")
+    p = run(
+        ["--smoke", "--out", str(out), "--sections", "sampling,loss,syncs"],
+        tmp_path,
+        GPU_EVIDENCE_FAIL="loss",
+    )
     assert p.returncode == 1, p.stderr[-3000:]
     res = read(out)
     s = res["sections"]
-    assert list(s) == ["syncs", "loss", "sampling"]  # the script's order, whatever the order asked for
+    # the script's order, whatever the order asked for
+    assert list(s) == ["syncs", "loss", "sampling"]
     assert s["syncs"]["status"] == "ok" and s["sampling"]["status"] == "ok" and res["finished"]
     assert s["loss"]["status"].startswith("error: RuntimeError: forced failure")
     assert "\n" not in s["loss"]["status"] and s["loss"]["traceback"]
@@ -89,7 +108,11 @@ def test_a_failing_section_is_recorded_and_the_next_one_runs(tmp_path):
 
 def test_a_killed_section_keeps_the_earlier_ones(tmp_path):
     out = tmp_path / "out"
-    p = run(["--smoke", "--out", str(out), "--sections", "syncs,loss"], tmp_path, GPU_EVIDENCE_FAIL="loss:kill")
+    p = run(
+        ["--smoke", "--out", str(out), "--sections", "syncs,loss"],
+        tmp_path,
+        GPU_EVIDENCE_FAIL="loss:kill",
+    )
     assert p.returncode == 3
     res = read(out)
     assert res["sections"]["syncs"]["status"] == "ok" and "result" in res["sections"]["syncs"]
@@ -148,11 +171,19 @@ def test_parse_sections_orders_and_rejects():
     assert ge.fit_count(1e6, 0.001, 1, 64) == 64
 
 
-@pytest.mark.parametrize("name, tflops", [
-    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835), ("NVIDIA H200", 989),
-    ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100 80GB PCIe", 312), ("NVIDIA GH200 480GB", 989),
-    ("NVIDIA GeForce GTX 1080", None),
-])
+@pytest.mark.parametrize(
+    "name, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA H100 NVL", 835),
+        ("NVIDIA H200", 989),
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA A100 80GB PCIe", 312),
+        ("NVIDIA GH200 480GB", 989),
+        ("NVIDIA GeForce GTX 1080", None),
+    ],
+)
 def test_peak_table(name, tflops):
     peak = peak_flops_for_name(name)
     assert (peak is None) if tflops is None else peak == pytest.approx(tflops * 1e12)

@@ -12,9 +12,15 @@ pytest.importorskip("datasets")
 from conftest import python_like_text  # noqa: E402
 from loopmdm.config import DataConfig  # noqa: E402
 from loopmdm.data import load_tokenizer, prepare_data  # noqa: E402
-from loopmdm.errors import DataError  # noqa: E402
-from loopmdm.data.hf import HF_DATASETS, collect, lm1b_detokenize, max_read_bytes, source_fingerprint  # noqa: E402
+from loopmdm.data.hf import (  # noqa: E402
+    HF_DATASETS,
+    collect,
+    lm1b_detokenize,
+    max_read_bytes,
+    source_fingerprint,
+)
 from loopmdm.data.hub import tokenizer_from_hub  # noqa: E402
+from loopmdm.errors import DataError  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +37,9 @@ def _same(a, b):
 
 def test_json_through_datasets_matches_builtin(tmp_path):
     path = tmp_path / "docs.jsonl"
-    path.write_text("".join(json.dumps({"text": python_like_text(i), "id": i}) + "\n" for i in range(30)))
+    path.write_text(
+        "".join(json.dumps({"text": python_like_text(i), "id": i}) + "\n" for i in range(30))
+    )
     kw = dict(val_fraction=0.2, cache_dir=str(tmp_path / "cache"))
     builtin = prepare_data(DataConfig(source=str(path), **kw), 320, 32)
     via_hf = prepare_data(DataConfig(source=f"hf:json:{path}", **kw), 320, 32)
@@ -41,8 +49,10 @@ def test_json_through_datasets_matches_builtin(tmp_path):
 
 def test_text_folder_through_datasets_matches_builtin(tiny_corpus, tmp_path):
     kw = dict(val_fraction=0.2, cache_dir=str(tmp_path / "cache"))
-    _same(prepare_data(DataConfig(source=str(tiny_corpus), **kw), 320, 32),
-          prepare_data(DataConfig(source=f"hf:text:{tiny_corpus}", **kw), 320, 32))
+    _same(
+        prepare_data(DataConfig(source=str(tiny_corpus), **kw), 320, 32),
+        prepare_data(DataConfig(source=f"hf:text:{tiny_corpus}", **kw), 320, 32),
+    )
 
 
 def test_text_field_and_cache_key(tmp_path):
@@ -57,7 +67,10 @@ def test_text_field_and_cache_key(tmp_path):
 
 
 def test_named_registry_matches_paper():
-    assert HF_DATASETS.get("lm1b").seq_len == 128 and HF_DATASETS.get("lm1b").tokenizer == "bert-base-uncased"
+    assert (
+        HF_DATASETS.get("lm1b").seq_len == 128
+        and HF_DATASETS.get("lm1b").tokenizer == "bert-base-uncased"
+    )
     for name in ("openwebtext", "fineweb-edu"):
         spec = HF_DATASETS.get(name)
         assert spec.seq_len == 1024 and spec.tokenizer == "gpt2" and spec.streaming
@@ -68,14 +81,20 @@ def test_named_registry_matches_paper():
 def test_stream_cap_and_detokenizer():
     texts = iter(["a" * 10, "", None, "b" * 10, "c" * 10, "d" * 10])
     report = collect(texts, "x:train", max_bytes=25)
-    assert [d.name for d in report.documents] == ["x:train:0", "x:train:3", "x:train:4"]  # stops at 30 >= 25
+    # stops at 30 >= 25
+    assert [d.name for d in report.documents] == ["x:train:0", "x:train:3", "x:train:4"]
     assert lm1b_detokenize("it 's a test , is n't it ?") == "it's a test, isn't it?"
 
 
-@pytest.mark.parametrize("name, match", [("no-such-set", "unknown dataset hf:no-such-set.*lm1b"),
-                                         ("lm1b", "not in the local datasets cache.*HF_HUB_OFFLINE"),
-                                         ("someone/corpus:en", "not in the local datasets cache"),
-                                         ("json:/nonexistent/*.jsonl", "matches no files")])
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("no-such-set", "unknown dataset hf:no-such-set.*lm1b"),
+        ("lm1b", "not in the local datasets cache.*HF_HUB_OFFLINE"),
+        ("someone/corpus:en", "not in the local datasets cache"),
+        ("json:/nonexistent/*.jsonl", "matches no files"),
+    ],
+)
 def test_unknown_or_unreachable_datasets_fail_fast(tmp_path, name, match):
     start = time.monotonic()
     with pytest.raises(DataError, match=match):
@@ -116,10 +135,24 @@ def test_vocab_file_folder_through_transformers(tmp_path):
     pytest.importorskip("transformers")
     folder = tmp_path / "wordpiece"
     folder.mkdir()
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "def", "return", "alpha", "beta", "(", ")", ":"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "def",
+        "return",
+        "alpha",
+        "beta",
+        "(",
+        ")",
+        ":",
+    ]
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
-                                                               "do_lower_case": True}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
+    )
     tok = load_tokenizer(str(folder))
     assert tok.mask_id == 4 and tok.pad_id == 0 and tok.bos_id == 2 and tok.eos_id == 3
     assert tok.encode("def alpha(beta):") == [5, 7, 9, 8, 10, 11]

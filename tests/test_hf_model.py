@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from loopmdm.checkpoint import load_model  # noqa: E402
 from loopmdm.config import ModelConfig  # noqa: E402
 from loopmdm.errors import CheckpointError, ConfigError  # noqa: E402
-from loopmdm.hf.export import MODEL_DIR, MODEL_DEFAULTS, REMOTE_FILES, export_hf, import_hf  # noqa: E402
+from loopmdm.hf.export import MODEL_DEFAULTS, MODEL_DIR, REMOTE_FILES, export_hf, import_hf  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,14 @@ def test_model_fields_match_library_config():
 
 def test_folder_layout_and_config(exported):
     names = {p.name for p in exported.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-            *REMOTE_FILES} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        *REMOTE_FILES,
+    } <= names
     for name in REMOTE_FILES:  # the remote code is the library's own backbone, copied verbatim
         assert (exported / name).read_bytes() == (MODEL_DIR / name).read_bytes()
     cfg = json.loads((exported / "config.json").read_text())
@@ -57,12 +63,15 @@ def test_automodel_round_trip_identical_logits(exported, tiny_run, auto, monkeyp
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hf = getattr(transformers, auto).from_pretrained(str(exported), trust_remote_code=True).eval()
-    assert type(hf).__module__.startswith("transformers_modules")  # the folder's code, not the package's
+    # the folder's code, not the package's
+    assert type(hf).__module__.startswith("transformers_modules")
     lib, tok, cfg = load_model(tiny_run)
     x, t = _inputs(cfg, tok.mask_id)
     with torch.no_grad():
         for loops in (1, 3, 5):  # 5 > S_max: extrapolation works the same way
-            assert torch.equal(hf(input_ids=x, timesteps=t, loops=loops).logits, lib(x, t, loops=loops))
+            assert torch.equal(
+                hf(input_ids=x, timesteps=t, loops=loops).logits, lib(x, t, loops=loops)
+            )
         # defaults: S = the training S_max, t = the masked fraction (log-linear schedule)
         frac = (x == tok.mask_id).float().mean(-1)
         assert torch.equal(hf(input_ids=x).logits, lib(x, frac, loops=3))
@@ -111,8 +120,14 @@ def test_exported_code_runs_without_loopmdm(exported, tiny_run, tmp_path):
         f"torch.save(y, {str(tmp_path / 'out.pt')!r})\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
-                       cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), lib(x, t, loops=2))
@@ -143,10 +158,14 @@ def test_remote_code_is_closed_and_torch_only():
                 if f"{node.module}.py" not in needed:
                     todo.append(f"{node.module}.py")
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                roots = [a.name.split(".")[0] for a in node.names] if isinstance(node, ast.Import) \
+                roots = (
+                    [a.name.split(".")[0] for a in node.names]
+                    if isinstance(node, ast.Import)
                     else [node.module.split(".")[0]]
-                assert all(r in sys.stdlib_module_names or r in ("torch", "transformers") for r in roots), \
-                    f"{name}: {ast.unparse(node)}"
+                )
+                assert all(
+                    r in sys.stdlib_module_names or r in ("torch", "transformers") for r in roots
+                ), f"{name}: {ast.unparse(node)}"
     assert needed == set(REMOTE_FILES)
 
 
@@ -175,13 +194,23 @@ def _cli(args, monkeypatch, capsys):
 
 def test_cli_export_import(tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, out, err = _cli(["export", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "hf"), "--json"],
-                          monkeypatch, capsys)
+    code, out, err = _cli(
+        ["export", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "hf"), "--json"],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     assert "model.safetensors" in json.loads(out.strip().splitlines()[-1])["files"]
-    code, _, err = _cli(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")], monkeypatch, capsys)
+    code, _, err = _cli(
+        ["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     assert load_model(tmp_path / "run")[2].model == load_model(tiny_run)[2].model
-    code, _, err = _cli(["export", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")],
-                        monkeypatch, capsys)
+    code, _, err = _cli(
+        ["export", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")],
+        monkeypatch,
+        capsys,
+    )
     assert code == 2 and err.startswith("error:") and "Traceback" not in err

@@ -33,7 +33,9 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                base = ".".join(
+                    parts[: len(parts) - node.level + 1] + ([node.module] if node.module else [])
+                )
             targets = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
             continue
@@ -57,7 +59,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(u)
         for v in sorted(graph[u]):
             if state.get(v) == 1:
-                return stack[stack.index(v):] + [v]
+                return stack[stack.index(v) :] + [v]
             if not state.get(v) and (cycle := visit(v)):
                 return cycle
         stack.pop()
@@ -81,21 +83,42 @@ def test_the_cycle_finder_finds_cycles():
 
 
 def test_nothing_below_the_cli_imports_it():
-    bad = sorted(m for m, deps in import_graph().items()
-                 if not m.startswith("loopmdm.cli") and m != "loopmdm" and any(d.startswith("loopmdm.cli") for d in deps))
+    bad = sorted(
+        m
+        for m, deps in import_graph().items()
+        if not m.startswith("loopmdm.cli")
+        and m != "loopmdm"
+        and any(d.startswith("loopmdm.cli") for d in deps)
+    )
     assert not bad, f"modules below the CLI import it: {bad}"
 
 
-@pytest.mark.parametrize("package, allowed", [
-    ("loopmdm.model", ()),  # the torch-only core, exported verbatim as remote code
-    # above model, below diffusion; runtime (devices, memory) imports only the model's layers and the errors
-    ("loopmdm.backbones", ("loopmdm.model", "loopmdm.registry", "loopmdm.errors", "loopmdm.runtime")),
-    ("loopmdm.diffusion", ("loopmdm.model", "loopmdm.registry", "loopmdm.errors")),
-    ("loopmdm.data", ("loopmdm.model", "loopmdm.diffusion", "loopmdm.registry", "loopmdm.errors",
-                      "loopmdm.fileio")),
-])
+@pytest.mark.parametrize(
+    "package, allowed",
+    [
+        ("loopmdm.model", ()),  # the torch-only core, exported verbatim as remote code
+        # above model, below diffusion; runtime (devices, memory) imports only the model's layers and the errors
+        (
+            "loopmdm.backbones",
+            ("loopmdm.model", "loopmdm.registry", "loopmdm.errors", "loopmdm.runtime"),
+        ),
+        ("loopmdm.diffusion", ("loopmdm.model", "loopmdm.registry", "loopmdm.errors")),
+        (
+            "loopmdm.data",
+            (
+                "loopmdm.model",
+                "loopmdm.diffusion",
+                "loopmdm.registry",
+                "loopmdm.errors",
+                "loopmdm.fileio",
+            ),
+        ),
+    ],
+)
 def test_lower_layers_import_only_lower_layers(package, allowed):
     for m, deps in import_graph().items():
         if m == package or m.startswith(package + "."):
-            outside = sorted(d for d in deps if not d.startswith(package) and not d.startswith(allowed))
+            outside = sorted(
+                d for d in deps if not d.startswith(package) and not d.startswith(allowed)
+            )
             assert not outside, f"{m} imports {outside}"

@@ -15,15 +15,32 @@ from loopmdm.checkpoint import load_model
 from loopmdm.data import prepare_data
 from loopmdm.errors import ConfigError
 from loopmdm.experiments.curves import Curve, plateau_exit_step, read_curve, unigram_cross_entropy
-from loopmdm.experiments.loop_scaling import (EQUAL_STEPS, FixedValidation, LoopScalingConfig, budget_plans,
-                                              fit_trend, load_loop_scaling_config, parse_shard, run_list,
-                                              run_loop_scaling, shard_assignment)
+from loopmdm.experiments.loop_scaling import (
+    EQUAL_STEPS,
+    FixedValidation,
+    LoopScalingConfig,
+    budget_plans,
+    fit_trend,
+    load_loop_scaling_config,
+    parse_shard,
+    run_list,
+    run_loop_scaling,
+    shard_assignment,
+)
 from loopmdm.model import LoopMDM
 
 
 def study(tiny_cfg, **kw) -> LoopScalingConfig:
-    cfg = LoopScalingConfig(name="test", run=copy.deepcopy(tiny_cfg), seeds=[0, 1], n_evals=2, final_eval_batches=2,
-                            budgets=[3e9, 6e9], seeds_per_budget=[1, 2], bootstrap=200)
+    cfg = LoopScalingConfig(
+        name="test",
+        run=copy.deepcopy(tiny_cfg),
+        seeds=[0, 1],
+        n_evals=2,
+        final_eval_batches=2,
+        budgets=[3e9, 6e9],
+        seeds_per_budget=[1, 2],
+        bootstrap=200,
+    )
     cfg.run.train.eval_batches = 1
     for k, v in kw.items():
         setattr(cfg, k, v)
@@ -41,15 +58,20 @@ def test_every_budget_is_matched_within_two_percent_and_has_the_equal_steps_base
         assert (max(flops.values()) - min(flops.values())) / max(flops.values()) < 0.02
         steps = {r.name: r.steps for r in plan.runs}
         assert steps["mdm"] > steps["loopmdm"] == steps["deeper"] == steps[EQUAL_STEPS]
-        a, a_eq = plan.run("mdm"), plan.run(EQUAL_STEPS)  # (a') is (a)'s model and recipe, only the steps differ
+        # (a') is (a)'s model and recipe, only the steps differ
+        a, a_eq = (plan.run("mdm"), plan.run(EQUAL_STEPS))
         assert a_eq.cfg.to_dict() == a.cfg.to_dict() and a_eq.cfg.diffusion.loop_dist == "fixed"
         assert a_eq.planned_flops == pytest.approx(steps["loopmdm"] * a.flops_per_step)
         assert a_eq.planned_flops < 0.8 * budget
     runs = run_list(cfg, plans)
     assert len(runs) == 4 * sum(len(cfg.budget_seeds(i)) for i in range(len(cfg.budgets)))
-    assert all(len(cfg.budget_seeds(i)) >= 5 for i in (1, 2, 3))  # the budgets that decide the trend
+    # the budgets that decide the trend
+    assert all(len(cfg.budget_seeds(i)) >= 5 for i in (1, 2, 3))
     owner = shard_assignment(runs, 2)  # both shards get about the same planned FLOPs
-    load = [sum(rp.planned_flops for k, (_, _, rp) in zip(owner, runs) if k == shard) for shard in (0, 1)]
+    load = [
+        sum(rp.planned_flops for k, (_, _, rp) in zip(owner, runs) if k == shard)
+        for shard in (0, 1)
+    ]
     assert set(owner) == {0, 1} and abs(load[0] - load[1]) / max(load) < 0.05
 
 
@@ -62,15 +84,22 @@ def test_bad_budgets_and_seeds_are_one_line_errors(tiny_cfg):
         study(tiny_cfg, seeds_per_budget=[1, 3])
     with pytest.raises(ConfigError, match="distinct seeds"):
         study(tiny_cfg, seeds_per_budget=[1, [4, 4]])
-    assert study(tiny_cfg, seeds_per_budget=[1, [7, 9]]).budget_seeds(1) == [7, 9]  # explicit seeds per budget
-    with pytest.raises(ConfigError, match=r"budget 1e\+06 FLOPs cannot be matched: .*raise baseline_steps"):
+    # explicit seeds per budget
+    assert study(tiny_cfg, seeds_per_budget=[1, [7, 9]]).budget_seeds(1) == [7, 9]
+    with pytest.raises(
+        ConfigError, match=r"budget 1e\+06 FLOPs cannot be matched: .*raise baseline_steps"
+    ):
         budget_plans(study(tiny_cfg, budgets=[1e6, 6e9]))
     with pytest.raises(ConfigError, match="K/N"):
         parse_shard("half")
 
 
 def test_plateau_exit_is_the_first_point_a_quarter_nat_below_the_unigram_plateau():
-    curve = Curve(flops=[1.0, 2.0, 3.0, 4.0, 5.0], nelbo=[6.30, 6.10, 5.96, 5.90, 5.20], steps=[10, 20, 30, 40, 50])
+    curve = Curve(
+        flops=[1.0, 2.0, 3.0, 4.0, 5.0],
+        nelbo=[6.30, 6.10, 5.96, 5.90, 5.20],
+        steps=[10, 20, 30, 40, 50],
+    )
     assert plateau_exit_step(curve, 6.2) == 40  # 5.96 is only 0.24 below; 5.90 is 0.30 below
     assert plateau_exit_step(curve, 6.2, margin=0.5) == 50
     assert plateau_exit_step(curve, 5.3) is None  # never 0.25 below
@@ -81,9 +110,19 @@ def test_plateau_exit_is_the_first_point_a_quarter_nat_below_the_unigram_plateau
 
 def _rows(budgets, gain, seeds=(0, 1, 2), on_plateau=(), noise=0.005):
     rng = np.random.default_rng(0)
-    return [{"budget": b, "per_seed": {s: {"gain_equal_flops": gain(b) + rng.normal(0, noise),
-                                           "left_plateau": {"mdm": b not in on_plateau, "loopmdm": True}}
-                                       for s in seeds}} for b in budgets]
+    return [
+        {
+            "budget": b,
+            "per_seed": {
+                s: {
+                    "gain_equal_flops": gain(b) + rng.normal(0, noise),
+                    "left_plateau": {"mdm": b not in on_plateau, "loopmdm": True},
+                }
+                for s in seeds
+            },
+        }
+        for b in budgets
+    ]
 
 
 def test_trend_fit_leaves_out_plateau_budgets_and_bootstraps_its_slope():
@@ -92,7 +131,11 @@ def test_trend_fit_leaves_out_plateau_budgets_and_bootstraps_its_slope():
     # the 1e11 points are on the plateau (gain about 0 there, far off the line): they must not enter the fit
     rows = _rows(budgets, lambda b: 0.0 if b == 1e11 else line(b), on_plateau=(1e11,))
     trend = fit_trend(rows, bootstrap=500)
-    assert trend["budgets_used"] == budgets[1:] and trend["budgets_excluded"] == [1e11] and trend["points"] == 12
+    assert (
+        trend["budgets_used"] == budgets[1:]
+        and trend["budgets_excluded"] == [1e11]
+        and trend["points"] == 12
+    )
     assert trend["slope_per_decade"] == pytest.approx(0.1, abs=0.01)
     assert trend["crossing_budget"] == pytest.approx(1e15, rel=0.3)  # -0.3 + 0.1 * 3 = 0 at 1e15
     lo, hi = trend["slope_interval_95"]
@@ -100,16 +143,31 @@ def test_trend_fit_leaves_out_plateau_budgets_and_bootstraps_its_slope():
     clo, chi = trend["crossing_interval_95"]
     assert clo < trend["crossing_budget"] < chi
     with_plateau = fit_trend(_rows(budgets, lambda b: 0.0 if b == 1e11 else line(b)), bootstrap=100)
-    assert with_plateau["slope_per_decade"] < 0.09  # what including the plateau point would have done
-    noisy = fit_trend(_rows(budgets[1:], line, noise=0.1), bootstrap=500)  # the interval widens with seed noise
+    # what including the plateau point would have done
+    assert with_plateau["slope_per_decade"] < 0.09
+    # the interval widens with seed noise
+    noisy = fit_trend(_rows(budgets[1:], line, noise=0.1), bootstrap=500)
     assert noisy["slope_interval_95"][1] - noisy["slope_interval_95"][0] > 5 * (hi - lo)
     assert noisy["slope_interval_95"][0] < noisy["slope_per_decade"] < noisy["slope_interval_95"][1]
-    flat = [{"budget": b, "per_seed": {0: {"gain_equal_flops": -0.3 - 0.01 * i,
-                                           "left_plateau": {"mdm": True, "loopmdm": True}}}}
-            for i, b in enumerate(budgets)]
-    assert fit_trend(flat, bootstrap=100)["crossing_budget"] is None  # heading away from zero: no crossing
+    flat = [
+        {
+            "budget": b,
+            "per_seed": {
+                0: {
+                    "gain_equal_flops": -0.3 - 0.01 * i,
+                    "left_plateau": {"mdm": True, "loopmdm": True},
+                }
+            },
+        }
+        for i, b in enumerate(budgets)
+    ]
+    # heading away from zero: no crossing
+    assert fit_trend(flat, bootstrap=100)["crossing_budget"] is None
     one = fit_trend(_rows(budgets, line, on_plateau=budgets[:-1]), bootstrap=100)
-    assert one["slope_per_decade"] is None and one["note"] == "no trend: fewer than two budgets past the plateau"
+    assert (
+        one["slope_per_decade"] is None
+        and one["note"] == "no trend: fewer than two budgets past the plateau"
+    )
 
 
 def test_every_model_is_validated_on_the_same_rows_and_noise(tiny_cfg):
@@ -122,7 +180,9 @@ def test_every_model_is_validated_on_the_same_rows_and_noise(tiny_cfg):
         torch.manual_seed(seed)
         model = LoopMDM(plan.run(name).cfg.model).eval()
         calls = []
-        model.register_forward_pre_hook(lambda m, args: calls.append((args[0].clone(), args[1].clone())))
+        model.register_forward_pre_hook(
+            lambda m, args, calls=calls: calls.append((args[0].clone(), args[1].clone()))
+        )
         r = FixedValidation.of(cfg, data).evaluate(model, 1, 2)
         seen[name] = (calls, r)
     (ca, ra), (cb, rb) = seen["mdm"], seen["deeper"]
@@ -142,7 +202,8 @@ def test_every_model_is_validated_on_the_same_rows_and_noise(tiny_cfg):
 def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
     cfg = study(tiny_cfg)
     out = tmp_path / "study"
-    assert run_loop_scaling(cfg, out, shard="0/2", log=lambda s: None) is None  # half the runs, no report
+    # half the runs, no report
+    assert run_loop_scaling(cfg, out, shard="0/2", log=lambda s: None) is None
     res = run_loop_scaling(cfg, out, log=lambda s: None)  # the other half, then the report
     rows = res["rows"]
     assert [r["budget"] for r in rows] == cfg.budgets and [len(r["seeds"]) for r in rows] == [1, 2]
@@ -158,17 +219,29 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
                 assert c["step"][-1] == p["steps"][name] and name in p["plateau_exit_step"]
                 assert p["final"][name][1]["stderr"] > 0
     saved = json.loads((out / "results.json").read_text())
-    assert saved["data_fingerprint"]["source_fingerprint"] and len(saved["data_fingerprint"]["val_rows_sha256"]) == 64
+    assert (
+        saved["data_fingerprint"]["source_fingerprint"]
+        and len(saved["data_fingerprint"]["val_rows_sha256"]) == 64
+    )
     assert saved["corpus"]["source"] == cfg.run.data.source
-    assert saved["software"]["python"] and saved["software"]["torch"] and saved["software"]["loopmdm"]
+    assert (
+        saved["software"]["python"] and saved["software"]["torch"] and saved["software"]["loopmdm"]
+    )
     val = saved["validation"]
-    assert val["eval_seed"] == cfg.eval_seed and val["final"]["batches"] == 2 and val["final"]["tokens"] > 0
+    assert (
+        val["eval_seed"] == cfg.eval_seed
+        and val["final"]["batches"] == 2
+        and val["final"]["tokens"] > 0
+    )
     assert saved["plateau"]["H"] > 0 and saved["plateau"]["margin"] == 0.25
     p0 = saved["rows"][0]["per_seed"]["0"]
-    assert set(p0["curves"]["mdm"]) == {"step", "flops", "val_nelbo"} and set(p0["plateau_exit_step"]) == \
-        {"mdm", "loopmdm", "deeper", EQUAL_STEPS}
+    assert set(p0["curves"]["mdm"]) == {"step", "flops", "val_nelbo"} and set(
+        p0["plateau_exit_step"]
+    ) == {"mdm", "loopmdm", "deeper", EQUAL_STEPS}
     trend = saved["trend"]  # tiny runs stay on the plateau: no fit through them
-    assert trend["points"] == sum(len(r["seeds"]) for r in rows if r["past_plateau"]["gain_equal_flops"])
+    assert trend["points"] == sum(
+        len(r["seeds"]) for r in rows if r["past_plateau"]["gain_equal_flops"]
+    )
     if trend["slope_per_decade"] is None:
         assert trend["note"] == "no trend: fewer than two budgets past the plateau"
     assert (out / "loop_gain.png").is_file() and "rows sha256" in (out / "summary.md").read_text()
@@ -179,8 +252,12 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
     refit = FixedValidation.of(cfg, data).evaluate(model, 3, cfg.run.train.eval_batches)
     assert read_curve(run_dir / "metrics.jsonl").final == pytest.approx(refit["nelbo"], abs=1e-5)
     again = run_loop_scaling(cfg, out, log=lambda s: None)  # everything reused: same numbers
-    assert again["rows"][1]["gain_equal_flops"]["mean"] == res["rows"][1]["gain_equal_flops"]["mean"]
-    assert again["rows"][1]["gain_equal_steps"]["mean"] == res["rows"][1]["gain_equal_steps"]["mean"]
+    assert (
+        again["rows"][1]["gain_equal_flops"]["mean"] == res["rows"][1]["gain_equal_flops"]["mean"]
+    )
+    assert (
+        again["rows"][1]["gain_equal_steps"]["mean"] == res["rows"][1]["gain_equal_steps"]["mean"]
+    )
     changed = copy.deepcopy(cfg)
     changed.run.train.lr *= 2
     with pytest.raises(ConfigError, match="holds a run with another config .*train.lr"):
@@ -204,7 +281,8 @@ def test_an_interrupted_run_resumes_to_the_same_curve(tiny_cfg, tmp_path, monkey
     ls.train_run(rp, 0, tmp_path / "whole", data, cfg, val, False, quiet)
     init = ls._StudyTrainer.__init__
 
-    def stop_midway(self, *args, **kwargs):  # a signal after step 25: the step is saved, the run refused as finished
+    # a signal after step 25: the step is saved, the run refused as finished
+    def stop_midway(self, *args, **kwargs):
         init(self, *args, **kwargs)
         step = self.step_fn
 
@@ -212,15 +290,21 @@ def test_an_interrupted_run_resumes_to_the_same_curve(tiny_cfg, tmp_path, monkey
             out = step(idx, loops)
             self.stop_requested = self.step + 1 >= 25
             return out
+
         self.step_fn = step_fn
 
     monkeypatch.setattr(ls._StudyTrainer, "__init__", stop_midway)
     with pytest.raises(LoopMDMError, match="stopped at step 25"):
         ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
     monkeypatch.setattr(ls._StudyTrainer, "__init__", init)
-    _, info = ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)  # resumed from step 25
+    # resumed from step 25
+    _, info = ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
     whole = read_curve(tmp_path / "whole" / "metrics.jsonl")
-    assert not info["reused"] and info["curve"]["steps"] == whole.steps and info["curve"]["steps"][-1] == rp.steps
+    assert (
+        not info["reused"]
+        and info["curve"]["steps"] == whole.steps
+        and info["curve"]["steps"][-1] == rp.steps
+    )
     assert info["curve"]["nelbo"] == pytest.approx(whole.nelbo, abs=1e-5)
     _, again = ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
     assert again["reused"] and again["curve"] == info["curve"]

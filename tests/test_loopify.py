@@ -12,6 +12,8 @@ pytest.importorskip("transformers")
 
 import transformers  # noqa: E402
 
+from conftest import python_like_text  # noqa: E402
+from helpers import run_cli as cli
 from loopmdm.backbones import BACKBONES, WrappedLoopMDM, build_model, get_backbone  # noqa: E402
 from loopmdm.checkpoint import load_config_file, load_model, resolve_checkpoint  # noqa: E402
 from loopmdm.data import train_bpe  # noqa: E402
@@ -21,9 +23,6 @@ from loopmdm.eval.nelbo import evaluate_nelbo  # noqa: E402
 from loopmdm.loopify import check_loop_range, loopify, parse_loop_layers  # noqa: E402
 from loopmdm.sampling import generate  # noqa: E402
 from loopmdm.train import init_run_config, train  # noqa: E402
-from helpers import run_cli as cli
-
-from conftest import python_like_text  # noqa: E402
 
 FAMILIES = ["bert", "roberta", "modernbert", "dream"]
 TOL = 1e-5  # S = 1 exactness, relative, fp32
@@ -35,6 +34,7 @@ def rel(a, b) -> float:
 
 # --------------------------------------------------------------------------- tiny transformers sources
 
+
 @pytest.fixture(scope="module")
 def tok():
     return train_bpe([python_like_text(i) for i in range(30)], 320)
@@ -44,19 +44,52 @@ def hf_config(family: str, tok):
     V = tok.vocab_size
     ids = dict(pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
     if family == "bert":
-        return transformers.BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                       intermediate_size=64, max_position_embeddings=64, **ids)
+        return transformers.BertConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            **ids,
+        )
     if family == "roberta":
-        return transformers.RobertaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                          intermediate_size=64, max_position_embeddings=66, **ids)
-    if family == "modernbert":  # local window 8 < the probe's length: sliding-window layers really slide
-        return transformers.ModernBertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                             intermediate_size=48, max_position_embeddings=64, local_attention=8,
-                                             global_attn_every_n_layers=2, cls_token_id=tok.bos_id,
-                                             sep_token_id=tok.eos_id, **ids)
-    return transformers.Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                    rope_theta=10000.0, tie_word_embeddings=False, **ids)
+        return transformers.RobertaConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=66,
+            **ids,
+        )
+    # local window 8 < the probe's length: sliding-window layers really slide
+    if family == "modernbert":
+        return transformers.ModernBertConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=64,
+            local_attention=8,
+            global_attn_every_n_layers=2,
+            cls_token_id=tok.bos_id,
+            sep_token_id=tok.eos_id,
+            **ids,
+        )
+    return transformers.Qwen2Config(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        **ids,
+    )
 
 
 def make_source(family: str, tok, folder: Path, seed: int = 0, **overrides):
@@ -64,8 +97,12 @@ def make_source(family: str, tok, folder: Path, seed: int = 0, **overrides):
     config says model_type "Dream", as Dream's do), with the BPE tokenizer; returns the in-memory model.
     ``overrides``: config fields set on top of ``hf_config``'s."""
     torch.manual_seed(seed)
-    cls = {"bert": transformers.BertForMaskedLM, "roberta": transformers.RobertaForMaskedLM,
-           "modernbert": transformers.ModernBertForMaskedLM, "dream": transformers.Qwen2ForCausalLM}[family]
+    cls = {
+        "bert": transformers.BertForMaskedLM,
+        "roberta": transformers.RobertaForMaskedLM,
+        "modernbert": transformers.ModernBertForMaskedLM,
+        "dream": transformers.Qwen2ForCausalLM,
+    }[family]
     config = hf_config(family, tok)
     for key, value in overrides.items():
         setattr(config, key, value)
@@ -75,8 +112,12 @@ def make_source(family: str, tok, folder: Path, seed: int = 0, **overrides):
     (folder / "tokenizer_config.json").write_text(json.dumps({"mask_token": "<mask>"}))
     if family == "dream":
         cfg = json.loads((folder / "config.json").read_text())
-        cfg.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=tok.mask_id,
-                   auto_map={"AutoModel": "modeling_dream.DreamModel"})
+        cfg.update(
+            model_type="Dream",
+            architectures=["DreamModel"],
+            mask_token_id=tok.mask_id,
+            auto_map={"AutoModel": "modeling_dream.DreamModel"},
+        )
         (folder / "config.json").write_text(json.dumps(cfg))
     return model
 
@@ -125,6 +166,7 @@ def _loopify(src, out, spec="1:3", **kw):
 
 # --------------------------------------------------------------------------- --loop-layers
 
+
 def test_parse_loop_layers():
     assert parse_loop_layers("1:3") == (1, 3)
     assert parse_loop_layers(" 0 : 12 ") == (0, 12)
@@ -134,8 +176,15 @@ def test_parse_loop_layers():
         assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("a, b, words", [(2, 2, "is empty"), (3, 1, "is reversed"), (0, 7, "outside the source's 6"),
-                                         (-1, 2, "outside the source's 6")])
+@pytest.mark.parametrize(
+    "a, b, words",
+    [
+        (2, 2, "is empty"),
+        (3, 1, "is reversed"),
+        (0, 7, "outside the source's 6"),
+        (-1, 2, "outside the source's 6"),
+    ],
+)
 def test_bad_loop_ranges(a, b, words):
     with pytest.raises(ConfigError, match=words) as e:
         check_loop_range(a, b, 6)
@@ -144,6 +193,7 @@ def test_bad_loop_ranges(a, b, words):
 
 
 # --------------------------------------------------------------------------- S = 1 exactness
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_s1_exact_per_family(family, sources, loopified, tok):
@@ -179,7 +229,10 @@ def test_s1_exact_with_padding(family, sources, loopified, tok):
     pad = torch.ones_like(x, dtype=torch.bool)
     pad[0, -7:] = False
     with torch.no_grad():
-        assert rel(model(x, loops=1, attention_mask=pad), source_logits(family, source, x, pad.long())) <= TOL
+        assert (
+            rel(model(x, loops=1, attention_mask=pad), source_logits(family, source, x, pad.long()))
+            <= TOL
+        )
 
 
 def test_s1_probe_runs_past_the_local_attention_window(tok, tmp_path, monkeypatch):
@@ -212,14 +265,17 @@ def test_modernbert_layer_0_is_not_looped(sources, loopified, tmp_path, capsys):
         loopify(str(folder), "0:2", tmp_path / "out", log=lambda s: None)
     assert "--loop-layers 1:2" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-    code, _, err = cli(["loopify", "--from", str(folder), "--loop-layers", "0:3", "--out", str(tmp_path / "cli")],
-                       capsys)
+    code, _, err = cli(
+        ["loopify", "--from", str(folder), "--loop-layers", "0:3", "--out", str(tmp_path / "cli")],
+        capsys,
+    )
     assert code == 2 and "--loop-layers 1:3" in err and err.count("\n") == 1, err
     cfg = load_config_file(resolve_checkpoint(loopified["modernbert"]))
     cfg.model.n_h, cfg.model.n_m = 0, 3
     with pytest.raises(ConfigError, match="model.n_h=0"):
         cfg.validate()
-    _loopify(sources["bert"][0], tmp_path / "bert", "0:2")  # post-LN BERT feeds its layers normalised states
+    # post-LN BERT feeds its layers normalised states
+    _loopify(sources["bert"][0], tmp_path / "bert", "0:2")
 
 
 def test_s1_exact_ours_and_options(tiny_run, tmp_path):
@@ -228,7 +284,9 @@ def test_s1_exact_ours_and_options(tiny_run, tmp_path):
     t = torch.tensor([0.2, 0.5, 0.9])
     with torch.no_grad():
         ref = src(x, t, loops=1)
-    for i, (spec, kw) in enumerate([("2:4", {}), ("0:1", {"input_injection": True, "loop_embedding": True})]):
+    for i, (spec, kw) in enumerate(
+        [("2:4", {}), ("0:1", {"input_injection": True, "loop_embedding": True})]
+    ):
         out = _loopify(tiny_run, tmp_path / f"l{i}", spec, **kw)
         model, _, cfg = load_model(out)
         a, b = parse_loop_layers(spec)
@@ -241,7 +299,9 @@ def test_s1_exact_ours_and_options(tiny_run, tmp_path):
 
 def test_loop_options_on_a_wrapped_model_start_as_the_identity(sources, tok, tmp_path):
     folder, source = sources["roberta"]
-    model = load_model(_loopify(folder, tmp_path / "o", input_injection=True, loop_embedding=True))[0]
+    model = load_model(_loopify(folder, tmp_path / "o", input_injection=True, loop_embedding=True))[
+        0
+    ]
     x = probe(tok)
     with torch.no_grad():
         assert rel(model(x, loops=1), source_logits("roberta", source, x)) <= TOL
@@ -262,19 +322,36 @@ def test_sparse_prediction_and_fused_loss_match_full_logits(loopified, tok):
         z = full[predict].float()
         z[:, tok.mask_id] = -float("inf")
         ref = torch.nn.functional.cross_entropy(z, labels, reduction="none")
-        assert torch.allclose(ce, ref, rtol=1e-5, atol=1e-5) and torch.isclose(total, ref.sum(), rtol=1e-5)
+        assert torch.allclose(ce, ref, rtol=1e-5, atol=1e-5) and torch.isclose(
+            total, ref.sum(), rtol=1e-5
+        )
 
 
 # --------------------------------------------------------------------------- fine-tuning: train --init
+
 
 @pytest.fixture(scope="module")
 def finetuned(loopified, tiny_corpus, tmp_path_factory):
     """The loopified BERT fine-tuned 20 steps with S ~ U{1..3} (`train --init`)."""
     root = tmp_path_factory.mktemp("finetuned")
-    cfg = init_run_config(loopified["bert"], overrides=[
-        f"data.source={tiny_corpus}", "data.val_fraction=0.2", f"data.cache_dir={root / 'cache'}",
-        "model.max_seq_len=32", "train.max_steps=20", "train.batch_size=8", "train.lr=3e-3", "train.warmup_steps=2",
-        "train.eval_every=20", "train.eval_batches=2", "train.save_every=10", "train.ema=0.9", "train.device=cpu"])
+    cfg = init_run_config(
+        loopified["bert"],
+        overrides=[
+            f"data.source={tiny_corpus}",
+            "data.val_fraction=0.2",
+            f"data.cache_dir={root / 'cache'}",
+            "model.max_seq_len=32",
+            "train.max_steps=20",
+            "train.batch_size=8",
+            "train.lr=3e-3",
+            "train.warmup_steps=2",
+            "train.eval_every=20",
+            "train.eval_batches=2",
+            "train.save_every=10",
+            "train.ema=0.9",
+            "train.device=cpu",
+        ],
+    )
     return cfg, train(cfg, root / "run", progress=False, log=lambda s: None)
 
 
@@ -288,21 +365,29 @@ def test_loopified_checkpoint_trains_and_records_its_origin(finetuned, loopified
     cfg, result = finetuned
     run = result.run_dir
     saved = load_config_file(resolve_checkpoint(run))
-    assert saved.train.init == str(resolve_checkpoint(loopified["bert"])) and saved.train.init_weights == "auto"
+    assert (
+        saved.train.init == str(resolve_checkpoint(loopified["bert"]))
+        and saved.train.init_weights == "auto"
+    )
     assert saved.train.lr == 3e-3 and saved.model.backbone == "bert"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows][0] == 1 and rows[-1]["step"] == 20  # a fresh step count and schedule
+    # a fresh step count and schedule
+    assert [r["step"] for r in rows][0] == 1 and rows[-1]["step"] == 20
     assert {r["loops"] for r in rows} <= {1, 2, 3} and len({r["loops"] for r in rows}) > 1
     from loopmdm.train import lr_lambda
 
-    assert [r["lr"] for r in rows[:3]] == pytest.approx([3e-3 * lr_lambda(k, 2, 20, 0.1) for k in (1, 2, 3)])
+    assert [r["lr"] for r in rows[:3]] == pytest.approx(
+        [3e-3 * lr_lambda(k, 2, 20, 0.1) for k in (1, 2, 3)]
+    )
     # the loss falls: validation NELBO (fixed t and masks) of the start vs the end
     start, tok, _ = load_model(loopified["bert"])
     from loopmdm.data import prepare_data
 
     data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
     obj = make_objective(cfg.diffusion, tok.mask_id)
-    before = evaluate_nelbo(start, data.val, obj, 3, batch_size=8, max_batches=2, seed=cfg.train.seed)["nelbo"]
+    before = evaluate_nelbo(
+        start, data.val, obj, 3, batch_size=8, max_batches=2, seed=cfg.train.seed
+    )["nelbo"]
     assert result.val["nelbo"] < before - 0.3, (before, result.val)
 
 
@@ -340,13 +425,43 @@ def test_export_of_dream_is_refused_with_a_reason(loopified, tmp_path):
 def test_sample_and_eval_run_on_a_loopified_checkpoint(finetuned, capsys):
     _, result = finetuned
     model, tk, cfg = load_model(result.run_dir)
-    out = generate(model, tk, num_samples=2, length=16, steps=4, policy="fixed", policy_options={"loops": 2}, seed=0)
+    out = generate(
+        model,
+        tk,
+        num_samples=2,
+        length=16,
+        steps=4,
+        policy="fixed",
+        policy_options={"loops": 2},
+        seed=0,
+    )
     assert out.report.loop_iterations == 8 and len(out.texts) == 2
     with pytest.raises(LoopMDMError, match="cannot update some positions only") as e:
-        generate(model, tk, num_samples=1, length=16, steps=2, policy="per_token", policy_options={"s_max": 2})
+        generate(
+            model,
+            tk,
+            num_samples=1,
+            length=16,
+            steps=2,
+            policy="per_token",
+            policy_options={"s_max": 2},
+        )
     assert "\n" not in str(e.value)
-    code, stdout, err = cli(["eval", "--checkpoint", str(result.run_dir), "--loops", "1,3", "--batches", "1",
-                             "--rel-stderr", "0", "--json"], capsys)
+    code, stdout, err = cli(
+        [
+            "eval",
+            "--checkpoint",
+            str(result.run_dir),
+            "--loops",
+            "1,3",
+            "--batches",
+            "1",
+            "--rel-stderr",
+            "0",
+            "--json",
+        ],
+        capsys,
+    )
     assert code is None or code == 0, err
     payload = json.loads(stdout)
     assert [r["loops"] for r in payload["results"]] == [1, 3]
@@ -360,32 +475,97 @@ def test_serve_streams_a_loopified_checkpoint(finetuned):
 
     _, result = finetuned
     with TestClient(create_app(result.run_dir, timeout_s=30, max_steps=16)) as c:
-        r = c.post("/api/generate", json={"steps": 3, "num_samples": 1, "length": 12, "seed": 0,
-                                          "policy": "fixed", "policy_options": {"loops": 2}})
+        r = c.post(
+            "/api/generate",
+            json={
+                "steps": 3,
+                "num_samples": 1,
+                "length": 12,
+                "seed": 0,
+                "policy": "fixed",
+                "policy_options": {"loops": 2},
+            },
+        )
     events = [json.loads(line) for line in r.text.splitlines() if line.strip()]
-    assert r.status_code == 200 and events[-1]["type"] == "done" and events[-1]["report"]["loop_iterations"] == 6
+    assert (
+        r.status_code == 200
+        and events[-1]["type"] == "done"
+        and events[-1]["report"]["loop_iterations"] == 6
+    )
 
 
 # --------------------------------------------------------------------------- bad inputs
 
+
 def test_cli_loopify_then_train_init_and_bad_inputs(sources, tiny_corpus, tmp_path, capsys):
     folder = sources["bert"][0]
-    code, stdout, _ = cli(["loopify", "--from", str(folder), "--loop-layers", "1:3", "--out", str(tmp_path / "ok"),
-                           "--seq-len", "32", "--curriculum-steps", "4", "--json"], capsys)
+    code, stdout, _ = cli(
+        [
+            "loopify",
+            "--from",
+            str(folder),
+            "--loop-layers",
+            "1:3",
+            "--out",
+            str(tmp_path / "ok"),
+            "--seq-len",
+            "32",
+            "--curriculum-steps",
+            "4",
+            "--json",
+        ],
+        capsys,
+    )
     assert code in (None, 0) and json.loads(stdout)["family"] == "bert"
-    code, stdout, err = cli(["train", "--init", str(tmp_path / "ok"), "--out", str(tmp_path / "ft"), "--max-steps", "3",
-                             "--data", str(tiny_corpus), "--set", f"data.cache_dir={tmp_path / 'cache'}",
-                             "--set", "train.batch_size=4", "--set", "train.eval_every=3",
-                             "--set", "train.eval_batches=1",
-                             "--no-progress", "--json"], capsys)
+    code, stdout, err = cli(
+        [
+            "train",
+            "--init",
+            str(tmp_path / "ok"),
+            "--out",
+            str(tmp_path / "ft"),
+            "--max-steps",
+            "3",
+            "--data",
+            str(tiny_corpus),
+            "--set",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.eval_every=3",
+            "--set",
+            "train.eval_batches=1",
+            "--no-progress",
+            "--json",
+        ],
+        capsys,
+    )
     assert code in (None, 0), err
     assert json.loads(stdout)["step"] == 3
     saved = load_config_file(resolve_checkpoint(tmp_path / "ft"))
-    assert saved.train.init == str(resolve_checkpoint(tmp_path / "ok")) and saved.diffusion.loop_curriculum_steps == 4
-    for spec, words in [("0:9", "outside the source's 4 layers"), ("2:2", "is empty"), ("3:1", "is reversed"),
-                        ("x", "must look like A:B")]:
-        code, _, err = cli(["loopify", "--from", str(folder), "--loop-layers", spec, "--out", str(tmp_path / spec)],
-                           capsys)
+    assert (
+        saved.train.init == str(resolve_checkpoint(tmp_path / "ok"))
+        and saved.diffusion.loop_curriculum_steps == 4
+    )
+    for spec, words in [
+        ("0:9", "outside the source's 4 layers"),
+        ("2:2", "is empty"),
+        ("3:1", "is reversed"),
+        ("x", "must look like A:B"),
+    ]:
+        code, _, err = cli(
+            [
+                "loopify",
+                "--from",
+                str(folder),
+                "--loop-layers",
+                spec,
+                "--out",
+                str(tmp_path / spec),
+            ],
+            capsys,
+        )
         assert code == 2 and words in err and err.count("\n") == 1, err
 
 
@@ -433,10 +613,16 @@ def test_hub_id_offline_fails_with_a_clear_message(tmp_path, monkeypatch):
 
 def test_init_without_a_checkpoint_and_with_resume(tmp_path, tiny_run, capsys):
     (tmp_path / "nothing").mkdir()
-    code, _, err = cli(["train", "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "--init" in err and "holds no checkpoint" in err and err.count("\n") == 1, err
-    code, _, err = cli(["train", "--init", str(tiny_run), "--resume", str(tiny_run), "--out", str(tmp_path / "o")],
-                       capsys)
+    code, _, err = cli(
+        ["train", "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")], capsys
+    )
+    assert (
+        code == 2 and "--init" in err and "holds no checkpoint" in err and err.count("\n") == 1
+    ), err
+    code, _, err = cli(
+        ["train", "--init", str(tiny_run), "--resume", str(tiny_run), "--out", str(tmp_path / "o")],
+        capsys,
+    )
     assert code == 2 and "exclude each other" in err
 
 
@@ -460,38 +646,73 @@ def test_config_checks_the_backbone():
 
 # --------------------------------------------------------------------------- the experiment (smoke test)
 
+
 def test_loopify_experiment_smoke(tiny_corpus, tmp_path, capsys):
     """Both sources, the three arms (curriculum on), one seed, a few steps each: the files, the equal-FLOPs
     plan, S = 1 exactness of each loopified source, and a second call that reuses everything."""
     from conftest import make_tiny_cfg
-    from loopmdm.experiments.loopify import LoopifyExperimentConfig, plan_summary, run_loopify_experiment
+    from loopmdm.experiments.loopify import (
+        LoopifyExperimentConfig,
+        plan_summary,
+        run_loopify_experiment,
+    )
 
     run = make_tiny_cfg(tiny_corpus, tmp_path / "cache")
     run.diffusion.loop_dist, run.diffusion.s_fixed = "fixed", 1
     run.train.eval_batches = 1
     cfg = LoopifyExperimentConfig(
-        name="smoke", run=run, mdm_steps=6, bert=dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                                        intermediate_size=64, hidden_dropout_prob=0.0,
-                                                        attention_probs_dropout_prob=0.0),
-        bert_steps=6, loop_layers=[1, 3], s_max=2, finetune_steps=12, finetune_lr=1e-3, curriculum_frac=0.5,
-        n_evals=2, final_eval_batches=1, seeds=[0], flops_tolerance=0.1)
+        name="smoke",
+        run=run,
+        mdm_steps=6,
+        bert=dict(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
+        bert_steps=6,
+        loop_layers=[1, 3],
+        s_max=2,
+        finetune_steps=12,
+        finetune_lr=1e-3,
+        curriculum_frac=0.5,
+        n_evals=2,
+        final_eval_batches=1,
+        seeds=[0],
+        flops_tolerance=0.1,
+    )
     res = run_loopify_experiment(cfg, tmp_path / "exp", log=lambda s: None)
-    assert {p.name for p in (tmp_path / "exp").iterdir()} >= {"results.json", "summary.md", "results_seed_0.json",
-                                                             "loss_vs_flops_mdm.png", "loss_vs_flops_bert.png"}
+    assert {p.name for p in (tmp_path / "exp").iterdir()} >= {
+        "results.json",
+        "summary.md",
+        "results_seed_0.json",
+        "loss_vs_flops_mdm.png",
+        "loss_vs_flops_bert.png",
+    }
     for source in ("mdm", "bert"):
         runs = res["per_seed"][0][source]
         assert runs["source"]["loopify"]["s1_max_rel_diff"] <= TOL
         assert set(runs["finetune"]["final"]) == {1, 2, 4}
         budget = runs["finetune"]["flops"]
-        for arm in ("loopify", "curriculum"):  # equal extra training FLOPs, as the trainer counted them
+        # equal extra training FLOPs, as the trainer counted them
+        for arm in ("loopify", "curriculum"):
             assert abs(runs[arm]["flops"] - budget) / budget < 0.1
             assert runs[arm]["steps"] < runs["finetune"]["steps"]
-        saved = load_config_file(resolve_checkpoint(tmp_path / "exp" / "seed_0" / source / "curriculum"))
+        saved = load_config_file(
+            resolve_checkpoint(tmp_path / "exp" / "seed_0" / source / "curriculum")
+        )
         assert saved.diffusion.loop_curriculum_steps > 0 and saved.train.init is not None
-    assert (tmp_path / "exp" / "seed_0" / "bert" / "hf" / "config.json").is_file()  # read back as a plain BERT
+    # read back as a plain BERT
+    assert (tmp_path / "exp" / "seed_0" / "bert" / "hf" / "config.json").is_file()
     md = (tmp_path / "exp" / "summary.md").read_text()
-    assert "does loopify + random-S fine-tuning beat fine-tuning as it is" in md and "source: bert" in md
-    again = run_loopify_experiment(cfg, tmp_path / "exp", log=lambda s: None)  # reuses every run and result
+    assert (
+        "does loopify + random-S fine-tuning beat fine-tuning as it is" in md
+        and "source: bert" in md
+    )
+    # reuses every run and result
+    again = run_loopify_experiment(cfg, tmp_path / "exp", log=lambda s: None)
     assert json.loads(json.dumps(again["summary"])) == json.loads(json.dumps(res["summary"]))
     plan = plan_summary(cfg)
     assert plan["finetune"]["finetune"]["steps"] == 12

@@ -1,6 +1,5 @@
 """The looped backbone: shapes, S = 1 equivalence, shared weights, loop options."""
 
-
 import pytest
 import torch
 
@@ -10,7 +9,17 @@ from loopmdm.model import LoopMDM
 
 
 def small(**kw) -> ModelConfig:
-    base = dict(vocab_size=64, max_seq_len=16, d_model=32, n_heads=2, n_layers=4, n_h=1, n_m=2, n_o=1, cond_dim=16)
+    base = dict(
+        vocab_size=64,
+        max_seq_len=16,
+        d_model=32,
+        n_heads=2,
+        n_layers=4,
+        n_h=1,
+        n_m=2,
+        n_o=1,
+        cond_dim=16,
+    )
     base.update(kw)
     return ModelConfig(**base)
 
@@ -48,7 +57,7 @@ def test_s1_equals_plain_stack():
     for k, v in src.items():
         for i, b in enumerate(blocks):
             if k.startswith(b + "."):
-                k = f"head.blocks.{i}." + k[len(b) + 1:]
+                k = f"head.blocks.{i}." + k[len(b) + 1 :]
         dst[k] = v
     plain.load_state_dict(dst)
     x, t = inputs()
@@ -112,7 +121,10 @@ def test_truncated_backprop_gradient_flow():
     with torch.no_grad():  # make injection depend on h0 so the head gets gradient through it
         m.injection.weight[:, 32:] = torch.eye(32) * 0.5
     g = _grads(m, 4)
-    assert g["head.blocks.0.attn.qkv.weight"] is not None and g["head.blocks.0.attn.qkv.weight"].abs().sum() > 0
+    assert (
+        g["head.blocks.0.attn.qkv.weight"] is not None
+        and g["head.blocks.0.attn.qkv.weight"].abs().sum() > 0
+    )
     assert g["mid.blocks.0.mlp.fc.weight"].abs().sum() > 0
     # truncated gradient differs from full backprop
     full = LoopMDM(small(input_injection=True))

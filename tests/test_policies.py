@@ -52,8 +52,18 @@ POLICIES = [
 def test_report_counts_hooked_loops_and_respects_bounds(trained, sampler, policy, opts):
     model, tok, _ = trained
     with MidCounter(model) as counter:
-        out = generate(model, tok, num_samples=3, length=16, steps=20, sampler=sampler, policy=policy,
-                       policy_options=opts, record_trajectory=True, seed=4)
+        out = generate(
+            model,
+            tok,
+            num_samples=3,
+            length=16,
+            steps=20,
+            sampler=sampler,
+            policy=policy,
+            policy_options=opts,
+            record_trajectory=True,
+            seed=4,
+        )
     rep = out.report
     assert rep.loop_iterations == counter.calls == sum(rep.loops_per_step)
     s_min = opts.get("s_min", opts.get("loops"))
@@ -71,7 +81,11 @@ def test_fixed_flops_match_the_formula(trained):
     out = generate(model, tok, num_samples=2, length=16, steps=5, policy_options={"loops": 3})
     expected = 5 * 2 * 16 * forward_flops_per_token(cfg.model, 3, 16)
     assert out.report.flops == pytest.approx(expected, rel=1e-9)
-    assert out.report.network_calls == 5 and out.report.network_rows == 10 and out.report.mean_loops == 3
+    assert (
+        out.report.network_calls == 5
+        and out.report.network_rows == 10
+        and out.report.mean_loops == 3
+    )
 
 
 @pytest.mark.parametrize("policy", ["converge", "per_token", "warm"])
@@ -81,8 +95,12 @@ def test_threshold_extremes_hit_the_bounds(trained, policy):
     converges equals fixed S_max too: its depth bound (max_depth = s_max) restarts every position from h_0."""
     model, tok, _ = trained
     kw = dict(num_samples=2, length=16, steps=6, seed=9)
-    never = generate(model, tok, policy=policy, policy_options={"threshold": 1e-12, "s_min": 1, "s_max": 4}, **kw)
-    always = generate(model, tok, policy=policy, policy_options={"threshold": 1e9, "s_min": 2, "s_max": 4}, **kw)
+    never = generate(
+        model, tok, policy=policy, policy_options={"threshold": 1e-12, "s_min": 1, "s_max": 4}, **kw
+    )
+    always = generate(
+        model, tok, policy=policy, policy_options={"threshold": 1e9, "s_min": 2, "s_max": 4}, **kw
+    )
     fixed4 = generate(model, tok, policy_options={"loops": 4}, **kw)
     fixed2 = generate(model, tok, policy_options={"loops": 2}, **kw)
     assert never.report.loop_iterations == 6 * 4 and never.report.mean_loops == pytest.approx(4)
@@ -90,8 +108,13 @@ def test_threshold_extremes_hit_the_bounds(trained, policy):
     assert torch.equal(never.tokens, fixed4.tokens)
     if policy != "warm":
         assert torch.equal(always.tokens, fixed2.tokens)
-    unbounded = generate(model, tok, policy="warm",
-                         policy_options={"threshold": 1e-12, "s_min": 1, "s_max": 4, "max_depth": 10_000}, **kw)
+    unbounded = generate(
+        model,
+        tok,
+        policy="warm",
+        policy_options={"threshold": 1e-12, "s_min": 1, "s_max": 4, "max_depth": 10_000},
+        **kw,
+    )
     assert not torch.equal(unbounded.tokens, fixed4.tokens)  # warm states kept looping past S_max
 
 
@@ -99,12 +122,19 @@ def test_per_token_exit_saves_position_weighted_compute(trained):
     model, tok, _ = trained
     kw = dict(num_samples=2, length=16, steps=8, seed=1)
     full = generate(model, tok, policy="fixed", policy_options={"loops": 5}, **kw)
-    pt = generate(model, tok, policy="per_token", policy_options={"threshold": 0.2, "s_min": 1, "s_max": 5},
-                  record_trajectory=True, **kw)
+    pt = generate(
+        model,
+        tok,
+        policy="per_token",
+        policy_options={"threshold": 0.2, "s_min": 1, "s_max": 5},
+        record_trajectory=True,
+        **kw,
+    )
     # some positions exited early: fewer position updates and fewer FLOPs than mid-block calls suggest
     assert pt.report.token_loop_iterations < pt.report.loop_iterations
     assert pt.report.flops < full.report.flops
-    assert len(set(pt.trajectory.reveal_loops.flatten().tolist())) > 1  # positions got different loop counts
+    # positions got different loop counts
+    assert len(set(pt.trajectory.reveal_loops.flatten().tolist())) > 1
 
 
 def test_partial_update_equals_full_update_when_all_positions_are_active(trained):
@@ -123,7 +153,10 @@ def test_partial_update_equals_full_update_when_all_positions_are_active(trained
         # a subset: at every mid layer the updated positions attend to fresh keys / values of their own and to
         # the cached ones of the others, i.e. to a full layer run on [updated states | cached layer inputs]
         inputs = []
-        hooks = [b.register_forward_pre_hook(lambda mod, args: inputs.append(args[0])) for b in model.mid.blocks]
+        hooks = [
+            b.register_forward_pre_hook(lambda mod, args: inputs.append(args[0]))
+            for b in model.mid.blocks
+        ]
         cache = [{} for _ in range(len(model.mid))]
         model.loop_step(ctx.h0, ctx, 0, cache=cache)  # fills the cache, records each layer's input
         for hk in hooks:
@@ -148,17 +181,20 @@ def test_schedule_shapes_and_bounds():
         Schedule(1, 4, "zigzag")
 
 
-@pytest.mark.parametrize("name,opts,match", [
-    ("schedule", {"s_min": 5, "s_max": 2}, "S_min <= S_max"),
-    ("converge", {"s_min": 3, "s_max": 1}, "S_min <= S_max"),
-    ("per_token", {"s_min": 2, "s_max": 1}, "S_min <= S_max"),
-    ("warm", {"s_min": 9, "s_max": 8}, "S_min <= S_max"),
-    ("warm", {"max_depth": 0}, "max_depth"),
-    ("converge", {"threshold": 0}, "threshold"),
-    ("converge", {"criterion": "vibes"}, "delta, kl"),
-    ("fixed", {"loops": 0}, ">= 1"),
-    ("schedule", {"s_min": 0}, ">= 1"),
-])
+@pytest.mark.parametrize(
+    "name,opts,match",
+    [
+        ("schedule", {"s_min": 5, "s_max": 2}, "S_min <= S_max"),
+        ("converge", {"s_min": 3, "s_max": 1}, "S_min <= S_max"),
+        ("per_token", {"s_min": 2, "s_max": 1}, "S_min <= S_max"),
+        ("warm", {"s_min": 9, "s_max": 8}, "S_min <= S_max"),
+        ("warm", {"max_depth": 0}, "max_depth"),
+        ("converge", {"threshold": 0}, "threshold"),
+        ("converge", {"criterion": "vibes"}, "delta, kl"),
+        ("fixed", {"loops": 0}, ">= 1"),
+        ("schedule", {"s_min": 0}, ">= 1"),
+    ],
+)
 def test_policy_option_errors(name, opts, match):
     with pytest.raises(ConfigError, match=match):
         LOOP_POLICIES.get(name)(**opts)
@@ -185,7 +221,16 @@ def test_warm_start_never_lets_a_state_exceed_max_depth(trained, max_depth, s_mi
 
     policy.finish = record
     canvas = build_canvas(tok, 2, 16, model.config.max_seq_len)
-    sample_canvas(model, canvas, tok.mask_id, steps=12, sampler=SAMPLERS.get("ancestral")(), policy=policy,
-                  token_filter=TokenFilter(), schedule=get_schedule("loglinear"), gen=torch.Generator().manual_seed(0))
+    sample_canvas(
+        model,
+        canvas,
+        tok.mask_id,
+        steps=12,
+        sampler=SAMPLERS.get("ancestral")(),
+        policy=policy,
+        token_filter=TokenFilter(),
+        schedule=get_schedule("loglinear"),
+        gen=torch.Generator().manual_seed(0),
+    )
     assert len(depths) == 12 and max(depths) <= max_depth
     assert max(depths) == max_depth  # the bound is reached: warm states are really carried over

@@ -29,10 +29,22 @@ class Rows:
 
 def make_run(batch_size=8, grad_accum=1, s_max=8, **model):
     cfg = RunConfig(
-        model=ModelConfig(vocab_size=64, max_seq_len=32, d_model=32, n_heads=2, n_layers=4, n_h=1, n_m=2, n_o=1,
-                          cond_dim=16, **model),
+        model=ModelConfig(
+            vocab_size=64,
+            max_seq_len=32,
+            d_model=32,
+            n_heads=2,
+            n_layers=4,
+            n_h=1,
+            n_m=2,
+            n_o=1,
+            cond_dim=16,
+            **model,
+        ),
         diffusion=DiffusionConfig(s_max=s_max),
-        train=TrainConfig(batch_size=batch_size, grad_accum=grad_accum, device="cpu", precision="fp32"),
+        train=TrainConfig(
+            batch_size=batch_size, grad_accum=grad_accum, device="cpu", precision="fp32"
+        ),
     ).validate()
     torch.manual_seed(0)
     model = LoopMDM(cfg.model)
@@ -40,8 +52,15 @@ def make_run(batch_size=8, grad_accum=1, s_max=8, **model):
 
 
 def plan_of(cfg, model, objective) -> MemoryModel:
-    return preflight.probe(model, objective, Rows(), CPU, "fp32", preflight.idle_bytes(model, CPU)
-                           + preflight.optimizer_state_bytes(model, None), 32 * cfg.model.d_model * 4)
+    return preflight.probe(
+        model,
+        objective,
+        Rows(),
+        CPU,
+        "fp32",
+        preflight.idle_bytes(model, CPU) + preflight.optimizer_state_bytes(model, None),
+        32 * cfg.model.d_model * 4,
+    )
 
 
 def test_no_budget_on_cpu_is_a_no_op():
@@ -59,13 +78,20 @@ def test_a_step_that_fits_passes_and_leaves_no_trace():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng, seen = torch.random.get_rng_state(), []
     model.eval()
-    report = check_memory(model, model, obj, Rows(), cfg, CPU, budget_bytes=1 << 40, log=seen.append)
-    assert (report.loops, report.rows, report.measured) == (8, 8, False) and 0 < report.needed < report.budget
+    report = check_memory(
+        model, model, obj, Rows(), cfg, CPU, budget_bytes=1 << 40, log=seen.append
+    )
+    assert (report.loops, report.rows, report.measured) == (
+        8,
+        8,
+        False,
+    ) and 0 < report.needed < report.budget
     assert len(seen) == 1 and "S=8 with 8 sequences" in seen[0]
     assert torch.equal(torch.random.get_rng_state(), rng)  # the run's random streams are untouched
     assert not model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert cfg.model.checkpoint_loops is False and cfg.model.backprop_depth is None  # probe overrides restored
+    # probe overrides restored
+    assert cfg.model.checkpoint_loops is False and cfg.model.backprop_depth is None
 
 
 def test_the_linear_model_extrapolates_in_rows_and_loops():
@@ -77,14 +103,22 @@ def test_the_linear_model_extrapolates_in_rows_and_loops():
     actual = preflight._saved_bytes(model, obj, batch, noise, 5, CPU, "fp32")
     predicted = plan.peak(6, 5) - plan.static
     assert predicted == pytest.approx(actual, rel=0.1)
-    assert plan.peak(6, 5, checkpoint=True) < plan.peak(6, 5) and plan.peak(6, 5, depth=2) < plan.peak(6, 5)
+    assert plan.peak(6, 5, checkpoint=True) < plan.peak(6, 5) and plan.peak(
+        6, 5, depth=2
+    ) < plan.peak(6, 5)
 
 
 def _error(cfg, model, obj, budget) -> str:
     with pytest.raises(ConfigError) as e:
-        check_memory(model, model, obj, Rows(), cfg, CPU, budget_bytes=int(budget), log=lambda s: None)
+        check_memory(
+            model, model, obj, Rows(), cfg, CPU, budget_bytes=int(budget), log=lambda s: None
+        )
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("memory pre-flight: one training step at S=8") and "8 sequences" in msg
+    assert (
+        "\n" not in msg
+        and msg.startswith("memory pre-flight: one training step at S=8")
+        and "8 sequences" in msg
+    )
     return msg
 
 
@@ -93,7 +127,11 @@ def test_a_step_that_does_not_fit_names_the_options_that_would():
     plan = plan_of(cfg, model, obj)
     full, ckpt = plan.peak(8, 8), plan.peak(8, 8, checkpoint=True)
     msg = _error(cfg, model, obj, (full + ckpt) / 2)  # checkpointing fits, the plain step does not
-    assert "model.checkpoint_loops=true (~" in msg and "model.backprop_depth=" in msg and "train.grad_accum=" in msg
+    assert (
+        "model.checkpoint_loops=true (~" in msg
+        and "model.backprop_depth=" in msg
+        and "train.grad_accum=" in msg
+    )
     k = int(msg.split("model.backprop_depth=")[1].split()[0])
     assert plan.peak(8, 8, depth=k) <= (full + ckpt) / 2 < plan.peak(8, 8, depth=k + 1)
     half = plan.peak(4, 8)
@@ -117,7 +155,9 @@ def test_nothing_fits_says_so():
 
 def test_grad_accum_counts_toward_the_micro_batch():
     cfg, model, obj = make_run(batch_size=8, grad_accum=2)
-    report = check_memory(model, model, obj, Rows(), cfg, CPU, budget_bytes=1 << 40, log=lambda s: None)
+    report = check_memory(
+        model, model, obj, Rows(), cfg, CPU, budget_bytes=1 << 40, log=lambda s: None
+    )
     assert report.rows == 4
 
 
@@ -125,7 +165,10 @@ def test_expandable_segments_only_for_cuda_and_never_over_the_users_setting(monk
     for var in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-    assert expandable_segments(CPU) == CPU and "PYTORCH_CUDA_ALLOC_CONF" not in __import__("os").environ
+    assert (
+        expandable_segments(CPU) == CPU
+        and "PYTORCH_CUDA_ALLOC_CONF" not in __import__("os").environ
+    )
     cuda = torch.device("cuda", 0)
     assert expandable_segments(cuda) == cuda
     assert __import__("os").environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
@@ -139,12 +182,35 @@ def test_the_trainer_has_what_the_pre_flight_takes(tiny_cfg, tmp_path):
     from loopmdm.train import Trainer
 
     tr = Trainer(tiny_cfg, tmp_path / "run", progress=False, log=lambda s: None)
-    report = check_memory(tr.model, tr.train_model, tr.objective, tr.data, tr.cfg, tr.device, tr.dist,
-                          loops=tr.loop_dist.max(), optimizer=tr.optimizer, budget_bytes=1 << 40, log=lambda s: None)
+    report = check_memory(
+        tr.model,
+        tr.train_model,
+        tr.objective,
+        tr.data,
+        tr.cfg,
+        tr.device,
+        tr.dist,
+        loops=tr.loop_dist.max(),
+        optimizer=tr.optimizer,
+        budget_bytes=1 << 40,
+        log=lambda s: None,
+    )
     assert report.loops == 3 and report.rows == 8
-    with pytest.raises(ConfigError, match=r"^memory pre-flight: one training step at S=3 .*would fit: "):
-        check_memory(tr.model, tr.train_model, tr.objective, tr.data, tr.cfg, tr.device, tr.dist,
-                     loops=tr.loop_dist.max(), optimizer=tr.optimizer, budget_bytes=report.needed - 1)
+    with pytest.raises(
+        ConfigError, match=r"^memory pre-flight: one training step at S=3 .*would fit: "
+    ):
+        check_memory(
+            tr.model,
+            tr.train_model,
+            tr.objective,
+            tr.data,
+            tr.cfg,
+            tr.device,
+            tr.dist,
+            loops=tr.loop_dist.max(),
+            optimizer=tr.optimizer,
+            budget_bytes=report.needed - 1,
+        )
 
 
 @pytest.fixture
@@ -152,8 +218,13 @@ def fake_cuda(monkeypatch):
     """The CUDA path on the CPU: allocator calls answer fixed numbers, the tiny probe steps are measured as on
     the CPU, and the real step returns ``fake_cuda["peak"]`` or, when it is None, runs out of memory."""
     state = {"peak": None}
-    for name, value in {"synchronize": None, "reset_peak_memory_stats": None, "empty_cache": None,
-                        "memory_allocated": 0, "get_rng_state": torch.get_rng_state()}.items():
+    for name, value in {
+        "synchronize": None,
+        "reset_peak_memory_stats": None,
+        "empty_cache": None,
+        "memory_allocated": 0,
+        "get_rng_state": torch.get_rng_state(),
+    }.items():
         monkeypatch.setattr(torch.cuda, name, lambda *a, _v=value, **k: _v)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *a, **k: None)
 
@@ -177,11 +248,17 @@ def test_on_cuda_the_real_step_decides_and_the_probes_name_the_fix(fake_cuda, oo
     with pytest.raises(ConfigError) as e:
         check_memory(model, model, obj, Rows(), cfg, torch.device("cuda"), budget_bytes=budget)
     msg = str(e.value)
-    assert ("ran out of device memory (estimated" in msg) == oom and ("(measured)" in msg) != oom, msg
+    assert ("ran out of device memory (estimated" in msg) == oom and ("(measured)" in msg) != oom, (
+        msg
+    )
     assert "model.checkpoint_loops=true" in msg and "\n" not in msg
     fake_cuda["peak"] = budget // 2
-    report = check_memory(model, model, obj, Rows(), cfg, torch.device("cuda"), budget_bytes=budget, log=print)
-    assert report.measured and report.needed == budget // 2 + preflight.optimizer_state_bytes(model, None)
+    report = check_memory(
+        model, model, obj, Rows(), cfg, torch.device("cuda"), budget_bytes=budget, log=print
+    )
+    assert report.measured and report.needed == budget // 2 + preflight.optimizer_state_bytes(
+        model, None
+    )
 
 
 @pytest.mark.parametrize("change", ["complementary_masks", "deep_supervision", "checkpoint_loops"])

@@ -41,7 +41,8 @@ def test_each_rows_share_lies_in_its_stage_and_frozen_positions_stay_given():
         lo = torch.floor(pool.stage.float() / K * n_free) / n_free
         hi = torch.round((pool.stage.float() + 1) / K * n_free) / n_free
         assert ((share >= lo - 1e-6) & (share <= hi + 1e-6)).all()
-        assert not (pool.masked & pool.frozen).any() and pool.masked.any(1).all()  # every row keeps a mask
+        # every row keeps a mask
+        assert not (pool.masked & pool.frozen).any() and pool.masked.any(1).all()
         pool.advance(torch.rand(B, L, generator=gen), lambda n: rows(n, 7, frozen_prefix=4), gen)
 
 
@@ -68,7 +69,8 @@ def test_the_most_confident_masked_positions_are_revealed_first():
     masked = torch.tensor([[True, True, False, True, True]])
     score = torch.tensor([[0.1, 0.9, 5.0, 0.5, 0.9]])
     out = top_k_mask(masked, score, torch.tensor([2]))
-    assert out.tolist() == [[False, True, False, False, True]]  # 0.9 twice (ties: earlier first); 5.0 not masked
+    # 0.9 twice (ties: earlier first); 5.0 not masked
+    assert out.tolist() == [[False, True, False, False, True]]
     gen = torch.Generator().manual_seed(3)
     pool = ProgressivePool.start(K, rows(B, 0), gen)
     pool.stage.zero_()
@@ -78,7 +80,7 @@ def test_the_most_confident_masked_positions_are_revealed_first():
     newly = before & ~pool.masked
     for b in range(B):
         if newly[b].any():  # the revealed ones are the last masked positions
-            last = before[b].nonzero().flatten()[-int(newly[b].sum()):]
+            last = before[b].nonzero().flatten()[-int(newly[b].sum()) :]
             assert newly[b].nonzero().flatten().tolist() == last.tolist()
 
 

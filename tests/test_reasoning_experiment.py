@@ -6,17 +6,35 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import run_cli
 
+from helpers import run_cli
 from loopmdm.errors import ConfigError
 from loopmdm.experiments.reasoning import TaskSpec, load_reasoning_config, run_reasoning
 
 
 def tiny_config(target: float):
     cfg = load_reasoning_config("laptop")
-    cfg.tasks = [TaskSpec("hops", "vars", {"mode": "query", "kind": "hops", "statements": [6, 7], "literals": 3,
-                                           "n_train": 40, "n_val": 10, "n_test": 6, "train_levels": [0, 1, 2],
-                                           "test_levels": [0, 1, 2, 3], "seed": 0}, "depth", 1, 32)]
+    cfg.tasks = [
+        TaskSpec(
+            "hops",
+            "vars",
+            {
+                "mode": "query",
+                "kind": "hops",
+                "statements": [6, 7],
+                "literals": 3,
+                "n_train": 40,
+                "n_val": 10,
+                "n_test": 6,
+                "train_levels": [0, 1, 2],
+                "test_levels": [0, 1, 2, 3],
+                "seed": 0,
+            },
+            "depth",
+            1,
+            32,
+        )
+    ]
     cfg.candidates = [{"d_model": 32, "n_heads": 2, "n_layers": 3}]
     cfg.run.model.n_layers, cfg.run.model.n_h, cfg.run.model.n_m, cfg.run.model.n_o = 3, 1, 1, 1
     cfg.run.train.batch_size = 16
@@ -33,12 +51,15 @@ def test_calibration_then_comparison_and_reuse(tmp_path):
     cal = json.loads((tmp_path / "hops" / "calibration.json").read_text())
     assert cal["chosen"] == {"shape": cfg.candidates[0], "baseline_steps": 60} and cal["level"] == 1
     runs = {r["name"]: r["steps"] for r in entry["plan"]["runs"]}
-    assert runs["mdm"] == 60 and runs["loopmdm"] < 60  # equal training FLOPs: LoopMDM takes fewer steps
+    # equal training FLOPs: LoopMDM takes fewer steps
+    assert runs["mdm"] == 60 and runs["loopmdm"] < 60
     per = entry["per_seed"][0]
     assert set(per) == {"mdm", "loopmdm", "deeper", "loopmdm-ds"}
-    assert per["loopmdm-ds"]["flops"] > per["loopmdm"]["flops"]  # deep supervision's extra tail passes counted
+    # deep supervision's extra tail passes counted
+    assert per["loopmdm-ds"]["flops"] > per["loopmdm"]["flops"]
     looped = {(r["steps"], r["loops"], r["group"]) for r in per["loopmdm"]["scores"]}
-    assert (1, 6, 3) in looped and (0, 1, "all") in looped  # S up to 2 S_max; level 3 was never trained
+    # S up to 2 S_max; level 3 was never trained
+    assert (1, 6, 3) in looped and (0, 1, "all") in looped
     assert {r["group"] for r in per["mdm"]["scores"]} == {"all", 0, 1, 2, 3}
     assert {r["loops"] for r in per["mdm"]["scores"]} == {1}
     assert per["loopmdm"]["policies"] and all("mean_loops" in r for r in per["loopmdm"]["policies"])
@@ -62,15 +83,20 @@ def test_no_comparison_when_calibration_fails(tmp_path):
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--tasks"):
         run_reasoning(tiny_config(0.0), tmp_path, tasks=["nope"], log=lambda s: None)
-    code, _, err = run_cli(["experiment", "reasoning", "--out", tmp_path / "x", "--models", "mdm,bogus"], capsys)
+    code, _, err = run_cli(
+        ["experiment", "reasoning", "--out", tmp_path / "x", "--models", "mdm,bogus"], capsys
+    )
     assert code == 2 and err.strip().splitlines()[-1].startswith("error:") and "bogus" in err
 
 
 def test_the_study_refuses_a_foreign_folder_and_accepts_its_own(tmp_path, capsys):
     (tmp_path / "corpus.txt").write_text("not an experiment")
-    code, _, err = run_cli(["experiment", "reasoning", "--out", tmp_path, "--tasks", "prefix-sum"], capsys)
+    code, _, err = run_cli(
+        ["experiment", "reasoning", "--out", tmp_path, "--tasks", "prefix-sum"], capsys
+    )
     assert code == 2 and "not an experiment folder" in err
     from loopmdm.outputs import check_output
+
     own = tmp_path / "own"
     (own / "vars-hops-trace" / "data").mkdir(parents=True)
     (own / "summary.md").write_text("x")
@@ -84,8 +110,12 @@ def test_an_amendment_appends_candidates_and_reuses_the_tried_ones(tmp_path):
     cfg = tiny_config(target=0.0)
     cfg.target = 1.0
     cfg.candidates.append({"d_model": 32, "n_heads": 2, "n_layers": 3, "steps": 30})
-    cal = run_reasoning(cfg.validate(), tmp_path, log=lambda s: None)["tasks"]["hops"]["calibration"]
-    assert [c["shape"] for c in cal["tried"]] == cfg.candidates and first.stat().st_mtime_ns == stamp
+    cal = run_reasoning(cfg.validate(), tmp_path, log=lambda s: None)["tasks"]["hops"][
+        "calibration"
+    ]
+    assert [
+        c["shape"] for c in cal["tried"]
+    ] == cfg.candidates and first.stat().st_mtime_ns == stamp
     assert (tmp_path / "hops" / "calibration_1").is_dir()
     cfg.candidates = cfg.candidates[::-1]
     with pytest.raises(ConfigError, match="candidates may only be appended"):
@@ -101,8 +131,13 @@ def test_a_candidates_own_budget_becomes_the_plain_models_steps(tmp_path):
     assert {r["name"]: r["steps"] for r in entry["plan"]["runs"]}["mdm"] == 80
 
 
-@pytest.mark.parametrize("candidate, match", [({"d_model": 32, "width": 3}, "'width' is neither"),
-                                              ({"d_model": 32, "steps": 0}, "candidate steps")])
+@pytest.mark.parametrize(
+    "candidate, match",
+    [
+        ({"d_model": 32, "width": 3}, "'width' is neither"),
+        ({"d_model": 32, "steps": 0}, "candidate steps"),
+    ],
+)
 def test_bad_candidates_are_refused(candidate, match):
     cfg = tiny_config(target=0.0)
     cfg.candidates = [candidate]

@@ -19,7 +19,8 @@ def messy(tmp_path):
     root.mkdir()
     (root / "a.py").write_text(GOOD)
     (root / "b.py").write_text(GOOD.replace("f", "g"))
-    (root / "bom.py").write_bytes(b"\xef\xbb\xbf" + GOOD.encode())  # UTF-8 with a BOM: fine, BOM dropped
+    # UTF-8 with a BOM: fine, BOM dropped
+    (root / "bom.py").write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
     (root / "blob.bin").write_bytes(bytes(range(256)) * 4)
     (root / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1") * 10)
     (root / "wide.txt").write_bytes("hello\n".encode("utf-16"))
@@ -35,24 +36,36 @@ def test_skip_counts_every_bad_file_by_reason(messy):
     r = read_documents(DataConfig(source=str(messy)))
     assert sorted(d.name for d in r.documents) == ["a.py", "b.py", "bom.py"]
     assert not r.documents[2].text.startswith("\ufeff")
-    assert r.skipped_by_reason() == {"binary": 1, "not UTF-8": 2, "UTF-16 text, convert it to UTF-8": 1,
-                                     "empty": 2, "broken link": 1}
-    assert r.summary() == ("7 files skipped (1 UTF-16 text, convert it to UTF-8, 1 binary, 1 broken link, 2 empty, "
-                           "2 not UTF-8)")
+    assert r.skipped_by_reason() == {
+        "binary": 1,
+        "not UTF-8": 2,
+        "UTF-16 text, convert it to UTF-8": 1,
+        "empty": 2,
+        "broken link": 1,
+    }
+    assert r.summary() == (
+        "7 files skipped (1 UTF-16 text, convert it to UTF-8, 1 binary, 1 broken link, 2 empty, "
+        "2 not UTF-8)"
+    )
 
 
-@pytest.mark.parametrize("name,reason", [
-    ("blob.bin", "binary: NUL bytes"),
-    ("latin.txt", "not UTF-8: byte 0xe9 at offset 3"),
-    ("wide.txt", "UTF-16 text"),
-    ("rows.jsonl", "not UTF-8: byte 0xe9"),
-    ("dead", "broken link"),
-])
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("blob.bin", "binary: NUL bytes"),
+        ("latin.txt", "not UTF-8: byte 0xe9 at offset 3"),
+        ("wide.txt", "UTF-16 text"),
+        ("rows.jsonl", "not UTF-8: byte 0xe9"),
+        ("dead", "broken link"),
+    ],
+)
 def test_error_mode_names_the_file_and_reason(messy, name, reason):
     for other in ("blob.bin", "latin.txt", "wide.txt", "rows.jsonl", "dead"):
         if other != name:
             (messy / other).unlink()
-    with pytest.raises(DataError, match=f"{name}' cannot be used \\({reason}.*data.bad_files=skip") as e:
+    with pytest.raises(
+        DataError, match=f"{name}' cannot be used \\({reason}.*data.bad_files=skip"
+    ) as e:
         read_documents(DataConfig(source=str(messy), bad_files="error"))
     assert "\n" not in str(e.value)
 
@@ -95,20 +108,29 @@ def test_single_bad_sources(tmp_path):
 
 def test_prepare_data_reports_skips(messy, tmp_path):
     logs = []
-    data = prepare_data(DataConfig(source=str(messy), val_fraction=0.34, cache_dir=str(tmp_path / "c")), 300, 16,
-                        log=logs.append)
+    data = prepare_data(
+        DataConfig(source=str(messy), val_fraction=0.34, cache_dir=str(tmp_path / "c")),
+        300,
+        16,
+        log=logs.append,
+    )
     assert data.stats["skipped_files"] == 7 and data.stats["skipped_by_reason"]["empty"] == 2
     assert any("7 files skipped" in line and "data.bad_files=skip" in line for line in logs)
 
 
-@pytest.mark.parametrize("raw,text,problem", [
-    (b"plain", "plain", None),
-    (b"\xef\xbb\xbfbom", "bom", None),
-    (b"\xff\xfe\x00\x00x\x00\x00\x00", None, "UTF-32"),
-    (b"\xfe\xffx", None, "UTF-16"),
-    (b"a\x00b", None, "binary"),
-    (b"\xc3\x28", None, "not UTF-8: byte 0xc3 at offset 0"),
-])
+@pytest.mark.parametrize(
+    "raw,text,problem",
+    [
+        (b"plain", "plain", None),
+        (b"\xef\xbb\xbfbom", "bom", None),
+        (b"\xff\xfe\x00\x00x\x00\x00\x00", None, "UTF-32"),
+        (b"\xfe\xffx", None, "UTF-16"),
+        (b"a\x00b", None, "binary"),
+        (b"\xc3\x28", None, "not UTF-8: byte 0xc3 at offset 0"),
+    ],
+)
 def test_decode_text(raw, text, problem):
     got, why = decode_text(raw)
-    assert got == text and (problem is None) == (why is None) and (problem is None or problem in why)
+    assert (
+        got == text and (problem is None) == (why is None) and (problem is None or problem in why)
+    )

@@ -51,16 +51,21 @@ def test_resume_is_exact(tiny_cfg, tmp_path):
     stop_after(part, 5)
     r = part.fit()
     assert r.stopped_early and r.step == 5
-    assert resolve_checkpoint(tmp_path / "part").name == "step_000005"  # the stop saved a checkpoint
+    # the stop saved a checkpoint
+    assert resolve_checkpoint(tmp_path / "part").name == "step_000005"
     resumed = quiet(configure(tiny_cfg), tmp_path / "part")
     resumed.resume(tmp_path / "part")
     assert resumed.step == 5
     resumed.fit()
     a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
     assert [r["step"] for r in a] == list(range(1, 9))
-    assert a == b  # every field of every step: loss, S, grad norm, lr, flops, tokens, validation NELBO
+    # every field of every step: loss, S, grad norm, lr, flops, tokens, validation NELBO
+    assert a == b
     for f in ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "rng.safetensors"):
-        wa, wb = (load_safetensors(resolve_checkpoint(d) / f) for d in (tmp_path / "full", tmp_path / "part"))
+        wa, wb = (
+            load_safetensors(resolve_checkpoint(d) / f)
+            for d in (tmp_path / "full", tmp_path / "part")
+        )
         assert wa.keys() == wb.keys()
         for k in wa:
             assert torch.equal(wa[k], wb[k]), (f, k)
@@ -72,16 +77,20 @@ def test_resume_refuses_mismatches(tiny_run, tiny_cfg, tmp_path):
     other = quiet(tiny_cfg, tmp_path / "x")  # same data, so same tokenizer
     other.cfg.model.d_model = 64
     other.model = type(other.model)(other.cfg.model)
-    with pytest.raises(CheckpointError, match=r"different model config \(model\.d_model: 32 -> 64\)"):
+    with pytest.raises(
+        CheckpointError, match=r"different model config \(model\.d_model: 32 -> 64\)"
+    ):
         other.resume(run)
 
     with pytest.raises(CheckpointError, match="already holds checkpoints .*--resume"):
-        train(copy.deepcopy(tiny_cfg), run, progress=False, log=lambda s: None)  # a fresh run must not mix into an old one
+        # a fresh run must not mix into an old one
+        train(copy.deepcopy(tiny_cfg), run, progress=False, log=lambda s: None)
 
     ckpt = resolve_checkpoint(run)
     rng = (ckpt / "rng.safetensors").read_bytes()
     (ckpt / "rng.safetensors").unlink()
-    (ckpt / "index.json").unlink()  # without the index, each file's own checks must catch the damage
+    # without the index, each file's own checks must catch the damage
+    (ckpt / "index.json").unlink()
     with pytest.raises(CheckpointError, match="has no rng.safetensors: it holds weights only"):
         quiet(tiny_cfg, tmp_path / "y").resume(run)
 
@@ -105,6 +114,7 @@ def test_resume_warns_about_changed_settings_and_tokenizer(tiny_run, tiny_cfg, t
     tr.resume(tiny_run)
     assert any("train.max_steps: 30 -> 99" in line for line in logs)
 
-    tr.data.tokenizer.tok.add_tokens(["zzz_new_token"])  # as if the corpus changed and the BPE was retrained
+    # as if the corpus changed and the BPE was retrained
+    tr.data.tokenizer.tok.add_tokens(["zzz_new_token"])
     with pytest.raises(CheckpointError, match="tokenizer differs .*data.tokenizer="):
         tr.resume(tiny_run)

@@ -14,30 +14,90 @@ import time
 import pytest
 import torch
 
-from loopmdm.checkpoint import list_checkpoints, load_model, load_safetensors, resolve_checkpoint, verify_checkpoint
+from loopmdm.checkpoint import (
+    list_checkpoints,
+    load_model,
+    load_safetensors,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
 from loopmdm.errors import CheckpointError
 
 STEPS = 20
 TIMING = {"tokens_per_s"}
-TINY = ["--set", "model.vocab_size=320", "--set", "model.max_seq_len=32", "--set", "model.d_model=32",
-        "--set", "model.n_heads=2", "--set", "model.cond_dim=16", "--set", "model.n_layers=4",
-        "--set", "model.n_o=1", "--set", "diffusion.s_max=3", "--set", "train.batch_size=8",
-        "--set", "train.lr=3e-3", "--set", "train.warmup_steps=2", "--set", "train.eval_every=5",
-        "--set", "train.eval_batches=1", "--set", "train.save_every=1", "--set", "train.keep_last=2",
-        "--set", "train.ema=0.9", "--set", "train.precision=fp32", "--set", "train.device=cpu",
-        "--set", "train.threads=1", "--set", "data.val_fraction=0.2", "--max-steps", str(STEPS), "--no-progress"]
+TINY = [
+    "--set",
+    "model.vocab_size=320",
+    "--set",
+    "model.max_seq_len=32",
+    "--set",
+    "model.d_model=32",
+    "--set",
+    "model.n_heads=2",
+    "--set",
+    "model.cond_dim=16",
+    "--set",
+    "model.n_layers=4",
+    "--set",
+    "model.n_o=1",
+    "--set",
+    "diffusion.s_max=3",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.lr=3e-3",
+    "--set",
+    "train.warmup_steps=2",
+    "--set",
+    "train.eval_every=5",
+    "--set",
+    "train.eval_batches=1",
+    "--set",
+    "train.save_every=1",
+    "--set",
+    "train.keep_last=2",
+    "--set",
+    "train.ema=0.9",
+    "--set",
+    "train.precision=fp32",
+    "--set",
+    "train.device=cpu",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "data.val_fraction=0.2",
+    "--max-steps",
+    str(STEPS),
+    "--no-progress",
+]
 
 
 def cli_args(run, corpus, cache, resume=False):
-    args = [sys.executable, "-c", "from loopmdm.cli import main; main()", "train", "--out", str(run),
-            "--data", str(corpus), "--set", f"data.cache_dir={cache}", *TINY]
+    args = [
+        sys.executable,
+        "-c",
+        "from loopmdm.cli import main; main()",
+        "train",
+        "--out",
+        str(run),
+        "--data",
+        str(corpus),
+        "--set",
+        f"data.cache_dir={cache}",
+        *TINY,
+    ]
     return args + (["--resume", str(run)] if resume else [])
 
 
 def launch(run, corpus, cache, resume=False):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    return subprocess.Popen(cli_args(run, corpus, cache, resume), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen(
+        cli_args(run, corpus, cache, resume),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _cli_child(argv, log):
@@ -49,7 +109,8 @@ def _cli_child(argv, log):
 
     from tqdm.auto import tqdm
 
-    tqdm.set_lock(threading.RLock())  # not a multiprocessing lock: a SIGKILL would leak its semaphore
+    # not a multiprocessing lock: a SIGKILL would leak its semaphore
+    tqdm.set_lock(threading.RLock())
     from loopmdm.cli import main
 
     sys.argv = ["loopmdm", *argv]
@@ -65,9 +126,13 @@ class Forked:
     def __init__(self, run, corpus, cache, resume=False):
         if Forked.ctx is None:
             Forked.ctx = multiprocessing.get_context("forkserver")
-            Forked.ctx.set_forkserver_preload(["loopmdm.cli", "loopmdm.train", "loopmdm.checkpoint"])
+            Forked.ctx.set_forkserver_preload(
+                ["loopmdm.cli", "loopmdm.train", "loopmdm.checkpoint"]
+            )
         self.log = f"{run}.log"
-        self.proc = Forked.ctx.Process(target=_cli_child, args=(cli_args(run, corpus, cache, resume)[3:], self.log))
+        self.proc = Forked.ctx.Process(
+            target=_cli_child, args=(cli_args(run, corpus, cache, resume)[3:], self.log)
+        )
         self.proc.start()
 
     def poll(self):
@@ -135,11 +200,13 @@ def test_sigterm_saves_exits_cleanly_and_resume_is_exact(reference, tiny_corpus,
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 143, err[-2000:]  # 128 + SIGTERM: saved, but not finished (`train && ...` stops)
+    # 128 + SIGTERM: saved, but not finished (`train && ...` stops)
+    assert p.returncode == 143, err[-2000:]
     assert "SIGTERM received: saving step" in err and "Traceback" not in err
     stopped = last_step(run)
     assert 3 <= stopped < STEPS
-    assert resolve_checkpoint(run).name == f"step_{stopped:06d}"  # the stop saved the step it finished
+    # the stop saved the step it finished
+    assert resolve_checkpoint(run).name == f"step_{stopped:06d}"
     p = launch(run, tiny_corpus, cache, resume=True)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-2000:]
@@ -156,13 +223,15 @@ def check_after_kill(run, ref, previous_step):
         verify_checkpoint(folder)
     newest = 0
     if kept:
-        folder = resolve_checkpoint(run)  # what `latest` names; a kill between the folder rename and the
-        assert folder in kept[-2:]  # pointer update leaves one newer complete folder, not yet published
+        # what `latest` names; a kill between the folder rename and the
+        folder = resolve_checkpoint(run)
+        # pointer update leaves one newer complete folder, not yet published
+        assert folder in kept[-2:]
         load_model(run)
         newest = int(folder.name.split("_")[1])
     assert newest >= previous_step, f"checkpoint lost: newest step {newest} < {previous_step}"
     got = metrics(run)
-    assert got == ref[:len(got)]
+    assert got == ref[: len(got)]
     return newest
 
 
@@ -174,7 +243,8 @@ def test_sigkill_at_random_points_never_loses_work(reference, tiny_corpus, tmp_p
     while kills < 10:
         assert time.time() - t0 < 300, f"only {kills} kills in the time budget"
         start, launched = last_step(run), time.time()
-        p = Forked(run, tiny_corpus, cache, resume=newest > 0)  # no checkpoint yet: start from scratch
+        # no checkpoint yet: start from scratch
+        p = Forked(run, tiny_corpus, cache, resume=newest > 0)
         if kills % 2 == 0:  # a moment after it made progress: inside a step, a save, a validation
             while last_step(run) <= start and p.poll() is None:
                 time.sleep(0.005)
@@ -201,6 +271,9 @@ def test_sigkill_at_random_points_never_loses_work(reference, tiny_corpus, tmp_p
     assert same_weights(run, ref_run)
     from loopmdm.train import check_fresh_run_dir
 
-    with pytest.raises(CheckpointError, match="already holds checkpoints"):  # a fresh run never mixes in
+    # a fresh run never mixes in
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
         check_fresh_run_dir(run)
-    print(f"{kills} kills in {time.time() - t0:.1f}s (logged step, checkpoint step) at each: {kill_steps}")
+    print(
+        f"{kills} kills in {time.time() - t0:.1f}s (logged step, checkpoint step) at each: {kill_steps}"
+    )

@@ -111,8 +111,10 @@ def test_pickle_only_folders_are_refused(ckpt, tmp_path, bin_name):
     (ckpt / "model.safetensors").unlink()
     (ckpt / "index.json").unlink()
     (ckpt / bin_name).write_bytes(pickle_bytes(marker))
-    with pytest.raises(LoopMDMError, match=f"{bin_name}' is a pickle-format file; LoopMDM loads weights only from "
-                                           "safetensors"):
+    with pytest.raises(
+        LoopMDMError,
+        match=f"{bin_name}' is a pickle-format file; LoopMDM loads weights only from safetensors",
+    ):
         load_model(ckpt)
     bare = tmp_path / "bare"  # a folder with nothing but the pickle
     bare.mkdir()
@@ -128,7 +130,9 @@ def test_transformers_folder_with_pickle_weights_is_refused(ckpt, tmp_path):
     hf = tmp_path / "hf"
     hf.mkdir()
     cfg = json.loads((ckpt / "config.json").read_text())
-    (hf / "config.json").write_text(json.dumps({"model_type": "loopmdm", "loopmdm_run_config": cfg}))
+    (hf / "config.json").write_text(
+        json.dumps({"model_type": "loopmdm", "loopmdm_run_config": cfg})
+    )
     shutil.copy(ckpt / "tokenizer.json", hf / "tokenizer.json")
     (hf / "pytorch_model.bin").write_bytes(pickle_bytes(marker))
     with pytest.raises(LoopMDMError, match="pickle"):
@@ -171,6 +175,7 @@ def test_poisoned_data_cache_is_rebuilt_not_unpickled(tiny_corpus, tmp_path):
 
 # --------------------------------------------------------------------------- static check of the source tree
 
+
 def _calls(tree):
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
@@ -196,7 +201,9 @@ def test_no_unsafe_loader_in_the_source_tree():
             where = f"{path.relative_to(root)}:{node.lineno}"
             if owner == "torch" and name == "load" and _kw(node, "weights_only") is not True:
                 problems.append(f"{where} torch.load without weights_only=True")
-            if owner in ("pickle", "dill", "cloudpickle", "joblib", "marshal") and name.startswith("load"):
+            if owner in ("pickle", "dill", "cloudpickle", "joblib", "marshal") and name.startswith(
+                "load"
+            ):
                 problems.append(f"{where} {owner}.{name}")
             if owner == "np" and name == "load" and _kw(node, "allow_pickle") is not False:
                 problems.append(f"{where} np.load without allow_pickle=False")

@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from loopmdm.checkpoint import load_model  # noqa: E402
 from loopmdm.sampling import LOOP_POLICIES, SAMPLERS, generate  # noqa: E402
 from loopmdm.serve import create_app  # noqa: E402
-from loopmdm.viz.assets import ASSETS  # noqa: E402
 from loopmdm.serve.server import serve_in_thread  # noqa: E402
+from loopmdm.viz.assets import ASSETS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,16 @@ def test_info_lists_samplers_policies_and_checkpoint_defaults(client, loaded):
     assert [s["name"] for s in info["samplers"]] == SAMPLERS.names()
     assert [p["name"] for p in info["policies"]] == LOOP_POLICIES.names()
     fixed = next(p for p in info["policies"] if p["name"] == "fixed")
-    assert fixed["options"] == [{"name": "loops", "type": "int", "default": cfg.diffusion.s_max, "choices": None}]
+    assert fixed["options"] == [
+        {"name": "loops", "type": "int", "default": cfg.diffusion.s_max, "choices": None}
+    ]
     schedule = next(p for p in info["policies"] if p["name"] == "schedule")
-    assert {o["name"]: o["choices"] for o in schedule["options"]}["shape"] == ["hump", "linear", "inverse", "constant"]
+    assert {o["name"]: o["choices"] for o in schedule["options"]}["shape"] == [
+        "hump",
+        "linear",
+        "inverse",
+        "constant",
+    ]
     assert info["model"]["max_seq_len"] == cfg.model.max_seq_len
     assert info["limits"] == {"timeout_s": 30, "max_steps": 64, "max_samples": 4}
 
@@ -81,25 +88,47 @@ def test_info_lists_samplers_policies_and_checkpoint_defaults(client, loaded):
 # ---------------------------------------------------------------------------------------------- streaming
 def test_stream_has_every_step_and_matches_generate(client, loaded):
     model, tok, cfg = loaded
-    body = {"prompt": "def compute_", "steps": 6, "num_samples": 2, "seed": 3, "policy": "schedule",
-            "policy_options": {"s_min": 1, "s_max": 3}}
+    body = {
+        "prompt": "def compute_",
+        "steps": 6,
+        "num_samples": 2,
+        "seed": 3,
+        "policy": "schedule",
+        "policy_options": {"s_min": 1, "s_max": 3},
+    }
     r = client.post("/api/generate", json=body)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
     ev = events_of(r.text)
     assert [e["type"] for e in ev] == ["start"] + ["step"] * 6 + ["done"]
     start, steps, done = ev[0], ev[1:-1], ev[-1]
-    assert [s["step"] for s in steps] == list(range(1, 7)) and all(s["total_steps"] == 6 for s in steps)
+    assert [s["step"] for s in steps] == list(range(1, 7)) and all(
+        s["total_steps"] == 6 for s in steps
+    )
 
-    direct = generate(model, tok, num_samples=2, steps=6, prompt="def compute_", seed=3, policy="schedule",
-                      policy_options={"s_min": 1, "s_max": 3}, schedule=cfg.diffusion.schedule,
-                      record_trajectory=True)
-    assert done["tokens"] == direct.tokens.tolist()  # the server samples exactly what the library samples
+    direct = generate(
+        model,
+        tok,
+        num_samples=2,
+        steps=6,
+        prompt="def compute_",
+        seed=3,
+        policy="schedule",
+        policy_options={"s_min": 1, "s_max": 3},
+        schedule=cfg.diffusion.schedule,
+        record_trajectory=True,
+    )
+    # the server samples exactly what the library samples
+    assert done["tokens"] == direct.tokens.tolist()
     assert done["texts"] == direct.texts
-    assert done["report"]["loops_per_step"] == [s["loops"] for s in steps] == direct.report.loops_per_step
+    assert (
+        done["report"]["loops_per_step"]
+        == [s["loops"] for s in steps]
+        == direct.report.loops_per_step
+    )
 
     prompt_ids = [tok.bos_id] + tok.encode("def compute_")
     given = torch.tensor(start["given"], dtype=torch.bool)
-    assert given[:, : len(prompt_ids)].all() and not given[:, len(prompt_ids):].any()
+    assert given[:, : len(prompt_ids)].all() and not given[:, len(prompt_ids) :].any()
     mask = tok.mask_id
     prev = torch.full_like(direct.tokens, mask)
     for s in steps:  # MDLM: a revealed token never changes; the revealed mask only grows
@@ -156,8 +185,12 @@ def test_bad_options_get_a_one_line_422(client, body, phrase):
 
 
 def test_malformed_json_body_gets_a_one_line_422(client):
-    r = client.post("/api/generate", content=b"{steps: 3", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["error"].startswith("the request body is not valid JSON")
+    r = client.post(
+        "/api/generate", content=b"{steps: 3", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and r.json()["error"].startswith(
+        "the request body is not valid JSON"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- time limit
@@ -171,7 +204,8 @@ def test_request_over_the_time_limit_is_cancelled_mid_stream(tiny_run):
         assert r.status_code == 200 and ev[0]["type"] == "start" and ev[1]["type"] == "step"
         assert ev[-1]["type"] == "error" and ev[-1]["code"] == "timeout"
         assert "limit of 0.6 s" in ev[-1]["message"] and "\n" not in ev[-1]["message"]
-        assert elapsed < 5.0 and len(gen.steps_run) < 100  # stopped at a step boundary, long before step 200
+        # stopped at a step boundary, long before step 200
+        assert elapsed < 5.0 and len(gen.steps_run) < 100
         ok = c.post("/api/generate", json={"steps": 2})  # the worker is free again
         assert events_of(ok.text)[-1]["type"] == "done"
 
@@ -192,13 +226,27 @@ def _stream(url: str, body: dict, out: dict, key: str) -> None:
 
 def test_two_concurrent_requests_equal_sequential_ones(tiny_run, loaded):
     model, tok, cfg = loaded
-    bodies = {"a": {"steps": 24, "seed": 1, "policy": "converge", "policy_options": {"threshold": 0.02, "s_max": 3}},
-              "b": {"steps": 20, "seed": 2, "template": "def [MASK:3](alpha):\n    [MASK:6]", "sampler": "confidence",
-                    "policy": "per_token"}}
+    bodies = {
+        "a": {
+            "steps": 24,
+            "seed": 1,
+            "policy": "converge",
+            "policy_options": {"threshold": 0.02, "s_max": 3},
+        },
+        "b": {
+            "steps": 20,
+            "seed": 2,
+            "template": "def [MASK:3](alpha):\n    [MASK:6]",
+            "sampler": "confidence",
+            "policy": "per_token",
+        },
+    }
     gen = slow(0.005)  # interleave the two runs step by step
     with serve_in_thread(create_app(tiny_run, generate_fn=gen, max_workers=2)) as url:
         out: dict = {}
-        threads = [threading.Thread(target=_stream, args=(url, b, out, k)) for k, b in bodies.items()]
+        threads = [
+            threading.Thread(target=_stream, args=(url, b, out, k)) for k, b in bodies.items()
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -213,8 +261,13 @@ def test_two_concurrent_requests_equal_sequential_ones(tiny_run, loaded):
         ev = out[key]
         assert ev[-1]["type"] == "done", ev[-1]
         kw = {k: v for k, v in body.items() if k not in ("steps",)}
-        direct = generate(model, tok, steps=body["steps"], schedule=cfg.diffusion.schedule,
-                          **({"policy_options": {"s_max": cfg.diffusion.s_max}} | kw))
+        direct = generate(
+            model,
+            tok,
+            steps=body["steps"],
+            schedule=cfg.diffusion.schedule,
+            **({"policy_options": {"s_max": cfg.diffusion.s_max}} | kw),
+        )
         assert ev[-1]["tokens"] == direct.tokens.tolist(), key
         assert ev[-1]["report"]["loops_per_step"] == direct.report.loops_per_step, key
 
@@ -223,13 +276,16 @@ def test_client_disconnect_frees_the_worker(tiny_run):
     import httpx2 as httpx
 
     gen = slow(0.05)
-    with serve_in_thread(create_app(tiny_run, generate_fn=gen, max_workers=1, timeout_s=60, max_steps=1000)) as url:
+    with serve_in_thread(
+        create_app(tiny_run, generate_fn=gen, max_workers=1, timeout_s=60, max_steps=1000)
+    ) as url:
         with httpx.Client(timeout=30) as c:
             with c.stream("POST", url + "/api/generate", json={"steps": 400}) as r:
                 lines = r.iter_lines()
                 assert json.loads(next(lines))["type"] == "start"
                 assert json.loads(next(lines))["type"] == "step"
-            t0 = time.monotonic()  # the stream is closed: the 400-step job must stop within a step or two
+            # the stream is closed: the 400-step job must stop within a step or two
+            t0 = time.monotonic()
             second = c.post(url + "/api/generate", json={"steps": 2})
             assert events_of(second.text)[-1]["type"] == "done"
             assert time.monotonic() - t0 < 5.0

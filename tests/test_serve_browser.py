@@ -12,13 +12,26 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytest.importorskip("fastapi", reason="the viewer needs the [serve] extra (fastapi, uvicorn)")
-pytest.importorskip("playwright.sync_api", reason="Playwright's Python client is missing (pip install playwright)")
+pytest.importorskip(
+    "playwright.sync_api", reason="Playwright's Python client is missing (pip install playwright)"
+)
 if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(f"Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)", allow_module_level=True)
+    pytest.skip(
+        f"Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)",
+        allow_module_level=True,
+    )
 
 import torch  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
@@ -85,7 +98,9 @@ def test_two_tabs_generate_at_once_and_bad_input_is_shown(tiny_run, browser, tmp
             page.wait_for_selector("#status[data-state='done']", timeout=30_000)
         check_finished(a, 12)
         check_finished(b, 8)
-        assert a.locator(".lv-tok.lv-given").count() == 1 + len(load_model(tiny_run)[1].encode("def compute_"))
+        assert a.locator(".lv-tok.lv-given").count() == 1 + len(
+            load_model(tiny_run)[1].encode("def compute_")
+        )
         assert b.locator(".lv-tok.lv-given").count() > 0
         a.bring_to_front()  # background tabs get no animation frames, which Playwright's actions wait for
         a.hover(".lv-seq .lv-tok:not(.lv-given) >> nth=0")
@@ -107,8 +122,10 @@ def test_two_tabs_generate_at_once_and_bad_input_is_shown(tiny_run, browser, tmp
         a.fill("#template", "no span here")
         a.fill("#prompt", "")
         a.click("#generate")
-        a.wait_for_function("document.getElementById('error').textContent.includes('no span to fill')",
-                            timeout=10_000)
+        a.wait_for_function(
+            "document.getElementById('error').textContent.includes('no span to fill')",
+            timeout=10_000,
+        )
         shot = tmp_path / "viewer_error.png"
         a.screenshot(path=str(shot), full_page=True)
         save_artifact(shot)
@@ -118,9 +135,19 @@ def test_two_tabs_generate_at_once_and_bad_input_is_shown(tiny_run, browser, tmp
 
 def test_exported_html_replays_offline(tiny_run, browser, tmp_path):
     model, tok, cfg = load_model(tiny_run)
-    out = generate(model, tok, steps=10, num_samples=2, prompt="def ", policy="converge",
-                   policy_options={"s_max": cfg.diffusion.s_max}, record_trajectory=True)
-    path = write_trajectory_html(out, tok, tmp_path / "trajectory.html", meta={"model": {"s_max": cfg.diffusion.s_max}})
+    out = generate(
+        model,
+        tok,
+        steps=10,
+        num_samples=2,
+        prompt="def ",
+        policy="converge",
+        policy_options={"s_max": cfg.diffusion.s_max},
+        record_trajectory=True,
+    )
+    path = write_trajectory_html(
+        out, tok, tmp_path / "trajectory.html", meta={"model": {"s_max": cfg.diffusion.s_max}}
+    )
     context = browser.new_context(viewport={"width": 1200, "height": 900}, offline=True)
     page = context.new_page()
     errors: list[str] = []
@@ -129,7 +156,8 @@ def test_exported_html_replays_offline(tiny_run, browser, tmp_path):
     page.wait_for_selector("body[data-ready='1']", timeout=15_000)
     assert page.locator(".loop-pt").count() == 10 and page.locator(".lv-tok.lv-mask").count() == 0
     assert page.locator(".final-text").count() == 2
-    page.locator(".lv-slider").fill("0")  # before step 1 only the given tokens (BOS + the prompt) are shown
+    # before step 1 only the given tokens (BOS + the prompt) are shown
+    page.locator(".lv-slider").fill("0")
     n_given = 2 * (1 + len(tok.encode("def ")))
     expect(page.locator(".lv-tok.lv-mask")).to_have_count(page.locator(".lv-tok").count() - n_given)
     shot = tmp_path / "trajectory_export.png"

@@ -11,7 +11,12 @@ import torch
 from loopmdm.checkpoint import load_model
 from loopmdm.errors import ConfigError
 from loopmdm.sampling import generate
-from loopmdm.viz.trajectory_html import render_trajectory_html, step_snapshots, viewer_data, write_trajectory
+from loopmdm.viz.trajectory_html import (
+    render_trajectory_html,
+    step_snapshots,
+    viewer_data,
+    write_trajectory,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +27,17 @@ def loaded(tiny_run):
 @pytest.fixture(scope="module")
 def output(loaded):
     model, tok, cfg = loaded
-    return generate(model, tok, num_samples=2, steps=5, prompt="def </script><!-- compute_", seed=0,
-                    policy="schedule", policy_options={"s_max": 3}, record_trajectory=True)
+    return generate(
+        model,
+        tok,
+        num_samples=2,
+        steps=5,
+        prompt="def </script><!-- compute_",
+        seed=0,
+        policy="schedule",
+        policy_options={"s_max": 3},
+        record_trajectory=True,
+    )
 
 
 def embedded_data(page: str) -> dict:
@@ -37,7 +51,8 @@ def test_html_export_is_self_contained_and_carries_every_step(loaded, output, tm
     path = write_trajectory(output, tok, tmp_path / "sub" / "t.html", meta={"model": {"s_max": 3}})
     page = path.read_text()
     assert "http://" not in page and "https://" not in page and "<link" not in page
-    assert page.count("</script>") == page.count("<script")  # the prompt's "</script>" cannot end a script early
+    # the prompt's "</script>" cannot end a script early
+    assert page.count("</script>") == page.count("<script")
     data = embedded_data(page)
     assert data == json.loads(json.dumps(viewer_data(output, tok, meta={"model": {"s_max": 3}})))
     steps = data["steps"]
@@ -98,8 +113,20 @@ def test_serve_command_binds_loopback_and_passes_limits(tiny_run, monkeypatch):
         sock.close()
 
     monkeypatch.setattr(server, "run_server", fake_run)
-    result = CliRunner().invoke(app, ["serve", "--checkpoint", str(tiny_run), "--port", "0", "--timeout", "7.5",
-                                      "--max-steps", "99"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "--checkpoint",
+            str(tiny_run),
+            "--port",
+            "0",
+            "--timeout",
+            "7.5",
+            "--max-steps",
+            "99",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert seen["addr"][0] == "127.0.0.1" and seen["addr"][1] > 0
     assert seen["app"].state.limits.timeout_s == 7.5 and seen["app"].state.limits.max_steps == 99

@@ -20,7 +20,17 @@ from loopmdm.model.loss import linear_cross_entropy
 
 
 def cfg(**kw) -> ModelConfig:
-    base = dict(vocab_size=97, max_seq_len=24, d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1, cond_dim=16)
+    base = dict(
+        vocab_size=97,
+        max_seq_len=24,
+        d_model=32,
+        n_heads=2,
+        n_layers=3,
+        n_h=1,
+        n_m=1,
+        n_o=1,
+        cond_dim=16,
+    )
     return ModelConfig(**{**base, **kw})
 
 
@@ -40,7 +50,9 @@ def grads(model):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(time_conditioning="none", tie_embeddings=False)])
-@pytest.mark.parametrize("loss_weight, frozen", [("elbo", False), ("uniform", False), ("elbo", True)])
+@pytest.mark.parametrize(
+    "loss_weight, frozen", [("elbo", False), ("uniform", False), ("elbo", True)]
+)
 def test_sparse_and_dense_nelbo_and_gradients_agree(kw, loss_weight, frozen):
     torch.manual_seed(0)
     model = LoopMDM(cfg(**kw))
@@ -63,11 +75,13 @@ def test_sparse_and_dense_nelbo_and_gradients_agree(kw, loss_weight, frozen):
 
 
 def test_loss_positions_are_row_major_and_padded_to_one_of_32_sizes():
-    assert [bucketed(n, 1000) for n in (0, 1, 32, 33, 990, 999)] == [0, 32, 32, 64, 992, 1000]  # at most all
+    # at most all
+    assert [bucketed(n, 1000) for n in (0, 1, 32, 33, 990, 999)] == [0, 32, 32, 64, 992, 1000]
     scored = np.zeros((4, 64), dtype=bool)  # 256 positions: sizes in steps of 8
     scored[0, [5, 1]] = scored[2, 7] = True
     pos = LossPositions.of(scored)
-    assert pos.n == 3 and pos.index.tolist() == [1, 5, 135] + [135] * 5  # the padding repeats the last one
+    # the padding repeats the last one
+    assert pos.n == 3 and pos.index.tolist() == [1, 5, 135] + [135] * 5
     assert pos.valid.tolist() == [True] * 3 + [False] * 5
     assert pos.rows(64).tolist() == [0, 0, 2] + [2] * 5
     assert pos.labels(torch.arange(256).reshape(4, 64)).tolist() == pos.index.tolist()
@@ -144,7 +158,9 @@ def test_sparse_training_step_flops_match_the_counter(loops):
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
         obj.loss(model, Batch(x0), loops, noise).loss.backward()
     frac = float(masked.float().mean())  # the positions the head really ran on in this batch
-    assert fc.get_total_flops() / (B * T) == pytest.approx(train_flops_per_token(c, loops, T, frac), rel=0.05)
+    assert fc.get_total_flops() / (B * T) == pytest.approx(
+        train_flops_per_token(c, loops, T, frac), rel=0.05
+    )
 
 
 def test_ar_objective_keeps_its_loss():
@@ -162,8 +178,11 @@ def test_ar_objective_keeps_its_loss():
 
 def test_the_masked_diffusion_head_runs_on_half_the_positions_on_average():
     obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=0, t_eps=1e-3)
-    assert obj.predicted_fraction() == pytest.approx((1 + 1e-3) / 2, rel=1e-6)  # E[t], t ~ U[eps, 1)
-    assert MaskedDiffusion(get_schedule("cosine"), 0).predicted_fraction() == pytest.approx(1 - 2 / torch.pi, abs=2e-3)
+    # E[t], t ~ U[eps, 1)
+    assert obj.predicted_fraction() == pytest.approx((1 + 1e-3) / 2, rel=1e-6)
+    assert MaskedDiffusion(get_schedule("cosine"), 0).predicted_fraction() == pytest.approx(
+        1 - 2 / torch.pi, abs=2e-3
+    )
 
 
 @pytest.mark.parametrize("chunk", [4, 1000])
@@ -179,7 +198,9 @@ def test_flop_counter_sees_every_product_of_the_chunked_loss(chunk):
 
 def test_a_second_backward_through_the_loss_is_refused():
     h = torch.randn(5, 4, requires_grad=True)
-    total, _ = linear_cross_entropy(h, torch.randn(7, 4, requires_grad=True), torch.randint(0, 7, (5,)))
+    total, _ = linear_cross_entropy(
+        h, torch.randn(7, 4, requires_grad=True), torch.randint(0, 7, (5,))
+    )
     total.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward per forward"):
         total.backward()

@@ -7,10 +7,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from helpers import two_solution_pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import two_solution_pair
 from loopmdm.config import DataConfig, SudokuDataConfig
 from loopmdm.data import TextTokenizer, prepare_data, train_bpe
 from loopmdm.data.sudoku import augment as A
@@ -96,7 +96,11 @@ def test_splits_are_disjoint_by_solution_and_deterministic():
     assert (len(sp.train), len(sp.val), len(sp.test)) == (30, 10, 15)
     sols = {name: {p.solution for p in getattr(sp, name)} for name in ("train", "val", "test")}
     assert [len(s) for s in sols.values()] == [30, 10, 15]  # no repeat inside a split
-    assert not sols["train"] & sols["val"] and not sols["train"] & sols["test"] and not sols["val"] & sols["test"]
+    assert (
+        not sols["train"] & sols["val"]
+        and not sols["train"] & sols["test"]
+        and not sols["val"] & sols["test"]
+    )
     for p in sp.train + sp.val + sp.test:
         assert 30 <= p.n_givens <= 36 and S.count_solutions(p.puzzle) == 1
     assert SP.make_splits(30, 10, 15, (30, 36), seed=3) == sp
@@ -108,8 +112,20 @@ def test_splits_are_disjoint_by_solution_and_deterministic():
 
 
 def test_splits_skip_repeated_solution_grids(monkeypatch, puzzles):
-    stream = iter([puzzles[0], puzzles[1], puzzles[0], puzzles[2], puzzles[1], puzzles[3], puzzles[3], puzzles[4],
-                   puzzles[2], puzzles[5]])
+    stream = iter(
+        [
+            puzzles[0],
+            puzzles[1],
+            puzzles[0],
+            puzzles[2],
+            puzzles[1],
+            puzzles[3],
+            puzzles[3],
+            puzzles[4],
+            puzzles[2],
+            puzzles[5],
+        ]
+    )
     monkeypatch.setattr(SP, "generate_puzzle", lambda givens, rng: next(stream))
     sp = SP.make_splits(2, 2, 2, (28, 36), seed=0)
     assert sp.test == [puzzles[0], puzzles[1]]  # test first, then train, then validation
@@ -117,7 +133,9 @@ def test_splits_skip_repeated_solution_grids(monkeypatch, puzzles):
 
 
 # --- bad configuration ----------------------------------------------------
-@pytest.mark.parametrize("bad", [16, 0, 81, -3, (20, 17), (10, 30), (30, 90), (30,), "30", 30.5, True, None])
+@pytest.mark.parametrize(
+    "bad", [16, 0, 81, -3, (20, 17), (10, 30), (30, 90), (30,), "30", 30.5, True, None]
+)
 def test_bad_givens_raise_config_error(bad, tmp_path):
     for call in (
         lambda: S.check_givens(bad),
@@ -144,16 +162,19 @@ def test_check_givens_accepts_int_and_pair():
     assert S.check_givens([80, 80]) == (80, 80)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: SP.make_splits(-1, 1, 1, 30, seed=0),
-    lambda: SP.make_splits(1, -1, 1, 30, seed=0),
-    lambda: SP.make_splits(1, 1, -1, 30, seed=0),
-    lambda: SP.make_splits(1, 1, 1, 30, seed=-1),
-    lambda: S.generate_puzzles(1.5, 30, seed=0),
-    lambda: S.generate_puzzle(30, "seed"),
-    lambda: S.generate_puzzle(30, 0, max_tries=0),
-    lambda: S.count_solutions(SOLVED, limit=0),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: SP.make_splits(-1, 1, 1, 30, seed=0),
+        lambda: SP.make_splits(1, -1, 1, 30, seed=0),
+        lambda: SP.make_splits(1, 1, -1, 30, seed=0),
+        lambda: SP.make_splits(1, 1, 1, 30, seed=-1),
+        lambda: S.generate_puzzles(1.5, 30, seed=0),
+        lambda: S.generate_puzzle(30, "seed"),
+        lambda: S.generate_puzzle(30, 0, max_tries=0),
+        lambda: S.count_solutions(SOLVED, limit=0),
+    ],
+)
 def test_other_bad_arguments_raise_config_error(call):
     with pytest.raises(ConfigError):
         call()
@@ -221,7 +242,8 @@ def test_encode_decode_round_trip(grid):
     assert ids.shape == (81,) and ids.dtype == np.int32
     assert all(0 <= t < TOKENIZER.vocab_size and t != TOKENIZER.pad_id for t in ids.tolist())
     assert D.decode_grid(ids) == grid.replace(".", "0")
-    assert TOKENIZER.encode(grid) == ids.tolist()  # the checkpoint's tokenizer agrees with the fast path
+    # the checkpoint's tokenizer agrees with the fast path
+    assert TOKENIZER.encode(grid) == ids.tolist()
 
 
 @settings(max_examples=200, deadline=None)
@@ -283,14 +305,15 @@ def test_score_grids_board_and_cell_accuracy():
     pair = ESCARGOT
     blank = pair.puzzle.index("0")
     wrong_digit = "1" if SOLVED[blank] != "1" else "2"
-    wrong = SOLVED[:blank] + wrong_digit + SOLVED[blank + 1:]
+    wrong = SOLVED[:blank] + wrong_digit + SOLVED[blank + 1 :]
     n_blank = pair.puzzle.count("0")
     sc = score_grids([SOLVED, wrong], [pair, pair])
     assert sc["solved"] == 1 and sc["valid"] == 1  # the wrong digit repeats in its row
     assert sc["cell_accuracy"] == pytest.approx((2 * n_blank - 1) / (2 * n_blank))
     copy_input = score_grids([pair.puzzle], [pair])  # givens copied, nothing filled in
     assert copy_input == {"solved": 0, "cell_accuracy": 0.0, "valid": 0}
-    assert score_grids([SOLVED], [S.SudokuPair(SOLVED, SOLVED)])["cell_accuracy"] == 1.0  # no blank at all
+    # no blank at all
+    assert score_grids([SOLVED], [S.SudokuPair(SOLVED, SOLVED)])["cell_accuracy"] == 1.0
 
 
 def test_score_grids_counts_any_solution_that_keeps_the_givens():
@@ -298,10 +321,13 @@ def test_score_grids_counts_any_solution_that_keeps_the_givens():
     obeys the rules and keeps the givens, so the board is solved (cell accuracy stays against the stored one);
     a valid grid that changes a given is not."""
     puzzle, other = two_solution_pair(SOLVED)
-    assert S.count_solutions(puzzle, limit=3) == 2 and other != SOLVED and S.is_valid_solution(other)
+    assert (
+        S.count_solutions(puzzle, limit=3) == 2 and other != SOLVED and S.is_valid_solution(other)
+    )
     pair = S.SudokuPair(puzzle, SOLVED)
     assert score_grids([other], [pair]) == {"solved": 1, "cell_accuracy": 0.0, "valid": 1}
-    relabelled = SOLVED.translate(str.maketrans("12", "21"))  # valid, but a 1 or a 2 given is changed
+    # valid, but a 1 or a 2 given is changed
+    relabelled = SOLVED.translate(str.maketrans("12", "21"))
     assert S.is_valid_solution(relabelled) and not S.matches_puzzle(ESCARGOT.puzzle, relabelled)
     assert score_grids([relabelled, SOLVED], [ESCARGOT, ESCARGOT])["solved"] == 1
 
@@ -382,10 +408,19 @@ def test_kaggle_csv_with_zero_blanks_and_bad_rows(tmp_path, puzzles):
     path = write_csv(tmp_path / "sudoku.csv", ["quizzes", "solutions"], rows[:3] + bad + rows[3:])
     report = F.read_puzzles(path)
     assert report.pairs == puzzles[:5]
-    assert report.bad == Counter({"wrong length": 3, "characters other than digits and blanks": 1,
-                                  "solution breaks a rule": 1, "solution contradicts a given": 1})
+    assert report.bad == Counter(
+        {
+            "wrong length": 3,
+            "characters other than digits and blanks": 1,
+            "solution breaks a rule": 1,
+            "solution contradicts a given": 1,
+        }
+    )
     summary = report.summary()
-    assert summary.startswith("6 bad rows skipped (3 wrong length, ") and "1 solution contradicts a given" in summary
+    assert (
+        summary.startswith("6 bad rows skipped (3 wrong length, ")
+        and "1 solution contradicts a given" in summary
+    )
     assert F.read_puzzles(path, max_rows=4).pairs == puzzles[:4]
 
 
@@ -397,24 +432,34 @@ def test_puzzle_solution_csv_with_dot_blanks(tmp_path, puzzles):
 
 
 def test_sudoku_extreme_csv_with_dots_and_extra_columns(tmp_path):
-    rows = [("puzzles0_kaggle", HARD[n][0].replace("0", "."), HARD[n][1], i + 3) for i, n in enumerate(sorted(HARD))]
-    rows.append(("broken", HARD["ai_escargot"][0], HARD["inkala_2012"][1], 1))  # contradicts a given
+    rows = [
+        ("puzzles0_kaggle", HARD[n][0].replace("0", "."), HARD[n][1], i + 3)
+        for i, n in enumerate(sorted(HARD))
+    ]
+    # contradicts a given
+    rows.append(("broken", HARD["ai_escargot"][0], HARD["inkala_2012"][1], 1))
     path = write_csv(tmp_path / "train.csv", ["source", "question", "answer", "rating"], rows)
     report = F.read_puzzles(path)
-    assert report.pairs == [S.SudokuPair(S.normalize_grid(HARD[n][0]), HARD[n][1]) for n in sorted(HARD)]
+    assert report.pairs == [
+        S.SudokuPair(S.normalize_grid(HARD[n][0]), HARD[n][1]) for n in sorted(HARD)
+    ]
     assert all("." not in p.puzzle for p in report.pairs)
     assert report.bad == Counter({"solution contradicts a given": 1})
 
 
 def test_csv_without_known_columns_or_valid_rows(tmp_path, puzzles):
-    path = write_csv(tmp_path / "odd.csv", ["board", "answer_grid"], [(puzzles[0].puzzle, puzzles[0].solution)])
+    path = write_csv(
+        tmp_path / "odd.csv", ["board", "answer_grid"], [(puzzles[0].puzzle, puzzles[0].solution)]
+    )
     with pytest.raises(DataError, match="without a known pair of columns") as info:
         F.read_puzzles(path)
     assert "\n" not in str(info.value)
     empty = write_csv(tmp_path / "empty.csv", ["quizzes", "solutions"], [])
     with pytest.raises(DataError, match="no valid Sudoku row"):
         F.read_puzzles(empty)
-    all_bad = write_csv(tmp_path / "bad.csv", ["quizzes", "solutions"], [("1" * 81, "1" * 81), ("12", "34")])
+    all_bad = write_csv(
+        tmp_path / "bad.csv", ["quizzes", "solutions"], [("1" * 81, "1" * 81), ("12", "34")]
+    )
     with pytest.raises(DataError) as info:
         F.read_puzzles(all_bad)
     message = str(info.value)
@@ -443,11 +488,15 @@ def test_hf_source_reads_a_known_column_pair(monkeypatch, puzzles):
     class FakeDataset(list):
         column_names = ["source", "question", "answer", "rating"]
 
-    rows = FakeDataset({"source": "x", "question": p.puzzle.replace("0", "."), "answer": p.solution, "rating": 0}
-                       for p in puzzles[:3])
+    rows = FakeDataset(
+        {"source": "x", "question": p.puzzle.replace("0", "."), "answer": p.solution, "rating": 0}
+        for p in puzzles[:3]
+    )
     rows.append({"source": "x", "question": "1" * 81, "answer": "1" * 81, "rating": 0})
     seen = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: seen.append((name, split)) or rows)
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda name, split: seen.append((name, split)) or rows
+    )
     report = F.read_puzzles("hf:someone/sudoku-extreme")
     assert seen == [("someone/sudoku-extreme", "train")]
     assert report.pairs == puzzles[:3] and report.bad == Counter({"solution breaks a rule": 1})
@@ -465,7 +514,8 @@ def test_augmentation_keeps_boards_valid_and_givens_consistent(puzzles):
         assert S.is_valid_solution(board)
         puzzle = givens_puzzle(ax[i], af[i])
         assert puzzle.count("0") == pair.puzzle.count("0")  # as many givens as before
-        assert S.count_solutions(puzzle) == 1 and S.solve(puzzle) == board  # still unique: the augmented board
+        # still unique: the augmented board
+        assert S.count_solutions(puzzle) == 1 and S.solve(puzzle) == board
         changed += board != pair.solution
         assert sorted(Counter(board).values()) == [9] * 9
     assert changed == len(pairs)  # 9! * 2 * 6^8 symmetries: every board moves
@@ -507,7 +557,8 @@ def test_relabel_keeps_other_ids_and_cell_permutation_is_a_symmetry():
     idx = A.cell_permutation(np.random.default_rng(3), 64)
     assert idx.shape == (64, 81)
     assert all(sorted(row) == list(range(81)) for row in idx.tolist())
-    same_row = idx[:, 0] // 9 == idx[:, 1] // 9  # target (0,0), (0,1) from one source row unless transposed
+    # target (0,0), (0,1) from one source row unless transposed
+    same_row = idx[:, 0] // 9 == idx[:, 1] // 9
     assert same_row.any() and (~same_row).any()
     board = D.encode_grids([SOLVED])[0]
     for row in idx[:8]:
@@ -518,8 +569,13 @@ def test_relabel_keeps_other_ids_and_cell_permutation_is_a_symmetry():
 def sudoku_data_cfg(tmp_path, source="generate", **sudoku) -> DataConfig:
     opts = dict(givens=(30, 36), n_train=24, n_val=6, n_test=6, seed=1)
     opts.update(sudoku)
-    cfg = DataConfig(source=source, format="sudoku", cache_dir=str(tmp_path / "cache"), val_fraction=0.25,
-                     sudoku=SudokuDataConfig(**opts))
+    cfg = DataConfig(
+        source=source,
+        format="sudoku",
+        cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.25,
+        sudoku=SudokuDataConfig(**opts),
+    )
     cfg.validate()
     return cfg
 
@@ -533,14 +589,24 @@ def test_prepare_data_generate_rows_frozen_equal_givens(tmp_path, monkeypatch):
     assert data.conditional and D.is_sudoku_tokenizer(data.tokenizer)
     assert data.train.shape == data.train_frozen.shape == (24, 81)
     assert data.val.shape == data.val_frozen.shape == (6, 81)
-    for rows, frozen, pairs in ((data.train, data.train_frozen, sp.train), (data.val, data.val_frozen, sp.val)):
+    for rows, frozen, pairs in (
+        (data.train, data.train_frozen, sp.train),
+        (data.val, data.val_frozen, sp.val),
+    ):
         for i, p in enumerate(pairs):
             assert D.decode_grid(rows[i]) == p.solution
             assert frozen[i].tolist() == [c != "0" for c in p.puzzle]  # frozen mask == the givens
             assert givens_puzzle(rows[i], frozen[i]) == p.puzzle
-    sols = [{D.decode_grid(r) for r in data.train}, {D.decode_grid(r) for r in data.val}, {p.solution for p in sp.test}]
+    sols = [
+        {D.decode_grid(r) for r in data.train},
+        {D.decode_grid(r) for r in data.val},
+        {p.solution for p in sp.test},
+    ]
     assert not sols[0] & sols[1] and not sols[0] & sols[2] and not sols[1] & sols[2]
-    assert data.stats["train_boards"] == 24 and 30 <= data.stats["givens_min"] <= data.stats["givens_max"] <= 36
+    assert (
+        data.stats["train_boards"] == 24
+        and 30 <= data.stats["givens_min"] <= data.stats["givens_max"] <= 36
+    )
     assert len(list((tmp_path / "cache" / "sudoku").glob("*.jsonl"))) == 3
     assert not (tmp_path / "never").exists()
     assert any("24 train / 6 validation" in s for s in logs)
@@ -584,7 +650,8 @@ def test_split_by_solution_is_disjoint_and_stable(puzzles):
     train, val = D.split_by_solution(pairs, 0.3)
     assert train and val and len(train) + len(val) == 40
     assert not {p.solution for p in train} & {p.solution for p in val}
-    assert D.split_by_solution(list(reversed(pairs)), 0.3)[1] == list(reversed(val))  # by hash, not position
+    # by hash, not position
+    assert D.split_by_solution(list(reversed(pairs)), 0.3)[1] == list(reversed(val))
     tiny_train, tiny_val = D.split_by_solution(puzzles[:2], 0.01)
     assert len(tiny_train) == len(tiny_val) == 1
     with pytest.raises(DataError, match="at least 2"):

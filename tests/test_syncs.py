@@ -30,14 +30,27 @@ def count(fn) -> SyncCounter:
 
 # --------------------------------------------------------------------------- the counter
 
+
 def test_the_counter_counts_host_reads_and_data_dependent_shapes():
     x = torch.arange(12.0).reshape(3, 4)
     mask = x > 5
     cases = {
-        "item": [lambda: x[0, 0].item(), lambda: float(x.sum()), lambda: int(mask.sum()), lambda: bool(mask.any())],
-        "nonzero": [lambda: mask.nonzero(), lambda: torch.where(mask), lambda: mask.nonzero(as_tuple=True)],
-        "bool_index": [lambda: x[mask], lambda: x.clone().__setitem__(mask, torch.zeros(6)),
-                       lambda: x.masked_select(mask)],
+        "item": [
+            lambda: x[0, 0].item(),
+            lambda: float(x.sum()),
+            lambda: int(mask.sum()),
+            lambda: bool(mask.any()),
+        ],
+        "nonzero": [
+            lambda: mask.nonzero(),
+            lambda: torch.where(mask),
+            lambda: mask.nonzero(as_tuple=True),
+        ],
+        "bool_index": [
+            lambda: x[mask],
+            lambda: x.clone().__setitem__(mask, torch.zeros(6)),
+            lambda: x.masked_select(mask),
+        ],
         "repeat_interleave": [lambda: x.repeat_interleave(torch.tensor([1, 2, 0]), dim=0)],
         "to_host": [lambda: x.tolist(), lambda: x.cpu()],
         "to_device": [lambda: x.to("cpu"), lambda: torch.tensor([1, 2], device="cpu")],
@@ -57,7 +70,8 @@ def test_the_counter_counts_nothing_for_tensor_math_and_integer_indices():
         y = y[idx] + x.index_select(0, idx).sum(1, keepdim=True)
         x.clone()[mask] = 0.0  # one value: a masked_fill
         x.repeat_interleave(torch.tensor([1, 2, 0]), dim=0, output_size=3)
-        x.to("cpu", non_blocking=True), x.numpy(), x.shape[0]  # non-blocking copies, host reads of host tensors
+        # non-blocking copies, host reads of host tensors
+        (x.to("cpu", non_blocking=True), x.numpy(), x.shape[0])
         return torch.argsort((~mask).reshape(-1).to(torch.uint8), stable=True)[:6]
 
     assert count(math).total == 0
@@ -74,10 +88,22 @@ def test_the_counter_names_the_line_and_filters_by_device():
 
 # --------------------------------------------------------------------------- training
 
+
 def tiny_model() -> LoopMDM:
     torch.manual_seed(0)
-    return LoopMDM(ModelConfig(vocab_size=64, max_seq_len=16, d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1,
-                               n_o=1, cond_dim=16))
+    return LoopMDM(
+        ModelConfig(
+            vocab_size=64,
+            max_seq_len=16,
+            d_model=32,
+            n_heads=2,
+            n_layers=3,
+            n_h=1,
+            n_m=1,
+            n_o=1,
+            cond_dim=16,
+        )
+    )
 
 
 @pytest.mark.parametrize("frozen", [False, True])
@@ -91,8 +117,22 @@ def test_a_training_step_never_waits_for_the_device(frozen, grad_accum):
     x0 = torch.randint(0, 63, (4, 16), generator=gen)
     batch = Batch(x0, torch.rand(4, 16, generator=gen) < 0.3 if frozen else None)
     noise = obj.draw(4, 16, gen)
-    step = (lambda: train_step(model, model, obj, batch, noise, 2, grad_accum=grad_accum, precision="fp32",
-                               grad_clip=1.0, device=torch.device("cpu"), dist=DistEnv()))
+
+    def step():
+        return train_step(
+            model,
+            model,
+            obj,
+            batch,
+            noise,
+            2,
+            grad_accum=grad_accum,
+            precision="fp32",
+            grad_clip=1.0,
+            device=torch.device("cpu"),
+            dist=DistEnv(),
+        )
+
     step()  # a first step outside the count
     syncs = count(step)
     assert syncs.total == 0, syncs.where
@@ -119,8 +159,10 @@ def test_syncs_per_optimizer_step(tiny_cfg, tmp_path, log_every, ema):
     cfg.train.log_every, cfg.train.ema = log_every, ema
     short, long = fit_syncs(cfg, tmp_path / "a", 2), fit_syncs(cfg, tmp_path / "b", 6)
     per_step = (long.total - short.total) / 4
-    assert per_step == (1 if log_every > 1 else 2), (long.where - short.where)
-    assert (long.where - short.where)["item at loops.py:75"] == 4  # S ~ U{1..S_max} drawn on the host
+    assert per_step == (1 if log_every > 1 else 2), long.where - short.where
+    extra = long.where - short.where
+    from_loops = sum(n for site, n in extra.items() if site.startswith("item at loops.py:"))
+    assert from_loops == 4  # S ~ U{1..S_max} drawn on the host
 
 
 def test_steps_that_log_nothing_train_exactly_as_logged_ones(tiny_cfg, tmp_path):
@@ -128,16 +170,25 @@ def test_steps_that_log_nothing_train_exactly_as_logged_ones(tiny_cfg, tmp_path)
     runs = {}
     for log_every in (1, 3):
         cfg = copy.deepcopy(tiny_cfg)
-        cfg.train.max_steps, cfg.train.eval_every, cfg.train.save_every, cfg.train.log_every = 6, 6, 6, log_every
+        cfg.train.max_steps, cfg.train.eval_every, cfg.train.save_every, cfg.train.log_every = (
+            6,
+            6,
+            6,
+            log_every,
+        )
         cfg.train.ema = 0.9
         trainer = Trainer(cfg, tmp_path / str(log_every), progress=False, log=lambda s: None)
         trainer.fit()
-        recs = [json.loads(x) for x in (tmp_path / str(log_every) / "metrics.jsonl").read_text().splitlines()]
+        recs = [
+            json.loads(x)
+            for x in (tmp_path / str(log_every) / "metrics.jsonl").read_text().splitlines()
+        ]
         runs[log_every] = (trainer, {r["step"]: r["loss"] for r in recs})
     (a, la), (b, lb) = runs[1], runs[3]
     assert sorted(lb) == [3, 6] and all(lb[s] == la[s] for s in lb)
-    for (name, p), q, e, f in zip(a.model.named_parameters(), b.model.parameters(), a.ema.parameters(),
-                                  b.ema.parameters()):
+    for (name, p), q, e, f in zip(
+        a.model.named_parameters(), b.model.parameters(), a.ema.parameters(), b.ema.parameters()
+    ):
         assert torch.equal(p, q) and torch.equal(e, f), name
     assert int(a.ema.n_averaged) == int(b.ema.n_averaged) == 6
 
@@ -147,7 +198,7 @@ def test_the_ema_update_without_syncs_is_averaged_models_bit_for_bit():
     model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4))
     ref = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.99))
     ours = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.99))
-    for step in range(4):
+    for _ in range(4):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.1 * torch.randn_like(p))
@@ -155,8 +206,12 @@ def test_the_ema_update_without_syncs_is_averaged_models_bit_for_bit():
         assert count(lambda: update_ema(ours, model, 0.99)).total == 0
         assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), ours.parameters()))
     before = [p.clone() for p in ours.parameters()]
-    update_ema(ours, model, 0.99, keep=torch.tensor(0.0))  # a step skipped on the device: nothing moves
-    assert all(torch.equal(a, b) for a, b in zip(before, ours.parameters())) and int(ours.n_averaged) == 4
+    # a step skipped on the device: nothing moves
+    update_ema(ours, model, 0.99, keep=torch.tensor(0.0))
+    assert (
+        all(torch.equal(a, b) for a, b in zip(before, ours.parameters()))
+        and int(ours.n_averaged) == 4
+    )
 
 
 # --------------------------------------------------------------------------- sampling
@@ -164,17 +219,29 @@ def test_the_ema_update_without_syncs_is_averaged_models_bit_for_bit():
 MASK = 63
 
 
-def sampling_syncs(sampler: str, options: dict, steps: int, policy: str = "fixed",
-                   policy_options: dict | None = None) -> tuple[SyncCounter, int]:
+def sampling_syncs(
+    sampler: str,
+    options: dict,
+    steps: int,
+    policy: str = "fixed",
+    policy_options: dict | None = None,
+) -> tuple[SyncCounter, int]:
     model = tiny_model().eval()
     x = torch.full((2, 16), MASK)
     free = torch.ones(2, 16, dtype=torch.bool)
     x[:, :3], free[:, :3] = 5, False  # a prompt
     with SyncCounter() as syncs:
         _, _, report, _ = sample_canvas(
-            model, Canvas(x, free), MASK, steps=steps, sampler=build(SAMPLERS, sampler, options),
-            policy=build(LOOP_POLICIES, policy, policy_options or {"loops": 2}), token_filter=TokenFilter(),
-            schedule=get_schedule("loglinear"), gen=torch.Generator().manual_seed(0))
+            model,
+            Canvas(x, free),
+            MASK,
+            steps=steps,
+            sampler=build(SAMPLERS, sampler, options),
+            policy=build(LOOP_POLICIES, policy, policy_options or {"loops": 2}),
+            token_filter=TokenFilter(),
+            schedule=get_schedule("loglinear"),
+            gen=torch.Generator().manual_seed(0),
+        )
     return syncs, report.steps_run
 
 
@@ -197,14 +264,19 @@ PER_STEP = [
 def test_syncs_per_denoising_step(sampler, options, bound):
     """The difference of an 8- and a 4-step run; what every call pays once (reading the canvas's masked
     positions, the final checks of ``sample_canvas``) is at most 3."""
-    (short, n_short), (long, n_long) = sampling_syncs(sampler, options, 4), sampling_syncs(sampler, options, 8)
+    (short, n_short), (long, n_long) = (
+        sampling_syncs(sampler, options, 4),
+        sampling_syncs(sampler, options, 8),
+    )
     assert (n_short, n_long) == (4, 8)
     assert (long.total - short.total) / 4 <= bound, long.where - short.where
     assert short.total - 4 * bound <= 3, short.where
 
 
-@pytest.mark.parametrize("policy, options, bound", [("schedule", {"s_min": 1, "s_max": 3}, 1),
-                                                    ("converge", {"threshold": 0.2, "s_max": 3}, 3)])
+@pytest.mark.parametrize(
+    "policy, options, bound",
+    [("schedule", {"s_min": 1, "s_max": 3}, 1), ("converge", {"threshold": 0.2, "s_max": 3}, 3)],
+)
 def test_loop_policies_read_once_per_call_or_per_loop(policy, options, bound):
     """``schedule`` reads its loop counts once per call, ``converge`` which rows still loop once per loop (before:
     17.5 and 18 syncs per ancestral step with up to 3 loops, 3.5 and 4 of them the policy's)."""

@@ -32,11 +32,20 @@ CASES = [  # (family, params, levels)
     ("prefix", {"kind": "parity"}, [5, 8, 24]),
     ("prefix", {"kind": "sum", "layout": "interleaved"}, [2, 4, 12, 24]),
 ]
-IDS = ["query-hops", "query-arith", "trace-hops", "trace-arith", "query-1-literal", "prefix-sum",
-       "prefix-parity", "prefix-sum-interleaved"]
+IDS = [
+    "query-hops",
+    "query-arith",
+    "trace-hops",
+    "trace-arith",
+    "query-1-literal",
+    "prefix-sum",
+    "prefix-parity",
+    "prefix-sum-interleaved",
+]
 
 
 # --------------------------------------------------------------------------- the test's own parser
+
 
 def statements_of(row: dict) -> list[tuple[str, str]]:
     """[(name, expr)] of a vars row, in printed order (parsed here, independently of the library)."""
@@ -61,7 +70,9 @@ def depths(statements: list[tuple[str, str]]) -> dict[str, int]:
     exprs = dict(statements)
     assert len(exprs) == len(statements), "a name is assigned twice"
     pending = {n: set(reads(e)) for n, e in exprs.items()}
-    assert all(r in exprs for deps in pending.values() for r in deps), "a name is read but never assigned"
+    assert all(r in exprs for deps in pending.values() for r in deps), (
+        "a name is read but never assigned"
+    )
     depth: dict[str, int] = {}
     while pending:
         ready = [n for n, deps in pending.items() if deps <= depth.keys()]
@@ -78,6 +89,7 @@ def literal_digits(row: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- correctness
 
+
 @pytest.mark.parametrize("family, params, levels", CASES, ids=IDS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_answers_equal_the_independent_checker(family, params, levels, seed):
@@ -89,7 +101,9 @@ def test_answers_equal_the_independent_checker(family, params, levels, seed):
         if "targets" in row:
             spans = row["targets"]
             assert spans == sorted(spans) and all(0 <= s < e <= len(row["text"]) for s, e in spans)
-            assert all(e1 <= s2 for (_, e1), (s2, _) in zip(spans, spans[1:])), "overlapping targets"
+            assert all(e1 <= s2 for (_, e1), (s2, _) in zip(spans, spans[1:])), (
+                "overlapping targets"
+            )
         else:
             assert len(row["answer"]) == 1 and row["answer"].isdigit()
 
@@ -102,7 +116,7 @@ def corrupt(row: dict) -> dict:
     s, _ = row["targets"][-1]
     text = row["text"]
     new = "1" if text[s] == "0" else "0"  # stays a valid parity digit
-    return {**row, "text": text[:s] + new + text[s + 1:]}
+    return {**row, "text": text[:s] + new + text[s + 1 :]}
 
 
 @pytest.mark.parametrize("family, params, levels", CASES, ids=IDS)
@@ -113,10 +127,17 @@ def test_the_checker_rejects_wrong_answers(family, params, levels):
         assert fam.check(bad) != target_text(bad)
 
 
-@pytest.mark.parametrize("prompt, match", [
-    ("a=1;b=c?b", "never assigns"), ("a=b;b=a?a", "cycle"), ("a=1;a=2?a", "twice"), ("a=12?a", "malformed"),
-    ("a=1;b=a+a?b", "one name twice"), ("a=1;b=2", "no '?NAME'"),
-])
+@pytest.mark.parametrize(
+    "prompt, match",
+    [
+        ("a=1;b=c?b", "never assigns"),
+        ("a=b;b=a?a", "cycle"),
+        ("a=1;a=2?a", "twice"),
+        ("a=12?a", "malformed"),
+        ("a=1;b=a+a?b", "one name twice"),
+        ("a=1;b=2", "no '?NAME'"),
+    ],
+)
 def test_the_checker_refuses_malformed_programs(prompt, match):
     with pytest.raises(DataError, match=re.escape(match)):
         TASKS.get("vars").check({"prompt": prompt, "answer": "0", "task": "vars-arith"})
@@ -126,11 +147,20 @@ def test_the_checker_on_hand_written_rows():
     vars_, prefix = TASKS.get("vars"), TASKS.get("prefix")
     assert vars_.check({"prompt": "k=3;b=k+q;q=7?b", "answer": "0"}) == "0"
     assert vars_.check({"prompt": "k=3;b=k-q;q=7?b", "answer": "6"}) == "6"  # 3 - 7 mod 10
-    assert vars_.check({"text": "k=3:3;q=7:7;b=q-k:4", "targets": [[4, 5], [10, 11], [18, 19]]}) == "374"
+    assert (
+        vars_.check({"text": "k=3:3;q=7:7;b=q-k:4", "targets": [[4, 5], [10, 11], [18, 19]]})
+        == "374"
+    )
     assert prefix.check({"text": "3141=3489", "targets": [[5, 9]], "task": "prefix-sum"}) == "3489"
-    assert prefix.check({"text": "1011=1101", "targets": [[5, 9]], "task": "prefix-parity"}) == "1101"
-    assert prefix.check({"text": "33144819", "targets": [[1, 2], [3, 4], [5, 6], [7, 8]],
-                         "task": "prefix-sum"}) == "3489"
+    assert (
+        prefix.check({"text": "1011=1101", "targets": [[5, 9]], "task": "prefix-parity"}) == "1101"
+    )
+    assert (
+        prefix.check(
+            {"text": "33144819", "targets": [[1, 2], [3, 4], [5, 6], [7, 8]], "task": "prefix-sum"}
+        )
+        == "3489"
+    )
     for bad in ("3314481", "3=14", "3a1", "1=1=1"):
         with pytest.raises(DataError, match="malformed prefix row"):
             prefix.check({"text": bad, "targets": [[1, 2]], "task": "prefix-sum"})
@@ -138,11 +168,13 @@ def test_the_checker_on_hand_written_rows():
 
 # --------------------------------------------------------------------------- depth, size, literals
 
+
 @pytest.mark.parametrize("kind", ["hops", "arith"])
 def test_query_depth_is_exact_and_programs_look_alike(kind):
     levels = [0, 1, 2, 4, 6, 8]
-    rows = TASKS.get("vars").generate(150, levels, 7, mode="query", kind=kind, literals=5,
-                                      statements=(14, 24))
+    rows = TASKS.get("vars").generate(
+        150, levels, 7, mode="query", kind=kind, literals=5, statements=(14, 24)
+    )
     counts_by_depth: dict[int, list[int]] = {}
     shuffled = 0
     for row in rows:
@@ -167,8 +199,12 @@ def test_query_depth_is_exact_and_programs_look_alike(kind):
     means = [sum(v) / len(v) for v in counts_by_depth.values()]
     assert max(means) - min(means) < 1.5, means  # the statement count does not tell the depth
     if kind == "arith":  # copy, + and - equally likely (the documented construction)
-        ops = Counter(e[1] if len(e) == 3 else "=" for row in rows for _, e in statements_of(row)
-                      if not e.isdigit())
+        ops = Counter(
+            e[1] if len(e) == 3 else "="
+            for row in rows
+            for _, e in statements_of(row)
+            if not e.isdigit()
+        )
         total = sum(ops.values())
         assert all(0.29 < ops[op] / total < 0.38 for op in "=+-"), ops
 
@@ -196,7 +232,9 @@ def test_trace_depth_is_exact_and_order_is_topological(kind):
 
 def test_trace_order_is_a_uniform_pick_among_ready_statements():
     """Two literals and one copy: the copy comes second (right after what it reads) with probability 1/4."""
-    rows = TASKS.get("vars").generate(800, [1], 0, mode="trace", kind="hops", literals=2, statements=(3, 3))
+    rows = TASKS.get("vars").generate(
+        800, [1], 0, mode="trace", kind="hops", literals=2, statements=(3, 3)
+    )
     middle = sum(not statements_of(r)[1][1].isdigit() for r in rows) / len(rows)
     assert 0.2 < middle < 0.3, middle
 
@@ -210,15 +248,19 @@ def ends_of_parts(text: str) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("kind, alphabet, levels", [("sum", "0123456789", [2, 5, 17]),
-                                                    ("parity", "01", [6, 9, 17])])
+@pytest.mark.parametrize(
+    "kind, alphabet, levels", [("sum", "0123456789", [2, 5, 17]), ("parity", "01", [6, 9, 17])]
+)
 def test_prefix_size_is_exact(kind, alphabet, levels):
     rows = TASKS.get("prefix").generate(40, levels, 0, kind=kind)
     assert Counter(r["size"] for r in rows) == {lv: 40 for lv in levels}
     for row in rows:
         digits, out = row["text"].split("=")
         assert len(digits) == len(out) == row["size"] and set(digits) <= set(alphabet)
-        assert row["targets"] == [[row["size"] + 1, 2 * row["size"] + 1]] and row["task"] == f"prefix-{kind}"
+        assert (
+            row["targets"] == [[row["size"] + 1, 2 * row["size"] + 1]]
+            and row["task"] == f"prefix-{kind}"
+        )
 
 
 def test_prefix_interleaved_layout_puts_each_sum_after_its_digit():
@@ -236,8 +278,12 @@ def test_prefix_interleaved_layout_puts_each_sum_after_its_digit():
 
 SPLIT_CASES = [
     ("vars", {"mode": "query", "kind": "arith"}, [0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7, 8]),
-    ("vars", {"mode": "trace", "kind": "hops", "literals": 4, "statements": (12, 16)}, [1, 2, 3],
-     [1, 2, 3, 5, 8]),
+    (
+        "vars",
+        {"mode": "trace", "kind": "hops", "literals": 4, "statements": (12, 16)},
+        [1, 2, 3],
+        [1, 2, 3, 5, 8],
+    ),
     ("prefix", {"kind": "sum"}, [3, 4], [3, 4, 6]),  # size 3: 900 of the 1000 inputs are used
     ("prefix", {"kind": "parity"}, [9, 10], [9, 10, 12]),  # size 9: 450 of 512
     ("prefix", {"kind": "sum", "layout": "interleaved"}, [3, 4], [3, 4, 6]),
@@ -245,14 +291,22 @@ SPLIT_CASES = [
 
 
 @pytest.mark.parametrize("family, params, train_levels, test_levels", SPLIT_CASES)
-def test_splits_are_disjoint_and_every_level_gets_its_rows(family, params, train_levels, test_levels):
-    n = {"train": 300, "val": 100, "test": 200} if family != "prefix" or params["kind"] == "sum" else \
-        {"train": 250, "val": 100, "test": 100}
-    splits = make_splits(family, n["train"], n["val"], n["test"], train_levels, test_levels, seed=5, **params)
+def test_splits_are_disjoint_and_every_level_gets_its_rows(
+    family, params, train_levels, test_levels
+):
+    n = (
+        {"train": 300, "val": 100, "test": 200}
+        if family != "prefix" or params["kind"] == "sum"
+        else {"train": 250, "val": 100, "test": 100}
+    )
+    splits = make_splits(
+        family, n["train"], n["val"], n["test"], train_levels, test_levels, seed=5, **params
+    )
     field = TASKS.get(family).level_field
     keys = []
-    for name, rows, levels in zip(["train", "val", "test"], splits,
-                                  [train_levels, train_levels, test_levels]):
+    for name, rows, levels in zip(
+        ["train", "val", "test"], splits, [train_levels, train_levels, test_levels]
+    ):
         assert Counter(r[field] for r in rows) == {lv: n[name] for lv in levels}
         k = {row_key(r) for r in rows}
         assert len(k) == len(rows), f"duplicate rows within {name}"
@@ -265,8 +319,11 @@ def test_splits_are_disjoint_and_every_level_gets_its_rows(family, params, train
 def test_exhausted_levels_are_a_config_error():
     with pytest.raises(ConfigError, match="size 3 has only 1000 distinct inputs"):
         make_splits("prefix", 500, 300, 300, [3], [3], kind="sum")
-    with pytest.raises(ConfigError, match="found only 1 distinct rows of 2"):  # draws that keep repeating
-        draw_distinct(random.Random(0), 2, lambda rng: {"prompt": "a=1?a", "answer": "1"}, set(), "depth 0")
+    # draws that keep repeating
+    with pytest.raises(ConfigError, match="found only 1 distinct rows of 2"):
+        draw_distinct(
+            random.Random(0), 2, lambda rng: {"prompt": "a=1?a", "answer": "1"}, set(), "depth 0"
+        )
 
 
 def test_generation_is_deterministic_and_seeded():
@@ -286,6 +343,7 @@ def test_twenty_thousand_rows_take_well_under_ten_seconds():
 
 # --------------------------------------------------------------------------- heuristics
 
+
 def guess_query(row: dict, rng: random.Random) -> bool:
     return rng.choice(literal_digits(row)) == row["answer"]
 
@@ -299,31 +357,54 @@ def guess_trace(row: dict, rng: random.Random) -> bool:
     return True
 
 
-@pytest.mark.parametrize("params, levels, guess", [
-    ({"mode": "query", "kind": "arith"}, [0, 1, 2, 5], guess_query),
-    ({"mode": "query", "kind": "hops", "literals": 3, "statements": (6, 9)}, [0, 2], guess_query),
-    ({"mode": "trace", "kind": "arith", "literals": 2, "statements": (4, 5)}, [1, 2], guess_trace),
-    ({"mode": "trace", "kind": "hops", "literals": 2, "statements": (4, 4)}, [1, 2], guess_trace),
-])
+@pytest.mark.parametrize(
+    "params, levels, guess",
+    [
+        ({"mode": "query", "kind": "arith"}, [0, 1, 2, 5], guess_query),
+        (
+            {"mode": "query", "kind": "hops", "literals": 3, "statements": (6, 9)},
+            [0, 2],
+            guess_query,
+        ),
+        (
+            {"mode": "trace", "kind": "arith", "literals": 2, "statements": (4, 5)},
+            [1, 2],
+            guess_trace,
+        ),
+        (
+            {"mode": "trace", "kind": "hops", "literals": 2, "statements": (4, 4)},
+            [1, 2],
+            guess_trace,
+        ),
+    ],
+)
 def test_vars_heuristic_matches_monte_carlo(params, levels, guess):
     fam, rng, trials = TASKS.get("vars"), random.Random(0), 3000
     for row in fam.generate(3, levels, 11, **params):
         h = fam.heuristic_accuracy(row)
         assert 0.0 <= h <= 1.0
         mc = sum(guess(row, rng) for _ in range(trials)) / trials
-        assert abs(mc - h) < 4 * max(h * (1 - h), 1e-3) ** 0.5 / trials ** 0.5 + 0.005, (row, h, mc)
+        assert abs(mc - h) < 4 * max(h * (1 - h), 1e-3) ** 0.5 / trials**0.5 + 0.005, (row, h, mc)
         if params["kind"] == "hops" and params["mode"] == "query":
-            assert h == pytest.approx(1 / params["literals"])  # a copy chain always ends at a literal
+            # a copy chain always ends at a literal
+            assert h == pytest.approx(1 / params["literals"])
 
 
 def test_prefix_heuristic_copies_the_input():
     fam = TASKS.get("prefix")
-    assert fam.heuristic_accuracy({"text": "0007=0007", "targets": [[5, 9]], "task": "prefix-sum"}) == 1.0
-    assert fam.heuristic_accuracy({"text": "3141=3489", "targets": [[5, 9]], "task": "prefix-sum"}) == 0.0
+    assert (
+        fam.heuristic_accuracy({"text": "0007=0007", "targets": [[5, 9]], "task": "prefix-sum"})
+        == 1.0
+    )
+    assert (
+        fam.heuristic_accuracy({"text": "3141=3489", "targets": [[5, 9]], "task": "prefix-sum"})
+        == 0.0
+    )
     for row in fam.generate(50, [2, 6], 0):
         digits, out = row["text"].split("=")
         assert fam.heuristic_accuracy(row) == float(digits == out)
-    assert all(fam.heuristic_accuracy(r) == 1.0 for r in fam.generate(10, [1], 0))  # size 1: output = input
+    # size 1: output = input
+    assert all(fam.heuristic_accuracy(r) == 1.0 for r in fam.generate(10, [1], 0))
 
 
 def test_heuristic_for_rows_of_known_and_unknown_tasks():
@@ -339,23 +420,27 @@ def test_heuristic_for_rows_of_known_and_unknown_tasks():
 
 # --------------------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("family, levels, params, match", [
-    ("vars", [0, 1], {"literals": 11}, "--literals 11"),
-    ("vars", [0, 1], {"literals": 0}, "--literals 0"),
-    ("vars", [0, 1], {"statements": (30, 40)}, "--statements 30:40"),
-    ("vars", [0, 8], {"statements": (8, 26)}, "pass --statements 14:26"),
-    ("vars", [0, 1], {"statements": (9, 8)}, "--statements 9:8"),
-    ("vars", [0, 1], {"mode": "trace"}, ">= 1"),
-    ("vars", [0, 1], {"kind": "mul"}, "--kind 'mul'"),
-    ("vars", [0, 1], {"mode": "nope"}, "--mode 'nope'"),
-    ("vars", [0, 1], {"depth": 3}, "unknown vars option 'depth'"),
-    ("vars", [0, 3], {"program_depth": 2}, "program_depth 2"),
-    ("vars", [0, 21], {}, "out of range"),
-    ("vars", [1, 1], {}, "repeats a level"),
-    ("prefix", [0, 4], {}, "out of range"),
-    ("prefix", [4], {"kind": "xor"}, "--kind 'xor'"),
-    ("prefix", [4], {"literals": 3}, "unknown prefix option 'literals'"),
-])
+
+@pytest.mark.parametrize(
+    "family, levels, params, match",
+    [
+        ("vars", [0, 1], {"literals": 11}, "--literals 11"),
+        ("vars", [0, 1], {"literals": 0}, "--literals 0"),
+        ("vars", [0, 1], {"statements": (30, 40)}, "--statements 30:40"),
+        ("vars", [0, 8], {"statements": (8, 26)}, "pass --statements 14:26"),
+        ("vars", [0, 1], {"statements": (9, 8)}, "--statements 9:8"),
+        ("vars", [0, 1], {"mode": "trace"}, ">= 1"),
+        ("vars", [0, 1], {"kind": "mul"}, "--kind 'mul'"),
+        ("vars", [0, 1], {"mode": "nope"}, "--mode 'nope'"),
+        ("vars", [0, 1], {"depth": 3}, "unknown vars option 'depth'"),
+        ("vars", [0, 3], {"program_depth": 2}, "program_depth 2"),
+        ("vars", [0, 21], {}, "out of range"),
+        ("vars", [1, 1], {}, "repeats a level"),
+        ("prefix", [0, 4], {}, "out of range"),
+        ("prefix", [4], {"kind": "xor"}, "--kind 'xor'"),
+        ("prefix", [4], {"literals": 3}, "unknown prefix option 'literals'"),
+    ],
+)
 def test_bad_parameters_are_one_line_config_errors(family, levels, params, match):
     with pytest.raises(ConfigError, match=re.escape(match)) as e:
         TASKS.get(family).generate(2, levels, 0, **params)
@@ -370,6 +455,7 @@ def test_bad_counts_and_families():
 
 
 # --------------------------------------------------------------------------- files and the command line
+
 
 def cli(argv, capsys) -> tuple[int, str, str]:
     """``helpers.run_cli``, also when the entry point returns on success instead of raising SystemExit(0)
@@ -387,16 +473,36 @@ def snapshot(folder: Path) -> dict:
 
 def test_write_task_is_idempotent_and_refuses_foreign_folders(tmp_path):
     out = tmp_path / "t"
-    args = dict(n_train=6, n_val=2, n_test=3, train_levels=[0, 1], test_levels=[0, 1, 2], seed=4, kind="hops")
+    args = dict(
+        n_train=6,
+        n_val=2,
+        n_test=3,
+        train_levels=[0, 1],
+        test_levels=[0, 1, 2],
+        seed=4,
+        kind="hops",
+    )
     res = write_task(out, "vars", **args)
     names = sorted(p.name for p in out.iterdir())
     assert res["written"] and names == ["task.json", "test.jsonl", "train.jsonl", "val.jsonl"]
     info = json.loads((out / "task.json").read_text())
-    assert info["spec"]["params"] == {"mode": "query", "kind": "hops", "literals": 6, "program_depth": 2,
-                                      "statements": [8, 26]}
-    assert info["spec"]["seed"] == 4 and info["format"] == "prompt-answer" and info["level_field"] == "depth"
+    assert info["spec"]["params"] == {
+        "mode": "query",
+        "kind": "hops",
+        "literals": 6,
+        "program_depth": 2,
+        "statements": [8, 26],
+    }
+    assert (
+        info["spec"]["seed"] == 4
+        and info["format"] == "prompt-answer"
+        and info["level_field"] == "depth"
+    )
     assert info["splits"]["test"]["per_level"] == {"0": 3, "1": 3, "2": 3}
-    assert info["splits"]["train"]["rows"] == 12 and info["splits"]["val"]["per_level"] == {"0": 2, "1": 2}
+    assert info["splits"]["train"]["rows"] == 12 and info["splits"]["val"]["per_level"] == {
+        "0": 2,
+        "1": 2,
+    }
     rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all(TASKS.get("vars").check(r) == r["answer"] for r in rows)
     before = snapshot(out)
@@ -415,36 +521,93 @@ def test_write_task_is_idempotent_and_refuses_foreign_folders(tmp_path):
 
 def test_cli_task_make_writes_and_is_idempotent(tmp_path, capsys):
     out = tmp_path / "vars"
-    argv = ["task", "make", "vars", "--out", out, "--mode", "trace", "--kind", "arith", "--train", "4",
-            "--val", "2", "--test", "2", "--train-levels", "1,2", "--test-levels", "1..4", "--statements",
-            "10:20", "--literals", "5", "--seed", "1", "--json"]
+    argv = [
+        "task",
+        "make",
+        "vars",
+        "--out",
+        out,
+        "--mode",
+        "trace",
+        "--kind",
+        "arith",
+        "--train",
+        "4",
+        "--val",
+        "2",
+        "--test",
+        "2",
+        "--train-levels",
+        "1,2",
+        "--test-levels",
+        "1..4",
+        "--statements",
+        "10:20",
+        "--literals",
+        "5",
+        "--seed",
+        "1",
+        "--json",
+    ]
     code, stdout, err = cli(argv, capsys)
     assert code == 0, err
     res = json.loads(stdout)
-    assert res["written"] and res["spec"]["params"] == {"mode": "trace", "kind": "arith", "literals": 5,
-                                                        "statements": [10, 20]}
+    assert res["written"] and res["spec"]["params"] == {
+        "mode": "trace",
+        "kind": "arith",
+        "literals": 5,
+        "statements": [10, 20],
+    }
     assert res["splits"]["test"]["per_level"] == {"1": 2, "2": 2, "3": 2, "4": 2}
-    assert {p.name for p in out.iterdir()} == {"train.jsonl", "val.jsonl", "test.jsonl", "task.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "train.jsonl",
+        "val.jsonl",
+        "test.jsonl",
+        "task.json",
+    }
     before = snapshot(out)
     code, stdout, err = cli(argv, capsys)
     assert code == 0 and json.loads(stdout)["written"] is False and snapshot(out) == before
-    code, _, err = cli(["task", "make", "prefix", "--out", tmp_path / "p", "--train", "3", "--val", "1",
-                            "--test", "1", "--train-levels", "4", "--test-levels", "4,8"], capsys)
+    code, _, err = cli(
+        [
+            "task",
+            "make",
+            "prefix",
+            "--out",
+            tmp_path / "p",
+            "--train",
+            "3",
+            "--val",
+            "1",
+            "--test",
+            "1",
+            "--train-levels",
+            "4",
+            "--test-levels",
+            "4,8",
+        ],
+        capsys,
+    )
     assert code == 0 and "wrote" in err
     rows = [json.loads(x) for x in (tmp_path / "p" / "test.jsonl").read_text().splitlines()]
-    assert sorted(r["size"] for r in rows) == [4, 8] and all(r["task"] == "prefix-sum" for r in rows)
+    assert sorted(r["size"] for r in rows) == [4, 8] and all(
+        r["task"] == "prefix-sum" for r in rows
+    )
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--literals", "11"], "--literals 11"),
-    (["--statements", "30:40"], "--statements 30:40"),
-    (["--statements", "8:26", "--test-levels", "0..8"], "--statements 14:26"),
-    (["--statements", "abc"], "--statements 'abc'"),
-    (["--train", "x"], "--train 'x'"),
-    (["--train-levels", "1,a"], "--train-levels 'a'"),
-    (["--mode", "trace", "--train-levels", "0,1"], ">= 1"),
-    (["--kind", "mul"], "--kind 'mul'"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--literals", "11"], "--literals 11"),
+        (["--statements", "30:40"], "--statements 30:40"),
+        (["--statements", "8:26", "--test-levels", "0..8"], "--statements 14:26"),
+        (["--statements", "abc"], "--statements 'abc'"),
+        (["--train", "x"], "--train 'x'"),
+        (["--train-levels", "1,a"], "--train-levels 'a'"),
+        (["--mode", "trace", "--train-levels", "0,1"], ">= 1"),
+        (["--kind", "mul"], "--kind 'mul'"),
+    ],
+)
 def test_cli_bad_options_exit_2_with_one_line(extra, match, tmp_path, capsys):
     code, _, err = cli(["task", "make", "vars", "--out", tmp_path / "o", *extra], capsys)
     assert code == 2 and err.startswith("error: ") and match in err, err
@@ -452,13 +615,19 @@ def test_cli_bad_options_exit_2_with_one_line(extra, match, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["task", "make", "prefix", "--out", "OUT", "--literals", "3"], "for the vars family only"),
-    (["task", "make", "vars", "--out", "OUT", "--layout", "interleaved"], "for the prefix family only"),
-    (["task", "make", "prefix", "--out", "OUT", "--layout", "zigzag"], "--layout 'zigzag'"),
-    (["task", "make", "nope", "--out", "OUT"], "unknown task family"),
-    (["task", "make", "vars"], "--out is required"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["task", "make", "prefix", "--out", "OUT", "--literals", "3"], "for the vars family only"),
+        (
+            ["task", "make", "vars", "--out", "OUT", "--layout", "interleaved"],
+            "for the prefix family only",
+        ),
+        (["task", "make", "prefix", "--out", "OUT", "--layout", "zigzag"], "--layout 'zigzag'"),
+        (["task", "make", "nope", "--out", "OUT"], "unknown task family"),
+        (["task", "make", "vars"], "--out is required"),
+    ],
+)
 def test_cli_other_errors(argv, match, tmp_path, capsys):
     code, _, err = cli([str(tmp_path / "o") if a == "OUT" else a for a in argv], capsys)
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
@@ -476,14 +645,16 @@ def test_cli_refuses_a_non_empty_foreign_folder(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- layering
 
+
 def test_tasks_import_only_lower_layers():
     root = Path(__import__("loopmdm.tasks", fromlist=["x"]).__file__).parent
     allowed = ("loopmdm.errors", "loopmdm.fileio", "loopmdm.registry", "loopmdm.tasks")
     for path in root.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                mod = ("loopmdm.tasks." if node.level == 1 else "loopmdm." if node.level == 2 else "") + \
-                      (node.module or "")
+                mod = (
+                    "loopmdm.tasks." if node.level == 1 else "loopmdm." if node.level == 2 else ""
+                ) + (node.module or "")
                 names = [mod]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]

@@ -11,8 +11,18 @@ import pytest
 import torch
 
 from loopmdm.config import DiffusionConfig, load_config
-from loopmdm.diffusion import TIME_SAMPLERS, Batch, LoopDistribution, Noise, check_support, estimate_ppots_weights, \
-    make_loop_distribution, make_objective, make_time_sampler, q_sample
+from loopmdm.diffusion import (
+    TIME_SAMPLERS,
+    Batch,
+    LoopDistribution,
+    Noise,
+    check_support,
+    estimate_ppots_weights,
+    make_loop_distribution,
+    make_objective,
+    make_time_sampler,
+    q_sample,
+)
 from loopmdm.errors import ConfigError
 from loopmdm.eval.nelbo import evaluate_nelbo
 from loopmdm.model import LoopMDM, ModelConfig
@@ -21,8 +31,13 @@ from loopmdm.train import train
 from loopmdm.train.trainer import Trainer
 
 W = [1.0, 2.0, 3.0, 5.0, 8.0, 13.0]  # a P-POTS profile rising with t (harder t: larger loss)
-SAMPLERS = [("uniform", {}), ("bell", {}), ("bell", {"mean": 0.4, "std": 0.2}), ("ppots", {"w": W}),
-            ("ppots", {"w": [0.0, 1.0, 4.0], "mix": 0.2})]
+SAMPLERS = [
+    ("uniform", {}),
+    ("bell", {}),
+    ("bell", {"mean": 0.4, "std": 0.2}),
+    ("ppots", {"w": W}),
+    ("ppots", {"w": [0.0, 1.0, 4.0], "mix": 0.2}),
+]
 
 
 def diffusion(**kw) -> DiffusionConfig:
@@ -37,6 +52,7 @@ def sampler(name, params, eps=1e-3):
 
 # --------------------------------------------------------------------------- densities and draws
 
+
 @pytest.mark.parametrize("eps", [1e-3, 0.0])
 @pytest.mark.parametrize("name,params", SAMPLERS)
 def test_density_integrates_to_one_and_matches_the_draws(name, params, eps):
@@ -45,8 +61,12 @@ def test_density_integrates_to_one_and_matches_the_draws(name, params, eps):
     t = eps + (1.0 - eps) * (torch.arange(n, dtype=torch.float64) + 0.5) / n
     p = s.density(t)
     assert (p >= 0).all()
-    assert float(p.mean() * (1.0 - eps)) == pytest.approx(1.0, abs=1e-4)  # midpoint rule over [eps, 1)
-    assert float(s.density(torch.tensor([eps / 2 - 0.01, 1.5], dtype=torch.float64)).abs().sum()) == 0.0
+    # midpoint rule over [eps, 1)
+    assert float(p.mean() * (1.0 - eps)) == pytest.approx(1.0, abs=1e-4)
+    assert (
+        float(s.density(torch.tensor([eps / 2 - 0.01, 1.5], dtype=torch.float64)).abs().sum())
+        == 0.0
+    )
     # the inverse CDF is the density's: integral of p from eps to icdf(v) = v
     v = torch.tensor([0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99], dtype=torch.float64)
     cdf = torch.cumsum(p, 0) * (1.0 - eps) / n
@@ -56,11 +76,17 @@ def test_density_integrates_to_one_and_matches_the_draws(name, params, eps):
     assert draws.dtype == torch.float32 and draws.shape == (4096,)
     assert float(draws.min()) >= eps and float(draws.max()) < 1.0
     # low discrepancy: the antithetic grid puts exactly one draw in each of the 4096 equal-probability cells
-    cells = (cdf[torch.searchsorted(t, draws.double()).clamp(max=n - 1)] * 4096).floor().long().clamp(0, 4095)
+    cells = (
+        (cdf[torch.searchsorted(t, draws.double()).clamp(max=n - 1)] * 4096)
+        .floor()
+        .long()
+        .clamp(0, 4095)
+    )
     assert len(torch.unique(cells)) >= 4096 - 8
 
 
-def old_sample_t(n, gen, antithetic=True, eps=1e-3):  # sample_t as it was before the samplers, verbatim
+# sample_t as it was before the samplers, verbatim
+def old_sample_t(n, gen, antithetic=True, eps=1e-3):
     if antithetic:
         u = (torch.rand(1, generator=gen) + torch.arange(n) / n) % 1.0
     else:
@@ -85,6 +111,7 @@ def test_uniform_sampler_draws_are_todays_bit_for_bit(antithetic, eps):
 
 # --------------------------------------------------------------------------- unbiasedness
 
+
 class TimeOnlyModel(torch.nn.Module):
     """A stand-in for the model whose cross-entropy at every masked position of row b is 1 + 5 t_b^2: the NELBO
     integrand is then f(t) = 1 + 5 t^2 exactly (E[#masked] / L = t under the log-linear schedule), and the uniform
@@ -96,13 +123,18 @@ class TimeOnlyModel(torch.nn.Module):
         super().__init__()
         self.p = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, x_t, t, loops=1, predict=None, labels=None, label_weights=None, exclude=None, **kw):
-        rows = torch.div(predict, x_t.shape[1], rounding_mode="floor")  # [N]: predict holds flat positions b * L + i
+    def forward(
+        self, x_t, t, loops=1, predict=None, labels=None, label_weights=None, exclude=None, **kw
+    ):
+        # [N]: predict holds flat positions b * L + i
+        rows = torch.div(predict, x_t.shape[1], rounding_mode="floor")
         ce = (1.0 + 5.0 * t * t)[rows] + 0.0 * self.p
         return (label_weights * ce).sum(), ce.detach()
 
 
-def mc_nelbo(model, d: DiffusionConfig, x0: torch.Tensor, draws: int, seed: int = 0) -> tuple[float, float]:
+def mc_nelbo(
+    model, d: DiffusionConfig, x0: torch.Tensor, draws: int, seed: int = 0
+) -> tuple[float, float]:
     """Monte-Carlo mean and standard error of the training loss's NELBO estimate (nll_sum / n_tokens)."""
     obj = make_objective(d, mask_id=int(x0.max()) + 1)
     gen = torch.Generator().manual_seed(seed)
@@ -120,7 +152,7 @@ def mc_nelbo(model, d: DiffusionConfig, x0: torch.Tensor, draws: int, seed: int 
 @pytest.mark.parametrize("name,params", SAMPLERS)
 def test_exact_weighting_is_unbiased_and_paper_weighting_is_not(name, params, complementary):
     eps = 1e-3
-    truth = 1.0 + 5.0 * (1.0 - eps ** 3) / (3.0 * (1.0 - eps))
+    truth = 1.0 + 5.0 * (1.0 - eps**3) / (3.0 * (1.0 - eps))
     x0 = torch.randint(0, 50, (16, 64), generator=torch.Generator().manual_seed(0))
     d = dict(t_sampler=name, t_sampler_params=params, complementary_masks=complementary, t_eps=eps)
     mean, se = mc_nelbo(TimeOnlyModel(), diffusion(**d), x0, 400)
@@ -133,8 +165,19 @@ def test_exact_weighting_is_unbiased_and_paper_weighting_is_not(name, params, co
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    m = LoopMDM(ModelConfig(vocab_size=48, max_seq_len=16, d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1,
-                            cond_dim=16))
+    m = LoopMDM(
+        ModelConfig(
+            vocab_size=48,
+            max_seq_len=16,
+            d_model=32,
+            n_heads=2,
+            n_layers=3,
+            n_h=1,
+            n_m=1,
+            n_o=1,
+            cond_dim=16,
+        )
+    )
     with torch.no_grad():  # a time-conditioned model whose loss varies with t
         m.final_modulation.weight.normal_(0.0, 3.0)
         m.lm_head.weight.normal_(0.0, 0.3)
@@ -143,16 +186,27 @@ def tiny_model():
 
 def test_weighted_nelbo_of_a_tiny_loopmdm_matches_the_uniform_one(tiny_model):
     x0 = torch.randint(0, 47, (16, 16), generator=torch.Generator().manual_seed(1))
-    x0[1::2] = x0[0::2]  # the rows complementary masks pair (pair_rows), so that every estimate has one target
+    # the rows complementary masks pair (pair_rows), so that every estimate has one target
+    x0[1::2] = x0[0::2]
     ref, se_ref = mc_nelbo(tiny_model, diffusion(), x0, 300, seed=1)
     for name, params in SAMPLERS[1:] + [("uniform", {})]:
         for complementary in (False, True):
-            d = diffusion(t_sampler=name, t_sampler_params=params, complementary_masks=complementary)
+            d = diffusion(
+                t_sampler=name, t_sampler_params=params, complementary_masks=complementary
+            )
             mean, se = mc_nelbo(tiny_model, d, x0, 300, seed=2)
-            assert abs(mean - ref) < 3 * math.hypot(se, se_ref), (name, complementary, mean, ref, se, se_ref)
+            assert abs(mean - ref) < 3 * math.hypot(se, se_ref), (
+                name,
+                complementary,
+                mean,
+                ref,
+                se,
+                se_ref,
+            )
 
 
 # --------------------------------------------------------------------------- complementary masks
+
 
 def test_complementary_masks_cover_every_position_once_per_pair():
     x0 = torch.randint(0, 30, (8, 200), generator=torch.Generator().manual_seed(0))
@@ -160,10 +214,16 @@ def test_complementary_masks_cover_every_position_once_per_pair():
     frozen[:, :5] = True
     for name, params in SAMPLERS:
         for eps in (0.0, 1e-3):
-            obj = make_objective(diffusion(t_sampler=name, t_sampler_params=params, complementary_masks=True,
-                                           t_eps=eps), mask_id=99)
+            obj = make_objective(
+                diffusion(
+                    t_sampler=name, t_sampler_params=params, complementary_masks=True, t_eps=eps
+                ),
+                mask_id=99,
+            )
             batch = obj.pair_rows(Batch(x0, frozen))
-            assert torch.equal(batch.x0[0::2], batch.x0[1::2]) and torch.equal(batch.x0[0::2], x0[0::2])
+            assert torch.equal(batch.x0[0::2], batch.x0[1::2]) and torch.equal(
+                batch.x0[0::2], x0[0::2]
+            )
             noise = obj.draw(8, 200, torch.Generator().manual_seed(3))
             assert torch.allclose(noise.t[0::2] + noise.t[1::2], torch.full((4,), 1.0 + eps))
             assert torch.equal(noise.u[0::2] + noise.u[1::2], torch.ones(4, 200))
@@ -171,7 +231,8 @@ def test_complementary_masks_cover_every_position_once_per_pair():
             assert not masked[:, :5].any()  # frozen positions are never masked
             times = masked[0::2, 5:].int() + masked[1::2, 5:].int()  # [pairs, free positions]
             if eps == 0.0:
-                assert (times == 1).all()  # an exact partition: every free position masked by one row of its pair
+                # an exact partition: every free position masked by one row of its pair
+                assert (times == 1).all()
             else:
                 assert (times >= 1).all() and float((times == 2).float().mean()) < 0.02
     with pytest.raises(ConfigError, match="even") as e:
@@ -187,10 +248,13 @@ def test_complementary_masks_under_a_uniform_sampler_keep_uniform_marginals():
     hist = torch.histc(t, bins=10, min=0.0, max=1.0) / len(t)
     assert torch.allclose(hist, torch.full((10,), 0.1), atol=0.01)
     assert obj.draw(64, 4, torch.Generator()).w is None
-    assert obj.predicted_fraction() == pytest.approx(make_objective(diffusion(), 99).predicted_fraction())
+    assert obj.predicted_fraction() == pytest.approx(
+        make_objective(diffusion(), 99).predicted_fraction()
+    )
 
 
 # --------------------------------------------------------------------------- loops: p(S) proportional to 1 / F(S)
+
 
 def test_flop_proportional_loops_without_a_cost_model_are_proportional_to_one_over_s():
     dist = make_loop_distribution(diffusion(loop_dist="flop_proportional", s_max=5))
@@ -211,7 +275,8 @@ def test_flop_proportional_loops_in_training(tiny_cfg, tmp_path):
 
     p = trainer.loop_dist.pmf()
     assert sorted(p) == list(range(1, 7)) and sum(p.values()) == pytest.approx(1.0)
-    assert all(p[s] * cost(s) == pytest.approx(p[1] * cost(1), rel=1e-9) for s in p)  # p(S) F(S) constant
+    # p(S) F(S) constant
+    assert all(p[s] * cost(s) == pytest.approx(p[1] * cost(1), rel=1e-9) for s in p)
     assert cost(6) / cost(1) > 2.0 and p[1] / p[6] == pytest.approx(cost(6) / cost(1))
     drawn = []
 
@@ -245,26 +310,48 @@ def test_loop_distribution_support_errors_are_one_line():
     assert "\n" not in str(e.value)
     assert check_support(_Bad([1, 8]), "ok", cap=8).max() == 8
     with pytest.raises(ConfigError, match="S=2"):
-        make_loop_distribution(diffusion(loop_dist="flop_proportional", s_max=3),
-                               flops_fn=lambda s: 1.0 if s != 2 else 0.0)
+        make_loop_distribution(
+            diffusion(loop_dist="flop_proportional", s_max=3),
+            flops_fn=lambda s: 1.0 if s != 2 else 0.0,
+        )
 
 
 # --------------------------------------------------------------------------- validation and resume
+
 
 def test_validation_nelbo_does_not_depend_on_the_training_sampler(tiny_cfg, tmp_path, tiny_model):
     rows = np.random.default_rng(0).integers(0, 47, size=(24, 16))
     base = make_objective(diffusion(), mask_id=47)
     ref = evaluate_nelbo(tiny_model, rows, base, 2, batch_size=8, seed=3, repeats=2)
-    for d in (dict(t_sampler="bell", t_weighting="paper"), dict(t_sampler="ppots", t_sampler_params={"w": W}),
-              dict(complementary_masks=True), dict(t_sampler="bell", complementary_masks=True)):
-        assert evaluate_nelbo(tiny_model, rows, make_objective(diffusion(**d), mask_id=47), 2, batch_size=8, seed=3,
-                              repeats=2) == ref
+    for d in (
+        dict(t_sampler="bell", t_weighting="paper"),
+        dict(t_sampler="ppots", t_sampler_params={"w": W}),
+        dict(complementary_masks=True),
+        dict(t_sampler="bell", complementary_masks=True),
+    ):
+        assert (
+            evaluate_nelbo(
+                tiny_model,
+                rows,
+                make_objective(diffusion(**d), mask_id=47),
+                2,
+                batch_size=8,
+                seed=3,
+                repeats=2,
+            )
+            == ref
+        )
     vals = []  # the trainer's validation: same weights (same seed), training samplers apart
-    for d in (dict(), dict(t_sampler="bell", t_sampler_params={"std": 0.15}, complementary_masks=True)):
+    for d in (
+        dict(),
+        dict(t_sampler="bell", t_sampler_params={"std": 0.15}, complementary_masks=True),
+    ):
         cfg = copy.deepcopy(tiny_cfg)
         for k, v in d.items():
             setattr(cfg.diffusion, k, v)
-        vals.append(Trainer(cfg.validate(), tmp_path / "r", progress=False, log=lambda s: None).validate())
+        vals.append(
+            Trainer(cfg.validate(), tmp_path / "r", progress=False, log=lambda s: None).validate()
+        )
     assert vals[0] == vals[1]
 
 
@@ -276,8 +363,13 @@ def test_training_with_a_bell_sampler_and_complementary_masks_resumes_exactly(ti
     full = train(cfg, tmp_path / "full", progress=False, log=lambda s: None)
     rows = [json.loads(x) for x in (full.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in rows)
-    resumed = train(cfg, tmp_path / "again", resume=full.run_dir / "checkpoints" / "step_000003", progress=False,
-                    log=lambda s: None)
+    resumed = train(
+        cfg,
+        tmp_path / "again",
+        resume=full.run_dir / "checkpoints" / "step_000003",
+        progress=False,
+        log=lambda s: None,
+    )
     assert resumed.final_loss == pytest.approx(full.final_loss, rel=1e-6)
     assert resumed.val["nelbo"] == pytest.approx(full.val["nelbo"], rel=1e-6)
 
@@ -294,28 +386,68 @@ def test_ppots_weights_estimated_from_a_model_make_a_valid_sampler(tiny_model):
 
 # --------------------------------------------------------------------------- configuration errors
 
-@pytest.mark.parametrize("override,match", [
-    (["diffusion.t_sampler=zigzag"], "unknown time sampler 'zigzag'; choose one of: bell, ppots, uniform"),
-    (["diffusion.t_sampler=bell", "diffusion.t_sampler_params={std: 0.01}"], r"std=0.01 is out of range; use 0.05 <= "),
-    (["diffusion.t_sampler=bell", "diffusion.t_sampler_params={mean: 0}"], r"mean=0 is out of range; use 0 < mean"),
-    (["diffusion.t_sampler=bell", "diffusion.t_sampler_params={mean: .nan}"], "mean=nan is out of range"),
-    (["diffusion.t_sampler=bell", "diffusion.t_sampler_params={width: 1}"], "unknown diffusion.t_sampler_params key "
-                                                                            "'width'.*valid keys: mean, std"),
-    (["diffusion.t_sampler_params={std: 1}"], "key 'std' for t_sampler='uniform'"),
-    (["diffusion.t_sampler=ppots"], "needs diffusion.t_sampler_params.w"),
-    (["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: [1]}"], "must be a list of 2..4096 numbers"),
-    (["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: [1, -1]}"], "out of range"),
-    (["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: [1, 2], mix: 2}"], "mix=2 is out of range; use 0"),
-    (["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: [0, 2], mix: 0}"], "never drawn"),
-    (["diffusion.t_weighting=unbiased"], "t_weighting='unbiased' is unknown; use one of exact, paper"),
-    (["diffusion.t_sampler=bell", "diffusion.t_sampler_params={std: 0.1}"], r"importance weights u\(t\)/p\(t\) up to "
-                                                                            r"6.7\de\+04 > 1000"),
-    (["diffusion.t_sampler_params=3"], "mapping"),
-    (["diffusion.complementary_masks=maybe"], "true or false"),
-    (["diffusion.loop_dist=flops"], "choose one of: .*flop_proportional"),
-    (["diffusion.objective=ar", "model.causal=true", "model.time_conditioning=none",
-      "diffusion.complementary_masks=true"], "only apply to diffusion.objective='mdm'"),
-])
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        (
+            ["diffusion.t_sampler=zigzag"],
+            "unknown time sampler 'zigzag'; choose one of: bell, ppots, uniform",
+        ),
+        (
+            ["diffusion.t_sampler=bell", "diffusion.t_sampler_params={std: 0.01}"],
+            r"std=0.01 is out of range; use 0.05 <= ",
+        ),
+        (
+            ["diffusion.t_sampler=bell", "diffusion.t_sampler_params={mean: 0}"],
+            r"mean=0 is out of range; use 0 < mean",
+        ),
+        (
+            ["diffusion.t_sampler=bell", "diffusion.t_sampler_params={mean: .nan}"],
+            "mean=nan is out of range",
+        ),
+        (
+            ["diffusion.t_sampler=bell", "diffusion.t_sampler_params={width: 1}"],
+            "unknown diffusion.t_sampler_params key 'width'.*valid keys: mean, std",
+        ),
+        (["diffusion.t_sampler_params={std: 1}"], "key 'std' for t_sampler='uniform'"),
+        (["diffusion.t_sampler=ppots"], "needs diffusion.t_sampler_params.w"),
+        (
+            ["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: [1]}"],
+            "must be a list of 2..4096 numbers",
+        ),
+        (["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: [1, -1]}"], "out of range"),
+        (
+            ["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: [1, 2], mix: 2}"],
+            "mix=2 is out of range; use 0",
+        ),
+        (
+            ["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: [0, 2], mix: 0}"],
+            "never drawn",
+        ),
+        (
+            ["diffusion.t_weighting=unbiased"],
+            "t_weighting='unbiased' is unknown; use one of exact, paper",
+        ),
+        (
+            ["diffusion.t_sampler=bell", "diffusion.t_sampler_params={std: 0.1}"],
+            r"importance weights u\(t\)/p\(t\) up to "
+            r"6.7\de\+04 > 1000",
+        ),
+        (["diffusion.t_sampler_params=3"], "mapping"),
+        (["diffusion.complementary_masks=maybe"], "true or false"),
+        (["diffusion.loop_dist=flops"], "choose one of: .*flop_proportional"),
+        (
+            [
+                "diffusion.objective=ar",
+                "model.causal=true",
+                "model.time_conditioning=none",
+                "diffusion.complementary_masks=true",
+            ],
+            "only apply to diffusion.objective='mdm'",
+        ),
+    ],
+)
 def test_bad_values_are_one_line_errors(override, match):
     with pytest.raises(ConfigError, match=match) as e:
         load_config("tiny", None, override)
@@ -323,9 +455,17 @@ def test_bad_values_are_one_line_errors(override, match):
 
 
 def test_good_values_validate_and_round_trip():
-    cfg = load_config("tiny", None, ["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: ['1', 2, 3e0]}",
-                                     "diffusion.t_weighting=paper", "diffusion.complementary_masks=true",
-                                     "diffusion.loop_dist=flop_proportional"])
+    cfg = load_config(
+        "tiny",
+        None,
+        [
+            "diffusion.t_sampler=ppots",
+            "diffusion.t_sampler_params={w: ['1', 2, 3e0]}",
+            "diffusion.t_weighting=paper",
+            "diffusion.complementary_masks=true",
+            "diffusion.loop_dist=flop_proportional",
+        ],
+    )
     assert cfg.diffusion.t_sampler_params == {"w": [1.0, 2.0, 3.0]}
     assert type(cfg).from_dict(cfg.to_dict()).validate() == cfg
     assert sorted(TIME_SAMPLERS) == ["bell", "ppots", "uniform"]

@@ -4,7 +4,14 @@ the CLI prints it as ``error: ...`` and exits with code 2."""
 
 from .model.errors import CheckpointError, ConfigError, DataError, InputError, LoopMDMError
 
-__all__ = ["LoopMDMError", "ConfigError", "DataError", "CheckpointError", "InputError", "install_hint"]
+__all__ = [
+    "LoopMDMError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    "InputError",
+    "install_hint",
+]
 
 
 def install_hint(extra: str) -> str:

@@ -31,17 +31,37 @@ from typing import Optional, Sequence
 from .errors import CheckpointError, ConfigError
 
 KINDS = ("run", "experiment", "new")
-RUN_ENTRIES = ("config.json", "metrics.jsonl", "checkpoints", "experiment_run.json", "loopify.json",
-               "sudoku_scores.json", "scores.json")  # the last four: written into run folders by experiments
+# the last four: written into run folders by experiments
+RUN_ENTRIES = (
+    "config.json",
+    "metrics.jsonl",
+    "checkpoints",
+    "experiment_run.json",
+    "loopify.json",
+    "sudoku_scores.json",
+    "scores.json",
+)
 RUN_CONFIG_SECTIONS = frozenset({"model", "diffusion", "data", "train"})
 EXPERIMENT_DIRS = ("seed_*", "budget_*")
-EXPERIMENT_FILES = ("results.json", "results_*.json", "summary.md", "ablation.json", "ablation.md",
-                    "attention.json", "*.png")
+EXPERIMENT_FILES = (
+    "results.json",
+    "results_*.json",
+    "summary.md",
+    "ablation.json",
+    "ablation.md",
+    "attention.json",
+    "*.png",
+)
 WHAT = {"run": "a run folder", "experiment": "an experiment folder", "new": "a new folder"}
 
 
-def check_output(out: str | Path, kind: str, flag: str = "--out", resume: Optional[str | Path] = None,
-                 dirs: Sequence[str] = ()) -> Path:
+def check_output(
+    out: str | Path,
+    kind: str,
+    flag: str = "--out",
+    resume: Optional[str | Path] = None,
+    dirs: Sequence[str] = (),
+) -> Path:
     """Apply the rule (module docstring) to ``out`` for a command of ``kind`` (``run``, ``experiment``, ``new``);
     ``resume``: the run or checkpoint a ``train`` continues from; ``dirs``: more folder names an experiment
     writes (the reasoning study's task folders). Returns ``out`` as a Path; creates nothing."""
@@ -53,11 +73,15 @@ def check_output(out: str | Path, kind: str, flag: str = "--out", resume: Option
         _check_creatable(out, shown)
         return out
     if not out.is_dir():
-        raise ConfigError(f"{shown} is an existing file, not a folder; choose a new folder for {flag}")
+        raise ConfigError(
+            f"{shown} is an existing file, not a folder; choose a new folder for {flag}"
+        )
     try:
         entries = sorted(out.iterdir())
     except OSError as e:
-        raise ConfigError(f"{shown} cannot be read ({e.strerror or e}); choose a folder you can write") from None
+        raise ConfigError(
+            f"{shown} cannot be read ({e.strerror or e}); choose a folder you can write"
+        ) from None
     if not entries:
         _check_writable(out, shown)
         return out
@@ -66,12 +90,16 @@ def check_output(out: str | Path, kind: str, flag: str = "--out", resume: Option
     elif kind == "experiment":
         foreign = [p for p in entries if not _is_experiment_entry(p, dirs)]
         if foreign:
-            raise ConfigError(f"{shown} is not empty and not an experiment folder (it holds {_names(foreign)}); "
-                              f"an experiment writes only into a new or empty folder or its own earlier output: "
-                              f"choose another {flag}")
+            raise ConfigError(
+                f"{shown} is not empty and not an experiment folder (it holds {_names(foreign)}); "
+                f"an experiment writes only into a new or empty folder or its own earlier output: "
+                f"choose another {flag}"
+            )
     else:
-        raise ConfigError(f"{shown} exists and is not empty (it holds {_names(entries)}); this command writes a "
-                          f"new folder and never overwrites one: choose a new or empty folder for {flag}")
+        raise ConfigError(
+            f"{shown} exists and is not empty (it holds {_names(entries)}); this command writes a "
+            f"new folder and never overwrites one: choose a new or empty folder for {flag}"
+        )
     _check_writable(out, shown)
     return out
 
@@ -81,32 +109,46 @@ def check_new_folder(out: str | Path, flag: str = "--out") -> Path:
     return check_output(out, "new", flag)
 
 
-def check_run_folder(out: str | Path, resume: Optional[str | Path] = None, flag: str = "--out") -> Path:
+def check_run_folder(
+    out: str | Path, resume: Optional[str | Path] = None, flag: str = "--out"
+) -> Path:
     """``check_output(out, "run")``: what ``train`` may write into (see the module docstring)."""
     return check_output(out, "run", flag, resume=resume)
 
 
 # --------------------------------------------------------------------------- the kinds
 
-def _check_run_folder(out: Path, entries: list[Path], shown: str, resume: Optional[str | Path]) -> None:
-    from .checkpoint import list_checkpoints, resolve_checkpoint  # the checkpoint package imports torch
+
+def _check_run_folder(
+    out: Path, entries: list[Path], shown: str, resume: Optional[str | Path]
+) -> None:
+    from .checkpoint import (  # the checkpoint package imports torch
+        list_checkpoints,
+        resolve_checkpoint,
+    )
 
     kept = list_checkpoints(out / "checkpoints")
     if kept:
         if resume is None:
-            raise CheckpointError(f"run folder {str(out)!r} already holds checkpoints (newest {kept[-1].name}); "
-                                  f"continue it with --resume {out}, or choose a new --out folder")
+            raise CheckpointError(
+                f"run folder {str(out)!r} already holds checkpoints (newest {kept[-1].name}); "
+                f"continue it with --resume {out}, or choose a new --out folder"
+            )
         source = resolve_checkpoint(resume)
         if _same(source.parent, out / "checkpoints"):
             return  # the run continues in its own folder (any entries there are its own)
-        raise CheckpointError(f"{shown} holds checkpoints of another run (newest {kept[-1].name}) than --resume "
-                              f"{str(resume)!r}; resuming into it would prune them: resume into the run's own "
-                              f"folder (--out {source.parent.parent}) or choose a new --out folder")
+        raise CheckpointError(
+            f"{shown} holds checkpoints of another run (newest {kept[-1].name}) than --resume "
+            f"{str(resume)!r}; resuming into it would prune them: resume into the run's own "
+            f"folder (--out {source.parent.parent}) or choose a new --out folder"
+        )
     foreign = [p for p in entries if not _is_run_entry(p)]
     if foreign:
-        raise ConfigError(f"{shown} is not empty and not a run folder (it holds {_names(foreign)}); training "
-                          "writes only into a new or empty folder or its own run folder: choose another --out "
-                          "(a data folder is passed with --data)")
+        raise ConfigError(
+            f"{shown} is not empty and not a run folder (it holds {_names(foreign)}); training "
+            "writes only into a new or empty folder or its own run folder: choose another --out "
+            "(a data folder is passed with --data)"
+        )
 
 
 def _is_run_entry(p: Path) -> bool:
@@ -116,7 +158,8 @@ def _is_run_entry(p: Path) -> bool:
         return p.is_dir()
     if not p.is_file():
         return False
-    if p.name == "config.json":  # a run's config, not any config.json (a transformers folder has one too)
+    # a run's config, not any config.json (a transformers folder has one too)
+    if p.name == "config.json":
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
@@ -133,21 +176,25 @@ def _is_experiment_entry(p: Path, dirs: Sequence[str] = ()) -> bool:
 
 # --------------------------------------------------------------------------- paths
 
+
 def _check_creatable(out: Path, shown: str) -> None:
     """A path that does not exist: its nearest existing ancestor must be a writable folder."""
     parent = out.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise ConfigError(f"{shown} cannot be created: {str(parent)!r} is not a folder; choose a writable "
-                          "folder")
+        raise ConfigError(
+            f"{shown} cannot be created: {str(parent)!r} is not a folder; choose a writable folder"
+        )
     _check_writable(parent, shown)
 
 
 def _check_writable(folder: Path, shown: str) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{shown} cannot be written: no permission to write in {str(folder)!r}; choose a "
-                          "writable folder")
+        raise ConfigError(
+            f"{shown} cannot be written: no permission to write in {str(folder)!r}; choose a "
+            "writable folder"
+        )
 
 
 def _same(a: Path, b: Path) -> bool:

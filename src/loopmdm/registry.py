@@ -52,14 +52,23 @@ def build(registry: Registry, name: str, options: Optional[dict]) -> Any:
     """Instantiate ``registry[name](**options)`` with one-line errors for unknown names and options."""
     cls = registry.get(name)
     if options is not None and not isinstance(options, dict):
-        raise ConfigError(f"{registry.kind} options must be a dict of name -> value, got {type(options).__name__}")
+        raise ConfigError(
+            f"{registry.kind} options must be a dict of name -> value, got {type(options).__name__}"
+        )
     options = dict(options or {})
     params = inspect.signature(cls.__init__).parameters.values()
-    known = [p.name for p in params if p.name != "self"  # not object.__init__'s *args / **kwargs
-             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    known = [
+        p.name
+        for p in params
+        if p.name != "self"  # not object.__init__'s *args / **kwargs
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
     unknown = [k for k in options if k not in known]
     if unknown:
-        hint = getattr(cls, "option_hints", {}).get(unknown[0])  # the variants that do take it, if any
-        raise ConfigError(f"unknown option {unknown[0]!r} for {registry.kind} {name!r}; "
-                          f"valid options: {', '.join(known) or '(none)'}" + (f" ({hint})" if hint else ""))
+        # the variants that do take it, if any
+        hint = getattr(cls, "option_hints", {}).get(unknown[0])
+        raise ConfigError(
+            f"unknown option {unknown[0]!r} for {registry.kind} {name!r}; "
+            f"valid options: {', '.join(known) or '(none)'}" + (f" ({hint})" if hint else "")
+        )
     return cls(**options)

@@ -19,7 +19,6 @@ import torch.nn as nn
 from .errors import ConfigError
 from .model.layers import Block
 
-
 DEVICE_SYNTAX = "auto, cpu, cuda, cuda:N or mps"
 
 
@@ -57,19 +56,28 @@ def pick_device(name: str | torch.device, what: str = "device") -> torch.device:
         except (RuntimeError, ValueError, TypeError):
             dev = None
     if dev is None or dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"{what}={name!r} is not a device; use {DEVICE_SYNTAX} (this machine has: {have})")
+        raise ConfigError(
+            f"{what}={name!r} is not a device; use {DEVICE_SYNTAX} (this machine has: {have})"
+        )
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"{what}={text!r}: this machine has no CUDA device; available: {have} (or auto)")
+            raise ConfigError(
+                f"{what}={text!r}: this machine has no CUDA device; available: {have} (or auto)"
+            )
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:
-            raise ConfigError(f"{what}={text!r}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
-                              f"(cuda:0..cuda:{n - 1}); available: {have}")
+            raise ConfigError(
+                f"{what}={text!r}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
+                f"(cuda:0..cuda:{n - 1}); available: {have}"
+            )
     if dev.type == "mps" and not _mps_available():
-        raise ConfigError(f"{what}={text!r}: this machine has no MPS (Apple GPU) device; available: {have} "
-                          "(or auto)")
+        raise ConfigError(
+            f"{what}={text!r}: this machine has no MPS (Apple GPU) device; available: {have} "
+            "(or auto)"
+        )
     if dev.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls (Ampere and newer)
+        # TF32 tensor cores for fp32 matmuls (Ampere and newer)
+        torch.set_float32_matmul_precision("high")
     return dev
 
 
@@ -110,7 +118,9 @@ def available_memory(device: torch.device | str = "cpu") -> Optional[int]:
     if device.type == "cuda":
         try:
             free, _ = torch.cuda.mem_get_info(device)
-            return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+            return int(
+                free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            )
         except Exception:  # noqa: BLE001 - no answer: unknown
             return None
     try:
@@ -142,9 +152,15 @@ def autocast_context(device: torch.device, precision: str):
 
 def machine_info() -> dict:
     """What ran an experiment or benchmark (for result files)."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
 
 def compile_blocks(model: nn.Module, **options) -> int:
     """``torch.compile`` every transformer block in place (the loop over S and the stages stay eager, so a new

@@ -74,9 +74,16 @@ def _bool_indexing(packet, args: tuple) -> bool:
     """``x[mask]`` / ``x[mask] = values``, except one mask given one value (PyTorch runs a masked_fill)."""
     if packet not in READS + WRITES or len(args) < 2:
         return False
-    if not any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1]):
+    if not any(
+        isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1]
+    ):
         return False
-    fill = packet in WRITES and len(args[1]) == 1 and isinstance(args[2], torch.Tensor) and args[2].numel() == 1
+    fill = (
+        packet in WRITES
+        and len(args[1]) == 1
+        and isinstance(args[2], torch.Tensor)
+        and args[2].numel() == 1
+    )
     return not fill
 
 
@@ -103,8 +110,11 @@ def sync_name(func, args: tuple, kwargs: dict) -> Optional[str]:
     packet = func.overloadpacket
     if packet in ALWAYS:
         return ALWAYS[packet]
-    if packet is aten.repeat_interleave and func is not aten.repeat_interleave.self_int \
-            and kwargs.get("output_size") is None:
+    if (
+        packet is aten.repeat_interleave
+        and func is not aten.repeat_interleave.self_int
+        and kwargs.get("output_size") is None
+    ):
         return "repeat_interleave"
     if _bool_indexing(packet, args):
         return "bool_index"
@@ -114,10 +124,13 @@ def sync_name(func, args: tuple, kwargs: dict) -> Optional[str]:
 def caller() -> str:
     """``file:line`` of the innermost frame outside PyTorch and this module (the line that asked for the sync)."""
     frame = sys._getframe(1)
-    while frame is not None and (frame.f_code.co_filename.startswith(TORCH_DIR)
-                                 or frame.f_code.co_filename == __file__):
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(TORCH_DIR) or frame.f_code.co_filename == __file__
+    ):
         frame = frame.f_back
-    return "?" if frame is None else f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+    return (
+        "?" if frame is None else f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+    )
 
 
 def _from_torch() -> bool:
@@ -131,7 +144,9 @@ def _from_torch() -> bool:
 
 def _names_device(args: tuple, kwargs: dict) -> bool:
     """``Tensor.to`` / factory arguments that name a device (a string or ``torch.device``)."""
-    return kwargs.get("device") is not None or any(isinstance(a, (str, torch.device)) for a in args[1:])
+    return kwargs.get("device") is not None or any(
+        isinstance(a, (str, torch.device)) for a in args[1:]
+    )
 
 
 class _CpuCopies(TorchFunctionMode):
@@ -157,8 +172,11 @@ class _CpuCopies(TorchFunctionMode):
             return None
         if func in (torch.Tensor.tolist, torch.Tensor.cpu):
             return "to_host"
-        if func is torch.Tensor.cuda or (func is torch.Tensor.to and _names_device(args, kwargs)
-                                         and not kwargs.get("non_blocking")):
+        if func is torch.Tensor.cuda or (
+            func is torch.Tensor.to
+            and _names_device(args, kwargs)
+            and not kwargs.get("non_blocking")
+        ):
             return "to_device"
         return None
 
@@ -197,6 +215,8 @@ class SyncCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = sync_name(func, args, kwargs)
-        if name is not None and (self.device is None or any(t.device.type == self.device for t in _tensors(args))):
+        if name is not None and (
+            self.device is None or any(t.device.type == self.device for t in _tensors(args))
+        ):
             self.record(name)
         return func(*args, **kwargs)

@@ -13,9 +13,27 @@ adapters' methods, since it is an optional extra). ``loopmdm.config`` checks ``m
 """
 
 from . import bert, dream, modernbert  # noqa: F401  (register the transformers families)
-from .base import BACKBONES, Backbone, OwnBackbone, build_model, family_for, get_backbone, known_architectures
+from .base import (
+    BACKBONES,
+    Backbone,
+    OwnBackbone,
+    build_model,
+    family_for,
+    get_backbone,
+    known_architectures,
+)
 from .transformers_family import TransformersFamily
 from .wrapper import LayerRange, WrappedLoopMDM
 
-__all__ = ["BACKBONES", "Backbone", "OwnBackbone", "TransformersFamily", "WrappedLoopMDM", "LayerRange",
-           "build_model", "get_backbone", "family_for", "known_architectures"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "OwnBackbone",
+    "TransformersFamily",
+    "WrappedLoopMDM",
+    "LayerRange",
+    "build_model",
+    "get_backbone",
+    "family_for",
+    "known_architectures",
+]

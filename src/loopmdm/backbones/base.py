@@ -34,7 +34,9 @@ class Backbone:
     def check(self, cfg: ModelConfig) -> None:
         """Raise ``ConfigError`` when ``cfg`` cannot describe a model of this backbone."""
 
-    def resplit(self, state: dict[str, torch.Tensor], old: ModelConfig, new: ModelConfig) -> dict[str, torch.Tensor]:
+    def resplit(
+        self, state: dict[str, torch.Tensor], old: ModelConfig, new: ModelConfig
+    ) -> dict[str, torch.Tensor]:
         """The state dict of a model with split ``new`` holding the same layers as ``state`` (split ``old``)."""
         return dict(state)
 
@@ -66,7 +68,7 @@ def _block_key(key: str, old: ModelConfig, new: ModelConfig) -> str:
     stage, _, rest = key.partition(".")
     if stage not in ("head", "mid", "tail") or not rest.startswith("blocks."):
         return key
-    index, _, tail = rest[len("blocks."):].partition(".")
+    index, _, tail = rest[len("blocks.") :].partition(".")
     layer = int(index) + {"head": 0, "mid": old.n_h, "tail": old.n_h + old.n_m}[stage]
     if layer < new.n_h:
         return f"head.blocks.{layer}.{tail}"
@@ -100,11 +102,13 @@ def check_model_memory(cfg: ModelConfig, available: Optional[int] = None) -> Non
     have = available_memory("cpu") if available is None else available
     if have is None or need <= have:
         return
-    raise ConfigError(f"a model with vocab_size={cfg.vocab_size:,}, d_model={cfg.d_model:,}, "
-                      f"n_layers={cfg.n_h + cfg.n_m + cfg.n_o} has about {parameter_count(cfg):,} parameters, whose "
-                      f"fp32 weights need about {need / 2**30:,.1f} GiB, but only {have / 2**30:,.1f} GiB of memory "
-                      "is available; lower model.d_model / model.vocab_size / model.n_layers (or use a machine with "
-                      "more memory)")
+    raise ConfigError(
+        f"a model with vocab_size={cfg.vocab_size:,}, d_model={cfg.d_model:,}, "
+        f"n_layers={cfg.n_h + cfg.n_m + cfg.n_o} has about {parameter_count(cfg):,} parameters, whose "
+        f"fp32 weights need about {need / 2**30:,.1f} GiB, but only {have / 2**30:,.1f} GiB of memory "
+        "is available; lower model.d_model / model.vocab_size / model.n_layers (or use a machine with "
+        "more memory)"
+    )
 
 
 def family_for(model_type: Optional[str]) -> Backbone:
@@ -113,11 +117,16 @@ def family_for(model_type: Optional[str]) -> Backbone:
         b = BACKBONES.get(name)
         if model_type in b.model_types:
             return b
-    raise ConfigError(f"architecture {model_type!r} (config.json model_type) has no loopify adapter; known: "
-                      f"{known_architectures()}; add one in loopmdm.backbones or pass --family")
+    raise ConfigError(
+        f"architecture {model_type!r} (config.json model_type) has no loopify adapter; known: "
+        f"{known_architectures()}; add one in loopmdm.backbones or pass --family"
+    )
 
 
 def known_architectures() -> str:
     """``bert (bert), dream (Dream), ...``: the families and the model_type values each reads."""
-    return ", ".join(f"{n} ({'/'.join(BACKBONES.get(n).model_types)})" for n in BACKBONES.names()
-                     if BACKBONES.get(n).model_types)
+    return ", ".join(
+        f"{n} ({'/'.join(BACKBONES.get(n).model_types)})"
+        for n in BACKBONES.names()
+        if BACKBONES.get(n).model_types
+    )

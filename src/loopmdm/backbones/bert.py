@@ -23,12 +23,16 @@ class BertFamily(TransformersFamily):
 
     def check_source(self, hf_config) -> None:
         if getattr(hf_config, "is_decoder", False):
-            raise ConfigError(f"this {self.name} model is a decoder (config.is_decoder=true, causal attention); "
-                              "loopify reads bidirectional masked LMs")
+            raise ConfigError(
+                f"this {self.name} model is a decoder (config.is_decoder=true, causal attention); "
+                "loopify reads bidirectional masked LMs"
+            )
         kind = getattr(hf_config, "position_embedding_type", "absolute")
         if kind not in (None, "absolute"):
-            raise ConfigError(f"{self.name} position_embedding_type={kind!r} is not supported; loopify reproduces "
-                              "absolute positions only")
+            raise ConfigError(
+                f"{self.name} position_embedding_type={kind!r} is not supported; loopify reproduces "
+                "absolute positions only"
+            )
 
     def layers(self, model):
         return self.core(model).encoder.layer

@@ -13,7 +13,8 @@ from ..errors import ConfigError
 from .base import BACKBONES
 from .transformers_family import TransformersFamily, accepted_kwargs, first, import_transformers
 
-DROP = ("model_type", "architectures", "auto_map")  # Dream's own class names; the Qwen2 classes replace them
+# Dream's own class names; the Qwen2 classes replace them
+DROP = ("model_type", "architectures", "auto_map")
 
 
 class DreamFamily(TransformersFamily):
@@ -30,16 +31,20 @@ class DreamFamily(TransformersFamily):
         tf = import_transformers()
         kept = {k: v for k, v in source_config.items() if k not in DROP}
         known = accepted_kwargs(tf.Qwen2Config, kept)
-        extra = {k: v for k, v in kept.items() if k not in known}  # e.g. rope_theta, mask_token_id: kwargs
+        # e.g. rope_theta, mask_token_id: kwargs
+        extra = {k: v for k, v in kept.items() if k not in known}
         return {**known, **extra}
 
     def check_source(self, hf_config) -> None:
         if any(t != "full_attention" for t in getattr(hf_config, "layer_types", None) or []):
-            raise ConfigError("this Dream config enables sliding-window layers (use_sliding_window=true); Dream "
-                              "itself uses none and loopify does not reproduce them")
+            raise ConfigError(
+                "this Dream config enables sliding-window layers (use_sliding_window=true); Dream "
+                "itself uses none and loopify does not reproduce them"
+            )
 
     def stored_config(self, hf_config, raw=None):
-        return dict(raw) if raw is not None else super().stored_config(hf_config)  # Dream's own config.json
+        # Dream's own config.json
+        return dict(raw) if raw is not None else super().stored_config(hf_config)
 
     def prepare(self, model):
         for layer in self.layers(model):
@@ -66,8 +71,10 @@ class DreamFamily(TransformersFamily):
         return model.lm_head.weight, None
 
     def reference_logits(self, model, x):
-        logits = model(input_ids=x, attention_mask={"full_attention": None}).logits  # bidirectional: no mask
-        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # Dream: position i reads position i - 1
+        # bidirectional: no mask
+        logits = model(input_ids=x, attention_mask={"full_attention": None}).logits
+        # Dream: position i reads position i - 1
+        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
 BACKBONES.register("dream")(DreamFamily())

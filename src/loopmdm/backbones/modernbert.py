@@ -31,20 +31,25 @@ class ModernBertFamily(TransformersFamily):
 
     def check_loop_layers(self, a: int, b: int) -> None:
         if a == 0:
-            raise ConfigError(f"--loop-layers 0:{b} loops ModernBERT's layer 0, which has no attention pre-norm (it "
-                              "reads the normalised embeddings), so from the second loop on it would get an "
-                              "un-normalised residual stream; start the loop at layer 1, e.g. "
-                              f"--loop-layers 1:{max(b, 2)}")
+            raise ConfigError(
+                f"--loop-layers 0:{b} loops ModernBERT's layer 0, which has no attention pre-norm (it "
+                "reads the normalised embeddings), so from the second loop on it would get an "
+                "un-normalised residual stream; start the loop at layer 1, e.g. "
+                f"--loop-layers 1:{max(b, 2)}"
+            )
 
     def check(self, cfg) -> None:
         super().check(cfg)
         if cfg.n_h == 0:
-            raise ConfigError("model.n_h=0 loops ModernBERT's layer 0, which has no attention pre-norm (it reads the "
-                              "normalised embeddings), so from the second loop on it would get an un-normalised "
-                              "residual stream; use model.n_h >= 1 (loopify --loop-layers 1:B)")
+            raise ConfigError(
+                "model.n_h=0 loops ModernBERT's layer 0, which has no attention pre-norm (it reads the "
+                "normalised embeddings), so from the second loop on it would get an un-normalised "
+                "residual stream; use model.n_h >= 1 (loopify --loop-layers 1:B)"
+            )
 
     def local_window(self, hf_config) -> int:
-        return int(getattr(hf_config, "local_attention", 0) or 0)  # the whole sliding window (half each side)
+        # the whole sliding window (half each side)
+        return int(getattr(hf_config, "local_attention", 0) or 0)
 
     def layers(self, model):
         return model.model.layers
@@ -55,14 +60,20 @@ class ModernBertFamily(TransformersFamily):
     def positions(self, model, h):
         core = model.model
         pos = torch.arange(h.shape[1], device=h.device)[None]  # [1, T]
-        return {kind: core.rotary_emb(h, pos, kind) for kind in set(core.config.layer_types)}  # (cos, sin) [1, T, hd]
+        # (cos, sin) [1, T, hd]
+        return {kind: core.rotary_emb(h, pos, kind) for kind in set(core.config.layer_types)}
 
     def masks(self, model, h, pad):
-        from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
+        from transformers.masking_utils import (
+            create_bidirectional_mask,
+            create_bidirectional_sliding_window_mask,
+        )
 
         kw = dict(config=model.config, inputs_embeds=h, attention_mask=pad)
-        return {"full_attention": create_bidirectional_mask(**kw),
-                "sliding_attention": create_bidirectional_sliding_window_mask(**kw)}
+        return {
+            "full_attention": create_bidirectional_mask(**kw),
+            "sliding_attention": create_bidirectional_sliding_window_mask(**kw),
+        }
 
     def run_layer(self, model, layer, h, positions, masks):
         kind = layer.attention_type

@@ -32,11 +32,15 @@ def import_transformers():
         import transformers
         from transformers import masking_utils
     except ImportError as e:
-        raise ConfigError(f"loopified transformers models need transformers >= 5 ({e}); install it with: "
-                          + install_hint("hf")) from None
+        raise ConfigError(
+            f"loopified transformers models need transformers >= 5 ({e}); install it with: "
+            + install_hint("hf")
+        ) from None
     if not hasattr(masking_utils, "create_bidirectional_mask"):
-        raise ConfigError(f"loopify needs transformers >= 5 (found {transformers.__version__}): the adapters call "
-                          "the layers as transformers 5 defines them; pip install -U transformers")
+        raise ConfigError(
+            f"loopify needs transformers >= 5 (found {transformers.__version__}): the adapters call "
+            "the layers as transformers 5 defines them; pip install -U transformers"
+        )
     return transformers
 
 
@@ -64,7 +68,8 @@ class TransformersFamily(Backbone):
     config_class = ""  # e.g. "BertConfig"
     model_class = ""  # e.g. "BertForMaskedLM"
     shift = False  # True: the logits of position i are read from position i - 1 (Dream)
-    gated_mlp = False  # True: the MLP has three d x I matrices (GeGLU / SwiGLU), for the FLOP description
+    # True: the MLP has three d x I matrices (GeGLU / SwiGLU), for the FLOP description
+    gated_mlp = False
 
     # ------------------------------------------------------------------ the questions an adapter answers
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -83,8 +88,9 @@ class TransformersFamily(Backbone):
 
         return create_bidirectional_mask(config=model.config, inputs_embeds=h, attention_mask=pad)
 
-    def run_layer(self, model: nn.Module, layer: nn.Module, h: torch.Tensor, positions: Any,
-                  masks: Any) -> torch.Tensor:
+    def run_layer(
+        self, model: nn.Module, layer: nn.Module, h: torch.Tensor, positions: Any, masks: Any
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def features(self, model: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -122,8 +128,10 @@ class TransformersFamily(Backbone):
         try:
             return getattr(tf, self.config_class)(**self._config_kwargs(source_config))
         except (TypeError, ValueError, KeyError) as e:
-            raise ConfigError(f"model.source_config does not make a {self.config_class} "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})") from None
+            raise ConfigError(
+                f"model.source_config does not make a {self.config_class} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})"
+            ) from None
 
     def _config_kwargs(self, source_config: dict) -> dict:
         return dict(source_config)
@@ -149,13 +157,18 @@ class TransformersFamily(Backbone):
         cls = getattr(tf, self.model_class)
         try:
             with no_progress_bars():
-                model = cls.from_pretrained(str(folder), config=self.hf_config(raw_config), use_safetensors=True,
-                                            dtype=torch.float32)
+                model = cls.from_pretrained(
+                    str(folder),
+                    config=self.hf_config(raw_config),
+                    use_safetensors=True,
+                    dtype=torch.float32,
+                )
         except (OSError, ValueError, RuntimeError, KeyError) as e:
-            raise CheckpointError(f"{self.model_class}.from_pretrained({str(folder)!r}) failed "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0][:140] if str(e) else ''}); the folder "
-                                  "needs config.json and safetensors weights (pickled .bin files are refused)"
-                                  ) from None
+            raise CheckpointError(
+                f"{self.model_class}.from_pretrained({str(folder)!r}) failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:140] if str(e) else ''}); the folder "
+                "needs config.json and safetensors weights (pickled .bin files are refused)"
+            ) from None
         return self.prepare(model.float())
 
     def describe(self, hf_config, seq_len: Optional[int]) -> dict:
@@ -166,21 +179,38 @@ class TransformersFamily(Backbone):
         c = hf_config
         window = self.usable_positions(c)
         ratio = (1.5 if self.gated_mlp else 1.0) * c.intermediate_size / c.hidden_size
-        return dict(vocab_size=int(c.vocab_size), max_seq_len=min(window, seq_len or window),
-                    d_model=int(c.hidden_size), n_heads=int(c.num_attention_heads), n_layers=int(c.num_hidden_layers),
-                    mlp_ratio=float(ratio))
+        return dict(
+            vocab_size=int(c.vocab_size),
+            max_seq_len=min(window, seq_len or window),
+            d_model=int(c.hidden_size),
+            n_heads=int(c.num_attention_heads),
+            n_layers=int(c.num_hidden_layers),
+            mlp_ratio=float(ratio),
+        )
 
-    def model_config(self, hf_config, stored: dict, n_h: int, n_m: int, seq_len: Optional[int] = None,
-                     **options) -> ModelConfig:
+    def model_config(
+        self, hf_config, stored: dict, n_h: int, n_m: int, seq_len: Optional[int] = None, **options
+    ) -> ModelConfig:
         """The run's ``ModelConfig``: the description above, the split n_h / n_m / n_o and the loop options."""
         self.check_source(hf_config)
         fields = self.describe(hf_config, seq_len)
         window = self.usable_positions(hf_config)
         if seq_len is not None and seq_len > window:
-            raise ConfigError(f"--seq-len {seq_len} exceeds the {window} positions of the {self.name} source")
+            raise ConfigError(
+                f"--seq-len {seq_len} exceeds the {window} positions of the {self.name} source"
+            )
         L = fields["n_layers"]
-        return ModelConfig(**fields, n_h=n_h, n_m=n_m, n_o=L - n_h - n_m, time_conditioning="none",
-                           tie_embeddings=False, backbone=self.name, source_config=stored, **options).validate()
+        return ModelConfig(
+            **fields,
+            n_h=n_h,
+            n_m=n_m,
+            n_o=L - n_h - n_m,
+            time_conditioning="none",
+            tie_embeddings=False,
+            backbone=self.name,
+            source_config=stored,
+            **options,
+        ).validate()
 
     def build(self, cfg: ModelConfig) -> nn.Module:
         return self.wrap(cfg, self.build_source(cfg.source_config))
@@ -193,15 +223,21 @@ class TransformersFamily(Backbone):
     def check(self, cfg: ModelConfig) -> None:
         sc = cfg.source_config or {}
         if sc.get("model_type") not in self.model_types:
-            raise ConfigError(f"model.backbone={self.name!r} reads {' / '.join(self.model_types)} models but "
-                              f"model.source_config has model_type={sc.get('model_type')!r}")
+            raise ConfigError(
+                f"model.backbone={self.name!r} reads {' / '.join(self.model_types)} models but "
+                f"model.source_config has model_type={sc.get('model_type')!r}"
+            )
         n = sc.get("num_hidden_layers")
         if n != cfg.n_layers:
-            raise ConfigError(f"model.n_layers={cfg.n_layers} but model.source_config has num_hidden_layers={n!r}")
+            raise ConfigError(
+                f"model.n_layers={cfg.n_layers} but model.source_config has num_hidden_layers={n!r}"
+            )
         window = self.usable_positions(self.hf_config(sc))
         if cfg.max_seq_len > window:
-            raise ConfigError(f"model.max_seq_len={cfg.max_seq_len} exceeds the {window} positions of the {self.name} "
-                              "source; use a shorter window")
+            raise ConfigError(
+                f"model.max_seq_len={cfg.max_seq_len} exceeds the {window} positions of the {self.name} "
+                "source; use a shorter window"
+            )
 
 
 def accepted_kwargs(cls, source_config: dict) -> dict:

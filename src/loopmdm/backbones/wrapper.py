@@ -33,7 +33,8 @@ class LayerRange(nn.Module):
     def __init__(self, owner: "WrappedLoopMDM", start: int, stop: int):
         super().__init__()
         self.start, self.stop = start, stop
-        object.__setattr__(self, "_owner", owner)  # a plain reference: the owner holds this module, not the reverse
+        # a plain reference: the owner holds this module, not the reverse
+        object.__setattr__(self, "_owner", owner)
 
     def forward(self, h: torch.Tensor, ctx: LoopContext) -> torch.Tensor:
         return self._owner.run_layers(self.start, self.stop, h, ctx)  # [B, T, D]
@@ -47,7 +48,8 @@ class WrappedLoopMDM(nn.Module):
     and ignored: these families have no time conditioning). ``family`` is the source's adapter, ``source`` the
     transformers model whose layers [n_h, n_h + n_m) form the looped mid block."""
 
-    sparse_prediction = True  # forward takes predict / labels: objectives need no full-vocabulary logits
+    # forward takes predict / labels: objectives need no full-vocabulary logits
+    sparse_prediction = True
 
     def __init__(self, cfg: ModelConfig, family, source: nn.Module):
         super().__init__()
@@ -55,8 +57,10 @@ class WrappedLoopMDM(nn.Module):
         self.config, self.family, self.source = cfg, family, source
         n = len(family.layers(source))
         if n != cfg.n_layers:
-            raise ConfigError(f"model.n_layers={cfg.n_layers} but the {family.name} source has {n} layers; the run's "
-                              "config does not describe this model")
+            raise ConfigError(
+                f"model.n_layers={cfg.n_layers} but the {family.name} source has {n} layers; the run's "
+                "config does not describe this model"
+            )
         self.head = LayerRange(self, 0, cfg.n_h)
         self.mid = LayerRange(self, cfg.n_h, cfg.n_h + cfg.n_m)
         self.tail = LayerRange(self, cfg.n_h + cfg.n_m, n)
@@ -94,29 +98,45 @@ class WrappedLoopMDM(nn.Module):
     def _whole_sequences_only(self, positions, cache) -> None:
         """Refuse the inference-only partial updates / key-value caches of ``LoopMDM`` (one-line error)."""
         if positions is not None or cache is not None:
-            raise ConfigError(f"a loopified {self.family.name} model runs the source's own layers, which cannot "
-                              "update some positions only or reuse cached keys / values; use --policy fixed, "
-                              "schedule, converge or warm, and no sampler cache option")
+            raise ConfigError(
+                f"a loopified {self.family.name} model runs the source's own layers, which cannot "
+                "update some positions only or reuse cached keys / values; use --policy fixed, "
+                "schedule, converge or warm, and no sampler cache option"
+            )
 
-    def prelude(self, x_t: torch.Tensor, t: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None,
-                cache: Optional[list] = None) -> LoopContext:
+    def prelude(
+        self,
+        x_t: torch.Tensor,
+        t: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[list] = None,
+    ) -> LoopContext:
         """Embed tokens x_t [B, T] as the source does and run the head (layers [0, n_h)) once. ``t`` is ignored
         (no time conditioning); ``attention_mask`` [B, T] is True on real tokens (positions stay 0..T-1)."""
         self._whole_sequences_only(positions, cache)
         B, T = x_t.shape
         if T > self.config.max_seq_len:
-            raise ConfigError(f"sequence length {T} exceeds model.max_seq_len={self.config.max_seq_len}; shorten the "
-                              "input (or loopify again with a longer --seq-len, up to the source's positions)")
+            raise ConfigError(
+                f"sequence length {T} exceeds model.max_seq_len={self.config.max_seq_len}; shorten the "
+                "input (or loopify again with a longer --seq-len, up to the source's positions)"
+            )
         h = self.family.embed(self.source, x_t)  # [B, T, D]
-        rope = self.family.positions(self.source, h)  # the same for every row (sampling slices rows of ctx)
+        # the same for every row (sampling slices rows of ctx)
+        rope = self.family.positions(self.source, h)
         mask = None if attention_mask is None else attention_mask.bool()  # [B, T]
         ctx = LoopContext(h0=None, cond=None, rope=rope, attn_mask=mask, causal=False)  # type: ignore[arg-type]
         ctx.h0 = self.head(h, ctx)
         return ctx
 
-    def loop_step(self, h: torch.Tensor, ctx: LoopContext, k: int, positions: Optional[torch.Tensor] = None,
-                  cache: Optional[list] = None) -> torch.Tensor:
+    def loop_step(
+        self,
+        h: torch.Tensor,
+        ctx: LoopContext,
+        k: int,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[list] = None,
+    ) -> torch.Tensor:
         """Loop iteration k (0-based): optional input injection and loop embedding, then the mid block."""
         self._whole_sequences_only(positions, cache)
         if self.injection is not None:
@@ -129,8 +149,14 @@ class WrappedLoopMDM(nn.Module):
     # The loop over S, truncated backprop and per-loop checkpointing: exactly LoopMDM's.
     run_loops = LoopMDM.run_loops
 
-    def coda_features(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None,
-                      positions: Optional[torch.Tensor] = None, cache: Optional[list] = None) -> torch.Tensor:
+    def coda_features(
+        self,
+        h: torch.Tensor,
+        ctx: LoopContext,
+        predict: Optional[torch.Tensor] = None,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[list] = None,
+    ) -> torch.Tensor:
         """Tail (layers [n_h + n_m, L)) over every position, then the source's per-position features before its
         decoder (final norm / prediction-head transform): [B, T, D], or [N, D] at the positions ``predict`` marks
         (``select_positions``). Families that read position i's logits from position i - 1 (Dream) shift here."""
@@ -142,8 +168,14 @@ class WrappedLoopMDM(nn.Module):
             h = select_positions(h, predict)[0]  # [N, D]
         return self.family.features(self.source, h)
 
-    def coda(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None,
-             positions: Optional[torch.Tensor] = None, cache: Optional[list] = None) -> torch.Tensor:
+    def coda(
+        self,
+        h: torch.Tensor,
+        ctx: LoopContext,
+        predict: Optional[torch.Tensor] = None,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[list] = None,
+    ) -> torch.Tensor:
         """Tail, features and the source's decoder: logits [B, T, V], or [N, V] at the positions ``predict`` marks."""
         weight, bias = self.decoder()
         return F.linear(self.coda_features(h, ctx, predict, positions, cache), weight, bias)
@@ -155,11 +187,13 @@ class WrappedLoopMDM(nn.Module):
     # The forward pass (dense, sparse prediction, fused loss with a decoder bias) and the parameter count:
     # exactly LoopMDM's, over this model's prelude / loops / coda.
     forward = LoopMDM.forward
-    _sparse_loss = LoopMDM._sparse_loss  # forward's fused loss (labels given) over coda_features / decoder
+    # forward's fused loss (labels given) over coda_features / decoder
+    _sparse_loss = LoopMDM._sparse_loss
     num_parameters = LoopMDM.num_parameters
 
 
 # --------------------------------------------------------------------------- tied weights in state dicts
+
 
 def tied_aliases(module: nn.Module) -> dict[str, str]:
     """{alias key: kept key} for tensors that appear under several state-dict names (tied parameters)."""
@@ -179,8 +213,9 @@ def _drop_aliases(module, state_dict, prefix, local_metadata) -> None:
         state_dict.pop(prefix + alias, None)
 
 
-def _fill_aliases(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                  error_msgs) -> None:
+def _fill_aliases(
+    module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+) -> None:
     """Load pre-hook: the names dropped at save time get their kept twin's tensor back."""
     for alias, kept in module._aliases.items():
         if prefix + alias not in state_dict and prefix + kept in state_dict:

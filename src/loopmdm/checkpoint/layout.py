@@ -1,10 +1,10 @@
 """The layout of a run folder's checkpoints, shared by saving and loading::
 
-    OUT/metrics.jsonl
-    OUT/checkpoints/latest               <- name of the newest complete checkpoint (moved last)
-    OUT/checkpoints/step_000600/model.safetensors, config.json, tokenizer.json,
-                                trainer_state.json, optimizer.safetensors, rng.safetensors,
-                                [ema.safetensors], index.json
+OUT/metrics.jsonl
+OUT/checkpoints/latest               <- name of the newest complete checkpoint (moved last)
+OUT/checkpoints/step_000600/model.safetensors, config.json, tokenizer.json,
+                            trainer_state.json, optimizer.safetensors, rng.safetensors,
+                            [ema.safetensors], index.json
 """
 
 from __future__ import annotations

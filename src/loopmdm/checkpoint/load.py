@@ -14,12 +14,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..backbones import build_model
 from ..config import RunConfig
 from ..data import TextTokenizer
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import describe_os_error, path_kind, sha256_file
-from ..backbones import build_model
 from .layout import PICKLE_MAGIC, PICKLE_SUFFIXES, REQUIRED, list_checkpoints, read_latest
+
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (its ``checkpoints/latest``), or a ``checkpoints`` folder.
@@ -28,18 +29,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path).expanduser()
     kind = path_kind(path)
     if kind is None:
-        raise CheckpointError(f"checkpoint path {str(path)!r} does not exist; pass a run folder (--out of "
-                              "`loopmdm train`) or a checkpoint folder")
+        raise CheckpointError(
+            f"checkpoint path {str(path)!r} does not exist; pass a run folder (--out of "
+            "`loopmdm train`) or a checkpoint folder"
+        )
     if kind not in ("a file", "a folder"):
-        raise CheckpointError(f"checkpoint path {str(path)!r} is {kind}, not a folder; pass a run folder (--out of "
-                              "`loopmdm train`) or a checkpoint folder")
+        raise CheckpointError(
+            f"checkpoint path {str(path)!r} is {kind}, not a folder; pass a run folder (--out of "
+            "`loopmdm train`) or a checkpoint folder"
+        )
     if path.is_file():
         if path.name in REQUIRED or path.name == "index.json" or path.suffix == ".safetensors":
             return path.parent
-        raise CheckpointError(f"checkpoint path {str(path)!r} is a file; pass the run folder or the checkpoint "
-                              "folder that holds model.safetensors")
+        raise CheckpointError(
+            f"checkpoint path {str(path)!r} is a file; pass the run folder or the checkpoint "
+            "folder that holds model.safetensors"
+        )
     if (path / "model.safetensors").exists() or (
-            (path / "config.json").exists() and not (path / "checkpoints").is_dir()):
+        (path / "config.json").exists() and not (path / "checkpoints").is_dir()
+    ):
         return path
     for root in (path / "checkpoints", path):
         name = read_latest(root)
@@ -51,8 +59,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     pickles = _pickle_files(path)
     if pickles:
         raise CheckpointError(_pickle_refusal(pickles[0]))
-    raise CheckpointError(f"{str(path)!r} holds no checkpoint (no model.safetensors, no checkpoints/latest); "
-                          "train one with `loopmdm train --out DIR`")
+    raise CheckpointError(
+        f"{str(path)!r} holds no checkpoint (no model.safetensors, no checkpoints/latest); "
+        "train one with `loopmdm train --out DIR`"
+    )
 
 
 def _pickle_files(folder: Path) -> list[Path]:
@@ -63,8 +73,10 @@ def _pickle_files(folder: Path) -> list[Path]:
 
 
 def _pickle_refusal(p: Path) -> str:
-    return (f"{str(p)!r} is a pickle-format file; LoopMDM loads weights only from safetensors because unpickling "
-            "can run arbitrary code: convert it with a trusted tool, or use a checkpoint written by `loopmdm train`")
+    return (
+        f"{str(p)!r} is a pickle-format file; LoopMDM loads weights only from safetensors because unpickling "
+        "can run arbitrary code: convert it with a trusted tool, or use a checkpoint written by `loopmdm train`"
+    )
 
 
 def verify_checkpoint(folder: Path) -> None:
@@ -75,8 +87,10 @@ def verify_checkpoint(folder: Path) -> None:
             pickles = _pickle_files(folder) if f == "model.safetensors" else []
             if pickles:
                 raise CheckpointError(_pickle_refusal(pickles[0]))
-            raise CheckpointError(f"checkpoint {str(folder)!r} is missing {f}; it is incomplete: "
-                                  "use an earlier checkpoint or re-save it")
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} is missing {f}; it is incomplete: "
+                "use an earlier checkpoint or re-save it"
+            )
     index_path = folder / "index.json"
     if not index_path.is_file():
         return  # exported / hand-made folders carry no index; safetensors still checks its header
@@ -84,24 +98,36 @@ def verify_checkpoint(folder: Path) -> None:
     files = index.get("files") if isinstance(index, dict) else None
     sizes = index.get("sizes", {}) if isinstance(index, dict) else {}
     if not isinstance(files, dict) or not isinstance(sizes, dict):
-        raise CheckpointError(f"{str(index_path)!r} is malformed (no 'files' mapping); use an earlier checkpoint")
+        raise CheckpointError(
+            f"{str(index_path)!r} is malformed (no 'files' mapping); use an earlier checkpoint"
+        )
     for name, digest in files.items():
         if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
-            raise CheckpointError(f"{str(index_path)!r} lists an invalid file name {name!r}; the index is damaged")
+            raise CheckpointError(
+                f"{str(index_path)!r} lists an invalid file name {name!r}; the index is damaged"
+            )
         p = folder / name
         if not p.is_file():
-            raise CheckpointError(f"checkpoint file {str(p)!r} is listed in index.json but missing; "
-                                  "use an earlier checkpoint")
+            raise CheckpointError(
+                f"checkpoint file {str(p)!r} is listed in index.json but missing; "
+                "use an earlier checkpoint"
+            )
         try:
             size = p.stat().st_size
             if name in sizes and size != sizes[name]:
-                raise CheckpointError(f"checkpoint file {str(p)!r} is truncated or corrupt ({size} bytes, "
-                                      f"index.json says {sizes[name]}); use an earlier checkpoint")
+                raise CheckpointError(
+                    f"checkpoint file {str(p)!r} is truncated or corrupt ({size} bytes, "
+                    f"index.json says {sizes[name]}); use an earlier checkpoint"
+                )
             if sha256_file(p) != digest:
-                raise CheckpointError(f"checkpoint file {str(p)!r} is corrupt or truncated (checksum mismatch); "
-                                      "use an earlier checkpoint")
+                raise CheckpointError(
+                    f"checkpoint file {str(p)!r} is corrupt or truncated (checksum mismatch); "
+                    "use an earlier checkpoint"
+                )
         except OSError as e:
-            raise CheckpointError(f"cannot read checkpoint file {str(p)!r} ({describe_os_error(e)})") from None
+            raise CheckpointError(
+                f"cannot read checkpoint file {str(p)!r} ({describe_os_error(e)})"
+            ) from None
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -111,19 +137,25 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         with path.open("rb") as f:
             head = f.read(9)
     except FileNotFoundError:
-        raise CheckpointError(f"{str(path)!r} is missing; the checkpoint is incomplete: use an earlier one") from None
+        raise CheckpointError(
+            f"{str(path)!r} is missing; the checkpoint is incomplete: use an earlier one"
+        ) from None
     except OSError as e:
         raise CheckpointError(f"cannot read {str(path)!r} ({describe_os_error(e)})") from None
     # a safetensors file is an 8-byte little-endian header length, then the JSON header: its first length byte
     # may be 0x80, pickle's PROTO opcode, so only a file that is not shaped like safetensors is called a pickle
     if head[8:9] != b"{" and head.startswith(PICKLE_MAGIC):
-        raise CheckpointError(f"{str(path)!r} is a pickle / torch.save file, not safetensors, and was refused: "
-                              "unpickling can run arbitrary code; use a checkpoint written by `loopmdm train`")
+        raise CheckpointError(
+            f"{str(path)!r} is a pickle / torch.save file, not safetensors, and was refused: "
+            "unpickling can run arbitrary code; use a checkpoint written by `loopmdm train`"
+        )
     try:
         return load_file(str(path))
     except (SafetensorError, ValueError, RuntimeError, TypeError) as e:
-        raise CheckpointError(f"{str(path)!r} is not a valid safetensors file ({str(e).splitlines()[0][:80]}); "
-                              "it may be truncated or corrupt: use an earlier or trusted checkpoint") from None
+        raise CheckpointError(
+            f"{str(path)!r} is not a valid safetensors file ({str(e).splitlines()[0][:80]}); "
+            "it may be truncated or corrupt: use an earlier or trusted checkpoint"
+        ) from None
 
 
 def load_json(path: Path) -> Any:
@@ -131,18 +163,25 @@ def load_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{str(path)!r} is missing; the checkpoint is incomplete: use an earlier one") from None
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):  # JSONDecodeError is a ValueError
-        raise CheckpointError(f"{str(path)!r} is not valid JSON (corrupt, truncated or not a JSON file); "
-                              "the checkpoint is damaged: use an earlier one") from None
+        raise CheckpointError(
+            f"{str(path)!r} is missing; the checkpoint is incomplete: use an earlier one"
+        ) from None
+    # JSONDecodeError is a ValueError
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        raise CheckpointError(
+            f"{str(path)!r} is not valid JSON (corrupt, truncated or not a JSON file); "
+            "the checkpoint is damaged: use an earlier one"
+        ) from None
 
 
 def load_config_file(folder: Path) -> RunConfig:
     data = load_json(folder / "config.json")
     if isinstance(data, dict) and ("architectures" in data or "model_type" in data):
-        raise CheckpointError(f"{str(folder)!r} is a Hugging Face transformers folder, not a loopmdm checkpoint; "
-                              f"convert it with `loopmdm import --hf {folder} --out RUN` (or load it with "
-                              "transformers' from_pretrained)")
+        raise CheckpointError(
+            f"{str(folder)!r} is a Hugging Face transformers folder, not a loopmdm checkpoint; "
+            f"convert it with `loopmdm import --hf {folder} --out RUN` (or load it with "
+            "transformers' from_pretrained)"
+        )
     try:
         return RunConfig.from_dict(data).validate()
     except ConfigError as e:
@@ -171,11 +210,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", ema: Option
     cfg = load_config_file(folder)
     tokenizer = load_tokenizer_file(folder)
     if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise CheckpointError(f"checkpoint {str(folder)!r}: tokenizer.json has {tokenizer.vocab_size} tokens but "
-                              f"config.json says model.vocab_size={cfg.model.vocab_size}; the files do not belong "
-                              "together")
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r}: tokenizer.json has {tokenizer.vocab_size} tokens but "
+            f"config.json says model.vocab_size={cfg.model.vocab_size}; the files do not belong "
+            "together"
+        )
     model = build_model(cfg.model)
-    load_weights(model, folder / ("ema.safetensors" if uses_ema(folder, ema) else "model.safetensors"), cfg)
+    load_weights(
+        model, folder / ("ema.safetensors" if uses_ema(folder, ema) else "model.safetensors"), cfg
+    )
     return model.to(device).eval(), tokenizer, cfg
 
 
@@ -189,10 +232,14 @@ def checked_weights(path: Path, cfg: RunConfig) -> dict[str, torch.Tensor]:
     state = load_safetensors(path)
     if cfg.model.tie_embeddings and "embed.weight" in state:
         state.setdefault("lm_head.weight", state["embed.weight"])
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [
+        k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     if bad:
-        raise CheckpointError(f"{str(path)!r} holds non-finite weights (NaN / inf in {bad[0]}); "
-                              "the run diverged before this save: use an earlier checkpoint")
+        raise CheckpointError(
+            f"{str(path)!r} holds non-finite weights (NaN / inf in {bad[0]}); "
+            "the run diverged before this save: use an earlier checkpoint"
+        )
     return state
 
 
@@ -202,26 +249,38 @@ def load_weights(model: torch.nn.Module, path: Path, cfg: RunConfig) -> None:
     state = checked_weights(path, cfg)
     expected = model.state_dict()
     for name, value in state.items():
-        if name in expected and expected[name].is_floating_point() and not value.is_floating_point():
-            raise CheckpointError(f"{str(path)!r} holds {name} as {str(value.dtype).removeprefix('torch.')}, not as "
-                                  "floating-point weights; the file is damaged or not a LoopMDM checkpoint: use an "
-                                  "earlier checkpoint")
+        if (
+            name in expected
+            and expected[name].is_floating_point()
+            and not value.is_floating_point()
+        ):
+            raise CheckpointError(
+                f"{str(path)!r} holds {name} as {str(value.dtype).removeprefix('torch.')}, not as "
+                "floating-point weights; the file is damaged or not a LoopMDM checkpoint: use an "
+                "earlier checkpoint"
+            )
     mismatch = state_dict_mismatch(expected, state)
     if mismatch:
-        raise CheckpointError(f"{path} does not match config.json: {mismatch}; the files come from different models "
-                              "(use the config.json saved with these weights)")
+        raise CheckpointError(
+            f"{path} does not match config.json: {mismatch}; the files come from different models "
+            "(use the config.json saved with these weights)"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not match config.json ({str(e).splitlines()[0][:120]}); "
-                              "the files come from different models") from None
+        raise CheckpointError(
+            f"{path} does not match config.json ({str(e).splitlines()[0][:120]}); "
+            "the files come from different models"
+        ) from None
 
 
 def _shape(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(n) for n in t.shape) + "]"
 
 
-def state_dict_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> Optional[str]:
+def state_dict_mismatch(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
+) -> Optional[str]:
     """The first difference between the model's state dict and a file's, in words (None when they match): a
     tensor whose shape differs (expected vs found), one the model needs but the file lacks, or an extra one."""
     for name, want in expected.items():
@@ -229,10 +288,14 @@ def state_dict_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torc
             return f"tensor {name} has shape {_shape(found[name])} in the file but the model expects {_shape(want)}"
     missing = [k for k in expected if k not in found]
     if missing:
-        return f"tensor {missing[0]} (shape {_shape(expected[missing[0]])}) is missing from the file" + (
-            f", and {len(missing) - 1} more" if len(missing) > 1 else "")
+        return (
+            f"tensor {missing[0]} (shape {_shape(expected[missing[0]])}) is missing from the file"
+            + (f", and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
     extra = [k for k in found if k not in expected]
     if extra:
-        return f"the file has tensor {extra[0]} (shape {_shape(found[extra[0]])}) the model does not" + (
-            f", and {len(extra) - 1} more" if len(extra) > 1 else "")
+        return (
+            f"the file has tensor {extra[0]} (shape {_shape(found[extra[0]])}) the model does not"
+            + (f", and {len(extra) - 1} more" if len(extra) > 1 else "")
+        )
     return None

@@ -28,6 +28,7 @@ from .layout import LATEST, list_checkpoints, read_latest
 
 # --------------------------------------------------------------------------- optimizer state <-> safetensors
 
+
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON-able metadata."""
     tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
@@ -49,18 +50,28 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
             state.setdefault(int(pid), {})[k] = v
         return {"state": state, "param_groups": list(meta["param_groups"])}
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise CheckpointError("the optimizer state in trainer_state.json / optimizer.safetensors is malformed; "
-                              "use an earlier checkpoint") from None
+        raise CheckpointError(
+            "the optimizer state in trainer_state.json / optimizer.safetensors is malformed; "
+            "use an earlier checkpoint"
+        ) from None
 
 
 # --------------------------------------------------------------------------- save
 
-def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg,
-                    tokenizer, trainer_state: Optional[dict[str, Any]] = None,
-                    optimizer: Optional[torch.optim.Optimizer] = None,
-                    extra_tensors: Optional[dict[str, dict[str, torch.Tensor]]] = None,
-                    keep_last: int = 2, model_state: Optional[dict[str, torch.Tensor]] = None,
-                    optimizer_state: Optional[dict[str, Any]] = None) -> Path:
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    cfg,
+    tokenizer,
+    trainer_state: Optional[dict[str, Any]] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    extra_tensors: Optional[dict[str, dict[str, torch.Tensor]]] = None,
+    keep_last: int = 2,
+    model_state: Optional[dict[str, torch.Tensor]] = None,
+    optimizer_state: Optional[dict[str, Any]] = None,
+) -> Path:
     """Write checkpoint ``step`` under ``run_dir/checkpoints`` atomically, move ``latest``, prune old ones.
 
     ``extra_tensors`` maps a file stem (``ema``, ``rng``) to tensors saved as ``<stem>.safetensors``.
@@ -71,17 +82,30 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg,
     name = f"step_{step:06d}"
     final = ckpt_root / name
     try:
-        files = _serialise(model, cfg, tokenizer, trainer_state, optimizer, extra_tensors or {}, step,
-                           model_state, optimizer_state)
+        files = _serialise(
+            model,
+            cfg,
+            tokenizer,
+            trainer_state,
+            optimizer,
+            extra_tensors or {},
+            step,
+            model_state,
+            optimizer_state,
+        )
     except (SafetensorError, TypeError, ValueError) as e:
-        raise CheckpointError(f"could not serialise checkpoint {name} ({str(e).splitlines()[0][:100]}); "
-                              "the previous checkpoint is intact") from None
+        raise CheckpointError(
+            f"could not serialise checkpoint {name} ({str(e).splitlines()[0][:100]}); "
+            "the previous checkpoint is intact"
+        ) from None
     try:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=name + ".tmp-", dir=ckpt_root))
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoints under {str(ckpt_root)!r} ({describe_os_error(e)}); "
-                              "free disk space or choose a writable --out folder") from None
+        raise CheckpointError(
+            f"cannot write checkpoints under {str(ckpt_root)!r} ({describe_os_error(e)}); "
+            "free disk space or choose a writable --out folder"
+        ) from None
     aside = None
     try:
         for fname, data in files.items():
@@ -100,36 +124,56 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg,
             os.replace(aside, final)
         if not isinstance(e, OSError):
             raise
-        raise CheckpointError(f"could not save checkpoint {str(final)!r} ({describe_os_error(e)}); the previous "
-                              "checkpoint is intact: free disk space or fix permissions, then --resume") from None
+        raise CheckpointError(
+            f"could not save checkpoint {str(final)!r} ({describe_os_error(e)}); the previous "
+            "checkpoint is intact: free disk space or fix permissions, then --resume"
+        ) from None
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
     prune_checkpoints(ckpt_root, keep_last)
     return final
 
 
-def _serialise(model, cfg, tokenizer, trainer_state, optimizer, extra_tensors,
-               step: int, model_state=None, optimizer_state=None) -> dict[str, bytes]:
+def _serialise(
+    model,
+    cfg,
+    tokenizer,
+    trainer_state,
+    optimizer,
+    extra_tensors,
+    step: int,
+    model_state=None,
+    optimizer_state=None,
+) -> dict[str, bytes]:
     """Every file of a checkpoint as bytes, plus ``index.json`` with their SHA-256 and sizes."""
     state = model_state if model_state is not None else model.state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if cfg.model.tie_embeddings:
-        state.pop("lm_head.weight", None)  # tied to embed.weight; safetensors refuses shared storage
-    files = {"model.safetensors": st_save(state, metadata={"format": "pt"}),
-             "config.json": json.dumps(cfg.to_dict(), indent=2).encode(),
-             "tokenizer.json": _tokenizer_bytes(tokenizer)}
+        # tied to embed.weight; safetensors refuses shared storage
+        state.pop("lm_head.weight", None)
+    files = {
+        "model.safetensors": st_save(state, metadata={"format": "pt"}),
+        "config.json": json.dumps(cfg.to_dict(), indent=2).encode(),
+        "tokenizer.json": _tokenizer_bytes(tokenizer),
+    }
     if optimizer is not None or optimizer_state is not None:
-        tensors, meta = flatten_optimizer(optimizer_state if optimizer_state is not None
-                                          else optimizer.state_dict())
+        tensors, meta = flatten_optimizer(
+            optimizer_state if optimizer_state is not None else optimizer.state_dict()
+        )
         files["optimizer.safetensors"] = st_save(tensors)
         trainer_state = dict(trainer_state or {}, optimizer=meta)
     for stem, tensors in extra_tensors.items():
-        files[f"{stem}.safetensors"] = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+        files[f"{stem}.safetensors"] = st_save(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        )
     if trainer_state is not None:
         files["trainer_state.json"] = json.dumps(trainer_state, indent=1).encode()
-    index = {"format": 1, "step": step,
-             "files": {f: hashlib.sha256(b).hexdigest() for f, b in sorted(files.items())},
-             "sizes": {f: len(b) for f, b in sorted(files.items())}}
+    index = {
+        "format": 1,
+        "step": step,
+        "files": {f: hashlib.sha256(b).hexdigest() for f, b in sorted(files.items())},
+        "sizes": {f: len(b) for f, b in sorted(files.items())},
+    }
     files["index.json"] = json.dumps(index, indent=2).encode()
     return files
 

@@ -8,13 +8,18 @@ import os
 import sys
 
 from ..errors import LoopMDMError
+from . import (  # noqa: F401  (register subcommands)
+    eval_cmd,
+    experiment_cmd,  # noqa: F401  (experiment: compute-matched, ablation, sudoku, attention, loopify)
+    hf_cmd,  # noqa: F401  (export / import: Hugging Face format)
+    loopify_cmd,  # noqa: F401  (loopify: retrofit loops onto a trained model)
+    plot_cmd,
+    sample_cmd,
+    serve_cmd,  # noqa: F401  (serve: the denoising viewer in the browser)
+    task_cmd,  # noqa: F401  (task make: reasoning task suites)
+    train_cmd,
+)
 from .app import app
-from . import train_cmd, sample_cmd, eval_cmd, plot_cmd  # noqa: F401  (register subcommands)
-from . import hf_cmd  # noqa: F401  (export / import: Hugging Face format)
-from . import serve_cmd  # noqa: F401  (serve: the denoising viewer in the browser)
-from . import experiment_cmd  # noqa: F401  (experiment: compute-matched, ablation, sudoku, attention, loopify)
-from . import loopify_cmd  # noqa: F401  (loopify: retrofit loops onto a trained model)
-from . import task_cmd  # noqa: F401  (task make: reasoning task suites)
 
 
 def _click_types(name: str) -> tuple:

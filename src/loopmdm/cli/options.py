@@ -17,7 +17,9 @@ def parse_options(items: list[str], flag: str) -> dict:
     out = {}
     for item in items:
         if "=" not in item or not item.split("=", 1)[0].strip():
-            raise ConfigError(f"{flag} {item!r} must look like name=value, e.g. {flag} threshold=0.05")
+            raise ConfigError(
+                f"{flag} {item!r} must look like name=value, e.g. {flag} threshold=0.05"
+            )
         key, raw = item.split("=", 1)
         out[key.strip()] = parse_yaml_value(raw)
     return out

@@ -13,11 +13,16 @@ from .app import app, info
 
 @app.command()
 def plot(
-    sweeps: List[Path] = typer.Argument(..., help="One or more JSON files written by `loopmdm eval --json`."),
+    sweeps: List[Path] = typer.Argument(
+        ..., help="One or more JSON files written by `loopmdm eval --json`."
+    ),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
-    metric: Optional[str] = typer.Option(None, "--metric",
-                                         help="nelbo | ppl | bits_per_byte | gen_ppl | entropy (default: the "
-                                              "sweep's primary metric)."),
+    metric: Optional[str] = typer.Option(
+        None,
+        "--metric",
+        help="nelbo | ppl | bits_per_byte | gen_ppl | entropy (default: the "
+        "sweep's primary metric).",
+    ),
 ) -> None:
     """Plot one or several loop sweeps on shared axes (each file is one line, labelled by its file name)."""
     path = plot_sweeps([load_sweep(p) for p in sweeps], out, metric)

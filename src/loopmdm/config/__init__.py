@@ -7,5 +7,18 @@ from .loading import load_config, parse_override, parse_yaml_value, read_yaml_fi
 from .presets import PRESETS, preset
 from .sections import DataConfig, DiffusionConfig, RunConfig, SudokuDataConfig, TrainConfig
 
-__all__ = ["RunConfig", "ModelConfig", "DiffusionConfig", "DataConfig", "SudokuDataConfig", "TrainConfig",
-           "PRESETS", "preset", "load_config", "parse_override", "parse_yaml_value", "read_yaml_file", "apply_dict"]
+__all__ = [
+    "RunConfig",
+    "ModelConfig",
+    "DiffusionConfig",
+    "DataConfig",
+    "SudokuDataConfig",
+    "TrainConfig",
+    "PRESETS",
+    "preset",
+    "load_config",
+    "parse_override",
+    "parse_yaml_value",
+    "read_yaml_file",
+    "apply_dict",
+]

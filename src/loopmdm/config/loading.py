@@ -18,7 +18,9 @@ from .sections import RunConfig
 def parse_override(item: str) -> dict[str, Any]:
     """``"model.d_model=512"`` -> ``{"model": {"d_model": 512}}`` (value parsed as YAML)."""
     if "=" not in item:
-        raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. model.d_model=512")
+        raise ConfigError(
+            f"--set {item!r} must look like section.key=value, e.g. model.d_model=512"
+        )
     key, raw = item.split("=", 1)
     out: dict[str, Any] = {}
     node = out
@@ -49,16 +51,24 @@ def read_yaml_file(path: str | Path, what: str) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        raise ConfigError(f"{what} {str(path)!r} is not valid YAML ({type(e).__name__}); fix its syntax") from None
+        raise ConfigError(
+            f"{what} {str(path)!r} is not valid YAML ({type(e).__name__}); fix its syntax"
+        ) from None
     except OSError as e:
-        raise ConfigError(f"{what} {str(path)!r} cannot be read ({e.strerror or e}); check its permissions") from None
+        raise ConfigError(
+            f"{what} {str(path)!r} cannot be read ({e.strerror or e}); check its permissions"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {str(path)!r} must hold a mapping of settings")
     return data
 
 
-def load_config(preset_name: str = "tiny", config_file: str | Path | None = None,
-                overrides: list[str | dict] | None = None, base: Optional[RunConfig] = None) -> RunConfig:
+def load_config(
+    preset_name: str = "tiny",
+    config_file: str | Path | None = None,
+    overrides: list[str | dict] | None = None,
+    base: Optional[RunConfig] = None,
+) -> RunConfig:
     """Preset (or ``base``, e.g. a checkpoint's config) -> YAML file -> overrides, then validated. An override is
     a ``--set`` string ``section.key=value`` (the value read as YAML) or a nested dict applied as it is (values
     that must never pass through YAML: paths such as ``--data``)."""

@@ -22,12 +22,21 @@ def tiny() -> RunConfig:
     earlier 6 x 128 preset) and reached the lowest validation NELBO. fp32: bf16 autocast is slower on CPU at
     these widths (5.3k vs 4.8k tokens/s at width 128)."""
     return RunConfig(
-        model=ModelConfig(vocab_size=2048, max_seq_len=128, d_model=96, n_heads=3, n_layers=4,
-                          n_h=1, n_m=2, n_o=1),
+        model=ModelConfig(
+            vocab_size=2048, max_seq_len=128, d_model=96, n_heads=3, n_layers=4, n_h=1, n_m=2, n_o=1
+        ),
         diffusion=DiffusionConfig(s_max=4),
         data=DataConfig(max_train_bytes=6_000_000),
-        train=TrainConfig(batch_size=32, max_steps=1600, lr=2e-3, warmup_steps=50, eval_every=200,
-                          eval_batches=4, save_every=400, precision="fp32"),
+        train=TrainConfig(
+            batch_size=32,
+            max_steps=1600,
+            lr=2e-3,
+            warmup_steps=50,
+            eval_every=200,
+            eval_batches=4,
+            save_every=400,
+            precision="fp32",
+        ),
     )
 
 
@@ -35,13 +44,30 @@ def tiny() -> RunConfig:
 def paper() -> RunConfig:
     """The paper's model: 12 layers x 768, n_h / n_m / n_o = 1 / 2 / 9, S_max = 12, OpenWebText at length 1024."""
     return RunConfig(
-        model=ModelConfig(vocab_size=50258, max_seq_len=1024, d_model=768, n_heads=12, n_layers=12,
-                          n_h=1, n_m=2, n_o=9, cond_dim=128),
+        model=ModelConfig(
+            vocab_size=50258,
+            max_seq_len=1024,
+            d_model=768,
+            n_heads=12,
+            n_layers=12,
+            n_h=1,
+            n_m=2,
+            n_o=9,
+            cond_dim=128,
+        ),
         diffusion=DiffusionConfig(s_max=12),
         data=DataConfig(source="hf:openwebtext", tokenizer="gpt2"),
-        train=TrainConfig(batch_size=512, max_steps=1_000_000, lr=3e-4, warmup_steps=2500,
-                          eval_every=10_000, save_every=10_000, ema=0.9999, precision="bf16",
-                          betas=(0.9, 0.999)),
+        train=TrainConfig(
+            batch_size=512,
+            max_steps=1_000_000,
+            lr=3e-4,
+            warmup_steps=2500,
+            eval_every=10_000,
+            save_every=10_000,
+            ema=0.9999,
+            precision="bf16",
+            betas=(0.9, 0.999),
+        ),
     )
 
 
@@ -52,13 +78,36 @@ def sudoku() -> RunConfig:
     looped with S ~ U{1..S_max}; the givens are never masked and the loss is the mean cross-entropy of the
     masked blanks. ``loopmdm eval --metric sudoku`` solves the test boards."""
     return RunConfig(
-        model=ModelConfig(vocab_size=11, max_seq_len=81, d_model=128, n_heads=4, n_layers=4, n_h=1, n_m=2, n_o=1,
-                          time_conditioning="none", tie_embeddings=False, learned_positions=True),
+        model=ModelConfig(
+            vocab_size=11,
+            max_seq_len=81,
+            d_model=128,
+            n_heads=4,
+            n_layers=4,
+            n_h=1,
+            n_m=2,
+            n_o=1,
+            time_conditioning="none",
+            tie_embeddings=False,
+            learned_positions=True,
+        ),
         diffusion=DiffusionConfig(s_max=4, loss_weight="uniform"),
-        data=DataConfig(source="generate", format="sudoku",
-                        sudoku=SudokuDataConfig(givens=(30, 42), n_train=10000, n_val=200, n_test=200)),
-        train=TrainConfig(batch_size=32, max_steps=4000, lr=1e-3, warmup_steps=100, weight_decay=0.01,
-                          eval_every=500, eval_batches=4, save_every=1000, precision="fp32"),
+        data=DataConfig(
+            source="generate",
+            format="sudoku",
+            sudoku=SudokuDataConfig(givens=(30, 42), n_train=10000, n_val=200, n_test=200),
+        ),
+        train=TrainConfig(
+            batch_size=32,
+            max_steps=4000,
+            lr=1e-3,
+            warmup_steps=100,
+            weight_decay=0.01,
+            eval_every=500,
+            eval_batches=4,
+            save_every=1000,
+            precision="fp32",
+        ),
     )
 
 
@@ -69,12 +118,32 @@ def answers() -> RunConfig:
     S ~ U{1..4}; only the answer tokens are masked and scored (mean cross-entropy); rows padded to 128 tokens.
     ``loopmdm eval --metric exact-match`` scores it."""
     return RunConfig(
-        model=ModelConfig(vocab_size=256, max_seq_len=128, d_model=128, n_heads=4, n_layers=4, n_h=1, n_m=2, n_o=1,
-                          time_conditioning="none", tie_embeddings=False, learned_positions=True),
+        model=ModelConfig(
+            vocab_size=256,
+            max_seq_len=128,
+            d_model=128,
+            n_heads=4,
+            n_layers=4,
+            n_h=1,
+            n_m=2,
+            n_o=1,
+            time_conditioning="none",
+            tie_embeddings=False,
+            learned_positions=True,
+        ),
         diffusion=DiffusionConfig(s_max=4, loss_weight="uniform"),
         data=DataConfig(source="train.jsonl", format="answers"),
-        train=TrainConfig(batch_size=64, max_steps=3000, lr=1e-3, warmup_steps=100, weight_decay=0.01,
-                          eval_every=500, eval_batches=4, save_every=500, precision="fp32"),
+        train=TrainConfig(
+            batch_size=64,
+            max_steps=3000,
+            lr=1e-3,
+            warmup_steps=100,
+            weight_decay=0.01,
+            eval_every=500,
+            eval_batches=4,
+            save_every=500,
+            precision="fp32",
+        ),
     )
 
 

@@ -14,8 +14,14 @@ from typing import Any, Optional
 from ..backbones import get_backbone
 from ..data import FORMATS
 from ..data.sudoku.augment import AUGMENTS
-from ..diffusion import LOOP_DISTRIBUTIONS, LOSS_WEIGHTS, OBJECTIVES, SCHEDULES, check_time_sampling, \
-    make_loop_distribution
+from ..diffusion import (
+    LOOP_DISTRIBUTIONS,
+    LOSS_WEIGHTS,
+    OBJECTIVES,
+    SCHEDULES,
+    check_time_sampling,
+    make_loop_distribution,
+)
 from ..errors import ConfigError
 from ..model import ModelConfig
 from ..model.fields import apply_dict, at_least, at_most, check_int, check_types
@@ -27,23 +33,29 @@ class SudokuDataConfig:
     solutions, train / validation / test disjoint by solution grid) or a puzzle file (``data.source = FILE``,
     split into train / validation by ``data.val_fraction``)."""
 
-    givens: tuple[int, int] = (30, 42)  # difficulty of generated puzzles: a range of givens within 17..80
+    # difficulty of generated puzzles: a range of givens within 17..80
+    givens: tuple[int, int] = (30, 42)
     n_train: int = 20000
     n_val: int = 200
     n_test: int = 200
     seed: int = 0
-    augment: str = "all"  # per batch: "all" (digit relabelling, band / row / stack / column permutations,
-    #                       transpose), "digits" (relabelling only) or "none"
+    # per batch: "all" (digit relabelling, band / row / stack / column permutations,
+    # transpose), "digits" (relabelling only) or "none"
+    augment: str = "all"
     max_rows: Optional[int] = None  # read at most this many valid rows of a file
 
     def validate(self) -> None:
         check_types(self, "data.sudoku")
         lo, hi = self.givens
         if not 17 <= lo <= hi <= 80:
-            raise ConfigError(f"data.sudoku.givens={list(self.givens)} must be a range [min, max] within 17..80 "
-                              "(no 9x9 Sudoku with fewer than 17 givens has a unique solution)")
+            raise ConfigError(
+                f"data.sudoku.givens={list(self.givens)} must be a range [min, max] within 17..80 "
+                "(no 9x9 Sudoku with fewer than 17 givens has a unique solution)"
+            )
         if self.augment not in AUGMENTS:
-            raise ConfigError(f"data.sudoku.augment={self.augment!r} is unknown; use one of {', '.join(AUGMENTS)}")
+            raise ConfigError(
+                f"data.sudoku.augment={self.augment!r} is unknown; use one of {', '.join(AUGMENTS)}"
+            )
         for name in ("n_train", "n_val", "n_test"):
             check_int(getattr(self, name), f"data.sudoku.{name}", 1)
         if self.max_rows is not None:
@@ -60,9 +72,11 @@ class AnswersDataConfig:
 
     prompt_field: str = "prompt"
     answer_field: str = "answer"
-    targets_field: str = "targets"  # infill rows: data.text_field holds the text, this field the answer spans
+    # infill rows: data.text_field holds the text, this field the answer spans
+    targets_field: str = "targets"
     tokenizer: str = "char"  # "char" (one token per character of the training file) or "bpe"
-    val_source: Optional[str] = None  # null: data.source's val.jsonl (a task folder) or a hash split
+    # null: data.source's val.jsonl (a task folder) or a hash split
+    val_source: Optional[str] = None
 
     def validate(self) -> None:
         check_types(self, "data.answers")
@@ -70,8 +84,10 @@ class AnswersDataConfig:
             if not getattr(self, name).strip():
                 raise ConfigError(f"data.answers.{name}='' is empty; name the JSONL field")
         if self.tokenizer not in ("char", "bpe"):
-            raise ConfigError(f"data.answers.tokenizer={self.tokenizer!r} is unknown; use 'char' or 'bpe' (or set "
-                              "data.tokenizer to a tokenizer.json)")
+            raise ConfigError(
+                f"data.answers.tokenizer={self.tokenizer!r} is unknown; use 'char' or 'bpe' (or set "
+                "data.tokenizer to a tokenizer.json)"
+            )
         if self.val_source is not None and not self.val_source.strip():
             raise ConfigError("data.answers.val_source='' is empty; give a .jsonl path or null")
 
@@ -91,15 +107,20 @@ class DiffusionConfig:
     s_max: int = 4  # S ~ Uniform{1..s_max}; also the upper clip of "lognormal_poisson"
     s_fixed: int = 1  # S for loop_dist = "fixed"
     s_mean: float = 4.0  # mean of loop_dist = "lognormal_poisson"
-    loop_curriculum_steps: int = 0  # > 0: the largest S ramps from 1 to S_max over these first steps (0 = off)
+    # > 0: the largest S ramps from 1 to S_max over these first steps (0 = off)
+    loop_curriculum_steps: int = 0
     loss_weight: str = "elbo"  # "elbo": MDLM's -alpha'_t / (1 - alpha_t) (the NELBO); "uniform": mean CE over masks
-    deep_supervision: str = "none"  # "none": the loss on the final loop's output (the paper's); "all": the mean of the
-    #                                 losses on every loop's output h_1..h_S (R-MDM, TRM); "random": h_S and a random
-    #                                 half of the earlier loops
-    t_sampler: str = "uniform"  # training density of t: "uniform" (MDLM), "bell", "ppots" (diffusion.timesteps)
-    t_sampler_params: dict = field(default_factory=dict)  # its parameters, e.g. {std: 0.2} (bell), {w: [...]} (ppots)
+    # "none": the loss on the final loop's output (the paper's); "all": the mean of the
+    # losses on every loop's output h_1..h_S (R-MDM, TRM); "random": h_S and a random
+    # half of the earlier loops
+    deep_supervision: str = "none"
+    # training density of t: "uniform" (MDLM), "bell", "ppots" (diffusion.timesteps)
+    t_sampler: str = "uniform"
+    # its parameters, e.g. {std: 0.2} (bell), {w: [...]} (ppots)
+    t_sampler_params: dict = field(default_factory=dict)
     t_weighting: str = "exact"  # "exact": importance weights u(t)/p(t), the loss stays the unbiased NELBO; "paper": none
-    complementary_masks: bool = False  # rows in pairs: one sequence, complementary masks (u, 1 - u; t, 1 + eps - t)
+    # rows in pairs: one sequence, complementary masks (u, 1 - u; t, 1 + eps - t)
+    complementary_masks: bool = False
 
     @property
     def max_loops(self) -> int:
@@ -113,34 +134,45 @@ class DiffusionConfig:
         SCHEDULES.get(self.schedule)
         LOOP_DISTRIBUTIONS.get(self.loop_dist)
         if self.deep_supervision not in DEEP_SUPERVISION:
-            raise ConfigError(f"diffusion.deep_supervision={self.deep_supervision!r} is unknown; use one of "
-                              f"{', '.join(DEEP_SUPERVISION)}")
+            raise ConfigError(
+                f"diffusion.deep_supervision={self.deep_supervision!r} is unknown; use one of "
+                f"{', '.join(DEEP_SUPERVISION)}"
+            )
         if self.loss_weight not in LOSS_WEIGHTS:
-            raise ConfigError(f"diffusion.loss_weight={self.loss_weight!r} is unknown; use one of "
-                              f"{', '.join(LOSS_WEIGHTS)}")
+            raise ConfigError(
+                f"diffusion.loss_weight={self.loss_weight!r} is unknown; use one of "
+                f"{', '.join(LOSS_WEIGHTS)}"
+            )
         at_most(self, "diffusion", s_max=4096, s_fixed=4096, s_mean=4096)
         if self.s_max < 1:
-            raise ConfigError(f"diffusion.s_max={self.s_max} must be >= 1 (S is a count of loop iterations)")
+            raise ConfigError(
+                f"diffusion.s_max={self.s_max} must be >= 1 (S is a count of loop iterations)"
+            )
         if self.s_fixed < 1:
             raise ConfigError(f"diffusion.s_fixed={self.s_fixed} must be >= 1")
         if self.s_mean <= 0:
             raise ConfigError(f"diffusion.s_mean={self.s_mean} must be > 0")
         if self.loop_curriculum_steps < 0:
-            raise ConfigError(f"diffusion.loop_curriculum_steps={self.loop_curriculum_steps} must be >= 0 "
-                              "(0 turns the curriculum over S off)")
+            raise ConfigError(
+                f"diffusion.loop_curriculum_steps={self.loop_curriculum_steps} must be >= 0 "
+                "(0 turns the curriculum over S off)"
+            )
         if not 0.0 <= self.t_eps < 0.5:
             raise ConfigError(f"diffusion.t_eps={self.t_eps} must be in [0, 0.5)")
         self.t_sampler_params = check_time_sampling(self)
         if self.objective != "mdm" and (self.t_sampler != "uniform" or self.complementary_masks):
-            raise ConfigError(f"diffusion.t_sampler={self.t_sampler!r} / complementary_masks only apply to "
-                              f"diffusion.objective='mdm' (objective {self.objective!r} has no diffusion time)")
+            raise ConfigError(
+                f"diffusion.t_sampler={self.t_sampler!r} / complementary_masks only apply to "
+                f"diffusion.objective='mdm' (objective {self.objective!r} has no diffusion time)"
+            )
 
 
 @dataclass
 class DataConfig:
     """Where text comes from and how it becomes packed sequences of length model.max_seq_len."""
 
-    source: str = "stdlib"  # "stdlib" (built-in, offline), a file, a folder, a .jsonl file, or "hf:NAME"
+    # "stdlib" (built-in, offline), a file, a folder, a .jsonl file, or "hf:NAME"
+    source: str = "stdlib"
     text_field: str = "text"  # JSONL / datasets column
     val_fraction: float = 0.05  # by a stable hash of each document's name
     max_train_bytes: Optional[int] = None  # cap the training text (quick runs); null = all
@@ -150,7 +182,8 @@ class DataConfig:
     format: str = "text"  # how sources become rows: "text" (BPE, packed), "sudoku" (81 cells, givens frozen) or
     #                       "answers" (prompt / answer and infill JSONL rows, only the answers scored)
     sudoku: SudokuDataConfig = field(default_factory=SudokuDataConfig)  # used by format="sudoku"
-    answers: AnswersDataConfig = field(default_factory=AnswersDataConfig)  # used by format="answers"
+    # used by format="answers"
+    answers: AnswersDataConfig = field(default_factory=AnswersDataConfig)
 
     def validate(self) -> None:
         check_types(self, "data")
@@ -158,20 +191,30 @@ class DataConfig:
         self.sudoku.validate()
         self.answers.validate()
         if not self.source.strip():
-            raise ConfigError("data.source='' is empty; use 'stdlib', a file or folder path, or 'hf:NAME'")
+            raise ConfigError(
+                "data.source='' is empty; use 'stdlib', a file or folder path, or 'hf:NAME'"
+            )
         if self.source.startswith("hf:") and not self.source[3:].strip():
-            raise ConfigError(f"data.source={self.source!r} names no dataset; use hf:NAME, e.g. hf:openwebtext")
+            raise ConfigError(
+                f"data.source={self.source!r} names no dataset; use hf:NAME, e.g. hf:openwebtext"
+            )
         if not self.text_field.strip():
-            raise ConfigError("data.text_field='' is empty; name the JSONL / dataset column that holds the text")
+            raise ConfigError(
+                "data.text_field='' is empty; name the JSONL / dataset column that holds the text"
+            )
         for name in ("tokenizer", "cache_dir"):
             if getattr(self, name) is not None and not getattr(self, name).strip():
-                raise ConfigError(f"data.{name}='' is empty; give a path (or a Hub name for tokenizer) or null")
+                raise ConfigError(
+                    f"data.{name}='' is empty; give a path (or a Hub name for tokenizer) or null"
+                )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
         if self.max_train_bytes is not None and self.max_train_bytes <= 0:
             raise ConfigError(f"data.max_train_bytes={self.max_train_bytes} must be > 0 or null")
         if self.bad_files not in ("skip", "error"):
-            raise ConfigError(f"data.bad_files={self.bad_files!r} is unknown; use 'skip' or 'error'")
+            raise ConfigError(
+                f"data.bad_files={self.bad_files!r} is unknown; use 'skip' or 'error'"
+            )
 
 
 INIT_WEIGHTS = ("auto", "ema", "raw")
@@ -202,15 +245,30 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     threads: Optional[int] = None
-    fsdp: bool = False  # under torchrun: shard parameters / grads / optimizer with FSDP2 instead of DDP
-    init: Optional[str] = None  # the checkpoint whose weights start this run (`--init`: fine-tuning with a new
+    # under torchrun: shard parameters / grads / optimizer with FSDP2 instead of DDP
+    fsdp: bool = False
+    # the checkpoint whose weights start this run (`--init`: fine-tuning with a new
+    init: Optional[str] = None
     #                             optimizer, learning-rate schedule and step count); recorded as the folder it named
-    init_weights: str = "auto"  # which weights of `init`: "auto" (EMA when it has them), "ema" or "raw"
+    # which weights of `init`: "auto" (EMA when it has them), "ema" or "raw"
+    init_weights: str = "auto"
 
     def validate(self) -> None:
         check_types(self, "train")
-        at_least(self, "train", 1, "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every",
-                  "keep_last", "log_every", "max_bad_steps")
+        at_least(
+            self,
+            "train",
+            1,
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_every",
+            "eval_batches",
+            "save_every",
+            "keep_last",
+            "log_every",
+            "max_bad_steps",
+        )
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"train.batch_size={self.batch_size} is not divisible by train.grad_accum={self.grad_accum}; "
@@ -225,24 +283,36 @@ class TrainConfig:
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ConfigError(f"train.ema={self.ema} must be in (0, 1) or null")
         if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"train.precision={self.precision!r} is unknown; use 'fp32' or 'bf16'")
+            raise ConfigError(
+                f"train.precision={self.precision!r} is unknown; use 'fp32' or 'bf16'"
+            )
         if self.grad_clip < 0:
-            raise ConfigError(f"train.grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
+            raise ConfigError(
+                f"train.grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)"
+            )
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"train.betas={list(self.betas)} must be two numbers in [0, 1)")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay={self.weight_decay} must be >= 0")
         if not 0 <= self.seed < 1 << 62:
-            raise ConfigError(f"train.seed={self.seed} must be in [0, 2**62); pick a non-negative integer")
+            raise ConfigError(
+                f"train.seed={self.seed} must be in [0, 2**62); pick a non-negative integer"
+            )
         if self.threads is not None and not 1 <= self.threads <= 4096:
-            raise ConfigError(f"train.threads={self.threads} must be >= 1 or null (PyTorch's default)")
+            raise ConfigError(
+                f"train.threads={self.threads} must be >= 1 or null (PyTorch's default)"
+            )
         if self.init is not None and not self.init.strip():
             raise ConfigError("train.init='' is empty; name a run or checkpoint folder, or null")
         if self.init_weights not in INIT_WEIGHTS:
-            raise ConfigError(f"train.init_weights={self.init_weights!r} is unknown; use one of "
-                              f"{', '.join(INIT_WEIGHTS)}")
+            raise ConfigError(
+                f"train.init_weights={self.init_weights!r} is unknown; use one of "
+                f"{', '.join(INIT_WEIGHTS)}"
+            )
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ConfigError(f"train.device={self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+            raise ConfigError(
+                f"train.device={self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+            )
 
 
 @dataclass
@@ -262,18 +332,29 @@ class RunConfig:
         self.data.validate()
         self.train.validate()
         if self.diffusion.objective == "ar" and not self.model.causal:
-            raise ConfigError("diffusion.objective='ar' needs model.causal=true (next-token prediction)")
+            raise ConfigError(
+                "diffusion.objective='ar' needs model.causal=true (next-token prediction)"
+            )
         if self.diffusion.objective == "ar" and self.model.time_conditioned:
-            raise ConfigError("diffusion.objective='ar' has no diffusion time; set model.time_conditioning=none")
+            raise ConfigError(
+                "diffusion.objective='ar' has no diffusion time; set model.time_conditioning=none"
+            )
         if self.model.wrapped and self.diffusion.objective != "mdm":
-            raise ConfigError(f"model.backbone={self.model.backbone!r} is a bidirectional masked LM; it trains with "
-                              "diffusion.objective='mdm'")
+            raise ConfigError(
+                f"model.backbone={self.model.backbone!r} is a bidirectional masked LM; it trains with "
+                "diffusion.objective='mdm'"
+            )
         if self.diffusion.objective == "mdm" and self.model.causal:
-            raise ConfigError("model.causal=true only fits diffusion.objective='ar'; masked diffusion is bidirectional")
-        if self.diffusion.deep_supervision != "none" and (self.model.backprop_depth is not None
-                                                          or self.diffusion.objective != "mdm"):
-            raise ConfigError("diffusion.deep_supervision needs diffusion.objective='mdm' and model.backprop_depth="
-                              "null (every supervised loop is differentiated)")
+            raise ConfigError(
+                "model.causal=true only fits diffusion.objective='ar'; masked diffusion is bidirectional"
+            )
+        if self.diffusion.deep_supervision != "none" and (
+            self.model.backprop_depth is not None or self.diffusion.objective != "mdm"
+        ):
+            raise ConfigError(
+                "diffusion.deep_supervision needs diffusion.objective='mdm' and model.backprop_depth="
+                "null (every supervised loop is differentiated)"
+            )
         bd = self.model.backprop_depth
         if bd is not None and bd > self.diffusion.s_max:
             raise ConfigError(
@@ -293,5 +374,3 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
-
-

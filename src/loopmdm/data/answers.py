@@ -33,8 +33,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from ..errors import ConfigError, DataError
 from .documents import decode_text, jsonl_objects
-from .packing import split_by_key
 from .formats import FORMATS, PreparedData
+from .packing import split_by_key
 from .text import load_tokenizer
 from .tokenizer import SPECIALS, TextTokenizer, train_bpe
 
@@ -67,9 +67,12 @@ class AnswerRow:
 
 # --------------------------------------------------------------------------- reading rows
 
+
 def _segments_from_spans(text: str, spans, where: str) -> list[tuple[str, bool]]:
     if not isinstance(spans, list) or not spans:
-        raise DataError(f"{where}: targets must be a non-empty list of [start, end] character spans")
+        raise DataError(
+            f"{where}: targets must be a non-empty list of [start, end] character spans"
+        )
     out, pos = [], 0
     for sp in spans:
         ok = isinstance(sp, (list, tuple)) and len(sp) == 2 and all(type(v) is int for v in sp)
@@ -77,11 +80,15 @@ def _segments_from_spans(text: str, spans, where: str) -> list[tuple[str, bool]]
             raise DataError(f"{where}: target {sp!r} is not a [start, end] pair of integers")
         a, b = sp
         if not 0 <= a < b <= len(text):
-            raise DataError(f"{where}: target [{a}, {b}] is out of range for a text of {len(text)} characters "
-                            "(spans are half-open character offsets with start < end)")
+            raise DataError(
+                f"{where}: target [{a}, {b}] is out of range for a text of {len(text)} characters "
+                "(spans are half-open character offsets with start < end)"
+            )
         if a < pos:
-            raise DataError(f"{where}: target [{a}, {b}] overlaps or precedes the previous one; sort the spans "
-                            "and make them disjoint")
+            raise DataError(
+                f"{where}: target [{a}, {b}] overlaps or precedes the previous one; sort the spans "
+                "and make them disjoint"
+            )
         if a > pos:
             out.append((text[pos:a], False))
         out.append((text[a:b], True))
@@ -94,31 +101,49 @@ def _segments_from_spans(text: str, spans, where: str) -> list[tuple[str, bool]]
 def parse_row(row, acfg, text_field: str, where: str) -> AnswerRow:
     """A JSON object -> ``AnswerRow`` (prompt / answer or text / targets), with one-line errors naming the row."""
     if not isinstance(row, dict):
-        raise DataError(f"{where} is not a JSON object; each line must be an object such as "
-                        f'{{"{acfg.prompt_field}": "...", "{acfg.answer_field}": "..."}}')
+        raise DataError(
+            f"{where} is not a JSON object; each line must be an object such as "
+            f'{{"{acfg.prompt_field}": "...", "{acfg.answer_field}": "..."}}'
+        )
     if acfg.answer_field in row:
         prompt, answer = row.get(acfg.prompt_field, ""), row[acfg.answer_field]
         if not isinstance(prompt, str) or not isinstance(answer, str):
-            raise DataError(f"{where}: {acfg.prompt_field!r} and {acfg.answer_field!r} must be strings")
+            raise DataError(
+                f"{where}: {acfg.prompt_field!r} and {acfg.answer_field!r} must be strings"
+            )
         if not answer:
-            raise DataError(f"{where}: the answer is empty; every row needs at least one answer character")
-        return AnswerRow([(prompt, False), (answer, True)] if prompt else [(answer, True)], row, where)
+            raise DataError(
+                f"{where}: the answer is empty; every row needs at least one answer character"
+            )
+        return AnswerRow(
+            [(prompt, False), (answer, True)] if prompt else [(answer, True)], row, where
+        )
     if acfg.targets_field in row and isinstance(row.get(text_field), str):
-        return AnswerRow(_segments_from_spans(row[text_field], row[acfg.targets_field], where), row, where)
-    raise DataError(f"{where} has neither {acfg.prompt_field!r} / {acfg.answer_field!r} nor {text_field!r} / "
-                    f"{acfg.targets_field!r}; set data.answers.prompt_field / answer_field / targets_field or "
-                    "data.text_field to the row's field names")
+        return AnswerRow(
+            _segments_from_spans(row[text_field], row[acfg.targets_field], where), row, where
+        )
+    raise DataError(
+        f"{where} has neither {acfg.prompt_field!r} / {acfg.answer_field!r} nor {text_field!r} / "
+        f"{acfg.targets_field!r}; set data.answers.prompt_field / answer_field / targets_field or "
+        "data.text_field to the row's field names"
+    )
 
 
-def read_rows(path: str | Path, acfg, text_field: str = "text", limit: Optional[int] = None) -> list[AnswerRow]:
+def read_rows(
+    path: str | Path, acfg, text_field: str = "text", limit: Optional[int] = None
+) -> list[AnswerRow]:
     """Every row of a JSONL file (UTF-8; blank lines skipped) as ``AnswerRow``s."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"answer file {str(path)!r} does not exist or is not a file; pass a .jsonl file of "
-                        "prompt / answer or text / targets rows")
+        raise DataError(
+            f"answer file {str(path)!r} does not exist or is not a file; pass a .jsonl file of "
+            "prompt / answer or text / targets rows"
+        )
     text, problem = decode_text(p.read_bytes())
     if problem:
-        raise DataError(f"answer file {str(path)!r} is not UTF-8 text ({problem}); save it as UTF-8")
+        raise DataError(
+            f"answer file {str(path)!r} is not UTF-8 text ({problem}); save it as UTF-8"
+        )
     rows = []
     for i, obj in jsonl_objects(text, p):
         rows.append(parse_row(obj, acfg, text_field, f"{p}:{i}"))
@@ -135,16 +160,23 @@ def source_files(source: str, acfg) -> tuple[Path, Optional[Path]]:
     if p.is_dir():
         train, val = p / "train.jsonl", p / "val.jsonl"
         if not train.is_file():
-            raise DataError(f"data folder {source!r} has no train.jsonl; point data.source at a .jsonl file or "
-                            "a folder written by `loopmdm task make`")
-        return train, Path(acfg.val_source).expanduser() if acfg.val_source else (val if val.is_file() else None)
+            raise DataError(
+                f"data folder {source!r} has no train.jsonl; point data.source at a .jsonl file or "
+                "a folder written by `loopmdm task make`"
+            )
+        return train, Path(acfg.val_source).expanduser() if acfg.val_source else (
+            val if val.is_file() else None
+        )
     if not p.is_file():
-        raise DataError(f"data.source={source!r} does not exist; the answers format reads a .jsonl file or a "
-                        "folder with train.jsonl")
+        raise DataError(
+            f"data.source={source!r} does not exist; the answers format reads a .jsonl file or a "
+            "folder with train.jsonl"
+        )
     return p, Path(acfg.val_source).expanduser() if acfg.val_source else None
 
 
 # --------------------------------------------------------------------------- tokenizers and encoding
+
 
 def char_tokenizer(texts: Sequence[str]) -> TextTokenizer:
     """One token per character seen in ``texts`` (sorted), after the special tokens and ``<unk>``."""
@@ -158,7 +190,9 @@ def char_tokenizer(texts: Sequence[str]) -> TextTokenizer:
 
 
 def is_char_tokenizer(tokenizer: TextTokenizer) -> bool:
-    return tokenizer.tok.token_to_id(UNK) is not None and isinstance(tokenizer.tok.model, models.WordLevel)
+    return tokenizer.tok.token_to_id(UNK) is not None and isinstance(
+        tokenizer.tok.model, models.WordLevel
+    )
 
 
 def check_characters(rows: Sequence[AnswerRow], tokenizer: TextTokenizer) -> None:
@@ -169,9 +203,11 @@ def check_characters(rows: Sequence[AnswerRow], tokenizer: TextTokenizer) -> Non
     for r in rows:
         unknown = sorted({c for c in r.text if c not in vocab})
         if unknown:
-            raise DataError(f"{r.where}: characters {''.join(unknown)!r} are not in the model's character "
-                            "vocabulary (built from its training file); remove them or retrain with rows that "
-                            "contain them")
+            raise DataError(
+                f"{r.where}: characters {''.join(unknown)!r} are not in the model's character "
+                "vocabulary (built from its training file); remove them or retrain with rows that "
+                "contain them"
+            )
 
 
 def pad_id_of(tokenizer: TextTokenizer) -> int:
@@ -179,10 +215,14 @@ def pad_id_of(tokenizer: TextTokenizer) -> int:
         return tokenizer.pad_id
     if tokenizer.eos_id is not None:
         return tokenizer.eos_id
-    raise ConfigError("the tokenizer has neither a pad nor an EOS token to pad answer rows with; add '<pad>'")
+    raise ConfigError(
+        "the tokenizer has neither a pad nor an EOS token to pad answer rows with; add '<pad>'"
+    )
 
 
-def encode_rows(rows: Sequence[AnswerRow], tokenizer: TextTokenizer, length: int) -> tuple[np.ndarray, np.ndarray]:
+def encode_rows(
+    rows: Sequence[AnswerRow], tokenizer: TextTokenizer, length: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Token ids [N, length] (int32) and target flags [N, length] (bool); each segment tokenized on its own,
     each row right-padded to ``length``. A row longer than ``length`` is a one-line error giving its length."""
     pad = pad_id_of(tokenizer)
@@ -194,14 +234,18 @@ def encode_rows(rows: Sequence[AnswerRow], tokenizer: TextTokenizer, length: int
         pieces = [(next(enc), tgt) for _, tgt in r.segments]
         n = sum(len(p) for p, _ in pieces)
         if n > length:
-            raise DataError(f"{r.where} is {n} tokens long but model.max_seq_len={length}; set "
-                            f"model.max_seq_len >= {n} (the longest row) or shorten the row")
+            raise DataError(
+                f"{r.where} is {n} tokens long but model.max_seq_len={length}; set "
+                f"model.max_seq_len >= {n} (the longest row) or shorten the row"
+            )
         pos = 0
         for p, tgt in pieces:
             if tgt and not p:
-                raise DataError(f"{r.where}: a target span encodes to no tokens; give it visible characters")
-            ids[i, pos:pos + len(p)] = p
-            target[i, pos:pos + len(p)] = tgt
+                raise DataError(
+                    f"{r.where}: a target span encodes to no tokens; give it visible characters"
+                )
+            ids[i, pos : pos + len(p)] = p
+            target[i, pos : pos + len(p)] = tgt
             pos += len(p)
     return ids, target
 
@@ -217,20 +261,31 @@ def build_tokenizer(cfg, rows: Sequence[AnswerRow], vocab_size: int) -> TextToke
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer)
     texts = [r.text for r in rows]
-    return char_tokenizer(texts) if cfg.answers.tokenizer == "char" else train_bpe(texts, vocab_size)
+    return (
+        char_tokenizer(texts) if cfg.answers.tokenizer == "char" else train_bpe(texts, vocab_size)
+    )
 
 
 @FORMATS.register("answers")
-def prepare_answers(cfg, vocab_size: int, seq_len: int, use_cache: bool = True,
-                    log: Callable[[str], None] = lambda s: None) -> PreparedData:
+def prepare_answers(
+    cfg,
+    vocab_size: int,
+    seq_len: int,
+    use_cache: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+) -> PreparedData:
     """Training / validation rows of prompt / answer or infill data, padded to the model window ``seq_len``, with
     everything but the answer tokens frozen (``vocab_size``: the size of a BPE to train; the cache is not used:
     these files are small and encode in seconds)."""
     train_file, val_file = source_files(cfg.source, cfg.answers)
     rows = read_rows(train_file, cfg.answers, cfg.text_field)
     if val_file is None:
-        train_rows, val_rows = split_by_key(rows, lambda r: r.context, cfg.val_fraction,
-                                            "the answer file (set data.answers.val_source or add rows)")
+        train_rows, val_rows = split_by_key(
+            rows,
+            lambda r: r.context,
+            cfg.val_fraction,
+            "the answer file (set data.answers.val_source or add rows)",
+        )
     else:
         train_rows, val_rows = rows, read_rows(val_file, cfg.answers, cfg.text_field)
     tokenizer = build_tokenizer(cfg, train_rows, vocab_size)
@@ -238,10 +293,18 @@ def prepare_answers(cfg, vocab_size: int, seq_len: int, use_cache: bool = True,
     xt, tt = encode_rows(train_rows, tokenizer, seq_len)
     xv, tv = encode_rows(val_rows, tokenizer, seq_len)
     longest = max(longest_row(train_rows, tokenizer), longest_row(val_rows, tokenizer))
-    log(f"answers data: {len(train_rows)} train / {len(val_rows)} validation rows from {cfg.source}; longest "
-        f"{longest} tokens, padded to {seq_len}; {tt.sum(1).mean():.1f} answer tokens per row")
-    stats = {"train_rows": len(train_rows), "val_rows": len(val_rows), "longest_row": longest,
-             "answer_tokens_per_row": float(tt.sum(1).mean()), "train_tokens": int(xt.size),
-             "val_tokens": int(xv.size), "train_file": str(train_file),
-             "val_file": None if val_file is None else str(val_file)}
+    log(
+        f"answers data: {len(train_rows)} train / {len(val_rows)} validation rows from {cfg.source}; longest "
+        f"{longest} tokens, padded to {seq_len}; {tt.sum(1).mean():.1f} answer tokens per row"
+    )
+    stats = {
+        "train_rows": len(train_rows),
+        "val_rows": len(val_rows),
+        "longest_row": longest,
+        "answer_tokens_per_row": float(tt.sum(1).mean()),
+        "train_tokens": int(xt.size),
+        "val_tokens": int(xv.size),
+        "train_file": str(train_file),
+        "val_file": None if val_file is None else str(val_file),
+    }
     return PreparedData(tokenizer, xt, xv, stats, train_frozen=~tt, val_frozen=~tv)

@@ -22,14 +22,20 @@ from .tokenizer import TextTokenizer
 def cache_root(cfg) -> Path:
     """``data.cache_dir``, else ``$LOOPMDM_CACHE``, else ``~/.cache/loopmdm``. A file there, or a folder that cannot
     be created (under a file or a read-only folder), is a one-line ``DataError`` naming ``data.cache_dir``."""
-    root = Path(cfg.cache_dir or os.environ.get("LOOPMDM_CACHE", Path.home() / ".cache" / "loopmdm")).expanduser()
-    where = (f"data.cache_dir={str(root)!r}" if cfg.cache_dir else
-             f"the data cache {str(root)!r} (data.cache_dir unset, from "
-             + ("$LOOPMDM_CACHE)" if os.environ.get("LOOPMDM_CACHE") else "the default)"))
+    root = Path(
+        cfg.cache_dir or os.environ.get("LOOPMDM_CACHE", Path.home() / ".cache" / "loopmdm")
+    ).expanduser()
+    where = (
+        f"data.cache_dir={str(root)!r}"
+        if cfg.cache_dir
+        else f"the data cache {str(root)!r} (data.cache_dir unset, from "
+        + ("$LOOPMDM_CACHE)" if os.environ.get("LOOPMDM_CACHE") else "the default)")
+    )
     fix = "set data.cache_dir to a writable folder (e.g. --set data.cache_dir=/tmp/loopmdm-cache)"
     if root.exists() and not root.is_dir():
         raise DataError(f"{where} is a file, not a folder; {fix}")
-    if not root.is_dir():  # created when first written: its nearest existing ancestor must be a writable folder
+    # created when first written: its nearest existing ancestor must be a writable folder
+    if not root.is_dir():
         parent = root.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
@@ -40,7 +46,9 @@ def cache_root(cfg) -> Path:
     return root
 
 
-def files_fingerprint(files: Iterable[Path], h: Optional["hashlib._Hash"] = None, mtime: bool = True) -> str:
+def files_fingerprint(
+    files: Iterable[Path], h: Optional["hashlib._Hash"] = None, mtime: bool = True
+) -> str:
     """A digest of file names, sizes (and modification times): what a cache of their content must change with."""
     h = h or hashlib.sha256()
     for p in files:
@@ -59,7 +67,9 @@ def read_cache(folder: Path) -> Optional[tuple[TextTokenizer, dict[str, np.ndarr
     return TextTokenizer.load(folder / "tokenizer.json"), arrays, meta["stats"]
 
 
-def write_cache(folder: Path, tokenizer: TextTokenizer, arrays: dict[str, np.ndarray], stats: dict) -> None:
+def write_cache(
+    folder: Path, tokenizer: TextTokenizer, arrays: dict[str, np.ndarray], stats: dict
+) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
     try:
@@ -71,4 +81,5 @@ def write_cache(folder: Path, tokenizer: TextTokenizer, arrays: dict[str, np.nda
             shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # the cache is an optimisation: never fail a run over it
+        # the cache is an optimisation: never fail a run over it
+        shutil.rmtree(tmp, ignore_errors=True)

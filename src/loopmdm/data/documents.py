@@ -51,7 +51,12 @@ class ReadReport:
 
 # --------------------------------------------------------------------------- sources
 
-BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
 
 
 def decode_text(raw: bytes) -> tuple[Optional[str], Optional[str]]:
@@ -71,8 +76,10 @@ def decode_text(raw: bytes) -> tuple[Optional[str], Optional[str]]:
 def bad_file(p: Path, reason: str, cfg, report: ReadReport) -> None:
     """Apply ``data.bad_files``: ``error`` stops with the file and reason named, ``skip`` counts it."""
     if cfg.bad_files == "error":
-        raise DataError(f"data file {str(p)!r} cannot be used ({reason}); fix or remove it, or set "
-                        "data.bad_files=skip to skip such files with a count")
+        raise DataError(
+            f"data file {str(p)!r} cannot be used ({reason}); fix or remove it, or set "
+            "data.bad_files=skip to skip such files with a count"
+        )
     report.skip(p, reason)
 
 
@@ -102,8 +109,9 @@ def jsonl_objects(text: str, where) -> Iterator[tuple[int, object]]:
         try:
             yield i, json.loads(line)
         except (json.JSONDecodeError, RecursionError):
-            raise DataError(f"{where}:{i} is not valid JSON; each line of a .jsonl file must be one JSON object") \
-                from None
+            raise DataError(
+                f"{where}:{i} is not valid JSON; each line of a .jsonl file must be one JSON object"
+            ) from None
 
 
 def read_jsonl(p: Path, cfg, name: str, report: Optional[ReadReport] = None) -> list[Document]:
@@ -122,7 +130,9 @@ def read_jsonl(p: Path, cfg, name: str, report: Optional[ReadReport] = None) -> 
     docs = []
     for i, row in jsonl_objects(text, p):
         if not isinstance(row, dict) or not isinstance(row.get(cfg.text_field), str):
-            raise DataError(f"{p}:{i} has no string field {cfg.text_field!r}; set data.text_field to the text column")
+            raise DataError(
+                f"{p}:{i} has no string field {cfg.text_field!r}; set data.text_field to the text column"
+            )
         if row[cfg.text_field].strip():
             docs.append(Document(f"{name}:{i}", row[cfg.text_field]))
     if not docs and report is not None:
@@ -133,6 +143,7 @@ def read_jsonl(p: Path, cfg, name: str, report: Optional[ReadReport] = None) -> 
 def chunk_lines(doc: Document) -> list[Document]:
     """A single plain-text file cut into documents of ``LINES_PER_CHUNK`` lines (named ``file:first_line``)."""
     lines = doc.text.splitlines(keepends=True)
-    return [Document(f"{doc.name}:{i}", "".join(lines[i:i + LINES_PER_CHUNK]))
-            for i in range(0, len(lines), LINES_PER_CHUNK)]
-
+    return [
+        Document(f"{doc.name}:{i}", "".join(lines[i : i + LINES_PER_CHUNK]))
+        for i in range(0, len(lines), LINES_PER_CHUNK)
+    ]

@@ -15,7 +15,9 @@ from ..registry import Registry
 from .tokenizer import TextTokenizer
 
 #: (x [B, L] int, frozen [B, L] bool or None, rng) -> (x, frozen): a validity-preserving transform of a batch
-Augment = Callable[[np.ndarray, Optional[np.ndarray], np.random.Generator], tuple[np.ndarray, Optional[np.ndarray]]]
+Augment = Callable[
+    [np.ndarray, Optional[np.ndarray], np.random.Generator], tuple[np.ndarray, Optional[np.ndarray]]
+]
 
 
 @dataclass
@@ -45,7 +47,9 @@ class PreparedData:
         """The share of training positions that are not frozen (1 for unconditional data)."""
         return 1.0 if self.train_frozen is None else float(1.0 - self.train_frozen.mean())
 
-    def batch(self, split: str, idx: np.ndarray, rng: Optional[np.random.Generator] = None) -> Batch:
+    def batch(
+        self, split: str, idx: np.ndarray, rng: Optional[np.random.Generator] = None
+    ) -> Batch:
         """Rows ``idx`` of the ``train`` or ``val`` split as a ``Batch`` (int64 x0 [B, L], bool frozen [B, L]);
         with ``rng`` (training) the augmentation, if any, is applied."""
         rows = self.train if split == "train" else self.val
@@ -53,8 +57,10 @@ class PreparedData:
         x, f = rows[idx], None if frozen is None else frozen[idx]
         if rng is not None and self.augment is not None:
             x, f = self.augment(x, f, rng)
-        return Batch(torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)),
-                     None if f is None else torch.from_numpy(np.ascontiguousarray(f, dtype=bool)))
+        return Batch(
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)),
+            None if f is None else torch.from_numpy(np.ascontiguousarray(f, dtype=bool)),
+        )
 
 
 #: name -> prepare(cfg: DataConfig, vocab_size, seq_len, use_cache, log) -> PreparedData

@@ -40,6 +40,7 @@ GB = 1_000_000_000
 
 # --------------------------------------------------------------------------- named datasets
 
+
 def lm1b_detokenize(text: str) -> str:
     """LM1B ships tokenised text ("it 's a test ."); rejoin punctuation and clitics before re-tokenising."""
     text = re.sub(r" ([.,;:!?%)\]}])", r"\1", text)
@@ -66,12 +67,28 @@ class HFDataset:
 
 
 HF_DATASETS: Registry[HFDataset] = Registry("Hugging Face dataset")
-HF_DATASETS.register("lm1b")(HFDataset("dvruette/lm1b", tokenizer="bert-base-uncased", seq_len=128,
-                                       clean=lm1b_detokenize))
-HF_DATASETS.register("openwebtext")(HFDataset("Skylion007/openwebtext", streaming=True, default_max_bytes=2 * GB,
-                                              tokenizer="gpt2", seq_len=1024))
-HF_DATASETS.register("fineweb-edu")(HFDataset("HuggingFaceFW/fineweb-edu", config="sample-10BT", streaming=True,
-                                              default_max_bytes=2 * GB, tokenizer="gpt2", seq_len=1024))
+HF_DATASETS.register("lm1b")(
+    HFDataset("dvruette/lm1b", tokenizer="bert-base-uncased", seq_len=128, clean=lm1b_detokenize)
+)
+HF_DATASETS.register("openwebtext")(
+    HFDataset(
+        "Skylion007/openwebtext",
+        streaming=True,
+        default_max_bytes=2 * GB,
+        tokenizer="gpt2",
+        seq_len=1024,
+    )
+)
+HF_DATASETS.register("fineweb-edu")(
+    HFDataset(
+        "HuggingFaceFW/fineweb-edu",
+        config="sample-10BT",
+        streaming=True,
+        default_max_bytes=2 * GB,
+        tokenizer="gpt2",
+        seq_len=1024,
+    )
+)
 
 
 def resolve(name: str, cfg) -> tuple[str, object]:
@@ -84,11 +101,18 @@ def resolve(name: str, cfg) -> tuple[str, object]:
         return "named", HF_DATASETS.get(name)
     if "/" in name and not name.startswith((".", "/", "~")):
         hub_id, _, config = name.partition(":")
-        return "hub", HFDataset(hub_id, config=config or None, text_field=cfg.text_field, streaming=True,
-                                default_max_bytes=2 * GB)
-    raise DataError(f"unknown dataset hf:{name}; use one of hf:{', hf:'.join(HF_DATASETS.names())}, "
-                    f"hf:OWNER/NAME[:CONFIG] for a Hub dataset, or hf:FORMAT:PATH with FORMAT in "
-                    f"{', '.join(LOCAL_FORMATS)} for local files")
+        return "hub", HFDataset(
+            hub_id,
+            config=config or None,
+            text_field=cfg.text_field,
+            streaming=True,
+            default_max_bytes=2 * GB,
+        )
+    raise DataError(
+        f"unknown dataset hf:{name}; use one of hf:{', hf:'.join(HF_DATASETS.names())}, "
+        f"hf:OWNER/NAME[:CONFIG] for a Hub dataset, or hf:FORMAT:PATH with FORMAT in "
+        f"{', '.join(LOCAL_FORMATS)} for local files"
+    )
 
 
 def _local_files(spec: str) -> tuple[list[Path], Path]:
@@ -97,18 +121,24 @@ def _local_files(spec: str) -> tuple[list[Path], Path]:
     if path.is_file():
         return [path], path.parent
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         root = path
     else:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         root = Path(os.path.commonpath([str(p.parent) for p in files])) if files else path.parent
     if not files:
-        raise DataError(f"hf data path {spec!r} matches no files; pass an existing file, folder or glob")
+        raise DataError(
+            f"hf data path {spec!r} matches no files; pass an existing file, folder or glob"
+        )
     return files, root
 
 
 # --------------------------------------------------------------------------- reading
+
 
 def read_hf_dataset(name: str, cfg) -> ReadReport:
     """Documents of ``hf:NAME`` (see the module docstring) as a ``ReadReport`` for ``prepare_data``."""
@@ -124,7 +154,9 @@ def _import_datasets():
     try:
         import datasets
     except ImportError:
-        raise DataError("data.source='hf:...' needs the `datasets` package: " + install_hint("hf")) from None
+        raise DataError(
+            "data.source='hf:...' needs the `datasets` package: " + install_hint("hf")
+        ) from None
     datasets.disable_progress_bars()
     return datasets
 
@@ -137,11 +169,18 @@ def _read_local(datasets, fmt: str, files: list[Path], root: Path, cfg) -> ReadR
         rel = f.name if single else f.relative_to(root).as_posix()
         kwargs = {"sample_by": "document"} if fmt == "text" else {}
         try:
-            ds = datasets.load_dataset(fmt, data_files=str(f), split="train",
-                                       cache_dir=str(cache_root(cfg) / "hf-datasets"), **kwargs)
+            ds = datasets.load_dataset(
+                fmt,
+                data_files=str(f),
+                split="train",
+                cache_dir=str(cache_root(cfg) / "hf-datasets"),
+                **kwargs,
+            )
         except Exception as e:  # datasets raises many types on malformed files
-            raise DataError(f"datasets could not read {str(f)!r} as {fmt} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:100] if str(e) else ''}); check the file or the format") from None
+            raise DataError(
+                f"datasets could not read {str(f)!r} as {fmt} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:100] if str(e) else ''}); check the file or the format"
+            ) from None
         field = "text" if fmt == "text" else cfg.text_field
         _check_column(ds, field, str(f))
         for i, text in enumerate(ds[field]):
@@ -156,8 +195,10 @@ def _read_local(datasets, fmt: str, files: list[Path], root: Path, cfg) -> ReadR
 def _check_column(ds, field: str, where: str) -> None:
     columns = list(ds.column_names or [])
     if field not in columns:
-        raise DataError(f"{where} has no column {field!r} (columns: {', '.join(columns) or 'none'}); "
-                        "set data.text_field to the text column")
+        raise DataError(
+            f"{where} has no column {field!r} (columns: {', '.join(columns) or 'none'}); "
+            "set data.text_field to the text column"
+        )
 
 
 def max_read_bytes(spec: HFDataset, cfg) -> Optional[int]:
@@ -172,20 +213,27 @@ def _read_hub(datasets, name: str, spec: HFDataset, cfg) -> ReadReport:
     offline = hub_offline()
     if not offline:
         require_hub(f"dataset hf:{name} ({spec.hub_id})")
-    streaming = spec.streaming and not offline  # offline: only a fully downloaded copy in the cache can work
+    # offline: only a fully downloaded copy in the cache can work
+    streaming = spec.streaming and not offline
     try:
         ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split, streaming=streaming)
     except Exception as e:  # ConnectionError, FileNotFoundError, DatasetNotFoundError, ...
         first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         if offline:
-            raise DataError(f"dataset hf:{name} ({spec.hub_id}) is not in the local datasets cache and "
-                            f"HF_HUB_OFFLINE=1 forbids downloading it ({first}); use hf:json:PATH or a local "
-                            "path, or unset HF_HUB_OFFLINE once online") from None
-        raise DataError(f"dataset hf:{name} ({spec.hub_id}) could not be loaded ({first}); check the name "
-                        "and the network, or use local files") from None
+            raise DataError(
+                f"dataset hf:{name} ({spec.hub_id}) is not in the local datasets cache and "
+                f"HF_HUB_OFFLINE=1 forbids downloading it ({first}); use hf:json:PATH or a local "
+                "path, or unset HF_HUB_OFFLINE once online"
+            ) from None
+        raise DataError(
+            f"dataset hf:{name} ({spec.hub_id}) could not be loaded ({first}); check the name "
+            "and the network, or use local files"
+        ) from None
     if ds.column_names is not None:
         _check_column(ds, spec.text_field, f"dataset {spec.hub_id}")
-    return collect(_texts(ds, spec.text_field), f"{name}:{spec.split}", max_read_bytes(spec, cfg), spec.clean)
+    return collect(
+        _texts(ds, spec.text_field), f"{name}:{spec.split}", max_read_bytes(spec, cfg), spec.clean
+    )
 
 
 def _texts(ds, field: str) -> Iterable[str]:
@@ -193,8 +241,12 @@ def _texts(ds, field: str) -> Iterable[str]:
         yield row.get(field) if isinstance(row, dict) else None
 
 
-def collect(texts: Iterable[Optional[str]], prefix: str, max_bytes: Optional[int],
-            clean: Optional[Callable[[str], str]] = None) -> ReadReport:
+def collect(
+    texts: Iterable[Optional[str]],
+    prefix: str,
+    max_bytes: Optional[int],
+    clean: Optional[Callable[[str], str]] = None,
+) -> ReadReport:
     """Documents ``PREFIX:ROW`` from a stream of texts, stopping once ``max_bytes`` of UTF-8 text are read."""
     report, total = ReadReport(), 0
     for i, text in enumerate(texts):
@@ -210,6 +262,7 @@ def collect(texts: Iterable[Optional[str]], prefix: str, max_bytes: Optional[int
 
 
 # --------------------------------------------------------------------------- cache key
+
 
 def source_fingerprint(name: str, cfg) -> str:
     """What the packed-array cache key must change with: local files' sizes and times, or the dataset entry

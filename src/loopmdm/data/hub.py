@@ -27,8 +27,10 @@ ADD_MASK_FAMILIES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2
 
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or transformers' ``TRANSFORMERS_OFFLINE``) forbids network access."""
-    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "0").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def adds_mask_token(name: str) -> bool:
@@ -48,7 +50,8 @@ def tokenizer_from_hub(name: str, add_mask: Optional[bool] = None) -> TextTokeni
                 f"tokenizer {name!r} has no mask token (looked for {', '.join(ALIASES['mask'])}); masked diffusion "
                 "needs one. Add it and save a copy: tok = AutoTokenizer.from_pretrained(NAME); "
                 f"tok.add_special_tokens({{'mask_token': '{MASK_TOKEN}'}}); tok.save_pretrained(DIR); "
-                "then pass data.tokenizer=DIR (model.vocab_size grows by one)")
+                "then pass data.tokenizer=DIR (model.vocab_size grows by one)"
+            )
     return TextTokenizer(tok)
 
 
@@ -67,7 +70,9 @@ def _load_tokenizers_object(name: str) -> Tokenizer:
     if path.exists():
         return _from_local(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise DataError(f"tokenizer path {name!r} does not exist; pass a tokenizer.json, a folder, or a Hub id")
+        raise DataError(
+            f"tokenizer path {name!r} does not exist; pass a tokenizer.json, a folder, or a Hub id"
+        )
     return _from_hub(name)
 
 
@@ -77,15 +82,22 @@ def _from_local(path: Path) -> Tokenizer:
         try:
             return Tokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises plain Exception on malformed JSON
-            raise DataError(f"tokenizer file {str(file)!r} cannot be read ({str(e).splitlines()[0][:100]})") from None
-    return _via_transformers(str(path), local_only=True)  # vocab.txt / vocab.json + merges.txt folders
+            raise DataError(
+                f"tokenizer file {str(file)!r} cannot be read ({str(e).splitlines()[0][:100]})"
+            ) from None
+    # vocab.txt / vocab.json + merges.txt folders
+    return _via_transformers(str(path), local_only=True)
 
 
 def _from_hub(name: str) -> Tokenizer:
     """``tokenizer.json`` from the Hub (or its local cache when offline); fall back to transformers' conversion
     for repositories that only hold vocabulary files."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     offline = hub_offline()
     if not offline:
@@ -97,11 +109,15 @@ def _from_hub(name: str) -> Tokenizer:
     except EntryNotFoundError:
         return _via_transformers(name, local_only=offline)
     except RepositoryNotFoundError:
-        raise DataError(f"tokenizer {name!r} is not a Hub repository (or it is gated / private); check the name, "
-                        "or pass a local tokenizer.json / folder") from None
+        raise DataError(
+            f"tokenizer {name!r} is not a Hub repository (or it is gated / private); check the name, "
+            "or pass a local tokenizer.json / folder"
+        ) from None
     except (OSError, ValueError) as e:  # HTTP / connection errors
-        raise DataError(f"could not fetch tokenizer {name!r} from the Hugging Face Hub "
-                        f"({str(e).splitlines()[0][:100]}); check the network, or pass a local path") from None
+        raise DataError(
+            f"could not fetch tokenizer {name!r} from the Hugging Face Hub "
+            f"({str(e).splitlines()[0][:100]}); check the network, or pass a local path"
+        ) from None
     return Tokenizer.from_file(file)
 
 
@@ -115,8 +131,9 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 
     url = urlparse(constants.ENDPOINT)
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout_s).close()
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout_s
+        ).close()
         return True
     except OSError:
         return False
@@ -125,34 +142,48 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 def require_hub(what: str) -> None:
     """Raise a one-line ``DataError`` quickly when ``what`` must come from the Hub and the Hub is unreachable."""
     if hub_offline():
-        raise DataError(f"{what} is not available locally and HF_HUB_OFFLINE=1 forbids downloading it; use local "
-                        "files, or unset HF_HUB_OFFLINE once online")
+        raise DataError(
+            f"{what} is not available locally and HF_HUB_OFFLINE=1 forbids downloading it; use local "
+            "files, or unset HF_HUB_OFFLINE once online"
+        )
     if not hub_reachable():
-        raise DataError(f"{what} must be downloaded but the Hugging Face Hub is unreachable (no network, DNS or "
-                        "proxy); use local files, or set HF_HUB_OFFLINE=1 to use the local cache only")
+        raise DataError(
+            f"{what} must be downloaded but the Hugging Face Hub is unreachable (no network, DNS or "
+            "proxy); use local files, or set HF_HUB_OFFLINE=1 to use the local cache only"
+        )
 
 
 def _unreachable(name: str, offline: bool) -> str:
     if offline:
-        return (f"tokenizer {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
-                "downloading it; pass a local tokenizer.json or folder, or unset HF_HUB_OFFLINE once online")
-    return (f"tokenizer {name!r} could not be downloaded (no connection to the Hugging Face Hub); pass a local "
-            "tokenizer.json or folder")
+        return (
+            f"tokenizer {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
+            "downloading it; pass a local tokenizer.json or folder, or unset HF_HUB_OFFLINE once online"
+        )
+    return (
+        f"tokenizer {name!r} could not be downloaded (no connection to the Hugging Face Hub); pass a local "
+        "tokenizer.json or folder"
+    )
 
 
 def _via_transformers(name: str, local_only: bool) -> Tokenizer:
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        raise DataError(f"tokenizer {name!r} has no tokenizer.json; converting vocabulary files needs transformers: "
-                        + install_hint("hf")) from None
+        raise DataError(
+            f"tokenizer {name!r} has no tokenizer.json; converting vocabulary files needs transformers: "
+            + install_hint("hf")
+        ) from None
     try:
         fast = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
     except (OSError, ValueError) as e:
         if local_only and not Path(name).exists():
             raise DataError(_unreachable(name, True)) from None
-        raise DataError(f"tokenizer {name!r} cannot be loaded ({str(e).splitlines()[0][:100]})") from None
+        raise DataError(
+            f"tokenizer {name!r} cannot be loaded ({str(e).splitlines()[0][:100]})"
+        ) from None
     backend = getattr(fast, "backend_tokenizer", None)
     if backend is None:
-        raise DataError(f"tokenizer {name!r} has no fast (Rust) version; save it as tokenizer.json first")
+        raise DataError(
+            f"tokenizer {name!r} has no fast (Rust) version; save it as tokenizer.json first"
+        )
     return backend

@@ -22,17 +22,23 @@ def split_by_key(items: list, key, val_fraction: float, what: str) -> tuple[list
     """Train / validation by the stable hash of ``key(item)``: items sharing a key land in the same split; each
     split non-empty (the first item goes to validation when the hash gives it none)."""
     if len(items) < 2:
-        raise DataError(f"{what} holds {len(items)} valid row; need at least 2 for train / validation")
+        raise DataError(
+            f"{what} holds {len(items)} valid row; need at least 2 for train / validation"
+        )
     val = [x for x in items if stable_fraction(key(x)) < val_fraction] or list(items[:1])
     names = {key(x) for x in val}
     train = [x for x in items if key(x) not in names]
     return (train, val) if train else (val[1:], val[:1])
 
 
-def split_documents(docs: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+def split_documents(
+    docs: list[Document], val_fraction: float
+) -> tuple[list[Document], list[Document]]:
     """Train / validation split by the stable hash of each document's name; each split non-empty."""
     if len(docs) < 2:
-        raise DataError(f"the corpus has {len(docs)} document; need at least 2 to split train / validation")
+        raise DataError(
+            f"the corpus has {len(docs)} document; need at least 2 to split train / validation"
+        )
     ranked = sorted(docs, key=lambda d: stable_fraction(d.name))
     val = [d for d in ranked if stable_fraction(d.name) < val_fraction] or ranked[:1]
     val_names = {d.name for d in val}
@@ -56,14 +62,20 @@ def cap_bytes(docs: list[Document], max_bytes: Optional[int]) -> list[Document]:
     return out
 
 
-def pack(token_lists: Iterable[list[int]], seq_len: int, bos_id: Optional[int], eos_id: Optional[int]) -> np.ndarray:
+def pack(
+    token_lists: Iterable[list[int]], seq_len: int, bos_id: Optional[int], eos_id: Optional[int]
+) -> np.ndarray:
     """Wrap every document as [bos] + ids + [eos], concatenate, and cut into rows [N, seq_len] (remainder dropped).
     A tokenizer whose BOS and EOS are one token (GPT-2's ``<|endoftext|>``) gets it once per boundary: [bos] + ids."""
     if eos_id is not None and eos_id == bos_id:
         eos_id = None
     pieces = []
     for ids in token_lists:
-        row = ([bos_id] if bos_id is not None else []) + list(ids) + ([eos_id] if eos_id is not None else [])
+        row = (
+            ([bos_id] if bos_id is not None else [])
+            + list(ids)
+            + ([eos_id] if eos_id is not None else [])
+        )
         pieces.append(np.asarray(row, dtype=np.int32))
     flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
     n = len(flat) // seq_len

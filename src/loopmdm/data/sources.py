@@ -37,8 +37,11 @@ SOURCES: Registry[type[Source]] = Registry("data source")
 
 def _stdlib_files() -> tuple[Path, list[Path]]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if "site-packages" not in p.parts and "dist-packages" not in p.parts and p.is_file())
+    files = sorted(
+        p
+        for p in root.rglob("*.py")
+        if "site-packages" not in p.parts and "dist-packages" not in p.parts and p.is_file()
+    )
     return root, files
 
 
@@ -70,10 +73,14 @@ class PathSource(Source):
         path = Path(spec).expanduser()
         kind = path_kind(path)
         if kind is None:
-            raise DataError(f"data path {spec!r} does not exist; pass a file, a folder, a .jsonl file or 'stdlib'")
+            raise DataError(
+                f"data path {spec!r} does not exist; pass a file, a folder, a .jsonl file or 'stdlib'"
+            )
         if kind not in ("a file", "a folder"):
-            raise DataError(f"data path {spec!r} is {kind}, not a regular file or folder; pass a file, a folder, "
-                            "a .jsonl file or 'stdlib'")
+            raise DataError(
+                f"data path {spec!r} is {kind}, not a regular file or folder; pass a file, a folder, "
+                "a .jsonl file or 'stdlib'"
+            )
         report = ReadReport()
         if path.is_dir():
             for p, rel in self._folder_files(path, spec, cfg, report):
@@ -82,8 +89,10 @@ class PathSource(Source):
                 else:
                     read_file(p, rel, cfg, report)
         elif not path.is_file():
-            raise DataError(f"data path {spec!r} is not a regular file or folder (a device or pipe?); "
-                            "pass a text file, a folder or a .jsonl file")
+            raise DataError(
+                f"data path {spec!r} is not a regular file or folder (a device or pipe?); "
+                "pass a text file, a folder or a .jsonl file"
+            )
         elif path.suffix == ".jsonl":
             report.documents.extend(read_jsonl(path, cfg, path.name, report))
         else:
@@ -95,11 +104,15 @@ class PathSource(Source):
     @staticmethod
     def _folder_files(path: Path, spec: str, cfg, report: ReadReport) -> list[tuple[Path, str]]:
         try:
-            entries = sorted(p for p in path.rglob("*")
-                             if not any(part.startswith(".") for part in p.relative_to(path).parts))
+            entries = sorted(
+                p
+                for p in path.rglob("*")
+                if not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
         except OSError as e:
-            raise DataError(f"data folder {spec!r} cannot be listed ({e.strerror or e}); "
-                            "check its permissions") from None
+            raise DataError(
+                f"data folder {spec!r} cannot be listed ({e.strerror or e}); check its permissions"
+            ) from None
         files = []
         for p in entries:
             if p.is_symlink() and not p.exists():
@@ -110,7 +123,13 @@ class PathSource(Source):
 
     def fingerprint(self, spec, cfg):
         path = Path(spec).expanduser()
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+        files = (
+            [path]
+            if path.is_file()
+            else sorted(p for p in path.rglob("*") if p.is_file())
+            if path.exists()
+            else []
+        )
         return files_fingerprint(files)
 
 
@@ -143,8 +162,10 @@ def read_documents(cfg) -> ReadReport:
     report = source.read(spec, cfg)
     if not report.documents:
         skipped = report.summary() or "no files skipped"
-        raise DataError(f"no text found in data source {cfg.source!r}: {skipped}; point data.source at UTF-8 "
-                        "text files")
+        raise DataError(
+            f"no text found in data source {cfg.source!r}: {skipped}; point data.source at UTF-8 "
+            "text files"
+        )
     return report
 
 

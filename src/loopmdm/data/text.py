@@ -11,9 +11,9 @@ from typing import Callable
 from ..errors import DataError
 from .cache import cache_root, read_cache, write_cache
 from .documents import LINES_PER_CHUNK
+from .formats import FORMATS, PreparedData
 from .hub import tokenizer_from_hub
 from .packing import cap_bytes, pack, split_documents
-from .formats import FORMATS, PreparedData
 from .sources import read_documents, source_fingerprint
 from .tokenizer import TextTokenizer, train_bpe
 
@@ -27,15 +27,34 @@ def load_tokenizer(name_or_path: str) -> TextTokenizer:
 
 def fingerprint(cfg, vocab_size: int, seq_len: int) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.source, cfg.text_field, cfg.val_fraction, cfg.max_train_bytes, cfg.tokenizer,
-                         cfg.bad_files, vocab_size, seq_len, LINES_PER_CHUNK, CACHE_VERSION]).encode())
+    h.update(
+        json.dumps(
+            [
+                cfg.source,
+                cfg.text_field,
+                cfg.val_fraction,
+                cfg.max_train_bytes,
+                cfg.tokenizer,
+                cfg.bad_files,
+                vocab_size,
+                seq_len,
+                LINES_PER_CHUNK,
+                CACHE_VERSION,
+            ]
+        ).encode()
+    )
     h.update(source_fingerprint(cfg).encode())
     return h.hexdigest()[:16]
 
 
 @FORMATS.register("text")
-def prepare_text(cfg, vocab_size: int, seq_len: int, use_cache: bool = True,
-                 log: Callable[[str], None] = lambda s: None) -> PreparedData:
+def prepare_text(
+    cfg,
+    vocab_size: int,
+    seq_len: int,
+    use_cache: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+) -> PreparedData:
     """Read, split, tokenize (training a BPE of ``vocab_size`` unless ``cfg.tokenizer`` names one) and pack into
     rows of ``seq_len``; cached under ``cache_root(cfg)/data``."""
     folder = cache_root(cfg) / "data" / fingerprint(cfg, vocab_size, seq_len)
@@ -51,11 +70,23 @@ def prepare_text(cfg, vocab_size: int, seq_len: int, use_cache: bool = True,
     report = read_documents(cfg)
     train_docs, val_docs = split_documents(report.documents, cfg.val_fraction)
     train_docs = cap_bytes(train_docs, cfg.max_train_bytes)
-    skipped = f", {report.summary()} (data.bad_files={cfg.bad_files}), e.g. {report.skipped[0]}" \
-        if report.skipped else ""
+    skipped = (
+        f", {report.summary()} (data.bad_files={cfg.bad_files}), e.g. {report.skipped[0]}"
+        if report.skipped
+        else ""
+    )
     log(f"{len(train_docs)} train / {len(val_docs)} validation documents{skipped}")
-    tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_bpe((d.text for d in train_docs), vocab_size)
-    train = pack(tokenizer.encode_batch([d.text for d in train_docs]), seq_len, tokenizer.bos_id, tokenizer.eos_id)
+    tokenizer = (
+        load_tokenizer(cfg.tokenizer)
+        if cfg.tokenizer
+        else train_bpe((d.text for d in train_docs), vocab_size)
+    )
+    train = pack(
+        tokenizer.encode_batch([d.text for d in train_docs]),
+        seq_len,
+        tokenizer.bos_id,
+        tokenizer.eos_id,
+    )
     val_ids = tokenizer.encode_batch([d.text for d in val_docs])
     val = pack(val_ids, seq_len, tokenizer.bos_id, tokenizer.eos_id)
     if len(train) == 0 or len(val) == 0:
@@ -64,11 +95,17 @@ def prepare_text(cfg, vocab_size: int, seq_len: int, use_cache: bool = True,
             "add text or lower model.max_seq_len"
         )
     stats = {
-        "train_docs": len(train_docs), "val_docs": len(val_docs), "skipped_files": len(report.skipped),
+        "train_docs": len(train_docs),
+        "val_docs": len(val_docs),
+        "skipped_files": len(report.skipped),
         "skipped_by_reason": report.skipped_by_reason(),
-        "train_tokens": int(train.size), "val_tokens": int(val.size),
-        "val_bytes": int(sum(len(d.text.encode("utf-8")) for d in val_docs) * val.size
-                         / max(sum(len(x) + 2 for x in val_ids), 1)),
+        "train_tokens": int(train.size),
+        "val_tokens": int(val.size),
+        "val_bytes": int(
+            sum(len(d.text.encode("utf-8")) for d in val_docs)
+            * val.size
+            / max(sum(len(x) + 2 for x in val_ids), 1)
+        ),
     }
     if use_cache:
         write_cache(folder, tokenizer, {"train": train, "val": val}, stats)

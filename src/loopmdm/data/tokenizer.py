@@ -75,19 +75,26 @@ class TextTokenizer:
             from ..fileio import path_kind
 
             kind = path_kind(path)
-            raise DataError(f"tokenizer file {str(path)!r} "
-                            + ("does not exist" if kind is None else f"is {kind}, not a file") + "; pass a tokenizer.json or a folder with one")
+            raise DataError(
+                f"tokenizer file {str(path)!r} "
+                + ("does not exist" if kind is None else f"is {kind}, not a file")
+                + "; pass a tokenizer.json or a folder with one"
+            )
         try:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises plain Exception on malformed JSON
-            raise DataError(f"tokenizer file {str(path)!r} cannot be read ({str(e).splitlines()[0][:120]}); "
-                            "replace it with a valid tokenizer.json") from None
+            raise DataError(
+                f"tokenizer file {str(path)!r} cannot be read ({str(e).splitlines()[0][:120]}); "
+                "replace it with a valid tokenizer.json"
+            ) from None
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
     """Train a byte-level BPE (GPT-2 style pre-tokenizer) with the four special tokens."""
     if vocab_size < 300:
-        raise ConfigError(f"model.vocab_size={vocab_size} is too small for byte-level BPE; use >= 300 (256 bytes + merges)")
+        raise ConfigError(
+            f"model.vocab_size={vocab_size} is too small for byte-level BPE; use >= 300 (256 bytes + merges)"
+        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -52,7 +52,9 @@ class LoopDistribution:
         return steps * self.expect(f)
 
     @classmethod
-    def from_config(cls, cfg, total_steps: Optional[int] = None, seed: int = 0) -> "LoopDistribution":
+    def from_config(
+        cls, cfg, total_steps: Optional[int] = None, seed: int = 0
+    ) -> "LoopDistribution":
         """Build from a ``DiffusionConfig`` (its ``s_max`` / ``s_fixed`` / ``s_mean``)."""
         raise NotImplementedError
 
@@ -143,11 +145,15 @@ class FlopProportionalLoops(LoopDistribution):
 
     def __init__(self, s_max: int, flops_fn: Optional[Callable[[int], float]] = None):
         self.s_max = s_max
-        cost = {s: float(flops_fn(s)) if flops_fn is not None else float(s) for s in range(1, s_max + 1)}
+        cost = {
+            s: float(flops_fn(s)) if flops_fn is not None else float(s) for s in range(1, s_max + 1)
+        }
         bad = [s for s, c in cost.items() if not (math.isfinite(c) and c > 0)]
         if bad:
-            raise ConfigError(f"loop_dist='flop_proportional': the FLOPs of a step at S={bad[0]} are "
-                              f"{cost[bad[0]]!r}; they must be a positive number for every S in 1..{s_max}")
+            raise ConfigError(
+                f"loop_dist='flop_proportional': the FLOPs of a step at S={bad[0]} are "
+                f"{cost[bad[0]]!r}; they must be a positive number for every S in 1..{s_max}"
+            )
         z = sum(1.0 / c for c in cost.values())
         self._pmf = {s: (1.0 / c) / z for s, c in cost.items()}
         self._cdf = torch.tensor(list(self._pmf.values()), dtype=torch.float64).cumsum(0)
@@ -158,7 +164,14 @@ class FlopProportionalLoops(LoopDistribution):
 
     def sample(self, gen, step=0):
         u = torch.rand(1, generator=gen, dtype=torch.float64)
-        return int(torch.searchsorted(self._cdf, u * self._cdf[-1], right=True).clamp(max=self.s_max - 1)) + 1
+        return (
+            int(
+                torch.searchsorted(self._cdf, u * self._cdf[-1], right=True).clamp(
+                    max=self.s_max - 1
+                )
+            )
+            + 1
+        )
 
     def pmf(self):
         return self._pmf
@@ -197,7 +210,9 @@ class BalancedUniformLoops(UniformLoops):
         lows = (torch.randperm(n // 2, generator=gen) + 1).tolist()[: r // 2]
         out = [v for s in lows for v in (s, n + 1 - s)]
         if r % 2:
-            mid = (n + 1) // 2 + (int(torch.randint(0, 2, (1,), generator=gen)) if n % 2 == 0 else 0)
+            mid = (n + 1) // 2 + (
+                int(torch.randint(0, 2, (1,), generator=gen)) if n % 2 == 0 else 0
+            )
             out.append(mid)
         return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
 
@@ -212,7 +227,9 @@ class CurriculumLoops(LoopDistribution):
     stage(c) returns the distribution capped at c (built once per c). Deterministic per step: the stage of step k
     depends on k alone, and the draw on the trainer's checkpointed generator."""
 
-    def __init__(self, final: LoopDistribution, stage: Callable[[int], LoopDistribution], steps: int):
+    def __init__(
+        self, final: LoopDistribution, stage: Callable[[int], LoopDistribution], steps: int
+    ):
         self.final, self.steps, self.s_max = final, steps, final.max()
         self._stage, self._stages = stage, {}
 
@@ -263,16 +280,24 @@ def check_support(dist: LoopDistribution, name: str, cap: Optional[int] = None) 
     support = [s for s, p in dist.pmf().items() if p > 0]
     low, high = min(support, default=0), max(support, default=0)
     if low < 1:
-        raise ConfigError(f"loop distribution {name!r} can draw S={low}; every training step runs the loop at least "
-                          "once (S >= 1)")
+        raise ConfigError(
+            f"loop distribution {name!r} can draw S={low}; every training step runs the loop at least "
+            "once (S >= 1)"
+        )
     if cap is not None and high > cap:
-        raise ConfigError(f"loop distribution {name!r} can draw S={high}, above its cap {cap} (diffusion.s_max, or "
-                          "s_fixed for 'fixed'); raise the cap or lower the distribution's S")
+        raise ConfigError(
+            f"loop distribution {name!r} can draw S={high}, above its cap {cap} (diffusion.s_max, or "
+            "s_fixed for 'fixed'); raise the cap or lower the distribution's S"
+        )
     return dist
 
 
-def make_loop_distribution(cfg, total_steps: Optional[int] = None, seed: int = 0,
-                           flops_fn: Optional[Callable[[int], float]] = None) -> LoopDistribution:
+def make_loop_distribution(
+    cfg,
+    total_steps: Optional[int] = None,
+    seed: int = 0,
+    flops_fn: Optional[Callable[[int], float]] = None,
+) -> LoopDistribution:
     """The distribution a ``DiffusionConfig`` names (``loop_dist``), with its curriculum when
     ``loop_curriculum_steps`` > 0; ``total_steps`` / ``seed`` are used by the balanced distribution, ``flops_fn``
     (the training FLOPs of a step at S) by ``flop_proportional`` (without it: F(S) proportional to S). Its support

@@ -69,7 +69,12 @@ class Noise:
 
     def to(self, device) -> "Noise":
         """On ``device``, from the host without waiting (a non-blocking copy)."""
-        return Noise(*(None if v is None else v.to(device, non_blocking=True) for v in (self.t, self.u, self.w)))
+        return Noise(
+            *(
+                None if v is None else v.to(device, non_blocking=True)
+                for v in (self.t, self.u, self.w)
+            )
+        )
 
     def host(self) -> "Noise":
         """On the host (itself when it is: the trainer's noise)."""
@@ -146,15 +151,20 @@ class LossPositions:
         return x0.reshape(-1).index_select(0, self.index)
 
     def to(self, device) -> "LossPositions":
-        return LossPositions(self.index.to(device, non_blocking=True), self.valid.to(device, non_blocking=True),
-                             self.n)
+        return LossPositions(
+            self.index.to(device, non_blocking=True),
+            self.valid.to(device, non_blocking=True),
+            self.n,
+        )
 
     def rows(self, length: int) -> torch.Tensor:
         """The row b of every position [K] in rows of ``length`` positions."""
         return torch.div(self.index, length, rounding_mode="floor")
 
 
-def sample_t(n: int, gen: torch.Generator, antithetic: bool = True, eps: float = 1e-3) -> torch.Tensor:
+def sample_t(
+    n: int, gen: torch.Generator, antithetic: bool = True, eps: float = 1e-3
+) -> torch.Tensor:
     """n diffusion times t in [eps, 1). Antithetic / low-discrepancy: one uniform offset u, then
     t_i = (u + i / n) mod 1, so the batch covers [0, 1) evenly (MDLM). The ``uniform`` time sampler's draws."""
     return UniformTime(eps).sample(n, gen, antithetic)
@@ -177,14 +187,30 @@ class Objective:
 
     deep_supervision = "none"
 
-    def __init__(self, schedule: NoiseSchedule, mask_id: int, antithetic: bool = True, t_eps: float = 1e-3,
-                 loss_weight: str = "elbo", t_sampler: Optional[TimeSampler] = None, t_weighting: str = "exact",
-                 complementary_masks: bool = False):
-        self.schedule, self.mask_id, self.antithetic, self.t_eps = schedule, mask_id, antithetic, t_eps
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        mask_id: int,
+        antithetic: bool = True,
+        t_eps: float = 1e-3,
+        loss_weight: str = "elbo",
+        t_sampler: Optional[TimeSampler] = None,
+        t_weighting: str = "exact",
+        complementary_masks: bool = False,
+    ):
+        self.schedule, self.mask_id, self.antithetic, self.t_eps = (
+            schedule,
+            mask_id,
+            antithetic,
+            t_eps,
+        )
         self.loss_weight = loss_weight
-        self.t_sampler = t_sampler if t_sampler is not None else UniformTime(t_eps)  # the density of t
-        self.t_weighting = t_weighting  # "exact": Noise.w = u(t) / p(t); "paper": no importance weight
-        self.complementary_masks = complementary_masks  # rows 2k, 2k+1: one sequence, complementary masks
+        # the density of t
+        self.t_sampler = t_sampler if t_sampler is not None else UniformTime(t_eps)
+        # "exact": Noise.w = u(t) / p(t); "paper": no importance weight
+        self.t_weighting = t_weighting
+        # rows 2k, 2k+1: one sequence, complementary masks
+        self.complementary_masks = complementary_masks
 
     def for_evaluation(self) -> "Objective":
         """This objective as evaluation uses it: the standard unbiased NELBO estimate, uniform t and one
@@ -192,7 +218,11 @@ class Objective:
         if self.t_sampler.is_uniform and not self.complementary_masks:
             return self
         out = copy.copy(self)
-        out.t_sampler, out.t_weighting, out.complementary_masks = UniformTime(self.t_eps), "exact", False
+        out.t_sampler, out.t_weighting, out.complementary_masks = (
+            UniformTime(self.t_eps),
+            "exact",
+            False,
+        )
         return out
 
     def pair_rows(self, batch: Batch) -> Batch:
@@ -228,8 +258,10 @@ OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
 def check_pairs(n: int) -> None:
     if n % 2:
-        raise ConfigError(f"diffusion.complementary_masks=true pairs the rows of a batch, but this batch has {n} rows; "
-                          "make train.batch_size (the global batch) even")
+        raise ConfigError(
+            f"diffusion.complementary_masks=true pairs the rows of a batch, but this batch has {n} rows; "
+            "make train.batch_size (the global batch) even"
+        )
 
 
 def sparse_capable(model) -> bool:
@@ -261,7 +293,9 @@ class MaskedDiffusion(Objective):
         weighted = self.t_weighting == "exact" and not sampler.is_uniform
         if not self.complementary_masks:
             t = sampler.sample(n, gen, self.antithetic)  # [n]
-            return Noise(t, torch.rand((n, seq_len), generator=gen), sampler.weight(t) if weighted else None)
+            return Noise(
+                t, torch.rand((n, seq_len), generator=gen), sampler.weight(t) if weighted else None
+            )
         check_pairs(n)
         t1 = sampler.sample(n // 2, gen, self.antithetic)  # [n/2]
         u1 = torch.rand((n // 2, seq_len), generator=gen)  # [n/2, L]
@@ -273,6 +307,7 @@ class MaskedDiffusion(Objective):
     def predicted_fraction(self, grid: int = 4096) -> float:
         """E_t[1 - alpha_t] under the training time sampler (t ~ U[t_eps, 1) by default): the expected share of
         (non-frozen) positions the LM head runs on. With complementary masks, half the rows use the reflected t."""
+
         def masked(t):
             return 1.0 - self.schedule.alpha(t)
 
@@ -287,22 +322,41 @@ class MaskedDiffusion(Objective):
         device (device tensors are first copied back, a sync)."""
         device = model_device(model, batch.x0.device)
         batch, noise = host_batch(batch), noise.host()
-        x_t = q_sample(batch, noise, self.schedule.alpha(noise.t), self.mask_id)  # [B, L] on the host
+        # [B, L] on the host
+        x_t = q_sample(batch, noise, self.schedule.alpha(noise.t), self.mask_id)
         n_tokens = self._n_tokens(batch)
         noise, x_t_dev = noise.to(device), x_t.to(device, non_blocking=True)
         if not sparse_capable(model):
-            return self.nelbo(model(x_t_dev, noise.t, loops=loops), batch.to(device), x_t_dev, noise.t, noise.w,
-                              n_tokens)
+            return self.nelbo(
+                model(x_t_dev, noise.t, loops=loops),
+                batch.to(device),
+                x_t_dev,
+                noise.t,
+                noise.w,
+                n_tokens,
+            )
         pos = LossPositions.of(host_array(x_t) == self.mask_id)
         labels = pos.labels(batch.x0).to(device, non_blocking=True)  # [K]
         pos = pos.to(device)
         valid = pos.valid.float()  # [K]
-        w = noise.nelbo_weight(self.schedule).index_select(0, pos.rows(x_t.shape[1])) * valid  # [K]: 0 at the padding
+        # [K]: 0 at the padding
+        w = noise.nelbo_weight(self.schedule).index_select(0, pos.rows(x_t.shape[1])) * valid
         g = w / max(n_tokens, 1) if self.loss_weight == "elbo" else valid * (1.0 / max(pos.n, 1))
-        deep = {"supervise": self.supervised_loops(loops)} \
-            if self.deep_supervision != "none" and loops > 1 and torch.is_grad_enabled() else {}
-        loss, ce = model(x_t_dev, noise.t, loops=loops, predict=pos.index, labels=labels, label_weights=g,
-                         exclude=self.mask_id, **deep)
+        deep = (
+            {"supervise": self.supervised_loops(loops)}
+            if self.deep_supervision != "none" and loops > 1 and torch.is_grad_enabled()
+            else {}
+        )
+        loss, ce = model(
+            x_t_dev,
+            noise.t,
+            loops=loops,
+            predict=pos.index,
+            labels=labels,
+            label_weights=g,
+            exclude=self.mask_id,
+            **deep,
+        )
         return LossOutput(loss=loss, nll_sum=(ce * w).sum().detach(), n_tokens=n_tokens)
 
     def supervised_loops(self, loops: int) -> list[int]:
@@ -320,14 +374,23 @@ class MaskedDiffusion(Objective):
             return batch.x0.numel()
         return batch.frozen.numel() - int(np.count_nonzero(host_array(batch.frozen)))
 
-    def nelbo(self, logits: torch.Tensor, batch: Batch, x_t: torch.Tensor, t: torch.Tensor,
-              w: Optional[torch.Tensor] = None, n_tokens: Optional[int] = None) -> LossOutput:
+    def nelbo(
+        self,
+        logits: torch.Tensor,
+        batch: Batch,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        w: Optional[torch.Tensor] = None,
+        n_tokens: Optional[int] = None,
+    ) -> LossOutput:
         """The same loss from full logits [B, L, V] at x_t (models without sparse prediction; the reference the
         sparse path is tested against): only masked positions contribute (SUBS copies the rest). ``w`` [B]: the
         importance weights of a non-uniform t sampler (``Noise.w``), None for uniform t; ``n_tokens``: the scored
         tokens when the caller counted them (else counted here)."""
-        ce = F.cross_entropy(no_mask_logits(logits, self.mask_id).transpose(1, 2), batch.x0,
-                             reduction="none")  # [B, L]
+        # [B, L]
+        ce = F.cross_entropy(
+            no_mask_logits(logits, self.mask_id).transpose(1, 2), batch.x0, reduction="none"
+        )
         masked = x_t == self.mask_id
         weight = self.schedule.weight(t)[:, None]  # [B, 1]
         if w is not None:
@@ -353,21 +416,36 @@ class Autoregressive(Objective):
         device sync)."""
         device = model_device(model, batch.x0.device)
         batch = host_batch(batch)
-        keep = np.ones(batch.x0[:, 1:].shape, dtype=bool) if batch.frozen is None \
-            else ~host_array(batch.frozen)[:, 1:]  # [B, L-1]: the scored next tokens
+        # [B, L-1]: the scored next tokens
+        keep = (
+            np.ones(batch.x0[:, 1:].shape, dtype=bool)
+            if batch.frozen is None
+            else ~host_array(batch.frozen)[:, 1:]
+        )
         n_tokens = int(np.count_nonzero(keep))
         x0 = batch.x0.to(device, non_blocking=True)
         if sparse_capable(model):
             pos = LossPositions.of(keep)
             labels = pos.labels(batch.x0[:, 1:]).to(device, non_blocking=True)  # [K]
             pos = pos.to(device)
-            nll_sum, _ = model(x0[:, :-1], loops=loops, predict=pos.index, labels=labels,
-                               label_weights=pos.valid.float())
+            nll_sum, _ = model(
+                x0[:, :-1],
+                loops=loops,
+                predict=pos.index,
+                labels=labels,
+                label_weights=pos.valid.float(),
+            )
         else:
-            ce = F.cross_entropy(model(x0[:, :-1], loops=loops).float().transpose(1, 2), x0[:, 1:],
-                                 reduction="none")  # [B, L-1]
-            nll_sum = torch.where(torch.from_numpy(keep).to(device, non_blocking=True), ce, torch.zeros_like(ce)).sum()
-        return LossOutput(loss=nll_sum / max(n_tokens, 1), nll_sum=nll_sum.detach(), n_tokens=n_tokens)
+            # [B, L-1]
+            ce = F.cross_entropy(
+                model(x0[:, :-1], loops=loops).float().transpose(1, 2), x0[:, 1:], reduction="none"
+            )
+            nll_sum = torch.where(
+                torch.from_numpy(keep).to(device, non_blocking=True), ce, torch.zeros_like(ce)
+            ).sum()
+        return LossOutput(
+            loss=nll_sum / max(n_tokens, 1), nll_sum=nll_sum.detach(), n_tokens=n_tokens
+        )
 
 
 def predicted_fraction(diffusion) -> float:
@@ -383,6 +461,12 @@ def make_objective(diffusion, mask_id: int, antithetic: Optional[bool] = None) -
     """
     anti = diffusion.antithetic if antithetic is None else antithetic
     return OBJECTIVES.get(diffusion.objective)(
-        get_schedule(diffusion.schedule), mask_id, anti, diffusion.t_eps, diffusion.loss_weight,
-        t_sampler=make_time_sampler(diffusion), t_weighting=getattr(diffusion, "t_weighting", "exact"),
-        complementary_masks=getattr(diffusion, "complementary_masks", False))
+        get_schedule(diffusion.schedule),
+        mask_id,
+        anti,
+        diffusion.t_eps,
+        diffusion.loss_weight,
+        t_sampler=make_time_sampler(diffusion),
+        t_weighting=getattr(diffusion, "t_weighting", "exact"),
+        complementary_masks=getattr(diffusion, "complementary_masks", False),
+    )

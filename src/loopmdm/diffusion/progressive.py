@@ -44,7 +44,9 @@ def free_positions(batch: Batch) -> torch.Tensor:
     return torch.ones_like(batch.x0, dtype=torch.bool) if batch.frozen is None else ~batch.frozen
 
 
-def revealed_target(stage: torch.Tensor, stages: int, n_free: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def revealed_target(
+    stage: torch.Tensor, stages: int, n_free: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
     """[B] how many free positions a row at ``stage`` shows: round(r * n_free), r ~ U[k/K, (k+1)/K), and at most
     n_free - 1 (at least one position stays masked, so every row is scored)."""
     r = (stage.float() + torch.rand(stage.shape, generator=gen)) / stages  # [B]
@@ -54,13 +56,17 @@ def revealed_target(stage: torch.Tensor, stages: int, n_free: torch.Tensor, gen:
 def top_k_mask(candidates: torch.Tensor, score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """[B, L] bool: in each row b, the ``k[b]`` candidate positions with the highest ``score`` (ties: the earlier
     position first)."""
-    score = torch.where(candidates, score.float(), torch.full_like(score, float("-inf"), dtype=torch.float))
+    score = torch.where(
+        candidates, score.float(), torch.full_like(score, float("-inf"), dtype=torch.float)
+    )
     order = torch.sort(score, dim=1, descending=True, stable=True).indices  # [B, L]
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
     return candidates & (rank < k[:, None])
 
 
-def fresh_masks(batch: Batch, stage: torch.Tensor, stages: int, gen: torch.Generator) -> torch.Tensor:
+def fresh_masks(
+    batch: Batch, stage: torch.Tensor, stages: int, gen: torch.Generator
+) -> torch.Tensor:
     """[B, L] bool masks of rows entering at ``stage``: every free position masked but a random
     ``revealed_target`` of them."""
     free = free_positions(batch)
@@ -83,8 +89,13 @@ class ProgressivePool:
     @classmethod
     def start(cls, stages: int, batch: Batch, gen: torch.Generator) -> "ProgressivePool":
         stage = spread_stages(batch.x0.shape[0], stages, gen)
-        return cls(stages, batch.x0.clone(), None if batch.frozen is None else batch.frozen.clone(),
-                   fresh_masks(batch, stage, stages, gen), stage)
+        return cls(
+            stages,
+            batch.x0.clone(),
+            None if batch.frozen is None else batch.frozen.clone(),
+            fresh_masks(batch, stage, stages, gen),
+            stage,
+        )
 
     def batch(self) -> Batch:
         return Batch(self.x0, self.frozen)
@@ -96,7 +107,9 @@ class ProgressivePool:
         t = schedule.t_for_masked_fraction(share)
         return Noise(t, torch.where(self.masked, 0.0, 1.0))
 
-    def advance(self, score: torch.Tensor, take: Callable[[int], Batch], gen: torch.Generator) -> int:
+    def advance(
+        self, score: torch.Tensor, take: Callable[[int], Batch], gen: torch.Generator
+    ) -> int:
         """Move every row one stage on: reveal the masked positions with the highest ``score`` [B, L] (the model's
         probability of the true token this step; other positions are ignored) up to the next stage's share; rows
         past the last stage are replaced by ``take(n)`` fresh rows at stage 0. Returns the number replaced."""
@@ -132,5 +145,10 @@ class ProgressivePool:
 
     @classmethod
     def from_state(cls, stages: int, state: dict[str, torch.Tensor]) -> "ProgressivePool":
-        return cls(stages, state["x0"].clone(), state["frozen"].clone() if "frozen" in state else None,
-                   state["masked"].clone(), state["stage"].clone())
+        return cls(
+            stages,
+            state["x0"].clone(),
+            state["frozen"].clone() if "frozen" in state else None,
+            state["masked"].clone(),
+            state["stage"].clone(),
+        )

@@ -61,7 +61,8 @@ from ..registry import Registry
 
 T_WEIGHTINGS = ("exact", "paper")
 MAX_PPOTS_BINS = 4096
-MAX_IMPORTANCE_WEIGHT = 1000.0  # "exact" weighting refuses samplers whose u/p exceeds this somewhere on [eps, 1)
+# "exact" weighting refuses samplers whose u/p exceeds this somewhere on [eps, 1)
+MAX_IMPORTANCE_WEIGHT = 1000.0
 
 
 def unit_grid(n: int, gen: torch.Generator, antithetic: bool = True) -> torch.Tensor:
@@ -133,7 +134,8 @@ class TimeSampler:
         """E_p[f(t)] by the midpoint rule (``reflected``: under the reflected density p(1 + eps - t))."""
         t = self.eps + (1.0 - self.eps) * (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
         w = self.density(self.reflect(t) if reflected else t)
-        w = w / w.mean()  # exactly 1 for the uniform sampler, so its numbers stay those of a plain mean
+        # exactly 1 for the uniform sampler, so its numbers stay those of a plain mean
+        w = w / w.mean()
         return float((f(t) * w).mean())
 
 
@@ -155,7 +157,8 @@ class UniformTime(TimeSampler):
         return self.eps + (1.0 - self.eps) * v.double()
 
     def sample(self, n, gen, antithetic=True):
-        return self.eps + (1.0 - self.eps) * unit_grid(n, gen, antithetic)  # the float32 ops of ``sample_t``
+        # the float32 ops of ``sample_t``
+        return self.eps + (1.0 - self.eps) * unit_grid(n, gen, antithetic)
 
     def weight(self, t):
         return torch.ones_like(t, dtype=torch.float32)
@@ -165,8 +168,10 @@ class UniformTime(TimeSampler):
 class BellTime(TimeSampler):
     """A bell over t: N(mean, std) truncated to [eps, 1) (our choice of bell, see the module docstring)."""
 
-    params = {"mean": Param(0.5, 0.0, 1.0, "the peak of the bell", lo_open=True),
-              "std": Param(0.2, 0.05, 10.0, "the width of the bell (large: uniform)")}
+    params = {
+        "mean": Param(0.5, 0.0, 1.0, "the peak of the bell", lo_open=True),
+        "std": Param(0.2, 0.05, 10.0, "the width of the bell (large: uniform)"),
+    }
 
     def _ends(self):
         a = torch.tensor((self.eps - self.mean) / self.std, dtype=torch.float64)
@@ -183,9 +188,13 @@ class BellTime(TimeSampler):
     def icdf(self, v):
         v = v.double()
         a, b, _ = self._ends()
-        lower = torch.special.ndtri(torch.special.ndtr(a) + v * (torch.special.ndtr(b) - torch.special.ndtr(a)))
+        lower = torch.special.ndtri(
+            torch.special.ndtr(a) + v * (torch.special.ndtr(b) - torch.special.ndtr(a))
+        )
         # the upper half through the survival function, which keeps its precision near t = 1
-        upper = -torch.special.ndtri((1.0 - v) * torch.special.ndtr(-a) + v * torch.special.ndtr(-b))
+        upper = -torch.special.ndtri(
+            (1.0 - v) * torch.special.ndtr(-a) + v * torch.special.ndtr(-b)
+        )
         t = self.mean + self.std * torch.where(v <= 0.5, lower, upper)
         return t.clamp(self.eps, math.nextafter(1.0, 0.0))
 
@@ -196,16 +205,21 @@ class PPOTSTime(TimeSampler):
     to ``w`` (the root mean square of the weighted per-row loss in each bin, ``estimate_ppots_weights``), mixed
     with the uniform by ``mix``."""
 
-    params = {"w": Param(None, 0.0, 1e12, "sqrt(E[L_t^2]) of the weighted loss per t-bin", list_of=2),
-              "mix": Param(0.05, 0.0, 1.0, "share of the uniform density mixed in (bounds u/p by 1/mix)")}
+    params = {
+        "w": Param(None, 0.0, 1e12, "sqrt(E[L_t^2]) of the weighted loss per t-bin", list_of=2),
+        "mix": Param(0.05, 0.0, 1.0, "share of the uniform density mixed in (bounds u/p by 1/mix)"),
+    }
 
     def __init__(self, eps: float = 1e-3, **params):
         super().__init__(eps, **params)
         w = torch.tensor(self.w, dtype=torch.float64)
         k = len(w)
         self.width = (1.0 - self.eps) / k
-        self.q = (1.0 - self.mix) * w / (w.sum() * self.width) + self.mix / (1.0 - self.eps)  # [K] density per bin
-        self.cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(self.q * self.width, 0)])
+        # [K] density per bin
+        self.q = (1.0 - self.mix) * w / (w.sum() * self.width) + self.mix / (1.0 - self.eps)
+        self.cdf = torch.cat(
+            [torch.zeros(1, dtype=torch.float64), torch.cumsum(self.q * self.width, 0)]
+        )
         self.cdf = self.cdf / self.cdf[-1]  # [K + 1]
 
     def _bin(self, t):
@@ -218,13 +232,17 @@ class PPOTSTime(TimeSampler):
 
     def icdf(self, v):
         v = v.double()
-        k = torch.searchsorted(self.cdf[1:].contiguous(), v, right=True).clamp(0, len(self.q) - 1)  # q[k] > 0
+        # q[k] > 0
+        k = torch.searchsorted(self.cdf[1:].contiguous(), v, right=True).clamp(0, len(self.q) - 1)
         lo = self.eps + k * self.width
         t = lo + (v - self.cdf[k]) / self.q[k]
-        return torch.minimum(t.clamp_min(lo), lo + self.width).clamp(self.eps, math.nextafter(1.0, 0.0))
+        return torch.minimum(t.clamp_min(lo), lo + self.width).clamp(
+            self.eps, math.nextafter(1.0, 0.0)
+        )
 
 
 # --------------------------------------------------------------------------- configuration
+
 
 def _number(path: str, value: Any, spec: Param, range_text: str) -> float:
     if isinstance(value, str):
@@ -245,12 +263,16 @@ def check_params(name: str, params: Optional[dict], specs: dict[str, Param]) -> 
     or a one-line ``ConfigError`` naming the key and its range."""
     params = {} if params is None else params
     if not isinstance(params, dict):
-        raise ConfigError(f"diffusion.t_sampler_params={short(params)} must be a mapping of name -> value")
+        raise ConfigError(
+            f"diffusion.t_sampler_params={short(params)} must be a mapping of name -> value"
+        )
     unknown = [k for k in params if k not in specs]
     if unknown:
         valid = ", ".join(specs) if specs else "none (leave t_sampler_params empty)"
-        raise ConfigError(f"unknown diffusion.t_sampler_params key {short(unknown[0])} for t_sampler={name!r}; "
-                          f"valid keys: {valid}")
+        raise ConfigError(
+            f"unknown diffusion.t_sampler_params key {short(unknown[0])} for t_sampler={name!r}; "
+            f"valid keys: {valid}"
+        )
     out: dict[str, Any] = {}
     for key, spec in specs.items():
         path = f"diffusion.t_sampler_params.{key}"
@@ -259,14 +281,25 @@ def check_params(name: str, params: Optional[dict], specs: dict[str, Param]) -> 
         value = params.get(key, spec.default)
         if spec.list_of:
             if value is None:
-                raise ConfigError(f"t_sampler={name!r} needs {path}: a list of >= {spec.list_of} numbers >= 0, "
-                                  f"{spec.doc} (loopmdm.diffusion.timesteps.estimate_ppots_weights measures them)")
-            if not isinstance(value, (list, tuple)) or not spec.list_of <= len(value) <= MAX_PPOTS_BINS:
-                raise ConfigError(f"{path}={short(value)} must be a list of {spec.list_of}..{MAX_PPOTS_BINS} numbers "
-                                  f">= 0 ({spec.doc})")
-            value = [_number(path, v, spec, f"numbers in [{spec.lo:g}, {spec.hi:g}]") for v in value]
+                raise ConfigError(
+                    f"t_sampler={name!r} needs {path}: a list of >= {spec.list_of} numbers >= 0, "
+                    f"{spec.doc} (loopmdm.diffusion.timesteps.estimate_ppots_weights measures them)"
+                )
+            if (
+                not isinstance(value, (list, tuple))
+                or not spec.list_of <= len(value) <= MAX_PPOTS_BINS
+            ):
+                raise ConfigError(
+                    f"{path}={short(value)} must be a list of {spec.list_of}..{MAX_PPOTS_BINS} numbers "
+                    f">= 0 ({spec.doc})"
+                )
+            value = [
+                _number(path, v, spec, f"numbers in [{spec.lo:g}, {spec.hi:g}]") for v in value
+            ]
             if sum(value) <= 0:
-                raise ConfigError(f"{path}={short(value)} sums to 0; give at least one positive value")
+                raise ConfigError(
+                    f"{path}={short(value)} sums to 0; give at least one positive value"
+                )
         else:
             value = _number(path, value, spec, range_text)
         out[key] = value
@@ -284,29 +317,50 @@ def check_time_sampling(diffusion) -> dict[str, Any]:
     ``t_sampler_params`` (defaults left out, numbers parsed)."""
     cls = TIME_SAMPLERS.get(diffusion.t_sampler)
     if diffusion.t_weighting not in T_WEIGHTINGS:
-        raise ConfigError(f"diffusion.t_weighting={short(diffusion.t_weighting)} is unknown; use one of "
-                          f"{', '.join(T_WEIGHTINGS)} (exact: importance weights u(t)/p(t), an unbiased NELBO; "
-                          "paper: none)")
+        raise ConfigError(
+            f"diffusion.t_weighting={short(diffusion.t_weighting)} is unknown; use one of "
+            f"{', '.join(T_WEIGHTINGS)} (exact: importance weights u(t)/p(t), an unbiased NELBO; "
+            "paper: none)"
+        )
     given = diffusion.t_sampler_params
     full = check_params(diffusion.t_sampler, given, cls.params)
-    if diffusion.t_weighting == "exact" and cls is PPOTSTime and full["mix"] == 0 and min(full["w"]) == 0:
-        raise ConfigError("diffusion.t_sampler_params.w has a 0 and mix=0: that t-bin is never drawn, so the exact "
-                          "NELBO weighting cannot cover it; make every w positive or set mix > 0")
+    if (
+        diffusion.t_weighting == "exact"
+        and cls is PPOTSTime
+        and full["mix"] == 0
+        and min(full["w"]) == 0
+    ):
+        raise ConfigError(
+            "diffusion.t_sampler_params.w has a 0 and mix=0: that t-bin is never drawn, so the exact "
+            "NELBO weighting cannot cover it; make every w positive or set mix > 0"
+        )
     if diffusion.t_weighting == "exact" and not cls.is_uniform:
         top = cls(diffusion.t_eps, **full).max_weight()
         if not top <= MAX_IMPORTANCE_WEIGHT:
-            raise ConfigError(f"diffusion.t_sampler={diffusion.t_sampler!r} with these t_sampler_params has importance "
-                              f"weights u(t)/p(t) up to {top:.3g} > {MAX_IMPORTANCE_WEIGHT:g} (t_weighting='exact'), "
-                              "so the NELBO estimate's variance explodes; widen the density (std, mix) or use "
-                              "t_weighting='paper'")
+            raise ConfigError(
+                f"diffusion.t_sampler={diffusion.t_sampler!r} with these t_sampler_params has importance "
+                f"weights u(t)/p(t) up to {top:.3g} > {MAX_IMPORTANCE_WEIGHT:g} (t_weighting='exact'), "
+                "so the NELBO estimate's variance explodes; widen the density (std, mix) or use "
+                "t_weighting='paper'"
+            )
     return {k: full[k] for k in given}
 
 
 # --------------------------------------------------------------------------- P-POTS estimate
 
+
 @torch.no_grad()
-def estimate_ppots_weights(model, rows, objective, loops: int, bins: int = 16, batch_size: int = 16,
-                           max_batches: Optional[int] = 4, repeats: int = 4, seed: int = 0) -> list[float]:
+def estimate_ppots_weights(
+    model,
+    rows,
+    objective,
+    loops: int,
+    bins: int = 16,
+    batch_size: int = 16,
+    max_batches: Optional[int] = 4,
+    repeats: int = 4,
+    seed: int = 0,
+) -> list[float]:
     """P-POTS' w(t) on ``bins`` equal bins of [eps, 1): sqrt of the mean of L^2 over the draws that fell in the
     bin, L being one row's NELBO estimate per token at its t (uniform, antithetic t; the MDM ``objective``'s
     schedule, mask and frozen-free rows [N, L] as numpy ints). Pass the result as
@@ -324,23 +378,44 @@ def estimate_ppots_weights(model, rows, objective, loops: int, bins: int = 16, b
     s1 = torch.zeros(bins, dtype=torch.float64)
     s2 = torch.zeros(bins, dtype=torch.float64)
     count = torch.zeros(bins, dtype=torch.float64)
-    n_batches = math.ceil(len(rows) / batch_size) if max_batches is None else min(math.ceil(len(rows) / batch_size),
-                                                                                  max_batches)
+    n_batches = (
+        math.ceil(len(rows) / batch_size)
+        if max_batches is None
+        else min(math.ceil(len(rows) / batch_size), max_batches)
+    )
     eps = objective.t_eps
     try:
         for _ in range(repeats):
             for b in range(n_batches):
-                x0 = torch.from_numpy(np.asarray(rows[b * batch_size:(b + 1) * batch_size], dtype=np.int64))
+                x0 = torch.from_numpy(
+                    np.asarray(rows[b * batch_size : (b + 1) * batch_size], dtype=np.int64)
+                )
                 x0 = x0.to(device)
                 noise = evaluator.draw(x0.shape[0], x0.shape[1], gen).to(device)
-                masked = noise.u < (1.0 - objective.schedule.alpha(noise.t))[:, None]  # [B, L] (q_sample's rule)
+                # [B, L] (q_sample's rule)
+                masked = noise.u < (1.0 - objective.schedule.alpha(noise.t))[:, None]
                 x_t = torch.where(masked, torch.full_like(x0, objective.mask_id), x0)
                 logits = model(x_t, noise.t, loops=loops).float()
-                ce = torch.nn.functional.cross_entropy(no_mask_logits(logits, objective.mask_id).transpose(1, 2),
-                                                       x0, reduction="none")  # [B, L]
-                per_row = (torch.where(masked, ce, torch.zeros_like(ce)).sum(1)
-                           * objective.schedule.weight(noise.t) / x0.shape[1]).double().cpu()  # [B]
-                k = ((noise.t.double().cpu() - eps) / ((1.0 - eps) / bins)).floor().long().clamp(0, bins - 1)
+                # [B, L]
+                ce = torch.nn.functional.cross_entropy(
+                    no_mask_logits(logits, objective.mask_id).transpose(1, 2), x0, reduction="none"
+                )
+                # [B]
+                per_row = (
+                    (
+                        torch.where(masked, ce, torch.zeros_like(ce)).sum(1)
+                        * objective.schedule.weight(noise.t)
+                        / x0.shape[1]
+                    )
+                    .double()
+                    .cpu()
+                )
+                k = (
+                    ((noise.t.double().cpu() - eps) / ((1.0 - eps) / bins))
+                    .floor()
+                    .long()
+                    .clamp(0, bins - 1)
+                )
                 s1.index_add_(0, k, per_row)
                 s2.index_add_(0, k, per_row * per_row)
                 count.index_add_(0, k, torch.ones_like(per_row))

@@ -43,17 +43,32 @@ def group_values(rows: Sequence[AnswerRow], group_by: Optional[str]) -> list:
     for r in rows:
         v = r.raw.get(group_by)
         if type(v) is not int:
-            raise DataError(f"{r.where}: --group-by {group_by!r} needs an integer field {group_by!r} on every row "
-                            f"(found {v!r}); choose a field every row has")
+            raise DataError(
+                f"{r.where}: --group-by {group_by!r} needs an integer field {group_by!r} on every row "
+                f"(found {v!r}); choose a field every row has"
+            )
         out.append(v)
     return out
 
 
 @torch.no_grad()
-def decode_answers(model, x: torch.Tensor, target: torch.Tensor, *, mask_id: int, loops: int, steps: int,
-                   order: str, schedule: NoiseSchedule, banned: tuple[int, ...], seed: int = 0,
-                   batch_size: int = 256, policy: str = "fixed", policy_options: Optional[dict] = None,
-                   precision: str = "fp32") -> tuple[torch.Tensor, dict]:
+def decode_answers(
+    model,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    mask_id: int,
+    loops: int,
+    steps: int,
+    order: str,
+    schedule: NoiseSchedule,
+    banned: tuple[int, ...],
+    seed: int = 0,
+    batch_size: int = 256,
+    policy: str = "fixed",
+    policy_options: Optional[dict] = None,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, dict]:
     """Fill the ``target`` [N, L] positions of x [N, L] (given tokens elsewhere) at S = ``loops`` (or another
     loop ``policy``) over T = ``steps`` (0: one token per step; clamped to the answer tokens of each batch).
     Returns tokens [N, L] and the cost: ``flops`` (total), ``wall_time_s``, ``steps_run`` (most in a batch) and
@@ -65,13 +80,24 @@ def decode_answers(model, x: torch.Tensor, target: torch.Tensor, *, mask_id: int
     gen = torch.Generator().manual_seed(seed)
     out, cost = [], {"flops": 0.0, "wall_time_s": 0.0, "steps_run": 0, "mean_loops": 0.0}
     for start in range(0, x.shape[0], batch_size):
-        free = target[start:start + batch_size].to(device)
-        canvas = Canvas(x=torch.where(free, mask_id, x[start:start + batch_size].to(device)), free=free)
+        free = target[start : start + batch_size].to(device)
+        canvas = Canvas(
+            x=torch.where(free, mask_id, x[start : start + batch_size].to(device)), free=free
+        )
         most = int(free.sum(1).max())
         T = most if steps == 0 else min(steps, most)
-        tokens, _, report, _ = sample_canvas(model, canvas, mask_id, steps=max(T, 1), sampler=sampler,
-                                             policy=build(LOOP_POLICIES, policy, opts), token_filter=token_filter,
-                                             schedule=schedule, gen=gen, precision=precision)
+        tokens, _, report, _ = sample_canvas(
+            model,
+            canvas,
+            mask_id,
+            steps=max(T, 1),
+            sampler=sampler,
+            policy=build(LOOP_POLICIES, policy, opts),
+            token_filter=token_filter,
+            schedule=schedule,
+            gen=gen,
+            precision=precision,
+        )
         out.append(tokens.cpu())
         cost["flops"] += report.flops
         cost["wall_time_s"] += report.wall_time_s
@@ -85,8 +111,14 @@ def answer_strings(tokens: np.ndarray, target: np.ndarray, tokenizer: TextTokeni
     return [tokenizer.decode(row[t].tolist()) for row, t in zip(tokens, target)]
 
 
-def score_predictions(pred: np.ndarray, ids: np.ndarray, target: np.ndarray, tokenizer: TextTokenizer,
-                      index: dict, baseline: Optional[np.ndarray] = None) -> dict:
+def score_predictions(
+    pred: np.ndarray,
+    ids: np.ndarray,
+    target: np.ndarray,
+    tokenizer: TextTokenizer,
+    index: dict,
+    baseline: Optional[np.ndarray] = None,
+) -> dict:
     """Per group (``index``: group -> row indices), from predicted tokens ``pred`` [N, L] against the reference
     ``ids`` [N, L] at the ``target`` [N, L] positions: ``n``, ``correct``, ``accuracy`` (answers decoded and
     compared as strings) with its 95% Wilson interval, ``token_accuracy``, ``majority_baseline`` (answering the
@@ -97,18 +129,35 @@ def score_predictions(pred: np.ndarray, ids: np.ndarray, target: np.ndarray, tok
     out = {}
     for g, idx in index.items():
         n, k = len(idx), int(right[idx].sum())
-        out[g] = {"n": n, "correct": k, "accuracy": k / n, "accuracy_ci": wilson_interval(k, n),
-                  "token_accuracy": float(tok_right[idx][target[idx]].mean()),
-                  "majority_baseline": Counter(refs[i] for i in idx).most_common(1)[0][1] / n,
-                  "heuristic_baseline": None if baseline is None else float(baseline[idx].mean())}
+        out[g] = {
+            "n": n,
+            "correct": k,
+            "accuracy": k / n,
+            "accuracy_ci": wilson_interval(k, n),
+            "token_accuracy": float(tok_right[idx][target[idx]].mean()),
+            "majority_baseline": Counter(refs[i] for i in idx).most_common(1)[0][1] / n,
+            "heuristic_baseline": None if baseline is None else float(baseline[idx].mean()),
+        }
     return out
 
 
-def exact_match_grid(model, tokenizer: TextTokenizer, rows: Sequence[AnswerRow], *, length: int,
-                     orders: Sequence[str], steps: Sequence[int], loops: Sequence[int], schedule: NoiseSchedule,
-                     group_by: Optional[str] = None, heuristic: Optional[Heuristic] = None, seed: int = 0,
-                     batch_size: int = 256, log: Callable[[str], None] = lambda s: None,
-                     precision: str = "fp32") -> list[dict]:
+def exact_match_grid(
+    model,
+    tokenizer: TextTokenizer,
+    rows: Sequence[AnswerRow],
+    *,
+    length: int,
+    orders: Sequence[str],
+    steps: Sequence[int],
+    loops: Sequence[int],
+    schedule: NoiseSchedule,
+    group_by: Optional[str] = None,
+    heuristic: Optional[Heuristic] = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    log: Callable[[str], None] = lambda s: None,
+    precision: str = "fp32",
+) -> list[dict]:
     """One record per (order, T, S, group): ``order``, ``steps``, ``loops``, ``group``, ``n``, ``correct``,
     ``accuracy``, ``accuracy_ci``, ``token_accuracy``, ``majority_baseline``, ``heuristic_baseline``,
     ``flops_per_problem``, ``steps_run``, ``wall_time_s``. Rows are padded to ``length`` (the model window, as
@@ -135,21 +184,57 @@ def exact_match_grid(model, tokenizer: TextTokenizer, rows: Sequence[AnswerRow],
         for T in steps:
             for S in loops:
                 pred, cost = decode_answers(
-                    model, x, target, mask_id=tokenizer.mask_id, loops=S, steps=T, order=order, schedule=schedule,
-                    banned=banned, seed=seed, batch_size=batch_size, precision=precision)
-                groups_scored = score_predictions(pred.numpy(), ids, tgt, tokenizer, index, baseline)
+                    model,
+                    x,
+                    target,
+                    mask_id=tokenizer.mask_id,
+                    loops=S,
+                    steps=T,
+                    order=order,
+                    schedule=schedule,
+                    banned=banned,
+                    seed=seed,
+                    batch_size=batch_size,
+                    precision=precision,
+                )
+                groups_scored = score_predictions(
+                    pred.numpy(), ids, tgt, tokenizer, index, baseline
+                )
                 for g, sc in groups_scored.items():
-                    out.append({"order": order, "steps": T, "loops": S, "group": g, "group_by": group_by, **sc,
-                                "flops_per_problem": cost["flops"] / len(rows), "steps_run": cost["steps_run"],
-                                "wall_time_s": cost["wall_time_s"]})
+                    out.append(
+                        {
+                            "order": order,
+                            "steps": T,
+                            "loops": S,
+                            "group": g,
+                            "group_by": group_by,
+                            **sc,
+                            "flops_per_problem": cost["flops"] / len(rows),
+                            "steps_run": cost["steps_run"],
+                            "wall_time_s": cost["wall_time_s"],
+                        }
+                    )
                 a = groups_scored["all"]
-                log(f"{order} T={T or 'one token'} S={S}: exact match {a['accuracy']:.3f} ({a['correct']}/{a['n']})")
+                log(
+                    f"{order} T={T or 'one token'} S={S}: exact match {a['accuracy']:.3f} ({a['correct']}/{a['n']})"
+                )
     return out
 
 
-def policy_grid(model, tokenizer: TextTokenizer, rows: Sequence[AnswerRow], *, length: int, order: str,
-                steps: int, policies: dict, schedule: NoiseSchedule, group_by: str, seed: int = 0,
-                batch_size: int = 256) -> list[dict]:
+def policy_grid(
+    model,
+    tokenizer: TextTokenizer,
+    rows: Sequence[AnswerRow],
+    *,
+    length: int,
+    order: str,
+    steps: int,
+    policies: dict,
+    schedule: NoiseSchedule,
+    group_by: str,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> list[dict]:
     """Adaptive loop policies (``{name: options}``, e.g. ``converge`` / ``per_token``) at T = ``steps``, scored per
     ``group_by`` level: exact match and the mean loops they chose (do they loop more on harder rows?)."""
     groups = np.asarray(group_values(rows, group_by))
@@ -160,12 +245,34 @@ def policy_grid(model, tokenizer: TextTokenizer, rows: Sequence[AnswerRow], *, l
         x, target = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(tgt)
         banned = tuple(sorted(tokenizer.special_ids - {tokenizer.mask_id} | _unk(tokenizer)))
         for name, opts in policies.items():
-            pred, cost = decode_answers(model, x, target, mask_id=tokenizer.mask_id, loops=1, steps=steps,
-                                        order=order, schedule=schedule, banned=banned, seed=seed,
-                                        batch_size=batch_size, policy=name, policy_options=opts)
+            pred, cost = decode_answers(
+                model,
+                x,
+                target,
+                mask_id=tokenizer.mask_id,
+                loops=1,
+                steps=steps,
+                order=order,
+                schedule=schedule,
+                banned=banned,
+                seed=seed,
+                batch_size=batch_size,
+                policy=name,
+                policy_options=opts,
+            )
             sc = score_predictions(pred.numpy(), ids, tgt, tokenizer, {g: np.arange(len(sub))})[g]
-            out.append({"policy": name, "options": opts, "steps": steps, "group": g, "group_by": group_by, **sc,
-                        "mean_loops": cost["mean_loops"], "flops_per_problem": cost["flops"] / len(sub)})
+            out.append(
+                {
+                    "policy": name,
+                    "options": opts,
+                    "steps": steps,
+                    "group": g,
+                    "group_by": group_by,
+                    **sc,
+                    "mean_loops": cost["mean_loops"],
+                    "flops_per_problem": cost["flops"] / len(sub),
+                }
+            )
     return out
 
 

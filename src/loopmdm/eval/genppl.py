@@ -32,8 +32,8 @@ from ..data.hub import hub_offline
 from ..errors import CheckpointError, ConfigError, DataError, install_hint
 from ..registry import Registry
 
-
 # --------------------------------------------------------------------------- entropy
+
 
 def unigram_entropy(ids: Sequence[int]) -> float:
     """Entropy (nats) of the empirical token distribution of one sample: -sum_v p_v log p_v, p_v = count_v / n.
@@ -46,6 +46,7 @@ def unigram_entropy(ids: Sequence[int]) -> float:
 
 
 # --------------------------------------------------------------------------- evaluators
+
 
 class Evaluator:
     """A causal scorer: ``encode(text) -> ids`` (refusing text it cannot represent), ``logits(x [B, T]) ->
@@ -71,26 +72,37 @@ def _canon(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).split())
 
 
-def check_round_trip(text: str, ids: list[int], decoded: str, unk_pieces: list[str],
-                     normalize: Callable[[str], str], who: str) -> None:
+def check_round_trip(
+    text: str,
+    ids: list[int],
+    decoded: str,
+    unk_pieces: list[str],
+    normalize: Callable[[str], str],
+    who: str,
+) -> None:
     """Raise DataError when the evaluator's tokenizer cannot represent ``text``: some pieces became its unknown
     token (``unk_pieces``: the text they came from), or decoding its ids does not give the text back
     (characters silently dropped)."""
     if unk_pieces:
         shown = ", ".join(repr(p) for p in unk_pieces[:5])
-        raise DataError(f"the {who} tokenizer cannot encode the samples: {len(unk_pieces)} pieces became its unknown "
-                        f"token (e.g. {shown}); use an evaluator whose tokenizer covers the samples' alphabet, e.g. "
-                        "a byte-level BPE like GPT-2's or a loopmdm AR checkpoint")
+        raise DataError(
+            f"the {who} tokenizer cannot encode the samples: {len(unk_pieces)} pieces became its unknown "
+            f"token (e.g. {shown}); use an evaluator whose tokenizer covers the samples' alphabet, e.g. "
+            "a byte-level BPE like GPT-2's or a loopmdm AR checkpoint"
+        )
     want, got = _canon(normalize(text)), _canon(decoded)
     if want != got:
         missing = sorted(set(want) - set(got))[:8]
-        raise DataError(f"the {who} tokenizer cannot encode the samples losslessly (decoding gives different text"
-                        + (f"; characters {''.join(missing)!r} are lost" if missing else "")
-                        + "); use an evaluator whose tokenizer covers the samples' alphabet, e.g. a byte-level BPE")
+        raise DataError(
+            f"the {who} tokenizer cannot encode the samples losslessly (decoding gives different text"
+            + (f"; characters {''.join(missing)!r} are lost" if missing else "")
+            + "); use an evaluator whose tokenizer covers the samples' alphabet, e.g. a byte-level BPE"
+        )
 
 
-def _unk_pieces(text: str, ids: list[int], offsets: Optional[list[tuple[int, int]]],
-                unk_id: Optional[int]) -> list[str]:
+def _unk_pieces(
+    text: str, ids: list[int], offsets: Optional[list[tuple[int, int]]], unk_id: Optional[int]
+) -> list[str]:
     """The substrings of ``text`` that were encoded as the unknown token (``'?'`` when offsets are unavailable)."""
     if unk_id is None:
         return []
@@ -103,18 +115,24 @@ def _unk_pieces(text: str, ids: list[int], offsets: Optional[list[tuple[int, int
 class LoopMDMEvaluator(Evaluator):
     """A loopmdm checkpoint trained with ``--objective ar`` (causal backbone, no time conditioning)."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", loops: Optional[int] = None):
+    def __init__(
+        self, path: str | Path, device: str | torch.device = "cpu", loops: Optional[int] = None
+    ):
         model, tok, cfg = load_model(path, device=device)
         if not cfg.model.causal or cfg.diffusion.objective != "ar":
-            raise ConfigError(f"evaluator checkpoint {str(path)!r} is a masked diffusion model, not autoregressive; "
-                              "train one with `loopmdm train --objective ar` and pass it as --evaluator")
+            raise ConfigError(
+                f"evaluator checkpoint {str(path)!r} is a masked diffusion model, not autoregressive; "
+                "train one with `loopmdm train --objective ar` and pass it as --evaluator"
+            )
         self.model, self.tok, self.cfg = model, tok, cfg
         self.name = f"loopmdm:{path}"
         self.loops = loops or cfg.diffusion.max_loops
         bos = tok.bos_id if tok.bos_id is not None else tok.eos_id
         if bos is None:
-            raise ConfigError("the evaluator tokenizer has neither a BOS nor an EOS token to score the first "
-                              "token from; add one to its tokenizer")
+            raise ConfigError(
+                "the evaluator tokenizer has neither a BOS nor an EOS token to score the first "
+                "token from; add one to its tokenizer"
+            )
         self.bos_id = bos
         self.context = cfg.model.max_seq_len
         self.device = torch.device(device)
@@ -126,8 +144,14 @@ class LoopMDMEvaluator(Evaluator):
     def encode(self, text: str) -> list[int]:
         enc = self.tok.tok.encode(text, add_special_tokens=False)
         ids = list(enc.ids)
-        check_round_trip(text, ids, self.tok.decode(ids, skip_special=False),
-                         _unk_pieces(text, ids, enc.offsets, self._unk_id), self._normalize, "evaluator")
+        check_round_trip(
+            text,
+            ids,
+            self.tok.decode(ids, skip_special=False),
+            _unk_pieces(text, ids, enc.offsets, self._unk_id),
+            self._normalize,
+            "evaluator",
+        )
         return ids
 
     @torch.no_grad()
@@ -140,31 +164,45 @@ class HFEvaluator(Evaluator):
     """Any ``transformers`` causal LM with its tokenizer (GPT-2 of any size: ``gpt2``, ``gpt2-large``, or a
     local folder saved with ``save_pretrained``). Hub names need the network; offline only local folders work."""
 
-    def __init__(self, name_or_path: str, device: str | torch.device = "cpu", dtype: str = "float32"):
+    def __init__(
+        self, name_or_path: str, device: str | torch.device = "cpu", dtype: str = "float32"
+    ):
         try:
             import transformers
         except ImportError:
-            raise ConfigError("the hf evaluator needs `transformers`: " + install_hint("hf")) from None
+            raise ConfigError(
+                "the hf evaluator needs `transformers`: " + install_hint("hf")
+            ) from None
 
         local = Path(name_or_path).expanduser()
         if not local.exists() and hub_offline():
-            raise CheckpointError(f"evaluator {name_or_path!r} is not a local folder and HF_HUB_OFFLINE=1; "
-                                  "pass a folder saved with save_pretrained, or unset HF_HUB_OFFLINE to download it")
+            raise CheckpointError(
+                f"evaluator {name_or_path!r} is not a local folder and HF_HUB_OFFLINE=1; "
+                "pass a folder saved with save_pretrained, or unset HF_HUB_OFFLINE to download it"
+            )
         src = str(local) if local.exists() else name_or_path
         try:
             self.tok = transformers.AutoTokenizer.from_pretrained(src)
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype))
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                src, dtype=getattr(torch, dtype)
+            )
         except (OSError, ValueError) as e:
-            raise CheckpointError(f"could not load evaluator {name_or_path!r} with transformers "
-                                  f"({str(e).splitlines()[0][:120]}); pass a causal LM folder or Hub name") from None
+            raise CheckpointError(
+                f"could not load evaluator {name_or_path!r} with transformers "
+                f"({str(e).splitlines()[0][:120]}); pass a causal LM folder or Hub name"
+            ) from None
         self.model.to(device).eval()
         self.name = f"hf:{name_or_path}"
         bos = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
         if bos is None:
-            raise ConfigError(f"evaluator {name_or_path!r} has neither a BOS nor an EOS token to score from")
+            raise ConfigError(
+                f"evaluator {name_or_path!r} has neither a BOS nor an EOS token to score from"
+            )
         self.bos_id = bos
         mc = self.model.config
-        self.context = int(getattr(mc, "n_positions", None) or getattr(mc, "max_position_embeddings", None) or 1024)
+        self.context = int(
+            getattr(mc, "n_positions", None) or getattr(mc, "max_position_embeddings", None) or 1024
+        )
         self.device = torch.device(device)
         backend = getattr(self.tok, "backend_tokenizer", None)
         norm = backend.normalizer if backend is not None else None
@@ -177,8 +215,14 @@ class HFEvaluator(Evaluator):
         else:
             enc, offsets = self.tok(text, add_special_tokens=False), None
         ids = list(enc["input_ids"])
-        check_round_trip(text, ids, self.tok.decode(ids, skip_special_tokens=False),
-                         _unk_pieces(text, ids, offsets, self.tok.unk_token_id), self._normalize, "evaluator")
+        check_round_trip(
+            text,
+            ids,
+            self.tok.decode(ids, skip_special_tokens=False),
+            _unk_pieces(text, ids, offsets, self.tok.unk_token_id),
+            self._normalize,
+            "evaluator",
+        )
         return ids
 
     @torch.no_grad()
@@ -205,7 +249,9 @@ def load_evaluator(spec: str, device: str | torch.device = "cpu") -> Evaluator:
     detected by its files, any other existing folder is loaded with transformers, and anything else is
     taken as a Hugging Face Hub name (``gpt2``, ``gpt2-large``)."""
     if not spec:
-        raise ConfigError("--evaluator is empty; pass a loopmdm AR run folder or a GPT-2 name / folder")
+        raise ConfigError(
+            "--evaluator is empty; pass a loopmdm AR run folder or a GPT-2 name / folder"
+        )
     kind, _, rest = spec.partition(":")
     if rest and kind in EVALUATORS:
         return EVALUATORS.get(kind)(rest, device=device)
@@ -217,34 +263,43 @@ def load_evaluator(spec: str, device: str | torch.device = "cpu") -> Evaluator:
 
 # --------------------------------------------------------------------------- scoring
 
+
 def windows(ids: list[int], bos_id: int, context: int) -> list[tuple[list[int], list[int]]]:
     """Cut ``[bos] + ids`` into non-overlapping (input, target) windows of at most ``context`` inputs;
     every token of ``ids`` is a target exactly once."""
     seq = [bos_id] + list(ids)
     out = []
     for start in range(0, len(ids), context):
-        inp = seq[start:start + context]
-        tgt = seq[start + 1:start + 1 + context]
-        out.append((inp[:len(tgt)], tgt))
+        inp = seq[start : start + context]
+        tgt = seq[start + 1 : start + 1 + context]
+        out.append((inp[: len(tgt)], tgt))
     return out
 
 
 @torch.no_grad()
-def score_token_lists(evaluator: Evaluator, token_lists: list[list[int]], batch_size: int = 8) -> list[float]:
+def score_token_lists(
+    evaluator: Evaluator, token_lists: list[list[int]], batch_size: int = 8
+) -> list[float]:
     """Sum of next-token NLL (nats) of each token list under the evaluator, window by window."""
-    jobs = [(k, w) for k, ids in enumerate(token_lists) for w in windows(ids, evaluator.bos_id, evaluator.context)]
+    jobs = [
+        (k, w)
+        for k, ids in enumerate(token_lists)
+        for w in windows(ids, evaluator.bos_id, evaluator.context)
+    ]
     jobs.sort(key=lambda j: -len(j[1][0]))  # similar lengths together: little padding
     nll = [0.0] * len(token_lists)
     for b in range(0, len(jobs), batch_size):
-        chunk = jobs[b:b + batch_size]
+        chunk = jobs[b : b + batch_size]
         T = max(len(inp) for _, (inp, _) in chunk)
         x = torch.full((len(chunk), T), evaluator.bos_id, dtype=torch.long)  # [B, T], right-padded
         y = torch.full((len(chunk), T), -100, dtype=torch.long)  # [B, T], -100 = ignored padding
         for r, (_, (inp, tgt)) in enumerate(chunk):
-            x[r, :len(inp)] = torch.tensor(inp)
-            y[r, :len(tgt)] = torch.tensor(tgt)
-        logits = evaluator.logits(x).float().cpu()  # [B, T, V]; causal, so right padding changes nothing
-        ce = F.cross_entropy(logits.transpose(1, 2), y, reduction="none", ignore_index=-100)  # [B, T]
+            x[r, : len(inp)] = torch.tensor(inp)
+            y[r, : len(tgt)] = torch.tensor(tgt)
+        # [B, T, V]; causal, so right padding changes nothing
+        logits = evaluator.logits(x).float().cpu()
+        # [B, T]
+        ce = F.cross_entropy(logits.transpose(1, 2), y, reduction="none", ignore_index=-100)
         for r, (k, _) in enumerate(chunk):
             nll[k] += float(ce[r].sum())
     return nll
@@ -269,8 +324,13 @@ class GenPPLResult:
         return dict(self.__dict__)
 
 
-def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, token_ids: Optional[Iterable[Sequence[int]]]
-                          = None, batch_size: int = 8) -> GenPPLResult:
+def generative_perplexity(
+    texts: Sequence[str],
+    evaluator: Evaluator,
+    *,
+    token_ids: Optional[Iterable[Sequence[int]]] = None,
+    batch_size: int = 8,
+) -> GenPPLResult:
     """Gen-PPL of ``texts`` under ``evaluator`` (re-tokenized with its tokenizer) and unigram entropy per sample.
 
     token_ids: the generator's own token ids of each sample (entropy is then measured in the generator's
@@ -278,7 +338,9 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, token_i
     skipped; a list with no text at all is an error."""
     texts = list(texts)
     if not texts:
-        raise DataError("no samples to score; pass at least one text (or let `loopmdm eval` generate them)")
+        raise DataError(
+            "no samples to score; pass at least one text (or let `loopmdm eval` generate them)"
+        )
     keep = [i for i, t in enumerate(texts) if t.strip()]
     if not keep:
         raise DataError(f"all {len(texts)} samples are empty text; nothing to score")
@@ -299,10 +361,17 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, token_i
         kind = "evaluator"
     mean_nll = sum(nll) / max(n_tok, 1)
     return GenPPLResult(
-        gen_ppl=math.exp(min(mean_nll, 50.0)), nll=mean_nll, tokens=n_tok, samples=len(keep),
-        empty_samples=len(texts) - len(keep), entropy=float(np.mean(ent)),
+        gen_ppl=math.exp(min(mean_nll, 50.0)),
+        nll=mean_nll,
+        tokens=n_tok,
+        samples=len(keep),
+        empty_samples=len(texts) - len(keep),
+        entropy=float(np.mean(ent)),
         per_sample_ppl=[math.exp(min(s / max(len(e), 1), 50.0)) for s, e in zip(nll, encoded)],
-        per_sample_entropy=ent, entropy_tokens=kind, evaluator=evaluator.name)
+        per_sample_entropy=ent,
+        entropy_tokens=kind,
+        evaluator=evaluator.name,
+    )
 
 
 def read_samples(path: str | Path, text_field: str = "text") -> list[str]:
@@ -313,8 +382,11 @@ def read_samples(path: str | Path, text_field: str = "text") -> list[str]:
         from ..fileio import path_kind
 
         kind = path_kind(p)
-        raise DataError(f"samples file {str(p)!r} " + ("does not exist" if kind is None else f"is {kind}, not a file")
-                        + "; pass a .jsonl, .json or .txt file")
+        raise DataError(
+            f"samples file {str(p)!r} "
+            + ("does not exist" if kind is None else f"is {kind}, not a file")
+            + "; pass a .jsonl, .json or .txt file"
+        )
     try:
         raw = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -322,7 +394,13 @@ def read_samples(path: str | Path, text_field: str = "text") -> list[str]:
     if p.suffix == ".jsonl":
         out = []
         for i, row in jsonl_objects(raw, p):
-            text = row if isinstance(row, str) else row.get(text_field) if isinstance(row, dict) else None
+            text = (
+                row
+                if isinstance(row, str)
+                else row.get(text_field)
+                if isinstance(row, dict)
+                else None
+            )
             if not isinstance(text, str):
                 raise DataError(f"{p}:{i} has no string field {text_field!r}; pass --text-field")
             out.append(text)
@@ -333,8 +411,10 @@ def read_samples(path: str | Path, text_field: str = "text") -> list[str]:
             raise DataError(f"samples file {str(p)!r} is not valid JSON ({e.msg})") from None
         out = _texts_from_json(obj, text_field)
         if out is None:
-            raise DataError(f"samples file {str(p)!r}: expected a list of strings / objects with {text_field!r}, "
-                            "or the JSON of `loopmdm sample --json`")
+            raise DataError(
+                f"samples file {str(p)!r}: expected a list of strings / objects with {text_field!r}, "
+                "or the JSON of `loopmdm sample --json`"
+            )
     else:
         out = [line for line in raw.splitlines() if line.strip()]
     if not out:
@@ -347,7 +427,9 @@ def _texts_from_json(obj, text_field: str) -> Optional[list[str]]:
         if isinstance(obj.get("results"), list):  # `loopmdm sample --json`: results[].samples[]
             out = []
             for r in obj["results"]:
-                got = _texts_from_json(r.get("samples", r.get("texts")) if isinstance(r, dict) else None, text_field)
+                got = _texts_from_json(
+                    r.get("samples", r.get("texts")) if isinstance(r, dict) else None, text_field
+                )
                 if got is None:
                     return None
                 out.extend(got)

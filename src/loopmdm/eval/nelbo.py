@@ -33,9 +33,18 @@ def _batch(rows: np.ndarray, frozen: Optional[np.ndarray], sl: slice) -> Batch:
     return Batch(torch.from_numpy(rows[sl].astype(np.int64)), f)
 
 
-def _one_pass(model, rows: np.ndarray, frozen: Optional[np.ndarray], objective: Objective, loops: int,
-              batch_size: int, n_batches: int, gen: torch.Generator, precision: str,
-              device: torch.device) -> tuple[float, int, list[float]]:
+def _one_pass(
+    model,
+    rows: np.ndarray,
+    frozen: Optional[np.ndarray],
+    objective: Objective,
+    loops: int,
+    batch_size: int,
+    n_batches: int,
+    gen: torch.Generator,
+    precision: str,
+    device: torch.device,
+) -> tuple[float, int, list[float]]:
     """One Monte-Carlo pass over the first ``n_batches`` batches: (NLL sum, tokens, per-batch NELBO)."""
     total_nll, total_tok, per_batch = 0.0, 0, []
     for b in range(n_batches):
@@ -51,11 +60,23 @@ def _one_pass(model, rows: np.ndarray, frozen: Optional[np.ndarray], objective: 
 
 
 @torch.no_grad()
-def evaluate_nelbo(model, rows: np.ndarray, objective: Objective, loops: int, batch_size: int = 32,
-                   max_batches: int | None = None, seed: int = 0, repeats: int = 1,
-                   precision: str = "fp32", *, target_rel_stderr: Optional[float] = None, max_repeats: int = 64,
-                   n_bytes: Optional[int] = None, details: bool = False,
-                   frozen: Optional[np.ndarray] = None) -> dict:
+def evaluate_nelbo(
+    model,
+    rows: np.ndarray,
+    objective: Objective,
+    loops: int,
+    batch_size: int = 32,
+    max_batches: int | None = None,
+    seed: int = 0,
+    repeats: int = 1,
+    precision: str = "fp32",
+    *,
+    target_rel_stderr: Optional[float] = None,
+    max_repeats: int = 64,
+    n_bytes: Optional[int] = None,
+    details: bool = False,
+    frozen: Optional[np.ndarray] = None,
+) -> dict:
     """NELBO per token of packed rows [N, L] at S = loops, averaged over ``repeats`` draws of (t, x_t) per row.
 
     model: a LoopMDM (or any module with the same ``forward(x_t, t, loops=S)``); objective: from
@@ -76,9 +97,13 @@ def evaluate_nelbo(model, rows: np.ndarray, objective: Objective, loops: int, ba
     # the standard unbiased bound: uniform t and independent masks, whatever time sampler the objective trains with
     objective = objective.for_evaluation() if hasattr(objective, "for_evaluation") else objective
     if len(rows) == 0:
-        raise DataError("no rows to evaluate; the corpus is shorter than one sequence of model.max_seq_len tokens")
+        raise DataError(
+            "no rows to evaluate; the corpus is shorter than one sequence of model.max_seq_len tokens"
+        )
     if batch_size < 1 or repeats < 1 or max_repeats < 1:
-        raise ConfigError(f"batch_size={batch_size}, repeats={repeats} and max_repeats={max_repeats} must be >= 1")
+        raise ConfigError(
+            f"batch_size={batch_size}, repeats={repeats} and max_repeats={max_repeats} must be >= 1"
+        )
     if target_rel_stderr is not None and target_rel_stderr <= 0:
         raise ConfigError(f"target_rel_stderr={target_rel_stderr} must be > 0 (e.g. 0.003)")
     device = next(model.parameters()).device
@@ -96,8 +121,9 @@ def evaluate_nelbo(model, rows: np.ndarray, objective: Objective, loops: int, ba
     pass_nll, pass_tok, per_batch = [], [], []
     try:
         while len(pass_nll) < limit:
-            nll, tok, pb = _one_pass(model, rows, frozen, objective, loops, batch_size, n_batches, gen, precision,
-                                     device)
+            nll, tok, pb = _one_pass(
+                model, rows, frozen, objective, loops, batch_size, n_batches, gen, precision, device
+            )
             pass_nll.append(nll)
             pass_tok.append(tok)
             per_batch.extend(pb)
@@ -110,11 +136,21 @@ def evaluate_nelbo(model, rows: np.ndarray, objective: Objective, loops: int, ba
     nelbo, stderr, kind = _combine(pass_nll, pass_tok, per_batch)
     if deterministic:
         stderr, kind = 0.0, "exact"
-    out = {"loops": loops, "nelbo": nelbo, "ppl": math.exp(min(nelbo, 50.0)), "bits_per_token": nelbo / math.log(2),
-           "stderr": stderr, "tokens": pass_tok[0]}
+    out = {
+        "loops": loops,
+        "nelbo": nelbo,
+        "ppl": math.exp(min(nelbo, 50.0)),
+        "bits_per_token": nelbo / math.log(2),
+        "stderr": stderr,
+        "tokens": pass_tok[0],
+    }
     if details:
-        out.update(stderr_kind=kind, repeats=len(pass_nll), rows=min(len(rows), n_batches * batch_size),
-                   pass_nelbo=[n / max(k, 1) for n, k in zip(pass_nll, pass_tok)])
+        out.update(
+            stderr_kind=kind,
+            repeats=len(pass_nll),
+            rows=min(len(rows), n_batches * batch_size),
+            pass_nelbo=[n / max(k, 1) for n, k in zip(pass_nll, pass_tok)],
+        )
     if target_rel_stderr is not None and not deterministic:
         out["target_met"] = bool(stderr <= target_rel_stderr * abs(nelbo))
     if n_bytes is not None:
@@ -124,7 +160,9 @@ def evaluate_nelbo(model, rows: np.ndarray, objective: Objective, loops: int, ba
     return out
 
 
-def _combine(pass_nll: list[float], pass_tok: list[int], per_batch: list[float]) -> tuple[float, float, str]:
+def _combine(
+    pass_nll: list[float], pass_tok: list[int], per_batch: list[float]
+) -> tuple[float, float, str]:
     """Token-weighted NELBO over all passes and its standard error (between passes, else between batches)."""
     nelbo = sum(pass_nll) / max(sum(pass_tok), 1)
     if len(pass_nll) >= 2:
@@ -145,10 +183,23 @@ def rows_text_bytes(tokenizer, rows: np.ndarray) -> int:
     return len(tokenizer.decode(rows.reshape(-1).tolist()).encode("utf-8"))
 
 
-def nelbo_sweep(model, rows: np.ndarray, objective: Objective, loops: Sequence[int], *, batch_size: int = 32,
-                max_batches: Optional[int] = None, seed: int = 0, repeats: int = 1,
-                target_rel_stderr: Optional[float] = None, max_repeats: int = 64, precision: str = "fp32",
-                tokenizer=None, log=lambda s: None, frozen: Optional[np.ndarray] = None) -> list[dict]:
+def nelbo_sweep(
+    model,
+    rows: np.ndarray,
+    objective: Objective,
+    loops: Sequence[int],
+    *,
+    batch_size: int = 32,
+    max_batches: Optional[int] = None,
+    seed: int = 0,
+    repeats: int = 1,
+    target_rel_stderr: Optional[float] = None,
+    max_repeats: int = 64,
+    precision: str = "fp32",
+    tokenizer=None,
+    log=lambda s: None,
+    frozen: Optional[np.ndarray] = None,
+) -> list[dict]:
     """``evaluate_nelbo`` at every S in ``loops`` with the same seed (common random numbers: every S sees the
     same t and masks, so differences between S are measured more precisely than each value alone).
 
@@ -164,15 +215,30 @@ def nelbo_sweep(model, rows: np.ndarray, objective: Objective, loops: Sequence[i
     cfg = getattr(model, "config", None)
     out = []
     for s in loops:
-        r = evaluate_nelbo(model, rows, objective, s, batch_size=batch_size, max_batches=max_batches, seed=seed,
-                           repeats=repeats, precision=precision, target_rel_stderr=target_rel_stderr,
-                           max_repeats=max_repeats, n_bytes=n_bytes, details=True, frozen=frozen)
+        r = evaluate_nelbo(
+            model,
+            rows,
+            objective,
+            s,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            seed=seed,
+            repeats=repeats,
+            precision=precision,
+            target_rel_stderr=target_rel_stderr,
+            max_repeats=max_repeats,
+            n_bytes=n_bytes,
+            details=True,
+            frozen=frozen,
+        )
         if cfg is not None:
             r["flops_per_token"] = forward_flops_per_token(cfg, s, rows.shape[1])
         log(f"S={s}: NELBO {r['nelbo']:.4f} +- {r['stderr']:.4f} ({r['repeats']} passes)")
         if r.get("target_met") is False:
-            log(f"S={s}: stderr / NELBO = {r['stderr'] / r['nelbo']:.4f} is above the target {target_rel_stderr} "
-                f"after {r['repeats']} passes; raise max_repeats (--max-repeats) or the rows (--batches)")
+            log(
+                f"S={s}: stderr / NELBO = {r['stderr'] / r['nelbo']:.4f} is above the target {target_rel_stderr} "
+                f"after {r['repeats']} passes; raise max_repeats (--max-repeats) or the rows (--batches)"
+            )
         out.append(r)
     for r in out:
         r["delta"], r["delta_stderr"] = paired_difference(r["pass_nelbo"], out[0]["pass_nelbo"])

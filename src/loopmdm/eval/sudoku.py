@@ -25,8 +25,16 @@ import numpy as np
 import torch
 
 from ..data import TextTokenizer
-from ..data.sudoku import MASK_ID, SudokuPair, count_solutions, decode_grid, encode_grids, is_sudoku_tokenizer, \
-    is_valid_solution, matches_puzzle
+from ..data.sudoku import (
+    MASK_ID,
+    SudokuPair,
+    count_solutions,
+    decode_grid,
+    encode_grids,
+    is_sudoku_tokenizer,
+    is_valid_solution,
+    matches_puzzle,
+)
 from ..data.sudoku.dataset import TOKENS
 from ..diffusion import NoiseSchedule
 from ..errors import ConfigError
@@ -78,15 +86,20 @@ def score_grids(predicted: Sequence[str], pairs: Sequence[SudokuPair]) -> dict:
     the puzzle counts, not only the stored one), cell accuracy over the puzzles' blanks (against the stored
     solution), and grids that break no rule (givens kept or not)."""
     if len(predicted) != len(pairs) or not pairs:
-        raise ConfigError(f"{len(predicted)} predicted grids for {len(pairs)} puzzles; pass one per puzzle")
+        raise ConfigError(
+            f"{len(predicted)} predicted grids for {len(pairs)} puzzles; pass one per puzzle"
+        )
     pred = encode_grids(predicted)  # [N, 81] (blanks -> mask id)
     sol = encode_grids([p.solution for p in pairs])
     blank = encode_grids([p.puzzle for p in pairs]) != sol
     right = pred == sol
     valid = [is_valid_solution(g) for g in predicted]
     solved = sum(ok and matches_puzzle(p.puzzle, g) for ok, g, p in zip(valid, predicted, pairs))
-    return {"solved": int(solved), "cell_accuracy": float(right[blank].mean()) if blank.any() else 1.0,
-            "valid": int(sum(valid))}
+    return {
+        "solved": int(solved),
+        "cell_accuracy": float(right[blank].mean()) if blank.any() else 1.0,
+        "valid": int(sum(valid)),
+    }
 
 
 def multi_solution_puzzles(pairs: Sequence[SudokuPair]) -> int:
@@ -107,10 +120,22 @@ def puzzle_canvas(pairs: Sequence[SudokuPair], device: torch.device | str = "cpu
 
 
 @torch.no_grad()
-def solve_boards(model, pairs: Sequence[SudokuPair], *, mask_id: int, loops: int, steps: int, order: str,
-                 schedule: NoiseSchedule, policy: str = "fixed", policy_options: Optional[dict] = None,
-                 seed: int = 0, batch_size: int = 256, threshold: Optional[float] = None,
-                 sampler_options: Optional[dict] = None):
+def solve_boards(
+    model,
+    pairs: Sequence[SudokuPair],
+    *,
+    mask_id: int,
+    loops: int,
+    steps: int,
+    order: str,
+    schedule: NoiseSchedule,
+    policy: str = "fixed",
+    policy_options: Optional[dict] = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    threshold: Optional[float] = None,
+    sampler_options: Optional[dict] = None,
+):
     """Grids [N] (strings) predicted for the puzzles at S = ``loops`` (the fixed policy; another loop policy with
     its options otherwise) over T = ``steps`` denoising steps (0: one cell per step), and the summed compute
     reports' FLOPs and wall time and the largest number of steps taken. ``threshold`` (in (0, 1]): parallel
@@ -125,30 +150,54 @@ def solve_boards(model, pairs: Sequence[SudokuPair], *, mask_id: int, loops: int
     sampler = build(SAMPLERS, "confidence", s_opts)  # checks the options once, before any board
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
+        chunk = pairs[start : start + batch_size]
         canvas = puzzle_canvas(chunk, device)
         T = int(canvas.free.sum(1).max()) if steps == 0 else steps
         x, _, report, _ = sample_canvas(
-            model, canvas, mask_id, steps=max(T, 1), sampler=sampler,
-            policy=build(LOOP_POLICIES, policy, opts), token_filter=digit_filter(),
-            schedule=schedule, gen=gen)
+            model,
+            canvas,
+            mask_id,
+            steps=max(T, 1),
+            sampler=sampler,
+            policy=build(LOOP_POLICIES, policy, opts),
+            token_filter=digit_filter(),
+            schedule=schedule,
+            gen=gen,
+        )
         grids += [decode_grid(row) for row in x.tolist()]
-        flops, wall, steps_run = flops + report.flops, wall + report.wall_time_s, max(steps_run, report.steps_run)
+        flops, wall, steps_run = (
+            flops + report.flops,
+            wall + report.wall_time_s,
+            max(steps_run, report.steps_run),
+        )
     return grids, flops, wall, steps_run
 
 
 def check_sudoku_model(tokenizer: TextTokenizer) -> None:
     """A one-line error when a checkpoint's vocabulary is not the Sudoku one."""
     if not is_sudoku_tokenizer(tokenizer):
-        raise ConfigError(f"--metric sudoku needs a Sudoku model (vocabulary <pad>, 1-9, <mask>), but this "
-                          f"checkpoint has a {tokenizer.vocab_size}-token vocabulary (a text model?); train one "
-                          "with `loopmdm train --preset sudoku`")
+        raise ConfigError(
+            f"--metric sudoku needs a Sudoku model (vocabulary <pad>, 1-9, <mask>), but this "
+            f"checkpoint has a {tokenizer.vocab_size}-token vocabulary (a text model?); train one "
+            "with `loopmdm train --preset sudoku`"
+        )
 
 
-def sudoku_grid(model, tokenizer: TextTokenizer, pairs: Sequence[SudokuPair], *, orders: Sequence[str],
-                steps: Sequence[int], loops: Sequence[int], schedule: NoiseSchedule, seed: int = 0,
-                batch_size: int = 256, log: Callable[[str], None] = lambda s: None,
-                threshold: Optional[float] = None, sampler_options: Optional[dict] = None) -> list[SudokuScore]:
+def sudoku_grid(
+    model,
+    tokenizer: TextTokenizer,
+    pairs: Sequence[SudokuPair],
+    *,
+    orders: Sequence[str],
+    steps: Sequence[int],
+    loops: Sequence[int],
+    schedule: NoiseSchedule,
+    seed: int = 0,
+    batch_size: int = 256,
+    log: Callable[[str], None] = lambda s: None,
+    threshold: Optional[float] = None,
+    sampler_options: Optional[dict] = None,
+) -> list[SudokuScore]:
     """Score every (order, T, S) on the puzzles; ``steps`` may hold 0 (one cell per step). ``threshold`` /
     ``sampler_options``: parallel decoding and other ``confidence`` sampler options (see ``solve_boards``)."""
     check_sudoku_model(tokenizer)
@@ -159,20 +208,49 @@ def sudoku_grid(model, tokenizer: TextTokenizer, pairs: Sequence[SudokuPair], *,
     check_int(len(pairs), "number of boards")
     out = []
     n = len(pairs)
-    multi = multi_solution_puzzles(pairs)  # once per evaluation: well under a millisecond per puzzle
+    # once per evaluation: well under a millisecond per puzzle
+    multi = multi_solution_puzzles(pairs)
     if multi:
-        log(f"{multi} of {n} puzzles have more than one solution; a board counts as solved when it obeys the rules "
-            "and keeps the givens")
+        log(
+            f"{multi} of {n} puzzles have more than one solution; a board counts as solved when it obeys the rules "
+            "and keeps the givens"
+        )
     for order in orders:
         for T in steps:
             for S in loops:
-                grids, flops, wall, steps_run = solve_boards(model, pairs, mask_id=tokenizer.mask_id, loops=S,
-                                                             steps=T, order=order, schedule=schedule, seed=seed,
-                                                             batch_size=batch_size, threshold=threshold,
-                                                             sampler_options=sampler_options)
+                grids, flops, wall, steps_run = solve_boards(
+                    model,
+                    pairs,
+                    mask_id=tokenizer.mask_id,
+                    loops=S,
+                    steps=T,
+                    order=order,
+                    schedule=schedule,
+                    seed=seed,
+                    batch_size=batch_size,
+                    threshold=threshold,
+                    sampler_options=sampler_options,
+                )
                 sc = score_grids(grids, pairs)
-                out.append(SudokuScore(order, T, S, n, sc["solved"], sc["solved"] / n, wilson_interval(sc["solved"], n),
-                                       sc["cell_accuracy"], sc["valid"] / n, wilson_interval(sc["valid"], n),
-                                       flops / n, steps_run, wall, multi_solution_puzzles=multi))
-                log(f"{order} T={T or 'one cell'} S={S}: boards {sc['solved']}/{n}, cells {sc['cell_accuracy']:.3f}")
+                out.append(
+                    SudokuScore(
+                        order,
+                        T,
+                        S,
+                        n,
+                        sc["solved"],
+                        sc["solved"] / n,
+                        wilson_interval(sc["solved"], n),
+                        sc["cell_accuracy"],
+                        sc["valid"] / n,
+                        wilson_interval(sc["valid"], n),
+                        flops / n,
+                        steps_run,
+                        wall,
+                        multi_solution_puzzles=multi,
+                    )
+                )
+                log(
+                    f"{order} T={T or 'one cell'} S={S}: boards {sc['solved']}/{n}, cells {sc['cell_accuracy']:.3f}"
+                )
     return out

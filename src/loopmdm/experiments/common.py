@@ -19,18 +19,24 @@ from ..train.resume import config_diff
 C = TypeVar("C")
 
 
-def load_experiment_config(spec: str | Path, presets: Mapping[str, Callable[[], C]], kind: str) -> C:
+def load_experiment_config(
+    spec: str | Path, presets: Mapping[str, Callable[[], C]], kind: str
+) -> C:
     """A named preset (``laptop``, ``paper``) or a YAML file. A file overrides the preset named by its
     optional top-level ``base:`` key (default ``laptop``); unknown keys are one-line ConfigErrors."""
     spec = str(spec)
     if spec in presets:
         return presets[spec]()
     if not Path(spec).expanduser().is_file():
-        raise ConfigError(f"{kind} config {spec!r} is neither a preset ({', '.join(presets)}) nor a YAML file")
+        raise ConfigError(
+            f"{kind} config {spec!r} is neither a preset ({', '.join(presets)}) nor a YAML file"
+        )
     data = read_yaml_file(spec, f"{kind} config file")
     base = data.pop("base", "laptop")
     if base not in presets:
-        raise ConfigError(f"{kind} config file {spec!r}: base={base!r} is unknown; use one of {', '.join(presets)}")
+        raise ConfigError(
+            f"{kind} config file {spec!r}: base={base!r} is unknown; use one of {', '.join(presets)}"
+        )
     cfg = presets[base]()
     apply_dict(cfg, data)
     return cfg
@@ -50,8 +56,14 @@ def clone(obj: C) -> C:
     return copy.deepcopy(obj)
 
 
-def train_or_reuse(rc: RunConfig, run_dir: str | Path, data: Optional[PreparedData] = None, progress: bool = False,
-                   log: Callable[[str], None] = print, trainer_cls=None) -> tuple[torch.nn.Module, bool]:
+def train_or_reuse(
+    rc: RunConfig,
+    run_dir: str | Path,
+    data: Optional[PreparedData] = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    trainer_cls=None,
+) -> tuple[torch.nn.Module, bool]:
     """Train ``rc`` into ``run_dir``, or continue / reuse what is there: a finished run with the same config is
     reused, an unfinished one is resumed from its last checkpoint, and a run with another config is refused
     (naming the differences) rather than overwritten. Returns the trained model (EMA weights when kept) and
@@ -64,16 +76,22 @@ def train_or_reuse(rc: RunConfig, run_dir: str | Path, data: Optional[PreparedDa
         saved = load_config_file(kept[-1])
         diffs = config_diff(saved.to_dict(), rc.to_dict())
         if diffs:
-            raise ConfigError(f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); "
-                              "delete that folder to retrain it, or choose another --out")
+            raise ConfigError(
+                f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); "
+                "delete that folder to retrain it, or choose another --out"
+            )
         if step_of(kept[-1]) >= rc.train.max_steps:
             log(f"  reusing the finished run in {run_dir}")
             return load_model(run_dir, ema=None)[0], True
         log(f"  resuming {run_dir} from {kept[-1].name}")
         resume = run_dir
-    extra = {} if trainer_cls is None else {"trainer_cls": trainer_cls}  # e.g. a study's own validation set
+    # e.g. a study's own validation set
+    extra = {} if trainer_cls is None else {"trainer_cls": trainer_cls}
     result = train(rc, run_dir, resume=resume, progress=progress, log=log, data=data, **extra)
-    if result.stopped_early:  # a signal: the step is saved; evaluating this model as finished would be wrong
-        raise LoopMDMError(f"training of {str(run_dir)!r} stopped at step {result.step} of {rc.train.max_steps} "
-                           "(signal received); run the same command again to resume it")
+    # a signal: the step is saved; evaluating this model as finished would be wrong
+    if result.stopped_early:
+        raise LoopMDMError(
+            f"training of {str(run_dir)!r} stopped at step {result.step} of {rc.train.max_steps} "
+            "(signal received); run the same command again to resume it"
+        )
     return load_model(run_dir, ema=None)[0], False

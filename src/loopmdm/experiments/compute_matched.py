@@ -30,7 +30,11 @@ from ..diffusion import make_loop_distribution, make_objective, predicted_fracti
 from ..errors import ConfigError
 from ..eval.nelbo import evaluate_nelbo
 from ..fileio import write_json
-from ..model.flops import expected_train_flops_per_token, layer_flops_per_token, train_flops_per_token
+from ..model.flops import (
+    expected_train_flops_per_token,
+    layer_flops_per_token,
+    train_flops_per_token,
+)
 from ..runtime import machine_info, set_threads
 from ..viz.experiment_plots import plot_loss_vs_flops, plot_nelbo_vs_loops
 from .common import clone, load_experiment_config, train_or_reuse
@@ -39,10 +43,15 @@ from .placements import LOOP_PLACEMENTS
 
 Log = Callable[[str], None]
 RUN_NAMES = ("mdm", "loopmdm", "deeper")
-RUN_LABELS = {"mdm": "(a) MDM, same size", "loopmdm": "(b) LoopMDM", "deeper": "(c) deeper MDM, matched per-step FLOPs"}
+RUN_LABELS = {
+    "mdm": "(a) MDM, same size",
+    "loopmdm": "(b) LoopMDM",
+    "deeper": "(c) deeper MDM, matched per-step FLOPs",
+}
 
 
 # --------------------------------------------------------------------------- configuration
+
 
 @dataclass
 class ComputeMatchedConfig:
@@ -51,17 +60,23 @@ class ComputeMatchedConfig:
 
     name: str = "laptop"
     run: RunConfig = field(default_factory=RunConfig)
-    baseline_steps: int = 1000  # steps of (a); total budget = baseline_steps * tokens/step * F_train(a)
+    # steps of (a); total budget = baseline_steps * tokens/step * F_train(a)
+    baseline_steps: int = 1000
     n_evals: int = 16  # validation points per run, at about the same FLOPs for every run
-    eval_loops: Optional[list[int]] = None  # S for LoopMDM's final NELBO; null = [1, S_max/2, S_max, 2 S_max]
-    final_eval_batches: int = 48  # validation batches of the final NELBO (more than during training)
+    # S for LoopMDM's final NELBO; null = [1, S_max/2, S_max, 2 S_max]
+    eval_loops: Optional[list[int]] = None
+    # validation batches of the final NELBO (more than during training)
+    final_eval_batches: int = 48
     eval_seed: int = 1234  # same t and masks for every model in the final evaluation
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     warmup_frac: float = 0.05  # warmup steps as a fraction of each run's steps
     balanced_loops: bool = True  # S drawn in shuffled blocks (see common.BalancedUniformLoops)
     depth_tolerance: float = 0.05  # largest relative per-step FLOPs mismatch accepted for (c)
-    flops_tolerance: float = 0.02  # largest relative total-FLOPs mismatch the step rounding may cause
-    ablation_placements: list[str] = field(default_factory=lambda: ["early", "early-middle", "middle", "late", "all"])
+    # largest relative total-FLOPs mismatch the step rounding may cause
+    flops_tolerance: float = 0.02
+    ablation_placements: list[str] = field(
+        default_factory=lambda: ["early", "early-middle", "middle", "late", "all"]
+    )
     ablation_n_m: list[int] = field(default_factory=lambda: [1, 2, 3])
     ablation_baseline_steps: Optional[int] = None  # budget of the ablation; null = baseline_steps
     expected_minutes: Optional[float] = None  # what the config is sized for (documentation only)
@@ -73,10 +88,14 @@ class ComputeMatchedConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.run.diffusion.objective != "mdm":
-            raise ConfigError("run.diffusion.objective must be 'mdm' for the compute-matched comparison")
+            raise ConfigError(
+                "run.diffusion.objective must be 'mdm' for the compute-matched comparison"
+            )
         if self.run.diffusion.loop_dist != "uniform" or self.run.diffusion.s_max < 2:
-            raise ConfigError("run.diffusion must be loop_dist=uniform with s_max >= 2: (b) is LoopMDM with "
-                              "S ~ U{1..S_max}")
+            raise ConfigError(
+                "run.diffusion must be loop_dist=uniform with s_max >= 2: (b) is LoopMDM with "
+                "S ~ U{1..S_max}"
+            )
         if self.run.model.n_m < 1:
             raise ConfigError("run.model.n_m must be >= 1: (b) needs a mid block to loop")
         if not self.seeds:
@@ -95,36 +114,73 @@ class ComputeMatchedConfig:
     def loops_grid(self) -> list[int]:
         """S values of LoopMDM's final NELBO: {1, S_max/2, S_max, 2 S_max} unless set."""
         s_max = self.run.diffusion.s_max
-        return list(self.eval_loops) if self.eval_loops else sorted({1, max(1, s_max // 2), s_max, 2 * s_max})
+        return (
+            list(self.eval_loops)
+            if self.eval_loops
+            else sorted({1, max(1, s_max // 2), s_max, 2 * s_max})
+        )
 
 
 def _laptop() -> ComputeMatchedConfig:
     run = RunConfig(
-        model=ModelConfig(vocab_size=2048, max_seq_len=128, d_model=128, n_heads=4, n_layers=6, n_h=1, n_m=2,
-                          n_o=3, cond_dim=64),
+        model=ModelConfig(
+            vocab_size=2048,
+            max_seq_len=128,
+            d_model=128,
+            n_heads=4,
+            n_layers=6,
+            n_h=1,
+            n_m=2,
+            n_o=3,
+            cond_dim=64,
+        ),
         diffusion=DiffusionConfig(s_max=4),
         data=DataConfig(source="stdlib", max_train_bytes=6_000_000),
-        train=TrainConfig(batch_size=16, lr=1e-3, warmup_steps=0, eval_batches=6, precision="fp32",
-                          device="cpu", log_every=10, keep_last=1, threads=1),
+        train=TrainConfig(
+            batch_size=16,
+            lr=1e-3,
+            warmup_steps=0,
+            eval_batches=6,
+            precision="fp32",
+            device="cpu",
+            log_every=10,
+            keep_last=1,
+            threads=1,
+        ),
     )
     return ComputeMatchedConfig(
-        name="laptop", run=run, baseline_steps=700, n_evals=14, seeds=[0, 1], final_eval_batches=48,
-        ablation_baseline_steps=400, expected_minutes=35.0,
+        name="laptop",
+        run=run,
+        baseline_steps=700,
+        n_evals=14,
+        seeds=[0, 1],
+        final_eval_batches=48,
+        ablation_baseline_steps=400,
+        expected_minutes=35.0,
         description="6-layer, d=128 MDM (1.8M parameters) on 6 MB of the Python standard library, BPE 2048, "
-                    "length 128, batch 16; LoopMDM loops layers 1-2 (n_h=1, n_m=2, n_o=3) with S_max=4, so the "
-                    "deeper baseline has 6 + 1.5 * 2 = 9 layers. One thread per process: run the two seeds as two "
-                    "processes on 2 cores (about 35 minutes when the cores are free).")
+        "length 128, batch 16; LoopMDM loops layers 1-2 (n_h=1, n_m=2, n_o=3) with S_max=4, so the "
+        "deeper baseline has 6 + 1.5 * 2 = 9 layers. One thread per process: run the two seeds as two "
+        "processes on 2 cores (about 35 minutes when the cores are free).",
+    )
 
 
 def _paper() -> ComputeMatchedConfig:
-    run = preset("paper")  # 12 x 768, n_h=1, n_m=2, n_o=9, S_max=12, OpenWebText, GPT-2 tokenizer, length 1024
+    # 12 x 768, n_h=1, n_m=2, n_o=9, S_max=12, OpenWebText, GPT-2 tokenizer, length 1024
+    run = preset("paper")
     run.train.max_steps = 1_000_000
     return ComputeMatchedConfig(
-        name="paper", run=run, baseline_steps=1_000_000, n_evals=100, seeds=[0, 1], final_eval_batches=256,
-        ablation_baseline_steps=250_000, expected_minutes=None,
+        name="paper",
+        run=run,
+        baseline_steps=1_000_000,
+        n_evals=100,
+        seeds=[0, 1],
+        final_eval_batches=256,
+        ablation_baseline_steps=250_000,
+        expected_minutes=None,
         description="The GPU-scale run of the paper: 12-layer, d=768 DiT MDM (~170M parameters), loop layers 1-2 "
-                    "(n_h=1, n_m=2, n_o=9), S_max=12 (E[S]=6.5), so (c) has 12 + 5.5 * 2 = 23 layers; batch 512 "
-                    "x 1024 tokens, 1M steps for (a). Needs a multi-GPU machine; use `--plan` to print the steps.")
+        "(n_h=1, n_m=2, n_o=9), S_max=12 (E[S]=6.5), so (c) has 12 + 5.5 * 2 = 23 layers; batch 512 "
+        "x 1024 tokens, 1M steps for (a). Needs a multi-GPU machine; use `--plan` to print the steps.",
+    )
 
 
 PRESETS = {"laptop": _laptop, "paper": _paper}
@@ -136,6 +192,7 @@ def load_compute_matched_config(spec: str | Path = "laptop") -> ComputeMatchedCo
 
 
 # --------------------------------------------------------------------------- the plan (pure arithmetic)
+
 
 @dataclass
 class RunPlan:
@@ -151,12 +208,21 @@ class RunPlan:
 
     def summary(self) -> dict:
         m = self.cfg.model
-        return {"name": self.name, "label": self.label, "n_layers": m.n_layers, "n_h": m.n_h, "n_m": m.n_m,
-                "n_o": m.n_o, "loop_dist": self.cfg.diffusion.loop_dist,
-                "s_max": self.cfg.diffusion.s_max if self.cfg.diffusion.loop_dist == "uniform" else 1,
-                "steps": self.steps, "train_flops_per_token": self.train_flops_per_token,
-                "flops_per_step": self.flops_per_step, "planned_flops": self.planned_flops,
-                "tokens": self.steps * self.cfg.train.batch_size * m.max_seq_len}
+        return {
+            "name": self.name,
+            "label": self.label,
+            "n_layers": m.n_layers,
+            "n_h": m.n_h,
+            "n_m": m.n_m,
+            "n_o": m.n_o,
+            "loop_dist": self.cfg.diffusion.loop_dist,
+            "s_max": self.cfg.diffusion.s_max if self.cfg.diffusion.loop_dist == "uniform" else 1,
+            "steps": self.steps,
+            "train_flops_per_token": self.train_flops_per_token,
+            "flops_per_step": self.flops_per_step,
+            "planned_flops": self.planned_flops,
+            "tokens": self.steps * self.cfg.train.batch_size * m.max_seq_len,
+        }
 
 
 @dataclass
@@ -174,10 +240,16 @@ class MatchedPlan:
         return next(r for r in self.runs if r.name == name)
 
     def summary(self) -> dict:
-        return {"total_flops": self.total_flops, "runs": [r.summary() for r in self.runs],
-                "deeper": {"extra_layers_exact": self.deeper_extra_layers_exact, "n_layers": self.deeper_layers,
-                           "per_step_flops_mismatch": self.deeper_per_step_mismatch},
-                "planned_total_flops_mismatch": self.flops_mismatch}
+        return {
+            "total_flops": self.total_flops,
+            "runs": [r.summary() for r in self.runs],
+            "deeper": {
+                "extra_layers_exact": self.deeper_extra_layers_exact,
+                "n_layers": self.deeper_layers,
+                "per_step_flops_mismatch": self.deeper_per_step_mismatch,
+            },
+            "planned_total_flops_mismatch": self.flops_mismatch,
+        }
 
 
 def baseline_run_config(run: RunConfig) -> RunConfig:
@@ -187,14 +259,18 @@ def baseline_run_config(run: RunConfig) -> RunConfig:
     return cfg
 
 
-def deeper_model(run: RunConfig, tolerance: float, pf: float = 1.0) -> tuple[ModelConfig, float, float]:
+def deeper_model(
+    run: RunConfig, tolerance: float, pf: float = 1.0
+) -> tuple[ModelConfig, float, float]:
     """(c)'s model: L + x layers with x the integer closest to the exact (F_b - F_a) / F_layer, the extra
     layers appended to the tail. Returns (model, exact x, per-step mismatch (F_c - F_b) / F_b); raises
     ConfigError when even the closest integer depth misses (b)'s per-step FLOPs by more than ``tolerance``.
     ``pf``: the share of positions the LM head runs on (sparse prediction)."""
     m = run.model
     T = m.max_seq_len
-    f_b = expected_train_flops_per_token(m, make_loop_distribution(run.diffusion), predicted_fraction=pf)
+    f_b = expected_train_flops_per_token(
+        m, make_loop_distribution(run.diffusion), predicted_fraction=pf
+    )
     f_a = train_flops_per_token(m, 1, predicted_fraction=pf)
     per_layer = 3 * layer_flops_per_token(m, T)
     exact = (f_b - f_a) / per_layer  # = (E[S] - 1) * n_m (+ injection adapter cost)
@@ -212,12 +288,14 @@ def deeper_model(run: RunConfig, tolerance: float, pf: float = 1.0) -> tuple[Mod
             f"cannot match (b)'s per-step FLOPs with a deeper non-looped MDM: it would need "
             f"{m.n_layers + exact:.2f} layers ({exact:.2f} extra = (E[S]-1)*n_m); the closest integer depth "
             f"{cand.n_layers} is {mismatch:+.1%} off (depth_tolerance {tolerance:.0%}); choose S_max and n_m with "
-            f"(S_max-1)*n_m even, or raise depth_tolerance")
+            f"(S_max-1)*n_m even, or raise depth_tolerance"
+        )
     return cand, exact, mismatch
 
 
-def plan_compute_matched(cfg: ComputeMatchedConfig, baseline_steps: Optional[int] = None,
-                         free_fraction: float = 1.0) -> MatchedPlan:
+def plan_compute_matched(
+    cfg: ComputeMatchedConfig, baseline_steps: Optional[int] = None, free_fraction: float = 1.0
+) -> MatchedPlan:
     """Steps of (a), (b), (c) at the same total training FLOPs (``loopmdm.model.flops``, the LM head at the
     expected share of positions the loss runs on: ``free_fraction`` of the positions are not frozen), and (c)'s
     depth. ``cfg``: anything with ``run``, ``baseline_steps``, ``depth_tolerance`` and ``flops_tolerance``."""
@@ -231,7 +309,9 @@ def plan_compute_matched(cfg: ComputeMatchedConfig, baseline_steps: Optional[int
     model_c, exact, mismatch = deeper_model(run, cfg.depth_tolerance, pf)
     cfg_c = baseline_run_config(run)
     cfg_c.model = model_c
-    f_b = expected_train_flops_per_token(run.model, make_loop_distribution(run.diffusion), predicted_fraction=pf)
+    f_b = expected_train_flops_per_token(
+        run.model, make_loop_distribution(run.diffusion), predicted_fraction=pf
+    )
     f_c = train_flops_per_token(model_c, 1, predicted_fraction=pf)
     runs = []
     for name, c, f in (("mdm", cfg_a, f_a), ("loopmdm", clone(run), f_b), ("deeper", cfg_c, f_c)):
@@ -241,16 +321,19 @@ def plan_compute_matched(cfg: ComputeMatchedConfig, baseline_steps: Optional[int
     if worst > cfg.flops_tolerance:
         raise ConfigError(
             f"with baseline_steps={steps_a} the step counts {[r.steps for r in runs]} miss the common FLOPs "
-            f"budget by up to {worst:.1%} (flops_tolerance {cfg.flops_tolerance:.0%}); raise baseline_steps")
+            f"budget by up to {worst:.1%} (flops_tolerance {cfg.flops_tolerance:.0%}); raise baseline_steps"
+        )
     return MatchedPlan(runs, total, exact, model_c.n_layers, mismatch, worst)
 
 
 # --------------------------------------------------------------------------- running
 
+
 def _prepare(cfg: ComputeMatchedConfig, log: Log) -> PreparedData:
     run = cfg.run
     data = prepare_data(run.data, run.model.vocab_size, run.model.max_seq_len, log=log)
-    run.model.vocab_size = data.tokenizer.vocab_size  # the plan must use the tokenizer's real vocabulary
+    # the plan must use the tokenizer's real vocabulary
+    run.model.vocab_size = data.tokenizer.vocab_size
     return data
 
 
@@ -262,12 +345,20 @@ def _finalize_run_config(plan: RunPlan, seed: int, cfg: ComputeMatchedConfig) ->
     c.train.eval_every = max(1, plan.steps // cfg.n_evals)
     c.train.save_every = max(1, plan.steps // 4)  # checkpoints to resume an interrupted study from
     if cfg.balanced_loops and c.diffusion.loop_dist == "uniform":
-        c.diffusion.loop_dist = "balanced"  # each S once per block of S_max steps: exact compute matching
+        # each S once per block of S_max steps: exact compute matching
+        c.diffusion.loop_dist = "balanced"
     return c.validate()
 
 
-def train_one(plan: RunPlan, seed: int, run_dir: Path, data: PreparedData, cfg: ComputeMatchedConfig,
-              progress: bool, log: Log) -> tuple[torch.nn.Module, dict]:
+def train_one(
+    plan: RunPlan,
+    seed: int,
+    run_dir: Path,
+    data: PreparedData,
+    cfg: ComputeMatchedConfig,
+    progress: bool,
+    log: Log,
+) -> tuple[torch.nn.Module, dict]:
     """Train one run (or reuse / resume the one in ``run_dir`` when its config matches); returns the model and
     facts about the run (steps, logged FLOPs, wall time, the validation curve)."""
     rc = _finalize_run_config(plan, seed, cfg)
@@ -275,25 +366,50 @@ def train_one(plan: RunPlan, seed: int, run_dir: Path, data: PreparedData, cfg: 
     model, reused = train_or_reuse(rc, run_dir, data, progress, log)
     record = run_dir / "experiment_run.json"  # keeps the training wall time for later reuse
     if reused:
-        train_wall = json.loads(record.read_text()).get("train_wall_s") if record.is_file() else None
+        train_wall = (
+            json.loads(record.read_text()).get("train_wall_s") if record.is_file() else None
+        )
     else:
         train_wall = time.perf_counter() - t0
-        record.write_text(json.dumps({"train_wall_s": train_wall, "seed": seed, "steps": plan.steps}))
+        record.write_text(
+            json.dumps({"train_wall_s": train_wall, "seed": seed, "steps": plan.steps})
+        )
     curve = read_curve(run_dir / "metrics.jsonl")
-    info = {"steps": plan.steps, "flops": curve.flops[-1] if curve.flops else 0.0, "reused": reused,
-            "wall_s": time.perf_counter() - t0, "train_wall_s": train_wall, "curve": curve.to_dict(),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    info = {
+        "steps": plan.steps,
+        "flops": curve.flops[-1] if curve.flops else 0.0,
+        "reused": reused,
+        "wall_s": time.perf_counter() - t0,
+        "train_wall_s": train_wall,
+        "curve": curve.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     return model.eval(), info
 
 
-def final_nelbo(model, data: PreparedData, run: RunConfig, loops: list[int], cfg: ComputeMatchedConfig) -> dict:
+def final_nelbo(
+    model, data: PreparedData, run: RunConfig, loops: list[int], cfg: ComputeMatchedConfig
+) -> dict:
     """Validation NELBO at each S in ``loops`` on ``final_eval_batches`` batches, same t / masks for every model."""
     obj = make_objective(run.diffusion, data.tokenizer.mask_id, antithetic=True)
     out = {}
     for s in loops:
-        r = evaluate_nelbo(model, data.val, obj, s, batch_size=run.train.batch_size,
-                           max_batches=cfg.final_eval_batches, seed=cfg.eval_seed, precision=run.train.precision)
-        out[s] = {"nelbo": r["nelbo"], "stderr": r["stderr"], "ppl": r["ppl"], "tokens": r["tokens"]}
+        r = evaluate_nelbo(
+            model,
+            data.val,
+            obj,
+            s,
+            batch_size=run.train.batch_size,
+            max_batches=cfg.final_eval_batches,
+            seed=cfg.eval_seed,
+            precision=run.train.precision,
+        )
+        out[s] = {
+            "nelbo": r["nelbo"],
+            "stderr": r["stderr"],
+            "ppl": r["ppl"],
+            "tokens": r["tokens"],
+        }
     return out
 
 
@@ -304,8 +420,13 @@ def start(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[list[int]]
     return Path(out), list(seeds if seeds is not None else cfg.seeds), _prepare(cfg, log)
 
 
-def run_compute_matched(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optional[list[int]] = None,
-                        progress: bool = False, log: Log = print) -> dict:
+def run_compute_matched(
+    cfg: ComputeMatchedConfig,
+    out: str | Path,
+    seeds: Optional[list[int]] = None,
+    progress: bool = False,
+    log: Log = print,
+) -> dict:
     """Train (a), (b), (c) for every seed at the same total FLOPs, evaluate, plot, and write results.json."""
     out, seeds, data = start(cfg, out, seeds, log)
     plan = plan_compute_matched(cfg)
@@ -318,17 +439,27 @@ def run_compute_matched(cfg: ComputeMatchedConfig, out: str | Path, seeds: Optio
         runs = {}
         for rp in plan.runs:
             log(f"seed {seed}: training {rp.label} for {rp.steps} steps")
-            model, info = train_one(rp, seed, out / f"seed_{seed}" / rp.name, data, cfg, progress, log)
+            model, info = train_one(
+                rp, seed, out / f"seed_{seed}" / rp.name, data, cfg, progress, log
+            )
             grid = loops_grid if rp.name == "loopmdm" else [1]
             info["final"] = final_nelbo(model, data, rp.cfg, grid, cfg)
             runs[rp.name] = info
-            log(f"  done in {info['wall_s']:.0f}s: FLOPs {info['flops']:.3e}, final NELBO "
-                + ", ".join(f"S={s}: {v['nelbo']:.4f}" for s, v in info["final"].items()))
+            log(
+                f"  done in {info['wall_s']:.0f}s: FLOPs {info['flops']:.3e}, final NELBO "
+                + ", ".join(f"S={s}: {v['nelbo']:.4f}" for s, v in info["final"].items())
+            )
         per_seed[seed] = _seed_summary(runs, s_max)
-        write_json(out / "results.json", _results(cfg, plan, per_seed, time.perf_counter() - t_start))
+        write_json(
+            out / "results.json", _results(cfg, plan, per_seed, time.perf_counter() - t_start)
+        )
     results = _results(cfg, plan, per_seed, time.perf_counter() - t_start)
-    plot_loss_vs_flops(per_seed, RUN_LABELS, out / "loss_vs_flops.png",
-                       title=f"Validation NELBO vs training FLOPs ({cfg.name}; LoopMDM at S={s_max})")
+    plot_loss_vs_flops(
+        per_seed,
+        RUN_LABELS,
+        out / "loss_vs_flops.png",
+        title=f"Validation NELBO vs training FLOPs ({cfg.name}; LoopMDM at S={s_max})",
+    )
     plot_nelbo_vs_loops(results["summary"], s_max, out / "nelbo_vs_loops.png")
     results["figures"] = ["loss_vs_flops.png", "nelbo_vs_loops.png"]
     write_json(out / "results.json", results)
@@ -357,25 +488,38 @@ def _results(cfg: ComputeMatchedConfig, plan: MatchedPlan, per_seed: dict, wall_
     for name in RUN_NAMES:
         grid = cfg.loops_grid() if name == "loopmdm" else [1]
         summary["final_nelbo"][name] = {
-            s: spread([per_seed[k]["runs"][name]["final"][s]["nelbo"] for k in seeds]) for s in grid}
+            s: spread([per_seed[k]["runs"][name]["final"][s]["nelbo"] for k in seeds]) for s in grid
+        }
     for key in ("flops_ratio_mdm_over_loopmdm", "flops_ratio_mdm_over_deeper", "flops_agreement"):
         summary[key] = spread([per_seed[k][key] for k in seeds])
     summary["loopmdm_smax_beats_mdm"] = [per_seed[k]["loopmdm_smax_beats_mdm"] for k in seeds]
     summary["loopmdm_smax_beats_deeper"] = [per_seed[k]["loopmdm_smax_beats_deeper"] for k in seeds]
     summary["paper_flops_ratio"] = {"LM1B": 3.34, "OWT": 2.95, "FineWeb-Edu": 2.34}
-    return {"experiment": "compute-matched", "config_name": cfg.name, "config": asdict(cfg),
-            "machine": machine_info(), "plan": plan.summary(), "s_max": s_max, "wall_s": wall_s,
-            "per_seed": per_seed, "summary": summary}
+    return {
+        "experiment": "compute-matched",
+        "config_name": cfg.name,
+        "config": asdict(cfg),
+        "machine": machine_info(),
+        "plan": plan.summary(),
+        "s_max": s_max,
+        "wall_s": wall_s,
+        "per_seed": per_seed,
+        "summary": summary,
+    }
 
 
 def _plan_text(plan: MatchedPlan) -> str:
     lines = [f"compute-matched plan: total training FLOPs {plan.total_flops:.3e} per run"]
     for r in plan.runs:
         m = r.cfg.model
-        lines.append(f"  {r.label}: {m.n_layers} layers (n_h={m.n_h}, n_m={m.n_m}, n_o={m.n_o}), {r.steps} steps, "
-                     f"{r.flops_per_step:.3e} FLOPs/step, planned {r.planned_flops:.3e}")
-    lines.append(f"  deeper baseline: {plan.deeper_extra_layers_exact:.2f} extra layers exactly, "
-                 f"{plan.deeper_layers} layers chosen, per-step FLOPs mismatch {plan.deeper_per_step_mismatch:+.2%}")
+        lines.append(
+            f"  {r.label}: {m.n_layers} layers (n_h={m.n_h}, n_m={m.n_m}, n_o={m.n_o}), {r.steps} steps, "
+            f"{r.flops_per_step:.3e} FLOPs/step, planned {r.planned_flops:.3e}"
+        )
+    lines.append(
+        f"  deeper baseline: {plan.deeper_extra_layers_exact:.2f} extra layers exactly, "
+        f"{plan.deeper_layers} layers chosen, per-step FLOPs mismatch {plan.deeper_per_step_mismatch:+.2%}"
+    )
     return "\n".join(lines)
 
 
@@ -384,23 +528,31 @@ def summary_markdown(results: dict) -> str:
     s = results["summary"]
     s_max = results["s_max"]
     plan = results["plan"]
-    lines = ["| run | layers | steps | train FLOPs (planned) | final val NELBO |", "|---|---|---|---|---|"]
+    lines = [
+        "| run | layers | steps | train FLOPs (planned) | final val NELBO |",
+        "|---|---|---|---|---|",
+    ]
     for r in plan["runs"]:
         finals = s["final_nelbo"][r["name"]]
         cell = "; ".join(f"S={k}: {fmt_spread(v)}" for k, v in finals.items())
-        lines.append(f"| {r['label']} | {r['n_layers']} (n_h={r['n_h']}, n_m={r['n_m']}, n_o={r['n_o']}) | "
-                     f"{r['steps']} | {r['planned_flops']:.3e} | {cell} |")
-    lines += ["", f"- FLOPs ratio (a)/(b) at S={s_max}: {fmt_spread(s['flops_ratio_mdm_over_loopmdm'], 2)} "
-              f"(per seed: {_fmt_list(s['flops_ratio_mdm_over_loopmdm']['values'])}; paper: 3.34x LM1B, 2.95x OWT, "
-              "2.34x FineWeb-Edu)",
-              f"- FLOPs ratio (a)/(c): {fmt_spread(s['flops_ratio_mdm_over_deeper'], 2)} "
-              f"(per seed: {_fmt_list(s['flops_ratio_mdm_over_deeper']['values'])})",
-              f"- LoopMDM at S={s_max} beats (a): {s['loopmdm_smax_beats_mdm']}; beats (c): "
-              f"{s['loopmdm_smax_beats_deeper']} (per seed)",
-              f"- cumulative FLOPs agreement at the end (max-min)/max: {fmt_spread(s['flops_agreement'], 4)}",
-              f"- deeper baseline: {plan['deeper']['extra_layers_exact']:.2f} extra layers exactly, "
-              f"{plan['deeper']['n_layers']} chosen, per-step mismatch {plan['deeper']['per_step_flops_mismatch']:+.2%}",
-              f"- seeds: {s['seeds']}; wall time {results['wall_s'] / 60:.1f} min"]
+        lines.append(
+            f"| {r['label']} | {r['n_layers']} (n_h={r['n_h']}, n_m={r['n_m']}, n_o={r['n_o']}) | "
+            f"{r['steps']} | {r['planned_flops']:.3e} | {cell} |"
+        )
+    lines += [
+        "",
+        f"- FLOPs ratio (a)/(b) at S={s_max}: {fmt_spread(s['flops_ratio_mdm_over_loopmdm'], 2)} "
+        f"(per seed: {_fmt_list(s['flops_ratio_mdm_over_loopmdm']['values'])}; paper: 3.34x LM1B, 2.95x OWT, "
+        "2.34x FineWeb-Edu)",
+        f"- FLOPs ratio (a)/(c): {fmt_spread(s['flops_ratio_mdm_over_deeper'], 2)} "
+        f"(per seed: {_fmt_list(s['flops_ratio_mdm_over_deeper']['values'])})",
+        f"- LoopMDM at S={s_max} beats (a): {s['loopmdm_smax_beats_mdm']}; beats (c): "
+        f"{s['loopmdm_smax_beats_deeper']} (per seed)",
+        f"- cumulative FLOPs agreement at the end (max-min)/max: {fmt_spread(s['flops_agreement'], 4)}",
+        f"- deeper baseline: {plan['deeper']['extra_layers_exact']:.2f} extra layers exactly, "
+        f"{plan['deeper']['n_layers']} chosen, per-step mismatch {plan['deeper']['per_step_flops_mismatch']:+.2%}",
+        f"- seeds: {s['seeds']}; wall time {results['wall_s'] / 60:.1f} min",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -28,9 +28,13 @@ class Curve:
     steps: Optional[list[int]] = None  # the optimizer step of each point, when known
 
     def __post_init__(self) -> None:
-        if len(self.flops) != len(self.nelbo) or (self.steps is not None and len(self.steps) != len(self.nelbo)):
-            raise DataError(f"a curve needs as many FLOPs values ({len(self.flops)}) as NELBO values "
-                            f"({len(self.nelbo)})")
+        if len(self.flops) != len(self.nelbo) or (
+            self.steps is not None and len(self.steps) != len(self.nelbo)
+        ):
+            raise DataError(
+                f"a curve needs as many FLOPs values ({len(self.flops)}) as NELBO values "
+                f"({len(self.nelbo)})"
+            )
         if any(b < a for a, b in zip(self.flops, self.flops[1:])):
             raise DataError("curve FLOPs must be non-decreasing (cumulative training FLOPs)")
 
@@ -47,7 +51,9 @@ class Curve:
         """NELBO at optimizer step ``step``, linearly interpolated between logged points (None outside them)."""
         if not self.steps or not self.steps[0] <= step <= self.steps[-1]:
             return None
-        for (s0, v0), (s1, v1) in zip(zip(self.steps, self.nelbo), zip(self.steps[1:], self.nelbo[1:])):
+        for (s0, v0), (s1, v1) in zip(
+            zip(self.steps, self.nelbo), zip(self.steps[1:], self.nelbo[1:])
+        ):
             if s0 <= step <= s1:
                 return v0 if s1 == s0 else v0 + (v1 - v0) * (step - s0) / (s1 - s0)
         return self.nelbo[-1]
@@ -107,9 +113,14 @@ def flops_ratio(reference: Curve, candidate: Curve) -> Optional[float]:
     return f_ref / f_cand
 
 
-def unigram_cross_entropy(train_rows: np.ndarray, eval_rows: np.ndarray, vocab_size: int, smoothing: float = 1.0,
-                          train_frozen: Optional[np.ndarray] = None,
-                          eval_frozen: Optional[np.ndarray] = None) -> float:
+def unigram_cross_entropy(
+    train_rows: np.ndarray,
+    eval_rows: np.ndarray,
+    vocab_size: int,
+    smoothing: float = 1.0,
+    train_frozen: Optional[np.ndarray] = None,
+    eval_frozen: Optional[np.ndarray] = None,
+) -> float:
     """The unigram plateau H (nats / token): -mean log p(x) over the tokens of ``eval_rows``, with p the token
     frequencies of ``train_rows`` plus ``smoothing`` (add-one by default) for every id of the vocabulary.
 
@@ -118,13 +129,25 @@ def unigram_cross_entropy(train_rows: np.ndarray, eval_rows: np.ndarray, vocab_s
     share to one), so H is the validation NELBO of the unigram plateau that small runs sit on before they learn
     anything from the context. Frozen (given) positions are skipped on both sides."""
     if smoothing <= 0:
-        raise DataError(f"smoothing={smoothing} must be > 0 (a validation token absent from training has p = 0)")
-    train_tokens = np.asarray(train_rows).ravel() if train_frozen is None else np.asarray(train_rows)[~train_frozen]
-    eval_tokens = np.asarray(eval_rows).ravel() if eval_frozen is None else np.asarray(eval_rows)[~eval_frozen]
+        raise DataError(
+            f"smoothing={smoothing} must be > 0 (a validation token absent from training has p = 0)"
+        )
+    train_tokens = (
+        np.asarray(train_rows).ravel()
+        if train_frozen is None
+        else np.asarray(train_rows)[~train_frozen]
+    )
+    eval_tokens = (
+        np.asarray(eval_rows).ravel()
+        if eval_frozen is None
+        else np.asarray(eval_rows)[~eval_frozen]
+    )
     if eval_tokens.size == 0:
         raise DataError("no validation tokens to compute the unigram cross-entropy on")
     size = max(int(vocab_size), int(train_tokens.max(initial=-1)) + 1, int(eval_tokens.max()) + 1)
-    counts = np.bincount(train_tokens.astype(np.int64), minlength=size).astype(np.float64) + smoothing
+    counts = (
+        np.bincount(train_tokens.astype(np.int64), minlength=size).astype(np.float64) + smoothing
+    )
     logp = np.log(counts) - math.log(counts.sum())
     return float(-logp[eval_tokens.astype(np.int64)].mean())
 
@@ -133,7 +156,9 @@ def plateau_exit_step(curve: Curve, plateau: float, margin: float = 0.25) -> Opt
     """The step of the first validation point at least ``margin`` nats below ``plateau`` (the run has left the
     unigram plateau there), or None when no point is."""
     if curve.steps is None:
-        raise DataError("the curve has no steps; read it with read_curve (metrics.jsonl keeps them)")
+        raise DataError(
+            "the curve has no steps; read it with read_curve (metrics.jsonl keeps them)"
+        )
     for step, value in zip(curve.steps, curve.nelbo):
         if value <= plateau - margin:
             return int(step)
@@ -147,8 +172,12 @@ def spread(values: Sequence[Optional[float]]) -> dict:
     out = {"values": [None if v is None else float(v) for v in values], "n": len(vals)}
     if not vals:
         return out | {"mean": None, "std": None, "min": None, "max": None}
-    return out | {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                  "min": min(vals), "max": max(vals)}
+    return out | {
+        "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        "min": min(vals),
+        "max": max(vals),
+    }
 
 
 def fmt_spread(s: dict, digits: int = 3) -> str:

@@ -54,15 +54,30 @@ class FixedValidation:
         per, tok = [], []
         for k in range(self.n_batches(batches)):
             sl = slice(k * self.batch_size, (k + 1) * self.batch_size)
-            r = evaluate_nelbo(model, rows[sl], self.objective, loops, batch_size=self.batch_size, max_batches=1,
-                               seed=batch_seed(self.seed, k), precision=self.precision,
-                               frozen=None if frozen is None else frozen[sl])
+            r = evaluate_nelbo(
+                model,
+                rows[sl],
+                self.objective,
+                loops,
+                batch_size=self.batch_size,
+                max_batches=1,
+                seed=batch_seed(self.seed, k),
+                precision=self.precision,
+                frozen=None if frozen is None else frozen[sl],
+            )
             per.append(float(r["nelbo"]))
             tok.append(int(r["tokens"]))
         nelbo = float(np.dot(per, tok) / max(sum(tok), 1))
         stderr = float(np.std(per, ddof=1) / math.sqrt(len(per))) if len(per) > 1 else None
-        return {"nelbo": nelbo, "stderr": stderr, "tokens": int(sum(tok)), "batches": len(per), "rows": len(rows),
-                "per_batch": per, "per_batch_tokens": tok}
+        return {
+            "nelbo": nelbo,
+            "stderr": stderr,
+            "tokens": int(sum(tok)),
+            "batches": len(per),
+            "rows": len(rows),
+            "per_batch": per,
+            "per_batch_tokens": tok,
+        }
 
 
 def paired_gain(reference: dict, candidate: dict) -> tuple[float, Optional[float]]:
@@ -72,4 +87,6 @@ def paired_gain(reference: dict, candidate: dict) -> tuple[float, Optional[float
     if n != len(reference["per_batch"]) or n != len(candidate["per_batch"]):
         raise ConfigError("a paired difference needs both models evaluated on the same batches")
     d = np.asarray(reference["per_batch"]) - np.asarray(candidate["per_batch"])
-    return reference["nelbo"] - candidate["nelbo"], float(np.std(d, ddof=1) / math.sqrt(n)) if n > 1 else None
+    return reference["nelbo"] - candidate["nelbo"], float(
+        np.std(d, ddof=1) / math.sqrt(n)
+    ) if n > 1 else None

@@ -59,8 +59,11 @@ SOURCES = ("mdm", "bert")
 ARMS = ("finetune", "loopify", "curriculum")
 # The plot reuses the compute-matched colours: (a) is drawn as the plain MDM, (b) as LoopMDM.
 PLOT_NAMES = {"finetune": "mdm", "loopify": "loopmdm", "curriculum": "curriculum"}
-LABELS = {"finetune": "(a) fine-tune as it is, S = 1", "loopify": "(b) loopify + fine-tune, S ~ U{1..S_max}",
-          "curriculum": "(c) loopify + fine-tune, curriculum over S"}
+LABELS = {
+    "finetune": "(a) fine-tune as it is, S = 1",
+    "loopify": "(b) loopify + fine-tune, S ~ U{1..S_max}",
+    "curriculum": "(c) loopify + fine-tune, curriculum over S",
+}
 
 
 @dataclass
@@ -82,7 +85,8 @@ class LoopifyExperimentConfig:
     finetune_steps: int = 240  # steps of (a); (b) and (c) get its training FLOPs
     finetune_lr: float = 3e-4
     warmup_frac: float = 0.05
-    curriculum_frac: Optional[float] = None  # (c): ramp S_max up over this fraction of its steps; null = no (c)
+    # (c): ramp S_max up over this fraction of its steps; null = no (c)
+    curriculum_frac: Optional[float] = None
     n_evals: int = 8  # validation points per fine-tuning run
     final_eval_batches: int = 48
     eval_seed: int = 1234
@@ -93,12 +97,21 @@ class LoopifyExperimentConfig:
 
     def validate(self) -> "LoopifyExperimentConfig":
         self.run.validate()
-        for name in ("mdm_steps", "bert_steps", "finetune_steps", "n_evals", "final_eval_batches", "s_max"):
+        for name in (
+            "mdm_steps",
+            "bert_steps",
+            "finetune_steps",
+            "n_evals",
+            "final_eval_batches",
+            "s_max",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         bad = [s for s in self.sources if s not in SOURCES]
         if bad or not self.sources:
-            raise ConfigError(f"sources={self.sources} must be a non-empty list of {', '.join(SOURCES)}")
+            raise ConfigError(
+                f"sources={self.sources} must be a non-empty list of {', '.join(SOURCES)}"
+            )
         if len(self.loop_layers) != 2:
             raise ConfigError(f"loop_layers={self.loop_layers} must be [A, B] (layers A..B-1 loop)")
         if not self.seeds:
@@ -125,16 +138,30 @@ def _laptop() -> LoopifyExperimentConfig:
     t = run.train
     t.eval_every, t.save_every, t.eval_batches, t.log_every, t.keep_last = 200, 200, 6, 10, 1
     t.device, t.threads = "cpu", 1
-    bert = dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=384,
-                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=1)
+    bert = dict(
+        hidden_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        intermediate_size=384,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        type_vocab_size=1,
+    )
     return LoopifyExperimentConfig(
-        name="laptop", run=run, mdm_steps=800, bert=bert, bert_steps=800, finetune_steps=300, finetune_lr=5e-4,
+        name="laptop",
+        run=run,
+        mdm_steps=800,
+        bert=bert,
+        bert_steps=800,
+        finetune_steps=300,
+        finetune_lr=5e-4,
         expected_minutes=25.0,
         description="Sources: the tiny-baseline MDM (4 x 96, adaLN, S = 1) and a BertForMaskedLM of the same shape "
-                    "(no dropout), each trained 800 steps of 32 x 128 tokens at lr 2e-3 on 6 MB of the Python "
-                    "standard library (BPE 2048). Loopify layers 1-2 (n_h=1, n_m=2, n_o=1), S_max=4; (a) fine-tunes "
-                    "300 steps at S=1, (b) the FLOP-equal number of steps with S ~ U{1..4}; lr 5e-4 with 5% warmup "
-                    "and cosine decay. One thread per process: run the two seeds as two processes on 2 cores.")
+        "(no dropout), each trained 800 steps of 32 x 128 tokens at lr 2e-3 on 6 MB of the Python "
+        "standard library (BPE 2048). Loopify layers 1-2 (n_h=1, n_m=2, n_o=1), S_max=4; (a) fine-tunes "
+        "300 steps at S=1, (b) the FLOP-equal number of steps with S ~ U{1..4}; lr 5e-4 with 5% warmup "
+        "and cosine decay. One thread per process: run the two seeds as two processes on 2 cores.",
+    )
 
 
 PRESETS = {"laptop": _laptop}
@@ -148,8 +175,10 @@ def load_loopify_config(spec: str | Path = "laptop") -> LoopifyExperimentConfig:
 
 # --------------------------------------------------------------------------- the plan (pure arithmetic)
 
-def finetune_config(loopified: RunConfig, cfg: LoopifyExperimentConfig, arm: str, steps: int, seed: int,
-                    init: str) -> RunConfig:
+
+def finetune_config(
+    loopified: RunConfig, cfg: LoopifyExperimentConfig, arm: str, steps: int, seed: int, init: str
+) -> RunConfig:
     """The run config of fine-tuning arm ``arm`` from the loopified checkpoint ``init``."""
     rc = clone(loopified)
     d = rc.diffusion
@@ -162,7 +191,15 @@ def finetune_config(loopified: RunConfig, cfg: LoopifyExperimentConfig, arm: str
     t.init, t.init_weights, t.seed, t.max_steps, t.lr = init, "auto", seed, steps, cfg.finetune_lr
     t.warmup_steps = max(1, round(cfg.warmup_frac * steps)) if cfg.warmup_frac > 0 else 0
     t.eval_every, t.save_every = max(1, steps // cfg.n_evals), max(1, steps // 2)
-    for name in ("batch_size", "eval_batches", "precision", "device", "log_every", "keep_last", "threads"):
+    for name in (
+        "batch_size",
+        "eval_batches",
+        "precision",
+        "device",
+        "log_every",
+        "keep_last",
+        "threads",
+    ):
         setattr(t, name, getattr(cfg.run.train, name))
     rc.data = clone(cfg.run.data)  # the experiment's corpus, with the loopified model's tokenizer
     rc.data.tokenizer = loopified.data.tokenizer
@@ -179,10 +216,15 @@ def run_flops(rc: RunConfig, steps: int) -> float:
     return per_token * rc.train.batch_size * m.max_seq_len
 
 
-def plan_arms(loopified: RunConfig, cfg: LoopifyExperimentConfig, seed: int = 0, init: str = "INIT") -> dict:
+def plan_arms(
+    loopified: RunConfig, cfg: LoopifyExperimentConfig, seed: int = 0, init: str = "INIT"
+) -> dict:
     """{arm: (steps, planned FLOPs)}: (a) gets ``finetune_steps``, the others the step count whose FLOPs are
     closest to (a)'s (a curriculum's cost grows with the ramp, so it is found by bisection)."""
-    budget = run_flops(finetune_config(loopified, cfg, "finetune", cfg.finetune_steps, seed, init), cfg.finetune_steps)
+    budget = run_flops(
+        finetune_config(loopified, cfg, "finetune", cfg.finetune_steps, seed, init),
+        cfg.finetune_steps,
+    )
     plan = {"finetune": (cfg.finetune_steps, budget)}
     for arm in cfg.arms()[1:]:
         lo, hi = 1, cfg.finetune_steps
@@ -194,19 +236,29 @@ def plan_arms(loopified: RunConfig, cfg: LoopifyExperimentConfig, seed: int = 0,
                 lo = mid
             else:
                 hi = mid
-        steps = min((lo, hi), key=lambda n: abs(run_flops(finetune_config(loopified, cfg, arm, n, seed, init), n)
-                                                - budget))
-        plan[arm] = (steps, run_flops(finetune_config(loopified, cfg, arm, steps, seed, init), steps))
+        steps = min(
+            (lo, hi),
+            key=lambda n: abs(
+                run_flops(finetune_config(loopified, cfg, arm, n, seed, init), n) - budget
+            ),
+        )
+        plan[arm] = (
+            steps,
+            run_flops(finetune_config(loopified, cfg, arm, steps, seed, init), steps),
+        )
     worst = max(abs(f - budget) / budget for _, f in plan.values())
     if worst > cfg.flops_tolerance:
-        raise ConfigError(f"with finetune_steps={cfg.finetune_steps} the step counts "
-                          f"{[s for s, _ in plan.values()]} miss (a)'s FLOPs by up to {worst:.1%} (flops_tolerance "
-                          f"{cfg.flops_tolerance:.0%}); raise finetune_steps")
+        raise ConfigError(
+            f"with finetune_steps={cfg.finetune_steps} the step counts "
+            f"{[s for s, _ in plan.values()]} miss (a)'s FLOPs by up to {worst:.1%} (flops_tolerance "
+            f"{cfg.flops_tolerance:.0%}); raise finetune_steps"
+        )
     return plan
 
 
-def source_config(cfg: LoopifyExperimentConfig, source: str, seed: int, vocab_size: int,
-                  pad_id: Optional[int]) -> RunConfig:
+def source_config(
+    cfg: LoopifyExperimentConfig, source: str, seed: int, vocab_size: int, pad_id: Optional[int]
+) -> RunConfig:
     """The run that trains source ``source`` from scratch: the base MDM, or a BertForMaskedLM of ``cfg.bert``
     (all layers in the head, S = 1: a plain BERT) trained with the same objective and data."""
     rc = clone(cfg.run)
@@ -218,7 +270,14 @@ def source_config(cfg: LoopifyExperimentConfig, source: str, seed: int, vocab_si
     from transformers import BertConfig  # the [hf] extra
 
     L = rc.model.max_seq_len
-    hf = BertConfig(**{**cfg.bert, "vocab_size": vocab_size, "max_position_embeddings": L, "pad_token_id": pad_id})
+    hf = BertConfig(
+        **{
+            **cfg.bert,
+            "vocab_size": vocab_size,
+            "max_position_embeddings": L,
+            "pad_token_id": pad_id,
+        }
+    )
     fam = get_backbone("bert")
     rc.model = fam.model_config(hf, fam.stored_config(hf), hf.num_hidden_layers, 0, seq_len=L)
     rc.train.max_steps, rc.train.lr = cfg.bert_steps, cfg.bert_lr
@@ -226,6 +285,7 @@ def source_config(cfg: LoopifyExperimentConfig, source: str, seed: int, vocab_si
 
 
 # --------------------------------------------------------------------------- running
+
 
 def _prepare(cfg: LoopifyExperimentConfig, log: Log) -> PreparedData:
     data = prepare_data(cfg.run.data, cfg.run.model.vocab_size, cfg.run.model.max_seq_len, log=log)
@@ -243,8 +303,13 @@ def _train(rc: RunConfig, run_dir: Path, data: PreparedData, progress: bool, log
         wall = time.perf_counter() - t0
         record.write_text(json.dumps({"train_wall_s": wall}))
     curve = read_curve(run_dir / "metrics.jsonl")
-    return {"steps": rc.train.max_steps, "flops": curve.flops[-1] if curve.flops else 0.0, "reused": reused,
-            "train_wall_s": wall, "curve": curve.to_dict()}
+    return {
+        "steps": rc.train.max_steps,
+        "flops": curve.flops[-1] if curve.flops else 0.0,
+        "reused": reused,
+        "train_wall_s": wall,
+        "curve": curve.to_dict(),
+    }
 
 
 def _loopified(cfg: LoopifyExperimentConfig, source_path: Path, out: Path, log: Log) -> Path:
@@ -252,9 +317,11 @@ def _loopified(cfg: LoopifyExperimentConfig, source_path: Path, out: Path, log: 
     if (out / "loopify.json").is_file():
         done = json.loads((out / "loopify.json").read_text())
         if done.get("loop_layers") != list(cfg.loop_layers) or done.get("s_max") != cfg.s_max:
-            raise ConfigError(f"{str(out)!r} holds a model loopified at layers {done.get('loop_layers')} with S_max "
-                              f"{done.get('s_max')}, not {list(cfg.loop_layers)} / {cfg.s_max}; delete it or choose "
-                              "another --out")
+            raise ConfigError(
+                f"{str(out)!r} holds a model loopified at layers {done.get('loop_layers')} with S_max "
+                f"{done.get('s_max')}, not {list(cfg.loop_layers)} / {cfg.s_max}; delete it or choose "
+                "another --out"
+            )
         return out
     if out.exists():  # an interrupted conversion: start it again
         import shutil
@@ -265,8 +332,15 @@ def _loopified(cfg: LoopifyExperimentConfig, source_path: Path, out: Path, log: 
     return out
 
 
-def run_source(cfg: LoopifyExperimentConfig, source: str, seed: int, out: Path, data: PreparedData,
-               progress: bool, log: Log) -> dict:
+def run_source(
+    cfg: LoopifyExperimentConfig,
+    source: str,
+    seed: int,
+    out: Path,
+    data: PreparedData,
+    progress: bool,
+    log: Log,
+) -> dict:
     """Train (or reuse) one source, loopify it, fine-tune it every way, evaluate everything."""
     root = out / f"seed_{seed}" / source
     tok = data.tokenizer
@@ -274,7 +348,8 @@ def run_source(cfg: LoopifyExperimentConfig, source: str, seed: int, out: Path, 
     log(f"seed {seed}, {source}: training the source ({src_rc.train.max_steps} steps)")
     src_info = _train(src_rc, root / "source", data, progress, log)
     from_path = root / "source"
-    if source == "bert":  # read it back the way a user's transformers model arrives: a plain BERT folder
+    # read it back the way a user's transformers model arrives: a plain BERT folder
+    if source == "bert":
         from_path = root / "hf"
         if not (from_path / "config.json").is_file():
             export_hf(root / "source", from_path)
@@ -283,9 +358,12 @@ def run_source(cfg: LoopifyExperimentConfig, source: str, seed: int, out: Path, 
     loopified = load_config_file(resolve_checkpoint(loop_dir))
     plan = plan_arms(loopified, cfg, seed, init)
     grid = cfg.loops_grid()
-    evals = finetune_config(loopified, cfg, "finetune", cfg.finetune_steps, seed, init)  # batch / precision
-    src_info.update(loopify=json.loads((loop_dir / "loopify.json").read_text()),
-                    final=final_nelbo(load_model(loop_dir)[0], data, evals, grid, cfg))
+    # batch / precision
+    evals = finetune_config(loopified, cfg, "finetune", cfg.finetune_steps, seed, init)
+    src_info.update(
+        loopify=json.loads((loop_dir / "loopify.json").read_text()),
+        final=final_nelbo(load_model(loop_dir)[0], data, evals, grid, cfg),
+    )
     runs = {"source": src_info}
     for arm in cfg.arms():
         steps, planned = plan[arm]
@@ -295,11 +373,16 @@ def run_source(cfg: LoopifyExperimentConfig, source: str, seed: int, out: Path, 
         model = load_model(root / arm, ema=None)[0]
         info.update(planned_flops=planned, final=final_nelbo(model, data, rc, grid, cfg))
         runs[arm] = info
-        log("  final NELBO " + ", ".join(f"S={s}: {v['nelbo']:.4f}" for s, v in info["final"].items()))
+        log(
+            "  final NELBO "
+            + ", ".join(f"S={s}: {v['nelbo']:.4f}" for s, v in info["final"].items())
+        )
     return runs
 
 
-def run_seed(cfg: LoopifyExperimentConfig, seed: int, out: Path, data: PreparedData, progress: bool, log: Log) -> dict:
+def run_seed(
+    cfg: LoopifyExperimentConfig, seed: int, out: Path, data: PreparedData, progress: bool, log: Log
+) -> dict:
     """Every source of one seed; kept in ``results_seed_N.json`` so that a later call with all seeds (the
     summary) reuses it instead of evaluating again."""
     path = out / f"results_seed_{seed}.json"
@@ -321,8 +404,13 @@ def _int_keys(sources: dict) -> dict:
     return sources
 
 
-def run_loopify_experiment(cfg: LoopifyExperimentConfig, out: str | Path, seeds: Optional[list[int]] = None,
-                           progress: bool = False, log: Log = print) -> dict:
+def run_loopify_experiment(
+    cfg: LoopifyExperimentConfig,
+    out: str | Path,
+    seeds: Optional[list[int]] = None,
+    progress: bool = False,
+    log: Log = print,
+) -> dict:
     """Every source and arm for every seed; results.json, one loss-vs-FLOPs PNG per source and summary.md."""
     cfg.validate()
     set_threads(cfg.run.train.threads)
@@ -334,11 +422,18 @@ def run_loopify_experiment(cfg: LoopifyExperimentConfig, out: str | Path, seeds:
     results = summarize(cfg, per_seed, time.perf_counter() - t0)
     figures = []
     for source in cfg.sources:
-        curves = {seed: {"runs": {PLOT_NAMES[a]: per_seed[seed][source][a] for a in cfg.arms()}} for seed in seeds}
+        curves = {
+            seed: {"runs": {PLOT_NAMES[a]: per_seed[seed][source][a] for a in cfg.arms()}}
+            for seed in seeds
+        }
         name = f"loss_vs_flops_{source}.png"
-        plot_loss_vs_flops(curves, {PLOT_NAMES[a]: LABELS[a] for a in cfg.arms()}, out / name,
-                           title=f"Fine-tuning the {source} source: validation NELBO vs extra training FLOPs "
-                                 f"((a) at S=1, (b) at S={cfg.s_max})")
+        plot_loss_vs_flops(
+            curves,
+            {PLOT_NAMES[a]: LABELS[a] for a in cfg.arms()},
+            out / name,
+            title=f"Fine-tuning the {source} source: validation NELBO vs extra training FLOPs "
+            f"((a) at S=1, (b) at S={cfg.s_max})",
+        )
         figures.append(name)
     results["figures"] = figures
     write_json(out / "results.json", results)
@@ -348,6 +443,7 @@ def run_loopify_experiment(cfg: LoopifyExperimentConfig, out: str | Path, seeds:
 
 # --------------------------------------------------------------------------- summary
 
+
 def summarize(cfg: LoopifyExperimentConfig, per_seed: dict, wall_s: float) -> dict:
     """Per source: final NELBO (mean / spread over seeds) of the source and each arm at every S, the FLOPs
     each arm used, and the answer: does (b) at S_max beat (a) at S = 1, per seed."""
@@ -356,32 +452,56 @@ def summarize(cfg: LoopifyExperimentConfig, per_seed: dict, wall_s: float) -> di
     for source in cfg.sources:
         runs = {k: per_seed[k][source] for k in seeds}
         names = ["source"] + cfg.arms()
-        final = {n: {s: spread([runs[k][n]["final"][s]["nelbo"] for k in seeds]) for s in grid} for n in names}
+        final = {
+            n: {s: spread([runs[k][n]["final"][s]["nelbo"] for k in seeds]) for s in grid}
+            for n in names
+        }
         flops = {n: spread([runs[k][n]["flops"] for k in seeds]) for n in cfg.arms()}
-        gain = [runs[k]["finetune"]["final"][1]["nelbo"] - runs[k]["loopify"]["final"][s_max]["nelbo"] for k in seeds]
+        gain = [
+            runs[k]["finetune"]["final"][1]["nelbo"] - runs[k]["loopify"]["final"][s_max]["nelbo"]
+            for k in seeds
+        ]
         best_a = [min(v["nelbo"] for v in runs[k]["finetune"]["final"].values()) for k in seeds]
         summary[source] = {
-            "final_nelbo": final, "extra_flops": flops,
+            "final_nelbo": final,
+            "extra_flops": flops,
             "s1_max_rel_diff": [runs[k]["source"]["loopify"]["s1_max_rel_diff"] for k in seeds],
             "loopify_minus_finetune": spread([-g for g in gain]),
             "loopify_beats_finetune": [g > 0 for g in gain],
-            "loopify_beats_finetune_best_s": [runs[k]["loopify"]["final"][s_max]["nelbo"] < b
-                                              for k, b in zip(seeds, best_a)],
+            "loopify_beats_finetune_best_s": [
+                runs[k]["loopify"]["final"][s_max]["nelbo"] < b for k, b in zip(seeds, best_a)
+            ],
         }
-    train_wall = sum(run.get("train_wall_s") or 0.0 for k in seeds for runs in per_seed[k].values()
-                     for run in runs.values())
-    return {"experiment": "loopify", "config_name": cfg.name, "config": asdict(cfg), "machine": machine_info(),
-            "seeds": seeds, "s_max": s_max, "grid": grid, "wall_s": wall_s, "train_wall_s": train_wall,
-            "per_seed": per_seed, "summary": summary}
+    train_wall = sum(
+        run.get("train_wall_s") or 0.0
+        for k in seeds
+        for runs in per_seed[k].values()
+        for run in runs.values()
+    )
+    return {
+        "experiment": "loopify",
+        "config_name": cfg.name,
+        "config": asdict(cfg),
+        "machine": machine_info(),
+        "seeds": seeds,
+        "s_max": s_max,
+        "grid": grid,
+        "wall_s": wall_s,
+        "train_wall_s": train_wall,
+        "per_seed": per_seed,
+        "summary": summary,
+    }
 
 
 def answer(res: dict, s_max: int) -> str:
     """One sentence per source: the question of the issue, answered from the numbers."""
     d = res["loopify_minus_finetune"]
     wins = res["loopify_beats_finetune"]
-    verdict = ("yes" if all(wins) else "no" if not any(wins) else "mixed")
-    return (f"{verdict}: (b) at S={s_max} minus (a) at S=1 = {fmt_spread(d, 4)} nats/token (negative: loopify "
-            f"better), better on {sum(wins)} of {len(wins)} seeds")
+    verdict = "yes" if all(wins) else "no" if not any(wins) else "mixed"
+    return (
+        f"{verdict}: (b) at S={s_max} minus (a) at S=1 = {fmt_spread(d, 4)} nats/token (negative: loopify "
+        f"better), better on {sum(wins)} of {len(wins)} seeds"
+    )
 
 
 def summary_markdown(results: dict) -> str:
@@ -390,20 +510,33 @@ def summary_markdown(results: dict) -> str:
     lines = []
     for source, res in results["summary"].items():
         head = " | ".join(f"NELBO S={s}" for s in grid)
-        lines += [f"### source: {source}", "", f"| model | extra train FLOPs | {head} |",
-                  "|---|---|" + "---|" * len(grid)]
+        lines += [
+            f"### source: {source}",
+            "",
+            f"| model | extra train FLOPs | {head} |",
+            "|---|---|" + "---|" * len(grid),
+        ]
         for name, per_s in res["final_nelbo"].items():
             label = "source (loopified, not fine-tuned)" if name == "source" else LABELS[name]
             fl = res["extra_flops"].get(name)
-            lines.append(f"| {label} | {'-' if fl is None else format(fl['mean'], '.3e')} | "
-                         + " | ".join(fmt_spread(per_s[s]) for s in grid) + " |")
-        lines += ["", f"- does loopify + random-S fine-tuning beat fine-tuning as it is at equal FLOPs? "
-                      f"{answer(res, s_max)}",
-                  f"- (b) at S={s_max} beats (a) at its best S: {res['loopify_beats_finetune_best_s']} (per seed)",
-                  f"- S = 1 exactness of the loopified source (max relative logit difference): "
-                  f"{res['s1_max_rel_diff']}", ""]
-    lines.append(f"seeds: {results['seeds']}; training wall time {results['train_wall_s'] / 60:.1f} min summed over "
-                 f"runs (this call: {results['wall_s'] / 60:.1f} min)")
+            lines.append(
+                f"| {label} | {'-' if fl is None else format(fl['mean'], '.3e')} | "
+                + " | ".join(fmt_spread(per_s[s]) for s in grid)
+                + " |"
+            )
+        lines += [
+            "",
+            f"- does loopify + random-S fine-tuning beat fine-tuning as it is at equal FLOPs? "
+            f"{answer(res, s_max)}",
+            f"- (b) at S={s_max} beats (a) at its best S: {res['loopify_beats_finetune_best_s']} (per seed)",
+            f"- S = 1 exactness of the loopified source (max relative logit difference): "
+            f"{res['s1_max_rel_diff']}",
+            "",
+        ]
+    lines.append(
+        f"seeds: {results['seeds']}; training wall time {results['train_wall_s'] / 60:.1f} min summed over "
+        f"runs (this call: {results['wall_s'] / 60:.1f} min)"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -413,8 +546,12 @@ def plan_summary(cfg: LoopifyExperimentConfig) -> dict:
     rc = clone(cfg.run)
     a, b = cfg.loop_layers
     m = rc.model
-    rc.model = ModelConfig(**{**asdict(m), "n_h": a, "n_m": b - a, "n_o": m.n_layers - b}).validate()
+    rc.model = ModelConfig(
+        **{**asdict(m), "n_h": a, "n_m": b - a, "n_o": m.n_layers - b}
+    ).validate()
     rc.diffusion.loop_dist, rc.diffusion.s_max = "uniform", cfg.s_max
     plan = plan_arms(rc, cfg)
-    return {"sources": {"mdm": cfg.mdm_steps, "bert": cfg.bert_steps},
-            "finetune": {arm: {"steps": s, "planned_flops": f} for arm, (s, f) in plan.items()}}
+    return {
+        "sources": {"mdm": cfg.mdm_steps, "bert": cfg.bert_steps},
+        "finetune": {arm: {"steps": s, "planned_flops": f} for arm, (s, f) in plan.items()},
+    }

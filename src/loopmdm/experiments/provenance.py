@@ -21,8 +21,13 @@ from ..errors import LoopMDMError
 def software_versions() -> dict:
     import loopmdm
 
-    out = {"python": platform.python_version(), "python_implementation": platform.python_implementation(),
-           "torch": torch.__version__, "numpy": np.__version__, "loopmdm": getattr(loopmdm, "__version__", None)}
+    out = {
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "loopmdm": getattr(loopmdm, "__version__", None),
+    }
     for dist in ("tokenizers", "matplotlib"):
         try:
             out[dist] = importlib.metadata.version(dist)
@@ -34,17 +39,25 @@ def software_versions() -> dict:
 def corpus_description(data_cfg: DataConfig) -> dict:
     """Where the text came from: ``data.source`` and, for ``stdlib`` (the running interpreter's standard
     library, so the corpus depends on the machine's Python), that Python's version and stdlib path."""
-    out = {"source": data_cfg.source, "val_fraction": data_cfg.val_fraction,
-           "max_train_bytes": data_cfg.max_train_bytes, "tokenizer": data_cfg.tokenizer}
+    out = {
+        "source": data_cfg.source,
+        "val_fraction": data_cfg.val_fraction,
+        "max_train_bytes": data_cfg.max_train_bytes,
+        "tokenizer": data_cfg.tokenizer,
+    }
     if data_cfg.source == "stdlib":
-        out.update(python=sys.version, python_version=platform.python_version(),
-                   stdlib_path=sysconfig.get_paths()["stdlib"])
+        out.update(
+            python=sys.version,
+            python_version=platform.python_version(),
+            stdlib_path=sysconfig.get_paths()["stdlib"],
+        )
     return out
 
 
 def data_fingerprint(data_cfg: DataConfig, data: PreparedData) -> dict:
     """The source's fingerprint (``loopmdm.data.sources.source_fingerprint``: file names and sizes for a
     folder / the stdlib) and SHA-256 digests of the prepared token rows and the tokenizer actually used."""
+
     def digest(a: np.ndarray) -> str:
         return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
@@ -52,18 +65,28 @@ def data_fingerprint(data_cfg: DataConfig, data: PreparedData) -> dict:
     tok_text = tok.to_str() if tok is not None and hasattr(tok, "to_str") else None
     try:
         source_fp = source_fingerprint(data_cfg)
-    except (LoopMDMError, OSError) as e:  # e.g. a source that cannot be listed any more: say so, keep the row digests
+    # e.g. a source that cannot be listed any more: say so, keep the row digests
+    except (LoopMDMError, OSError) as e:
         source_fp = f"unavailable: {e}"
-    return {"source_fingerprint": source_fp, "train_rows_sha256": digest(data.train),
-            "val_rows_sha256": digest(data.val),
-            "tokenizer_sha256": None if tok_text is None else hashlib.sha256(tok_text.encode()).hexdigest(),
-            "train_shape": list(data.train.shape), "val_shape": list(data.val.shape), "dtype": str(data.train.dtype),
-            "stats": data.stats}
+    return {
+        "source_fingerprint": source_fp,
+        "train_rows_sha256": digest(data.train),
+        "val_rows_sha256": digest(data.val),
+        "tokenizer_sha256": None
+        if tok_text is None
+        else hashlib.sha256(tok_text.encode()).hexdigest(),
+        "train_shape": list(data.train.shape),
+        "val_shape": list(data.val.shape),
+        "dtype": str(data.train.dtype),
+        "stats": data.stats,
+    }
 
 
 def provenance_line(corpus: dict, fingerprint: dict, software: dict) -> str:
     where = corpus["source"]
     if corpus.get("stdlib_path"):
         where += f" (Python {corpus['python_version']}, {corpus['stdlib_path']})"
-    return (f"data: {where}; rows sha256 {fingerprint['train_rows_sha256'][:12]}/{fingerprint['val_rows_sha256'][:12]}"
-            f"; loopmdm {software.get('loopmdm')}, torch {software['torch']}")
+    return (
+        f"data: {where}; rows sha256 {fingerprint['train_rows_sha256'][:12]}/{fingerprint['val_rows_sha256'][:12]}"
+        f"; loopmdm {software.get('loopmdm')}, torch {software['torch']}"
+    )

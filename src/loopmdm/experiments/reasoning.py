@@ -60,7 +60,8 @@ class TaskSpec:
     params: dict = field(default_factory=dict)
     level_field: str = "depth"
     calibration_level: int = 1
-    max_seq_len: Optional[int] = None  # the model window for this task (null: run.model.max_seq_len)
+    # the model window for this task (null: run.model.max_seq_len)
+    max_seq_len: Optional[int] = None
 
 
 @dataclass
@@ -74,16 +75,23 @@ class ReasoningConfig:
     run: RunConfig = field(default_factory=RunConfig)
     candidates: list[dict] = field(default_factory=list)
     calibration_steps: int = 3000
-    calibration_t: int = 1  # denoising steps of the calibration check (T <= 2 is where the study looks)
+    # denoising steps of the calibration check (T <= 2 is where the study looks)
+    calibration_t: int = 1
     target: float = 0.9
     s_max: int = 4
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     models: list[str] = field(default_factory=lambda: list(MODELS))
-    steps: list[int] = field(default_factory=lambda: [1, 2, 0])  # T of the test grid; 0 = one token per step
-    loops: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # S grid of looped models (up to 4 S_max)
+    # T of the test grid; 0 = one token per step
+    steps: list[int] = field(default_factory=lambda: [1, 2, 0])
+    # S grid of looped models (up to 4 S_max)
+    loops: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     order: str = "margin"
-    policies: dict = field(default_factory=lambda: {"converge": {"threshold": 0.01, "s_max": 16},
-                                                    "per_token": {"threshold": 0.01, "s_max": 16}})
+    policies: dict = field(
+        default_factory=lambda: {
+            "converge": {"threshold": 0.01, "s_max": 16},
+            "per_token": {"threshold": 0.01, "s_max": 16},
+        }
+    )
     warmup_frac: float = 0.05
     n_evals: int = 4
     eval_batch_size: int = 500
@@ -105,7 +113,9 @@ class ReasoningConfig:
                 check_int_list([c["steps"]], "candidate steps", 1)
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
-            raise ConfigError(f"models={self.models} must be a non-empty subset of {', '.join(MODELS)}")
+            raise ConfigError(
+                f"models={self.models} must be a non-empty subset of {', '.join(MODELS)}"
+            )
         check_int_list(self.steps, "steps", 0)
         check_int_list(self.loops, "loops", 1)
         check_int_list(self.seeds, "seeds", 0)
@@ -118,39 +128,80 @@ class ReasoningConfig:
 
 def _laptop() -> ReasoningConfig:
     run = RunConfig()
-    run.model = ModelConfig(max_seq_len=96, d_model=128, n_heads=4, n_layers=4, n_h=1, n_m=2, n_o=1,
-                            time_conditioning="none", tie_embeddings=False, learned_positions=True)
+    run.model = ModelConfig(
+        max_seq_len=96,
+        d_model=128,
+        n_heads=4,
+        n_layers=4,
+        n_h=1,
+        n_m=2,
+        n_o=1,
+        time_conditioning="none",
+        tie_embeddings=False,
+        learned_positions=True,
+    )
     run.diffusion.loss_weight = "uniform"
     run.data.format = "answers"
     t = run.train
     t.batch_size, t.lr, t.warmup_steps, t.weight_decay, t.threads = 64, 1e-3, 100, 0.01, 1
     t.eval_batches, t.save_every = 4, 500
-    trace = {"mode": "trace", "kind": "hops", "statements": [12, 14], "literals": 4, "n_train": 4000, "n_val": 100,
-             "n_test": 100, "train_levels": [1, 2, 3, 4], "test_levels": [1, 2, 3, 4, 5, 6, 7, 8], "seed": 0}
-    prefix = {"kind": "sum", "n_train": 3000, "n_val": 100, "n_test": 100, "train_levels": [4, 6, 8, 10],
-              "test_levels": [4, 6, 8, 10, 12, 14, 16], "seed": 0}
+    trace = {
+        "mode": "trace",
+        "kind": "hops",
+        "statements": [12, 14],
+        "literals": 4,
+        "n_train": 4000,
+        "n_val": 100,
+        "n_test": 100,
+        "train_levels": [1, 2, 3, 4],
+        "test_levels": [1, 2, 3, 4, 5, 6, 7, 8],
+        "seed": 0,
+    }
+    prefix = {
+        "kind": "sum",
+        "n_train": 3000,
+        "n_val": 100,
+        "n_test": 100,
+        "train_levels": [4, 6, 8, 10],
+        "test_levels": [4, 6, 8, 10, 12, 14, 16],
+        "seed": 0,
+    }
     # Amendment 1 (2026-12-06, after both tasks' calibration failed and before any looped run; decided from the
     # plain models' validation scores only): a third candidate, d 128 with 3x the steps, and the task
     # prefix-sum-interleaved (each running sum next to its digit: in the infill layout output i is n + 1 places
     # after input i, an offset that changes with the size n).
     return ReasoningConfig(
-        name="laptop", expected_minutes=600.0,
-        tasks=[TaskSpec("vars-hops-trace", "vars", trace, "depth", 1, 84),
-               TaskSpec("prefix-sum", "prefix", prefix, "size", 4, 34),
-               TaskSpec("prefix-sum-interleaved", "prefix", {**prefix, "layout": "interleaved"}, "size", 4, 32)],
+        name="laptop",
+        expected_minutes=600.0,
+        tasks=[
+            TaskSpec("vars-hops-trace", "vars", trace, "depth", 1, 84),
+            TaskSpec("prefix-sum", "prefix", prefix, "size", 4, 34),
+            TaskSpec(
+                "prefix-sum-interleaved",
+                "prefix",
+                {**prefix, "layout": "interleaved"},
+                "size",
+                4,
+                32,
+            ),
+        ],
         run=run,
-        candidates=[{"d_model": 128, "n_heads": 4, "n_layers": 4}, {"d_model": 192, "n_heads": 6, "n_layers": 4},
-                    {"d_model": 128, "n_heads": 4, "n_layers": 4, "steps": 9000}],
+        candidates=[
+            {"d_model": 128, "n_heads": 4, "n_layers": 4},
+            {"d_model": 192, "n_heads": 6, "n_layers": 4},
+            {"d_model": 128, "n_heads": 4, "n_layers": 4, "steps": 9000},
+        ],
         description="Two tasks. vars-hops-trace: programs of 12-14 statements with 4 digit literals and copies, "
-                    "every value written after its statement (a scratchpad); the value of a depth-d statement is d "
-                    "lookups away, so at T = 1 (every value decoded at once) the depth must come from the network, "
-                    "while one value per step lets the sampler supply it. Trained depths 1-4, tested 1-8. "
-                    "prefix-sum: running sums mod 10 of 4-10 digits, tested up to 16. Calibration: plain 4-layer "
-                    "MDMs (d 128, then d 192), 3000 steps of batch 64, until one reaches 90% validation exact match "
-                    "at T = 1 on the easiest level (depth 1, size 4). Then (a)-(d) at equal FLOPs, S_max = 4, 3 "
-                    "seeds. One-thread processes, two at once (--tasks / --models); about 6 hours in all. "
-                    "Amendment 1, after both calibrations failed and before any looped run: a third candidate (d 128, "
-                    "9000 steps) and the task prefix-sum-interleaved (each running sum right after its digit).")
+        "every value written after its statement (a scratchpad); the value of a depth-d statement is d "
+        "lookups away, so at T = 1 (every value decoded at once) the depth must come from the network, "
+        "while one value per step lets the sampler supply it. Trained depths 1-4, tested 1-8. "
+        "prefix-sum: running sums mod 10 of 4-10 digits, tested up to 16. Calibration: plain 4-layer "
+        "MDMs (d 128, then d 192), 3000 steps of batch 64, until one reaches 90% validation exact match "
+        "at T = 1 on the easiest level (depth 1, size 4). Then (a)-(d) at equal FLOPs, S_max = 4, 3 "
+        "seeds. One-thread processes, two at once (--tasks / --models); about 6 hours in all. "
+        "Amendment 1, after both calibrations failed and before any looped run: a third candidate (d 128, "
+        "9000 steps) and the task prefix-sum-interleaved (each running sum right after its digit).",
+    )
 
 
 PRESETS = {"laptop": _laptop}
@@ -162,6 +213,7 @@ def load_reasoning_config(spec: str | Path = "laptop") -> ReasoningConfig:
 
 
 # --------------------------------------------------------------------------- pieces
+
 
 def task_folder(out: Path, task: TaskSpec) -> Path:
     return out / task.name / "data"
@@ -178,15 +230,31 @@ def run_config(cfg: ReasoningConfig, task: TaskSpec, out: Path, shape: dict) -> 
     return rc
 
 
-def calibration_score(model, data_rows, tok, rc: RunConfig, cfg: ReasoningConfig, level: int, field_: str) -> dict:
+def calibration_score(
+    model, data_rows, tok, rc: RunConfig, cfg: ReasoningConfig, level: int, field_: str
+) -> dict:
     """Validation exact match of the plain model at S = 1, T = ``calibration_t``, on the calibration level."""
     rows = [r for r in data_rows if r.raw.get(field_) == level]
     if not rows:
-        raise ConfigError(f"no validation rows at {field_}={level}; put the calibration level among the train levels")
-    recs = exact_match_grid(model, tok, rows, length=rc.model.max_seq_len, orders=[cfg.order],
-                            steps=[cfg.calibration_t], loops=[1], schedule=get_schedule(rc.diffusion.schedule),
-                            batch_size=cfg.eval_batch_size)
-    return {"accuracy": recs[0]["accuracy"], "accuracy_ci": recs[0]["accuracy_ci"], "n": recs[0]["n"]}
+        raise ConfigError(
+            f"no validation rows at {field_}={level}; put the calibration level among the train levels"
+        )
+    recs = exact_match_grid(
+        model,
+        tok,
+        rows,
+        length=rc.model.max_seq_len,
+        orders=[cfg.order],
+        steps=[cfg.calibration_t],
+        loops=[1],
+        schedule=get_schedule(rc.diffusion.schedule),
+        batch_size=cfg.eval_batch_size,
+    )
+    return {
+        "accuracy": recs[0]["accuracy"],
+        "accuracy_ci": recs[0]["accuracy_ci"],
+        "n": recs[0]["n"],
+    }
 
 
 def earlier_calibration(path: Path, candidates: list[dict]) -> list[dict]:
@@ -197,9 +265,11 @@ def earlier_calibration(path: Path, candidates: list[dict]) -> list[dict]:
     tried = json.loads(path.read_text())["tried"]
     for i, entry in enumerate(tried):
         if i >= len(candidates) or entry["shape"] != candidates[i]:
-            raise ConfigError(f"{path} was made with candidate {i} = {entry['shape']}, the config now has "
-                              f"{candidates[i] if i < len(candidates) else 'none'}; candidates may only be appended "
-                              "after a calibration (move the folder away to start over)")
+            raise ConfigError(
+                f"{path} was made with candidate {i} = {entry['shape']}, the config now has "
+                f"{candidates[i] if i < len(candidates) else 'none'}; candidates may only be appended "
+                "after a calibration (move the folder away to start over)"
+            )
     return tried
 
 
@@ -227,13 +297,30 @@ def calibrate(cfg: ReasoningConfig, task: TaskSpec, out: Path, progress: bool, l
     return result
 
 
-def calibration_record(cfg: ReasoningConfig, task: TaskSpec, tried: list[dict], chosen: Optional[dict]) -> dict:
-    return {"task": task.name, "level_field": task.level_field, "level": task.calibration_level,
-            "target": cfg.target, "t": cfg.calibration_t, "tried": tried, "chosen": chosen}
+def calibration_record(
+    cfg: ReasoningConfig, task: TaskSpec, tried: list[dict], chosen: Optional[dict]
+) -> dict:
+    return {
+        "task": task.name,
+        "level_field": task.level_field,
+        "level": task.calibration_level,
+        "target": cfg.target,
+        "t": cfg.calibration_t,
+        "tried": tried,
+        "chosen": chosen,
+    }
 
 
-def calibration_run(cfg: ReasoningConfig, task: TaskSpec, out: Path, i: int, candidate: dict, steps: int,
-                    progress: bool, log: Log) -> dict:
+def calibration_run(
+    cfg: ReasoningConfig,
+    task: TaskSpec,
+    out: Path,
+    i: int,
+    candidate: dict,
+    steps: int,
+    progress: bool,
+    log: Log,
+) -> dict:
     """Train candidate ``i`` as a plain MDM for ``steps`` and score it on the calibration level."""
     shape = {k: v for k, v in candidate.items() if k != "steps"}
     rc = run_config(cfg, task, out, shape)
@@ -245,51 +332,112 @@ def calibration_run(cfg: ReasoningConfig, task: TaskSpec, out: Path, i: int, can
     rc.model.vocab_size = data.tokenizer.vocab_size
     log(f"{task.name}: calibration candidate {i} {shape}, plain MDM, {steps} steps")
     t0 = time.perf_counter()
-    model, _ = train_or_reuse(rc.validate(), out / task.name / f"calibration_{i}", data, progress, log)
+    model, _ = train_or_reuse(
+        rc.validate(), out / task.name / f"calibration_{i}", data, progress, log
+    )
     val_rows = read_rows(Path(rc.data.source) / "val.jsonl", rc.data.answers, rc.data.text_field)
-    score = calibration_score(model.eval(), val_rows, data.tokenizer, rc, cfg, task.calibration_level,
-                              task.level_field)
-    log(f"  validation exact match at {task.level_field}={task.calibration_level}: {score['accuracy']:.3f}")
+    score = calibration_score(
+        model.eval(), val_rows, data.tokenizer, rc, cfg, task.calibration_level, task.level_field
+    )
+    log(
+        f"  validation exact match at {task.level_field}={task.calibration_level}: {score['accuracy']:.3f}"
+    )
     return {"shape": candidate, **score, "wall_s": time.perf_counter() - t0}
 
 
-def matched_config(cfg: ReasoningConfig, task: TaskSpec, out: Path, chosen: dict) -> ComputeMatchedConfig:
+def matched_config(
+    cfg: ReasoningConfig, task: TaskSpec, out: Path, chosen: dict
+) -> ComputeMatchedConfig:
     """The compute-matched plan's config for the chosen model: (b) is LoopMDM with S ~ U{1..S_max}."""
     rc = run_config(cfg, task, out, {k: v for k, v in chosen["shape"].items() if k != "steps"})
     rc.diffusion.loop_dist, rc.diffusion.s_max = "uniform", cfg.s_max
-    return ComputeMatchedConfig(run=rc, baseline_steps=chosen["baseline_steps"], n_evals=cfg.n_evals,
-                                warmup_frac=cfg.warmup_frac, seeds=list(cfg.seeds)).validate()
+    return ComputeMatchedConfig(
+        run=rc,
+        baseline_steps=chosen["baseline_steps"],
+        n_evals=cfg.n_evals,
+        warmup_frac=cfg.warmup_frac,
+        seeds=list(cfg.seeds),
+    ).validate()
 
 
 def _score_key(cfg: ReasoningConfig, grid: list[int], n_rows: int, seed: int) -> dict:
-    return {"order": cfg.order, "steps": cfg.steps, "loops": grid, "rows": n_rows, "seed": seed,
-            "policies": cfg.policies}
+    return {
+        "order": cfg.order,
+        "steps": cfg.steps,
+        "loops": grid,
+        "rows": n_rows,
+        "seed": seed,
+        "policies": cfg.policies,
+    }
 
 
-def score_model(model, tok, rc: RunConfig, rows, cfg: ReasoningConfig, grid: list[int], field_: str,
-                seed: int, looped: bool) -> dict:
+def score_model(
+    model,
+    tok,
+    rc: RunConfig,
+    rows,
+    cfg: ReasoningConfig,
+    grid: list[int],
+    field_: str,
+    seed: int,
+    looped: bool,
+) -> dict:
     """Test exact match over T x S per level (and all rows); for looped models also each adaptive loop policy at
     the smallest T > 0, per level."""
     heuristic, _ = heuristic_for([r.raw for r in rows])
     schedule = get_schedule(rc.diffusion.schedule)
-    scores = exact_match_grid(model, tok, rows, length=rc.model.max_seq_len, orders=[cfg.order], steps=cfg.steps,
-                              loops=grid, schedule=schedule, group_by=field_, heuristic=heuristic, seed=seed,
-                              batch_size=cfg.eval_batch_size)
+    scores = exact_match_grid(
+        model,
+        tok,
+        rows,
+        length=rc.model.max_seq_len,
+        orders=[cfg.order],
+        steps=cfg.steps,
+        loops=grid,
+        schedule=schedule,
+        group_by=field_,
+        heuristic=heuristic,
+        seed=seed,
+        batch_size=cfg.eval_batch_size,
+    )
     t_small = min([t for t in cfg.steps if t > 0] or [0])
-    policies = policy_grid(model, tok, rows, length=rc.model.max_seq_len, order=cfg.order, steps=t_small,
-                           policies=cfg.policies, schedule=schedule, group_by=field_, seed=seed,
-                           batch_size=cfg.eval_batch_size) if looped and cfg.policies else []
+    policies = (
+        policy_grid(
+            model,
+            tok,
+            rows,
+            length=rc.model.max_seq_len,
+            order=cfg.order,
+            steps=t_small,
+            policies=cfg.policies,
+            schedule=schedule,
+            group_by=field_,
+            seed=seed,
+            batch_size=cfg.eval_batch_size,
+        )
+        if looped and cfg.policies
+        else []
+    )
     return {"scores": scores, "policies": policies}
 
 
-def compare(cfg: ReasoningConfig, task: TaskSpec, out: Path, chosen: dict, models: list[str], progress: bool,
-            log: Log) -> dict:
+def compare(
+    cfg: ReasoningConfig,
+    task: TaskSpec,
+    out: Path,
+    chosen: dict,
+    models: list[str],
+    progress: bool,
+    log: Log,
+) -> dict:
     """Phase 2 for one task: train and score every model in ``models`` for every seed."""
     mc = matched_config(cfg, task, out, chosen)
     data = prepare_data(mc.run.data, mc.run.model.vocab_size, mc.run.model.max_seq_len, log=log)
     mc.run.model.vocab_size = data.tokenizer.vocab_size
     plan = plan_compute_matched(mc, free_fraction=data.free_fraction)
-    test_rows = read_rows(task_folder(out, task) / "test.jsonl", mc.run.data.answers, mc.run.data.text_field)
+    test_rows = read_rows(
+        task_folder(out, task) / "test.jsonl", mc.run.data.answers, mc.run.data.text_field
+    )
     per_seed: dict = {}
     for seed in cfg.seeds:
         per_seed[seed] = {}
@@ -306,11 +454,22 @@ def compare(cfg: ReasoningConfig, task: TaskSpec, out: Path, chosen: dict, model
             saved = _read_json(run_dir / "scores.json")
             if saved is None or saved.get("key") != json.loads(json.dumps(key)):
                 t0 = time.perf_counter()
-                scored = score_model(model, data.tokenizer, rp.cfg, test_rows, cfg, grid, task.level_field, seed,
-                                     looped=name.startswith("loopmdm"))
+                scored = score_model(
+                    model,
+                    data.tokenizer,
+                    rp.cfg,
+                    test_rows,
+                    cfg,
+                    grid,
+                    task.level_field,
+                    seed,
+                    looped=name.startswith("loopmdm"),
+                )
                 saved = {"key": key, "eval_wall_s": time.perf_counter() - t0, **scored}
                 write_json(run_dir / "scores.json", saved)
-            info.update(scores=saved["scores"], policies=saved["policies"], eval_wall_s=saved["eval_wall_s"])
+            info.update(
+                scores=saved["scores"], policies=saved["policies"], eval_wall_s=saved["eval_wall_s"]
+            )
             per_seed[seed][name] = info
     return {"plan": plan.summary(), "per_seed": per_seed, "test_rows": len(test_rows)}
 
@@ -324,6 +483,7 @@ def _read_json(path: Path) -> Optional[dict]:
 
 # --------------------------------------------------------------------------- summary
 
+
 def summarise(per_seed: dict) -> dict:
     """``{model: {"T|S|group": {accuracy: spread over seeds, ...}}}``."""
     out: dict = {}
@@ -333,11 +493,17 @@ def summarise(per_seed: dict) -> dict:
         for seed in seeds:
             for r in per_seed[seed][model]["scores"]:
                 cells.setdefault(f"{r['steps']}|{r['loops']}|{r['group']}", []).append(r)
-        out[model] = {k: {"accuracy": spread([r["accuracy"] for r in rs]),
-                          "correct": sum(r["correct"] for r in rs), "n": sum(r["n"] for r in rs),
-                          "flops_per_problem": spread([r["flops_per_problem"] for r in rs]),
-                          "majority_baseline": rs[0]["majority_baseline"],
-                          "heuristic_baseline": rs[0]["heuristic_baseline"]} for k, rs in cells.items()}
+        out[model] = {
+            k: {
+                "accuracy": spread([r["accuracy"] for r in rs]),
+                "correct": sum(r["correct"] for r in rs),
+                "n": sum(r["n"] for r in rs),
+                "flops_per_problem": spread([r["flops_per_problem"] for r in rs]),
+                "majority_baseline": rs[0]["majority_baseline"],
+                "heuristic_baseline": rs[0]["heuristic_baseline"],
+            }
+            for k, rs in cells.items()
+        }
     return out
 
 
@@ -353,25 +519,43 @@ def checks(summary: dict, cfg: ReasoningConfig, trained_levels: list[int]) -> di
 
     out = {}
     for T in (t for t in cfg.steps if 0 < t <= 2):
-        loop, plain, deep = pooled("loopmdm", T, cfg.s_max, "all"), pooled("mdm", T, 1, "all"), \
-            pooled("deeper", T, 1, "all")
+        loop, plain, deep = (
+            pooled("loopmdm", T, cfg.s_max, "all"),
+            pooled("mdm", T, 1, "all"),
+            pooled("deeper", T, 1, "all"),
+        )
         if loop and plain:
             out[f"T={T}: loopmdm beats mdm outside 95% intervals"] = loop[1][0] > plain[1][1]
         if loop and deep:
             out[f"T={T}: loopmdm within 5 points of deeper"] = loop[0] >= deep[0] - 0.05
-        harder = sorted({int(k.split("|")[2]) for k in summary.get("loopmdm", {})
-                         if k.split("|")[2] != "all" and int(k.split("|")[2]) > max(trained_levels)})
+        harder = sorted(
+            {
+                int(k.split("|")[2])
+                for k in summary.get("loopmdm", {})
+                if k.split("|")[2] != "all" and int(k.split("|")[2]) > max(trained_levels)
+            }
+        )
         for g in harder:
             at = pooled("loopmdm", T, cfg.s_max, g)
-            more = [pooled("loopmdm", T, s, g) for s in cfg.loops if 2 * cfg.s_max <= s <= 4 * cfg.s_max]
+            more = [
+                pooled("loopmdm", T, s, g) for s in cfg.loops if 2 * cfg.s_max <= s <= 4 * cfg.s_max
+            ]
             if at and any(more):
-                out[f"T={T}, level {g}: more loops than S_max help"] = max(m[0] for m in more if m) > at[0]
+                out[f"T={T}, level {g}: more loops than S_max help"] = (
+                    max(m[0] for m in more if m) > at[0]
+                )
     return out
 
 
-def run_reasoning(cfg: ReasoningConfig, out: str | Path, seeds: Optional[list[int]] = None,
-                  tasks: Optional[list[str]] = None, models: Optional[list[str]] = None, progress: bool = False,
-                  log: Log = print) -> Optional[dict]:
+def run_reasoning(
+    cfg: ReasoningConfig,
+    out: str | Path,
+    seeds: Optional[list[int]] = None,
+    tasks: Optional[list[str]] = None,
+    models: Optional[list[str]] = None,
+    progress: bool = False,
+    log: Log = print,
+) -> Optional[dict]:
     """The whole study (see the module docstring); ``tasks`` / ``models`` restrict this call to part of it."""
     cfg.validate()
     out = Path(out)
@@ -386,15 +570,22 @@ def run_reasoning(cfg: ReasoningConfig, out: str | Path, seeds: Optional[list[in
         raise ConfigError(f"--models {','.join(subset)}: choose among {', '.join(cfg.models)}")
     set_threads(cfg.run.train.threads)
     t_start = time.perf_counter()
-    results = {"experiment": "reasoning", "config_name": cfg.name, "config": asdict(cfg), "machine": machine_info(),
-               "tasks": {}}
+    results = {
+        "experiment": "reasoning",
+        "config_name": cfg.name,
+        "config": asdict(cfg),
+        "machine": machine_info(),
+        "tasks": {},
+    }
     for task in chosen_tasks:
         write_task(task_folder(out, task), task.family, **task.params)
         cal = calibrate(cfg, task, out, progress, log)
         entry: dict = {"calibration": cal}
         if cal["chosen"] is None:
-            log(f"{task.name}: no candidate reached {cfg.target:.0%} on level {task.calibration_level}; "
-                "no comparison (the calibration is the result)")
+            log(
+                f"{task.name}: no candidate reached {cfg.target:.0%} on level {task.calibration_level}; "
+                "no comparison (the calibration is the result)"
+            )
         else:
             entry.update(compare(cfg, task, out, cal["chosen"], subset, progress, log))
             entry["summary"] = summarise(entry["per_seed"])
@@ -421,22 +612,39 @@ def summary_markdown(results: dict) -> str:
     cfg = results["config"]
     for name, entry in results["tasks"].items():
         cal = entry["calibration"]
-        lines += [f"## {name}", "", f"Calibration (plain MDM, validation, {cal['level_field']} = {cal['level']}, "
-                  f"T = {cal['t']}, target {cal['target']:.0%}):"]
-        lines += [f"- {c['shape']}: {c['accuracy']:.3f} [{c['accuracy_ci'][0]:.3f}, {c['accuracy_ci'][1]:.3f}] "
-                  f"(n = {c['n']}, {c['wall_s'] / 60:.1f} min)" for c in cal["tried"]]
+        lines += [
+            f"## {name}",
+            "",
+            f"Calibration (plain MDM, validation, {cal['level_field']} = {cal['level']}, "
+            f"T = {cal['t']}, target {cal['target']:.0%}):",
+        ]
+        lines += [
+            f"- {c['shape']}: {c['accuracy']:.3f} [{c['accuracy_ci'][0]:.3f}, {c['accuracy_ci'][1]:.3f}] "
+            f"(n = {c['n']}, {c['wall_s'] / 60:.1f} min)"
+            for c in cal["tried"]
+        ]
         if cal["chosen"] is None:
             lines += ["- no candidate reached the target: no comparison", ""]
             continue
         steps = cfg["steps"]
-        lines += ["", "| model | S | " + " | ".join(f"T={t}" if t else "1/token" for t in steps) + " |",
-                  "|---|---|" + "---|" * len(steps)]
+        lines += [
+            "",
+            "| model | S | " + " | ".join(f"T={t}" if t else "1/token" for t in steps) + " |",
+            "|---|---|" + "---|" * len(steps),
+        ]
         for model, cells in entry["summary"].items():
             for S in sorted({int(k.split("|")[1]) for k in cells}):
                 vals = [cells.get(f"{t}|{S}|all") for t in steps]
-                lines.append(f"| {model} | {S} | " + " | ".join(
-                    "-" if v is None else f"{v['accuracy']['mean']:.3f}" for v in vals) + " |")
-        lines += ["", "- steps at equal training FLOPs: " + ", ".join(
-            f"{r['name']} {r['steps']}" for r in entry["plan"]["runs"]), f"- checks: {json.dumps(entry['checks'])}",
-                  ""]
+                lines.append(
+                    f"| {model} | {S} | "
+                    + " | ".join("-" if v is None else f"{v['accuracy']['mean']:.3f}" for v in vals)
+                    + " |"
+                )
+        lines += [
+            "",
+            "- steps at equal training FLOPs: "
+            + ", ".join(f"{r['name']} {r['steps']}" for r in entry["plan"]["runs"]),
+            f"- checks: {json.dumps(entry['checks'])}",
+            "",
+        ]
     return "\n".join(lines) + "\n"

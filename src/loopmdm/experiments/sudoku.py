@@ -56,7 +56,8 @@ class SudokuExpConfig:
     loops: Optional[list[int]] = None  # LoopMDM's S grid; null: {1, 2, 4, .., 2 S_max}
     baseline_loops: list[int] = field(default_factory=lambda: [1])  # S of the non-looped models
     test_boards: int = 200
-    test_file: Optional[str] = None  # puzzles to test on (CSV / JSONL / hf:); null: the generator's test split
+    # puzzles to test on (CSV / JSONL / hf:); null: the generator's test split
+    test_file: Optional[str] = None
     eval_batch_size: int = 256
     expected_minutes: Optional[float] = None
     description: str = ""
@@ -64,9 +65,17 @@ class SudokuExpConfig:
     def validate(self) -> "SudokuExpConfig":
         self.run.validate()
         if self.run.data.format != "sudoku":
-            raise ConfigError(f"run.data.format={self.run.data.format!r}; the Sudoku experiment needs 'sudoku'")
-        if self.run.model.n_m < 1 or self.run.diffusion.s_max < 2 or self.run.diffusion.loop_dist != "uniform":
-            raise ConfigError("run must be a LoopMDM: model.n_m >= 1, diffusion.loop_dist=uniform, s_max >= 2")
+            raise ConfigError(
+                f"run.data.format={self.run.data.format!r}; the Sudoku experiment needs 'sudoku'"
+            )
+        if (
+            self.run.model.n_m < 1
+            or self.run.diffusion.s_max < 2
+            or self.run.diffusion.loop_dist != "uniform"
+        ):
+            raise ConfigError(
+                "run must be a LoopMDM: model.n_m >= 1, diffusion.loop_dist=uniform, s_max >= 2"
+            )
         check_int(self.baseline_steps, "baseline_steps")
         check_int(self.test_boards, "test_boards")
         check_int_list(self.seeds, "seeds", 0)
@@ -77,7 +86,9 @@ class SudokuExpConfig:
             ORDERS.get(o)
         unknown = [m for m in self.models if m not in RUN_NAMES]
         if unknown or not self.models:
-            raise ConfigError(f"models={self.models} must be a non-empty subset of {', '.join(RUN_NAMES)}")
+            raise ConfigError(
+                f"models={self.models} must be a non-empty subset of {', '.join(RUN_NAMES)}"
+            )
         return self
 
     def loops_grid(self) -> list[int]:
@@ -86,21 +97,28 @@ class SudokuExpConfig:
 
 def _laptop() -> SudokuExpConfig:
     cfg = SudokuExpConfig(
-        name="laptop", expected_minutes=60.0,
+        name="laptop",
+        expected_minutes=60.0,
         description="4-layer d=128 denoiser with learned positions on 10k generated puzzles with 30-42 givens, "
-                    "every symmetry as augmentation; LoopMDM loops layers 1-2 with S_max=4 (the deeper MDM has 7 "
-                    "layers); the MDM gets 5000 steps of batch 32, LoopMDM and the deeper MDM the same training "
-                    "FLOPs; 200 test boards solved with top-margin order at T in {1, 2, 4, 8, one cell per step}. "
-                    "Two one-thread processes: --models mdm,deeper and --models loopmdm, then one call for the "
-                    "report.")
+        "every symmetry as augmentation; LoopMDM loops layers 1-2 with S_max=4 (the deeper MDM has 7 "
+        "layers); the MDM gets 5000 steps of batch 32, LoopMDM and the deeper MDM the same training "
+        "FLOPs; 200 test boards solved with top-margin order at T in {1, 2, 4, 8, one cell per step}. "
+        "Two one-thread processes: --models mdm,deeper and --models loopmdm, then one call for the "
+        "report.",
+    )
     cfg.run.train.threads = 1
     return cfg
 
 
 def _gpu() -> SudokuExpConfig:
-    cfg = SudokuExpConfig(name="gpu", baseline_steps=12000, expected_minutes=8.0, test_boards=1000,
-                          description="The laptop model at 6x the width budget on one H100-class GPU: d=256, "
-                                  "8 heads, batch 256, 12k MDM steps, bf16.")
+    cfg = SudokuExpConfig(
+        name="gpu",
+        baseline_steps=12000,
+        expected_minutes=8.0,
+        test_boards=1000,
+        description="The laptop model at 6x the width budget on one H100-class GPU: d=256, "
+        "8 heads, batch 256, 12k MDM steps, bf16.",
+    )
     r = cfg.run
     r.model.d_model, r.model.n_heads = 256, 8
     r.data.sudoku.n_train, r.data.sudoku.n_test = 50000, 1000
@@ -123,14 +141,22 @@ def test_pairs(cfg: SudokuExpConfig, log: Log = print) -> list:
         report = read_puzzles(cfg.test_file)
         if report.bad:
             log(f"test puzzles {cfg.test_file}: {report.summary()}")
-        return report.pairs[:cfg.test_boards]
+        return report.pairs[: cfg.test_boards]
     if cfg.run.data.source != GENERATE:
-        raise ConfigError("run.data.source is a puzzle file: set test_file to the puzzles to test on")
-    return generated_splits(cfg.run.data, log).test[:cfg.test_boards]
+        raise ConfigError(
+            "run.data.source is a puzzle file: set test_file to the puzzles to test on"
+        )
+    return generated_splits(cfg.run.data, log).test[: cfg.test_boards]
 
 
-def run_sudoku(cfg: SudokuExpConfig, out: str | Path, seeds: Optional[list[int]] = None, progress: bool = False,
-               log: Log = print, models: Optional[list[str]] = None) -> Optional[dict]:
+def run_sudoku(
+    cfg: SudokuExpConfig,
+    out: str | Path,
+    seeds: Optional[list[int]] = None,
+    progress: bool = False,
+    log: Log = print,
+    models: Optional[list[str]] = None,
+) -> Optional[dict]:
     """Train the models at equal FLOPs for every seed (reusing / resuming finished runs with the same config),
     solve the test boards over orders x T x S (the scores are kept in each run folder and reused while the
     evaluation settings are the same), write results.json, summary.md and the figures. ``models``: train and
@@ -140,7 +166,9 @@ def run_sudoku(cfg: SudokuExpConfig, out: str | Path, seeds: Optional[list[int]]
     seeds = list(seeds if seeds is not None else cfg.seeds)
     subset = list(models or cfg.models)
     if not set(subset) <= set(cfg.models):
-        raise ConfigError(f"--models {','.join(subset)}: choose among the config's models {', '.join(cfg.models)}")
+        raise ConfigError(
+            f"--models {','.join(subset)}: choose among the config's models {', '.join(cfg.models)}"
+        )
     set_threads(cfg.run.train.threads)
     data = prepare_data(cfg.run.data, cfg.run.model.vocab_size, cfg.run.model.max_seq_len, log=log)
     cfg.run.model.vocab_size = data.tokenizer.vocab_size
@@ -156,24 +184,53 @@ def run_sudoku(cfg: SudokuExpConfig, out: str | Path, seeds: Optional[list[int]]
             run_dir = out / f"seed_{seed}" / rp.name
             model, info = train_one(rp, seed, run_dir, data, cfg, progress, log)
             grid = cfg.loops_grid() if rp.name == "loopmdm" else cfg.baseline_loops
-            key = {"orders": cfg.orders, "steps": cfg.steps, "loops": grid, "boards": len(pairs),
-                   "test_file": cfg.test_file, "seed": seed}
+            key = {
+                "orders": cfg.orders,
+                "steps": cfg.steps,
+                "loops": grid,
+                "boards": len(pairs),
+                "test_file": cfg.test_file,
+                "seed": seed,
+            }
             cached = read_scores(run_dir / "sudoku_scores.json", key)
             if cached is None:
                 t0 = time.perf_counter()
-                scores = sudoku_grid(model, data.tokenizer, pairs, orders=cfg.orders, steps=cfg.steps, loops=grid,
-                                     schedule=schedule, seed=seed, batch_size=cfg.eval_batch_size, log=log)
-                cached = {"key": key, "eval_wall_s": time.perf_counter() - t0, "scores": [s.to_dict() for s in scores]}
+                scores = sudoku_grid(
+                    model,
+                    data.tokenizer,
+                    pairs,
+                    orders=cfg.orders,
+                    steps=cfg.steps,
+                    loops=grid,
+                    schedule=schedule,
+                    seed=seed,
+                    batch_size=cfg.eval_batch_size,
+                    log=log,
+                )
+                cached = {
+                    "key": key,
+                    "eval_wall_s": time.perf_counter() - t0,
+                    "scores": [s.to_dict() for s in scores],
+                }
                 write_json(run_dir / "sudoku_scores.json", cached)
             info.update(eval_wall_s=cached["eval_wall_s"], scores=cached["scores"])
             per_seed[seed][rp.name] = info
     if set(subset) != set(cfg.models):
         log(f"trained and scored {', '.join(subset)}; run again without --models for the report")
         return None
-    results = {"experiment": "sudoku", "config_name": cfg.name, "config": asdict(cfg), "machine": machine_info(),
-               "plan": plan.summary(), "seeds": seeds, "boards": len(pairs), "data_free_fraction": data.free_fraction,
-               "wall_s": time.perf_counter() - t_start,
-               "per_seed": per_seed, "summary": summarise(per_seed, seeds)}
+    results = {
+        "experiment": "sudoku",
+        "config_name": cfg.name,
+        "config": asdict(cfg),
+        "machine": machine_info(),
+        "plan": plan.summary(),
+        "seeds": seeds,
+        "boards": len(pairs),
+        "data_free_fraction": data.free_fraction,
+        "wall_s": time.perf_counter() - t_start,
+        "per_seed": per_seed,
+        "summary": summarise(per_seed, seeds),
+    }
     results["checks"] = checks(results["summary"], cfg)
     figures = []
     for order in cfg.orders:
@@ -204,9 +261,13 @@ def summarise(per_seed: dict, seeds: list[int]) -> dict:
         for seed in seeds:
             for s in per_seed[seed][model]["scores"]:
                 cells.setdefault(f"{s['order']}|{s['steps']}|{s['loops']}", []).append(s)
-        out[model] = {key: {m: spread([s[m] for s in rows]) for m in
-                            ("board_accuracy", "cell_accuracy", "valid_grids", "flops_per_board")}
-                      for key, rows in cells.items()}
+        out[model] = {
+            key: {
+                m: spread([s[m] for s in rows])
+                for m in ("board_accuracy", "cell_accuracy", "valid_grids", "flops_per_board")
+            }
+            for key, rows in cells.items()
+        }
     return out
 
 
@@ -226,9 +287,11 @@ def checks(summary: dict, cfg: SudokuExpConfig) -> dict:
             base = _mean(summary, "mdm", order, T, 1)
             if None in loop.values() or base is None:
                 continue
-            out[f"{order}|T={T}"] = {"loopmdm_smax_at_least_2x_mdm": loop[s_max] >= 2 * base and loop[s_max] > 0,
-                                     "rises_from_S1_to_smax": loop[s_max] > loop[1],
-                                     "no_fall_at_2smax": loop[2 * s_max] >= loop[s_max]}
+            out[f"{order}|T={T}"] = {
+                "loopmdm_smax_at_least_2x_mdm": loop[s_max] >= 2 * base and loop[s_max] > 0,
+                "rises_from_S1_to_smax": loop[s_max] > loop[1],
+                "no_fall_at_2smax": loop[2 * s_max] >= loop[s_max],
+            }
     return out
 
 
@@ -239,15 +302,28 @@ def sudoku_markdown(results: dict) -> str:
     head = "| model | S | " + " | ".join(f"T={t}" if t else "one cell/step" for t in steps) + " |"
     lines = []
     for order in cfg["orders"]:
-        lines += [f"**order: {order}** (board accuracy, mean over seeds; {results['boards']} boards)", "", head,
-                  "|---|---|" + "---|" * len(steps)]
+        lines += [
+            f"**order: {order}** (board accuracy, mean over seeds; {results['boards']} boards)",
+            "",
+            head,
+            "|---|---|" + "---|" * len(steps),
+        ]
         for model, cells in summary.items():
             for S in sorted({int(k.split("|")[2]) for k in cells}):
                 vals = [cells.get(f"{order}|{t}|{S}") for t in steps]
-                lines.append(f"| {model} | {S} | " + " | ".join(
-                    "-" if v is None else f"{v['board_accuracy']['mean']:.3f}" for v in vals) + " |")
+                lines.append(
+                    f"| {model} | {S} | "
+                    + " | ".join(
+                        "-" if v is None else f"{v['board_accuracy']['mean']:.3f}" for v in vals
+                    )
+                    + " |"
+                )
         lines.append("")
     plan = results["plan"]
-    lines += ["- steps at equal training FLOPs: " + ", ".join(f"{r['name']} {r['steps']}" for r in plan["runs"]),
-              f"- checks: {json.dumps(results['checks'])}", f"- wall time {results['wall_s'] / 60:.1f} min"]
+    lines += [
+        "- steps at equal training FLOPs: "
+        + ", ".join(f"{r['name']} {r['steps']}" for r in plan["runs"]),
+        f"- checks: {json.dumps(results['checks'])}",
+        f"- wall time {results['wall_s'] / 60:.1f} min",
+    ]
     return "\n".join(lines) + "\n"

@@ -32,13 +32,13 @@ from typing import Optional
 import torch
 
 from .. import __version__
+from ..backbones import build_model, get_backbone
+from ..backbones.transformers_family import no_progress_bars
 from ..checkpoint import load_model, load_safetensors, resolve_checkpoint, save_checkpoint
 from ..config import ModelConfig, RunConfig
 from ..data import TextTokenizer
 from ..errors import CheckpointError, ConfigError, LoopMDMError, install_hint
 from ..outputs import check_new_folder
-from ..backbones import build_model, get_backbone
-from ..backbones.transformers_family import no_progress_bars
 
 try:  # the transformers classes need the [hf] extra
     from ..model.configuration_loopmdm import MODEL_DEFAULTS, LoopMDMConfig
@@ -50,8 +50,17 @@ else:
 
 MODEL_DIR = Path(__file__).parent.parent / "model"
 # The remote code: the two transformers files and the backbone files they import, all from loopmdm/model/.
-REMOTE_FILES = ("configuration_loopmdm.py", "modeling_loopmdm.py", "config.py", "layers.py", "looped.py", "loss.py",
-                "subs.py", "fields.py", "errors.py")
+REMOTE_FILES = (
+    "configuration_loopmdm.py",
+    "modeling_loopmdm.py",
+    "config.py",
+    "layers.py",
+    "looped.py",
+    "loss.py",
+    "subs.py",
+    "fields.py",
+    "errors.py",
+)
 AUTO_MAP = {
     "AutoConfig": "configuration_loopmdm.LoopMDMConfig",
     "AutoModel": "modeling_loopmdm.LoopMDMForMaskedLM",
@@ -59,33 +68,56 @@ AUTO_MAP = {
 }
 WEIGHT_PREFIX = "model."
 
-__all__ = ["LoopMDMConfig", "LoopMDMForMaskedLM", "LoopMDMPreTrainedModel", "to_hf_config", "to_hf_model",
-           "export_hf", "import_hf", "write_remote_code", "REMOTE_FILES", "MODEL_DEFAULTS"]
+__all__ = [
+    "LoopMDMConfig",
+    "LoopMDMForMaskedLM",
+    "LoopMDMPreTrainedModel",
+    "to_hf_config",
+    "to_hf_model",
+    "export_hf",
+    "import_hf",
+    "write_remote_code",
+    "REMOTE_FILES",
+    "MODEL_DEFAULTS",
+]
 
 
 def _require_transformers() -> None:
     if _IMPORT_ERROR is not None:
-        raise ConfigError(f"the Hugging Face format needs transformers ({_IMPORT_ERROR}); "
-                          "install it with: " + install_hint("hf"))
+        raise ConfigError(
+            f"the Hugging Face format needs transformers ({_IMPORT_ERROR}); "
+            "install it with: " + install_hint("hf")
+        )
 
 
 # --------------------------------------------------------------------------- library -> transformers
 
-def to_hf_config(cfg: RunConfig, tokenizer: TextTokenizer, step: Optional[int] = None) -> "LoopMDMConfig":
+
+def to_hf_config(
+    cfg: RunConfig, tokenizer: TextTokenizer, step: Optional[int] = None
+) -> "LoopMDMConfig":
     """A ``LoopMDMConfig`` for a library ``RunConfig``: same model fields, S defaults to the training S_max."""
     _require_transformers()
     return LoopMDMConfig(
         **{name: getattr(cfg.model, name) for name in MODEL_DEFAULTS},
         default_loops=int(cfg.diffusion.max_loops),
-        mask_token_id=tokenizer.mask_id, pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id,
-        eos_token_id=tokenizer.eos_id, noise_schedule=cfg.diffusion.schedule, t_eps=cfg.diffusion.t_eps,
-        loopmdm_run_config=cfg.to_dict(), loopmdm_step=step, loopmdm_version=__version__,
-        auto_map=dict(AUTO_MAP), architectures=["LoopMDMForMaskedLM"],
+        mask_token_id=tokenizer.mask_id,
+        pad_token_id=tokenizer.pad_id,
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+        noise_schedule=cfg.diffusion.schedule,
+        t_eps=cfg.diffusion.t_eps,
+        loopmdm_run_config=cfg.to_dict(),
+        loopmdm_step=step,
+        loopmdm_version=__version__,
+        auto_map=dict(AUTO_MAP),
+        architectures=["LoopMDMForMaskedLM"],
     )
 
 
-def to_hf_model(model: torch.nn.Module, cfg: RunConfig, tokenizer: TextTokenizer,
-                step: Optional[int] = None) -> "LoopMDMForMaskedLM":
+def to_hf_model(
+    model: torch.nn.Module, cfg: RunConfig, tokenizer: TextTokenizer, step: Optional[int] = None
+) -> "LoopMDMForMaskedLM":
     """Wrap a trained ``loopmdm.model.LoopMDM`` as a ``LoopMDMForMaskedLM`` holding the same weights."""
     hf = LoopMDMForMaskedLM(to_hf_config(cfg, tokenizer, step))
     hf.model.load_state_dict(model.state_dict())
@@ -95,7 +127,8 @@ def to_hf_model(model: torch.nn.Module, cfg: RunConfig, tokenizer: TextTokenizer
 def export_hf(checkpoint: str | Path, out: str | Path, ema: bool = False) -> Path:
     """Write a library checkpoint (run or checkpoint folder) as a transformers folder at ``out``."""
     _require_transformers()
-    out = check_new_folder(out)  # a new or empty folder only (loopmdm.outputs), checked before any work
+    # a new or empty folder only (loopmdm.outputs), checked before any work
+    out = check_new_folder(out)
     model, tokenizer, cfg = load_model(checkpoint, ema=ema)
     step = _checkpoint_step(checkpoint)
     if cfg.model.wrapped:
@@ -112,14 +145,17 @@ def export_hf(checkpoint: str | Path, out: str | Path, ema: bool = False) -> Pat
 LOOP_WEIGHTS = "loopmdm_loops.safetensors"  # loop options of a loopified model (not part of its source's format)
 
 
-def export_source_format(model, cfg: RunConfig, tokenizer: TextTokenizer, out: Path,
-                         step: Optional[int] = None) -> Path:
+def export_source_format(
+    model, cfg: RunConfig, tokenizer: TextTokenizer, out: Path, step: Optional[int] = None
+) -> Path:
     """A loopified transformers model as its source family's own folder (see the module docstring)."""
     family = get_backbone(cfg.model.backbone)
     if not family.exportable:
-        raise ConfigError(f"loopmdm export cannot write a loopified {family.name} model: its format needs "
-                          f"{family.name}'s remote code, which loopmdm does not ship; use the run folder with loopmdm "
-                          "sample / eval / serve")
+        raise ConfigError(
+            f"loopmdm export cannot write a loopified {family.name} model: its format needs "
+            f"{family.name}'s remote code, which loopmdm does not ship; use the run folder with loopmdm "
+            "sample / eval / serve"
+        )
     from safetensors.torch import save_file
 
     m = cfg.model
@@ -131,7 +167,11 @@ def export_source_format(model, cfg: RunConfig, tokenizer: TextTokenizer, out: P
     out.mkdir(parents=True, exist_ok=True)
     with no_progress_bars():
         src.save_pretrained(out, safe_serialization=True)
-    loops = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith("source.")}
+    loops = {
+        k: v.detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+        if not k.startswith("source.")
+    }
     if loops:
         save_file(loops, str(out / LOOP_WEIGHTS))
     write_tokenizer(out, tokenizer, m.max_seq_len)
@@ -167,12 +207,23 @@ def write_remote_code(folder: Path) -> None:
 def write_tokenizer(folder: Path, tokenizer: TextTokenizer, max_len: int) -> None:
     """``tokenizer.json`` plus the two small JSON files ``AutoTokenizer`` reads for special tokens."""
     tokenizer.save(folder / "tokenizer.json")
-    specials = {f"{role}_token": tokenizer.tok.id_to_token(i) for role, i in
-                (("mask", tokenizer.mask_id), ("pad", tokenizer.pad_id), ("bos", tokenizer.bos_id),
-                 ("eos", tokenizer.eos_id)) if i is not None}
+    specials = {
+        f"{role}_token": tokenizer.tok.id_to_token(i)
+        for role, i in (
+            ("mask", tokenizer.mask_id),
+            ("pad", tokenizer.pad_id),
+            ("bos", tokenizer.bos_id),
+            ("eos", tokenizer.eos_id),
+        )
+        if i is not None
+    }
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
-              "clean_up_tokenization_spaces": False, **specials}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": max_len,
+        "clean_up_tokenization_spaces": False,
+        **specials,
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -214,6 +265,7 @@ transformers. Convert back with `loopmdm import --hf PATH --out RUN_DIR`.
 
 # --------------------------------------------------------------------------- transformers -> library
 
+
 def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     """Turn an exported transformers folder back into a library run folder at ``out`` (a checkpoint under
     ``out/checkpoints``). Needs no transformers: reads config.json, the safetensors weights and tokenizer.json.
@@ -223,24 +275,33 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     out = check_new_folder(out)  # before any work
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
-        raise CheckpointError(f"{str(hf_dir)!r} has no config.json; pass a folder written by `loopmdm export` "
-                              "or save_pretrained")
+        raise CheckpointError(
+            f"{str(hf_dir)!r} has no config.json; pass a folder written by `loopmdm export` "
+            "or save_pretrained"
+        )
     try:
         hf_cfg = json.loads(config_path.read_text())
     except (ValueError, UnicodeDecodeError, RecursionError):  # JSONDecodeError is a ValueError
         raise CheckpointError(f"{config_path} is not valid JSON") from None
     if not isinstance(hf_cfg, dict):
-        raise CheckpointError(f"{config_path} is not a JSON object; pass a folder written by `loopmdm export`")
-    looped = hf_cfg.get("model_type") != "loopmdm" and isinstance(hf_cfg.get("loopmdm_run_config"), dict)
+        raise CheckpointError(
+            f"{config_path} is not a JSON object; pass a folder written by `loopmdm export`"
+        )
+    looped = hf_cfg.get("model_type") != "loopmdm" and isinstance(
+        hf_cfg.get("loopmdm_run_config"), dict
+    )
     if hf_cfg.get("model_type") != "loopmdm" and not looped:
-        raise CheckpointError(f"{config_path} describes a {hf_cfg.get('model_type')!r} model, not 'loopmdm'; "
-                              "only LoopMDM folders (and loopified models `loopmdm export` wrote) can be imported; "
-                              "turn a transformers model into a run with `loopmdm loopify --from DIR`")
+        raise CheckpointError(
+            f"{config_path} describes a {hf_cfg.get('model_type')!r} model, not 'loopmdm'; "
+            "only LoopMDM folders (and loopified models `loopmdm export` wrote) can be imported; "
+            "turn a transformers model into a run with `loopmdm loopify --from DIR`"
+        )
     cfg = _run_config_from_hf(hf_cfg)
     tokenizer = TextTokenizer.load(hf_dir / "tokenizer.json")
     model = build_model(cfg.model)
     state = _read_hf_weights(hf_dir, strip=not looped)
-    if looped:  # the source's own names, under the wrapper's "source." prefix, plus the loop options
+    # the source's own names, under the wrapper's "source." prefix, plus the loop options
+    if looped:
         state = {"source." + k: v for k, v in state.items()}
         if (hf_dir / LOOP_WEIGHTS).is_file():
             state.update(load_safetensors(hf_dir / LOOP_WEIGHTS))
@@ -249,10 +310,13 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError) as e:
-        raise CheckpointError(f"{hf_dir} weights do not match its config.json "
-                              f"({str(e).splitlines()[0][:120]})") from None
+        raise CheckpointError(
+            f"{hf_dir} weights do not match its config.json ({str(e).splitlines()[0][:120]})"
+        ) from None
     step = hf_cfg.get("loopmdm_step") or 0
-    save_checkpoint(out, int(step), model, cfg, tokenizer, {"step": int(step), "imported_from": str(hf_dir)})
+    save_checkpoint(
+        out, int(step), model, cfg, tokenizer, {"step": int(step), "imported_from": str(hf_dir)}
+    )
     cfg.save(out / "config.json")
     return out
 
@@ -280,19 +344,32 @@ def _read_hf_weights(hf_dir: Path, strip: bool = True) -> dict[str, torch.Tensor
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
-            raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map' of file names)") from None
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            UnicodeDecodeError,
+            RecursionError,
+        ):
+            raise CheckpointError(
+                f"{index} is not a valid shard index (no 'weight_map' of file names)"
+            ) from None
         if any(not isinstance(s, str) or "/" in s or "\\" in s for s in shards):
             raise CheckpointError(f"{index} names a shard outside its folder; use files beside it")
         files = [hf_dir / s for s in shards]
     elif (hf_dir / "model.safetensors").is_file():
         files = [hf_dir / "model.safetensors"]
     else:
-        raise CheckpointError(f"{str(hf_dir)!r} holds no model.safetensors; export with safetensors "
-                              "(pytorch_model.bin pickles are refused)")
+        raise CheckpointError(
+            f"{str(hf_dir)!r} holds no model.safetensors; export with safetensors "
+            "(pytorch_model.bin pickles are refused)"
+        )
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_safetensors(f))
     if not strip:
         return state
-    return {k[len(WEIGHT_PREFIX):] if k.startswith(WEIGHT_PREFIX) else k: v for k, v in state.items()}
+    return {
+        k[len(WEIGHT_PREFIX) :] if k.startswith(WEIGHT_PREFIX) else k: v for k, v in state.items()
+    }

@@ -14,4 +14,11 @@ from .convert import check_exact, loopify
 from .ranges import check_loop_range, parse_loop_layers
 from .sources import Source, open_source
 
-__all__ = ["loopify", "parse_loop_layers", "check_loop_range", "check_exact", "open_source", "Source"]
+__all__ = [
+    "loopify",
+    "parse_loop_layers",
+    "check_loop_range",
+    "check_exact",
+    "open_source",
+    "Source",
+]

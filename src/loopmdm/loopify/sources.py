@@ -21,7 +21,8 @@ from ..data.tokenizer import ALIASES
 from ..errors import CheckpointError, ConfigError, DataError, install_hint
 from .ranges import check_loop_range
 
-HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]  # config, weights, tokenizer: never code or pickles
+# config, weights, tokenizer: never code or pickles
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt", "tf_model.h5")
 
 
@@ -38,12 +39,19 @@ class Source:
     n_layers: int
     cfg: Optional[RunConfig] = None
     raw_config: Optional[dict] = None
-    tokenizer_spec: Optional[str] = None  # data.tokenizer of the loopified run (transformers sources)
+    # data.tokenizer of the loopified run (transformers sources)
+    tokenizer_spec: Optional[str] = None
     folder: Optional[Path] = None
 
 
-def open_source(spec: str, loop_layers: tuple[int, int], family: Optional[str] = None,
-                tokenizer: Optional[str] = None, ema: Optional[bool] = None, log=print) -> Source:
+def open_source(
+    spec: str,
+    loop_layers: tuple[int, int],
+    family: Optional[str] = None,
+    tokenizer: Optional[str] = None,
+    ema: Optional[bool] = None,
+    log=print,
+) -> Source:
     """Load what ``spec`` names (see the module docstring), once ``loop_layers`` (A, B) is known to fit its layer
     count (checked from its config, before any weights are read). ``family`` forces the adapter (``--family``);
     ``tokenizer`` replaces the source's tokenizer (``--tokenizer``); ``ema`` picks a library run's weights
@@ -52,16 +60,23 @@ def open_source(spec: str, loop_layers: tuple[int, int], family: Optional[str] =
     if path.exists():
         if _is_library(path):
             if family is not None or tokenizer is not None:
-                raise ConfigError("--family / --tokenizer apply to transformers sources; a library run keeps its own")
+                raise ConfigError(
+                    "--family / --tokenizer apply to transformers sources; a library run keeps its own"
+                )
             return _library_source(spec, path, loop_layers, ema)
         return _transformers_source(spec, path, loop_layers, family, tokenizer, hub_id=None)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not spec.strip():
-        raise DataError(f"--from {spec!r} does not exist; pass a run / checkpoint folder, a transformers folder or "
-                        "a Hugging Face Hub id (e.g. bert-base-uncased)")
-    return _transformers_source(spec, _download(spec, log), loop_layers, family, tokenizer, hub_id=spec)
+        raise DataError(
+            f"--from {spec!r} does not exist; pass a run / checkpoint folder, a transformers folder or "
+            "a Hugging Face Hub id (e.g. bert-base-uncased)"
+        )
+    return _transformers_source(
+        spec, _download(spec, log), loop_layers, family, tokenizer, hub_id=spec
+    )
 
 
 # --------------------------------------------------------------------------- library runs
+
 
 def _is_library(path: Path) -> bool:
     """A run folder (``checkpoints/``) or a checkpoint folder whose config.json is a run config."""
@@ -72,24 +87,41 @@ def _is_library(path: Path) -> bool:
         data = json.loads(config.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return False
-    return isinstance(data, dict) and isinstance(data.get("model"), dict) and "model_type" not in data
+    return (
+        isinstance(data, dict) and isinstance(data.get("model"), dict) and "model_type" not in data
+    )
 
 
-def _library_source(spec: str, path: Path, loop_layers: tuple[int, int], ema: Optional[bool]) -> Source:
+def _library_source(
+    spec: str, path: Path, loop_layers: tuple[int, int], ema: Optional[bool]
+) -> Source:
     check_loop_range(*loop_layers, load_config_file(resolve_checkpoint(path)).model.n_layers)
     model, tok, cfg = load_model(path, ema=ema)
     m = cfg.model
     if cfg.diffusion.objective != "mdm" or m.causal:
-        raise ConfigError(f"--from {spec!r} is an autoregressive model (diffusion.objective="
-                          f"{cfg.diffusion.objective!r}); loopify reads masked diffusion models")
+        raise ConfigError(
+            f"--from {spec!r} is an autoregressive model (diffusion.objective="
+            f"{cfg.diffusion.objective!r}); loopify reads masked diffusion models"
+        )
     if m.input_injection or m.loop_embedding:
-        raise ConfigError(f"--from {spec!r} was trained with input injection / a loop embedding around its mid block "
-                          f"(layers {m.n_h}..{m.n_h + m.n_m - 1}); moving the loop would break it: loopify a plain MDM")
-    return Source("library", spec, get_backbone(m.backbone), model, tok, m.n_layers, cfg=cfg,
-                  folder=resolve_checkpoint(path))
+        raise ConfigError(
+            f"--from {spec!r} was trained with input injection / a loop embedding around its mid block "
+            f"(layers {m.n_h}..{m.n_h + m.n_m - 1}); moving the loop would break it: loopify a plain MDM"
+        )
+    return Source(
+        "library",
+        spec,
+        get_backbone(m.backbone),
+        model,
+        tok,
+        m.n_layers,
+        cfg=cfg,
+        folder=resolve_checkpoint(path),
+    )
 
 
 # --------------------------------------------------------------------------- transformers folders / Hub ids
+
 
 def _download(hub_id: str, log) -> Path:
     """A local snapshot of a Hub repository's config, safetensors and tokenizer files (the cache when offline)."""
@@ -97,32 +129,48 @@ def _download(hub_id: str, log) -> Path:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError:
-        raise ConfigError("loading a Hub model needs huggingface_hub: " + install_hint("hf")) from None
+        raise ConfigError(
+            "loading a Hub model needs huggingface_hub: " + install_hint("hf")
+        ) from None
     offline = hub_offline()
     if offline:
         try:
             return Path(snapshot_download(hub_id, allow_patterns=HUB_FILES, local_files_only=True))
         except (LocalEntryNotFoundError, OSError, ValueError):
-            raise DataError(f"model {hub_id!r} is not a local folder and not in the Hugging Face cache, and "
-                            "HF_HUB_OFFLINE=1 forbids downloading it; unset HF_HUB_OFFLINE on a machine with a network "
-                            "(or pass a local folder)") from None
+            raise DataError(
+                f"model {hub_id!r} is not a local folder and not in the Hugging Face cache, and "
+                "HF_HUB_OFFLINE=1 forbids downloading it; unset HF_HUB_OFFLINE on a machine with a network "
+                "(or pass a local folder)"
+            ) from None
     require_hub(f"model {hub_id!r}")
     log(f"downloading {hub_id} (config, safetensors weights, tokenizer) from the Hugging Face Hub")
     try:
         return Path(snapshot_download(hub_id, allow_patterns=HUB_FILES))
     except RepositoryNotFoundError:
-        raise DataError(f"model {hub_id!r} is not a Hub repository (or it is gated / private: log in with "
-                        "`huggingface-cli login`); check the name") from None
+        raise DataError(
+            f"model {hub_id!r} is not a Hub repository (or it is gated / private: log in with "
+            "`huggingface-cli login`); check the name"
+        ) from None
     except (OSError, ValueError) as e:
-        raise DataError(f"could not download {hub_id!r} from the Hugging Face Hub ({str(e).splitlines()[0][:100]}); "
-                        "check the network, or pass a local folder") from None
+        raise DataError(
+            f"could not download {hub_id!r} from the Hugging Face Hub ({str(e).splitlines()[0][:100]}); "
+            "check the network, or pass a local folder"
+        ) from None
 
 
-def _transformers_source(spec: str, folder: Path, loop_layers: tuple[int, int], family: Optional[str],
-                         tokenizer: Optional[str], hub_id: Optional[str]) -> Source:
+def _transformers_source(
+    spec: str,
+    folder: Path,
+    loop_layers: tuple[int, int],
+    family: Optional[str],
+    tokenizer: Optional[str],
+    hub_id: Optional[str],
+) -> Source:
     if not folder.is_dir() or not (folder / "config.json").is_file():
-        raise CheckpointError(f"--from {spec!r} has no config.json; pass a library run / checkpoint folder, a "
-                              "transformers folder (config.json + safetensors) or a Hub id")
+        raise CheckpointError(
+            f"--from {spec!r} has no config.json; pass a library run / checkpoint folder, a "
+            "transformers folder (config.json + safetensors) or a Hub id"
+        )
     try:
         raw = json.loads((folder / "config.json").read_text())
     except (ValueError, UnicodeDecodeError):
@@ -131,17 +179,31 @@ def _transformers_source(spec: str, folder: Path, loop_layers: tuple[int, int], 
         raise CheckpointError(f"{folder / 'config.json'} is not a JSON object")
     fam = get_backbone(family) if family is not None else family_for(raw.get("model_type"))
     if not isinstance(fam, TransformersFamily):
-        raise ConfigError(f"--family {family!r} is not a transformers family; use one of: {known_architectures()}")
+        raise ConfigError(
+            f"--family {family!r} is not a transformers family; use one of: {known_architectures()}"
+        )
     if isinstance(raw.get("num_hidden_layers"), int):
         check_loop_range(*loop_layers, raw["num_hidden_layers"])
-    fam.check_loop_layers(*loop_layers)  # e.g. ModernBERT's layer 0 (no attention pre-norm) may not be looped
+    # e.g. ModernBERT's layer 0 (no attention pre-norm) may not be looped
+    fam.check_loop_layers(*loop_layers)
     _check_weights(spec, folder)
     model = fam.load_source(folder, raw)
     check_loop_range(*loop_layers, len(fam.layers(model)))
     tok_spec = tokenizer or hub_id or str(folder.resolve())
-    tok = source_tokenizer(tok_spec, raw, folder if tokenizer is None else None, int(model.config.vocab_size))
-    return Source("transformers", spec, fam, model, tok, len(fam.layers(model)), raw_config=raw,
-                  tokenizer_spec=tok_spec, folder=folder)
+    tok = source_tokenizer(
+        tok_spec, raw, folder if tokenizer is None else None, int(model.config.vocab_size)
+    )
+    return Source(
+        "transformers",
+        spec,
+        fam,
+        model,
+        tok,
+        len(fam.layers(model)),
+        raw_config=raw,
+        tokenizer_spec=tok_spec,
+        folder=folder,
+    )
 
 
 def _check_weights(spec: str, folder: Path) -> None:
@@ -149,13 +211,17 @@ def _check_weights(spec: str, folder: Path) -> None:
         return
     pickled = [n for n in PICKLED if (folder / n).exists()]
     if pickled:
-        raise CheckpointError(f"--from {spec!r} holds only pickled weights ({pickled[0]}); loopify reads safetensors "
-                              "because unpickling can run code: convert it once where you trust it with "
-                              "model.save_pretrained(DIR, safe_serialization=True)")
+        raise CheckpointError(
+            f"--from {spec!r} holds only pickled weights ({pickled[0]}); loopify reads safetensors "
+            "because unpickling can run code: convert it once where you trust it with "
+            "model.save_pretrained(DIR, safe_serialization=True)"
+        )
     raise CheckpointError(f"--from {spec!r} holds no *.safetensors weights")
 
 
-def source_tokenizer(spec: str, raw_config: dict, folder: Optional[Path], model_vocab: int) -> TextTokenizer:
+def source_tokenizer(
+    spec: str, raw_config: dict, folder: Optional[Path], model_vocab: int
+) -> TextTokenizer:
     """The source's tokenizer, which must have the mask token the model was trained with and fit its vocabulary.
     Without a mask token the one-line error says how to add one to both the tokenizer and the model."""
     try:
@@ -167,15 +233,20 @@ def source_tokenizer(spec: str, raw_config: dict, folder: Optional[Path], model_
             f"the tokenizer of {spec!r} has no mask token (looked for {', '.join(ALIASES['mask'])}); masked diffusion "
             "needs one. Add it to the tokenizer and the model and save both: tok.add_special_tokens({'mask_token': "
             "'[MASK]'}); model.resize_token_embeddings(len(tok)); tok.save_pretrained(DIR); "
-            "model.save_pretrained(DIR); then loopify --from DIR")
+            "model.save_pretrained(DIR); then loopify --from DIR"
+        )
     text = TextTokenizer(tok)
     expected = _declared_mask_id(raw_config, folder, tok)
     if expected is not None and expected != text.mask_id:
-        raise DataError(f"the tokenizer's mask token {tok.id_to_token(text.mask_id)!r} (id {text.mask_id}) is not the "
-                        f"model's (id {expected}, from its config); pass the model's own tokenizer with --tokenizer")
+        raise DataError(
+            f"the tokenizer's mask token {tok.id_to_token(text.mask_id)!r} (id {text.mask_id}) is not the "
+            f"model's (id {expected}, from its config); pass the model's own tokenizer with --tokenizer"
+        )
     if text.vocab_size > model_vocab:
-        raise DataError(f"the tokenizer of {spec!r} has {text.vocab_size} tokens but the model only {model_vocab}; "
-                        "pass the model's own tokenizer with --tokenizer")
+        raise DataError(
+            f"the tokenizer of {spec!r} has {text.vocab_size} tokens but the model only {model_vocab}; "
+            "pass the model's own tokenizer with --tokenizer"
+        )
     return text
 
 

@@ -32,9 +32,15 @@ class LoopMDMConfig(PretrainedConfig):
         "max_position_embeddings": "max_seq_len",
     }
 
-    def __init__(self, default_loops: int = 1, mask_token_id: Optional[int] = None,
-                 noise_schedule: str = "loglinear", t_eps: float = 1e-3,
-                 loopmdm_run_config: Optional[dict] = None, **kwargs: Any):
+    def __init__(
+        self,
+        default_loops: int = 1,
+        mask_token_id: Optional[int] = None,
+        noise_schedule: str = "loglinear",
+        t_eps: float = 1e-3,
+        loopmdm_run_config: Optional[dict] = None,
+        **kwargs: Any,
+    ):
         for name, default in MODEL_DEFAULTS.items():
             setattr(self, name, kwargs.pop(name, default))
         self.default_loops = default_loops

@@ -20,8 +20,8 @@ from typing import Any, Iterable
 
 from .errors import ConfigError
 
-
 # --------------------------------------------------------------------------- integers
+
 
 def is_int(value: Any) -> bool:
     """True for ints (and numpy integers), False for bools, floats and everything else."""
@@ -35,19 +35,41 @@ def check_int(value: Any, name: str, low: int = 1, hint: str = "") -> int:
     return int(value)
 
 
-def check_number(value: Any, name: str, *, gt: float | None = None, ge: float | None = None,
-                 le: float | None = None, hint: str = "") -> float:
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    hint: str = "",
+) -> float:
     """``value`` as a finite float within the bounds (``gt`` / ``ge`` below, ``le`` above); bools and words are
     refused with ``ConfigError("{name}={value!r} must be a number ...{hint}")``."""
     low = f"({gt}" if gt is not None else f"[{ge}" if ge is not None else None
     if low and le is not None:
         cond = f"in {low}, {le}]"
     else:
-        cond = f"> {gt}" if gt is not None else f">= {ge}" if ge is not None else f"<= {le}" if le is not None else ""
+        cond = (
+            f"> {gt}"
+            if gt is not None
+            else f">= {ge}"
+            if ge is not None
+            else f"<= {le}"
+            if le is not None
+            else ""
+        )
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (gt is None or value > gt) and (ge is None or value >= ge) and (le is None or value <= le)
+    ok = (
+        ok
+        and (gt is None or value > gt)
+        and (ge is None or value >= ge)
+        and (le is None or value <= le)
+    )
     if not ok:
-        raise ConfigError(f"{name}={short(value)} must be a number {cond}{hint}".replace("number  ", "number "))
+        raise ConfigError(
+            f"{name}={short(value)} must be a number {cond}{hint}".replace("number  ", "number ")
+        )
     return float(value)
 
 
@@ -66,7 +88,9 @@ def check_int_list(values: Iterable[Any], name: str, low: int = 1) -> list[int]:
     return out
 
 
-def parse_int_list(values: Iterable[str], flag: str, low: int = 1, example: str = "1,4,8") -> list[int]:
+def parse_int_list(
+    values: Iterable[str], flag: str, low: int = 1, example: str = "1,4,8"
+) -> list[int]:
     """Command-line integers, repeated and / or comma-separated: ``["1,2", "4"]`` -> ``[1, 2, 4]``."""
     out = []
     for v in values:
@@ -75,7 +99,8 @@ def parse_int_list(values: Iterable[str], flag: str, low: int = 1, example: str 
             if not part:
                 continue
             digits = part.removeprefix("-")
-            if not (digits.isascii() and digits.isdigit()) or int(part) < low:  # "²".isdigit(), but int("²") fails
+            # "²".isdigit(), but int("²") fails
+            if not (digits.isascii() and digits.isdigit()) or int(part) < low:
                 what = "a positive integer" if low == 1 else f"an integer >= {low}"
                 raise ConfigError(f"{flag} {part!r} is not {what}; pass e.g. {flag} {example}")
             out.append(int(part))
@@ -85,6 +110,7 @@ def parse_int_list(values: Iterable[str], flag: str, low: int = 1, example: str 
 
 
 # --------------------------------------------------------------------------- config fields
+
 
 def short(value: Any, limit: int = 60) -> str:
     """``repr(value)`` on one line, cut to ``limit`` characters (errors stay one readable line)."""
@@ -127,8 +153,12 @@ def coerce(path: str, value: Any, tp: Any) -> Any:
     if tp is int:
         if is_int(value):
             return int(value)
-        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
-                and float(value).is_integer():
+        if (
+            isinstance(value, numbers.Real)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and float(value).is_integer()
+        ):
             return int(value)
         raise ConfigError(f"{path}={short(value)} must be an integer")
     if tp is float:
@@ -163,14 +193,20 @@ def check_types(obj: Any, section: str) -> None:
     Python, not from YAML / ``--set``, may hold a string where a number belongs); numbers are normalised
     (1 -> 1.0, 2.0 -> 2, list -> tuple). ``section`` prefixes the field names in errors (``model.d_model``)."""
     for f in dataclasses.fields(obj):
-        setattr(obj, f.name, coerce(f"{section}.{f.name}", getattr(obj, f.name), field_type(obj, f.name)))
+        setattr(
+            obj,
+            f.name,
+            coerce(f"{section}.{f.name}", getattr(obj, f.name), field_type(obj, f.name)),
+        )
 
 
 def apply_dict(cfg: Any, d: dict[str, Any], prefix: str = "") -> None:
     """Recursively set dataclass fields from a nested dict (YAML, JSON, ``--set``), converting each value to its
     field's type and rejecting unknown keys with the valid names."""
     if not isinstance(d, dict):
-        raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping, got {type(d).__name__}")
+        raise ConfigError(
+            f"config section {prefix or '<root>'!r} must be a mapping, got {type(d).__name__}"
+        )
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for key, value in d.items():
         path = f"{prefix}{key}"
@@ -179,7 +215,8 @@ def apply_dict(cfg: Any, d: dict[str, Any], prefix: str = "") -> None:
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
             apply_dict(current, value, prefix=f"{path}.")
-        elif isinstance(current, dict) and isinstance(value, dict):  # a mapping field: keys are merged
+        # a mapping field: keys are merged
+        elif isinstance(current, dict) and isinstance(value, dict):
             setattr(cfg, key, coerce(path, {**current, **value}, field_type(cfg, key)))
         else:
             setattr(cfg, key, coerce(path, value, field_type(cfg, key)))
@@ -198,4 +235,6 @@ def at_most(obj: Any, section: str, **limits: int) -> None:
     for name, limit in limits.items():
         v = getattr(obj, name)
         if v > limit:
-            raise ConfigError(f"{section}.{name}={short(v)} is larger than the supported {limit}; check for a typo")
+            raise ConfigError(
+                f"{section}.{name}={short(v)} is larger than the supported {limit}; check for a typo"
+            )

@@ -29,7 +29,9 @@ def block_flops(cfg: ModelConfig, queries: int, keys: int) -> float:
     return queries * per_query + mod
 
 
-def prelude_flops(cfg: ModelConfig, rows: int, seq_len: int, queries: Optional[int] = None) -> float:
+def prelude_flops(
+    cfg: ModelConfig, rows: int, seq_len: int, queries: Optional[int] = None
+) -> float:
     """Time embedding and the head (n_h layers) over ``rows`` sequences of ``seq_len`` tokens; with ``queries``
     only that many positions per row are computed, attending to ``seq_len`` keys (key / value caching)."""
     c = cfg.cond_dim
@@ -45,8 +47,13 @@ def loop_flops(cfg: ModelConfig, rows: int, queries: int, keys: int) -> float:
     return rows * (cfg.n_m * block_flops(cfg, queries, keys) + queries * inj)
 
 
-def coda_flops(cfg: ModelConfig, rows: int, seq_len: int, predicted: Optional[float] = None,
-               queries: Optional[int] = None) -> float:
+def coda_flops(
+    cfg: ModelConfig,
+    rows: int,
+    seq_len: int,
+    predicted: Optional[float] = None,
+    queries: Optional[int] = None,
+) -> float:
     """Tail (n_o layers) over ``rows`` sequences, the final adaLN modulation, and the LM head at ``predicted``
     positions in all (default: every position of every row); with ``queries`` the tail computes only that many
     positions per row, attending to ``seq_len`` keys (key / value caching)."""
@@ -54,10 +61,14 @@ def coda_flops(cfg: ModelConfig, rows: int, seq_len: int, predicted: Optional[fl
     final_mod = 2 * cfg.cond_dim * 2 * d if cfg.time_conditioned else 0.0
     predicted = rows * seq_len if predicted is None else predicted
     q = seq_len if queries is None else queries
-    return rows * (cfg.n_o * block_flops(cfg, q, seq_len) + final_mod) + predicted * 2 * d * cfg.vocab_size
+    return (
+        rows * (cfg.n_o * block_flops(cfg, q, seq_len) + final_mod)
+        + predicted * 2 * d * cfg.vocab_size
+    )
 
 
 # --------------------------------------------------------------------------- per token (training accounting)
+
 
 def layer_flops_per_token(cfg: ModelConfig, seq_len: Optional[int] = None) -> float:
     """Forward FLOPs of one transformer block per token (dense attention over the window)."""
@@ -71,21 +82,31 @@ def loop_flops_per_token(cfg: ModelConfig, seq_len: Optional[int] = None) -> flo
     return loop_flops(cfg, 1, T, T) / T
 
 
-def base_flops_per_token(cfg: ModelConfig, seq_len: Optional[int] = None, predicted_fraction: float = 1.0) -> float:
+def base_flops_per_token(
+    cfg: ModelConfig, seq_len: Optional[int] = None, predicted_fraction: float = 1.0
+) -> float:
     """Forward FLOPs per token outside the loops: head, tail, LM head (at ``predicted_fraction`` of the
     positions), time embedding and final adaLN."""
     T = seq_len or cfg.max_seq_len
     return (prelude_flops(cfg, 1, T) + coda_flops(cfg, 1, T, predicted_fraction * T)) / T
 
 
-def forward_flops_per_token(cfg: ModelConfig, loops: int, seq_len: Optional[int] = None,
-                            predicted_fraction: float = 1.0) -> float:
+def forward_flops_per_token(
+    cfg: ModelConfig, loops: int, seq_len: Optional[int] = None, predicted_fraction: float = 1.0
+) -> float:
     """Forward FLOPs per token at loop count S = loops."""
-    return base_flops_per_token(cfg, seq_len, predicted_fraction) + loops * loop_flops_per_token(cfg, seq_len)
+    return base_flops_per_token(cfg, seq_len, predicted_fraction) + loops * loop_flops_per_token(
+        cfg, seq_len
+    )
 
 
-def train_flops_per_token(cfg: ModelConfig, loops: int, seq_len: Optional[int] = None,
-                          predicted_fraction: float = 1.0, supervised: int = 1) -> float:
+def train_flops_per_token(
+    cfg: ModelConfig,
+    loops: int,
+    seq_len: Optional[int] = None,
+    predicted_fraction: float = 1.0,
+    supervised: int = 1,
+) -> float:
     """Training (forward + backward) FLOPs per token at S = loops; with truncated backprop of depth k,
     only the last min(k, S) loops are differentiated. ``predicted_fraction``: share of positions the LM head
     and loss run on (the expected masked fraction under sparse prediction). ``supervised``: loop outputs that
@@ -93,12 +114,14 @@ def train_flops_per_token(cfg: ModelConfig, loops: int, seq_len: Optional[int] =
     T = seq_len or cfg.max_seq_len
     k = loops if cfg.backprop_depth is None else min(cfg.backprop_depth, loops)
     extra_codas = (supervised - 1) * coda_flops(cfg, 1, T, predicted_fraction * T) / T
-    return 3 * (forward_flops_per_token(cfg, loops, seq_len, predicted_fraction) + extra_codas) \
-        - 2 * (loops - k) * loop_flops_per_token(cfg, seq_len)
+    return 3 * (
+        forward_flops_per_token(cfg, loops, seq_len, predicted_fraction) + extra_codas
+    ) - 2 * (loops - k) * loop_flops_per_token(cfg, seq_len)
 
 
-def expected_train_flops_per_token(cfg: ModelConfig, dist, seq_len: Optional[int] = None,
-                                   predicted_fraction: float = 1.0) -> float:
+def expected_train_flops_per_token(
+    cfg: ModelConfig, dist, seq_len: Optional[int] = None, predicted_fraction: float = 1.0
+) -> float:
     """E_S[training FLOPs per token] under a loop-count distribution ``dist`` (anything with
     ``expect(f) = E[f(S)]``; S ~ U{1..S_max}: E[S] = (S_max+1)/2)."""
     return dist.expect(lambda s: train_flops_per_token(cfg, s, seq_len, predicted_fraction))
@@ -110,6 +133,7 @@ def effective_depth(cfg: ModelConfig, loops: int) -> int:
 
 
 # --------------------------------------------------------------------------- parameters (memory before building)
+
 
 def parameter_count(cfg: ModelConfig) -> int:
     """Parameters ``LoopMDM(cfg)`` holds (tied weights counted once), from the config alone, as the layers

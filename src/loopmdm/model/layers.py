@@ -44,7 +44,9 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, cond_dim: int, freq_dim: int = 256):
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(freq_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
+        )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(sinusoidal(t * 1000.0, self.freq_dim))
@@ -53,7 +55,9 @@ class TimestepEmbedder(nn.Module):
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features of a scalar per row: x [B] -> [B, dim]."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half
+    )
     args = x.float()[:, None] * freqs[None]  # [B, half]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -77,9 +81,15 @@ class Attention(nn.Module):
             q, k = F.rms_norm(q, (q.shape[-1],)), F.rms_norm(k, (k.shape[-1],))
         return q, k, v
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                attn_mask: Optional[torch.Tensor], causal: bool, positions: Optional[torch.Tensor] = None,
-                kv_cache: Optional[dict] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: Optional[torch.Tensor],
+        causal: bool,
+        positions: Optional[torch.Tensor] = None,
+        kv_cache: Optional[dict] = None,
+    ) -> torch.Tensor:
         """Self-attention of x [B, T, D]. Partial update (per-token loop exit): with ``positions`` [B, K] the rows
         of x [B, K, D] are the states at those sequence positions only; their keys / values are written into
         ``kv_cache`` ({"k", "v"}: [B, H, T_full, hd], filled by an earlier full call) and the queries attend to
@@ -89,31 +99,42 @@ class Attention(nn.Module):
         B, T, D = x.shape
         q, k, v = self.heads(x)  # [B, H, T, hd]
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        if kv_cache is not None:  # v is a view of the fused [B, T, 3D] qkv output: keep a compact copy, not that
+        # v is a view of the fused [B, T, 3D] qkv output: keep a compact copy, not that
+        if kv_cache is not None:
             kv_cache["k"], kv_cache["v"] = k, v.contiguous()
+        # [B, H, T, hd]
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None,
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=causal and attn_mask is None,
             dropout_p=self.dropout if self.training else 0.0,
-        )  # [B, H, T, hd]
+        )
         return self.proj(y.transpose(1, 2).reshape(B, T, D))  # [B, T, D]
 
     def _partial(self, x, rope, attn_mask, causal, positions, kv_cache):
         if kv_cache is None or "k" not in kv_cache:
-            raise ValueError("a partial attention update needs a kv_cache filled by a full call first")
+            raise ValueError(
+                "a partial attention update needs a kv_cache filled by a full call first"
+            )
         B, K, D = x.shape
         q, k, v = self.heads(x)  # [B, H, K, hd]
         cos, sin = rope[0][positions][:, None], rope[1][positions][:, None]  # [B, 1, K, hd/2]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         idx = positions[:, None, :, None].expand_as(k)  # [B, H, K, hd]
-        keys = kv_cache["k"].scatter_(2, idx, k)  # [B, H, T, hd], in place: the cache is not copied per layer
+        # [B, H, T, hd], in place: the cache is not copied per layer
+        keys = kv_cache["k"].scatter_(2, idx, k)
         values = kv_cache["v"].scatter_(2, idx, v)
         kv_cache["k"], kv_cache["v"] = keys, values
         T = keys.shape[2]
         mask = attn_mask
-        if mask is not None and mask.shape[-2] > 1:  # [B, 1, T, T] (causal + padding): keep the query rows
+        # [B, 1, T, T] (causal + padding): keep the query rows
+        if mask is not None and mask.shape[-2] > 1:
             mask = mask.expand(B, 1, T, T).gather(2, positions[:, None, :, None].expand(B, 1, K, T))
         if causal:
-            allowed = positions[:, None, :, None] >= torch.arange(T, device=x.device)  # [B, 1, K, T]
+            # [B, 1, K, T]
+            allowed = positions[:, None, :, None] >= torch.arange(T, device=x.device)
             mask = allowed if mask is None else mask & allowed
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, H, K, hd]
         return self.proj(y.transpose(1, 2).reshape(B, K, D))  # [B, K, D]
@@ -151,15 +172,29 @@ class Block(nn.Module):
             nn.init.zeros_(self.modulation.weight)
             nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], c: Optional[torch.Tensor] = None,
-                attn_mask: Optional[torch.Tensor] = None, causal: bool = False,
-                positions: Optional[torch.Tensor] = None, kv_cache: Optional[dict] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        c: Optional[torch.Tensor] = None,
+        attn_mask: Optional[torch.Tensor] = None,
+        causal: bool = False,
+        positions: Optional[torch.Tensor] = None,
+        kv_cache: Optional[dict] = None,
+    ) -> torch.Tensor:
         """x [B, T, D] -> [B, T, D]; ``positions`` / ``kv_cache``: partial update, see ``Attention.forward``."""
         extra = dict(positions=positions, kv_cache=kv_cache)
         if self.modulation is None:
             x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, causal, **extra))
             return x + self.drop(self.mlp(self.norm2(x)))
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)  # [B, 1, D] each
-        x = torch.addcmul(x, gate1, self.drop(self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask,
-                                                        causal, **extra)))  # x + gate * attn(...)
+        # [B, 1, D] each
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)
+        # x + gate * attn(...)
+        x = torch.addcmul(
+            x,
+            gate1,
+            self.drop(
+                self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask, causal, **extra)
+            ),
+        )
         return torch.addcmul(x, gate2, self.drop(self.mlp(modulate(self.norm2(x), shift2, scale2))))

@@ -16,11 +16,11 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import Block, Rotary, TimestepEmbedder, modulate, sinusoidal
-from .loss import linear_cross_entropy
 from .config import ModelConfig
 from .errors import ConfigError, InputError
 from .fields import check_loops
+from .layers import Block, Rotary, TimestepEmbedder, modulate, sinusoidal
+from .loss import linear_cross_entropy
 
 
 @dataclass
@@ -35,30 +35,50 @@ class LoopContext:
     causal: bool
 
 
-def check_inputs(x_t: torch.Tensor, t: Optional[torch.Tensor], vocab_size: int, values: bool = True) -> None:
+def check_inputs(
+    x_t: torch.Tensor, t: Optional[torch.Tensor], vocab_size: int, values: bool = True
+) -> None:
     """One-line ``InputError``s for token ids x_t that are not an integer [B, T] tensor and times t that are not
     a scalar or [B]; with ``values`` (tensors on the CPU, where reading them back costs no device sync) also
     ids outside [0, vocab_size) and t outside [0, 1] or not finite."""
-    if not isinstance(x_t, torch.Tensor) or x_t.is_floating_point() or x_t.is_complex() or x_t.dtype == torch.bool:
-        raise InputError(f"x_t must be a tensor of integer token ids, got {getattr(x_t, 'dtype', type(x_t))}; "
-                         "pass e.g. torch.tensor(ids, dtype=torch.long)")
+    if (
+        not isinstance(x_t, torch.Tensor)
+        or x_t.is_floating_point()
+        or x_t.is_complex()
+        or x_t.dtype == torch.bool
+    ):
+        raise InputError(
+            f"x_t must be a tensor of integer token ids, got {getattr(x_t, 'dtype', type(x_t))}; "
+            "pass e.g. torch.tensor(ids, dtype=torch.long)"
+        )
     if x_t.dim() != 2:
-        raise InputError(f"x_t must be [batch, length] token ids, got shape {list(x_t.shape)}; add a batch "
-                         "dimension with x_t[None]")
-    if t is not None and (not isinstance(t, torch.Tensor) or t.dim() > 1
-                          or (t.dim() == 1 and t.shape[0] != x_t.shape[0])):
-        raise InputError(f"t must be a scalar or one time per row [{x_t.shape[0]}], got "
-                         f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        raise InputError(
+            f"x_t must be [batch, length] token ids, got shape {list(x_t.shape)}; add a batch "
+            "dimension with x_t[None]"
+        )
+    if t is not None and (
+        not isinstance(t, torch.Tensor)
+        or t.dim() > 1
+        or (t.dim() == 1 and t.shape[0] != x_t.shape[0])
+    ):
+        raise InputError(
+            f"t must be a scalar or one time per row [{x_t.shape[0]}], got "
+            f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+        )
     if not values or x_t.numel() == 0:
         return
     ids = x_t.detach().numpy()  # read through NumPy: host values, never a device sync
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= vocab_size:
-        raise InputError(f"token ids must be in [0, {vocab_size}) (the model's vocabulary), got ids from {lo} to "
-                         f"{hi}; encode the text with the checkpoint's tokenizer")
+        raise InputError(
+            f"token ids must be in [0, {vocab_size}) (the model's vocabulary), got ids from {lo} to "
+            f"{hi}; encode the text with the checkpoint's tokenizer"
+        )
     times = None if t is None or t.device.type != "cpu" else t.detach().double().numpy()
     if times is not None and not ((times >= 0) & (times <= 1)).all():
-        raise InputError("t must hold diffusion times in [0, 1] (no NaN); pass t = 1 for an all-masked sequence")
+        raise InputError(
+            "t must hold diffusion times in [0, 1] (no NaN); pass t = 1 for an all-masked sequence"
+        )
 
 
 def select_positions(h: torch.Tensor, predict: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +86,8 @@ def select_positions(h: torch.Tensor, predict: torch.Tensor) -> tuple[torch.Tens
     b * T + i in row-major order (what the objectives pass: found on the host, they need no device sync; a mask's
     positions are counted on the device, a sync). Returns (states [N, D], the row b of each [N])."""
     B, T, D = h.shape
-    flat = predict.reshape(-1).nonzero().squeeze(1) if predict.dtype == torch.bool else predict  # [N]
+    # [N]
+    flat = predict.reshape(-1).nonzero().squeeze(1) if predict.dtype == torch.bool else predict
     return h.reshape(B * T, D).index_select(0, flat), torch.div(flat, T, rounding_mode="floor")
 
 
@@ -78,8 +99,13 @@ class Stack(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(n))
 
-    def forward(self, h: torch.Tensor, ctx: LoopContext, positions: Optional[torch.Tensor] = None,
-                cache: Optional[list] = None) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        ctx: LoopContext,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[list] = None,
+    ) -> torch.Tensor:
         """h [B, T, D] -> [B, T, D]. Optional partial update (inference, per-token loop exit): ``cache`` is one
         dict per block holding that block's keys / values [B, H, T, hd]; a call without ``positions`` fills it,
         a call with ``positions`` [B, K] updates only the states h [B, K, D] at those positions, the others
@@ -89,7 +115,15 @@ class Stack(nn.Module):
             if positions is None and kv is None:
                 h = block(h, ctx.rope, ctx.cond, ctx.attn_mask, ctx.causal)
             else:
-                h = block(h, ctx.rope, ctx.cond, ctx.attn_mask, ctx.causal, positions=positions, kv_cache=kv)
+                h = block(
+                    h,
+                    ctx.rope,
+                    ctx.cond,
+                    ctx.attn_mask,
+                    ctx.causal,
+                    positions=positions,
+                    kv_cache=kv,
+                )
         return h
 
     def __len__(self) -> int:
@@ -100,7 +134,8 @@ class LoopMDM(nn.Module):
     """Looped masked diffusion LM. ``forward(x_t, t, loops=S)`` returns raw logits [B, T, V]
     (the SUBS parameterization is applied by the objective / sampler, ``loopmdm.model.subs``)."""
 
-    sparse_prediction = True  # forward takes predict / labels: objectives need no full-vocabulary logits
+    # forward takes predict / labels: objectives need no full-vocabulary logits
+    sparse_prediction = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -145,9 +180,14 @@ class LoopMDM(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     # ------------------------------------------------------------------ stages
-    def prelude(self, x_t: torch.Tensor, t: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None,
-                cache: Optional[list] = None) -> LoopContext:
+    def prelude(
+        self,
+        x_t: torch.Tensor,
+        t: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[list] = None,
+    ) -> LoopContext:
         """Embed tokens x_t [B, T] and run the head (n_h layers) once. t [B] is the diffusion time
         (needed with adaLN time conditioning); attention_mask [B, T] is True on real (non-pad) tokens.
 
@@ -164,15 +204,22 @@ class LoopMDM(nn.Module):
         cond = None
         if self.time_embed is not None:
             if t is None:
-                raise ConfigError("this model is time-conditioned (model.time_conditioning='adaln'): pass t")
+                raise ConfigError(
+                    "this model is time-conditioned (model.time_conditioning='adaln'): pass t"
+                )
             cond = self.time_embed(t.expand(B) if t.dim() == 0 else t)  # [B, cond_dim]
         mask = None
         if attention_mask is not None:
             mask = attention_mask[:, None, None, :].bool()  # [B, 1, 1, T] keys to attend to
             if self.config.causal:
                 mask = mask & torch.ones(T, T, dtype=torch.bool, device=x_t.device).tril()
-        ctx = LoopContext(h0=None, cond=cond, rope=self.rotary(T), attn_mask=mask,  # type: ignore[arg-type]
-                          causal=self.config.causal)
+        ctx = LoopContext(
+            h0=None,
+            cond=cond,
+            rope=self.rotary(T),
+            attn_mask=mask,  # type: ignore[arg-type]
+            causal=self.config.causal,
+        )
         if positions is None:
             h = self.embed(x_t)  # [B, T, D]
             if self.pos_embed is not None:
@@ -187,14 +234,23 @@ class LoopMDM(nn.Module):
             ctx.h0 = self.head(h, ctx, positions=positions, cache=cache)
         return ctx
 
-    def loop_step(self, h: torch.Tensor, ctx: LoopContext, k: int, positions: Optional[torch.Tensor] = None,
-                  cache: Optional[list] = None) -> torch.Tensor:
+    def loop_step(
+        self,
+        h: torch.Tensor,
+        ctx: LoopContext,
+        k: int,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[list] = None,
+    ) -> torch.Tensor:
         """One loop iteration k (0-based): optional input injection and loop embedding, then the mid block.
 
         Inference-only partial update (per-token loop exit): with ``positions`` [B, K], h [B, K, D] holds the
         states at those positions and only they are updated (see ``Stack.forward`` for ``cache``)."""
         if self.injection is not None:
-            h0 = ctx.h0 if positions is None else ctx.h0.gather(1, positions[..., None].expand_as(h))  # [B, K, D]
+            # [B, K, D]
+            h0 = (
+                ctx.h0 if positions is None else ctx.h0.gather(1, positions[..., None].expand_as(h))
+            )
             h = self.injection(torch.cat([h, h0], dim=-1))  # [B, T, 2D] -> [B, T, D]
         if self.loop_embed is not None:
             k_t = torch.full((1,), float(k), device=h.device)
@@ -203,8 +259,14 @@ class LoopMDM(nn.Module):
             return self.mid(h, ctx)
         return self.mid(h, ctx, positions=positions, cache=cache)
 
-    def coda_features(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None,
-                      positions: Optional[torch.Tensor] = None, cache: Optional[list] = None) -> torch.Tensor:
+    def coda_features(
+        self,
+        h: torch.Tensor,
+        ctx: LoopContext,
+        predict: Optional[torch.Tensor] = None,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[list] = None,
+    ) -> torch.Tensor:
         """Tail (n_o layers) over every position, then the final norm (adaLN-modulated when time-conditioned) at
         every position [B, T, D], or only at the positions ``predict`` marks (``select_positions``): [N, D] (sparse
         prediction: the LM head and the loss need nothing else). ``positions`` / ``cache``: inference-only key /
@@ -215,7 +277,8 @@ class LoopMDM(nn.Module):
             h = self.tail(h, ctx, positions=positions, cache=cache)
         cond = ctx.cond
         if predict is not None:
-            h, rows = select_positions(h, predict)  # [N, D], [N]: the row of each predicted position
+            # [N, D], [N]: the row of each predicted position
+            h, rows = select_positions(h, predict)
             cond = None if cond is None else cond.index_select(0, rows)  # [N, cond_dim]
         h = self.final_norm(h)
         if self.final_modulation is not None:
@@ -225,15 +288,23 @@ class LoopMDM(nn.Module):
             h = modulate(h, shift, scale)
         return h
 
-    def coda(self, h: torch.Tensor, ctx: LoopContext, predict: Optional[torch.Tensor] = None,
-             positions: Optional[torch.Tensor] = None, cache: Optional[list] = None) -> torch.Tensor:
+    def coda(
+        self,
+        h: torch.Tensor,
+        ctx: LoopContext,
+        predict: Optional[torch.Tensor] = None,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[list] = None,
+    ) -> torch.Tensor:
         """Tail, final norm and LM head: logits [B, T, V], or [N, V] at the positions ``predict`` marks
         (``positions`` / ``cache``: see ``coda_features``)."""
         if positions is None and cache is None:
             return self.lm_head(self.coda_features(h, ctx, predict))
         return self.lm_head(self.coda_features(h, ctx, predict, positions=positions, cache=cache))
 
-    def run_loops(self, h: torch.Tensor, ctx: LoopContext, loops: int, start: int = 0) -> torch.Tensor:
+    def run_loops(
+        self, h: torch.Tensor, ctx: LoopContext, loops: int, start: int = 0
+    ) -> torch.Tensor:
         """Apply ``loops`` iterations of the mid block, honouring truncated backprop and checkpointing."""
         cfg = self.config
         k_grad = loops if cfg.backprop_depth is None else min(cfg.backprop_depth, loops)
@@ -247,10 +318,18 @@ class LoopMDM(nn.Module):
                 h = self.loop_step(h, ctx, k)
         return h
 
-    def forward(self, x_t: torch.Tensor, t: Optional[torch.Tensor] = None, loops: int = 1,
-                attention_mask: Optional[torch.Tensor] = None, predict: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, label_weights: Optional[torch.Tensor] = None,
-                exclude: Optional[int] = None, supervise: Optional[Sequence[int]] = None):
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: Optional[torch.Tensor] = None,
+        loops: int = 1,
+        attention_mask: Optional[torch.Tensor] = None,
+        predict: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        label_weights: Optional[torch.Tensor] = None,
+        exclude: Optional[int] = None,
+        supervise: Optional[Sequence[int]] = None,
+    ):
         """Logits [B, T, V] for tokens x_t [B, T] at diffusion time t [B], running the mid block S = loops times.
 
         Sparse prediction: with ``predict`` (a [B, T] bool mask or [N] flat indices, ``select_positions``) only
@@ -271,8 +350,10 @@ class LoopMDM(nn.Module):
             return self._sparse_loss(h, ctx, predict, labels, label_weights, exclude)
         ks = sorted(set(supervise))
         if labels is None or ks[-1] != loops or ks[0] < 1:
-            raise ConfigError(f"supervise={list(supervise)} must list loop counts in 1..{loops} including S={loops}, "
-                              "with labels (deep supervision is a training loss)")
+            raise ConfigError(
+                f"supervise={list(supervise)} must list loop counts in 1..{loops} including S={loops}, "
+                "with labels (deep supervision is a training loss)"
+            )
         h, done, total = ctx.h0, 0, 0.0
         for k in ks:
             h, done = self.run_loops(h, ctx, k - done, start=done), k

@@ -17,7 +17,8 @@ from typing import Optional
 
 import torch
 
-LOGITS_PER_CHUNK = {"cpu": 1 << 24, "cuda": 1 << 27}  # fp32 logits held at once: 64 MiB on CPU, 512 MiB on GPU
+# fp32 logits held at once: 64 MiB on CPU, 512 MiB on GPU
+LOGITS_PER_CHUNK = {"cpu": 1 << 24, "cuda": 1 << 27}
 
 
 def chunk_rows(vocab_size: int, limit: int = LOGITS_PER_CHUNK["cpu"]) -> int:
@@ -27,17 +28,27 @@ def chunk_rows(vocab_size: int, limit: int = LOGITS_PER_CHUNK["cpu"]) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, target, row_weight, exclude: Optional[int], chunk: int, dtype: torch.dtype,
-                need_grad: bool):
+    def forward(
+        ctx,
+        h,
+        weight,
+        target,
+        row_weight,
+        exclude: Optional[int],
+        chunk: int,
+        dtype: torch.dtype,
+        need_grad: bool,
+    ):
         n = h.shape[0]
-        hq, wq = h.to(dtype), weight.to(dtype)  # the matmul dtype, cast once per call (not per chunk)
+        # the matmul dtype, cast once per call (not per chunk)
+        hq, wq = (h.to(dtype), weight.to(dtype))
         ce_all = torch.empty(n, dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(hq) if need_grad else None
         grad_w = None  # [V, D], set by the first chunk (no zero fill), then accumulated
         if n:  # equal chunks: no short tail chunk
             chunk = math.ceil(n / math.ceil(n / chunk))
         for s in range(0, n, chunk):
-            hc, yc, wc = hq[s:s + chunk], target[s:s + chunk], row_weight[s:s + chunk]
+            hc, yc, wc = hq[s : s + chunk], target[s : s + chunk], row_weight[s : s + chunk]
             z = (hc @ wq.t()).float()  # [n_c, V]
             if exclude is not None:
                 z[:, exclude] = -math.inf
@@ -45,16 +56,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             top = z.amax(dim=-1, keepdim=True)  # [n_c, 1]
             p = z.sub_(top).exp_()  # unnormalised softmax, in place of z: one exp pass
             total_p = p.sum(dim=-1)  # [n_c]
-            ce_all[s:s + chunk] = total_p.log() + top.squeeze(1) - z_y  # logsumexp(z) - z_y
+            ce_all[s : s + chunk] = total_p.log() + top.squeeze(1) - z_y  # logsumexp(z) - z_y
             if need_grad:  # dCE/dz = softmax - one-hot = (p - total_p * one-hot) / total_p, times the row weight
                 p[torch.arange(len(yc), device=p.device), yc] -= total_p
                 scale = (wc / total_p)[:, None]
                 pq = p.mul_(scale).to(dtype)  # [n_c, V]
-                torch.mm(pq, wq, out=grad_h[s:s + chunk])  # [n_c, D]
+                torch.mm(pq, wq, out=grad_h[s : s + chunk])  # [n_c, D]
                 gw_c = pq.t() @ hc  # [V, D] in the matmul dtype
                 if grad_w is None:
-                    grad_w = gw_c.float() if chunk < n else gw_c  # several chunks: accumulate in fp32
-                elif gw_c.dtype == grad_w.dtype:  # in place, written as add(out=) to keep one buffer
+                    # several chunks: accumulate in fp32
+                    grad_w = gw_c.float() if chunk < n else gw_c
+                # in place, written as add(out=) to keep one buffer
+                elif gw_c.dtype == grad_w.dtype:
                     torch.add(grad_w, gw_c, out=grad_w)
                 else:
                     grad_w.add_(gw_c)
@@ -69,12 +82,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, grad_ce):
         if ctx.used:
-            raise RuntimeError("linear_cross_entropy: one backward per forward (its gradient buffers are scaled in "
-                               "place); run the forward again instead of retain_graph=True")
+            raise RuntimeError(
+                "linear_cross_entropy: one backward per forward (its gradient buffers are scaled in "
+                "place); run the forward again instead of retain_graph=True"
+            )
         ctx.used = True
         grad_h, grad_w = ctx.saved_tensors
         gh = None if grad_h is None else (grad_h * grad_total).to(ctx.h_dtype)
-        gw = None if grad_w is None else grad_w.mul_(grad_total)  # in place: the saved buffer is used once
+        # in place: the saved buffer is used once
+        gw = None if grad_w is None else grad_w.mul_(grad_total)
         return gh, gw, None, None, None, None, None, None
 
 
@@ -84,15 +100,22 @@ def matmul_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                         row_weight: Optional[torch.Tensor] = None, exclude: Optional[int] = None,
-                         chunk: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_cross_entropy(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    row_weight: Optional[torch.Tensor] = None,
+    exclude: Optional[int] = None,
+    chunk: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum_i w_i CE_i, CE [N] detached) of logits h [N, D] @ weight [V, D]^T against target [N]; w defaults to 1.
     ``exclude``: a token id that gets no probability mass; ``chunk``: positions per chunk (default: 64 MiB of
     logits on CPU, 512 MiB on CUDA). Under ``torch.no_grad`` only the forward products run."""
     w = torch.ones(h.shape[0], device=h.device) if row_weight is None else row_weight.float()
     dtype = matmul_dtype(h)
     need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    chunk = chunk or chunk_rows(weight.shape[0], LOGITS_PER_CHUNK.get(h.device.type, LOGITS_PER_CHUNK["cpu"]))
+    chunk = chunk or chunk_rows(
+        weight.shape[0], LOGITS_PER_CHUNK.get(h.device.type, LOGITS_PER_CHUNK["cpu"])
+    )
     with torch.autocast(h.device.type, enabled=False):  # dtypes are set by hand inside
         return _LinearCrossEntropy.apply(h, weight, target, w, exclude, chunk, dtype, need_grad)

@@ -24,8 +24,8 @@ import transformers
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .configuration_loopmdm import LoopMDMConfig
 from .config import ModelConfig
+from .configuration_loopmdm import LoopMDMConfig
 from .layers import Rotary
 from .looped import LoopMDM
 from .subs import subs_log_probs
@@ -69,8 +69,11 @@ class LoopMDMPreTrainedModel(PreTrainedModel):
 class LoopMDMForMaskedLM(LoopMDMPreTrainedModel):
     """Looped masked diffusion LM: head (n_h layers) -> mid block (n_m shared layers, S times) -> tail (n_o)."""
 
-    _tied_weights_keys: Any = ({"model.lm_head.weight": "model.embed.weight"} if _TRANSFORMERS_V5
-                               else ["model.lm_head.weight"])
+    _tied_weights_keys: Any = (
+        {"model.lm_head.weight": "model.embed.weight"}
+        if _TRANSFORMERS_V5
+        else ["model.lm_head.weight"]
+    )
 
     def __init__(self, config: LoopMDMConfig):
         super().__init__(config)
@@ -92,23 +95,38 @@ class LoopMDMForMaskedLM(LoopMDMPreTrainedModel):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.model.lm_head = value
 
-    def infer_timesteps(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def infer_timesteps(
+        self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         """t [B] from the fraction of masked tokens among real tokens (exact for alpha_t = 1 - t)."""
         cfg = self.config
         if cfg.mask_token_id is None:
             raise ValueError("config.mask_token_id is not set: pass timesteps=t explicitly")
         if cfg.noise_schedule != "loglinear":
-            raise ValueError(f"the model was trained with the {cfg.noise_schedule!r} schedule: pass timesteps=t "
-                             "(the masked fraction equals t only for the log-linear schedule)")
-        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            raise ValueError(
+                f"the model was trained with the {cfg.noise_schedule!r} schedule: pass timesteps=t "
+                "(the masked fraction equals t only for the log-linear schedule)"
+            )
+        real = (
+            torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask.bool()
+        )
         masked = (input_ids == cfg.mask_token_id) & real
         t = masked.sum(-1).float() / real.sum(-1).clamp_min(1).float()  # [B]
         return t.clamp(cfg.t_eps, 1.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                timesteps: Optional[torch.Tensor] = None, loops: Optional[int] = None,
-                labels: Optional[torch.Tensor] = None, apply_subs: bool = False,
-                return_dict: Optional[bool] = None, **kwargs: Any) -> MaskedLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        timesteps: Optional[torch.Tensor] = None,
+        loops: Optional[int] = None,
+        labels: Optional[torch.Tensor] = None,
+        apply_subs: bool = False,
+        return_dict: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> MaskedLMOutput:
         """Logits [B, T, V] of x_0 given x_t = ``input_ids`` [B, T], running the mid block S = ``loops`` times
         (default ``config.default_loops``). ``labels`` [B, T] (-100 = ignore) gives the masked-token
         cross-entropy as ``loss``."""
@@ -119,12 +137,17 @@ class LoopMDMForMaskedLM(LoopMDMPreTrainedModel):
         if t is not None:
             t = torch.as_tensor(t, dtype=torch.float32, device=input_ids.device).reshape(-1)
             t = t.expand(input_ids.shape[0]) if t.numel() == 1 else t
-        keep = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
+        keep = (
+            attention_mask
+            if attention_mask is not None and not bool(attention_mask.all())
+            else None
+        )
         logits = self.model(input_ids, t, loops=loops, attention_mask=keep)  # [B, T, V]
         if apply_subs and self.config.mask_token_id is not None:
             logits = subs_log_probs(logits, input_ids, self.config.mask_token_id)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                   ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+            )
         return MaskedLMOutput(loss=loss, logits=logits)

@@ -10,15 +10,36 @@ from ..registry import build
 from .api import SampleOutput, generate, sample_canvas
 from .conditioning import Canvas, build_canvas, parse_template
 from .filters import BannedTokens, TokenFilter, draw
-from .policies import DEFAULT_LOOPS, LOOP_POLICIES, SHAPES, LoopPolicy
-from .report import ComputeReport, StepInfo, Trajectory
 from .kvcache import CACHES, KVCache
 from .orders import ORDERS
+from .policies import DEFAULT_LOOPS, LOOP_POLICIES, SHAPES, LoopPolicy
 from .reference import reference_sample
+from .report import ComputeReport, StepInfo, Trajectory
 from .samplers import SAMPLERS, Sampler, transfer_counts
 
 __all__ = [
-    "generate", "sample_canvas", "build", "SampleOutput", "ComputeReport", "Trajectory",
-    "StepInfo", "SAMPLERS", "LOOP_POLICIES", "SHAPES", "ORDERS", "DEFAULT_LOOPS", "Sampler", "LoopPolicy",
-    "TokenFilter", "BannedTokens", "draw", "reference_sample", "Canvas", "build_canvas", "parse_template", "transfer_counts", "CACHES", "KVCache",
+    "generate",
+    "sample_canvas",
+    "build",
+    "SampleOutput",
+    "ComputeReport",
+    "Trajectory",
+    "StepInfo",
+    "SAMPLERS",
+    "LOOP_POLICIES",
+    "SHAPES",
+    "ORDERS",
+    "DEFAULT_LOOPS",
+    "Sampler",
+    "LoopPolicy",
+    "TokenFilter",
+    "BannedTokens",
+    "draw",
+    "reference_sample",
+    "Canvas",
+    "build_canvas",
+    "parse_template",
+    "transfer_counts",
+    "CACHES",
+    "KVCache",
 ]

@@ -1,9 +1,9 @@
 """``generate``: the whole sampling API as one pure function (every argument documented, nothing global).
 
-    out = generate(model, tokenizer, num_samples=4, steps=64, sampler="cached",
-                   policy="converge", policy_options={"threshold": 0.05, "s_max": 12}, seed=0)
-    out.tokens  # [N, L]      out.texts   # decoded
-    out.report  # ComputeReport: network calls, loop iterations, FLOPs, wall time, loops per step
+out = generate(model, tokenizer, num_samples=4, steps=64, sampler="cached",
+               policy="converge", policy_options={"threshold": 0.05, "s_max": 12}, seed=0)
+out.tokens  # [N, L]      out.texts   # decoded
+out.report  # ComputeReport: network calls, loop iterations, FLOPs, wall time, loops per step
 """
 
 from __future__ import annotations
@@ -41,15 +41,19 @@ class SampleOutput:
     lengths: Optional[torch.Tensor] = None
 
 
-MAX_STEPS = 1_000_000  # denoising steps T beyond this are a typo: T = L already reveals one token per step
-ACTIVATIONS_PER_TOKEN = 12  # floats of d_model per position alive at once in a forward pass (a rough floor)
+# denoising steps T beyond this are a typo: T = L already reveals one token per step
+MAX_STEPS = 1_000_000
+# floats of d_model per position alive at once in a forward pass (a rough floor)
+ACTIVATIONS_PER_TOKEN = 12
 
 
 def _check_steps(steps) -> int:
     steps = check_int(steps, "steps", 1, " (the number of denoising steps T)")
     if steps > MAX_STEPS:
-        raise ConfigError(f"steps={steps} exceeds the supported maximum of {MAX_STEPS:,} denoising steps; use at most "
-                          "the number of positions to generate (T = L reveals one token per step)")
+        raise ConfigError(
+            f"steps={steps} exceeds the supported maximum of {MAX_STEPS:,} denoising steps; use at most "
+            "the number of positions to generate (T = L reveals one token per step)"
+        )
     return steps
 
 
@@ -78,16 +82,32 @@ def check_sample_memory(model, num_samples: int, length: int, device=None) -> No
     per_row = max(sampling_memory(model, 1, length), 1)
     fit = have // per_row
     how = f"use at most {fit} (--num-samples {fit})" if fit >= 1 else "lower the length L"
-    raise ConfigError(f"num_samples={num_samples} at L={length} tokens needs about {need / 2**30:,.1f} GiB "
-                      f"(N x L x (vocabulary + activations) x 4 bytes) but {torch.device(device).type} memory has "
-                      f"{have / 2**30:,.1f} GiB available; {how}")
+    raise ConfigError(
+        f"num_samples={num_samples} at L={length} tokens needs about {need / 2**30:,.1f} GiB "
+        f"(N x L x (vocabulary + activations) x 4 bytes) but {torch.device(device).type} memory has "
+        f"{have / 2**30:,.1f} GiB available; {how}"
+    )
 
 
 @torch.no_grad()
-def sample_canvas(model, canvas: Canvas, mask_id: int, *, steps: int, sampler: Sampler, policy: LoopPolicy,
-                  token_filter: TokenFilter, schedule: NoiseSchedule, gen: torch.Generator,
-                  eos_id: Optional[int] = None, fill_id: Optional[int] = None, stop_at_eos: bool = False,
-                  record_trajectory: bool = False, on_step: Optional[Callable] = None, precision: str = "fp32"):
+def sample_canvas(
+    model,
+    canvas: Canvas,
+    mask_id: int,
+    *,
+    steps: int,
+    sampler: Sampler,
+    policy: LoopPolicy,
+    token_filter: TokenFilter,
+    schedule: NoiseSchedule,
+    gen: torch.Generator,
+    eos_id: Optional[int] = None,
+    fill_id: Optional[int] = None,
+    stop_at_eos: bool = False,
+    record_trajectory: bool = False,
+    on_step: Optional[Callable] = None,
+    precision: str = "fp32",
+):
     """Run ``sampler`` on a canvas (tokenizer-free core of ``generate``); ``precision="bf16"``: the network under
     bf16 autocast (the draws stay in float64). Returns (tokens [N, L], lengths [N], ComputeReport,
     Trajectory | None)."""
@@ -99,9 +119,21 @@ def sample_canvas(model, canvas: Canvas, mask_id: int, *, steps: int, sampler: S
     meter = ComputeMeter(model.config, N, L)
     policy.reset(N, L)
     recorder = TrajectoryRecorder(x, free) if record_trajectory else None
-    session = Session(x, free, mask_id, Denoiser(model, policy, meter, mask_id, free), meter, token_filter,
-                      schedule, steps, gen, eos_id=eos_id, stop_at_eos=stop_at_eos, recorder=recorder,
-                      on_step=on_step)
+    session = Session(
+        x,
+        free,
+        mask_id,
+        Denoiser(model, policy, meter, mask_id, free),
+        meter,
+        token_filter,
+        schedule,
+        steps,
+        gen,
+        eos_id=eos_id,
+        stop_at_eos=stop_at_eos,
+        recorder=recorder,
+        on_step=on_step,
+    )
     start = time.perf_counter()
     try:
         with autocast_context(x.device, precision):
@@ -119,7 +151,8 @@ def sample_canvas(model, canvas: Canvas, mask_id: int, *, steps: int, sampler: S
             recorder.reveal_confidence[unrevealed] = 0.0
         x[after] = eos_id if fill_id is None else fill_id
     if bool((x == mask_id).any()):
-        raise RuntimeError("sampler left masked positions; this is a bug")  # every sampler ends at t = 0
+        # every sampler ends at t = 0
+        raise RuntimeError("sampler left masked positions; this is a bug")
     report = meter.finish(time.perf_counter() - start, generated_tokens=int(free.sum()))
     trajectory = recorder.build() if recorder is not None else None
     if trajectory is not None:
@@ -127,13 +160,30 @@ def sample_canvas(model, canvas: Canvas, mask_id: int, *, steps: int, sampler: S
     return x, lengths, report, trajectory
 
 
-def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = None, steps: int = 64,
-             sampler: str = "ancestral", sampler_options: Optional[dict] = None, policy: str = "fixed",
-             policy_options: Optional[dict] = None, prompt: Optional[str] = None, template: Optional[str] = None,
-             temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0,
-             stop_at_eos: bool = False, record_trajectory: bool = False, on_step: Optional[Callable] = None,
-             schedule: str | NoiseSchedule = "loglinear", prompt_ids: Optional[Sequence[int]] = None,
-             precision: str = "fp32") -> SampleOutput:
+def generate(
+    model,
+    tokenizer,
+    *,
+    num_samples: int = 1,
+    length: Optional[int] = None,
+    steps: int = 64,
+    sampler: str = "ancestral",
+    sampler_options: Optional[dict] = None,
+    policy: str = "fixed",
+    policy_options: Optional[dict] = None,
+    prompt: Optional[str] = None,
+    template: Optional[str] = None,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    seed: int = 0,
+    stop_at_eos: bool = False,
+    record_trajectory: bool = False,
+    on_step: Optional[Callable] = None,
+    schedule: str | NoiseSchedule = "loglinear",
+    prompt_ids: Optional[Sequence[int]] = None,
+    precision: str = "fp32",
+) -> SampleOutput:
     """Sample text from a LoopMDM.
 
     model: a ``LoopMDM`` (its device is used; run in eval mode, gradients off).
@@ -172,18 +222,42 @@ def generate(model, tokenizer, *, num_samples: int = 1, length: Optional[int] = 
     sampler_obj = build(SAMPLERS, sampler, sampler_options)
     policy_obj = build(LOOP_POLICIES, policy, policy_options)
     sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
-    if check_int(seed, "seed", 0) >= 2 ** 64:
+    if check_int(seed, "seed", 0) >= 2**64:
         raise ConfigError(f"seed={seed!r} must be an integer in [0, 2**64)")
     device = next(model.parameters()).device
-    if length is None or check_int(length, "length") <= model.config.max_seq_len:  # too long: build_canvas says so
+    # too long: build_canvas says so
+    if length is None or check_int(length, "length") <= model.config.max_seq_len:
         check_sample_memory(model, num_samples, length or model.config.max_seq_len, device)
-    canvas = build_canvas(tokenizer, num_samples, length, model.config.max_seq_len, prompt=prompt,
-                          template=template, device=device, prompt_ids=prompt_ids)
+    canvas = build_canvas(
+        tokenizer,
+        num_samples,
+        length,
+        model.config.max_seq_len,
+        prompt=prompt,
+        template=template,
+        device=device,
+        prompt_ids=prompt_ids,
+    )
     gen = torch.Generator().manual_seed(seed)
     fill = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     x, lengths, report, trajectory = sample_canvas(
-        model, canvas, tokenizer.mask_id, steps=steps, sampler=sampler_obj, policy=policy_obj,
-        token_filter=token_filter, schedule=sched, gen=gen, eos_id=tokenizer.eos_id, fill_id=fill,
-        stop_at_eos=stop_at_eos, record_trajectory=record_trajectory, on_step=on_step, precision=precision)
+        model,
+        canvas,
+        tokenizer.mask_id,
+        steps=steps,
+        sampler=sampler_obj,
+        policy=policy_obj,
+        token_filter=token_filter,
+        schedule=sched,
+        gen=gen,
+        eos_id=tokenizer.eos_id,
+        fill_id=fill,
+        stop_at_eos=stop_at_eos,
+        record_trajectory=record_trajectory,
+        on_step=on_step,
+        precision=precision,
+    )
     texts = [tokenizer.decode(row[: int(n)].tolist()) for row, n in zip(x, lengths)]
-    return SampleOutput(tokens=x, texts=texts, report=report, trajectory=trajectory, lengths=lengths)
+    return SampleOutput(
+        tokens=x, texts=texts, report=report, trajectory=trajectory, lengths=lengths
+    )

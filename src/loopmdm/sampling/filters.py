@@ -43,7 +43,9 @@ class TokenFilter:
             return _one_hot_log(z.argmax(dim=-1), z.shape[-1], z.dtype)
         z = torch.log_softmax(z / self.temperature, dim=-1)
         if self.top_k is not None and self.top_k < z.shape[-1]:
-            keep = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, z.topk(self.top_k, dim=-1).indices, True)
+            keep = torch.zeros_like(z, dtype=torch.bool).scatter_(
+                -1, z.topk(self.top_k, dim=-1).indices, True
+            )
             z = torch.log_softmax(z.masked_fill(~keep, -math.inf), dim=-1)
         if self.top_p is not None and self.top_p < 1.0:
             z = torch.log_softmax(_nucleus(z, self.top_p), dim=-1)
@@ -73,7 +75,8 @@ def _one_hot_log(idx: torch.Tensor, V: int, dtype) -> torch.Tensor:
 def _nucleus(logp: torch.Tensor, p: float) -> torch.Tensor:
     """Keep the smallest prefix of tokens sorted by probability whose mass reaches p (at least one)."""
     sorted_logp, order = logp.sort(dim=-1, descending=True)
-    mass_before = sorted_logp.exp().cumsum(dim=-1) - sorted_logp.exp()  # mass of strictly more likely tokens
+    # mass of strictly more likely tokens
+    mass_before = sorted_logp.exp().cumsum(dim=-1) - sorted_logp.exp()
     drop_sorted = mass_before >= p
     drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
     return logp.masked_fill(drop, -math.inf)

@@ -42,7 +42,14 @@ from ..errors import ConfigError
 from ..model.fields import check_int
 from ..registry import Registry
 from .policies import LOOP_POLICIES
-from .runner import LoopRunner, LoopState, Prediction, marked_positions, padded_positions, sub_context
+from .runner import (
+    LoopRunner,
+    LoopState,
+    Prediction,
+    marked_positions,
+    padded_positions,
+    sub_context,
+)
 
 KV = ("k", "v")
 
@@ -62,19 +69,37 @@ class CacheMode:
     uses_delay = False
 
     def __init__(self, refresh: Optional[int] = None, delay: Optional[int] = None):
-        self.refresh = None if refresh is None else check_int(refresh, "sampler option refresh", 1,
-                                                              " (a full recompute every that many network calls)")
+        self.refresh = (
+            None
+            if refresh is None
+            else check_int(
+                refresh,
+                "sampler option refresh",
+                1,
+                " (a full recompute every that many network calls)",
+            )
+        )
         if delay is not None and not self.uses_delay:
-            raise ConfigError(f"sampler option delay applies to cache=delayed or cache=loops, not cache={self.name}")
-        self.delay = check_int(1 if delay is None else delay, "sampler option delay", 1,
-                               " (calls a decoded position is still recomputed before it is cached)")
+            raise ConfigError(
+                f"sampler option delay applies to cache=delayed or cache=loops, not cache={self.name}"
+            )
+        self.delay = check_int(
+            1 if delay is None else delay,
+            "sampler option delay",
+            1,
+            " (calls a decoded position is still recomputed before it is cached)",
+        )
 
     def queries(self, kv: "KVCache", x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Positions [N, L] (bool) the next call recomputes."""
         raise NotImplementedError
 
     def describe(self) -> dict:
-        return {"cache": self.name, "refresh": self.refresh, **({"delay": self.delay} if self.uses_delay else {})}
+        return {
+            "cache": self.name,
+            "refresh": self.refresh,
+            **({"delay": self.delay} if self.uses_delay else {}),
+        }
 
 
 CACHES: Registry[type[CacheMode]] = Registry("key / value cache")
@@ -89,8 +114,10 @@ class NoCache(CacheMode):
     def __init__(self, refresh: Optional[int] = None, delay: Optional[int] = None):
         if refresh is not None or delay is not None:
             name = "refresh" if refresh is not None else "delay"
-            raise ConfigError(f"sampler option {name} needs a key / value cache; set cache=prefix, dual, delayed or "
-                              "loops")
+            raise ConfigError(
+                f"sampler option {name} needs a key / value cache; set cache=prefix, dual, delayed or "
+                "loops"
+            )
         self.refresh, self.delay = None, 1
 
 
@@ -145,8 +172,10 @@ def cache_mode(sampler: str, cache, refresh, delay) -> CacheMode:
     """The cache mode named by the sampler options, checked against the sampler (one-line errors)."""
     cls = CACHES.get(cache)
     if cls.active and sampler not in cls.samplers:
-        raise ConfigError(f"sampler option cache={cache} needs semi-AR blocks: it is an option of sampler "
-                          f"{' and '.join(cls.samplers)}; sampler {sampler} takes cache=delayed or cache=loops")
+        raise ConfigError(
+            f"sampler option cache={cache} needs semi-AR blocks: it is an option of sampler "
+            f"{' and '.join(cls.samplers)}; sampler {sampler} takes cache=delayed or cache=loops"
+        )
     return cls(refresh=refresh, delay=delay)
 
 
@@ -154,19 +183,28 @@ def check_policy(policy) -> None:
     """Loop policies with per-position state of their own (per_token, warm) cannot run with a cache."""
     if getattr(policy, "cacheable", True):
         return
-    name = next((n for n in LOOP_POLICIES.names() if LOOP_POLICIES.get(n) is type(policy)), type(policy).__name__)
+    name = next(
+        (n for n in LOOP_POLICIES.names() if LOOP_POLICIES.get(n) is type(policy)),
+        type(policy).__name__,
+    )
     ok = [n for n in LOOP_POLICIES.names() if getattr(LOOP_POLICIES.get(n), "cacheable", True)]
-    raise ConfigError(f"loop policy {name} keeps per-position state and cannot run with a key / value cache; use "
-                      f"loop policy {', '.join(ok)}, or sampler option cache=none")
+    raise ConfigError(
+        f"loop policy {name} keeps per-position state and cannot run with a key / value cache; use "
+        f"loop policy {', '.join(ok)}, or sampler option cache=none"
+    )
 
 
 def check_model(model) -> None:
     """The cache drives ``LoopMDM``'s stages block by block (``head`` / ``mid`` / ``tail`` stacks of blocks with
     partial attention, and ``lm_head``); other backbones (loopified transformers models) cannot use it."""
-    if all(hasattr(getattr(model, s, None), "blocks") for s in ("head", "mid", "tail")) and hasattr(model, "lm_head"):
+    if all(hasattr(getattr(model, s, None), "blocks") for s in ("head", "mid", "tail")) and hasattr(
+        model, "lm_head"
+    ):
         return
-    raise ConfigError(f"this model ({type(model).__name__}) runs whole sequences only and cannot reuse cached keys / "
-                      "values; drop the sampler option cache (threshold works with any model)")
+    raise ConfigError(
+        f"this model ({type(model).__name__}) runs whole sequences only and cannot reuse cached keys / "
+        "values; drop the sampler option cache (threshold works with any model)"
+    )
 
 
 class KVCache:
@@ -199,13 +237,16 @@ class KVCache:
             return True
         return self.mode.refresh is not None and self.since_refresh >= self.mode.refresh
 
-    def predict(self, model, policy, meter, x: torch.Tensor, t: torch.Tensor, state: LoopState) -> Prediction:
+    def predict(
+        self, model, policy, meter, x: torch.Tensor, t: torch.Tensor, state: LoopState
+    ) -> Prediction:
         """One network call for every row of x [N, L] at times t [N], through the cache. Deciding between a refresh
         and a partial call, and its shapes, takes one read of the query counts (a sync)."""
         queries = None if self.needs_refresh() else self.mode.queries(self, x, state.masked)
         counts = None
         if queries is not None:
-            queries[:, 0] |= ~queries.any(1)  # a row with nothing to compute still needs one query position
+            # a row with nothing to compute still needs one query position
+            queries[:, 0] |= ~queries.any(1)
             counts = QueryCounts.read(queries, state.masked)
         if counts is None or counts.everything:
             runner: LoopRunner = Refresh(model, self, x, t, meter)
@@ -240,7 +281,8 @@ class QueryCounts:
 
     def __init__(self, counts: np.ndarray, length: int):
         self.queries, self.predicted, self.masked = counts  # [N] each
-        self.everything = bool((self.queries == length).all())  # every position is a query: a refresh
+        # every position is a query: a refresh
+        self.everything = bool((self.queries == length).all())
 
     @classmethod
     def read(cls, queries: torch.Tensor, masked: torch.Tensor) -> "QueryCounts":
@@ -255,7 +297,9 @@ class QueryCounts:
         return int(per_row.sum()) if rows is None else int(selected.sum())
 
 
-def _write_rows(buffers: list[dict], rows: Optional[torch.Tensor], values: list[dict]) -> list[dict]:
+def _write_rows(
+    buffers: list[dict], rows: Optional[torch.Tensor], values: list[dict]
+) -> list[dict]:
     """Write per-layer keys / values of ``rows`` (all when None) into ``buffers``; returns the buffers."""
     if rows is None:
         return values
@@ -282,7 +326,8 @@ class Refresh(LoopRunner):
         super().__init__(model, ctx, meter)
         kv.head, kv.mid, kv.tail = head, [], None
         kv.state = torch.zeros_like(ctx.h0)
-        self.depth = np.zeros(self.B, dtype=np.int64)  # loops each row ran, on the host (``deepen``)
+        # loops each row ran, on the host (``deepen``)
+        self.depth = np.zeros(self.B, dtype=np.int64)
 
     def _rows(self, rows):
         return None if rows is None or rows.numel() == self.B else rows
@@ -302,7 +347,8 @@ class Refresh(LoopRunner):
                 kv.mid[k] = fresh
             deepen(self.depth, None)
             return out
-        out = self.model.loop_step(h[rows], sub_context(self.ctx, rows), k, cache=fresh)  # [R, L, D]
+        # [R, L, D]
+        out = self.model.loop_step(h[rows], sub_context(self.ctx, rows), k, cache=fresh)
         self.meter.loop(int(rows.numel()), self.L)
         if k == 0 and not kv.mid:
             kv.mid.append([{n: f[n].new_zeros(self.B, *f[n].shape[1:]) for n in KV} for f in fresh])
@@ -313,14 +359,16 @@ class Refresh(LoopRunner):
         return h
 
     def partial(self, h, k, active, per_row):
-        raise ConfigError("per-token loop exit cannot run with a key / value cache")  # check_policy prevents it
+        # check_policy prevents it
+        raise ConfigError("per-token loop exit cannot run with a key / value cache")
 
     def coda(self, h, rows=None):
         rows = self._rows(rows)
         h_rows = h if rows is None else h[rows]
         ctx = self.ctx if rows is None else sub_context(self.ctx, rows)
         fresh = [{} for _ in self.model.tail.blocks] if self.kv.mode.partial_stages else None
-        out = self.model.lm_head(self.model.coda_features(h_rows, ctx, cache=fresh))  # = model.coda(h, ctx)
+        # = model.coda(h, ctx)
+        out = self.model.lm_head(self.model.coda_features(h_rows, ctx, cache=fresh))
         self.meter.tail(h_rows.shape[0])
         kv = self.kv
         if fresh is not None:
@@ -328,8 +376,15 @@ class Refresh(LoopRunner):
                 kv.tail = fresh
             else:
                 if kv.tail is None:
-                    kv.tail = [{n: torch.zeros(self.B, *f[n].shape[1:], dtype=f[n].dtype, device=f[n].device)
-                                for n in KV} for f in fresh]
+                    kv.tail = [
+                        {
+                            n: torch.zeros(
+                                self.B, *f[n].shape[1:], dtype=f[n].dtype, device=f[n].device
+                            )
+                            for n in KV
+                        }
+                        for f in fresh
+                    ]
                 kv.tail = _write_rows(kv.tail, rows, fresh)
         kv.state[slice(None) if rows is None else rows] = h_rows
         return out
@@ -342,10 +397,20 @@ class Partial(LoopRunner):
     """A call that computes only the query positions [N, L] (padded per row to the same count K), attending to
     the cached keys / values of the others at every stage (the mid block only in ``loops`` mode)."""
 
-    def __init__(self, model, kv: KVCache, x: torch.Tensor, t: torch.Tensor, meter, queries: torch.Tensor,
-                 masked: torch.Tensor, counts: QueryCounts):
+    def __init__(
+        self,
+        model,
+        kv: KVCache,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        meter,
+        queries: torch.Tensor,
+        masked: torch.Tensor,
+        counts: QueryCounts,
+    ):
         self.kv, self.queries, self.masked, self.counts = kv, queries, masked, counts
-        self.positions, per_row = padded_positions(queries, int(counts.queries.max()))  # [N, K], [N]
+        # [N, K], [N]
+        self.positions, per_row = padded_positions(queries, int(counts.queries.max()))
         K = self.positions.shape[1]
         self.valid = torch.arange(K, device=x.device)[None] < per_row[:, None]  # [N, K]
         D = kv.state.shape[-1]
@@ -353,20 +418,28 @@ class Partial(LoopRunner):
         if kv.mode.partial_stages:
             ctx = model.prelude(x, t, positions=self.positions, cache=kv.head)  # h0 [N, K, D]
             meter.network(x.shape[0], queries=K)
-            ctx.h0 = kv.state.scatter(1, self.idx, ctx.h0)  # others: their cached final state (never updated)
+            # others: their cached final state (never updated)
+            ctx.h0 = kv.state.scatter(1, self.idx, ctx.h0)
         else:
             ctx = model.prelude(x, t)
             meter.network(x.shape[0])
             meter.report.cached_calls += 1  # the mid block computes only the query positions
             ctx.h0 = torch.where(queries[..., None], ctx.h0, kv.state)
         super().__init__(model, ctx, meter)
-        self.depth = np.zeros(self.B, dtype=np.int64)  # loops each row ran, on the host (``deepen``)
+        # loops each row ran, on the host (``deepen``)
+        self.depth = np.zeros(self.B, dtype=np.int64)
 
     def _select(self, rows):
         """(rows or None for all, positions [R, K], idx [R, K, D], valid [R, K], context)."""
         if rows is None or rows.numel() == self.B:
             return None, self.positions, self.idx, self.valid, self.ctx
-        return rows, self.positions[rows], self.idx[rows], self.valid[rows], sub_context(self.ctx, rows)
+        return (
+            rows,
+            self.positions[rows],
+            self.idx[rows],
+            self.valid[rows],
+            sub_context(self.ctx, rows),
+        )
 
     def full(self, h, k, rows=None, fill_cache=False):
         if rows is not None and rows.numel() == 0:
@@ -375,10 +448,14 @@ class Partial(LoopRunner):
         buffers = self.kv.loop_buffers(k)
         cache = _take_rows(buffers, rows)
         h_rows = h if rows is None else h[rows]
-        out = self.model.loop_step(h_rows.gather(1, idx), ctx, k, positions=pos, cache=cache)  # [R, K, D]
+        # [R, K, D]
+        out = self.model.loop_step(h_rows.gather(1, idx), ctx, k, positions=pos, cache=cache)
         h_rows = h_rows.scatter(1, idx, out)
-        self.meter.loop(h_rows.shape[0], pos.shape[1],
-                        updated=int(self.counts.queries.sum()) if rows is None else valid.sum())
+        self.meter.loop(
+            h_rows.shape[0],
+            pos.shape[1],
+            updated=int(self.counts.queries.sum()) if rows is None else valid.sum(),
+        )
         self.kv.mid[k] = _write_rows(buffers, rows, cache)
         deepen(self.depth, rows)
         if rows is None:
@@ -388,7 +465,8 @@ class Partial(LoopRunner):
         return h
 
     def partial(self, h, k, active, per_row):
-        raise ConfigError("per-token loop exit cannot run with a key / value cache")  # check_policy prevents it
+        # check_policy prevents it
+        raise ConfigError("per-token loop exit cannot run with a key / value cache")
 
     def coda(self, h, rows=None):
         rows, pos, idx, valid, ctx = self._select(rows)
@@ -397,22 +475,32 @@ class Partial(LoopRunner):
         R = h_rows.shape[0]
         if self.kv.mode.partial_stages:
             cache = _take_rows(self.kv.tail, rows)
-            feats = self.model.coda_features(h_rows.gather(1, idx), ctx, positions=pos, cache=cache)  # [R, K, D]
+            # [R, K, D]
+            feats = self.model.coda_features(h_rows.gather(1, idx), ctx, positions=pos, cache=cache)
             self.kv.tail = _write_rows(self.kv.tail, rows, cache)
-            pred = valid & masked.gather(1, pos)  # [R, K]: the LM head only where the sampler reads a prediction
+            # [R, K]: the LM head only where the sampler reads a prediction
+            pred = valid & masked.gather(1, pos)
             m = QueryCounts.total(self.counts.predicted, rows, pred)
             flat = marked_positions(pred, m)  # [M] in R x K
-            out = self.model.lm_head(feats.reshape(-1, feats.shape[-1]).index_select(0, flat))  # [M, V]
+            # [M, V]
+            out = self.model.lm_head(feats.reshape(-1, feats.shape[-1]).index_select(0, flat))
             K = pos.shape[1]
             logits = out.new_zeros(R, self.L, out.shape[-1])
-            logits[torch.div(flat, K, rounding_mode="floor"), pos.reshape(-1).index_select(0, flat)] = out
+            logits[
+                torch.div(flat, K, rounding_mode="floor"), pos.reshape(-1).index_select(0, flat)
+            ] = out
             self.meter.tail(R, predicted=m, queries=K)
         else:
             feats = self.model.coda_features(h_rows, ctx)  # [R, L, D]
             m = QueryCounts.total(self.counts.masked, rows, masked)
             flat = marked_positions(masked, m)  # [M] in R x L
-            out = self.model.lm_head(feats.reshape(-1, feats.shape[-1]).index_select(0, flat))  # [M, V]
-            logits = out.new_zeros(R * self.L, out.shape[-1]).index_copy_(0, flat, out).view(R, self.L, -1)
+            # [M, V]
+            out = self.model.lm_head(feats.reshape(-1, feats.shape[-1]).index_select(0, flat))
+            logits = (
+                out.new_zeros(R * self.L, out.shape[-1])
+                .index_copy_(0, flat, out)
+                .view(R, self.L, -1)
+            )
             self.meter.tail(R, predicted=m)
         self.kv.state[slice(None) if rows is None else rows] = h_rows
         return logits
@@ -442,4 +530,6 @@ def fill_shallow(kv: KVCache, depth: np.ndarray, queries: Optional[torch.Tensor]
         for k in range(d, K):
             for src, dst in zip(kv.mid[d - 1], kv.mid[k]):
                 for n in KV:
-                    dst[n][rows] = src[n][rows] if q is None else torch.where(q, src[n][rows], dst[n][rows])
+                    dst[n][rows] = (
+                        src[n][rows] if q is None else torch.where(q, src[n][rows], dst[n][rows])
+                    )

@@ -33,7 +33,8 @@ from ..model.fields import check_int, check_number
 from ..registry import Registry
 from .runner import LoopRunner, LoopState, Prediction
 
-DEFAULT_LOOPS = 4  # the tiny preset's training S_max; pass the checkpoint's diffusion.s_max for other models
+# the tiny preset's training S_max; pass the checkpoint's diffusion.s_max for other models
+DEFAULT_LOOPS = 4
 
 LOOP_POLICIES: Registry[type["LoopPolicy"]] = Registry("loop policy")
 
@@ -45,7 +46,9 @@ def _check_int(name: str, value, low: int = 1) -> int:
 def _check_bounds(s_min, s_max) -> tuple[int, int]:
     s_min, s_max = _check_int("s_min", s_min), _check_int("s_max", s_max)
     if s_min > s_max:
-        raise ConfigError(f"s_min={s_min} > s_max={s_max}; the loop count bounds need S_min <= S_max")
+        raise ConfigError(
+            f"s_min={s_min} > s_max={s_max}; the loop count bounds need S_min <= S_max"
+        )
     return s_min, s_max
 
 
@@ -58,7 +61,8 @@ class LoopPolicy:
 
     s_min: int = 1
     s_max: int = 1
-    cacheable = True  # can run with a key / value cache (``kvcache``): no per-position state of its own
+    # can run with a key / value cache (``kvcache``): no per-position state of its own
+    cacheable = True
 
     def reset(self, num_samples: int, seq_len: int) -> None:
         """Called once per ``generate`` before the first step (policies with memory clear it here)."""
@@ -100,11 +104,19 @@ class Schedule(LoopPolicy):
     (per sample), f = ``shape`` in {hump, linear, inverse, constant}; hump is a Gaussian bump of width
     ``width`` centred at ``center``."""
 
-    def __init__(self, s_min: int = 1, s_max: int = DEFAULT_LOOPS, shape: str = "hump", center: float = 0.5,
-                 width: float = 0.25):
+    def __init__(
+        self,
+        s_min: int = 1,
+        s_max: int = DEFAULT_LOOPS,
+        shape: str = "hump",
+        center: float = 0.5,
+        width: float = 0.25,
+    ):
         self.s_min, self.s_max = _check_bounds(s_min, s_max)
         if not isinstance(shape, str) or shape not in SHAPES:
-            raise ConfigError(f"unknown schedule shape {shape!r}; choose one of: {', '.join(SHAPES)}")
+            raise ConfigError(
+                f"unknown schedule shape {shape!r}; choose one of: {', '.join(SHAPES)}"
+            )
         self.shape = shape
         self.center = check_number(center, "schedule option center", ge=0, le=1)
         self.width = check_number(width, "schedule option width", gt=0)
@@ -129,7 +141,9 @@ def host_rows(mask: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(np.flatnonzero(mask)).to(device, non_blocking=True)
 
 
-def relative_change(new: torch.Tensor, old: torch.Tensor, where: Optional[torch.Tensor] = None) -> torch.Tensor:
+def relative_change(
+    new: torch.Tensor, old: torch.Tensor, where: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """||new - old|| / ||old|| per row [B] over the positions ``where`` [B, L] (all when None); states [B, L, D].
     A row with no such position scores 0 (nothing to predict: it exits at s_min)."""
     diff = (new - old).float().pow(2).sum(-1)  # [B, L]
@@ -141,7 +155,7 @@ def relative_change(new: torch.Tensor, old: torch.Tensor, where: Optional[torch.
 
 def token_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """||new - old|| / ||old|| per position [B, L]."""
-    return ((new - old).float().norm(dim=-1) / old.float().norm(dim=-1).clamp_min(1e-6))
+    return (new - old).float().norm(dim=-1) / old.float().norm(dim=-1).clamp_min(1e-6)
 
 
 def mean_kl(logp: torch.Tensor, logq: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
@@ -157,11 +171,18 @@ class Converge(LoopPolicy):
 
     criteria = ("delta", "kl")
 
-    def __init__(self, threshold: float = 0.05, criterion: str = "delta", s_min: int = 1,
-                 s_max: int = DEFAULT_LOOPS):
+    def __init__(
+        self,
+        threshold: float = 0.05,
+        criterion: str = "delta",
+        s_min: int = 1,
+        s_max: int = DEFAULT_LOOPS,
+    ):
         self.threshold = _check_threshold(threshold)
         if not isinstance(criterion, str) or criterion not in self.criteria:
-            raise ConfigError(f"unknown convergence criterion {criterion!r}; choose one of: {', '.join(self.criteria)}")
+            raise ConfigError(
+                f"unknown convergence criterion {criterion!r}; choose one of: {', '.join(self.criteria)}"
+            )
         self.criterion = criterion
         self.s_min, self.s_max = _check_bounds(s_min, s_max)
 
@@ -175,7 +196,8 @@ class Converge(LoopPolicy):
 
     def run(self, runner, state):
         B = state.x.shape[0]
-        computed = getattr(runner, "queries", None)  # a key / value cache computes only these positions [B, L]
+        # a key / value cache computes only these positions [B, L]
+        computed = getattr(runner, "queries", None)
         where = (state.masked if computed is None else state.masked & computed).float()  # [B, L]
         h, limit, most = self.start(runner, state)
         loops = torch.zeros(B, dtype=torch.long, device=h.device)
@@ -194,14 +216,21 @@ class Converge(LoopPolicy):
                 out = runner.coda(h_new, rows=rows)  # [R, L, V]
                 if logits is None:
                     logits = torch.empty(B, *out.shape[1:], dtype=out.dtype, device=out.device)
-                    prev_logp = torch.zeros(B, *out.shape[1:], dtype=torch.float32, device=out.device)
+                    prev_logp = torch.zeros(
+                        B, *out.shape[1:], dtype=torch.float32, device=out.device
+                    )
                 logits[rows] = out
                 logp = torch.log_softmax(out.float(), dim=-1)
-                score = mean_kl(logp, prev_logp[rows], where[rows]) if k > 0 else torch.full_like(loops[rows], 1e9,
-                                                                                                  dtype=torch.float)
+                score = (
+                    mean_kl(logp, prev_logp[rows], where[rows])
+                    if k > 0
+                    else torch.full_like(loops[rows], 1e9, dtype=torch.float)
+                )
                 prev_logp[rows] = logp
             h = h_new
-            done = ((loops[rows] >= self.s_min) & (score < self.threshold)) | (loops[rows] >= limit[rows])
+            done = ((loops[rows] >= self.s_min) & (score < self.threshold)) | (
+                loops[rows] >= limit[rows]
+            )
             live[rows] = ~done
         self.finish(h, state, loops)
         if logits is None:
@@ -230,7 +259,8 @@ class PerToken(LoopPolicy):
         for k in range(1, self.s_max):
             change = token_change(h, h_prev)  # [B, L] (0 for frozen positions)
             active &= ~((loops >= self.s_min) & (change < self.threshold))
-            per_row = active.sum(1).cpu().numpy()  # the loop's one sync: which rows and how many positions loop
+            # the loop's one sync: which rows and how many positions loop
+            per_row = active.sum(1).cpu().numpy()
             if not per_row.any():
                 break
             h_prev, h = h, runner.partial(h, k, active, per_row)
@@ -251,17 +281,26 @@ class Warm(Converge):
 
     cacheable = False
 
-    def __init__(self, threshold: float = 0.05, criterion: str = "delta", s_min: int = 1,
-                 s_max: int = DEFAULT_LOOPS, max_depth: Optional[int] = None):
+    def __init__(
+        self,
+        threshold: float = 0.05,
+        criterion: str = "delta",
+        s_min: int = 1,
+        s_max: int = DEFAULT_LOOPS,
+        max_depth: Optional[int] = None,
+    ):
         super().__init__(threshold, criterion, s_min, s_max)
         self.max_depth = self.s_max if max_depth is None else _check_int("max_depth", max_depth)
         if self.max_depth < self.s_min:
-            raise ConfigError(f"loop policy option max_depth={self.max_depth} is below s_min={self.s_min}; a "
-                              "state must be allowed at least s_min loops")
+            raise ConfigError(
+                f"loop policy option max_depth={self.max_depth} is below s_min={self.s_min}; a "
+                "state must be allowed at least s_min loops"
+            )
 
     def reset(self, num_samples, seq_len):
         self._n = num_samples
-        self._h: Optional[torch.Tensor] = None  # [N, L, D] last final mid-block state of each sample
+        # [N, L, D] last final mid-block state of each sample
+        self._h: Optional[torch.Tensor] = None
         self._x: Optional[torch.Tensor] = None  # [N, L] the tokens it was computed for
         self._depth: Optional[torch.Tensor] = None  # [N, L] loops applied to that state since h_0
 
@@ -273,10 +312,16 @@ class Warm(Converge):
             self._warm = torch.zeros(state.x.shape, dtype=torch.bool, device=h0.device)
             return h0, torch.full((B,), cap, dtype=torch.long, device=h0.device), cap
         depth = self._depth[state.rows]  # [B, L]
-        self._warm = (self._x[state.rows] == state.x) & (depth + self.s_min <= self.max_depth)  # [B, L]
+        # [B, L]
+        self._warm = (self._x[state.rows] == state.x) & (depth + self.s_min <= self.max_depth)
         deepest = torch.where(self._warm, depth, torch.zeros_like(depth)).max(dim=1).values  # [B]
-        limit = (self.max_depth - deepest).clamp(max=cap)  # >= s_min by the choice of warm positions
-        return torch.where(self._warm[..., None], self._h[state.rows].to(h0.dtype), h0), limit, int(limit.max())
+        # >= s_min by the choice of warm positions
+        limit = (self.max_depth - deepest).clamp(max=cap)
+        return (
+            torch.where(self._warm[..., None], self._h[state.rows].to(h0.dtype), h0),
+            limit,
+            int(limit.max()),
+        )
 
     def finish(self, h, state, loops):
         if getattr(self, "_h", None) is None:
@@ -284,7 +329,9 @@ class Warm(Converge):
             self._h = torch.zeros(n, *h.shape[1:], dtype=h.dtype, device=h.device)
             self._x = torch.full((n, h.shape[1]), -1, dtype=torch.long, device=h.device)
             self._depth = torch.zeros(n, h.shape[1], dtype=torch.long, device=h.device)
-        carried = torch.where(self._warm, self._depth[state.rows], torch.zeros_like(self._depth[state.rows]))
+        carried = torch.where(
+            self._warm, self._depth[state.rows], torch.zeros_like(self._depth[state.rows])
+        )
         self._h[state.rows] = h
         self._x[state.rows] = state.x
         self._depth[state.rows] = carried + loops[:, None]

@@ -15,9 +15,18 @@ from ..model.subs import no_mask_logits
 
 
 @torch.no_grad()
-def reference_sample(model, mask_id: int, *, num_samples: int, length: int, steps: int, loops: int,
-                     schedule: NoiseSchedule | str = "loglinear", temperature: float = 1.0,
-                     seed: int = 0) -> torch.Tensor:
+def reference_sample(
+    model,
+    mask_id: int,
+    *,
+    num_samples: int,
+    length: int,
+    steps: int,
+    loops: int,
+    schedule: NoiseSchedule | str = "loglinear",
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> torch.Tensor:
     """Sample token ids [N, L] by unmasking an all-mask sequence over T denoising steps.
 
     model: a ``LoopMDM`` (``model(x_t, t, loops=S)`` -> logits [N, L, V]), in eval mode on its device.
@@ -34,7 +43,8 @@ def reference_sample(model, mask_id: int, *, num_samples: int, length: int, step
     schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    x = torch.full((num_samples, length), mask_id, dtype=torch.long, device=device)  # x_1: all masked [N, L]
+    # x_1: all masked [N, L]
+    x = torch.full((num_samples, length), mask_id, dtype=torch.long, device=device)
     ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)  # [T + 1]
     alpha = schedule.alpha(ts).double()
     for i in range(steps):
@@ -47,7 +57,8 @@ def reference_sample(model, mask_id: int, *, num_samples: int, length: int, step
         reveal = (x == mask_id) & (u_reveal < p_reveal)  # [N, L]
         if not reveal.any():
             continue
-        z = no_mask_logits(logits[reveal], mask_id).double()  # [M, V]; SUBS: the mask is never drawn
+        # [M, V]; SUBS: the mask is never drawn
+        z = no_mask_logits(logits[reveal], mask_id).double()
         x[reveal] = draw_categorical(z, u_token[reveal], temperature)
     return x
 
@@ -60,5 +71,6 @@ def draw_categorical(z: torch.Tensor, u: torch.Tensor, temperature: float) -> to
     logp = torch.log_softmax(z / temperature, dim=-1)
     probs = (logp - logp.max(dim=-1, keepdim=True).values).exp()  # [M, V], max 1
     cdf = probs.cumsum(dim=-1)
-    idx = torch.searchsorted(cdf, ((1.0 - u) * cdf[:, -1])[:, None]).squeeze(-1)  # first index with cdf >= target
+    # first index with cdf >= target
+    idx = torch.searchsorted(cdf, ((1.0 - u) * cdf[:, -1])[:, None]).squeeze(-1)
     return idx.clamp_max(z.shape[-1] - 1)

@@ -81,7 +81,8 @@ class ComputeMeter:
         self.cfg = cfg
         self.N, self.L = num_samples, seq_len
         self.report = ComputeReport()
-        self.position_updates = 0  # sum over mid calls of rows x positions updated (a device scalar once added)
+        # sum over mid calls of rows x positions updated (a device scalar once added)
+        self.position_updates = 0
         self.positions_evaluated = 0  # sum over network calls of rows x L
         self._step_loops = 0
         self._tail_calls = 0
@@ -107,7 +108,9 @@ class ComputeMeter:
         self.report.mid_positions += rows * queries
         self.report.flops += loop_flops(self.cfg, rows, queries, self.L)
 
-    def tail(self, rows: int, predicted: Optional[int] = None, queries: Optional[int] = None) -> None:
+    def tail(
+        self, rows: int, predicted: Optional[int] = None, queries: Optional[int] = None
+    ) -> None:
         """A tail (n_o layers) + LM-head pass over ``rows`` sequences (the LM head at ``predicted`` positions, all
         when None; the tail at ``queries`` positions per row, all when None). One per network call is part of it;
         more (the KL exit criterion looks at the prediction after every loop) are reported as coda_calls."""
@@ -138,7 +141,9 @@ class ComputeMeter:
         r.generated_tokens = int(generated_tokens)
         r.tokens_per_s = r.generated_tokens / wall_time_s if wall_time_s > 0 else 0.0
         cfg = self.cfg
-        r.position_layers = cfg.n_h * r.head_positions + cfg.n_m * r.mid_positions + cfg.n_o * r.tail_positions
+        r.position_layers = (
+            cfg.n_h * r.head_positions + cfg.n_m * r.mid_positions + cfg.n_o * r.tail_positions
+        )
         r.coda_calls = max(self._tail_calls - r.network_calls, 0)
         updates = float(self.position_updates)
         r.token_loop_iterations = updates / max(self.N * self.L, 1)
@@ -185,14 +190,18 @@ class Trajectory:
         out: dict[str, Any] = {
             "reveal_step": self.reveal_step.tolist(),
             "reveal_loops": self.reveal_loops.tolist(),
-            "reveal_confidence": [[_finite(v) for v in row] for row in self.reveal_confidence.tolist()],
+            "reveal_confidence": [
+                [_finite(v) for v in row] for row in self.reveal_confidence.tolist()
+            ],
             "loops_per_step": list(self.loops_per_step),
             "flops_per_step": [float(f) for f in self.flops_per_step],
             "snapshots": [s.tolist() for s in self.snapshots],
         }
         if tokenizer is not None and self.snapshots:
             final = self.snapshots[-1]
-            out["tokens"] = [[tokenizer.decode([i], skip_special=False) for i in row] for row in final.tolist()]
+            out["tokens"] = [
+                [tokenizer.decode([i], skip_special=False) for i in row] for row in final.tolist()
+            ]
         return out
 
 
@@ -207,13 +216,18 @@ class TrajectoryRecorder:
         N, L = x.shape
         self.reveal_step = torch.where(free, torch.zeros_like(x), torch.full_like(x, -1)).cpu()
         self.reveal_loops = torch.zeros(N, L, dtype=torch.long)
-        self.reveal_confidence = torch.where(free.cpu(), torch.zeros(N, L, dtype=torch.float64),
-                                             torch.ones(N, L, dtype=torch.float64))
+        self.reveal_confidence = torch.where(
+            free.cpu(),
+            torch.zeros(N, L, dtype=torch.float64),
+            torch.ones(N, L, dtype=torch.float64),
+        )
         self.loops: list[int] = []
         self.flops: list[float] = []
         self.snapshots: list[torch.Tensor] = []
 
-    def reveal(self, step: int, where: torch.Tensor, loops: torch.Tensor, confidence: torch.Tensor) -> None:
+    def reveal(
+        self, step: int, where: torch.Tensor, loops: torch.Tensor, confidence: torch.Tensor
+    ) -> None:
         """Tokens at ``where`` [N, L] were revealed at ``step`` from predictions run at ``loops`` [N, L]."""
         w = where.cpu()
         self.reveal_step[w] = step
@@ -226,5 +240,11 @@ class TrajectoryRecorder:
         self.snapshots.append(x.detach().cpu().clone())
 
     def build(self) -> Trajectory:
-        return Trajectory(self.reveal_step, self.reveal_loops, self.reveal_confidence, self.loops, self.flops,
-                          self.snapshots)
+        return Trajectory(
+            self.reveal_step,
+            self.reveal_loops,
+            self.reveal_confidence,
+            self.loops,
+            self.flops,
+            self.snapshots,
+        )

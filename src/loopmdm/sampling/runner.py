@@ -24,8 +24,11 @@ from .report import ComputeMeter
 def sub_context(ctx: LoopContext, rows: torch.Tensor) -> LoopContext:
     """The loop context restricted to batch rows ``rows`` [R]."""
     return LoopContext(
-        h0=ctx.h0[rows], cond=None if ctx.cond is None else ctx.cond[rows], rope=ctx.rope,
-        attn_mask=None if ctx.attn_mask is None else ctx.attn_mask[rows], causal=ctx.causal,
+        h0=ctx.h0[rows],
+        cond=None if ctx.cond is None else ctx.cond[rows],
+        rope=ctx.rope,
+        attn_mask=None if ctx.attn_mask is None else ctx.attn_mask[rows],
+        causal=ctx.causal,
     )
 
 
@@ -40,7 +43,8 @@ def padded_positions(mask: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Te
     largest count (as the host read it), in increasing order; rows with fewer are padded by repeating their first
     marked position (a repeated query computes the same values twice). Returns (positions [R, K], counts [R])."""
     counts = mask.sum(dim=1)  # [R]
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :K]  # marked positions first, [R, K]
+    # marked positions first, [R, K]
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :K]
     valid = torch.arange(K, device=mask.device)[None] < counts[:, None]
     return torch.where(valid, order, order[:, :1]), counts
 
@@ -65,9 +69,12 @@ class LoopRunner:
     def __init__(self, model, ctx: LoopContext, meter: ComputeMeter):
         self.model, self.ctx, self.meter = model, ctx, meter
         self.B, self.L = ctx.h0.shape[:2]
-        self.cache: Optional[list] = None  # per mid block: {"k", "v"} [B, H, L, hd], for partial updates
+        # per mid block: {"k", "v"} [B, H, L, hd], for partial updates
+        self.cache: Optional[list] = None
 
-    def full(self, h: torch.Tensor, k: int, rows: Optional[torch.Tensor] = None, fill_cache: bool = False):
+    def full(
+        self, h: torch.Tensor, k: int, rows: Optional[torch.Tensor] = None, fill_cache: bool = False
+    ):
         """Loop iteration k on every position of ``rows`` (all rows when None); returns the new h [B, L, D]."""
         if rows is None or rows.numel() == self.B:
             if fill_cache:
@@ -83,7 +90,9 @@ class LoopRunner:
         h[rows] = out
         return h
 
-    def partial(self, h: torch.Tensor, k: int, active: torch.Tensor, per_row: np.ndarray) -> torch.Tensor:
+    def partial(
+        self, h: torch.Tensor, k: int, active: torch.Tensor, per_row: np.ndarray
+    ) -> torch.Tensor:
         """Loop iteration k updating only positions ``active`` [B, L] (needs an earlier ``full(fill_cache=True)``);
         ``per_row`` [B]: their number in each row, as read on the host. Rows are padded to the same number K of
         query positions by repeating one of their active positions."""
@@ -94,11 +103,14 @@ class LoopRunner:
         K = positions.shape[1]
         everything = rows.numel() == self.B
         ctx = self.ctx if everything else sub_context(self.ctx, rows)
-        cache = self.cache if everything else [{n: c[n][rows] for n in ("k", "v")} for c in self.cache]
+        cache = (
+            self.cache if everything else [{n: c[n][rows] for n in ("k", "v")} for c in self.cache]
+        )
         D = h.shape[-1]
         idx = positions[..., None].expand(-1, -1, D)  # [R, K, D]
         h_rows = h if everything else h[rows]
-        out = self.model.loop_step(h_rows.gather(1, idx), ctx, k, positions=positions, cache=cache)  # [R, K, D]
+        # [R, K, D]
+        out = self.model.loop_step(h_rows.gather(1, idx), ctx, k, positions=positions, cache=cache)
         h_rows = h_rows.scatter(1, idx, out)
         self.meter.loop(int(rows.numel()), K, updated=counts.sum())
         if everything:
@@ -133,17 +145,36 @@ class Denoiser:
     """p_theta(x_0 | x_t) at a loop policy: head (n_h layers) once, mid block under the policy, tail once."""
 
     def __init__(self, model, policy, meter: ComputeMeter, mask_id: int, free: torch.Tensor):
-        self.model, self.policy, self.meter, self.mask_id, self.free = model, policy, meter, mask_id, free
+        self.model, self.policy, self.meter, self.mask_id, self.free = (
+            model,
+            policy,
+            meter,
+            mask_id,
+            free,
+        )
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int, total_steps: int,
-                 rows: Optional[torch.Tensor] = None, kv=None) -> Prediction:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        step: int,
+        total_steps: int,
+        rows: Optional[torch.Tensor] = None,
+        kv=None,
+    ) -> Prediction:
         """Predict for all N rows of x [N, L] (rows=None) or for ``rows`` [R] only; t [N] diffusion times.
         ``kv``: a key / value cache (``loopmdm.sampling.kvcache.KVCache``) that runs the call instead, computing
         only the positions it decides (all rows)."""
         if kv is not None:
-            state = LoopState(x=x, rows=torch.arange(x.shape[0], device=x.device), masked=x == self.mask_id,
-                              free=self.free, step=step, total_steps=total_steps)
+            state = LoopState(
+                x=x,
+                rows=torch.arange(x.shape[0], device=x.device),
+                masked=x == self.mask_id,
+                free=self.free,
+                step=step,
+                total_steps=total_steps,
+            )
             return kv.predict(self.model, self.policy, self.meter, x, t.float(), state)
         if rows is None:
             rows = torch.arange(x.shape[0], device=x.device)
@@ -152,5 +183,12 @@ class Denoiser:
             xr, tr, free = x[rows], t[rows], self.free[rows]
         ctx = self.model.prelude(xr, tr.float())
         self.meter.network(xr.shape[0])
-        state = LoopState(x=xr, rows=rows, masked=xr == self.mask_id, free=free, step=step, total_steps=total_steps)
+        state = LoopState(
+            x=xr,
+            rows=rows,
+            masked=xr == self.mask_id,
+            free=free,
+            step=step,
+            total_steps=total_steps,
+        )
         return self.policy.run(LoopRunner(self.model, ctx, self.meter), state)

@@ -39,11 +39,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..registry import Registry
 from ..diffusion.schedules import NoiseSchedule
+from ..errors import ConfigError
 from ..model.fields import check_int, check_number
 from ..model.subs import no_mask_logits
+from ..registry import Registry
 from .filters import TokenFilter, draw
 from .kvcache import KVCache, cache_mode
 from .orders import ORDERS
@@ -55,10 +55,22 @@ class Session:
     """One sampling run: canvas x [N, L] (mask where still to generate), free [N, L] (positions to
     generate), the token filter, the generator (all draws in float64 on CPU), the denoiser and meters."""
 
-    def __init__(self, x: torch.Tensor, free: torch.Tensor, mask_id: int, denoiser: Denoiser, meter: ComputeMeter,
-                 filt: TokenFilter, schedule: NoiseSchedule, steps: int, gen: torch.Generator,
-                 eos_id: Optional[int] = None, stop_at_eos: bool = False,
-                 recorder: Optional[TrajectoryRecorder] = None, on_step: Optional[Callable] = None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        free: torch.Tensor,
+        mask_id: int,
+        denoiser: Denoiser,
+        meter: ComputeMeter,
+        filt: TokenFilter,
+        schedule: NoiseSchedule,
+        steps: int,
+        gen: torch.Generator,
+        eos_id: Optional[int] = None,
+        stop_at_eos: bool = False,
+        recorder: Optional[TrajectoryRecorder] = None,
+        on_step: Optional[Callable] = None,
+    ):
         self.x, self.free, self.mask_id = x, free, mask_id
         self.denoiser, self.meter, self.filt, self.schedule = denoiser, meter, filt, schedule
         self.steps, self.gen, self.eos_id = steps, gen, eos_id
@@ -85,13 +97,17 @@ class Session:
         both = torch.stack([self.masked, self.free]).cpu().numpy()  # [2, N, L]
         return both[0], both[1]
 
-    def predict(self, t: torch.Tensor, step: int, rows: Optional[torch.Tensor] = None) -> Prediction:
+    def predict(
+        self, t: torch.Tensor, step: int, rows: Optional[torch.Tensor] = None
+    ) -> Prediction:
         """Network prediction for all rows (rows=None) or some; t [N] diffusion times."""
         if self.kv is not None:
             return self.denoiser(self.x, t, step, self.steps, rows, kv=self.kv)
         return self.denoiser(self.x, t, step, self.steps, rows)
 
-    def draw_tokens(self, logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_tokens(
+        self, logits: torch.Tensor, u: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens [M] drawn from filtered p_theta for logits [M, V] with uniforms u [M], and the model's
         unfiltered probability of each drawn token [M] (its confidence)."""
         tokens = draw(self.filt.log_probs(logits, self.mask_id), u)
@@ -105,11 +121,19 @@ class Session:
         """t [N] for a canvas whose generated positions are partly masked: the time at which the schedule masks
         that fraction of them (the model was trained on x_t at t). Samplers that do not follow a time grid
         (confidence, semi-AR) call the network at this t."""
-        frac = ((self.masked & self.free).sum(1).double() / self.free.sum(1).clamp_min(1)).clamp(1e-3, 1.0)
+        frac = ((self.masked & self.free).sum(1).double() / self.free.sum(1).clamp_min(1)).clamp(
+            1e-3, 1.0
+        )
         return self.schedule.t_for_masked_fraction(frac)
 
-    def reveal(self, step: int, where: torch.Tensor, tokens: torch.Tensor, loops: torch.Tensor,
-               confidence: torch.Tensor) -> None:
+    def reveal(
+        self,
+        step: int,
+        where: torch.Tensor,
+        tokens: torch.Tensor,
+        loops: torch.Tensor,
+        confidence: torch.Tensor,
+    ) -> None:
         """Write ``tokens`` [N, L] at the positions ``where`` [N, L] (bool); loops / confidence [N, L] for the
         record."""
         self.x.copy_(torch.where(where, tokens, self.x))
@@ -123,8 +147,16 @@ class Session:
         if self.recorder is not None:
             self.recorder.end_step(self.x, loops, self.meter.report.flops)
         if self.on_step is not None:
-            self.on_step(StepInfo(step=step, total_steps=self.steps, tokens=self.x.clone(), revealed=~self.masked,
-                                  loops=loops, flops_so_far=self.meter.report.flops))
+            self.on_step(
+                StepInfo(
+                    step=step,
+                    total_steps=self.steps,
+                    tokens=self.x.clone(),
+                    revealed=~self.masked,
+                    loops=loops,
+                    flops_so_far=self.meter.report.flops,
+                )
+            )
         return self.stop_at_eos and bool(self.finished_rows().all())
 
     def finished_rows(self) -> torch.Tensor:
@@ -136,7 +168,9 @@ class Session:
         return eos.any(1) & ~pending
 
 
-def scatter_flat(index: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], fill=0) -> torch.Tensor:
+def scatter_flat(
+    index: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], fill=0
+) -> torch.Tensor:
     """[N, L] holding ``values`` [M] at the flat positions ``index`` [M] and ``fill`` elsewhere."""
     out = torch.full((shape[0] * shape[1],), fill, dtype=values.dtype, device=values.device)
     return out.index_copy_(0, index, values).view(shape)
@@ -145,7 +179,9 @@ def scatter_flat(index: torch.Tensor, values: torch.Tensor, shape: tuple[int, in
 def first_true(a: torch.Tensor) -> torch.Tensor:
     """Index of the first True per row of a [N, L] bool tensor, L where there is none."""
     L = a.shape[1]
-    idx = torch.where(a, torch.arange(L, device=a.device)[None], torch.full_like(a, L, dtype=torch.long))
+    idx = torch.where(
+        a, torch.arange(L, device=a.device)[None], torch.full_like(a, L, dtype=torch.long)
+    )
     return idx.min(dim=1).values
 
 
@@ -157,10 +193,14 @@ class Sampler:
     """Base class: ``run(session)`` fills every mask of ``session.x`` (revealed tokens never change)."""
 
     #: what ``build`` adds to the error for an option this sampler does not take but another one does
-    option_hints = {"threshold": f"parallel decoding by confidence threshold is {_FAST}",
-                    "cache": f"key / value caching is {_FAST}", "refresh": f"key / value caching is {_FAST}",
-                    "delay": f"key / value caching is {_FAST}", "block_length": "blocks are an option of semi_ar",
-                    "order": f"unmasking orders are {_FAST}"}
+    option_hints = {
+        "threshold": f"parallel decoding by confidence threshold is {_FAST}",
+        "cache": f"key / value caching is {_FAST}",
+        "refresh": f"key / value caching is {_FAST}",
+        "delay": f"key / value caching is {_FAST}",
+        "block_length": "blocks are an option of semi_ar",
+        "order": f"unmasking orders are {_FAST}",
+    }
 
     def run(self, session: Session) -> None:
         raise NotImplementedError
@@ -198,16 +238,22 @@ class Ancestral(Sampler):
     def run(self, s: Session) -> None:
         grid = time_grid(s.steps)
         ts, alpha = grid.numpy(), s.schedule.alpha(grid).double().numpy()
-        masked = s.host_state()[0]  # [N, L], followed on the host: the reveals are decided by host uniforms
+        # [N, L], followed on the host: the reveals are decided by host uniforms
+        masked = s.host_state()[0]
         logits = loops = changed = None
         for i in range(s.steps):
             a_t, a_s = float(alpha[i]), float(alpha[i + 1])
             p_reveal = (a_s - a_t) / max(1.0 - a_t, 1e-12)
-            u_reveal, u_token = s.uniform_host(), s.uniform_host()  # drawn every step, whatever runs
+            # drawn every step, whatever runs
+            u_reveal, u_token = (s.uniform_host(), s.uniform_host())
             rows = self.rows_to_evaluate(changed)
             if rows is None or len(rows):
                 t = torch.full((s.N,), float(ts[i]), device=s.x.device)
-                rows_dev = None if rows is None else torch.from_numpy(rows).to(s.x.device, non_blocking=True)
+                rows_dev = (
+                    None
+                    if rows is None
+                    else torch.from_numpy(rows).to(s.x.device, non_blocking=True)
+                )
                 pred = s.predict(t, i, rows_dev)
                 if rows is None:
                     logits, loops = pred.logits, pred.loops
@@ -224,17 +270,29 @@ class Ancestral(Sampler):
                 break
 
     @staticmethod
-    def reveal_at(s: Session, step: int, index: np.ndarray, logits: torch.Tensor, loops: torch.Tensor,
-                  u_token: torch.Tensor) -> None:
+    def reveal_at(
+        s: Session,
+        step: int,
+        index: np.ndarray,
+        logits: torch.Tensor,
+        loops: torch.Tensor,
+        u_token: torch.Tensor,
+    ) -> None:
         """Draw and write the tokens at the flat positions ``index`` [M] (host) from ``logits`` [N, L, V] and the
         host uniforms ``u_token`` [N, L]."""
         device = s.x.device
         flat = torch.from_numpy(index).to(device, non_blocking=True)  # [M]
-        u = torch.from_numpy(u_token.numpy().reshape(-1)[index]).to(device, non_blocking=True)  # [M]
+        # [M]
+        u = torch.from_numpy(u_token.numpy().reshape(-1)[index]).to(device, non_blocking=True)
         tokens, conf = s.draw_tokens(logits.reshape(-1, logits.shape[-1]).index_select(0, flat), u)
         where = scatter_flat(flat, torch.ones_like(flat, dtype=torch.bool), (s.N, s.L), False)
-        s.reveal(step, where, scatter_flat(flat, tokens, (s.N, s.L), s.mask_id), loops,
-                 scatter_flat(flat, conf, (s.N, s.L)))
+        s.reveal(
+            step,
+            where,
+            scatter_flat(flat, tokens, (s.N, s.L), s.mask_id),
+            loops,
+            scatter_flat(flat, conf, (s.N, s.L)),
+        )
 
 
 @SAMPLERS.register("cached")
@@ -247,7 +305,9 @@ class CachedAncestral(Ancestral):
 
     def __init__(self, granularity: str = "row"):
         if not isinstance(granularity, str) or granularity not in ("row", "batch"):
-            raise ConfigError(f"sampler option granularity={granularity!r} must be 'row' or 'batch'")
+            raise ConfigError(
+                f"sampler option granularity={granularity!r} must be 'row' or 'batch'"
+            )
         self.granularity = granularity
 
 
@@ -273,7 +333,8 @@ class Unmasking:
 
     def __init__(self, s: Session, candidates: torch.Tensor, left: np.ndarray, steps: int):
         self.candidates, self.left = candidates, left
-        self.counts = transfer_counts(torch.from_numpy(left), steps, s.schedule)  # [N, T] on the host
+        # [N, T] on the host
+        self.counts = transfer_counts(torch.from_numpy(left), steps, s.schedule)
         self.counts_dev = self.counts.to(s.x.device, non_blocking=True)
 
     def after_step(self, s: Session, step: int, threshold: Optional[float]) -> None:
@@ -284,8 +345,14 @@ class Unmasking:
             self.left = (s.masked & self.candidates).sum(1).cpu().numpy()
 
 
-def confidence_step(s: Session, step: int, unmasking: Unmasking, i: int, order: str,
-                    threshold: Optional[float] = None) -> None:
+def confidence_step(
+    s: Session,
+    step: int,
+    unmasking: Unmasking,
+    i: int,
+    order: str,
+    threshold: Optional[float] = None,
+) -> None:
     """One LLaDA-style step (step ``i`` of ``unmasking``): predict, draw a token for every masked candidate, reveal
     the k_i [N] most confident. With ``threshold``, also every candidate whose score exceeds it, and at least one
     per row that has candidates."""
@@ -300,15 +367,28 @@ def confidence_step(s: Session, step: int, unmasking: Unmasking, i: int, order: 
     tokens = draw(s.filt.log_probs(logits, s.mask_id), u_token.reshape(-1).index_select(0, flat))
     probs = s.model_probs(logits)
     conf = probs.gather(-1, tokens[:, None]).squeeze(-1)
-    score = scatter_flat(flat, ORDERS.get(order)(probs, tokens, u_order.reshape(-1).index_select(0, flat)),
-                         (s.N, s.L), -math.inf)  # [N, L]
+    # [N, L]
+    score = scatter_flat(
+        flat,
+        ORDERS.get(order)(probs, tokens, u_order.reshape(-1).index_select(0, flat)),
+        (s.N, s.L),
+        -math.inf,
+    )
     rank = torch.empty_like(score, dtype=torch.long).scatter_(
-        1, score.argsort(dim=1, descending=True, stable=True), torch.arange(s.L, device=s.x.device).expand(s.N, s.L))
+        1,
+        score.argsort(dim=1, descending=True, stable=True),
+        torch.arange(s.L, device=s.x.device).expand(s.N, s.L),
+    )
     keep = rank < unmasking.counts_dev[:, i, None]
     if threshold is not None:
         keep |= (score > threshold) | (rank == 0)
-    s.reveal(step, cand & keep, scatter_flat(flat, tokens, (s.N, s.L), s.mask_id), pred.loops,
-             scatter_flat(flat, conf, (s.N, s.L)))
+    s.reveal(
+        step,
+        cand & keep,
+        scatter_flat(flat, tokens, (s.N, s.L), s.mask_id),
+        pred.loops,
+        scatter_flat(flat, conf, (s.N, s.L)),
+    )
 
 
 def _check_order(order: str) -> str:
@@ -328,24 +408,39 @@ class FastOptions:
 
     def _fast(self, order: str, threshold, cache, refresh, delay) -> None:
         self.order = _check_order(order)
-        self.threshold = None if threshold is None else check_number(
-            threshold, "sampler option threshold", gt=0, le=1, hint=" (a confidence: probability or margin)")
+        self.threshold = (
+            None
+            if threshold is None
+            else check_number(
+                threshold,
+                "sampler option threshold",
+                gt=0,
+                le=1,
+                hint=" (a confidence: probability or margin)",
+            )
+        )
         if self.threshold is not None and self.order not in THRESHOLD_ORDERS:
-            raise ConfigError(f"sampler option threshold compares a confidence in (0, 1]; use order="
-                              f"{' or order='.join(THRESHOLD_ORDERS)}, not order={order}")
+            raise ConfigError(
+                f"sampler option threshold compares a confidence in (0, 1]; use order="
+                f"{' or order='.join(THRESHOLD_ORDERS)}, not order={order}"
+            )
         self._cache = cache_mode(self.name, cache, refresh, delay)
         self.cache, self.refresh, self.delay = self._cache.name, self._cache.refresh, delay
 
     def start_cache(self, s: Session) -> None:
         """Give the session a key / value cache when one is asked for."""
         if self._cache.active:
-            s.kv = KVCache(self._cache, s.denoiser.policy, s.N, s.L, s.x.device, model=s.denoiser.model)
+            s.kv = KVCache(
+                self._cache, s.denoiser.policy, s.N, s.L, s.x.device, model=s.denoiser.model
+            )
 
     def done(self, unmasking: Unmasking) -> bool:
         """With a threshold the step count adapts: stop once no candidate is masked."""
         return self.threshold is not None and not unmasking.left.any()
 
-    def unmask(self, s: Session, unmasking: Unmasking, first_step: int, steps: int) -> tuple[int, bool]:
+    def unmask(
+        self, s: Session, unmasking: Unmasking, first_step: int, steps: int
+    ) -> tuple[int, bool]:
         """Run up to ``steps`` confidence steps (numbered from ``first_step``) on ``unmasking``, fewer once nothing
         is left. Returns (the steps taken, True when sampling may stop early: ``Session.end_step``)."""
         for i in range(steps):
@@ -367,8 +462,14 @@ class Confidence(FastOptions, Sampler):
 
     name = "confidence"
 
-    def __init__(self, order: str = "probability", threshold: Optional[float] = None, cache: str = "none",
-                 refresh: Optional[int] = None, delay: Optional[int] = None):
+    def __init__(
+        self,
+        order: str = "probability",
+        threshold: Optional[float] = None,
+        cache: str = "none",
+        refresh: Optional[int] = None,
+        delay: Optional[int] = None,
+    ):
         self._fast(order, threshold, cache, refresh, delay)
 
     def run(self, s: Session) -> None:
@@ -389,8 +490,15 @@ class SemiAutoregressive(FastOptions, Sampler):
 
     name = "semi_ar"
 
-    def __init__(self, block_length: int = 32, order: str = "probability", threshold: Optional[float] = None,
-                 cache: str = "none", refresh: Optional[int] = None, delay: Optional[int] = None):
+    def __init__(
+        self,
+        block_length: int = 32,
+        order: str = "probability",
+        threshold: Optional[float] = None,
+        cache: str = "none",
+        refresh: Optional[int] = None,
+        delay: Optional[int] = None,
+    ):
         self.block_length = check_int(block_length, "sampler option block_length")
         self._fast(order, threshold, cache, refresh, delay)
 
@@ -398,22 +506,29 @@ class SemiAutoregressive(FastOptions, Sampler):
         self.start_cache(s)
         b = self.block_length
         if s.L % b:
-            s.meter.note(f"semi_ar: the window of {s.L} positions is not a multiple of block_length={b}; it is "
-                         f"treated as padded to {-(-s.L // b) * b}, so its last block has only {s.L % b} positions "
-                         f"(windows of a multiple of {b} positions split evenly)")
-        masked, free = s.host_state()  # a block's steps reveal only in it: its masked count is known at its start
+            s.meter.note(
+                f"semi_ar: the window of {s.L} positions is not a multiple of block_length={b}; it is "
+                f"treated as padded to {-(-s.L // b) * b}, so its last block has only {s.L % b} positions "
+                f"(windows of a multiple of {b} positions split evenly)"
+            )
+        # a block's steps reveal only in it: its masked count is known at its start
+        masked, free = s.host_state()
         pos = torch.arange(s.L, device=s.x.device)
-        starts = [start for start in range(0, s.L, b) if free[:, start:start + b].any()]
+        starts = [start for start in range(0, s.L, b) if free[:, start : start + b].any()]
         if s.steps < len(starts):
-            raise ConfigError(f"steps={s.steps} is fewer than the {len(starts)} blocks of block_length="
-                              f"{self.block_length}; raise steps or block_length")
-        per_block = [s.steps // len(starts) + (i < s.steps % len(starts)) for i in range(len(starts))]
+            raise ConfigError(
+                f"steps={s.steps} is fewer than the {len(starts)} blocks of block_length="
+                f"{self.block_length}; raise steps or block_length"
+            )
+        per_block = [
+            s.steps // len(starts) + (i < s.steps % len(starts)) for i in range(len(starts))
+        ]
         step = 0
         for start, n in zip(starts, per_block):
             in_block = (pos >= start) & (pos < start + b)  # [L]
             if s.kv is not None:
                 s.kv.begin_block(in_block)
-            left = (masked & free)[:, start:start + b].sum(1)  # [N]
+            left = (masked & free)[:, start : start + b].sum(1)  # [N]
             taken, stop = self.unmask(s, Unmasking(s, s.free & in_block[None], left, n), step, n)
             if stop:
                 return

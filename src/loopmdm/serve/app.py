@@ -31,12 +31,17 @@ from .jobs import GenerationJob
 from .options import GenerateRequest, ServerLimits, describe_validation_error
 
 STATUS = {"bad_request": 422, "timeout": 408, "cancelled": 409, "internal": 500}
-MEDIA = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
-         ".js": "text/javascript; charset=utf-8"}
+MEDIA = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+}
 
 
-TEMPLATE_HELP = ("Infill: mark spans to generate with [MASK:n] (n tokens) or [MASK] (one token); the text "
-                 "around them is kept.")
+TEMPLATE_HELP = (
+    "Infill: mark spans to generate with [MASK:n] (n tokens) or [MASK] (one token); the text "
+    "around them is kept."
+)
 TEMPLATE_EXAMPLE = "def compute_[MASK:3](alpha, beta=None):\n    [MASK:8]\n    return alpha"
 
 
@@ -52,7 +57,11 @@ def _line(event: dict[str, Any]) -> bytes:
 
 def _choices(cls: Any, name: str) -> Optional[list[str]]:
     """Allowed values of a string option, where the sampling package lists them."""
-    table = {"shape": sampling.SHAPES, "order": sampling.ORDERS.names(), "criterion": getattr(cls, "criteria", None)}
+    table = {
+        "shape": sampling.SHAPES,
+        "order": sampling.ORDERS.names(),
+        "criterion": getattr(cls, "criteria", None),
+    }
     values = table.get(name)
     return list(values) if values else None
 
@@ -73,7 +82,9 @@ def _options_of(cls: Any, overrides: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         default = overrides.get(p.name, default)
         kind = type(default).__name__ if default is not None else "float"
-        out.append({"name": p.name, "type": kind, "default": default, "choices": _choices(cls, p.name)})
+        out.append(
+            {"name": p.name, "type": kind, "default": default, "choices": _choices(cls, p.name)}
+        )
     return out
 
 
@@ -86,13 +97,27 @@ def _first_sentence(doc: Optional[str]) -> str:
 
 def _registry_listing(registry: Any, overrides: dict[str, Any]) -> list[dict[str, Any]]:
     """Every variant of a registry (``SAMPLERS``, ``LOOP_POLICIES``): name, first doc sentence, options."""
-    return [{"name": n, "doc": _first_sentence(inspect.getdoc(registry.get(n))),
-             "options": _options_of(registry.get(n), overrides)} for n in registry.names()]
+    return [
+        {
+            "name": n,
+            "doc": _first_sentence(inspect.getdoc(registry.get(n))),
+            "options": _options_of(registry.get(n), overrides),
+        }
+        for n in registry.names()
+    ]
 
 
-def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: int = 2, max_steps: int = 1024,
-               max_samples: int = 4, ema: bool = False, device: str = "cpu",
-               generate_fn: Optional[Callable[..., Any]] = None) -> FastAPI:
+def create_app(
+    checkpoint: str | Path,
+    *,
+    timeout_s: float = 60.0,
+    max_workers: int = 2,
+    max_steps: int = 1024,
+    max_samples: int = 4,
+    ema: bool = False,
+    device: str = "cpu",
+    generate_fn: Optional[Callable[..., Any]] = None,
+) -> FastAPI:
     """The viewer app for one checkpoint (run folder or checkpoint folder).
 
     timeout_s: wall-clock limit of one request; past it the generation is cancelled at the next denoising step.
@@ -103,13 +128,24 @@ def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: 
     limits = ServerLimits(timeout_s=timeout_s, max_steps=max_steps, max_samples=max_samples)
     model, tokenizer, cfg = load_model(checkpoint, device=device, ema=ema)
     generate = generate_fn or default_generate
-    extra_kwargs = {"schedule": cfg.diffusion.schedule} if "schedule" in inspect.signature(generate).parameters else {}
+    extra_kwargs = (
+        {"schedule": cfg.diffusion.schedule}
+        if "schedule" in inspect.signature(generate).parameters
+        else {}
+    )
     loop_defaults = {"loops": cfg.diffusion.max_loops, "s_max": cfg.diffusion.max_loops}
     pieces = PieceTable(tokenizer)
-    model_info = {"checkpoint": str(resolve_checkpoint(checkpoint)), "max_seq_len": cfg.model.max_seq_len,
-                  "parameters": model.num_parameters(), "n_h": cfg.model.n_h, "n_m": cfg.model.n_m,
-                  "n_o": cfg.model.n_o, "s_max": cfg.diffusion.s_max, "objective": cfg.diffusion.objective,
-                  "schedule": cfg.diffusion.schedule}
+    model_info = {
+        "checkpoint": str(resolve_checkpoint(checkpoint)),
+        "max_seq_len": cfg.model.max_seq_len,
+        "parameters": model.num_parameters(),
+        "n_h": cfg.model.n_h,
+        "n_m": cfg.model.n_m,
+        "n_o": cfg.model.n_o,
+        "s_max": cfg.diffusion.s_max,
+        "objective": cfg.diffusion.objective,
+        "schedule": cfg.diffusion.schedule,
+    }
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="loopmdm-gen")
     active: set[GenerationJob] = set()
 
@@ -121,7 +157,12 @@ def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: 
         executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="LoopMDM viewer", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.model, app.state.tokenizer, app.state.config, app.state.limits = model, tokenizer, cfg, limits
+    app.state.model, app.state.tokenizer, app.state.config, app.state.limits = (
+        model,
+        tokenizer,
+        cfg,
+        limits,
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -151,27 +192,47 @@ def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: 
 
     @app.get("/api/info")
     async def info() -> dict[str, Any]:
-        return {"model": model_info, "limits": vars(limits), "samplers": _registry_listing(SAMPLERS, {}),
-                "policies": _registry_listing(LOOP_POLICIES, loop_defaults),
-                "template_help": TEMPLATE_HELP, "template_example": TEMPLATE_EXAMPLE,
-                "defaults": GenerateRequest().model_dump()}
+        return {
+            "model": model_info,
+            "limits": vars(limits),
+            "samplers": _registry_listing(SAMPLERS, {}),
+            "policies": _registry_listing(LOOP_POLICIES, loop_defaults),
+            "template_help": TEMPLATE_HELP,
+            "template_example": TEMPLATE_EXAMPLE,
+            "defaults": GenerateRequest().model_dump(),
+        }
 
     @app.post("/api/generate")
     async def generate_endpoint(req: GenerateRequest) -> Response:
         req.check_limits(limits)
         kwargs = {**req.generate_kwargs(), **extra_kwargs}
-        if not req.policy_options and req.policy in LOOP_POLICIES:  # default S: the checkpoint's training S_max
-            kwargs["policy_options"] = {k: v for k, v in loop_defaults.items()
-                                        if k in inspect.signature(LOOP_POLICIES.get(req.policy)).parameters} or None
-        canvas = build_canvas(tokenizer, req.num_samples, req.length, cfg.model.max_seq_len, prompt=req.prompt,
-                              template=req.template)  # bad prompt / template / length: ConfigError -> 422
+        # default S: the checkpoint's training S_max
+        if not req.policy_options and req.policy in LOOP_POLICIES:
+            kwargs["policy_options"] = {
+                k: v
+                for k, v in loop_defaults.items()
+                if k in inspect.signature(LOOP_POLICIES.get(req.policy)).parameters
+            } or None
+        # bad prompt / template / length: ConfigError -> 422
+        canvas = build_canvas(
+            tokenizer,
+            req.num_samples,
+            req.length,
+            cfg.model.max_seq_len,
+            prompt=req.prompt,
+            template=req.template,
+        )
         encoder = EventEncoder(tokenizer, pieces)
-        job = GenerationJob(lambda on_step: generate(model, tokenizer, on_step=on_step, **kwargs), encoder,
-                            limits.timeout_s)
+        job = GenerationJob(
+            lambda on_step: generate(model, tokenizer, on_step=on_step, **kwargs),
+            encoder,
+            limits.timeout_s,
+        )
         job.start(executor)
         active.add(job)
         try:
-            first = await job.next_event()  # bad options fail before the first step: answer them as plain JSON
+            # bad options fail before the first step: answer them as plain JSON
+            first = await job.next_event()
         except BaseException:
             job.cancel()
             active.discard(job)
@@ -180,7 +241,9 @@ def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: 
             active.discard(job)
             return _error(STATUS.get(first["code"], 500), first["message"], first["code"])
         echo = {**req.model_dump(), "policy_options": kwargs["policy_options"]}
-        start = encoder.start(total_steps=req.steps, request=echo, model_info=model_info, given=~canvas.free)
+        start = encoder.start(
+            total_steps=req.steps, request=echo, model_info=model_info, given=~canvas.free
+        )
 
         async def stream() -> AsyncIterator[bytes]:
             event = first
@@ -196,8 +259,10 @@ def create_app(checkpoint: str | Path, *, timeout_s: float = 60.0, max_workers: 
                 if not job.finished:
                     job.cancel()  # client went away mid-stream: free the worker at its next step
 
-        return StreamingResponse(stream(), media_type="application/x-ndjson",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(),
+            media_type="application/x-ndjson",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     return app
-

@@ -34,7 +34,9 @@ class GenerationCancelled(LoopMDMError):
 class GenerationJob:
     """Runs ``run(on_step) -> SampleOutput`` in ``executor``; ``events()`` yields step / done / error events."""
 
-    def __init__(self, run: Callable[[Callable[[Any], None]], Any], encoder: EventEncoder, timeout_s: float):
+    def __init__(
+        self, run: Callable[[Callable[[Any], None]], Any], encoder: EventEncoder, timeout_s: float
+    ):
         self.run = run
         self.encoder = encoder
         self.timeout_s = timeout_s
@@ -47,8 +49,10 @@ class GenerationJob:
 
     # ---------------------------------------------------------------- worker thread side
     def _timeout_message(self) -> str:
-        return (f"generation cancelled: it ran past this server's limit of {self.timeout_s:g} s "
-                "(use fewer steps or samples, or restart the server with a larger --timeout)")
+        return (
+            f"generation cancelled: it ran past this server's limit of {self.timeout_s:g} s "
+            "(use fewer steps or samples, or restart the server with a larger --timeout)"
+        )
 
     def _check(self) -> None:
         if self.cancel_flag.is_set():
@@ -77,7 +81,9 @@ class GenerationJob:
         except GenerationCancelled as e:
             event = error_event(e.code, str(e))
         except LoopMDMError as e:
-            event = error_event("bad_request", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            event = error_event(
+                "bad_request", str(e).splitlines()[0] if str(e) else type(e).__name__
+            )
         except Exception as e:  # a bug: log the traceback here, send the client one line
             log.exception("generation failed")
             first_line = str(e).splitlines()[0] if str(e) else ""
@@ -100,7 +106,9 @@ class GenerationJob:
         """The next event; an ``error`` event (code ``timeout``) if the worker is stuck past the deadline."""
         grace = 5.0  # a step in progress is allowed to finish before the consumer gives up on it
         try:
-            event = await asyncio.wait_for(self.queue.get(), timeout=max(self.deadline - time.monotonic(), 0) + grace)
+            event = await asyncio.wait_for(
+                self.queue.get(), timeout=max(self.deadline - time.monotonic(), 0) + grace
+            )
         except asyncio.TimeoutError:
             self.cancel()
             event = error_event("timeout", self._timeout_message())

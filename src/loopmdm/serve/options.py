@@ -37,14 +37,20 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: Optional[str] = Field(None, description="Prefix kept fixed while the rest is generated.")
+    prompt: Optional[str] = Field(
+        None, description="Prefix kept fixed while the rest is generated."
+    )
     template: Optional[str] = Field(None, description="Infill template (mask slots are generated).")
     num_samples: int = Field(1, ge=1)
-    length: Optional[int] = Field(None, ge=1, description="Tokens L to generate (default: the model window).")
+    length: Optional[int] = Field(
+        None, ge=1, description="Tokens L to generate (default: the model window)."
+    )
     steps: int = Field(32, ge=1, description="Denoising steps T.")
     sampler: str = Field("ancestral", min_length=1)
     sampler_options: dict[str, OptionValue] = Field(default_factory=dict)
-    policy: str = Field("fixed", min_length=1, description="Loop policy: how many loops S each step runs.")
+    policy: str = Field(
+        "fixed", min_length=1, description="Loop policy: how many loops S each step runs."
+    )
     policy_options: dict[str, OptionValue] = Field(default_factory=dict)
     temperature: float = Field(1.0, ge=0.0, le=10.0)
     top_k: Optional[int] = Field(None, ge=1)
@@ -60,9 +66,13 @@ class GenerateRequest(BaseModel):
     def check_limits(self, limits: ServerLimits) -> None:
         """Raise ``ConfigError`` when the request asks for more than this server allows."""
         if self.steps > limits.max_steps:
-            raise ConfigError(f"steps={self.steps} exceeds this server's limit of {limits.max_steps}")
+            raise ConfigError(
+                f"steps={self.steps} exceeds this server's limit of {limits.max_steps}"
+            )
         if self.num_samples > limits.max_samples:
-            raise ConfigError(f"num_samples={self.num_samples} exceeds this server's limit of {limits.max_samples}")
+            raise ConfigError(
+                f"num_samples={self.num_samples} exceeds this server's limit of {limits.max_samples}"
+            )
         if self.prompt and self.template:
             raise ConfigError("give either a prompt or an infill template, not both")
 
@@ -75,12 +85,19 @@ class GenerateRequest(BaseModel):
         return kw
 
 
-PHRASES = {"greater_than_equal": "must be >= {ge}", "greater_than": "must be > {gt}",
-           "less_than_equal": "must be <= {le}", "less_than": "must be < {lt}",
-           "int_parsing": "must be a whole number", "int_from_float": "must be a whole number",
-           "float_parsing": "must be a number", "bool_parsing": "must be true or false",
-           "string_type": "must be a string", "extra_forbidden": "is not an option of this API",
-           "string_too_short": "must not be empty"}
+PHRASES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "extra_forbidden": "is not an option of this API",
+    "string_too_short": "must not be empty",
+}
 
 
 def describe_validation_error(errors: list[dict[str, Any]]) -> str:
@@ -93,11 +110,19 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> str:
     loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "request"
     phrase = PHRASES.get(str(e.get("type")))
     try:
-        msg = phrase.format(**(e.get("ctx") or {})) if phrase else str(e.get("msg", "is invalid")).rstrip(".")
+        msg = (
+            phrase.format(**(e.get("ctx") or {}))
+            if phrase
+            else str(e.get("msg", "is invalid")).rstrip(".")
+        )
     except (KeyError, IndexError):
         msg = str(e.get("msg", "is invalid")).rstrip(".")
     got = e.get("input")
-    tail = f" (got {got!r})" if e.get("type") != "missing" and not isinstance(got, (dict, list)) else ""
+    tail = (
+        f" (got {got!r})"
+        if e.get("type") != "missing" and not isinstance(got, (dict, list))
+        else ""
+    )
     more = f"; and {len(errors) - 1} more problem(s)" if len(errors) > 1 else ""
     sep = " " if phrase else ": "
     return f"{loc}{sep}{msg}{tail}{more}"

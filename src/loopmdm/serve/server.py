@@ -27,8 +27,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or --host") \
-            from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or --host"
+        ) from None
     return sock
 
 
@@ -47,12 +48,19 @@ def run_server(app, sock: socket.socket, log_level: str = "info") -> None:
 
 
 @contextmanager
-def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                    start_timeout_s: float = 30.0) -> Iterator[str]:
+def serve_in_thread(
+    app,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    start_timeout_s: float = 30.0,
+) -> Iterator[str]:
     """Serve ``app`` from a daemon thread; yields the base URL (``http://127.0.0.1:PORT``), stops on exit."""
     sock = bind_socket(host, port)
     server = _server(app, log_level)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="loopmdm-serve")
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="loopmdm-serve"
+    )
     thread.start()
     deadline = time.monotonic() + start_timeout_s
     while not server.started:

@@ -10,10 +10,30 @@ input size). ``make_splits`` draws disjoint splits, ``write_task`` writes a task
 
 from __future__ import annotations
 
-from .base import TASKS, TaskFamily, family_for_task, heuristic_for, make_splits, row_key, target_text
+from .base import (
+    TASKS,
+    TaskFamily,
+    family_for_task,
+    heuristic_for,
+    make_splits,
+    row_key,
+    target_text,
+)
 from .prefix import PREFIX, PrefixTask
 from .vars import VARS, VarsTask
 from .writer import write_task
 
-__all__ = ["TASKS", "TaskFamily", "VarsTask", "PrefixTask", "VARS", "PREFIX", "make_splits", "write_task",
-           "row_key", "target_text", "heuristic_for", "family_for_task"]
+__all__ = [
+    "TASKS",
+    "TaskFamily",
+    "VarsTask",
+    "PrefixTask",
+    "VARS",
+    "PREFIX",
+    "make_splits",
+    "write_task",
+    "row_key",
+    "target_text",
+    "heuristic_for",
+    "family_for_task",
+]

@@ -42,8 +42,15 @@ class TaskFamily:
         """``"prompt-answer"`` or ``"infill"``."""
         raise NotImplementedError
 
-    def generate(self, n_per_level: int, levels: Sequence[int], seed: int, *,
-                 exclude: Optional[Iterable[str]] = None, **params) -> list[dict]:
+    def generate(
+        self,
+        n_per_level: int,
+        levels: Sequence[int],
+        seed: int,
+        *,
+        exclude: Optional[Iterable[str]] = None,
+        **params,
+    ) -> list[dict]:
         """``n_per_level`` distinct rows at every level, none whose key is in ``exclude``, shuffled."""
         raise NotImplementedError
 
@@ -80,8 +87,10 @@ def check_levels(levels: Sequence[int], flag: str, low: int, high: int, why: str
         raise ConfigError(f"{flag} is empty; pass e.g. {flag} {low},{low + 1}")
     for v in out:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= high:
-            raise ConfigError(f"{flag} {v!r} is out of range{f' ({why})' if why else ''}; pass integers from "
-                              f"{low} to {high}")
+            raise ConfigError(
+                f"{flag} {v!r} is out of range{f' ({why})' if why else ''}; pass integers from "
+                f"{low} to {high}"
+            )
     if len(set(out)) != len(out):
         raise ConfigError(f"{flag} {out} repeats a level; pass each level once")
     return [int(v) for v in out]
@@ -90,20 +99,25 @@ def check_levels(levels: Sequence[int], flag: str, low: int, high: int, why: str
 def check_count(n: int, flag: str) -> int:
     """A row count >= 0 (ConfigError naming ``flag`` otherwise)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ConfigError(f"{flag} {n!r} is not a row count; pass an integer >= 0, e.g. {flag} 1000")
+        raise ConfigError(
+            f"{flag} {n!r} is not a row count; pass an integer >= 0, e.g. {flag} 1000"
+        )
     return int(n)
 
 
-def draw_distinct(rng: random.Random, n: int, draw: Callable[[random.Random], dict], seen: set[str],
-                  what: str) -> list[dict]:
+def draw_distinct(
+    rng: random.Random, n: int, draw: Callable[[random.Random], dict], seen: set[str], what: str
+) -> list[dict]:
     """``n`` rows from ``draw(rng)`` whose keys are not in ``seen`` (added to it); ConfigError if the draws
     keep repeating (fewer distinct rows exist than asked for)."""
     rows: list[dict] = []
     attempts = ATTEMPTS_PER_ROW * n + 100
     while len(rows) < n:
         if attempts == 0:
-            raise ConfigError(f"found only {len(rows)} distinct rows of {n} asked for at {what}; ask for "
-                              f"fewer rows per level (--train / --val / --test) or drop that level")
+            raise ConfigError(
+                f"found only {len(rows)} distinct rows of {n} asked for at {what}; ask for "
+                f"fewer rows per level (--train / --val / --test) or drop that level"
+            )
         attempts -= 1
         row = draw(rng)
         key = row_key(row)
@@ -123,9 +137,16 @@ def family_of(family: str | TaskFamily) -> TaskFamily:
     return TASKS.get(family) if isinstance(family, str) else family
 
 
-def make_splits(family: str | TaskFamily, n_train: int, n_val: int, n_test: int,
-                train_levels: Optional[Sequence[int]] = None, test_levels: Optional[Sequence[int]] = None,
-                seed: int = 0, **params) -> tuple[list[dict], list[dict], list[dict]]:
+def make_splits(
+    family: str | TaskFamily,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    train_levels: Optional[Sequence[int]] = None,
+    test_levels: Optional[Sequence[int]] = None,
+    seed: int = 0,
+    **params,
+) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, val, test) rows: ``n_train`` / ``n_val`` rows per level of ``train_levels``, ``n_test`` rows
     per level of ``test_levels`` (which may hold harder levels: out of distribution; None: the family's
     defaults); no key in two splits (val and test are drawn excluding every earlier split's keys). ``params``
@@ -135,7 +156,11 @@ def make_splits(family: str | TaskFamily, n_train: int, n_val: int, n_test: int,
     default_train, default_test = fam.default_levels(params)
     train_levels = list(default_train if train_levels is None else train_levels)
     test_levels = list(default_test if test_levels is None else test_levels)
-    counts = [check_count(n_train, "--train"), check_count(n_val, "--val"), check_count(n_test, "--test")]
+    counts = [
+        check_count(n_train, "--train"),
+        check_count(n_val, "--val"),
+        check_count(n_test, "--test"),
+    ]
     params = fam.resolve(sorted(set(train_levels) | set(test_levels)), params)
     seen: set[str] = set()
     splits = []
@@ -154,7 +179,9 @@ def family_for_task(task: object) -> Optional[TaskFamily]:
     return TASKS.get(name) if name in TASKS else None
 
 
-def heuristic_for(rows: Sequence[dict]) -> tuple[Optional[Callable[[dict], Optional[float]]], Optional[str]]:
+def heuristic_for(
+    rows: Sequence[dict],
+) -> tuple[Optional[Callable[[dict], Optional[float]]], Optional[str]]:
     """(heuristic, its name) for rows written by this package (their ``task`` field names the family): the
     heuristic gives a row's expected exact-match accuracy, None for a row of no known task or one it cannot
     parse. (None, None) when no row belongs to a known task."""

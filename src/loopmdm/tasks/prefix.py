@@ -46,7 +46,12 @@ def make_row(digits: str, base: int, task: str, layout: str = "infill") -> dict:
     n, outputs = len(digits), prefix_outputs(digits, base)
     if layout == "interleaved":
         text = "".join(x + y for x, y in zip(digits, outputs))
-        return {"text": text, "targets": [[2 * i + 1, 2 * i + 2] for i in range(n)], "task": task, "size": n}
+        return {
+            "text": text,
+            "targets": [[2 * i + 1, 2 * i + 2] for i in range(n)],
+            "task": task,
+            "size": n,
+        }
     return {"text": f"{digits}={outputs}", "targets": [[n + 1, 2 * n + 1]], "task": task, "size": n}
 
 
@@ -63,11 +68,18 @@ def as_digits(x: int, size: int, base: int) -> str:
     return format(x, f"0{size}b") if base == 2 else str(x).zfill(size)
 
 
-def draw_small(rng: random.Random, n: int, size: int, base: int, task: str, seen: set[str],
-               layout: str = "infill") -> list[dict]:
+def draw_small(
+    rng: random.Random,
+    n: int,
+    size: int,
+    base: int,
+    task: str,
+    seen: set[str],
+    layout: str = "infill",
+) -> list[dict]:
     """``n`` distinct rows of a small input space, sampled without replacement; ConfigError if too few are
     left."""
-    space = base ** size
+    space = base**size
     taken = sum(1 for k in seen if len(split_row(k)[0]) == size)
     rows = []
     for x in rng.sample(range(space), min(space, n + taken)):
@@ -77,9 +89,11 @@ def draw_small(rng: random.Random, n: int, size: int, base: int, task: str, seen
             if len(rows) == n:
                 break
     if len(rows) < n:
-        raise ConfigError(f"size {size} has only {space} distinct inputs ({taken} already used), too few for "
-                          f"{n} more rows; ask for fewer rows per level (--train / --val / --test) or drop "
-                          f"size {size}")
+        raise ConfigError(
+            f"size {size} has only {space} distinct inputs ({taken} already used), too few for "
+            f"{n} more rows; ask for fewer rows per level (--train / --val / --test) or drop "
+            f"size {size}"
+        )
     seen.update(r["text"] for r in rows)
     return rows
 
@@ -94,27 +108,41 @@ class PrefixTask(TaskFamily):
     def resolve(self, levels: Sequence[int], params: dict) -> dict:
         unknown = sorted(set(params) - set(DEFAULTS))
         if unknown:
-            raise ConfigError(f"unknown prefix option {unknown[0]!r}; valid options: {', '.join(DEFAULTS)} "
-                              f"(--statements, --literals and --mode are for vars)")
+            raise ConfigError(
+                f"unknown prefix option {unknown[0]!r}; valid options: {', '.join(DEFAULTS)} "
+                f"(--statements, --literals and --mode are for vars)"
+            )
         kind = params.get("kind", DEFAULTS["kind"])
         if kind not in BASES:
-            raise ConfigError(f"--kind {kind!r} is not a prefix kind; choose one of: {', '.join(BASES)}")
+            raise ConfigError(
+                f"--kind {kind!r} is not a prefix kind; choose one of: {', '.join(BASES)}"
+            )
         layout = params.get("layout", DEFAULTS["layout"])
         if layout not in LAYOUTS:
-            raise ConfigError(f"--layout {layout!r} is not a prefix layout; choose one of: {', '.join(LAYOUTS)}")
+            raise ConfigError(
+                f"--layout {layout!r} is not a prefix layout; choose one of: {', '.join(LAYOUTS)}"
+            )
         check_levels(levels, "--train-levels / --test-levels (sizes)", 1, MAX_SIZE)
         return {"kind": kind, "layout": layout}
 
     def default_levels(self, params: dict) -> tuple[list[int], list[int]]:
-        if params.get("kind", "sum") == "parity":  # 2**n inputs: sizes with room for the default row counts
+        # 2**n inputs: sizes with room for the default row counts
+        if params.get("kind", "sum") == "parity":
             return list(range(12, 21)), list(range(12, 33))
         return list(range(4, 13)), list(range(4, 25))
 
     def row_format(self, params: dict) -> str:
         return "infill"
 
-    def generate(self, n_per_level: int, levels: Sequence[int], seed: int, *,
-                 exclude: Optional[Iterable[str]] = None, **params) -> list[dict]:
+    def generate(
+        self,
+        n_per_level: int,
+        levels: Sequence[int],
+        seed: int,
+        *,
+        exclude: Optional[Iterable[str]] = None,
+        **params,
+    ) -> list[dict]:
         resolved = self.resolve(levels, params)
         kind, layout = resolved["kind"], resolved["layout"]
         n_per_level = check_count(n_per_level, "n_per_level")
@@ -124,7 +152,7 @@ class PrefixTask(TaskFamily):
         symbols = "0123456789"[:base]
         rows: list[dict] = []
         for size in levels:
-            if base ** size <= SMALL_SPACE:
+            if base**size <= SMALL_SPACE:
                 rows += draw_small(rng, n_per_level, size, base, task, seen, layout)
                 continue
 
@@ -139,9 +167,16 @@ class PrefixTask(TaskFamily):
         text = row["text"]
         digits, outputs = split_row(text)
         base = BASES.get(row.get("task", "prefix-sum").removeprefix("prefix-"))
-        if (base is None or not digits or len(digits) != len(outputs) or text.count("=") > 1
-                or any(c not in "0123456789"[:base] for c in digits)):
-            raise DataError(f"malformed prefix row {text!r}; expected DIGITS=OUTPUTS or digit / output pairs")
+        if (
+            base is None
+            or not digits
+            or len(digits) != len(outputs)
+            or text.count("=") > 1
+            or any(c not in "0123456789"[:base] for c in digits)
+        ):
+            raise DataError(
+                f"malformed prefix row {text!r}; expected DIGITS=OUTPUTS or digit / output pairs"
+            )
         sums, total = [], 0
         for c in digits:
             total += int(c)

@@ -50,11 +50,18 @@ MAX_STATEMENTS = len(LETTERS)
 KINDS = ("hops", "arith")
 MODES = ("query", "trace")
 DEFAULT_STATEMENTS = (8, MAX_STATEMENTS)
-DEFAULTS = {"mode": "query", "kind": "arith", "literals": 6, "statements": None, "program_depth": None}
+DEFAULTS = {
+    "mode": "query",
+    "kind": "arith",
+    "literals": 6,
+    "statements": None,
+    "program_depth": None,
+}
 STATEMENT_RE = re.compile(r"([a-z])=(\d|[a-z]|[a-z][+-][a-z])")
 
 
 # --------------------------------------------------------------------------- generation
+
 
 class Program:
     """One generated program: names in assignment order (literals first), expressions, operands, values,
@@ -78,7 +85,9 @@ def node_depths(rng: random.Random, n: int, literals: int, max_depth: int) -> li
     return [0] * literals + sorted(list(range(1, max_depth + 1)) + rest)
 
 
-def expression(rng: random.Random, kind: str, first: str, pool: list[str]) -> tuple[str, tuple[str, ...]]:
+def expression(
+    rng: random.Random, kind: str, first: str, pool: list[str]
+) -> tuple[str, tuple[str, ...]]:
     """The expression of a name reading ``first`` (one level below) and, for a binary op, a different name of
     ``pool`` (every name at most one level below): (text, operands)."""
     op = "=" if kind == "hops" or len(pool) < 2 else rng.choice("=+-")
@@ -149,8 +158,15 @@ def query_row(rng: random.Random, prog: Program, depth: int, task: str, literals
     rng.shuffle(order)
     name = rng.choice(prog.by_depth[depth])
     prompt = ";".join(f"{m}={prog.exprs[m]}" for m in order) + "?" + name
-    return {"prompt": prompt, "answer": str(prog.values[name]), "task": task, "depth": depth,
-            "statements": len(order), "literals": literals, "max_depth": len(prog.by_depth) - 1}
+    return {
+        "prompt": prompt,
+        "answer": str(prog.values[name]),
+        "task": task,
+        "depth": depth,
+        "statements": len(order),
+        "literals": literals,
+        "max_depth": len(prog.by_depth) - 1,
+    }
 
 
 def trace_row(rng: random.Random, prog: Program, task: str, literals: int) -> dict:
@@ -162,11 +178,18 @@ def trace_row(rng: random.Random, prog: Program, task: str, literals: int) -> di
         pos += len(part)
         targets.append([pos - 1, pos])
         pos += 1  # the ';'
-    return {"text": ";".join(parts), "targets": targets, "task": task, "depth": len(prog.by_depth) - 1,
-            "statements": len(parts), "literals": literals}
+    return {
+        "text": ";".join(parts),
+        "targets": targets,
+        "task": task,
+        "depth": len(prog.by_depth) - 1,
+        "statements": len(parts),
+        "literals": literals,
+    }
 
 
 # --------------------------------------------------------------------------- independent evaluator
+
 
 def parse_program(text: str) -> list[tuple[str, str]]:
     """``"a=3;b=a+c;..."`` -> [(name, expr), ...]; DataError on a malformed statement or a name assigned
@@ -175,8 +198,10 @@ def parse_program(text: str) -> list[tuple[str, str]]:
     for stmt in text.split(";"):
         m = STATEMENT_RE.fullmatch(stmt)
         if m is None:
-            raise DataError(f"malformed vars statement {stmt!r}; expected NAME=digit, NAME=NAME or "
-                            f"NAME=NAME+NAME")
+            raise DataError(
+                f"malformed vars statement {stmt!r}; expected NAME=digit, NAME=NAME or "
+                f"NAME=NAME+NAME"
+            )
         if m.group(1) in names:
             raise DataError(f"vars program assigns {m.group(1)!r} twice")
         names.add(m.group(1))
@@ -236,6 +261,7 @@ def literal_digits(statements: list[tuple[str, str]]) -> list[str]:
 
 # --------------------------------------------------------------------------- the family
 
+
 def resolve_statements(statements, literals: int, need: int) -> list[int]:
     """The statement-count range [lo, hi], validated for programs of depth ``need`` with ``literals``."""
     least = literals + need
@@ -243,17 +269,26 @@ def resolve_statements(statements, literals: int, need: int) -> list[int]:
         return [max(DEFAULT_STATEMENTS[0], least), DEFAULT_STATEMENTS[1]]
     if isinstance(statements, int) and not isinstance(statements, bool):
         statements = (statements, statements)
-    if (not isinstance(statements, (tuple, list)) or len(statements) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in statements)):
-        raise ConfigError(f"--statements {statements!r} is not a range; pass e.g. --statements 8:26")
+    if (
+        not isinstance(statements, (tuple, list))
+        or len(statements) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in statements)
+    ):
+        raise ConfigError(
+            f"--statements {statements!r} is not a range; pass e.g. --statements 8:26"
+        )
     lo, hi = statements
     if not 1 <= lo <= hi <= MAX_STATEMENTS:
-        raise ConfigError(f"--statements {lo}:{hi} is out of range (one letter per name: 1 <= lo <= hi <= "
-                          f"{MAX_STATEMENTS}); pass e.g. --statements {max(least, 8)}:{MAX_STATEMENTS}")
+        raise ConfigError(
+            f"--statements {lo}:{hi} is out of range (one letter per name: 1 <= lo <= hi <= "
+            f"{MAX_STATEMENTS}); pass e.g. --statements {max(least, 8)}:{MAX_STATEMENTS}"
+        )
     if lo < least:
-        raise ConfigError(f"--statements {lo}:{hi} is too few for depth {need} with {literals} literals (a "
-                          f"depth-{need} chain needs {literals}+{need}={least} statements); pass "
-                          f"--statements {least}:{max(hi, least)}, fewer --literals or shallower levels")
+        raise ConfigError(
+            f"--statements {lo}:{hi} is too few for depth {need} with {literals} literals (a "
+            f"depth-{need} chain needs {literals}+{need}={least} statements); pass "
+            f"--statements {least}:{max(hi, least)}, fewer --literals or shallower levels"
+        )
     return [lo, hi]
 
 
@@ -262,36 +297,52 @@ class VarsTask(TaskFamily):
 
     name = "vars"
     level_field = "depth"
-    heuristic_name = ("uniform guess among the program's literal digits (trace: literal statements copied, "
-                      "every other value guessed uniformly among the literal digits)")
+    heuristic_name = (
+        "uniform guess among the program's literal digits (trace: literal statements copied, "
+        "every other value guessed uniformly among the literal digits)"
+    )
 
     def resolve(self, levels: Sequence[int], params: dict) -> dict:
         unknown = sorted(set(params) - set(DEFAULTS))
         if unknown:
-            raise ConfigError(f"unknown vars option {unknown[0]!r}; valid options: {', '.join(DEFAULTS)}")
+            raise ConfigError(
+                f"unknown vars option {unknown[0]!r}; valid options: {', '.join(DEFAULTS)}"
+            )
         p = {**DEFAULTS, **params}
         if p["mode"] not in MODES:
-            raise ConfigError(f"--mode {p['mode']!r} is not a vars mode; choose one of: {', '.join(MODES)}")
+            raise ConfigError(
+                f"--mode {p['mode']!r} is not a vars mode; choose one of: {', '.join(MODES)}"
+            )
         if p["kind"] not in KINDS:
-            raise ConfigError(f"--kind {p['kind']!r} is not a vars kind; choose one of: {', '.join(KINDS)}")
+            raise ConfigError(
+                f"--kind {p['kind']!r} is not a vars kind; choose one of: {', '.join(KINDS)}"
+            )
         lits = p["literals"]
         if isinstance(lits, bool) or not isinstance(lits, int) or not 1 <= lits <= 10:
-            raise ConfigError(f"--literals {lits!r} is out of range (literals have distinct digits); "
-                              f"pass an integer from 1 to 10")
+            raise ConfigError(
+                f"--literals {lits!r} is out of range (literals have distinct digits); "
+                f"pass an integer from 1 to 10"
+            )
         query = p["mode"] == "query"
-        why = (f"depths of queried names; at most 26 - {lits} literals" if query else
-               f"a trace's level is its program's depth, >= 1 as programs have more statements than "
-               f"literals, at most 26 - {lits} literals")
-        levels = check_levels(levels, "--train-levels / --test-levels", 0 if query else 1,
-                              MAX_STATEMENTS - lits, why)
+        why = (
+            f"depths of queried names; at most 26 - {lits} literals"
+            if query
+            else f"a trace's level is its program's depth, >= 1 as programs have more statements than "
+            f"literals, at most 26 - {lits} literals"
+        )
+        levels = check_levels(
+            levels, "--train-levels / --test-levels", 0 if query else 1, MAX_STATEMENTS - lits, why
+        )
         out = {"mode": p["mode"], "kind": p["kind"], "literals": lits}
         need = max(levels)
         if query:
             need = self._program_depth(p["program_depth"], max(max(levels), 1), lits)
             out["program_depth"] = need
         elif p["program_depth"] is not None:
-            raise ConfigError("program_depth is for query mode only (a trace's level is its program depth); "
-                              "drop it or pass --mode query")
+            raise ConfigError(
+                "program_depth is for query mode only (a trace's level is its program depth); "
+                "drop it or pass --mode query"
+            )
         out["statements"] = resolve_statements(p["statements"], lits, need)
         return out
 
@@ -301,8 +352,10 @@ class VarsTask(TaskFamily):
             return least
         top = MAX_STATEMENTS - literals
         if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= top:
-            raise ConfigError(f"program_depth {value!r} must be an integer from {least} (the deepest level) "
-                              f"to {top}; pass e.g. program_depth={least}")
+            raise ConfigError(
+                f"program_depth {value!r} must be an integer from {least} (the deepest level) "
+                f"to {top}; pass e.g. program_depth={least}"
+            )
         return value
 
     def default_levels(self, params: dict) -> tuple[list[int], list[int]]:
@@ -312,8 +365,15 @@ class VarsTask(TaskFamily):
     def row_format(self, params: dict) -> str:
         return "prompt-answer" if params.get("mode", "query") == "query" else "infill"
 
-    def generate(self, n_per_level: int, levels: Sequence[int], seed: int, *,
-                 exclude: Optional[Iterable[str]] = None, **params) -> list[dict]:
+    def generate(
+        self,
+        n_per_level: int,
+        levels: Sequence[int],
+        seed: int,
+        *,
+        exclude: Optional[Iterable[str]] = None,
+        **params,
+    ) -> list[dict]:
         p = self.resolve(levels, params)
         n_per_level = check_count(n_per_level, "n_per_level")
         rng = random.Random(seed)
@@ -325,14 +385,16 @@ class VarsTask(TaskFamily):
             if p["mode"] == "query":
                 task = f"vars-{kind}"
 
-                def draw(r: random.Random, level=level) -> dict:
+                def draw(r: random.Random, level=level, task=task) -> dict:
                     prog = build_program(r, r.randint(lo, hi), lits, p["program_depth"], kind)
                     return query_row(r, prog, level, task, lits)
             else:
                 task = f"vars-{kind}-trace"
 
-                def draw(r: random.Random, level=level) -> dict:
-                    return trace_row(r, build_program(r, r.randint(lo, hi), lits, level, kind), task, lits)
+                def draw(r: random.Random, level=level, task=task) -> dict:
+                    return trace_row(
+                        r, build_program(r, r.randint(lo, hi), lits, level, kind), task, lits
+                    )
 
             rows += draw_distinct(rng, n_per_level, draw, seen, f"depth {level}")
         rng.shuffle(rows)

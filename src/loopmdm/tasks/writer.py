@@ -25,9 +25,11 @@ def split_stats(rows: list[dict], level_field: str, heuristic) -> dict:
     acc: dict[int, float] = {}
     for r in rows:
         acc[r[level_field]] = acc.get(r[level_field], 0.0) + heuristic(r)
-    return {"rows": len(rows),
-            "per_level": {str(k): per_level[k] for k in sorted(per_level)},
-            "heuristic_accuracy": {str(k): acc[k] / per_level[k] for k in sorted(per_level)}}
+    return {
+        "rows": len(rows),
+        "per_level": {str(k): per_level[k] for k in sorted(per_level)},
+        "heuristic_accuracy": {str(k): acc[k] / per_level[k] for k in sorted(per_level)},
+    }
 
 
 def read_spec(folder: Path) -> Optional[dict]:
@@ -43,9 +45,18 @@ def jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
-def write_task(folder: str | Path, family: str, *, n_train: int = 1000, n_val: int = 100, n_test: int = 100,
-               train_levels: Optional[Sequence[int]] = None, test_levels: Optional[Sequence[int]] = None,
-               seed: int = 0, **params) -> dict:
+def write_task(
+    folder: str | Path,
+    family: str,
+    *,
+    n_train: int = 1000,
+    n_val: int = 100,
+    n_test: int = 100,
+    train_levels: Optional[Sequence[int]] = None,
+    test_levels: Optional[Sequence[int]] = None,
+    seed: int = 0,
+    **params,
+) -> dict:
     """Write a task folder (rows per level: ``n_train`` / ``n_val`` at ``train_levels``, ``n_test`` at
     ``test_levels``; None: the family's defaults; ``params``: the family's generator parameters) and return
     its ``task.json`` content plus ``"written"`` (False when the folder already held this very task and was
@@ -55,12 +66,24 @@ def write_task(folder: str | Path, family: str, *, n_train: int = 1000, n_val: i
     default_train, default_test = fam.default_levels(params)
     train_levels = [int(v) for v in (default_train if train_levels is None else train_levels)]
     test_levels = [int(v) for v in (default_test if test_levels is None else test_levels)]
-    counts = {"train": check_count(n_train, "--train"), "val": check_count(n_val, "--val"),
-              "test": check_count(n_test, "--test")}
+    counts = {
+        "train": check_count(n_train, "--train"),
+        "val": check_count(n_val, "--val"),
+        "test": check_count(n_test, "--test"),
+    }
     resolved = fam.resolve(sorted(set(train_levels) | set(test_levels)), params)
-    spec = json.loads(json.dumps({"family": fam.name, "params": resolved, "seed": int(seed),
-                                  "train_levels": train_levels, "test_levels": test_levels,
-                                  "rows_per_level": counts}))
+    spec = json.loads(
+        json.dumps(
+            {
+                "family": fam.name,
+                "params": resolved,
+                "seed": int(seed),
+                "train_levels": train_levels,
+                "test_levels": test_levels,
+                "rows_per_level": counts,
+            }
+        )
+    )
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} is a file; pass a new or empty folder")
@@ -73,10 +96,17 @@ def write_task(folder: str | Path, family: str, *, n_train: int = 1000, n_val: i
             return {**json.loads((folder / TASK_FILE).read_text()), "written": False}
     splits = make_splits(fam, n_train, n_val, n_test, train_levels, test_levels, seed, **resolved)
     rows = dict(zip(SPLITS, splits))
-    info = {"format_version": FORMAT_VERSION, "spec": spec, "format": fam.row_format(resolved),
-            "level_field": fam.level_field, "heuristic": fam.heuristic_name,
-            "tasks": sorted({r["task"] for split in rows.values() for r in split}),
-            "splits": {s: split_stats(rows[s], fam.level_field, fam.heuristic_accuracy) for s in SPLITS}}
+    info = {
+        "format_version": FORMAT_VERSION,
+        "spec": spec,
+        "format": fam.row_format(resolved),
+        "level_field": fam.level_field,
+        "heuristic": fam.heuristic_name,
+        "tasks": sorted({r["task"] for split in rows.values() for r in split}),
+        "splits": {
+            s: split_stats(rows[s], fam.level_field, fam.heuristic_accuracy) for s in SPLITS
+        },
+    }
     for s in SPLITS:
         atomic_write_text(folder / f"{s}.jsonl", jsonl(rows[s]))
     # task.json last: it marks the folder complete

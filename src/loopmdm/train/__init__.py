@@ -10,5 +10,15 @@ from .init import init_run_config
 from .optim import lr_lambda
 from .trainer import Trainer, TrainResult, check_fresh_run_dir, train
 
-__all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged", "check_fresh_run_dir", "BatchStream", "lr_lambda",
-           "init_run_config", "SecondSignal", "signal_exit_code"]
+__all__ = [
+    "train",
+    "Trainer",
+    "TrainResult",
+    "TrainingDiverged",
+    "check_fresh_run_dir",
+    "BatchStream",
+    "lr_lambda",
+    "init_run_config",
+    "SecondSignal",
+    "signal_exit_code",
+]

@@ -13,8 +13,10 @@ class BatchStream:
 
     def __init__(self, n_rows: int, batch_size: int, seed: int):
         if n_rows < batch_size:
-            raise ConfigError(f"train.batch_size={batch_size} exceeds the {n_rows} training rows; "
-                              "lower train.batch_size or add data")
+            raise ConfigError(
+                f"train.batch_size={batch_size} exceeds the {n_rows} training rows; "
+                "lower train.batch_size or add data"
+            )
         self.n, self.bs, self.seed = n_rows, batch_size, seed
         self.epoch, self.pos = 0, 0
         self._perm = self._permutation()
@@ -26,7 +28,7 @@ class BatchStream:
         if self.pos + self.bs > self.n:
             self.epoch, self.pos = self.epoch + 1, 0
             self._perm = self._permutation()
-        idx = self._perm[self.pos:self.pos + self.bs]
+        idx = self._perm[self.pos : self.pos + self.bs]
         self.pos += self.bs
         return idx
 

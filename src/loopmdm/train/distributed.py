@@ -66,10 +66,14 @@ def torchrun_env(environ: Optional[dict[str, str]] = None) -> Optional[tuple[int
         rank, world = int(environ["RANK"]), int(environ["WORLD_SIZE"])
         local = int(environ.get("LOCAL_RANK", rank))
     except ValueError:
-        raise ConfigError(f"torchrun variables RANK={environ.get('RANK')!r} WORLD_SIZE={environ.get('WORLD_SIZE')!r} "
-                          "are not integers; launch with torchrun or unset them") from None
+        raise ConfigError(
+            f"torchrun variables RANK={environ.get('RANK')!r} WORLD_SIZE={environ.get('WORLD_SIZE')!r} "
+            "are not integers; launch with torchrun or unset them"
+        ) from None
     if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"RANK={rank} / WORLD_SIZE={world} is inconsistent; launch with torchrun or unset them")
+        raise ConfigError(
+            f"RANK={rank} / WORLD_SIZE={world} is inconsistent; launch with torchrun or unset them"
+        )
     return rank, world, local
 
 
@@ -82,23 +86,33 @@ def setup(device: torch.device, timeout_s: float = 1800.0) -> DistEnv:
     rank, world, local = found
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} CUDA devices; "
-                              "set torchrun --nproc_per_node to at most the number of GPUs")
+            raise ConfigError(
+                f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} CUDA devices; "
+                "set torchrun --nproc_per_node to at most the number of GPUs"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         available = {"nccl": dist.is_nccl_available(), "gloo": dist.is_gloo_available()}
         if not available[backend]:
-            raise ConfigError(f"this PyTorch build has no {backend} backend for distributed training on "
-                              f"{device.type}; install a build with {backend} or train on one process")
+            raise ConfigError(
+                f"this PyTorch build has no {backend} backend for distributed training on "
+                f"{device.type}; install a build with {backend} or train on one process"
+            )
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:
-            raise ConfigError(f"RANK / WORLD_SIZE are set but {', '.join(missing)} is not; launch with torchrun "
-                              "(it sets all of them) or unset RANK and WORLD_SIZE for one process")
-        dist.init_process_group(backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
+            raise ConfigError(
+                f"RANK / WORLD_SIZE are set but {', '.join(missing)} is not; launch with torchrun "
+                "(it sets all of them) or unset RANK and WORLD_SIZE for one process"
+            )
+        dist.init_process_group(
+            backend,
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
     else:
         backend = dist.get_backend()
     return DistEnv(rank=rank, world_size=world, local_rank=local, backend=backend, device=device)
@@ -112,6 +126,7 @@ def teardown(env: DistEnv) -> None:
 
 # --------------------------------------------------------------------------- the global batch
 
+
 def check_global_batch(batch_size: int, grad_accum: int, env: DistEnv) -> None:
     """The global batch (``train.batch_size`` sequences) must split evenly into ranks x micro-batches."""
     parts = env.world_size * grad_accum
@@ -119,7 +134,8 @@ def check_global_batch(batch_size: int, grad_accum: int, env: DistEnv) -> None:
         raise ConfigError(
             f"train.batch_size={batch_size} is not divisible by world_size x grad_accum = {env.world_size} x "
             f"{grad_accum} = {parts}; pick a global batch that is a multiple of {parts} "
-            f"(e.g. --set train.batch_size={max(parts, batch_size // parts * parts)})")
+            f"(e.g. --set train.batch_size={max(parts, batch_size // parts * parts)})"
+        )
 
 
 def rank_slice(n: int, env: DistEnv) -> slice:
@@ -132,13 +148,18 @@ def rank_slice(n: int, env: DistEnv) -> slice:
 
 # --------------------------------------------------------------------------- wrapping
 
-def wrap_model(model: nn.Module, env: DistEnv, fsdp: bool = False, precision: str = "fp32") -> nn.Module:
+
+def wrap_model(
+    model: nn.Module, env: DistEnv, fsdp: bool = False, precision: str = "fp32"
+) -> nn.Module:
     """The module to train: ``model`` itself (one process), a DDP wrapper, or ``model`` sharded in place
     with FSDP2 (``shard_fsdp``; ``precision`` is ``train.precision`` and picks its mixed-precision policy)."""
     if fsdp:
         if not env.enabled:
-            raise ConfigError("train.fsdp=true needs several processes: launch with "
-                              "torchrun --nproc_per_node N (N >= 2), or set train.fsdp=false")
+            raise ConfigError(
+                "train.fsdp=true needs several processes: launch with "
+                "torchrun --nproc_per_node N (N >= 2), or set train.fsdp=false"
+            )
         check_fsdp_backend(env)
         return shard_fsdp(model, precision)
     if not env.enabled:
@@ -155,7 +176,9 @@ def fsdp_mixed_precision(precision: str):
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     param = torch.bfloat16 if precision == "bf16" else torch.float32
-    return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    return MixedPrecisionPolicy(
+        param_dtype=param, reduce_dtype=torch.float32, cast_forward_inputs=False
+    )
 
 
 def shard_fsdp(model: nn.Module, precision: str = "fp32") -> nn.Module:
@@ -176,7 +199,8 @@ def shard_fsdp(model: nn.Module, precision: str = "fp32") -> nn.Module:
     for module in model.modules():
         if isinstance(module, Block) and id(module) not in looped:
             fully_shard(module, mp_policy=mp)
-    fully_shard(model, reshard_after_forward=False, mp_policy=mp)  # root unit: + the mid block's parameters
+    # root unit: + the mid block's parameters
+    fully_shard(model, reshard_after_forward=False, mp_policy=mp)
     return model
 
 
@@ -193,10 +217,13 @@ def check_fsdp_backend(env: DistEnv) -> None:
     except (RuntimeError, NotImplementedError, ValueError) as e:
         raise ConfigError(
             f"train.fsdp=true but the {env.backend} backend on {env.device.type} cannot run FSDP's collectives "
-            f"({str(e).splitlines()[0][:90]}); use NCCL on CUDA GPUs or set train.fsdp=false (DDP)") from None
+            f"({str(e).splitlines()[0][:90]}); use NCCL on CUDA GPUs or set train.fsdp=false (DDP)"
+        ) from None
     if not torch.allclose(gathered, torch.ones_like(gathered)) or float(out) != w:
-        raise ConfigError(f"train.fsdp=true but the {env.backend} backend returned wrong collective results; "
-                          "set train.fsdp=false (DDP)")
+        raise ConfigError(
+            f"train.fsdp=true but the {env.backend} backend returned wrong collective results; "
+            "set train.fsdp=false (DDP)"
+        )
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -219,6 +246,7 @@ def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- collectives
+
 
 def mean_across_ranks(value: float, env: DistEnv) -> float:
     """Average a Python float over ranks (the logged loss is the global-batch mean)."""
@@ -268,11 +296,14 @@ def check_same_data(data, env: DistEnv) -> None:
     t = torch.tensor([digest, -digest], dtype=torch.int64, device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     if int(t[0]) != digest or int(t[1]) != -digest:
-        raise ConfigError("the ranks prepared different training data (tokenizer or packed rows differ); put "
-                          "data.cache_dir on a filesystem all nodes share, or tokenise once and copy the cache")
+        raise ConfigError(
+            "the ranks prepared different training data (tokenizer or packed rows differ); put "
+            "data.cache_dir on a filesystem all nodes share, or tokenise once and copy the cache"
+        )
 
 
 # --------------------------------------------------------------------------- full (unsharded) state
+
 
 def full_model_state(model: nn.Module, all_ranks: bool = False) -> dict[str, torch.Tensor]:
     """The full state dict; with FSDP2 it is gathered (a collective: call on every rank) to rank 0's CPU,
@@ -281,7 +312,9 @@ def full_model_state(model: nn.Module, all_ranks: bool = False) -> dict[str, tor
         return {k: v.detach() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks))
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks)
+    )
 
 
 def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -301,9 +334,11 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    osd = get_optimizer_state_dict(model, optimizer,
-                                   options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    index, groups = {}, []  # (ranks other than 0 receive an empty dict: only rank 0 writes checkpoints)
+    osd = get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    # (ranks other than 0 receive an empty dict: only rank 0 writes checkpoints)
+    index, groups = ({}, [])
     for g in osd.get("param_groups", []):
         ids = []
         for fqn in g["params"]:
@@ -313,7 +348,9 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     return {"state": {index[k]: v for k, v in osd.get("state", {}).items()}, "param_groups": groups}
 
 
-def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def load_full_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     """Inverse of ``full_optimizer_state``."""
     if not is_sharded(model):
         optimizer.load_state_dict(state)
@@ -322,8 +359,12 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
 
     names = {id(p): n for n, p in model.named_parameters()}
     fqns = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
-    osd = {"state": {fqns[int(i)]: v for i, v in state["state"].items()},
-           "param_groups": [dict(g, params=[fqns[int(i)] for i in g["params"]]) for g in state["param_groups"]]}
+    osd = {
+        "state": {fqns[int(i)]: v for i, v in state["state"].items()},
+        "param_groups": [
+            dict(g, params=[fqns[int(i)] for i in g["params"]]) for g in state["param_groups"]
+        ],
+    }
     set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
 
 
@@ -352,7 +393,9 @@ def step_agreement(loops: int, stop: bool, env: DistEnv) -> bool:
     t = torch.tensor([loops, -loops, int(stop)], dtype=torch.int64, device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     if int(t[0]) != loops or int(t[1]) != -loops:
-        raise LoopMDMError(f"rank {env.rank} drew loop count S={loops} but another rank drew S in "
-                           f"[{-int(t[1])}, {int(t[0])}]; the loop generators are out of sync (same train.seed "
-                           "and the same checkpoint on every rank are required)")
+        raise LoopMDMError(
+            f"rank {env.rank} drew loop count S={loops} but another rank drew S in "
+            f"[{-int(t[1])}, {int(t[0])}]; the loop generators are out of sync (same train.seed "
+            "and the same checkpoint on every rank are required)"
+        )
     return bool(t[2])

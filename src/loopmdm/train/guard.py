@@ -31,23 +31,36 @@ def out_of_memory(e: BaseException, cfg, step: int, loops: int) -> Optional[Conf
     return ConfigError(
         f"out of memory at step {step} (train.batch_size={tc.batch_size}, train.grad_accum={tc.grad_accum}, "
         f"model.max_seq_len={m.max_seq_len}, S={loops}); raise train.grad_accum, lower train.batch_size or "
-        "model.max_seq_len, or set model.checkpoint_loops=true")
+        "model.max_seq_len, or set model.checkpoint_loops=true"
+    )
 
 
-def divergence_message(cfg, run_dir: Path, bad_in_row: int, step: int, loss: float, gnorm: float) -> str:
+def divergence_message(
+    cfg, run_dir: Path, bad_in_row: int, step: int, loss: float, gnorm: float
+) -> str:
     """Why a run diverged, the likely causes and the checkpoint to continue from."""
     tc = cfg.train
-    causes = [f"learning rate too high (train.lr={tc.lr}, train.warmup_steps={tc.warmup_steps}): lower train.lr "
-              "or raise train.warmup_steps"]
+    causes = [
+        f"learning rate too high (train.lr={tc.lr}, train.warmup_steps={tc.warmup_steps}): lower train.lr "
+        "or raise train.warmup_steps"
+    ]
     if tc.precision != "fp32":
         causes.append(f"overflow in train.precision={tc.precision}: use train.precision=fp32")
     if tc.grad_clip == 0:
         causes.append("no gradient clipping (train.grad_clip=0): set train.grad_clip=1.0")
     kept = list_checkpoints(run_dir / "checkpoints")
-    last = (f"the last good checkpoint {str(kept[-1])!r} is kept; after the fix continue with --resume "
-            f"{str(run_dir)!r}") if kept else "no checkpoint was saved yet"
-    return (f"training diverged: {bad_in_row} non-finite steps in a row before step {step} "
-            f"(loss={loss}, grad_norm={gnorm}); likely causes: {'; '.join(causes)}; {last}")
+    last = (
+        (
+            f"the last good checkpoint {str(kept[-1])!r} is kept; after the fix continue with --resume "
+            f"{str(run_dir)!r}"
+        )
+        if kept
+        else "no checkpoint was saved yet"
+    )
+    return (
+        f"training diverged: {bad_in_row} non-finite steps in a row before step {step} "
+        f"(loss={loss}, grad_norm={gnorm}); likely causes: {'; '.join(causes)}; {last}"
+    )
 
 
 def signal_exit_code(name: Optional[str]) -> int:
@@ -81,11 +94,15 @@ class StopSignals:
     def _handler(self, signum, frame):
         name = signal.Signals(signum).name
         if self.requested:
-            _write_stderr(f"second {name}: exiting now without saving; the last saved checkpoint is kept\n")
+            _write_stderr(
+                f"second {name}: exiting now without saving; the last saved checkpoint is kept\n"
+            )
             raise SecondSignal(name)
         self.requested, self.name = True, name
-        _write_stderr(f"{name}: finishing this step, then saving it and exiting ({name} again exits at once "
-                      "without saving)\n")
+        _write_stderr(
+            f"{name}: finishing this step, then saving it and exiting ({name} again exits at once "
+            "without saving)\n"
+        )
 
     def __enter__(self) -> "StopSignals":
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -121,7 +138,8 @@ class DeviceGuard:
 
     def flag(self, loss: torch.Tensor, gnorm: torch.Tensor) -> torch.Tensor:
         bad = (~(torch.isfinite(loss) & torch.isfinite(gnorm))).float()  # []
-        self.counts += torch.stack([bad, self.counts[1] * (bad - 1.0) + bad])  # skipped += bad; in a row: +1 or 0
+        # skipped += bad; in a row: +1 or 0
+        self.counts += torch.stack([bad, self.counts[1] * (bad - 1.0) + bad])
         return bad
 
     def in_row(self, n: int) -> None:

@@ -14,7 +14,12 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
-from ..checkpoint import load_config_file, load_tokenizer_file, resolve_checkpoint, verify_checkpoint
+from ..checkpoint import (
+    load_config_file,
+    load_tokenizer_file,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
 from ..config import RunConfig, load_config
 from ..errors import CheckpointError, DataError, LoopMDMError
 from ..model import ModelConfig
@@ -35,8 +40,9 @@ def init_folder(path: str | Path) -> Path:
     return folder
 
 
-def init_run_config(init: str | Path, config_file: Optional[str | Path] = None,
-                    overrides: Optional[list] = None) -> RunConfig:
+def init_run_config(
+    init: str | Path, config_file: Optional[str | Path] = None, overrides: Optional[list] = None
+) -> RunConfig:
     """The config of a run started from ``init``'s weights: its config, then ``config_file`` and ``--set``
     overrides; ``train.init`` names the resolved checkpoint folder. Model changes that would change the set of
     weights are refused."""
@@ -51,19 +57,26 @@ def init_run_config(init: str | Path, config_file: Optional[str | Path] = None,
 def check_init_model(saved: ModelConfig, new: ModelConfig, folder: Path) -> None:
     """The run's model must be the checkpoint's (up to ``CHANGEABLE`` settings)."""
     fixed = CHANGEABLE if not (saved.learned_positions and not saved.wrapped) else CHANGEABLE[:-1]
-    diffs = [d for d in config_diff(dataclasses.asdict(saved), dataclasses.asdict(new))
-             if d.split(":")[0].split(".")[0] not in fixed]
+    diffs = [
+        d
+        for d in config_diff(dataclasses.asdict(saved), dataclasses.asdict(new))
+        if d.split(":")[0].split(".")[0] not in fixed
+    ]
     if diffs:
-        raise CheckpointError(f"--init {str(folder)!r}: the run's model differs from the checkpoint's "
-                              f"({'; '.join(d[:80] for d in diffs[:2])}); --init keeps the checkpoint's model "
-                              "(re-split its layers with `loopmdm loopify`)")
+        raise CheckpointError(
+            f"--init {str(folder)!r}: the run's model differs from the checkpoint's "
+            f"({'; '.join(d[:80] for d in diffs[:2])}); --init keeps the checkpoint's model "
+            "(re-split its layers with `loopmdm loopify`)"
+        )
 
 
 def check_init_tokenizer(folder: Path, tokenizer) -> None:
     """The data must be tokenised with the checkpoint's tokenizer (same vocabulary, same ids)."""
     if load_tokenizer_file(folder).tok.get_vocab() != tokenizer.tok.get_vocab():
-        raise DataError(f"the data's tokenizer differs from --init's {str(folder / 'tokenizer.json')!r}; train with "
-                        f"that tokenizer: --set data.tokenizer={folder / 'tokenizer.json'}")
+        raise DataError(
+            f"the data's tokenizer differs from --init's {str(folder / 'tokenizer.json')!r}; train with "
+            f"that tokenizer: --set data.tokenizer={folder / 'tokenizer.json'}"
+        )
 
 
 def fit_vocabulary(cfg: RunConfig, tokenizer) -> None:
@@ -72,5 +85,7 @@ def fit_vocabulary(cfg: RunConfig, tokenizer) -> None:
     if not cfg.model.wrapped and cfg.train.init is None:
         cfg.model.vocab_size = tokenizer.vocab_size
     elif tokenizer.vocab_size > cfg.model.vocab_size:
-        raise DataError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
-                        f"model.vocab_size={cfg.model.vocab_size}; use the checkpoint's tokenizer (data.tokenizer)")
+        raise DataError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
+            f"model.vocab_size={cfg.model.vocab_size}; use the checkpoint's tokenizer (data.tokenizer)"
+        )

@@ -47,8 +47,9 @@ def expandable_segments(device: torch.device) -> torch.device:
     """On CUDA, set ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` unless the user configured the allocator
     (``PYTORCH_CUDA_ALLOC_CONF`` / ``PYTORCH_ALLOC_CONF``); call it before CUDA initialises (if CUDA already
     has, the setting is applied to the running allocator). Returns ``device`` so it wraps ``pick_device``."""
-    if torch.device(device).type != "cuda" or any(os.environ.get(v) for v in ("PYTORCH_CUDA_ALLOC_CONF",
-                                                                                "PYTORCH_ALLOC_CONF")):
+    if torch.device(device).type != "cuda" or any(
+        os.environ.get(v) for v in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+    ):
         return device
     os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF
     if torch.cuda.is_initialized() and hasattr(torch.cuda.memory, "_set_allocator_settings"):
@@ -57,6 +58,7 @@ def expandable_segments(device: torch.device) -> torch.device:
 
 
 # --------------------------------------------------------------------------- the model of a step's bytes
+
 
 @dataclass(frozen=True)
 class MemoryModel:
@@ -74,7 +76,9 @@ class MemoryModel:
     per_loop: int
     state: int
 
-    def peak(self, rows: int, loops: int, depth: Optional[int] = None, checkpoint: bool = False) -> int:
+    def peak(
+        self, rows: int, loops: int, depth: Optional[int] = None, checkpoint: bool = False
+    ) -> int:
         """Bytes of a step at S = ``loops``; ``depth``: truncated backprop through the last k loops only (the
         others run without a graph); ``checkpoint``: each kept loop stores its input state and is recomputed in
         backward, one loop's activations at a time."""
@@ -105,10 +109,21 @@ class MemoryReport:
 
 # --------------------------------------------------------------------------- the check
 
-def check_memory(model: nn.Module, train_model: nn.Module, objective, data, cfg, device: torch.device,
-                 env: Optional[DistEnv] = None, *, loops: Optional[int] = None,
-                 optimizer: Optional[torch.optim.Optimizer] = None, budget_bytes: Optional[int] = None,
-                 log: Callable[[str], None] = print) -> Optional[MemoryReport]:
+
+def check_memory(
+    model: nn.Module,
+    train_model: nn.Module,
+    objective,
+    data,
+    cfg,
+    device: torch.device,
+    env: Optional[DistEnv] = None,
+    *,
+    loops: Optional[int] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    budget_bytes: Optional[int] = None,
+    log: Callable[[str], None] = print,
+) -> Optional[MemoryReport]:
     """Check that one step at the largest S (``loops``, default ``cfg.diffusion.max_loops``) on the full
     micro-batch fits; raise a one-line ``ConfigError`` naming the options that would fit when it does not.
 
@@ -124,7 +139,8 @@ def check_memory(model: nn.Module, train_model: nn.Module, objective, data, cfg,
     tc = cfg.train
     loops = int(loops or cfg.diffusion.max_loops)
     rows = tc.batch_size // (env.world_size * tc.grad_accum)
-    batch, noise = worst_case_rows(objective, data, rows)  # x0 [rows, L], every free position masked
+    # x0 [rows, L], every free position masked
+    batch, noise = worst_case_rows(objective, data, rows)
     extra = optimizer_state_bytes(model, optimizer)  # allocated by the first optimizer step
     budget = int(budget_bytes) if budget_bytes is not None else device_budget(device)
     static = idle_bytes(model, device) + extra
@@ -133,9 +149,14 @@ def check_memory(model: nn.Module, train_model: nn.Module, objective, data, cfg,
     plan = None
     with preserved(model, device):
         if measured:
-            needed = _device_step(train_model, model, objective, batch, noise, loops, device, tc.precision)
-            needed, budget = worst_over_ranks(None if needed is None else needed + extra, budget, env)
-        if not measured or needed is None or needed > budget:  # (every rank: FSDP's probes are collective)
+            needed = _device_step(
+                train_model, model, objective, batch, noise, loops, device, tc.precision
+            )
+            needed, budget = worst_over_ranks(
+                None if needed is None else needed + extra, budget, env
+            )
+        # (every rank: FSDP's probes are collective)
+        if not measured or needed is None or needed > budget:
             plan = probe(model, objective, data, device, tc.precision, static, state)
         if not measured:
             needed = plan.peak(rows, loops, cfg.model.backprop_depth, cfg.model.checkpoint_loops)
@@ -143,59 +164,95 @@ def check_memory(model: nn.Module, train_model: nn.Module, objective, data, cfg,
     if needed is None or needed > budget:
         raise ConfigError(advice(plan, cfg, env, rows, loops, needed, budget, measured))
     report = MemoryReport(loops, rows, int(needed), int(budget), measured)
-    log(f"memory pre-flight: a step at S={loops} with {rows} sequences per micro-batch needs {fmt_bytes(needed)} "
-        f"of {fmt_bytes(budget)} ({'measured' if report.measured else 'estimated'}, optimizer state included)")
+    log(
+        f"memory pre-flight: a step at S={loops} with {rows} sequences per micro-batch needs {fmt_bytes(needed)} "
+        f"of {fmt_bytes(budget)} ({'measured' if report.measured else 'estimated'}, optimizer state included)"
+    )
     return report
 
 
-def _device_step(train_model: nn.Module, model: nn.Module, objective, batch: Batch, noise: Optional[Noise],
-                 loops: int, device: torch.device, precision: str) -> Optional[int]:
+def _device_step(
+    train_model: nn.Module,
+    model: nn.Module,
+    objective,
+    batch: Batch,
+    noise: Optional[Noise],
+    loops: int,
+    device: torch.device,
+    precision: str,
+) -> Optional[int]:
     """The real step on CUDA: its absolute allocator peak, or None when it ran out of memory."""
     try:
-        return _cuda_peak(train_model, objective, batch, noise, loops, device, precision, absolute=True)
+        return _cuda_peak(
+            train_model, objective, batch, noise, loops, device, precision, absolute=True
+        )
     except torch.OutOfMemoryError:
         pass
-    _recover(model, device)  # (outside the except: its traceback no longer holds the step's tensors)
+    # (outside the except: its traceback no longer holds the step's tensors)
+    _recover(model, device)
     return None
 
 
-def probe(model: nn.Module, objective, data, device: torch.device, precision: str, static: int,
-          state: int) -> MemoryModel:
+def probe(
+    model: nn.Module, objective, data, device: torch.device, precision: str, static: int, state: int
+) -> MemoryModel:
     """Fit the ``MemoryModel`` on the tiny ``PROBES`` steps of ``model`` with full backprop (no checkpointing, no
     truncation; random deep supervision supervises every loop), on worst-case rows of ``data``."""
     measure = _cuda_peak if device.type == "cuda" else _saved_bytes
-    deep = {"deep_supervision": "all"} if getattr(objective, "deep_supervision", None) == "random" else {}
+    deep = (
+        {"deep_supervision": "all"}
+        if getattr(objective, "deep_supervision", None) == "random"
+        else {}
+    )
     measured = {}
-    with overridden(model_cfg(model), checkpoint_loops=False, backprop_depth=None), overridden(objective, **deep):
+    with (
+        overridden(model_cfg(model), checkpoint_loops=False, backprop_depth=None),
+        overridden(objective, **deep),
+    ):
         for n, s in PROBES:
             batch, noise = worst_case_rows(objective, data, n)  # x0 [n, L]
             measured[n, s] = measure(model, objective, batch, noise, s, device, precision)
     return MemoryModel.fit(measured, static, state)
 
 
-def advice(plan: MemoryModel, cfg, env: DistEnv, rows: int, loops: int, needed: Optional[int], budget: int,
-           measured: bool) -> str:
+def advice(
+    plan: MemoryModel,
+    cfg,
+    env: DistEnv,
+    rows: int,
+    loops: int,
+    needed: Optional[int],
+    budget: int,
+    measured: bool,
+) -> str:
     """The one-line error: what was tried, what it needs, and every single option that the ``plan`` says fits
     (``model.checkpoint_loops=true``, ``model.backprop_depth=k``, ``train.grad_accum``, ``train.batch_size``)."""
     tc, mc = cfg.train, cfg.model
     depth, ckpt = mc.backprop_depth, mc.checkpoint_loops
     if needed is None:  # out of memory
-        need = f"ran out of device memory (estimated {fmt_bytes(plan.peak(rows, loops, depth, ckpt))})"
+        need = (
+            f"ran out of device memory (estimated {fmt_bytes(plan.peak(rows, loops, depth, ckpt))})"
+        )
     else:
         need = f"needs {fmt_bytes(needed)} ({'measured' if measured else 'estimated'})"
-    tried = (f"memory pre-flight: one training step at S={loops} (the largest loop count the run draws) with "
-             f"{rows} sequences per micro-batch (train.batch_size={tc.batch_size} over {env.world_size} rank(s) x "
-             f"train.grad_accum={tc.grad_accum}) {need} but {fmt_bytes(budget)} is available")
+    tried = (
+        f"memory pre-flight: one training step at S={loops} (the largest loop count the run draws) with "
+        f"{rows} sequences per micro-batch (train.batch_size={tc.batch_size} over {env.world_size} rank(s) x "
+        f"train.grad_accum={tc.grad_accum}) {need} but {fmt_bytes(budget)} is available"
+    )
     scale = _calibration(plan, rows, loops, depth, ckpt, needed if measured else None)
     options = fitting_options(plan, scale, cfg, env, rows, loops, budget)
     if not options:
-        return (f"{tried}; not even one sequence fits with model.checkpoint_loops=true: lower model.max_seq_len or "
-                f"the largest S (diffusion.s_max / s_fixed), or shard the model with train.fsdp=true over more GPUs")
+        return (
+            f"{tried}; not even one sequence fits with model.checkpoint_loops=true: lower model.max_seq_len or "
+            f"the largest S (diffusion.s_max / s_fixed), or shard the model with train.fsdp=true over more GPUs"
+        )
     return f"{tried}; would fit: {' or '.join(options)}"
 
 
-def fitting_options(plan: MemoryModel, scale: float, cfg, env: DistEnv, rows: int, loops: int,
-                    budget: int) -> list[str]:
+def fitting_options(
+    plan: MemoryModel, scale: float, cfg, env: DistEnv, rows: int, loops: int, budget: int
+) -> list[str]:
     """Each single change that brings the step under ``budget``, with its estimated bytes (``scale``: the
     measured / estimated ratio of the step that was measured): checkpointing every loop, the deepest truncated
     backprop that fits, the smallest ``train.grad_accum`` that fits, the largest smaller batch that fits."""
@@ -208,35 +265,67 @@ def fitting_options(plan: MemoryModel, scale: float, cfg, env: DistEnv, rows: in
     options = []
     if not ckpt and loops > 1 and est(rows, loops, depth, True) <= budget:
         options.append(f"model.checkpoint_loops=true (~{fmt_bytes(est(rows, loops, depth, True))})")
-    if cfg.diffusion.deep_supervision == "none" and loops > 1:  # (deep supervision needs full backprop)
-        k = next((k for k in range(min(depth or loops, loops) - 1, 0, -1) if est(rows, loops, k, ckpt) <= budget), 0)
+    # (deep supervision needs full backprop)
+    if cfg.diffusion.deep_supervision == "none" and loops > 1:
+        k = next(
+            (
+                k
+                for k in range(min(depth or loops, loops) - 1, 0, -1)
+                if est(rows, loops, k, ckpt) <= budget
+            ),
+            0,
+        )
         if k:
             needs = "" if mc.input_injection or mc.n_h == 0 else " with model.input_injection=true"
-            options.append(f"model.backprop_depth={k}{needs} (~{fmt_bytes(est(rows, loops, k, ckpt))})")
+            options.append(
+                f"model.backprop_depth={k}{needs} (~{fmt_bytes(est(rows, loops, k, ckpt))})"
+            )
     per_rank = tc.batch_size // env.world_size
-    g = next((g for g in range(tc.grad_accum + 1, per_rank + 1)
-              if per_rank % g == 0 and est(per_rank // g, loops, depth, ckpt) <= budget), 0)
+    g = next(
+        (
+            g
+            for g in range(tc.grad_accum + 1, per_rank + 1)
+            if per_rank % g == 0 and est(per_rank // g, loops, depth, ckpt) <= budget
+        ),
+        0,
+    )
     if g:
-        options.append(f"train.grad_accum={g} ({per_rank // g} sequences per micro-batch, "
-                       f"~{fmt_bytes(est(per_rank // g, loops, depth, ckpt))})")
+        options.append(
+            f"train.grad_accum={g} ({per_rank // g} sequences per micro-batch, "
+            f"~{fmt_bytes(est(per_rank // g, loops, depth, ckpt))})"
+        )
     micro = max((m for m in range(1, rows) if est(m, loops, depth, ckpt) <= budget), default=0)
     if micro:
-        options.append(f"a smaller batch, train.batch_size={micro * env.world_size * tc.grad_accum}")
+        options.append(
+            f"a smaller batch, train.batch_size={micro * env.world_size * tc.grad_accum}"
+        )
     if not options and est(1, loops, depth, True) <= budget:
-        options.append(f"model.checkpoint_loops=true with train.grad_accum={per_rank} (1 sequence per micro-batch)")
+        options.append(
+            f"model.checkpoint_loops=true with train.grad_accum={per_rank} (1 sequence per micro-batch)"
+        )
     return options
 
 
 # --------------------------------------------------------------------------- measuring one step
 
-def _forward_backward(model: nn.Module, objective, batch: Batch, noise: Optional[Noise], loops: int,
-                      device: torch.device, precision: str) -> None:
+
+def _forward_backward(
+    model: nn.Module,
+    objective,
+    batch: Batch,
+    noise: Optional[Noise],
+    loops: int,
+    device: torch.device,
+    precision: str,
+) -> None:
     with autocast_context(device, precision):
         out = objective.loss(model, batch.to(device), loops, noise)
     out.loss.backward()
 
 
-def _cuda_peak(model, objective, batch, noise, loops, device, precision, absolute: bool = False) -> int:
+def _cuda_peak(
+    model, objective, batch, noise, loops, device, precision, absolute: bool = False
+) -> int:
     """The allocator's peak during one forward / backward: above the idle model, or ``absolute``."""
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
@@ -277,15 +366,18 @@ def _storage(t: torch.Tensor) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- pieces
 
+
 def worst_case_rows(objective, data, rows: int) -> tuple[Batch, Optional[Noise]]:
     """The first ``rows`` training sequences with every free position masked (t near 1, u = 0): the most
     positions the LM head and the loss can ever run on. x0 [rows, L]."""
     idx = np.arange(rows) % len(data.train)
     batch = data.batch("train", idx)
     length = batch.x0.shape[1]
-    if objective.draw(2, length, torch.Generator().manual_seed(0)) is None:  # no noise (next-token objective)
+    # no noise (next-token objective)
+    if objective.draw(2, length, torch.Generator().manual_seed(0)) is None:
         return batch, None
-    return batch, Noise(torch.full((rows,), 1.0 - 1e-3), torch.zeros(rows, length), None)  # t [rows], u [rows, L]
+    # t [rows], u [rows, L]
+    return batch, Noise(torch.full((rows,), 1.0 - 1e-3), torch.zeros(rows, length), None)
 
 
 def device_budget(device: torch.device) -> int:
@@ -296,8 +388,9 @@ def device_budget(device: torch.device) -> int:
 
 def optimizer_state_bytes(model: nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> int:
     """Bytes the optimizer will allocate at its first step (AdamW: two moments per parameter); 0 once it has."""
-    if optimizer is not None and (optimizer.state or not isinstance(optimizer, (torch.optim.Adam,
-                                                                               torch.optim.AdamW))):
+    if optimizer is not None and (
+        optimizer.state or not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+    ):
         return 0
     return 2 * sum(_local(p).nbytes for p in model.parameters() if p.requires_grad)
 
@@ -348,7 +441,9 @@ def worst_over_ranks(needed: Optional[int], budget: int, env: DistEnv) -> tuple[
     all-reduce under torchrun), so that every rank decides, and words its error, alike."""
     if not env.enabled:
         return needed, budget
-    t = torch.tensor([needed or 0, -budget, int(needed is None)], dtype=torch.int64, device=env.device)
+    t = torch.tensor(
+        [needed or 0, -budget, int(needed is None)], dtype=torch.int64, device=env.device
+    )
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return (None if int(t[2]) else int(t[0])), -int(t[1])
 

@@ -20,8 +20,9 @@ from .distributed import DistEnv
 RESUME_FILES = ("trainer_state.json", "rng.safetensors")
 
 
-def rng_tensors(gen_noise: torch.Generator, gen_loops: torch.Generator, device: torch.device,
-                env: DistEnv) -> dict[str, torch.Tensor]:
+def rng_tensors(
+    gen_noise: torch.Generator, gen_loops: torch.Generator, device: torch.device, env: DistEnv
+) -> dict[str, torch.Tensor]:
     """Generator states. ``noise`` (t, masks) and ``loops`` (S) are identical on every rank by construction (same
     seed, same draws over the global batch), so rank 0's copy restores every rank. ``torch`` / ``cuda`` are
     per-process global states (only dropout draws from them): in a torchrun launch every rank's are gathered (a
@@ -38,8 +39,13 @@ def rng_tensors(gen_noise: torch.Generator, gen_loops: torch.Generator, device: 
     return out
 
 
-def restore_rng(rng: dict[str, torch.Tensor], gen_noise: torch.Generator, gen_loops: torch.Generator,
-                device: torch.device, rank: int) -> None:
+def restore_rng(
+    rng: dict[str, torch.Tensor],
+    gen_noise: torch.Generator,
+    gen_loops: torch.Generator,
+    device: torch.device,
+    rank: int,
+) -> None:
     """Inverse of ``rng_tensors`` for this rank (its own global states when the run was distributed)."""
     gen_noise.set_state(rng["noise"])
     gen_loops.set_state(rng["loops"])
@@ -50,7 +56,10 @@ def restore_rng(rng: dict[str, torch.Tensor], gen_noise: torch.Generator, gen_lo
 
 def global_random_state() -> dict:
     """Python's and NumPy's global random states as JSON."""
-    return {"python_random": _lists(random.getstate()), "numpy_random": _lists(np.random.get_state())}
+    return {
+        "python_random": _lists(random.getstate()),
+        "numpy_random": _lists(np.random.get_state()),
+    }
 
 
 def restore_global_random(state: dict) -> None:
@@ -81,7 +90,11 @@ def truncate_metrics(path: Path, step: int) -> None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
-        if isinstance(rec, dict) and isinstance(rec.get("step", 0), int) and rec.get("step", 0) <= step:
+        if (
+            isinstance(rec, dict)
+            and isinstance(rec.get("step", 0), int)
+            and rec.get("step", 0) <= step
+        ):
             keep.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
@@ -93,7 +106,9 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_diff(a, b, f"{prefix}{k}.")
-        elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+        elif a != b and not (
+            isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)
+        ):
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
 
@@ -104,9 +119,11 @@ def resumable_folder(path: str | Path) -> Path:
     verify_checkpoint(folder)
     for f in RESUME_FILES:
         if not (folder / f).is_file():
-            raise CheckpointError(f"checkpoint {str(folder)!r} has no {f}: it holds weights only (an export?) "
-                                  "and cannot resume a run exactly; resume from a checkpoint written by "
-                                  "`loopmdm train`, or start a new run (`--init` starts one from its weights)")
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} has no {f}: it holds weights only (an export?) "
+                "and cannot resume a run exactly; resume from a checkpoint written by "
+                "`loopmdm train`, or start a new run (`--init` starts one from its weights)"
+            )
     return folder
 
 
@@ -115,13 +132,19 @@ def check_resumable(saved, cfg, folder: Path, tokenizer, log: Callable[[str], No
     diffs = config_diff(saved.to_dict(), cfg.to_dict())
     model_diffs = [d for d in diffs if d.startswith("model.")]
     if model_diffs:
-        raise CheckpointError(f"checkpoint {str(folder)!r} has a different model config "
-                              f"({'; '.join(model_diffs[:3])}); resume with the same --preset / --config / "
-                              "--set model.* as the original run")
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} has a different model config "
+            f"({'; '.join(model_diffs[:3])}); resume with the same --preset / --config / "
+            "--set model.* as the original run"
+        )
     if load_tokenizer_file(folder).tok.get_vocab() != tokenizer.tok.get_vocab():
-        raise CheckpointError(f"the data's tokenizer differs from {str(folder / 'tokenizer.json')!r} (the corpus "
-                              "or data settings changed); keep the checkpoint's tokenizer with --set "
-                              f"data.tokenizer={folder / 'tokenizer.json'}")
+        raise CheckpointError(
+            f"the data's tokenizer differs from {str(folder / 'tokenizer.json')!r} (the corpus "
+            "or data settings changed); keep the checkpoint's tokenizer with --set "
+            f"data.tokenizer={folder / 'tokenizer.json'}"
+        )
     if diffs:
-        log(f"resuming with changed settings ({'; '.join(diffs[:6])}); the run will not match an "
-            "uninterrupted one exactly (train.max_steps sets the LR schedule)")
+        log(
+            f"resuming with changed settings ({'; '.join(diffs[:6])}); the run will not match an "
+            "uninterrupted one exactly (train.max_steps sets the LR schedule)"
+        )

@@ -18,9 +18,20 @@ from . import distributed
 from .distributed import DistEnv
 
 
-def train_step(model: torch.nn.Module, train_model: torch.nn.Module, objective: Objective, batch: Batch,
-               noise: Optional[Noise], loops: int, *, grad_accum: int, precision: str, grad_clip: float,
-               device: torch.device, dist: DistEnv) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: torch.nn.Module,
+    train_model: torch.nn.Module,
+    objective: Objective,
+    batch: Batch,
+    noise: Optional[Noise],
+    loops: int,
+    *,
+    grad_accum: int,
+    precision: str,
+    grad_clip: float,
+    device: torch.device,
+    dist: DistEnv,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch`` / ``noise``: this rank's rows (B_rank, with their t and uniforms), on the host (the objective finds
     the masked positions there and moves what the model needs to ``device``); ``train_model``: the module to run
     (DDP / FSDP wrapper, or ``model`` itself); ``model``: its parameters are clipped. Returns the loss of the global
@@ -31,12 +42,16 @@ def train_step(model: torch.nn.Module, train_model: torch.nn.Module, objective: 
         sl = slice(m * micro, (m + 1) * micro)
         with distributed.grad_sync(train_model, m == grad_accum - 1):
             with autocast_context(device, precision):
-                out = objective.loss(train_model, batch.rows(sl), loops, None if noise is None else noise.rows(sl))
+                out = objective.loss(
+                    train_model, batch.rows(sl), loops, None if noise is None else noise.rows(sl)
+                )
             (out.loss / grad_accum).backward()
         total += out.loss.detach().double() / grad_accum
     max_norm = grad_clip if grad_clip > 0 else float("inf")  # inf: measure the norm, do not clip
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    return mean_across_ranks(total, dist), norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return mean_across_ranks(total, dist), norm.full_tensor() if hasattr(
+        norm, "full_tensor"
+    ) else norm
 
 
 def mean_across_ranks(value: torch.Tensor, env: DistEnv) -> torch.Tensor:

@@ -24,26 +24,41 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import checked_weights, list_checkpoints, load_config_file, load_json, load_safetensors, \
-    save_checkpoint, unflatten_optimizer, uses_ema
+from ..backbones import build_model
+from ..checkpoint import (
+    checked_weights,
+    list_checkpoints,
+    load_config_file,
+    load_json,
+    load_safetensors,
+    save_checkpoint,
+    unflatten_optimizer,
+    uses_ema,
+)
 from ..config import RunConfig
 from ..data import PreparedData, prepare_data
 from ..diffusion import LoopDistribution, make_loop_distribution, make_objective
 from ..errors import CheckpointError
 from ..eval.nelbo import evaluate_nelbo
 from ..fileio import atomic_write_text, describe_os_error
-from ..backbones import build_model
 from ..model.flops import train_flops_per_token
 from ..outputs import check_run_folder
 from ..runtime import check_precision, compile_blocks, pick_device, set_threads
 from . import distributed, preflight
+from .batches import BatchStream
 from .ema import update_ema
 from .guard import DeviceGuard, StopSignals, TrainingDiverged, divergence_message, out_of_memory
 from .init import check_init_model, check_init_tokenizer, fit_vocabulary, init_folder
 from .optim import make_optimizer, make_scheduler
-from .resume import check_resumable, global_random_state, restore_global_random, restore_rng, resumable_folder, \
-    rng_tensors, truncate_metrics
-from .batches import BatchStream
+from .resume import (
+    check_resumable,
+    global_random_state,
+    restore_global_random,
+    restore_rng,
+    resumable_folder,
+    rng_tensors,
+    truncate_metrics,
+)
 from .step import train_step
 
 
@@ -55,7 +70,8 @@ class TrainResult:
     val: Optional[dict]
     flops: float
     stopped_early: bool = False
-    signal: Optional[str] = None  # SIGINT / SIGTERM when a signal stopped the run (its step is saved)
+    # SIGINT / SIGTERM when a signal stopped the run (its step is saved)
+    signal: Optional[str] = None
 
 
 class Trainer:
@@ -65,13 +81,22 @@ class Trainer:
     of S (default: the one ``cfg.diffusion`` names). ``step_fn(idx, loops)`` is the step the loop calls (tests
     wrap it); ``stop_requested`` set to True stops after the current step, with a checkpoint."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, data: Optional[PreparedData] = None,
-                 progress: bool = True, log: Callable[[str], None] = print,
-                 loop_dist: Optional[LoopDistribution] = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        data: Optional[PreparedData] = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        loop_dist: Optional[LoopDistribution] = None,
+    ):
         self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
         tc = cfg.train
         # the device and precision this machine can run, checked before any work (one-line errors)
-        self.dist = distributed.setup(preflight.expandable_segments(pick_device(tc.device, "train.device")))  # torchrun
+        # torchrun
+        self.dist = distributed.setup(
+            preflight.expandable_segments(pick_device(tc.device, "train.device"))
+        )
         self.device = self.dist.device
         check_precision(self.device, tc.precision, "train.precision")
         distributed.check_global_batch(tc.batch_size, tc.grad_accum, self.dist)
@@ -79,8 +104,11 @@ class Trainer:
             self.log, self.progress = (lambda s: None), False
         set_threads(tc.threads)
         torch.manual_seed(tc.seed)
-        with distributed.main_first(self.dist):  # rank 0 tokenises and fills the cache, the others read it
-            self.data = data or prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len, log=self.log)
+        # rank 0 tokenises and fills the cache, the others read it
+        with distributed.main_first(self.dist):
+            self.data = data or prepare_data(
+                cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len, log=self.log
+            )
         distributed.check_same_data(self.data, self.dist)
         fit_vocabulary(cfg, self.data.tokenizer)
         self.model = build_model(cfg.model).to(self.device)
@@ -88,18 +116,27 @@ class Trainer:
             compile_blocks(self.model)
         # DDP wrapper, or self.model itself sharded in place with FSDP2 (train.fsdp); self.model stays the
         # unwrapped module for evaluation, EMA and checkpoints.
-        self.train_model = distributed.wrap_model(self.model, self.dist, fsdp=tc.fsdp, precision=tc.precision)
+        self.train_model = distributed.wrap_model(
+            self.model, self.dist, fsdp=tc.fsdp, precision=tc.precision
+        )
         self.objective = make_objective(cfg.diffusion, self.data.tokenizer.mask_id)
-        self.objective.deep_supervision = cfg.diffusion.deep_supervision  # training only: validation is final-loop
+        # training only: validation is final-loop
+        self.objective.deep_supervision = cfg.diffusion.deep_supervision
         # the LM head runs on the positions that enter the loss: the expected masked share of the free ones
         self.predicted_fraction = self.objective.predicted_fraction() * self.data.free_fraction
-        self.loop_dist = loop_dist or make_loop_distribution(  # flops_fn: F(S) of a step, as fit() counts it
-            cfg.diffusion, total_steps=tc.max_steps, seed=tc.seed, flops_fn=self.flops_per_token)
+        self.loop_dist = (
+            loop_dist
+            or make_loop_distribution(  # flops_fn: F(S) of a step, as fit() counts it
+                cfg.diffusion, total_steps=tc.max_steps, seed=tc.seed, flops_fn=self.flops_per_token
+            )
+        )
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.scheduler = make_scheduler(self.optimizer, tc)
         self.ema = None
         if tc.ema is not None:
-            self.ema = distributed.make_ema(self.model, tc.ema, self.dist, lambda: build_model(cfg.model))
+            self.ema = distributed.make_ema(
+                self.model, tc.ema, self.dist, lambda: build_model(cfg.model)
+            )
         self.stream = BatchStream(len(self.data.train), tc.batch_size, tc.seed)
         self.gen_noise = torch.Generator().manual_seed(tc.seed + 1)  # t and masking
         self.gen_loops = torch.Generator().manual_seed(tc.seed + 2)  # S, identical on every rank
@@ -108,30 +145,54 @@ class Trainer:
         self.step_fn = self._step
         # non-finite steps skipped on the device: the fused AdamW kernel's found_inf (FSDP2 shards: read on the host)
         sharded = distributed.is_sharded(self.model)
-        self.guard = DeviceGuard(self.device) if self.optimizer.defaults.get("fused") and not sharded else None
+        self.guard = (
+            DeviceGuard(self.device)
+            if self.optimizer.defaults.get("fused") and not sharded
+            else None
+        )
 
     def flops_per_token(self, loops: int) -> float:
         """Training FLOPs per token of a step at S = ``loops`` (deep supervision adds a tail pass per supervised
         loop: S of them for ``all``, (S + 1) / 2 expected for ``random``)."""
-        supervised = {"all": loops, "random": (loops + 1) / 2}.get(self.cfg.diffusion.deep_supervision, 1)
-        return train_flops_per_token(self.cfg.model, loops, self.data.train.shape[1], self.predicted_fraction,
-                                     supervised)
+        supervised = {"all": loops, "random": (loops + 1) / 2}.get(
+            self.cfg.diffusion.deep_supervision, 1
+        )
+        return train_flops_per_token(
+            self.cfg.model, loops, self.data.train.shape[1], self.predicted_fraction, supervised
+        )
 
     # ------------------------------------------------------------------ one step
     def _step(self, idx: np.ndarray, loops: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward / backward on the global batch rows ``idx`` at loop count S = ``loops``: (loss, grad norm), device
         scalars."""
         tc = self.cfg.train
-        rng = np.random.default_rng([tc.seed, self.step, 3]) if self.data.augment is not None else None
+        rng = (
+            np.random.default_rng([tc.seed, self.step, 3])
+            if self.data.augment is not None
+            else None
+        )
         batch = self.data.batch("train", idx, rng)  # [B, L] over the global batch
-        batch = self.objective.pair_rows(batch)  # complementary masks: rows 2k + 1 repeat rows 2k (else unchanged)
+        # complementary masks: rows 2k + 1 repeat rows 2k (else unchanged)
+        batch = self.objective.pair_rows(batch)
         noise = self.objective.draw(len(idx), batch.x0.shape[1], self.gen_noise)
         own = distributed.rank_slice(len(idx), self.dist)  # this rank's rows (all of them, alone)
-        return train_step(self.model, self.train_model, self.objective, batch.rows(own),
-                          None if noise is None else noise.rows(own), loops, grad_accum=tc.grad_accum,
-                          precision=tc.precision, grad_clip=tc.grad_clip, device=self.device, dist=self.dist)
+        return train_step(
+            self.model,
+            self.train_model,
+            self.objective,
+            batch.rows(own),
+            None if noise is None else noise.rows(own),
+            loops,
+            grad_accum=tc.grad_accum,
+            precision=tc.precision,
+            grad_clip=tc.grad_clip,
+            device=self.device,
+            dist=self.dist,
+        )
 
-    def _guarded_step(self, idx: np.ndarray, loops: int) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    def _guarded_step(
+        self, idx: np.ndarray, loops: int
+    ) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         """``step_fn`` with out-of-memory turned into a one-line error naming the knobs that reduce memory (step
         functions under test may return Python floats)."""
         try:
@@ -145,19 +206,40 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
         tc = self.cfg.train
-        if self.step < tc.max_steps:  # one step at the largest S first: a run that cannot fit stops here
-            preflight.check_memory(self.model, self.train_model, self.objective, self.data, self.cfg, self.device,
-                                   self.dist, loops=self.loop_dist.max(), optimizer=self.optimizer, log=self.log)
+        # one step at the largest S first: a run that cannot fit stops here
+        if self.step < tc.max_steps:
+            preflight.check_memory(
+                self.model,
+                self.train_model,
+                self.objective,
+                self.data,
+                self.cfg,
+                self.device,
+                self.dist,
+                loops=self.loop_dist.max(),
+                optimizer=self.optimizer,
+                log=self.log,
+            )
         metrics = self._open_run_dir()
         tokens_per_step = tc.batch_size * self.data.train.shape[1]
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
-                   desc="train", unit="step")
+        bar = tqdm(
+            total=tc.max_steps,
+            initial=self.step,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            desc="train",
+            unit="step",
+        )
         last_loss, val, stop_signal = float("nan"), None, None
-        self._clock = (time.perf_counter(), self.step)  # tokens/s over the steps since the last metrics line
-        self._set_bad_in_row(self.bad_in_row)  # a run of non-finite steps saved by the checkpoint goes on
+        # tokens/s over the steps since the last metrics line
+        self._clock = (time.perf_counter(), self.step)
+        # a run of non-finite steps saved by the checkpoint goes on
+        self._set_bad_in_row(self.bad_in_row)
         if self.step >= tc.max_steps:
-            self.log(f"step {self.step} already reached train.max_steps={tc.max_steps}: nothing to train "
-                     "(raise --max-steps to continue)")
+            self.log(
+                f"step {self.step} already reached train.max_steps={tc.max_steps}: nothing to train "
+                "(raise --max-steps to continue)"
+            )
         try:
             with StopSignals() as signals:
                 while self.step < tc.max_steps and not self.stop_requested:
@@ -173,46 +255,70 @@ class Trainer:
                             continue
                         self._apply_update()
                     else:  # queued without waiting: a non-finite step is skipped on the device
-                        self._apply_update(self.guard.flag(self._on_device(loss), self._on_device(gnorm)))
+                        self._apply_update(
+                            self.guard.flag(self._on_device(loss), self._on_device(gnorm))
+                        )
                     self.flops += self.flops_per_token(loops) * tokens_per_step
                     last_loss = loss
                     if read:
-                        val = self._log_step(loops, loss, gnorm, tokens_per_step, metrics, bar) or val
+                        val = (
+                            self._log_step(loops, loss, gnorm, tokens_per_step, metrics, bar) or val
+                        )
                     bar.update(1)
                     if self.step % tc.save_every == 0 or self.step == tc.max_steps:
                         self._settle(metrics)
                         self.save()
                     self.stop_requested = distributed.step_agreement(
-                        loops, self.stop_requested or signals.requested, self.dist)
+                        loops, self.stop_requested or signals.requested, self.dist
+                    )
                 stop_signal = signals.name
                 self._settle(metrics)
                 if self.stop_requested:
-                    self.log(f"{signals.name or 'stop'} received: saving step {self.step} and exiting")
+                    self.log(
+                        f"{signals.name or 'stop'} received: saving step {self.step} and exiting"
+                    )
                     if self.saved_step != self.step:
                         self.save()
         finally:
             bar.close()
             metrics.close()
-        return TrainResult(self.run_dir, self.step, float(last_loss), val, self.flops, self.stop_requested,
-                           stop_signal if self.stop_requested else None)
+        return TrainResult(
+            self.run_dir,
+            self.step,
+            float(last_loss),
+            val,
+            self.flops,
+            self.stop_requested,
+            stop_signal if self.stop_requested else None,
+        )
 
     def _reads_loss(self, step: int) -> bool:
         """Whether step ``step`` reads its loss and gradient norm on the host (one sync): the steps that write a
         metrics line (every ``train.log_every``, evaluations, the last), and every step where non-finite steps
         cannot be skipped on the device (no fused optimizer, or FSDP2)."""
         tc = self.cfg.train
-        return (self.guard is None or step % tc.log_every == 0 or step % tc.eval_every == 0
-                or step == tc.max_steps)
+        return (
+            self.guard is None
+            or step % tc.log_every == 0
+            or step % tc.eval_every == 0
+            or step == tc.max_steps
+        )
 
     def _on_device(self, value: torch.Tensor | float) -> torch.Tensor:
         """A step's loss or gradient norm as a device scalar."""
-        return value if isinstance(value, torch.Tensor) else torch.full((), float(value), dtype=torch.float64,
-                                                                        device=self.device)
+        return (
+            value
+            if isinstance(value, torch.Tensor)
+            else torch.full((), float(value), dtype=torch.float64, device=self.device)
+        )
 
     def _read(self, loss, gnorm, metrics) -> tuple[float, float]:
         """The step's loss and gradient norm as Python floats, read together with the device guard's counts in one
         transfer; non-finite steps skipped on the device since the last read are logged first."""
-        parts = [self._on_device(loss).double().reshape(1), self._on_device(gnorm).double().reshape(1)]
+        parts = [
+            self._on_device(loss).double().reshape(1),
+            self._on_device(gnorm).double().reshape(1),
+        ]
         if self.guard is not None:
             parts.append(self.guard.counts.double())
         values = torch.cat(parts).tolist()
@@ -233,23 +339,47 @@ class Trainer:
         if not skipped:
             return
         self.bad_total += skipped
-        metrics.write(json.dumps({"step": self.step, "skipped": True, "skipped_steps": skipped,
-                                  "bad_in_row": in_row, "bad_total": self.bad_total}) + "\n")
+        metrics.write(
+            json.dumps(
+                {
+                    "step": self.step,
+                    "skipped": True,
+                    "skipped_steps": skipped,
+                    "bad_in_row": in_row,
+                    "bad_total": self.bad_total,
+                }
+            )
+            + "\n"
+        )
         metrics.flush()
-        self.log(f"before step {self.step + 1}: {skipped} step{'s' if skipped != 1 else ''} with a non-finite loss "
-                 f"or grad_norm skipped ({in_row}/{self.cfg.train.max_bad_steps} in a row)")
+        self.log(
+            f"before step {self.step + 1}: {skipped} step{'s' if skipped != 1 else ''} with a non-finite loss "
+            f"or grad_norm skipped ({in_row}/{self.cfg.train.max_bad_steps} in a row)"
+        )
         if in_row >= self.cfg.train.max_bad_steps:
-            raise TrainingDiverged(divergence_message(self.cfg, self.run_dir, in_row, self.step + 1, float("nan"),
-                                                      float("nan")))
+            raise TrainingDiverged(
+                divergence_message(
+                    self.cfg, self.run_dir, in_row, self.step + 1, float("nan"), float("nan")
+                )
+            )
 
-    def _log_step(self, loops: int, loss: float, gnorm: float, tokens_per_step: int, metrics, bar) -> Optional[dict]:
+    def _log_step(
+        self, loops: int, loss: float, gnorm: float, tokens_per_step: int, metrics, bar
+    ) -> Optional[dict]:
         """The metrics line of a step that read its loss (with the validation NELBO at evaluation steps) and the
         progress bar; returns the validation result, if any."""
         tc = self.cfg.train
         (start, start_step), now = self._clock, time.perf_counter()
-        rec = {"step": self.step, "loss": loss, "loops": loops, "grad_norm": gnorm,
-               "lr": self.scheduler.get_last_lr()[0], "flops": self.flops, "tokens": self.step * tokens_per_step,
-               "tokens_per_s": tokens_per_step * (self.step - start_step) / (now - start)}
+        rec = {
+            "step": self.step,
+            "loss": loss,
+            "loops": loops,
+            "grad_norm": gnorm,
+            "lr": self.scheduler.get_last_lr()[0],
+            "flops": self.flops,
+            "tokens": self.step * tokens_per_step,
+            "tokens_per_s": tokens_per_step * (self.step - start_step) / (now - start),
+        }
         val = None
         if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
             val = self.validate()
@@ -258,8 +388,13 @@ class Trainer:
         if self.step % tc.log_every == 0 or val is not None:
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
-        bar.set_postfix(loss=f"{loss:.3f}", S=loops, tok_s=f"{rec['tokens_per_s']:.0f}", flops=f"{self.flops:.2e}",
-                        refresh=False)
+        bar.set_postfix(
+            loss=f"{loss:.3f}",
+            S=loops,
+            tok_s=f"{rec['tokens_per_s']:.0f}",
+            flops=f"{self.flops:.2e}",
+            refresh=False,
+        )
         return val
 
     def _apply_update(self, bad: Optional[torch.Tensor] = None) -> None:
@@ -284,7 +419,8 @@ class Trainer:
             self.guard.in_row(n)
 
     def _update_ema(self, keep: Optional[torch.Tensor]) -> None:
-        if distributed.is_sharded(self.model):  # FSDP2: AveragedModel's own update (every step is read on the host)
+        # FSDP2: AveragedModel's own update (every step is read on the host)
+        if distributed.is_sharded(self.model):
             self.ema.update_parameters(self.model)
         else:
             update_ema(self.ema, self.model, self.cfg.train.ema, keep)
@@ -297,12 +433,16 @@ class Trainer:
             return open(os.devnull, "w")
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
+            atomic_write_text(
+                self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2)
+            )
             fresh = self.step == 0 and not self.resumed
             return (self.run_dir / "metrics.jsonl").open("w" if fresh else "a")
         except OSError as e:
-            raise CheckpointError(f"cannot write the run folder {str(self.run_dir)!r} ({describe_os_error(e)}); "
-                                  "choose a writable --out folder or free disk space") from None
+            raise CheckpointError(
+                f"cannot write the run folder {str(self.run_dir)!r} ({describe_os_error(e)}); "
+                "choose a writable --out folder or free disk space"
+            ) from None
 
     def _skip_bad_step(self, loss: float, gnorm: float, metrics) -> None:
         """A non-finite loss or gradient norm: drop the gradients, count it, log it (``step`` is the step that
@@ -310,23 +450,47 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._set_bad_in_row(self.bad_in_row + 1)
         self.bad_total += 1
-        metrics.write(json.dumps({"step": self.step + 1, "skipped": True, "loss": str(loss), "grad_norm": str(gnorm),
-                                  "bad_in_row": self.bad_in_row, "bad_total": self.bad_total}) + "\n")
+        metrics.write(
+            json.dumps(
+                {
+                    "step": self.step + 1,
+                    "skipped": True,
+                    "loss": str(loss),
+                    "grad_norm": str(gnorm),
+                    "bad_in_row": self.bad_in_row,
+                    "bad_total": self.bad_total,
+                }
+            )
+            + "\n"
+        )
         metrics.flush()
-        self.log(f"step {self.step + 1}: non-finite loss={loss} / grad_norm={gnorm}; skipped "
-                 f"({self.bad_in_row}/{self.cfg.train.max_bad_steps} in a row)")
+        self.log(
+            f"step {self.step + 1}: non-finite loss={loss} / grad_norm={gnorm}; skipped "
+            f"({self.bad_in_row}/{self.cfg.train.max_bad_steps} in a row)"
+        )
         if self.bad_in_row >= self.cfg.train.max_bad_steps:
-            raise TrainingDiverged(divergence_message(self.cfg, self.run_dir, self.bad_in_row, self.step + 1,
-                                                      loss, gnorm))
+            raise TrainingDiverged(
+                divergence_message(
+                    self.cfg, self.run_dir, self.bad_in_row, self.step + 1, loss, gnorm
+                )
+            )
 
     def validate(self, loops: Optional[int] = None) -> dict:
         """Validation NELBO at S = ``loops`` (default: the training S_max) of the EMA weights (when kept) on a
         fixed slice with a fixed seed."""
         tc = self.cfg.train
         model = self.ema.module if self.ema is not None else self.model
-        return evaluate_nelbo(model, self.data.val, self.objective, loops or self.loop_dist.max(),
-                              batch_size=tc.batch_size, max_batches=tc.eval_batches, seed=tc.seed,
-                              precision=tc.precision, frozen=self.data.val_frozen)
+        return evaluate_nelbo(
+            model,
+            self.data.val,
+            self.objective,
+            loops or self.loop_dist.max(),
+            batch_size=tc.batch_size,
+            max_batches=tc.eval_batches,
+            seed=tc.seed,
+            precision=tc.precision,
+            frozen=self.data.val_frozen,
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
@@ -335,17 +499,30 @@ class Trainer:
         params = [] if distributed.is_sharded(self.model) else self.model.named_parameters()
         bad = [n for n, p in params if not bool(torch.isfinite(p).all())]
         if bad:  # DDP replicas hold identical weights, so every rank takes this branch together
-            why = divergence_message(self.cfg, self.run_dir, 0, self.step, float("nan"), float("nan"))
-            raise TrainingDiverged(f"the weights became non-finite ({bad[0]}) at step {self.step}; not saving. "
-                                   + why.split("; ", 1)[1])
+            why = divergence_message(
+                self.cfg, self.run_dir, 0, self.step, float("nan"), float("nan")
+            )
+            raise TrainingDiverged(
+                f"the weights became non-finite ({bad[0]}) at step {self.step}; not saving. "
+                + why.split("; ", 1)[1]
+            )
         tied = self.cfg.model.tie_embeddings
         extra = {"rng": rng_tensors(self.gen_noise, self.gen_loops, self.device, self.dist)}
         if self.ema is not None:
-            extra["ema"] = {k: v for k, v in distributed.full_model_state(self.ema.module).items()
-                            if not (tied and k == "lm_head.weight")}
-        state = {"step": self.step, "flops": self.flops, "data": self.stream.state(),
-                 "scheduler": self.scheduler.state_dict(), "bad_total": self.bad_total, "bad_in_row": self.bad_in_row,
-                 **global_random_state()}
+            extra["ema"] = {
+                k: v
+                for k, v in distributed.full_model_state(self.ema.module).items()
+                if not (tied and k == "lm_head.weight")
+            }
+        state = {
+            "step": self.step,
+            "flops": self.flops,
+            "data": self.stream.state(),
+            "scheduler": self.scheduler.state_dict(),
+            "bad_total": self.bad_total,
+            "bad_in_row": self.bad_in_row,
+            **global_random_state(),
+        }
         if self.ema is not None:
             state["ema_n_averaged"] = int(self.ema.n_averaged)
         model_state = optimizer_state = None
@@ -354,9 +531,19 @@ class Trainer:
             optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
         path = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
         if self.dist.is_main:
-            path = save_checkpoint(self.run_dir, self.step, self.model, self.cfg, self.data.tokenizer, state,
-                                   self.optimizer, extra, keep_last=self.cfg.train.keep_last,
-                                   model_state=model_state, optimizer_state=optimizer_state)
+            path = save_checkpoint(
+                self.run_dir,
+                self.step,
+                self.model,
+                self.cfg,
+                self.data.tokenizer,
+                state,
+                self.optimizer,
+                extra,
+                keep_last=self.cfg.train.keep_last,
+                model_state=model_state,
+                optimizer_state=optimizer_state,
+            )
         distributed.barrier(self.dist)
         self.saved_step = self.step
         return path
@@ -373,10 +560,11 @@ class Trainer:
         try:
             self._restore(folder, state)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
-            raise CheckpointError(f"checkpoint {str(folder)!r} cannot be restored ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:100] if str(e) else 'bad value'}); trainer_state.json "
-                                  "or a tensor file is damaged or from another version: use an earlier checkpoint"
-                                  ) from None
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} cannot be restored ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:100] if str(e) else 'bad value'}); trainer_state.json "
+                "or a tensor file is damaged or from another version: use an earlier checkpoint"
+            ) from None
         self.resumed = True
         if self.dist.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
@@ -392,31 +580,51 @@ class Trainer:
         check_init_model(saved.model, self.cfg.model, folder)
         check_init_tokenizer(folder, self.data.tokenizer)
         if tc.init_weights == "ema" and not (folder / "ema.safetensors").is_file():
-            raise CheckpointError(f"train.init_weights='ema' but {str(folder)!r} has no ema.safetensors; use 'auto' "
-                                  "or 'raw'")
-        name = "ema.safetensors" if uses_ema(folder, tc.init_weights != "raw") else "model.safetensors"
+            raise CheckpointError(
+                f"train.init_weights='ema' but {str(folder)!r} has no ema.safetensors; use 'auto' "
+                "or 'raw'"
+            )
+        name = (
+            "ema.safetensors" if uses_ema(folder, tc.init_weights != "raw") else "model.safetensors"
+        )
         state = checked_weights(folder / name, saved)
         try:
             distributed.load_full_model_state(self.model, state)
             if self.ema is not None:
                 distributed.load_full_model_state(self.ema.module, state)
         except RuntimeError as e:
-            raise CheckpointError(f"--init {str(folder / name)!r} does not fit the model "
-                                  f"({str(e).splitlines()[0][:120]})") from None
+            raise CheckpointError(
+                f"--init {str(folder / name)!r} does not fit the model "
+                f"({str(e).splitlines()[0][:120]})"
+            ) from None
         tc.init = str(folder)
         self.log(f"initialised from {folder / name} (new optimizer, schedule and step count)")
 
     def _restore(self, folder: Path, state: dict) -> None:
-        distributed.load_full_model_state(self.model, checked_weights(folder / "model.safetensors", self.cfg))
+        distributed.load_full_model_state(
+            self.model, checked_weights(folder / "model.safetensors", self.cfg)
+        )
         if (folder / "optimizer.safetensors").is_file():
-            distributed.load_full_optimizer_state(self.model, self.optimizer, unflatten_optimizer(
-                load_safetensors(folder / "optimizer.safetensors"), state["optimizer"]))
+            distributed.load_full_optimizer_state(
+                self.model,
+                self.optimizer,
+                unflatten_optimizer(
+                    load_safetensors(folder / "optimizer.safetensors"), state["optimizer"]
+                ),
+            )
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and (folder / "ema.safetensors").is_file():
-            distributed.load_full_model_state(self.ema.module, checked_weights(folder / "ema.safetensors", self.cfg))
+            distributed.load_full_model_state(
+                self.ema.module, checked_weights(folder / "ema.safetensors", self.cfg)
+            )
             self.ema.n_averaged.fill_(int(state.get("ema_n_averaged", 0)))
-        restore_rng(load_safetensors(folder / "rng.safetensors"), self.gen_noise, self.gen_loops, self.device,
-                    self.dist.rank)
+        restore_rng(
+            load_safetensors(folder / "rng.safetensors"),
+            self.gen_noise,
+            self.gen_loops,
+            self.device,
+            self.dist.rank,
+        )
         restore_global_random(state)
         self.stream.load_state(state["data"])
         self.step, self.flops = int(state["step"]), float(state["flops"])
@@ -428,19 +636,29 @@ def check_fresh_run_dir(run_dir: str | Path) -> None:
     """A new run must not write into a folder that already holds checkpoints (it would mix two runs)."""
     kept = list_checkpoints(Path(run_dir) / "checkpoints")
     if kept:
-        raise CheckpointError(f"run folder {str(run_dir)!r} already holds checkpoints (newest {kept[-1].name}); "
-                              f"continue it with --resume {run_dir}, or choose a new --out folder")
+        raise CheckpointError(
+            f"run folder {str(run_dir)!r} already holds checkpoints (newest {kept[-1].name}); "
+            f"continue it with --resume {run_dir}, or choose a new --out folder"
+        )
 
 
-def train(cfg: RunConfig, run_dir: str | Path, resume: Optional[str | Path] = None, progress: bool = True,
-          log: Callable[[str], None] = print, data: Optional[PreparedData] = None,
-          loop_dist: Optional[LoopDistribution] = None, trainer_cls: Callable[..., Trainer] = Trainer) -> TrainResult:
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: Optional[str | Path] = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    data: Optional[PreparedData] = None,
+    loop_dist: Optional[LoopDistribution] = None,
+    trainer_cls: Callable[..., Trainer] = Trainer,
+) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (optionally resuming from a checkpoint or run folder). Without
     ``resume``, ``run_dir`` must not hold checkpoints already, and ``cfg.train.init`` (when set) names the
     checkpoint whose weights the run starts from. ``run_dir`` follows ``loopmdm.outputs``: new, empty, or this
     run's own folder (a folder of data or of another run is refused before anything is written).
     ``trainer_cls``: a ``Trainer`` subclass (or factory) for studies that change, e.g., the validation set."""
-    check_run_folder(run_dir, resume=resume)  # before any work: never write into a folder that is not this run's
+    # before any work: never write into a folder that is not this run's
+    check_run_folder(run_dir, resume=resume)
     trainer = trainer_cls(cfg, run_dir, data=data, progress=progress, log=log, loop_dist=loop_dist)
     try:
         if resume is not None:

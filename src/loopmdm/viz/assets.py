@@ -19,4 +19,6 @@ def read_asset(name: str) -> str:
     try:
         return (resources.files("loopmdm.viz") / "static" / name).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise LoopMDMError(f"viewer asset {name!r} is missing from the installed package; reinstall loopmdm") from None
+        raise LoopMDMError(
+            f"viewer asset {name!r} is missing from the installed package; reinstall loopmdm"
+        ) from None

@@ -73,13 +73,25 @@ class EventEncoder:
         self.table = pieces
         self._sent: set[int] = set()
 
-    def start(self, *, total_steps: int, request: dict[str, Any], model_info: dict[str, Any],
-              given: Optional[torch.Tensor] = None) -> dict[str, Any]:
+    def start(
+        self,
+        *,
+        total_steps: int,
+        request: dict[str, Any],
+        model_info: dict[str, Any],
+        given: Optional[torch.Tensor] = None,
+    ) -> dict[str, Any]:
         """given: [N, L] bool, True at positions fixed by the prompt / template (None: unknown until done)."""
         tok = self.tokenizer
-        return {"type": "start", "total_steps": total_steps, "request": request, "model": model_info,
-                "mask_id": tok.mask_id, "special_ids": sorted(tok.special_ids - {tok.mask_id}),
-                "given": None if given is None else to_int_rows(given)}
+        return {
+            "type": "start",
+            "total_steps": total_steps,
+            "request": request,
+            "model": model_info,
+            "mask_id": tok.mask_id,
+            "special_ids": sorted(tok.special_ids - {tok.mask_id}),
+            "given": None if given is None else to_int_rows(given),
+        }
 
     def _new_pieces(self, rows: list[list[int]]) -> dict[str, str]:
         fresh = {i for row in rows for i in row} - self._sent - {self.tokenizer.mask_id}
@@ -89,16 +101,29 @@ class EventEncoder:
     def step(self, info, elapsed_s: float) -> dict[str, Any]:
         """One ``StepInfo`` (tokens [N, L], revealed [N, L] after step k of T)."""
         rows = to_int_rows(info.tokens)
-        return {"type": "step", "step": int(info.step) + 1, "total_steps": int(info.total_steps), "tokens": rows,
-                "revealed": to_int_rows(info.revealed), "loops": loops_value(info.loops),
-                "flops_so_far": finite(info.flops_so_far), "elapsed_s": round(elapsed_s, 4),
-                "pieces": self._new_pieces(rows)}
+        return {
+            "type": "step",
+            "step": int(info.step) + 1,
+            "total_steps": int(info.total_steps),
+            "tokens": rows,
+            "revealed": to_int_rows(info.revealed),
+            "loops": loops_value(info.loops),
+            "flops_so_far": finite(info.flops_so_far),
+            "elapsed_s": round(elapsed_s, 4),
+            "pieces": self._new_pieces(rows),
+        }
 
     def done(self, output) -> dict[str, Any]:
         """The final ``SampleOutput``: texts, compute report and the per-token trajectory."""
         rows = to_int_rows(output.tokens)
-        event = {"type": "done", "tokens": rows, "texts": list(output.texts), "pieces": self._new_pieces(rows),
-                 "report": report_dict(output.report), "trajectory": None}
+        event = {
+            "type": "done",
+            "tokens": rows,
+            "texts": list(output.texts),
+            "pieces": self._new_pieces(rows),
+            "report": report_dict(output.report),
+            "trajectory": None,
+        }
         if output.trajectory is not None:
             event["trajectory"] = trajectory_summary(output.trajectory, output.report)
         return event
@@ -115,8 +140,11 @@ def cumulative_flops(traj, report) -> list[float]:
     (the contract) unless its last entry, not its sum, equals the report's total (a running count)."""
     values = [float(f) for f in traj.flops_per_step]
     total = float(getattr(report, "flops", float("nan")))
-    if len(values) > 1 and math.isclose(values[-1], total, rel_tol=1e-9) \
-            and not math.isclose(sum(values), total, rel_tol=1e-9):
+    if (
+        len(values) > 1
+        and math.isclose(values[-1], total, rel_tol=1e-9)
+        and not math.isclose(sum(values), total, rel_tol=1e-9)
+    ):
         return values
     return list(accumulate(values))
 
@@ -127,11 +155,13 @@ def trajectory_summary(traj, report) -> dict[str, Any]:
     conf = traj.reveal_confidence.detach().double().cpu()
     conf = torch.where(torch.isfinite(conf), conf, torch.zeros_like(conf))
     rs = traj.reveal_step.detach().cpu().long()
-    return {"reveal_step": to_int_rows(torch.where(rs >= 0, rs + 1, rs)),
-            "reveal_loops": to_int_rows(traj.reveal_loops),
-            "reveal_confidence": [[round(c, 4) for c in row] for row in conf.tolist()],
-            "loops_per_step": [loops_value(x) for x in traj.loops_per_step],
-            "cumulative_flops": [finite(x) for x in cumulative_flops(traj, report)]}
+    return {
+        "reveal_step": to_int_rows(torch.where(rs >= 0, rs + 1, rs)),
+        "reveal_loops": to_int_rows(traj.reveal_loops),
+        "reveal_confidence": [[round(c, 4) for c in row] for row in conf.tolist()],
+        "loops_per_step": [loops_value(x) for x in traj.loops_per_step],
+        "cumulative_flops": [finite(x) for x in cumulative_flops(traj, report)],
+    }
 
 
 def error_event(code: str, message: str) -> dict[str, Any]:

@@ -27,22 +27,34 @@ def _save(fig, path: str | Path) -> None:
     _plt().close(fig)
 
 
-def plot_loss_vs_flops(per_seed: Mapping, labels: Mapping[str, str], path: str | Path, title: str = "") -> None:
+def plot_loss_vs_flops(
+    per_seed: Mapping, labels: Mapping[str, str], path: str | Path, title: str = ""
+) -> None:
     """Validation NELBO against cumulative training FLOPs, one line per run and seed; a dashed line marks
     the plain MDM's final NELBO (the target of the FLOPs ratio)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (seed, res) in enumerate(per_seed.items()):
+    for i, res in enumerate(per_seed.values()):
         for name, run in res["runs"].items():
             c = run["curve"]
-            ax.plot(c["flops"], c["nelbo"], color=COLORS.get(name), alpha=0.9 if i == 0 else 0.5,
-                    linestyle="-" if i == 0 else "--", marker=".", label=labels.get(name, name) if i == 0 else None)
+            ax.plot(
+                c["flops"],
+                c["nelbo"],
+                color=COLORS.get(name),
+                alpha=0.9 if i == 0 else 0.5,
+                linestyle="-" if i == 0 else "--",
+                marker=".",
+                label=labels.get(name, name) if i == 0 else None,
+            )
         target = res["runs"]["mdm"]["curve"]["nelbo"][-1]
         ax.axhline(target, color="gray", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative training FLOPs")
     ax.set_ylabel("validation NELBO (nats / token)")
-    ax.set_title(title + ("\nsolid: first seed, dashed: other seeds" if len(per_seed) > 1 else ""), fontsize=9)
+    ax.set_title(
+        title + ("\nsolid: first seed, dashed: other seeds" if len(per_seed) > 1 else ""),
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -56,7 +68,9 @@ def plot_nelbo_vs_loops(summary: Mapping, s_max: int, path: str | Path) -> None:
     ss = sorted(int(s) for s in fin["loopmdm"])
     mean = [fin["loopmdm"][s]["mean"] for s in ss]
     std = [fin["loopmdm"][s]["std"] or 0.0 for s in ss]
-    ax.errorbar(ss, mean, yerr=std, color=COLORS["loopmdm"], marker="o", capsize=3, label="(b) LoopMDM")
+    ax.errorbar(
+        ss, mean, yerr=std, color=COLORS["loopmdm"], marker="o", capsize=3, label="(b) LoopMDM"
+    )
     for name, label in (("mdm", "(a) MDM, same size"), ("deeper", "(c) deeper MDM")):
         v = fin[name][1]
         ax.axhline(v["mean"], color=COLORS[name], linestyle="--", label=label)
@@ -83,7 +97,13 @@ def plot_ablation(rows: Mapping, s_max: int, path: str | Path) -> None:
         vals.append(f[key]["mean"])
         errs.append(f[key]["std"] or 0.0)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.barh(range(len(labels)), vals, xerr=errs, color=["gray"] + ["tab:red"] * (len(labels) - 1), capsize=3)
+    ax.barh(
+        range(len(labels)),
+        vals,
+        xerr=errs,
+        color=["gray"] + ["tab:red"] * (len(labels) - 1),
+        capsize=3,
+    )
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     lo = min(v - e for v, e in zip(vals, errs))
@@ -106,14 +126,23 @@ def _sudoku_cells(summary: Mapping, model: str, order: str) -> dict[tuple[int, i
 
 def annotated_heatmap(ax, m: np.ndarray, xlabels: Sequence[str], ylabels: Sequence[str]) -> None:
     """An accuracy matrix m [rows, columns] in [0, 1] on ``ax``, each finite cell written in it (NaN left blank)."""
-    ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, origin="lower")
+    ax.imshow(
+        np.ma.masked_invalid(m), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, origin="lower"
+    )
     ax.set_xticks(range(len(xlabels)), list(xlabels), fontsize=8)
     ax.set_yticks(range(len(ylabels)), list(ylabels), fontsize=8)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             if np.isfinite(m[i, j]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] < 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if m[i, j] < 0.5 else "black",
+                )
 
 
 def plot_sudoku_heatmap(summary: Mapping, order: str, path: str | Path) -> None:
@@ -126,8 +155,13 @@ def plot_sudoku_heatmap(summary: Mapping, order: str, path: str | Path) -> None:
         cells = _sudoku_cells(summary, model, order)
         ts = sorted({t for t, _ in cells}, key=lambda t: (t == 0, t))
         ss = sorted({s for _, s in cells})
-        m = np.array([[cells.get((t, s), {}).get("board_accuracy", {}).get("mean", np.nan) for t in ts] for s in ss],
-                     dtype=float)
+        m = np.array(
+            [
+                [cells.get((t, s), {}).get("board_accuracy", {}).get("mean", np.nan) for t in ts]
+                for s in ss
+            ],
+            dtype=float,
+        )
         annotated_heatmap(ax, m, [str(t) if t else "1/cell" for t in ts], [str(s) for s in ss])
         ax.set_xlabel("denoising steps T")
         ax.set_ylabel("loops S")
@@ -141,8 +175,17 @@ def plot_sudoku_vs_flops(summary: Mapping, path: str | Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for model, cells in summary.items():
-        pts = sorted((c["flops_per_board"]["mean"], c["board_accuracy"]["mean"]) for c in cells.values())
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", alpha=0.8, color=COLORS.get(model), label=model)
+        pts = sorted(
+            (c["flops_per_board"]["mean"], c["board_accuracy"]["mean"]) for c in cells.values()
+        )
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            "o",
+            alpha=0.8,
+            color=COLORS.get(model),
+            label=model,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("inference FLOPs per board")
     ax.set_ylabel("board accuracy")
@@ -151,20 +194,36 @@ def plot_sudoku_vs_flops(summary: Mapping, path: str | Path) -> None:
     _save(fig, path)
 
 
-def plot_attention_heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
-                           path: str | Path, title: str, xlabel: str, ylabel: str) -> None:
+def plot_attention_heatmap(
+    matrix: np.ndarray,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> None:
     """A heatmap of masked-to-masked attention shares (rows x columns), NaN cells left blank."""
     plt = _plt()
     m = np.asarray(matrix, dtype=float)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.7 * len(col_labels)), 1.2 + 0.32 * max(len(row_labels), 3)))
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 1.2 + 0.7 * len(col_labels)), 1.2 + 0.32 * max(len(row_labels), 3))
+    )
     im = ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
     ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             if np.isfinite(m[i, j]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if m[i, j] < 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if m[i, j] < 0.5 else "black",
+                )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -172,8 +231,16 @@ def plot_attention_heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_la
     _save(fig, path)
 
 
-def plot_lines(xs: Sequence, series: Mapping[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str,
-               title: str = "", reference: Optional[Mapping[str, float]] = None, log2x: bool = False) -> None:
+def plot_lines(
+    xs: Sequence,
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    reference: Optional[Mapping[str, float]] = None,
+    log2x: bool = False,
+) -> None:
     """Several named lines over the same x values; ``reference`` draws a dashed horizontal line per name."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -194,32 +261,57 @@ def plot_lines(xs: Sequence, series: Mapping[str, Sequence[float]], path: str | 
     _save(fig, path)
 
 
-def _gain_panel(ax, rows: Sequence[Mapping], trend: Optional[Mapping], key: str, title: str) -> None:
+def _gain_panel(
+    ax, rows: Sequence[Mapping], trend: Optional[Mapping], key: str, title: str
+) -> None:
     """One gain against the budget: every seed as a dot, the seed mean with its standard error (hollow where the
     budget is not past the plateau, so outside the fit), the fitted line over the fitted budgets (to the zero
     crossing when there is one) or the reason there is no fit."""
     for r in rows:
         past = (r.get("past_plateau") or {}).get(key, True)
         ys = [p[key] for p in r["per_seed"].values() if p.get(key) is not None]
-        ax.plot([r["budget"]] * len(ys), ys, "o", color=COLORS["loopmdm"], alpha=0.45 if past else 0.2)
+        ax.plot(
+            [r["budget"]] * len(ys), ys, "o", color=COLORS["loopmdm"], alpha=0.45 if past else 0.2
+        )
         g = r[key]
         if g.get("mean") is None:
             continue
         err = g.get("sem") if g.get("sem") is not None else (g.get("std") or 0.0)
-        ax.errorbar([r["budget"]], [g["mean"]], yerr=[err], fmt="s", color="black", capsize=4,
-                    markerfacecolor="black" if past else "white")
+        ax.errorbar(
+            [r["budget"]],
+            [g["mean"]],
+            yerr=[err],
+            fmt="s",
+            color="black",
+            capsize=4,
+            markerfacecolor="black" if past else "white",
+        )
     if trend and trend.get("slope_per_decade") is not None:
         used = trend.get("budgets_used") or [r["budget"] for r in rows]
         lo, hi = min(used), max(max(used), trend.get("crossing_budget") or 0)
         xs = np.logspace(np.log10(lo), np.log10(hi * 1.2), 50)
         ci = trend.get("slope_interval_95")
         label = f"fit: {trend['slope_per_decade']:+.3f} per decade" + (
-            f" (95% {ci[0]:+.3f} .. {ci[1]:+.3f})" if ci else "")
-        ax.plot(xs, trend["intercept"] + trend["slope_per_decade"] * np.log10(xs), "--", color="grey", label=label)
+            f" (95% {ci[0]:+.3f} .. {ci[1]:+.3f})" if ci else ""
+        )
+        ax.plot(
+            xs,
+            trend["intercept"] + trend["slope_per_decade"] * np.log10(xs),
+            "--",
+            color="grey",
+            label=label,
+        )
         ax.legend(fontsize=7)
     elif trend:
-        ax.text(0.02, 0.97, trend.get("note") or "no trend", transform=ax.transAxes, fontsize=7, color="grey",
-                va="top")
+        ax.text(
+            0.02,
+            0.97,
+            trend.get("note") or "no trend",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="grey",
+            va="top",
+        )
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs per run")
@@ -227,8 +319,13 @@ def _gain_panel(ax, rows: Sequence[Mapping], trend: Optional[Mapping], key: str,
     ax.grid(alpha=0.3)
 
 
-def plot_loop_gain(rows: Sequence[Mapping], trend: Mapping, path: str | Path, provenance: str = "",
-                   equal_steps_trend: Optional[Mapping] = None) -> None:
+def plot_loop_gain(
+    rows: Sequence[Mapping],
+    trend: Mapping,
+    path: str | Path,
+    provenance: str = "",
+    equal_steps_trend: Optional[Mapping] = None,
+) -> None:
     """The loop gain against the budget, at equal training FLOPs NELBO(MDM) - NELBO(LoopMDM at S_max) and (when
     the rows hold it and ``equal_steps_trend`` is given) at equal steps NELBO(MDM trained for LoopMDM's steps) -
     NELBO(LoopMDM): every seed as a dot, the seed mean with its standard error (hollow: on the unigram plateau,
@@ -236,12 +333,21 @@ def plot_loop_gain(rows: Sequence[Mapping], trend: Mapping, path: str | Path, pr
     figure, so that the figure says which corpus it came from."""
     plt = _plt()
     steps = equal_steps_trend is not None and all("gain_equal_steps" in r for r in rows)
-    fig, axes = plt.subplots(1, 2 if steps else 1, figsize=(11.5 if steps else 6.5, 4.4), squeeze=False)
-    _gain_panel(axes[0][0], rows, trend, "gain_equal_flops", "equal FLOPs: NELBO(a) - NELBO(b, S_max)")
+    fig, axes = plt.subplots(
+        1, 2 if steps else 1, figsize=(11.5 if steps else 6.5, 4.4), squeeze=False
+    )
+    _gain_panel(
+        axes[0][0], rows, trend, "gain_equal_flops", "equal FLOPs: NELBO(a) - NELBO(b, S_max)"
+    )
     axes[0][0].set_ylabel("loop gain (nats / token), > 0: looping wins")
     if steps:
-        _gain_panel(axes[0][1], rows, equal_steps_trend, "gain_equal_steps",
-                    "equal steps, same LR schedule: NELBO(a': MDM, b's steps) - NELBO(b, S_max)")
+        _gain_panel(
+            axes[0][1],
+            rows,
+            equal_steps_trend,
+            "gain_equal_steps",
+            "equal steps, same LR schedule: NELBO(a': MDM, b's steps) - NELBO(b, S_max)",
+        )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(rect=(0, 0.045, 1, 1))
     foot = "filled squares: seed mean ± standard error, budget past the unigram plateau (in the fit); hollow: on it"

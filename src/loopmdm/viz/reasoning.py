@@ -36,14 +36,18 @@ def by_level(ax, records: Sequence[Mapping], steps: int, title: str) -> None:
         return
     levels = sorted({r["group"] for r in rows})
     for s in sorted({r["loops"] for r in rows}):
-        pts = sorted((r["group"], r["accuracy"], *r["accuracy_ci"]) for r in rows if r["loops"] == s)
+        pts = sorted(
+            (r["group"], r["accuracy"], *r["accuracy_ci"]) for r in rows if r["loops"] == s
+        )
         x, y = [p[0] for p in pts], np.array([p[1] for p in pts])
         err = np.abs(np.array([[p[2] for p in pts], [p[3] for p in pts]]) - y)
         ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=f"S={s}")
     first = {r["group"]: r for r in rows}
     ax.plot(levels, [first[g]["majority_baseline"] for g in levels], "k--", lw=1, label="majority")
     if all(first[g]["heuristic_baseline"] is not None for g in levels):
-        ax.plot(levels, [first[g]["heuristic_baseline"] for g in levels], "k:", lw=1, label="heuristic")
+        ax.plot(
+            levels, [first[g]["heuristic_baseline"] for g in levels], "k:", lw=1, label="heuristic"
+        )
     ax.set_ylim(-0.02, 1.02)
     ax.set_xticks(levels)
     ax.set_xlabel(rows[0].get("group_by") or "level")

@@ -13,8 +13,10 @@ def require_trajectory(output) -> Any:
     """The output's trajectory, or a ConfigError telling how to record one."""
     traj = getattr(output, "trajectory", None)
     if traj is None:
-        raise ConfigError("this sample has no trajectory; generate it with record_trajectory=True "
-                          "(CLI: loopmdm sample ... --trajectory out.html)")
+        raise ConfigError(
+            "this sample has no trajectory; generate it with record_trajectory=True "
+            "(CLI: loopmdm sample ... --trajectory out.html)"
+        )
     return traj
 
 
@@ -25,4 +27,7 @@ def step_snapshots(output, mask_id: int) -> list[torch.Tensor]:
     if traj.snapshots:
         return [s.cpu() for s in traj.snapshots]
     final, rs = output.tokens.cpu(), traj.reveal_step.cpu()  # [N, L]
-    return [torch.where(rs < k, final, torch.full_like(final, mask_id)) for k in range(1, len(traj.loops_per_step) + 1)]
+    return [
+        torch.where(rs < k, final, torch.full_like(final, mask_id))
+        for k in range(1, len(traj.loops_per_step) + 1)
+    ]

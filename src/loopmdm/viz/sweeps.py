@@ -29,22 +29,34 @@ def load_sweep(path: str | Path) -> dict:
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"sweep file {str(p)!r} does not exist; write one with `loopmdm eval --json > FILE`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
-        raise DataError(f"sweep file {str(p)!r} is not JSON; write one with `loopmdm eval --json > FILE`") from None
+        raise DataError(
+            f"sweep file {str(p)!r} does not exist; write one with `loopmdm eval --json > FILE`"
+        ) from None
+    # RecursionError: nested too deeply
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise DataError(
+            f"sweep file {str(p)!r} is not JSON; write one with `loopmdm eval --json > FILE`"
+        ) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("results"), list) or not obj["results"]:
-        raise DataError(f"sweep file {str(p)!r} has no 'results' list; write one with `loopmdm eval --json`")
+        raise DataError(
+            f"sweep file {str(p)!r} has no 'results' list; write one with `loopmdm eval --json`"
+        )
     if obj.get("primary") is not None and not isinstance(obj["primary"], str):
-        raise DataError(f"sweep file {str(p)!r}: 'primary' must name a metric; write one with `loopmdm eval --json`")
+        raise DataError(
+            f"sweep file {str(p)!r}: 'primary' must name a metric; write one with `loopmdm eval --json`"
+        )
     for i, row in enumerate(obj["results"]):
         problem = _row_problem(row)
         if problem:
-            raise DataError(f"sweep file {str(p)!r}: results[{i}] {problem}; write one with `loopmdm eval --json`")
+            raise DataError(
+                f"sweep file {str(p)!r}: results[{i}] {problem}; write one with `loopmdm eval --json`"
+            )
     obj.setdefault("label", p.stem)
     return obj
 
 
-NUMBERS = {*PRIMARY, *(v[1] for v in PRIMARY.values()), "stderr"}  # the values a plot reads, besides S
+# the values a plot reads, besides S
+NUMBERS = {*PRIMARY, *(v[1] for v in PRIMARY.values()), "stderr"}
 
 
 def _row_problem(row) -> Optional[str]:
@@ -68,7 +80,9 @@ def plot_sweeps(sweeps: Sequence[dict], out: str | Path, metric: Optional[str] =
     try:
         import matplotlib
     except ImportError:
-        raise ConfigError("plots need matplotlib: pip install matplotlib (or the loopmdm [eval] extra)") from None
+        raise ConfigError(
+            "plots need matplotlib: pip install matplotlib (or the loopmdm [eval] extra)"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -83,10 +97,13 @@ def plot_sweeps(sweeps: Sequence[dict], out: str | Path, metric: Optional[str] =
     fig, (ax_s, ax_c) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     try:
         _draw(fig, ax_s, ax_c, sweeps, out, metric)
-    except (ValueError, OverflowError) as e:  # values matplotlib cannot lay out (1e308, S = 2**70, ...)
+    # values matplotlib cannot lay out (1e308, S = 2**70, ...)
+    except (ValueError, OverflowError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:100]
-        raise DataError(f"the sweep values cannot be drawn ({first}); check the files' loops and {metric} values "
-                        "for extreme numbers") from None
+        raise DataError(
+            f"the sweep values cannot be drawn ({first}); check the files' loops and {metric} values "
+            "for extreme numbers"
+        ) from None
     finally:
         plt.close(fig)  # also when a sweep cannot be drawn: no figure is left open
     return out
@@ -96,8 +113,10 @@ def _draw(fig, ax_s, ax_c, sweeps: Sequence[dict], out: Path, metric: str) -> No
     ylabel, ckey, clabel = PRIMARY[metric]
     drawn = 0
     for sw in sweeps:
-        rows = sorted((r for r in sw["results"] if r.get("loops") is not None and r.get(metric) is not None),
-                      key=lambda r: r["loops"])
+        rows = sorted(
+            (r for r in sw["results"] if r.get("loops") is not None and r.get(metric) is not None),
+            key=lambda r: r["loops"],
+        )
         if not rows:
             continue
         label = sw.get("label") or sw.get("checkpoint") or "run"
@@ -106,13 +125,22 @@ def _draw(fig, ax_s, ax_c, sweeps: Sequence[dict], out: Path, metric: str) -> No
         err = [r.get("stderr") or 0.0 for r in rows] if metric == "nelbo" else None
         ax_s.errorbar(S, y, yerr=err, marker="o", capsize=3, label=label)
         if all(r.get(ckey) is not None for r in rows):
-            ax_c.errorbar([r[ckey] / 1e9 for r in rows], y, yerr=err, marker="o", capsize=3, label=label)
+            ax_c.errorbar(
+                [r[ckey] / 1e9 for r in rows], y, yerr=err, marker="o", capsize=3, label=label
+            )
             for r, yi in zip(rows, y):
-                ax_c.annotate(f"S={r['loops']}", (r[ckey] / 1e9, yi), fontsize=7, xytext=(3, 3),
-                              textcoords="offset points")
+                ax_c.annotate(
+                    f"S={r['loops']}",
+                    (r[ckey] / 1e9, yi),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         drawn += 1
     if not drawn:
-        raise DataError(f"no sweep has per-S values of {metric!r} to plot (a --samples gen-ppl run has no S)")
+        raise DataError(
+            f"no sweep has per-S values of {metric!r} to plot (a --samples gen-ppl run has no S)"
+        )
     from matplotlib.ticker import MaxNLocator
 
     ax_s.xaxis.set_major_locator(MaxNLocator(integer=True))

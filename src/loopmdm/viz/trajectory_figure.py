@@ -53,7 +53,9 @@ def token_lines(pieces: list[str], width: int) -> list[list[tuple[int, int, int,
     return lines
 
 
-def draw_frame(ax, lines, reveal: list[int], shown: list[bool], total_steps: int, width: int, title: str) -> None:
+def draw_frame(
+    ax, lines, reveal: list[int], shown: list[bool], total_steps: int, width: int, title: str
+) -> None:
     """Draw one frame of the laid-out final sequence: token k coloured by its 0-based reveal step reveal[k]
     (-1 = given) when shown[k],
     else a grey mask box. Masked tokens keep the width of the token that fills them, so nothing moves
@@ -62,7 +64,8 @@ def draw_frame(ax, lines, reveal: list[int], shown: list[bool], total_steps: int
     fig = ax.figure
     cell_px = ax.get_window_extent().width / width
     fontsize = max(4.0, min(10.0, cell_px / 0.602 * 72 / fig.dpi))
-    cells = ax.get_window_extent().width / (0.602 * fontsize * fig.dpi / 72)  # columns that fit at this size
+    # columns that fit at this size
+    cells = ax.get_window_extent().width / (0.602 * fontsize * fig.dpi / 72)
     ax.set_xlim(0, max(width, cells))
     ax.set_ylim(max(len(lines), 1), 0)
     ax.axis("off")
@@ -75,10 +78,26 @@ def draw_frame(ax, lines, reveal: list[int], shown: list[bool], total_steps: int
                 face, ink = GIVEN, "#343a40"
             else:
                 face = cmap(reveal[idx] / max(total_steps - 1, 1))
-                ink = "#1f2933" if 0.299 * face[0] + 0.587 * face[1] + 0.114 * face[2] > 0.6 else "white"
-            ax.add_patch(Rectangle((col + 0.05, row + 0.1), n_cells - 0.1, 0.8, facecolor=face, edgecolor="none"))
-            ax.text(col, row + 0.52, text, family="DejaVu Sans Mono", fontsize=fontsize, va="center", ha="left",
-                    color=ink)
+                ink = (
+                    "#1f2933"
+                    if 0.299 * face[0] + 0.587 * face[1] + 0.114 * face[2] > 0.6
+                    else "white"
+                )
+            ax.add_patch(
+                Rectangle(
+                    (col + 0.05, row + 0.1), n_cells - 0.1, 0.8, facecolor=face, edgecolor="none"
+                )
+            )
+            ax.text(
+                col,
+                row + 0.52,
+                text,
+                family="DejaVu Sans Mono",
+                fontsize=fontsize,
+                va="center",
+                ha="left",
+                color=ink,
+            )
 
 
 def si_flops(x: float) -> str:
@@ -97,7 +116,9 @@ def _frame_steps(total: int, frames: int) -> list[int]:
 
 def _chart(ax, loops: list[float], cum: list[float]) -> None:
     steps = list(range(1, len(loops) + 1))
-    ax.plot(steps, loops, "o-", color="#3b5bdb", markersize=3, linewidth=1.3, label="loops S per step")
+    ax.plot(
+        steps, loops, "o-", color="#3b5bdb", markersize=3, linewidth=1.3, label="loops S per step"
+    )
     ax.set_xlabel("denoising step")
     ax.set_ylabel("loops S", color="#3b5bdb")
     ax.set_ylim(0, max(loops + [1]) * 1.15)
@@ -109,8 +130,9 @@ def _chart(ax, loops: list[float], cum: list[float]) -> None:
     ax.legend(handles=ax.get_lines() + ax2.get_lines(), loc="upper left", fontsize=8, frameon=False)
 
 
-def write_trajectory_figure(output, tokenizer, path: str | Path, *, sample: int = 0, frames: int = 6,
-                            width: int = 64) -> Path:
+def write_trajectory_figure(
+    output, tokenizer, path: str | Path, *, sample: int = 0, frames: int = 6, width: int = 64
+) -> Path:
     """Write sample ``sample``'s trajectory: ``.gif`` = one frame per step; otherwise a strip of ``frames``
     frames (steps evenly spaced up to T) above the loops/FLOPs chart."""
     traj = require_trajectory(output)
@@ -124,7 +146,8 @@ def write_trajectory_figure(output, tokenizer, path: str | Path, *, sample: int 
     reveal = traj.reveal_step[sample].tolist()
     lines = token_lines([tokenizer.decode([i], skip_special=False) for i in final], width)
     n_lines = len(lines)
-    cols = max([48] + [col + cells for line in lines for _, col, cells, _ in line])  # font size follows the widest line
+    # font size follows the widest line
+    cols = max([48] + [col + cells for line in lines for _, col, cells, _ in line])
     path.parent.mkdir(parents=True, exist_ok=True)
     shown_at = lambda k: [bool(x) for x in (snaps[k - 1][sample] != tokenizer.mask_id).tolist()]  # noqa: E731
     line_h = 0.26
@@ -145,13 +168,28 @@ def write_trajectory_figure(output, tokenizer, path: str | Path, *, sample: int 
         return path
     ks = _frame_steps(total, frames)
     heights = [0.3 + line_h * n_lines] * len(ks) + [2.4]
-    fig, axes = plt.subplots(len(ks) + 1, 1, figsize=(8, sum(heights)), dpi=150,
-                             gridspec_kw={"height_ratios": heights, "left": 0.08, "right": 0.9,
-                                                          "top": 0.98, "bottom": 0.06, "hspace": 0.3})
+    fig, axes = plt.subplots(
+        len(ks) + 1,
+        1,
+        figsize=(8, sum(heights)),
+        dpi=150,
+        gridspec_kw={
+            "height_ratios": heights,
+            "left": 0.08,
+            "right": 0.9,
+            "top": 0.98,
+            "bottom": 0.06,
+            "hspace": 0.3,
+        },
+    )
     for j, (ax, k) in enumerate(zip(axes, ks)):
         key = KEY if j == 0 else ""
         draw_frame(ax, lines, reveal, shown_at(k), total, cols, f"after step {k} / {total}{key}")
-    _chart(axes[-1], [loops_value(x) for x in traj.loops_per_step], cumulative_flops(traj, output.report))
+    _chart(
+        axes[-1],
+        [loops_value(x) for x in traj.loops_per_step],
+        cumulative_flops(traj, output.report),
+    )
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-
 from ..errors import ConfigError
 from .assets import read_asset
 from .events import EventEncoder, PieceTable, cumulative_flops, loops_value
@@ -34,14 +33,23 @@ def viewer_data(output, tokenizer, *, meta: Optional[dict[str, Any]] = None) -> 
     encoder = EventEncoder(tokenizer, PieceTable(tokenizer))
     snaps = step_snapshots(output, tokenizer.mask_id)
     meta = dict(meta or {})
-    start = encoder.start(total_steps=len(snaps), request=meta.get("request", {}), model_info=meta.get("model", {}),
-                          given=traj.reveal_step.cpu() == -1)
+    start = encoder.start(
+        total_steps=len(snaps),
+        request=meta.get("request", {}),
+        model_info=meta.get("model", {}),
+        given=traj.reveal_step.cpu() == -1,
+    )
     cum_flops = cumulative_flops(traj, output.report)
     steps = []
     for k, snap in enumerate(snaps):
-        info = _Step(step=k, total_steps=len(snaps), tokens=snap, revealed=snap != tokenizer.mask_id,
-                     loops=traj.loops_per_step[k] if k < len(traj.loops_per_step) else 0,
-                     flops_so_far=cum_flops[k] if k < len(cum_flops) else float("nan"))
+        info = _Step(
+            step=k,
+            total_steps=len(snaps),
+            tokens=snap,
+            revealed=snap != tokenizer.mask_id,
+            loops=traj.loops_per_step[k] if k < len(traj.loops_per_step) else 0,
+            flops_so_far=cum_flops[k] if k < len(cum_flops) else float("nan"),
+        )
         steps.append(encoder.step(info, elapsed_s=0.0))
     return {"start": start, "steps": steps, "done": encoder.done(output)}
 
@@ -55,31 +63,55 @@ class _Step:
 
 def _json_for_script(data: Any) -> str:
     """JSON that is safe inside ``<script type="application/json">`` (no ``</script>``, ``<!--``)."""
-    return (json.dumps(data, separators=(",", ":"), allow_nan=False)
-            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+    return (
+        json.dumps(data, separators=(",", ":"), allow_nan=False)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
 
 
 def _summary(output, data: dict[str, Any]) -> str:
     rep = data["done"]["report"]
     lps = [loops_value(x) for x in require_trajectory(output).loops_per_step]
     n, length = output.tokens.shape
-    parts = [f"{n} sample{'s' if n > 1 else ''} × {length} tokens", f"T = {len(data['steps'])} steps",
-             f"mean S = {sum(lps) / max(len(lps), 1):.2f} loops/step", f"{rep.get('network_calls', '?')} network calls"]
+    parts = [
+        f"{n} sample{'s' if n > 1 else ''} × {length} tokens",
+        f"T = {len(data['steps'])} steps",
+        f"mean S = {sum(lps) / max(len(lps), 1):.2f} loops/step",
+        f"{rep.get('network_calls', '?')} network calls",
+    ]
     req = data["start"].get("request") or {}
     parts += [f"{k} = {req[k]}" for k in ("sampler", "policy") if req.get(k)]
     return " · ".join(parts)
 
 
-def render_trajectory_html(output, tokenizer, *, title: str = "LoopMDM denoising trajectory",
-                           meta: Optional[dict[str, Any]] = None) -> str:
+def render_trajectory_html(
+    output,
+    tokenizer,
+    *,
+    title: str = "LoopMDM denoising trajectory",
+    meta: Optional[dict[str, Any]] = None,
+) -> str:
     """One HTML document (CSS, JS and data inlined) replaying ``output``'s trajectory."""
     data = viewer_data(output, tokenizer, meta=meta)
-    return TEMPLATE.format(title=html.escape(title), summary=html.escape(_summary(output, data)),
-                           css=read_asset("viewer.css"), js=read_asset("viewer.js"), data=_json_for_script(data))
+    return TEMPLATE.format(
+        title=html.escape(title),
+        summary=html.escape(_summary(output, data)),
+        css=read_asset("viewer.css"),
+        js=read_asset("viewer.js"),
+        data=_json_for_script(data),
+    )
 
 
-def write_trajectory_html(output, tokenizer, path: str | Path, *, title: str = "LoopMDM denoising trajectory",
-                          meta: Optional[dict[str, Any]] = None) -> Path:
+def write_trajectory_html(
+    output,
+    tokenizer,
+    path: str | Path,
+    *,
+    title: str = "LoopMDM denoising trajectory",
+    meta: Optional[dict[str, Any]] = None,
+) -> Path:
     """Write the self-contained HTML replay of ``output`` (a ``SampleOutput`` with a trajectory) to ``path``."""
     path = Path(path)
     text = render_trajectory_html(output, tokenizer, title=title, meta=meta)
@@ -88,8 +120,14 @@ def write_trajectory_html(output, tokenizer, path: str | Path, *, title: str = "
     return path
 
 
-def write_trajectory(output, tokenizer, path: str | Path, *, meta: Optional[dict[str, Any]] = None,
-                     tag: Optional[str] = None) -> Path:
+def write_trajectory(
+    output,
+    tokenizer,
+    path: str | Path,
+    *,
+    meta: Optional[dict[str, Any]] = None,
+    tag: Optional[str] = None,
+) -> Path:
     """Write the trajectory as ``.html`` (interactive) or ``.png/.svg/.pdf`` (frame strip) / ``.gif`` (animation).
 
     tag: inserted before the suffix (``out.html`` -> ``out.S4.html``), for one file per run of a sweep."""
@@ -108,16 +146,22 @@ def check_trajectory_path(path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".html", ".htm", *FIGURE_SUFFIXES):
-        raise ConfigError(f"--trajectory {str(path)!r}: unknown format {suffix or '(none)'!r}; "
-                          f"use .html or one of {', '.join(FIGURE_SUFFIXES)}")
+        raise ConfigError(
+            f"--trajectory {str(path)!r}: unknown format {suffix or '(none)'!r}; "
+            f"use .html or one of {', '.join(FIGURE_SUFFIXES)}"
+        )
     if path.is_dir():
-        raise ConfigError(f"--trajectory {str(path)!r} is a folder; give a file name such as out.html")
+        raise ConfigError(
+            f"--trajectory {str(path)!r} is a folder; give a file name such as out.html"
+        )
     parent = path.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ConfigError(f"--trajectory {str(path)!r} cannot be written ({str(parent)!r} is not a writable "
-                          "folder); choose another path")
+        raise ConfigError(
+            f"--trajectory {str(path)!r} cannot be written ({str(parent)!r} is not a writable "
+            "folder); choose another path"
+        )
     return path
 
 

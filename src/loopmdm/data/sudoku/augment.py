@@ -29,7 +29,9 @@ def cell_permutation(rng: np.random.Generator, n: int) -> np.ndarray:
     return idx.reshape(n, 81)
 
 
-def relabel_digits(x: np.ndarray, rng: np.random.Generator, digit_ids: np.ndarray = DIGIT_IDS) -> np.ndarray:
+def relabel_digits(
+    x: np.ndarray, rng: np.random.Generator, digit_ids: np.ndarray = DIGIT_IDS
+) -> np.ndarray:
     """x [B, 81] with the digits of each board relabelled by its own random permutation (other ids kept)."""
     n = x.shape[0]
     perm = np.argsort(rng.random((n, 9)), axis=1)  # [B, 9]: digit d -> digit perm[d]
@@ -38,15 +40,18 @@ def relabel_digits(x: np.ndarray, rng: np.random.Generator, digit_ids: np.ndarra
     return np.take_along_axis(table, x.astype(np.int64), 1)
 
 
-def augment_boards(x: np.ndarray, frozen: Optional[np.ndarray], rng: np.random.Generator,
-                   geometry: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def augment_boards(
+    x: np.ndarray, frozen: Optional[np.ndarray], rng: np.random.Generator, geometry: bool = True
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """x [B, 81] solved boards (digit token ids), frozen [B, 81] givens -> the same boards under one random
     symmetry each: digits relabelled and (``geometry``) cells permuted; the givens move with their cells."""
     x = relabel_digits(x, rng)
     if not geometry:
         return x, frozen
     idx = cell_permutation(rng, x.shape[0])
-    return np.take_along_axis(x, idx, 1), None if frozen is None else np.take_along_axis(frozen, idx, 1)
+    return np.take_along_axis(x, idx, 1), None if frozen is None else np.take_along_axis(
+        frozen, idx, 1
+    )
 
 
 #: data.sudoku.augment -> the batch transform (None: no augmentation)

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from tokenizers import Tokenizer, Regex, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from ...errors import DataError
 from ..cache import cache_root
-from ..packing import split_by_key
 from ..formats import FORMATS, PreparedData
+from ..packing import split_by_key
 from ..tokenizer import TextTokenizer
 from .augment import AUGMENTS
 from .files import read_puzzles
@@ -26,7 +26,8 @@ from .grid import N_CELLS, SudokuPair, normalize_grid
 from .splits import Splits, load_or_generate
 
 GENERATE = "generate"  # data.source of the built-in generator
-TOKENS = ["<pad>"] + [str(d) for d in range(1, 10)] + ["<mask>"]  # ids: pad 0, digit d -> d, mask 10
+# ids: pad 0, digit d -> d, mask 10
+TOKENS = ["<pad>"] + [str(d) for d in range(1, 10)] + ["<mask>"]
 MASK_ID = TOKENS.index("<mask>")
 
 
@@ -69,7 +70,9 @@ def pairs_to_arrays(pairs: Sequence[SudokuPair]) -> tuple[np.ndarray, np.ndarray
 def generated_splits(cfg, log: Callable[[str], None] = lambda s: None) -> Splits:
     """The built-in train / validation / test puzzles of ``cfg.sudoku`` (generated once, cached as JSONL)."""
     s = cfg.sudoku
-    return load_or_generate(cache_root(cfg) / "sudoku", s.n_train, s.n_val, s.n_test, tuple(s.givens), s.seed, log)
+    return load_or_generate(
+        cache_root(cfg) / "sudoku", s.n_train, s.n_val, s.n_test, tuple(s.givens), s.seed, log
+    )
 
 
 def split_by_solution(pairs: Sequence[SudokuPair], val_fraction: float) -> tuple[list, list]:
@@ -78,8 +81,13 @@ def split_by_solution(pairs: Sequence[SudokuPair], val_fraction: float) -> tuple
 
 
 @FORMATS.register("sudoku")
-def prepare_sudoku(cfg, vocab_size: int, seq_len: int, use_cache: bool = True,
-                   log: Callable[[str], None] = lambda s: None) -> PreparedData:
+def prepare_sudoku(
+    cfg,
+    vocab_size: int,
+    seq_len: int,
+    use_cache: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+) -> PreparedData:
     """Rows of solved boards with the givens frozen, from the generator or a puzzle source (``vocab_size`` is
     ignored: the vocabulary is fixed; ``seq_len`` must hold 81 cells)."""
     if seq_len < N_CELLS:
@@ -91,10 +99,25 @@ def prepare_sudoku(cfg, vocab_size: int, seq_len: int, use_cache: bool = True,
         report = read_puzzles(cfg.source, cfg.sudoku.max_rows)
         train, val = split_by_solution(report.pairs, cfg.val_fraction)
         skipped = f"; {report.summary()}" if report.bad else ""
-    log(f"sudoku data: {len(train)} train / {len(val)} validation boards from {cfg.source}{skipped}")
+    log(
+        f"sudoku data: {len(train)} train / {len(val)} validation boards from {cfg.source}{skipped}"
+    )
     (xt, ft), (xv, fv) = pairs_to_arrays(train), pairs_to_arrays(val)
     givens = ft.sum(1)
-    stats = {"train_boards": len(train), "val_boards": len(val), "givens_min": int(givens.min()),
-             "givens_max": int(givens.max()), "train_tokens": int(xt.size), "val_tokens": int(xv.size)}
-    return PreparedData(sudoku_tokenizer(), xt, xv, stats, train_frozen=ft, val_frozen=fv,
-                        augment=AUGMENTS[cfg.sudoku.augment])
+    stats = {
+        "train_boards": len(train),
+        "val_boards": len(val),
+        "givens_min": int(givens.min()),
+        "givens_max": int(givens.max()),
+        "train_tokens": int(xt.size),
+        "val_tokens": int(xv.size),
+    }
+    return PreparedData(
+        sudoku_tokenizer(),
+        xt,
+        xv,
+        stats,
+        train_frozen=ft,
+        val_frozen=fv,
+        augment=AUGMENTS[cfg.sudoku.augment],
+    )

@@ -27,8 +27,13 @@ from ..hub import hub_offline, require_hub
 from .grid import N_CELLS, SudokuPair, is_valid_solution, matches_puzzle
 
 #: (puzzle column, solution column) pairs recognised in a CSV header, in order of preference
-CSV_COLUMNS = (("quizzes", "solutions"), ("puzzle", "solution"), ("question", "answer"),
-               ("puzzles", "solutions"), ("quiz", "solution"))
+CSV_COLUMNS = (
+    ("quizzes", "solutions"),
+    ("puzzle", "solution"),
+    ("question", "answer"),
+    ("puzzles", "solutions"),
+    ("quiz", "solution"),
+)
 GRID_CHARS = frozenset("0123456789.")
 
 
@@ -63,7 +68,9 @@ def row_problem(puzzle, solution) -> Optional[str]:
     return None
 
 
-def collect(rows: Iterable[tuple[object, object]], source: str, max_rows: Optional[int] = None) -> PuzzleReport:
+def collect(
+    rows: Iterable[tuple[object, object]], source: str, max_rows: Optional[int] = None
+) -> PuzzleReport:
     """Valid pairs from (puzzle, solution) rows, stopping after ``max_rows`` valid ones."""
     report = PuzzleReport(source)
     for puzzle, solution in rows:
@@ -90,8 +97,10 @@ def _csv_rows(path: Path) -> Iterator[tuple[object, object]]:
                     ip, js = header.index(p_col), header.index(s_col)
                     break
             else:
-                raise DataError(f"puzzle file {str(path)!r} has header {[h[:40] for h in header[:6]]} without a known "
-                                f"pair of columns; use one of {', '.join(a + ',' + b for a, b in CSV_COLUMNS[:3])}")
+                raise DataError(
+                    f"puzzle file {str(path)!r} has header {[h[:40] for h in header[:6]]} without a known "
+                    f"pair of columns; use one of {', '.join(a + ',' + b for a, b in CSV_COLUMNS[:3])}"
+                )
             for row in reader:
                 if not row or not any(c.strip() for c in row):
                     continue
@@ -104,9 +113,11 @@ def _csv_problem(path: Path, line: int, e: csv.Error) -> str:
     """One line for a row Python's csv module cannot split (a field over its size limit, a NUL byte)."""
     text = str(e)
     if "field larger than field limit" in text:
-        return (f"puzzle file {str(path)!r} line {line} has a field longer than {csv.field_size_limit():,} "
-                "characters (an unclosed quote, or not a puzzle CSV); a row holds 81-character grids: fix that "
-                "line or pass the right file")
+        return (
+            f"puzzle file {str(path)!r} line {line} has a field longer than {csv.field_size_limit():,} "
+            "characters (an unclosed quote, or not a puzzle CSV); a row holds 81-character grids: fix that "
+            "line or pass the right file"
+        )
     return f"puzzle file {str(path)!r} line {line} is not valid CSV ({text}); fix that line or pass the right file"
 
 
@@ -117,10 +128,13 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[object, object]]:
                 continue
             try:
                 rec = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):  # RecursionError: a line nested too deeply
+            # RecursionError: a line nested too deeply
+            except (json.JSONDecodeError, RecursionError):
                 yield (None, None)  # counted as a bad row ("wrong length")
                 continue
-            yield (rec.get("puzzle"), rec.get("solution")) if isinstance(rec, dict) else (None, None)
+            yield (
+                (rec.get("puzzle"), rec.get("solution")) if isinstance(rec, dict) else (None, None)
+            )
 
 
 def _hf_rows(name: str) -> Iterator[tuple[object, object]]:
@@ -136,13 +150,20 @@ def _hf_rows(name: str) -> Iterator[tuple[object, object]]:
         ds = datasets.load_dataset(name, split="train")
     except Exception as e:  # ConnectionError, FileNotFoundError, DatasetNotFoundError, ...
         first = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
-        how = "HF_HUB_OFFLINE=1 forbids downloading it and it is not in the local datasets cache" if offline \
+        how = (
+            "HF_HUB_OFFLINE=1 forbids downloading it and it is not in the local datasets cache"
+            if offline
             else "it could not be loaded"
-        raise DataError(f"puzzle dataset hf:{name}: {how} ({first}); use a local CSV / JSONL file") from None
+        )
+        raise DataError(
+            f"puzzle dataset hf:{name}: {how} ({first}); use a local CSV / JSONL file"
+        ) from None
     cols = set(ds.column_names or [])
     pair = next(((p, s) for p, s in CSV_COLUMNS if p in cols and s in cols), None)
     if pair is None:
-        raise DataError(f"puzzle dataset hf:{name} has columns {sorted(cols)} without a known puzzle / solution pair")
+        raise DataError(
+            f"puzzle dataset hf:{name} has columns {sorted(cols)} without a known puzzle / solution pair"
+        )
     for row in ds:
         yield row[pair[0]], row[pair[1]]
 
@@ -155,20 +176,30 @@ def read_puzzles(source: str, max_rows: Optional[int] = None) -> PuzzleReport:
         path = Path(source).expanduser()
         if not path.is_file():
             kind = path_kind(path)
-            raise DataError(f"puzzle file {source!r} " + ("does not exist" if kind is None else f"is {kind}, not a file")
-                            + "; pass a CSV (quizzes,solutions or "
-                            "source,question,answer,rating) or JSONL ({\"puzzle\", \"solution\"}) file, or hf:NAME")
+            raise DataError(
+                f"puzzle file {source!r} "
+                + ("does not exist" if kind is None else f"is {kind}, not a file")
+                + "; pass a CSV (quizzes,solutions or "
+                'source,question,answer,rating) or JSONL ({"puzzle", "solution"}) file, or hf:NAME'
+            )
         rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _csv_rows(path)
     try:
         report = collect(rows, source, max_rows)
     except UnicodeDecodeError:
-        raise DataError(f"puzzle file {source!r} is not UTF-8 text; pass a CSV or JSONL file") from None
+        raise DataError(
+            f"puzzle file {source!r} is not UTF-8 text; pass a CSV or JSONL file"
+        ) from None
     if not report.pairs:
-        raise DataError(f"no valid Sudoku row in {source!r} ({report.summary() or 'the file is empty'}); rows "
-                        "need an 81-character puzzle ('0' or '.' for blanks) and its solved grid")
+        raise DataError(
+            f"no valid Sudoku row in {source!r} ({report.summary() or 'the file is empty'}); rows "
+            "need an 81-character puzzle ('0' or '.' for blanks) and its solved grid"
+        )
     return report
 
 
 def write_jsonl(pairs: Iterable[SudokuPair], path: str | os.PathLike) -> None:
     """One ``{"puzzle": ..., "solution": ...}`` object per line, written atomically."""
-    atomic_write_text(path, "".join(json.dumps({"puzzle": p.puzzle, "solution": p.solution}) + "\n" for p in pairs))
+    atomic_write_text(
+        path,
+        "".join(json.dumps({"puzzle": p.puzzle, "solution": p.solution}) + "\n" for p in pairs),
+    )

@@ -326,7 +326,9 @@ def _remove_cells(solution: str, n_givens: int, rng: random.Random) -> str | Non
     return _from_bits(board.cells) if givens == n_givens else None
 
 
-def generate_puzzle(givens: Givens, rng: RngOrSeed, max_tries: int = DEFAULT_MAX_TRIES) -> SudokuPair:
+def generate_puzzle(
+    givens: Givens, rng: RngOrSeed, max_tries: int = DEFAULT_MAX_TRIES
+) -> SudokuPair:
     """One puzzle with a unique solution and exactly the requested number of givens.
 
     ``givens`` is an int or a (min, max) range drawn from uniformly. Each try

@@ -26,8 +26,11 @@ def make_splits(n_train: int, n_val: int, n_test: int, givens: Givens, seed: int
     """Puzzles whose solution grids never repeat, within or across splits. Drawn from one seeded generator in the
     order test, train, validation: the test split does not change with ``n_train`` / ``n_val``, and the training
     split does not change with ``n_val``."""
-    sizes = {"test": check_int(n_test, "n_test", 0), "train": check_int(n_train, "n_train", 0),
-             "val": check_int(n_val, "n_val", 0)}
+    sizes = {
+        "test": check_int(n_test, "n_test", 0),
+        "train": check_int(n_train, "n_train", 0),
+        "val": check_int(n_val, "n_val", 0),
+    }
     lo, hi = check_givens(givens)
     rng = random.Random(check_int(seed, "seed", 0))
     seen: set[str] = set()
@@ -43,15 +46,23 @@ def make_splits(n_train: int, n_val: int, n_test: int, givens: Givens, seed: int
     return Splits(out["train"], out["val"], out["test"])
 
 
-def cache_paths(cache_dir: str | os.PathLike, n_train: int, n_val: int, n_test: int, givens: Givens,
-                seed: int) -> dict[str, Path]:
+def cache_paths(
+    cache_dir: str | os.PathLike, n_train: int, n_val: int, n_test: int, givens: Givens, seed: int
+) -> dict[str, Path]:
     lo, hi = check_givens(givens)
     stem = f"sudoku-v{SPLITS_VERSION}-train{n_train}-val{n_val}-test{n_test}-givens{lo}-{hi}-seed{seed}"
     return {name: Path(cache_dir) / f"{stem}.{name}.jsonl" for name in Splits._fields}
 
 
-def load_or_generate(cache_dir: str | os.PathLike, n_train: int, n_val: int, n_test: int, givens: Givens,
-                     seed: int, log: Callable[[str], None] = lambda s: None) -> Splits:
+def load_or_generate(
+    cache_dir: str | os.PathLike,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    givens: Givens,
+    seed: int,
+    log: Callable[[str], None] = lambda s: None,
+) -> Splits:
     """The splits from the cache folder, or generated with ``make_splits`` and saved there."""
     paths = cache_paths(cache_dir, n_train, n_val, n_test, givens, seed)
     lo, hi = check_givens(givens)
@@ -64,6 +75,8 @@ def load_or_generate(cache_dir: str | os.PathLike, n_train: int, n_val: int, n_t
     splits = make_splits(n_train, n_val, n_test, givens, seed)
     for name, path in paths.items():
         write_jsonl(getattr(splits, name), path)
-    log(f"generated {n_train} / {n_val} / {n_test} Sudoku puzzles with {lo}-{hi} givens in "
-        f"{time.perf_counter() - t0:.0f}s (cached in {Path(cache_dir)})")
+    log(
+        f"generated {n_train} / {n_val} / {n_test} Sudoku puzzles with {lo}-{hi} givens in "
+        f"{time.perf_counter() - t0:.0f}s (cached in {Path(cache_dir)})"
+    )
     return splits
