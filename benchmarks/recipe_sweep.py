@@ -12,6 +12,10 @@ is at least ``--margin`` nats below H. ``--report`` only summarises the runs alr
 
     python benchmarks/recipe_sweep.py --out runs/recipe                       # phase 1, all variants
     python benchmarks/recipe_sweep.py --out runs/recipe --full full_d96x4 full_d64x4
+    python benchmarks/recipe_sweep.py --out runs/recipe --accelerators         # round 5, 8 runs
+
+For the round-5 runs (``acc_<option>_s<seed>``) the report adds the step at which each run first reaches the
+final validation NELBO of the uniform recipe of the same seed (``reaches uniform``).
 
 Prints a table and writes ``OUT/recipe_sweep.json``.
 """
@@ -81,6 +85,24 @@ FULL: dict[str, list[str]] = {
     "full_d96x4": RECIPE + ["train.max_steps=2000"] + FULL_EVAL,
     "full_d64x4": SMALL + ["train.max_steps=2800"] + FULL_EVAL,
 }
+# Round 5 (issue 25): the field's MDM accelerators on today's `tiny` preset (RECIPE at 1600 steps) as a plain MDM
+# (S = 1, so the recipe is chosen before any loop comparison), two seeds each, trained to the end. P-POTS is not
+# here: its per-bin weights w come from a trained model (diffusion.timesteps.estimate_ppots_weights).
+TINY_PLAIN = RECIPE + [
+    "train.max_steps=1600",
+    "train.save_every=400",
+    "diffusion.loop_dist=fixed",
+    "diffusion.s_fixed=1",
+]
+ACCELERATORS: dict[str, list[str]] = {
+    "uniform": [],
+    "bell": ["diffusion.t_sampler=bell"],
+    "mirror": ["diffusion.complementary_masks=true"],
+    "puma": ["diffusion.progressive_stages=8"],
+}
+for _acc, _extra in ACCELERATORS.items():
+    for _seed in (0, 1):
+        FULL[f"acc_{_acc}_s{_seed}"] = TINY_PLAIN + _extra + [f"train.seed={_seed}"] + FULL_EVAL
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -145,6 +167,25 @@ def summarise(name: str, run: Path, margin: float) -> dict:
     }
 
 
+def reach_uniform(rows: list[dict]) -> None:
+    """Round 5: add ``reaches_uniform_at`` to every ``acc_*_s<seed>`` row (the first validation step at or below
+    the final NELBO of ``acc_uniform_s<seed>``) and print them."""
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        if not r["name"].startswith("acc_") or not r["val_nelbo"]:
+            continue
+        ref = by_name.get("acc_uniform_" + r["name"].rsplit("_", 1)[1])
+        if ref is None or not ref["val_nelbo"]:
+            continue
+        target = ref["val_nelbo"][ref["last_step"]]
+        r["reaches_uniform_at"] = next(
+            (s for s, v in sorted(r["val_nelbo"].items()) if v <= target), None
+        )
+        print(
+            f"{r['name']:<18} reaches uniform's final {target:.3f} at step {r['reaches_uniform_at']}"
+        )
+
+
 def run_all(
     runs: dict[str, list[str]], out: Path, stop_at: int | None, parallel: int, eval_every: int
 ):
@@ -178,6 +219,11 @@ def main() -> None:
         help="train these FULL runs to the end",
     )
     ap.add_argument(
+        "--accelerators",
+        action="store_true",
+        help="train the round-5 runs (time samplers, complementary masks, PUMA; 2 seeds) to the end",
+    )
+    ap.add_argument(
         "--report", action="store_true", help="summarise the runs in OUT, train nothing"
     )
     args = ap.parse_args()
@@ -188,6 +234,8 @@ def main() -> None:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if args.accelerators:
+        args.full = [n for n in FULL if n.startswith("acc_")]
     if args.full:
         run_all({n: FULL[n] for n in args.full}, args.out, None, args.parallel, 100)
     elif not args.report:
@@ -215,6 +263,7 @@ def main() -> None:
         plat = "-" if r["plateau_nelbo"] is None else f"{r['plateau_nelbo']:.3f}"
         tps = "-" if r["median_tokens_per_s"] is None else f"{r['median_tokens_per_s']:.0f}"
         print(f"{r['name']:<18} {plat:>7} {left:>7} {cells} {tps:>6}")
+    reach_uniform(rows)
     result = {
         "rows": rows,
         "wall_s": time.perf_counter() - t0,

@@ -303,3 +303,22 @@ def test_random_deep_supervision_always_includes_the_last_loop():
     assert obj.supervised_loops(3) == [1, 2, 3]
     with pytest.raises(ConfigError, match="deep_supervision"):
         DiffusionConfig(deep_supervision="every").validate()
+
+
+def test_rows_that_all_share_one_prompt_cannot_be_split(tmp_path):
+    """Found by tests/test_fuzz.py: two copies of one row left training empty (a crash in max()); now a
+    one-line error, and a split whose hash sends every prompt to validation still leaves training rows."""
+    from loopmdm.data.packing import split_by_key
+
+    same = write_jsonl(tmp_path / "same.jsonl", [{"prompt": "a=2?a", "answer": "2"}] * 2)
+    for tokenizer in ("char", "bpe"):
+        cfg = data_cfg(same, val_fraction=0.2)
+        cfg.answers.tokenizer = tokenizer
+        with pytest.raises(DataError, match="all share one prompt / text") as e:
+            prepare_data(cfg, 300, 8, use_cache=False)
+        assert "\n" not in str(e.value)
+    items = ["a", "a", "b", "c"]
+    train, val = split_by_key(
+        items, lambda x: x, 1.0, "the rows"
+    )  # the hash puts every key in validation
+    assert val == ["a", "a"] and train == ["b", "c"]

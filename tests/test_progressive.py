@@ -4,6 +4,10 @@ positions revealed first, frozen positions never masked, and a ``Noise`` that re
 
 from __future__ import annotations
 
+import copy
+import re
+
+import pytest
 import torch
 
 from loopmdm.diffusion import Batch, get_schedule, q_sample
@@ -109,3 +113,110 @@ def test_state_round_trip():
     pool.advance(score, lambda n: rows(n, 8, 2), g1)
     again.advance(score, lambda n: rows(n, 8, 2), g2)
     assert torch.equal(pool.masked, again.masked) and torch.equal(pool.x0, again.x0)
+
+
+# ---------------------------------------------------------------- wired into the objective and the trainer
+
+
+def test_scores_are_the_true_tokens_probability_on_the_sparse_and_dense_paths():
+    """``LossOutput.scores``: p(x0 | x_t) at the masked positions, 0 elsewhere; the sparse path (no full logits)
+    gives what the full logits give; nothing is scored without gradients (validation)."""
+    from loopmdm.diffusion import MaskedDiffusion, Noise
+    from loopmdm.model import LoopMDM, ModelConfig
+    from loopmdm.model.subs import subs_log_probs
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=MASK + 1, max_seq_len=L, d_model=32, n_heads=2, n_layers=3,
+                      n_h=1, n_m=1, n_o=1, cond_dim=16)  # fmt: skip
+    model = LoopMDM(cfg)
+    obj = MaskedDiffusion(get_schedule("loglinear"), mask_id=MASK)
+    obj.score_tokens = True
+    gen = torch.Generator().manual_seed(1)
+    pool = ProgressivePool.start(K, rows(6, 0), gen)
+    batch, noise = pool.batch(), pool.noise(obj.schedule)
+    sparse = obj.loss(model, batch, 2, noise).scores
+
+    class Dense(
+        torch.nn.Module
+    ):  # the same weights behind full logits only: the objective's dense path
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x_t, t=None, loops=1, attention_mask=None):
+            return self.inner(x_t, t, loops=loops)
+
+    dense = obj.loss(Dense(), batch, 2, noise).scores
+    x_t = q_sample(batch, noise, obj.schedule.alpha(noise.t), MASK)
+    logp = subs_log_probs(model(x_t, noise.t, loops=2), x_t, MASK)
+    want = torch.where(pool.masked, logp.gather(-1, batch.x0[..., None]).squeeze(-1).exp(), 0.0)
+    assert torch.allclose(sparse, want, atol=1e-5) and torch.allclose(dense, want, atol=1e-5)
+    with torch.no_grad():
+        assert obj.loss(model, batch, 2, Noise(noise.t, noise.u)).scores is None
+
+
+def progressive_cfg(tiny_cfg, stages=4):
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.diffusion.progressive_stages = stages
+    cfg.train.max_steps, cfg.train.save_every, cfg.train.eval_every = 8, 3, 4
+    cfg.train.grad_accum = 2
+    return cfg.validate()
+
+
+def test_training_follows_the_pool_and_resumes_exactly(tiny_cfg, tmp_path):
+    """The trainer trains on the pool's masks (stages advance, rows are replaced), saves the pool with each
+    checkpoint, and a run stopped at step 5 and resumed ends with the weights and pool of an unbroken run."""
+    from loopmdm.checkpoint import load_safetensors, resolve_checkpoint
+    from loopmdm.train import Trainer
+
+    def trainer(folder):
+        return Trainer(progressive_cfg(tiny_cfg), folder, progress=False, log=lambda s: None)
+
+    full = trainer(tmp_path / "full")
+    seen = []
+    inner = full.step_fn
+    full.step_fn = lambda idx, loops: (
+        seen.append(full.pool and full.pool.stage.clone()),
+        inner(idx, loops),
+    )[1]
+    full.fit()
+    assert seen[0] is None and full.pool is not None
+    assert torch.equal(
+        full.pool.stage, (seen[-1] + 1) % K
+    )  # one stage per step, K-1 wraps to a fresh row
+    part = trainer(tmp_path / "part")
+    inner_part = part.step_fn
+
+    def stop_at_5(idx, loops):
+        out = inner_part(idx, loops)
+        part.stop_requested = part.step + 1 >= 5
+        return out
+
+    part.step_fn = stop_at_5
+    assert part.fit().step == 5
+    resumed = trainer(tmp_path / "part")
+    resumed.resume(tmp_path / "part")
+    assert resumed.pool is not None
+    resumed.fit()
+    for f in ("model.safetensors", "pool.safetensors"):
+        a, b = (load_safetensors(resolve_checkpoint(tmp_path / d) / f) for d in ("full", "part"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"progressive_stages": 1}, "must be 0 (off) or in 2..1024"),
+        ({"progressive_stages": 4, "complementary_masks": True}, "complementary_masks=true"),
+        ({"progressive_stages": 4, "t_sampler": "bell"}, "t_sampler='bell'"),
+    ],
+)
+def test_bad_progressive_settings_get_one_line_errors(tiny_cfg, change, words):
+    from loopmdm.errors import ConfigError
+
+    cfg = copy.deepcopy(tiny_cfg)
+    for k, v in change.items():
+        setattr(cfg.diffusion, k, v)
+    with pytest.raises(ConfigError, match=re.escape(words)) as e:
+        cfg.validate()
+    assert "\n" not in str(e.value)

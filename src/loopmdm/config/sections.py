@@ -121,6 +121,9 @@ class DiffusionConfig:
     t_weighting: str = "exact"  # "exact": importance weights u(t)/p(t), the loss stays the unbiased NELBO; "paper": none
     # rows in pairs: one sequence, complementary masks (u, 1 - u; t, 1 + eps - t)
     complementary_masks: bool = False
+    # > 0: PUMA progressive unmasking with this many stages K: a pool of rows whose masks follow the order in
+    # which confidence-ordered sampling reveals tokens (diffusion/progressive.py); 0: masks at a random t
+    progressive_stages: int = 0
 
     @property
     def max_loops(self) -> int:
@@ -164,6 +167,32 @@ class DiffusionConfig:
             raise ConfigError(
                 f"diffusion.t_sampler={self.t_sampler!r} / complementary_masks only apply to "
                 f"diffusion.objective='mdm' (objective {self.objective!r} has no diffusion time)"
+            )
+        self.check_progressive()
+
+    def check_progressive(self) -> None:
+        """PUMA's pool sets every row's masks and t itself: it excludes the other mask / time options."""
+        k = self.progressive_stages
+        if k == 0:
+            return
+        if not 2 <= k <= 1024:
+            raise ConfigError(
+                f"diffusion.progressive_stages={k} must be 0 (off) or in 2..1024 (stages of the pool)"
+            )
+        clash = [
+            name
+            for name, on in (
+                (f"objective={self.objective!r}", self.objective != "mdm"),
+                (f"t_sampler={self.t_sampler!r}", self.t_sampler != "uniform"),
+                ("complementary_masks=true", self.complementary_masks),
+            )
+            if on
+        ]
+        if clash:
+            raise ConfigError(
+                f"diffusion.progressive_stages={k} sets the masks and t of every row itself; it cannot be "
+                f"combined with diffusion.{clash[0]} (use objective='mdm', t_sampler='uniform', "
+                "complementary_masks=false, or progressive_stages=0)"
             )
 
 

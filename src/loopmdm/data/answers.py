@@ -285,6 +285,7 @@ def prepare_answers(
             lambda r: r.context,
             cfg.val_fraction,
             "the answer file (set data.answers.val_source or add rows)",
+            "prompt / text",
         )
     else:
         train_rows, val_rows = rows, read_rows(val_file, cfg.answers, cfg.text_field)

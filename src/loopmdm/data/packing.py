@@ -18,17 +18,28 @@ def stable_fraction(name: str) -> float:
     return int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
-def split_by_key(items: list, key, val_fraction: float, what: str) -> tuple[list, list]:
+def split_by_key(
+    items: list, key, val_fraction: float, what: str, key_name: str = "key"
+) -> tuple[list, list]:
     """Train / validation by the stable hash of ``key(item)``: items sharing a key land in the same split; each
     split non-empty (the first item goes to validation when the hash gives it none)."""
     if len(items) < 2:
         raise DataError(
             f"{what} holds {len(items)} valid row; need at least 2 for train / validation"
         )
+    if len({key(x) for x in items}) < 2:
+        raise DataError(
+            f"{what} holds {len(items)} rows that all share one {key_name}; rows that share it stay in one "
+            f"split, so train / validation need at least 2 different ones"
+        )
     val = [x for x in items if stable_fraction(key(x)) < val_fraction] or list(items[:1])
     names = {key(x) for x in val}
     train = [x for x in items if key(x) not in names]
-    return (train, val) if train else (val[1:], val[:1])
+    if not train:  # the hash sent every key to validation: keep only the first key there
+        first = key(items[0])
+        val = [x for x in items if key(x) == first]
+        train = [x for x in items if key(x) != first]
+    return train, val
 
 
 def split_documents(

@@ -89,11 +89,14 @@ class Noise:
 @dataclass
 class LossOutput:
     """``loss``: the scalar to minimise; ``nll_sum`` / ``n_tokens``: the NELBO numerator (nats, summed over the
-    scored tokens) and the number of scored tokens, for exact averaging whatever the loss weighting."""
+    scored tokens) and the number of scored tokens, for exact averaging whatever the loss weighting;
+    ``scores`` [B, L]: the model's probability of the true token at each masked position (0 elsewhere), set
+    when the objective's ``score_tokens`` asks for it (PUMA ranks positions by it) and gradients are on."""
 
     loss: torch.Tensor
     nll_sum: torch.Tensor
     n_tokens: int
+    scores: Optional[torch.Tensor] = None
 
 
 def _on_host(t: torch.Tensor) -> torch.Tensor:
@@ -186,6 +189,7 @@ class Objective:
     half of the earlier loops); validation stays final-loop."""
 
     deep_supervision = "none"
+    score_tokens = False  # training only: LossOutput.scores for progressive unmasking
 
     def __init__(
         self,
@@ -357,7 +361,15 @@ class MaskedDiffusion(Objective):
             exclude=self.mask_id,
             **deep,
         )
-        return LossOutput(loss=loss, nll_sum=(ce * w).sum().detach(), n_tokens=n_tokens)
+        scores = None
+        if self.score_tokens and torch.is_grad_enabled():
+            # p(x0 | x_t) at the loss positions; the padding repeats a real position and its value
+            p_true = torch.exp(-ce.detach().float())  # [K]
+            scores = x_t_dev.new_zeros(x_t.shape, dtype=torch.float).view(-1)
+            scores = scores.index_put_((pos.index,), p_true).view(x_t.shape)  # [B, L]
+        return LossOutput(
+            loss=loss, nll_sum=(ce * w).sum().detach(), n_tokens=n_tokens, scores=scores
+        )
 
     def supervised_loops(self, loops: int) -> list[int]:
         """The loop counts whose outputs get the loss: every k in 1..S (``all``), or S plus each earlier k with
@@ -401,7 +413,10 @@ class MaskedDiffusion(Objective):
             loss = torch.where(masked, ce, torch.zeros_like(ce)).sum() / masked.sum().clamp_min(1)
         else:
             loss = nll_sum / max(n_tokens, 1)
-        return LossOutput(loss=loss, nll_sum=nll_sum.detach(), n_tokens=n_tokens)
+        scores = None
+        if self.score_tokens and torch.is_grad_enabled():
+            scores = torch.where(masked, torch.exp(-ce.detach().float()), 0.0)  # [B, L]
+        return LossOutput(loss=loss, nll_sum=nll_sum.detach(), n_tokens=n_tokens, scores=scores)
 
 
 @OBJECTIVES.register("ar")

@@ -18,8 +18,10 @@ masked position (the training forward returns it without forming full-vocabulary
 largest probability, which agrees wherever the model is confident and right); K is fixed (PUMA grows it during
 training); no confidence-threshold collapse.
 
-Status: the pool is complete and tested (``tests/test_progressive.py``), but the trainer does not use it yet
-(the wiring, checkpointing of the pool and the ``diffusion`` option come next); nothing selects it today.
+Use: ``diffusion.progressive_stages = K`` (K >= 2; one process, uniform t, no complementary masks). The trainer
+starts the pool from its first batch, takes replacement rows from each step's batch, reads the step's scores
+on the host (one sync per step) and saves the pool with every checkpoint (``pool.safetensors``), so a resumed
+run continues exactly. Validation keeps the standard NELBO at uniform t.
 """
 
 from __future__ import annotations

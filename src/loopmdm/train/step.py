@@ -31,11 +31,13 @@ def train_step(
     grad_clip: float,
     device: torch.device,
     dist: DistEnv,
+    scores: Optional[list[torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch`` / ``noise``: this rank's rows (B_rank, with their t and uniforms), on the host (the objective finds
     the masked positions there and moves what the model needs to ``device``); ``train_model``: the module to run
     (DDP / FSDP wrapper, or ``model`` itself); ``model``: its parameters are clipped. Returns the loss of the global
-    batch (averaged over ranks, float64 []) and the gradient norm before clipping ([]), both on the device."""
+    batch (averaged over ranks, float64 []) and the gradient norm before clipping ([]), both on the device.
+    ``scores``: a list that receives each micro-batch's ``LossOutput.scores`` [micro, L] (progressive unmasking)."""
     micro = batch.x0.shape[0] // grad_accum
     total = torch.zeros((), dtype=torch.float64, device=device)
     for m in range(grad_accum):
@@ -46,6 +48,8 @@ def train_step(
                     train_model, batch.rows(sl), loops, None if noise is None else noise.rows(sl)
                 )
             (out.loss / grad_accum).backward()
+        if scores is not None:
+            scores.append(out.scores)
         total += out.loss.detach().double() / grad_accum
     max_norm = grad_clip if grad_clip > 0 else float("inf")  # inf: measure the norm, do not clip
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)

@@ -37,8 +37,9 @@ from ..checkpoint import (
 )
 from ..config import RunConfig
 from ..data import PreparedData, prepare_data
-from ..diffusion import LoopDistribution, make_loop_distribution, make_objective
-from ..errors import CheckpointError
+from ..diffusion import Batch, LoopDistribution, make_loop_distribution, make_objective
+from ..diffusion.progressive import ProgressivePool
+from ..errors import CheckpointError, ConfigError
 from ..eval.nelbo import evaluate_nelbo
 from ..fileio import atomic_write_text, describe_os_error
 from ..model.flops import train_flops_per_token
@@ -100,6 +101,11 @@ class Trainer:
         self.device = self.dist.device
         check_precision(self.device, tc.precision, "train.precision")
         distributed.check_global_batch(tc.batch_size, tc.grad_accum, self.dist)
+        if cfg.diffusion.progressive_stages and self.dist.enabled:
+            raise ConfigError(
+                "diffusion.progressive_stages > 0 keeps one pool of rows in one process; train it "
+                "without torchrun, or set diffusion.progressive_stages=0"
+            )
         if not self.dist.is_main:  # rank 0 alone logs, writes metrics and checkpoints
             self.log, self.progress = (lambda s: None), False
         set_threads(tc.threads)
@@ -122,6 +128,9 @@ class Trainer:
         self.objective = make_objective(cfg.diffusion, self.data.tokenizer.mask_id)
         # training only: validation is final-loop
         self.objective.deep_supervision = cfg.diffusion.deep_supervision
+        # progressive unmasking (PUMA): the pool of rows and masks, started at the first step, checkpointed
+        self.objective.score_tokens = cfg.diffusion.progressive_stages > 0
+        self.pool: Optional[ProgressivePool] = None
         # the LM head runs on the positions that enter the loss: the expected masked share of the free ones
         self.predicted_fraction = self.objective.predicted_fraction() * self.data.free_fraction
         self.loop_dist = (
@@ -172,6 +181,8 @@ class Trainer:
             else None
         )
         batch = self.data.batch("train", idx, rng)  # [B, L] over the global batch
+        if self.objective.score_tokens:
+            return self._progressive_step(batch, loops)
         # complementary masks: rows 2k + 1 repeat rows 2k (else unchanged)
         batch = self.objective.pair_rows(batch)
         noise = self.objective.draw(len(idx), batch.x0.shape[1], self.gen_noise)
@@ -189,6 +200,34 @@ class Trainer:
             device=self.device,
             dist=self.dist,
         )
+
+    def _progressive_step(self, fresh: Batch, loops: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """PUMA: one step on the pool's rows at the pool's masks, then every row moves one stage on, revealing the
+        masked positions the model was surest of; rows past the last stage are replaced by the first rows of
+        ``fresh`` (this step's batch). One host read per step: the scores, which the pool needs on the host."""
+        tc = self.cfg.train
+        if self.pool is None:
+            self.pool = ProgressivePool.start(
+                self.cfg.diffusion.progressive_stages, fresh, self.gen_noise
+            )
+        scores: list[torch.Tensor] = []
+        out = train_step(
+            self.model,
+            self.train_model,
+            self.objective,
+            self.pool.batch(),
+            self.pool.noise(self.objective.schedule),
+            loops,
+            grad_accum=tc.grad_accum,
+            precision=tc.precision,
+            grad_clip=tc.grad_clip,
+            device=self.device,
+            dist=self.dist,
+            scores=scores,
+        )
+        score = torch.cat(scores).cpu()  # [B, L]
+        self.pool.advance(score, lambda n: fresh.rows(slice(0, n)), self.gen_noise)
+        return out
 
     def _guarded_step(
         self, idx: np.ndarray, loops: int
@@ -508,6 +547,8 @@ class Trainer:
             )
         tied = self.cfg.model.tie_embeddings
         extra = {"rng": rng_tensors(self.gen_noise, self.gen_loops, self.device, self.dist)}
+        if self.pool is not None:
+            extra["pool"] = self.pool.state_dict()
         if self.ema is not None:
             extra["ema"] = {
                 k: v
@@ -626,6 +667,10 @@ class Trainer:
             self.dist.rank,
         )
         restore_global_random(state)
+        if self.objective.score_tokens and (folder / "pool.safetensors").is_file():
+            self.pool = ProgressivePool.from_state(
+                self.cfg.diffusion.progressive_stages, load_safetensors(folder / "pool.safetensors")
+            )
         self.stream.load_state(state["data"])
         self.step, self.flops = int(state["step"]), float(state["flops"])
         self.bad_total, self.bad_in_row = int(state["bad_total"]), int(state.get("bad_in_row", 0))

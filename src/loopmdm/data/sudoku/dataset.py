@@ -77,7 +77,9 @@ def generated_splits(cfg, log: Callable[[str], None] = lambda s: None) -> Splits
 
 def split_by_solution(pairs: Sequence[SudokuPair], val_fraction: float) -> tuple[list, list]:
     """Train / validation pairs by a stable hash of the solution grid (at least one of each)."""
-    return split_by_key(list(pairs), lambda p: p.solution, val_fraction, "the puzzle source")
+    return split_by_key(
+        list(pairs), lambda p: p.solution, val_fraction, "the puzzle source", "solution"
+    )
 
 
 @FORMATS.register("sudoku")
