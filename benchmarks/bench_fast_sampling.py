@@ -7,17 +7,12 @@ Full run (the numbers for the README / docs/sampling.md; trains what it is not g
     python benchmarks/bench_fast_sampling.py --threads 2 --out benchmarks/results/fast_sampling \
         [--checkpoint RUN_L256] [--evaluator AR_RUN] [--sudoku-checkpoint SUDOKU_RUN]
 
-  Expected time on the 2-core development CPU (idle, 2 threads): about 2.5 h with every model given. Text:
-  two windows x 15 configurations x 128 samples, about 400 TFLOP of sampling (330 at L = 256, 70 at L = 128,
-  most of it the two plain samplers' one-token-per-step runs) at the ~50 GFLOP/s end to end that sampling
-  reaches on this CPU (measured: 20 GFLOP/s with one thread on a core shared with a training job); Sudoku:
-  200 boards x 6 configurations, about 5 min; gen-PPL scoring about 10 min. Add about 30 min to train the
-  L = 256 text model (tiny preset, window 256, batch 16, its 1600 steps), 5 min for the AR evaluator (300 steps)
-  and 15 min for the Sudoku model (2000 steps) when they are not given. ``--num-samples 64`` halves the text
-  part (paired intervals about 1.4x wider). The script prints its FLOP-based estimate before sampling
-  (``--dry-run`` prints it and stops).
+  It trains what it is not given: the L = 256 text model (tiny preset, window 256, batch 16, 1600 steps), the
+  AR evaluator (300 steps) and the Sudoku model (2000 steps). ``--num-samples 64`` halves the text part (paired
+  intervals about 1.4x wider). The script prints its FLOP-based time estimate before sampling (``--dry-run``
+  prints it and stops); measured wall times are in the JSON it writes.
 
-Smoke run (a small model trained on the spot, lengths 32 / 64, N = 8; under 3 minutes):
+Smoke run (a small model trained on the spot, lengths 32 / 64, N = 8):
 
     python benchmarks/bench_fast_sampling.py --quick --threads 1 --out /tmp/bench_fast_quick
 

@@ -16,8 +16,9 @@ Sections (``--sections``, comma-separated; default all, always run in this order
   dense bf16 peak (``loopmdm.runtime.peak_flops``; unlisted card: MFU null with a note, or ``--peak-tflops``),
   peak memory (``torch.cuda.max_memory_allocated``).
 - ``syncs``: host-device synchronisations of one training step and of denoising (ancestral sampling at T = 1
-  and T = 4: per step and fixed), counted with ``torch.cuda.set_sync_debug_mode("warn")``, with the source lines
-  that caused them. Without CUDA: "n/a: no CUDA" (the steps still run).
+  and T = 4: per step and fixed), counted by the library's ``SyncCounter`` with the source lines that caused
+  them (on a CPU every tensor stands for the device's), and on CUDA also by
+  ``torch.cuda.set_sync_debug_mode("warn")`` (``cuda_syncs``).
 - ``profile``: ``torch.profiler`` over a few training steps: the SDPA kernel actually used (flash / efficient /
   cuDNN / math, from the aten ops and kernel names), GPU busy time (union of kernel and copy intervals) against
   the wall time, the top kernels; the key-average table is saved as ``profile_top.txt``.
@@ -49,7 +50,7 @@ Output: ``OUT/gpu_evidence.json``, rewritten atomically when each section starts
 
 with, in ``result``: throughput ``runs`` [{loops, compile, batch, oom_batches, first_step_s, compile_s,
 sec_per_step, tokens_per_s, model_tflops_per_s, mfu, peak_mem_gib, status}], ``batch``, ``peak_bf16_flops``,
-``peak_note``; syncs ``train_step`` {syncs, where}, ``denoising`` {per_step, fixed, T1, T4}; profile
+``peak_note``; syncs ``train_step`` {syncs, where[, cuda_syncs, cuda_where]}, ``denoising`` {per_step, fixed, T1, T4}; profile
 ``sdpa_backend``, ``sdpa_ops``, ``attention_kernels``, ``gpu_busy_s``, ``gpu_busy_fraction``, ``top``; loss
 ``linear_cross_entropy`` / ``gemms`` / ``plain_cross_entropy`` {sec, tflops_per_s, extra_peak_mem_gib},
 ``ratio_lce_over_gemms``; sampling ``runs`` {fp32, bf16: {steps, sec_per_step}}, ``bf16_speedup``; trio and
@@ -108,6 +109,7 @@ from loopmdm.model import LoopMDM  # noqa: E402
 from loopmdm.model.flops import train_flops_per_token  # noqa: E402
 from loopmdm.model.loss import linear_cross_entropy  # noqa: E402
 from loopmdm.runtime import autocast_context, compile_blocks, machine_info  # noqa: E402
+from loopmdm.runtime_syncs import SyncCounter  # noqa: E402
 from loopmdm.sampling import SAMPLERS, Canvas, TokenFilter, sample_canvas  # noqa: E402
 from loopmdm.sampling.policies import Fixed  # noqa: E402
 from loopmdm.train.distributed import DistEnv  # noqa: E402
@@ -540,22 +542,28 @@ def short_path(filename: str) -> str:
 
 
 def audit_syncs(fn: Callable[[], object], device: torch.device) -> dict:
-    """Synchronisations ``fn()`` triggers on CUDA (``set_sync_debug_mode("warn")``) and where."""
+    """Synchronisations ``fn()`` triggers: ``syncs`` / ``where`` from the library's ``SyncCounter`` (the ops that
+    force one, on any device: on a CPU every tensor stands for the accelerator's), and on CUDA also what the
+    driver reports (``set_sync_debug_mode("warn")``: ``cuda_syncs`` / ``cuda_where``)."""
+    cuda = device.type == "cuda"
+    counter = SyncCounter("cuda" if cuda else None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
         try:
-            fn()
+            with counter:
+                fn()
         finally:
-            torch.cuda.set_sync_debug_mode(0)
+            if cuda:
+                torch.cuda.set_sync_debug_mode(0)
     sync(device)
-    found = [w for w in caught if "synchroniz" in str(w.message).lower()]
-    where = Counter(f"{short_path(w.filename)}:{w.lineno}" for w in found)
-    return {
-        "syncs": len(found),
-        "where": dict(where.most_common(12)),
-        "other_warnings": len(caught) - len(found),
-    }
+    out = {"syncs": counter.total, "where": dict(counter.where.most_common(12))}
+    if cuda:
+        found = [w for w in caught if "synchroniz" in str(w.message).lower()]
+        where = Counter(f"{short_path(w.filename)}:{w.lineno}" for w in found)
+        out.update(cuda_syncs=len(found), cuda_where=dict(where.most_common(12)))
+    return out
 
 
 def ancestral(
@@ -602,14 +610,6 @@ def section_syncs(ctx: Ctx, clock: Clock) -> dict:
 
         return run
 
-    if not ctx.cuda:  # the same code runs; the counting needs CUDA
-        step(), denoise(1)(), denoise(4)()
-        return {
-            "train_step": "n/a: no CUDA",
-            "denoising": "n/a: no CUDA",
-            "batch": batch,
-            "loops": loops,
-        }
     train = audit_syncs(step, ctx.device)
     d1 = audit_syncs(denoise(1), ctx.device)
     d4 = audit_syncs(denoise(4), ctx.device)
@@ -625,13 +625,15 @@ def section_syncs(ctx: Ctx, clock: Clock) -> dict:
 
 def syncs_table(res: dict) -> str:
     t, d = res["train_step"], res["denoising"]
-    if isinstance(t, str):
-        return f"training step: {t}; denoising: {d}"
-    lines = [f"training step (S={res['loops']}, batch {res['batch']}): {t['syncs']} syncs"]
+
+    def cuda(r: dict) -> str:
+        return f" (CUDA reports {r['cuda_syncs']})" if "cuda_syncs" in r else ""
+
+    lines = [f"training step (S={res['loops']}, batch {res['batch']}): {t['syncs']} syncs{cuda(t)}"]
     lines += [f"    {n:>4}  {w}" for w, n in t["where"].items()]
     lines.append(
         f"denoising: {d['per_step']:.1f} syncs per step + {d['fixed']:.1f} per call "
-        f"(T=1: {d['T1']['syncs']}, T=4: {d['T4']['syncs']})"
+        f"(T=1: {d['T1']['syncs']}{cuda(d['T1'])}, T=4: {d['T4']['syncs']}{cuda(d['T4'])})"
     )
     lines += [f"    {n:>4}  {w}" for w, n in d["T4"]["where"].items()]
     return "\n".join(lines)

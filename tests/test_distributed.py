@@ -81,6 +81,40 @@ def test_each_rank_and_micro_batch_gets_its_slice_of_one_global_noise_draw(world
         assert torch.equal(torch.rand(3, generator=gen), after)
 
 
+def test_step_agreement_reads_the_previous_steps_result(monkeypatch):
+    """Under torchrun the stop / loop-count agreement never makes the host wait for the step it queued: step k
+    reads step k - 1's all-reduce, so every rank stops one step after any rank asked, a rank's own request is
+    kept until then, and a loop count that differs between ranks is caught (one step late)."""
+    from loopmdm.errors import LoopMDMError
+
+    other = {"loops": 2, "stop": False}  # the other rank's contribution
+
+    def all_reduce(t, op=None):
+        t.copy_(
+            torch.maximum(t, torch.tensor([other["loops"], -other["loops"], int(other["stop"])]))
+        )
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", all_reduce)
+    env = DistEnv(rank=0, world_size=2)
+    a = distributed.StepAgreement(env)
+    assert a(2, False) is False  # nothing queued before
+    other["stop"] = True  # the other rank is asked to stop at step 2
+    assert a(2, False) is False  # step 2 reads step 1
+    other["stop"] = False
+    assert a(2, False) is True  # step 3 reads step 2: every rank stops here
+    b = distributed.StepAgreement(env)
+    assert b(2, True) is False and b(2, False) is True  # this rank's own request, kept
+    assert distributed.StepAgreement(DistEnv())(3, True) is True  # one process: at once
+    c = distributed.StepAgreement(env)
+    other["loops"] = 3
+    c(2, False)
+    with pytest.raises(LoopMDMError, match="out of sync"):
+        c(2, False)
+    with pytest.raises(LoopMDMError, match="out of sync"):
+        c.flush()  # the last step's result, read at the end of training
+    assert c.flush() is False
+
+
 def test_fsdp_needs_several_processes():
     from loopmdm.config import ModelConfig
     from loopmdm.model import LoopMDM

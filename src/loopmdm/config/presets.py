@@ -15,12 +15,11 @@ PRESETS: Registry[Callable[[], RunConfig]] = Registry("preset")
 
 @PRESETS.register("tiny")
 def tiny() -> RunConfig:
-    """About 10 minutes on 2 CPU cores: 4 layers of width 96 (n_h / n_m / n_o = 1 / 2 / 1), AdamW at 2e-3.
+    """The quickstart model: 4 layers of width 96 (n_h / n_m / n_o = 1 / 2 / 1), AdamW at 2e-3, 1600 steps.
     Chosen by ``benchmarks/recipe_sweep.py`` (docs/results.md): no setting of learning rate, warmup, batch,
-    vocabulary, width / depth, initialisation or QK-norm left the unigram plateau before ~300 optimizer steps,
-    so the preset is the small model that runs the most steps in the time (2x faster per step than the
-    earlier 6 x 128 preset) and reached the lowest validation NELBO. fp32: bf16 autocast is slower on CPU at
-    these widths (5.3k vs 4.8k tokens/s at width 128)."""
+    vocabulary, width / depth, initialisation or QK-norm left the unigram plateau much earlier, so the preset is
+    the small model that runs the most optimizer steps in the time. fp32: bf16 autocast is slower on CPU at
+    these widths (measured when the preset was chosen)."""
     return RunConfig(
         model=ModelConfig(
             vocab_size=2048, max_seq_len=128, d_model=96, n_heads=3, n_layers=4, n_h=1, n_m=2, n_o=1

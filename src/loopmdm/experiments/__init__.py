@@ -7,7 +7,7 @@
 - ``loopify``: loopifying a trained MDM / BERT and fine-tuning with random S vs fine-tuning it as it is, at
   equal extra training FLOPs.
 
-Each has a ``laptop`` configuration (2 CPU cores, under 45 minutes) and, except ``loopify``, a ``paper`` one (the
+Each has a ``laptop`` configuration (sized for 2 CPU cores) and, except ``loopify``, a ``paper`` one (the
 GPU-scale run).
 """
 

@@ -25,9 +25,8 @@ Run it (the ``laptop`` config: 2 seeds as two one-thread processes on 2 CPU core
     loopmdm experiment loopify --out runs/loopify --seeds 1; wait
     loopmdm experiment loopify --out runs/loopify        # both seeds done: reuses every run, writes the summary
 
-``--plan`` prints the steps and FLOPs of every run without training. Measured on the 2-core development CPU
-(docs/results.md section 5): 24-25 minutes of wall time per seed as two one-thread processes, 38.4 minutes of
-training summed over the runs of both seeds; the report call reuses every run and takes seconds.
+``--plan`` prints the steps and FLOPs of every run without training; the report call reuses every run. Wall
+times are in the results file and docs/results.md section 5.
 """
 
 from __future__ import annotations

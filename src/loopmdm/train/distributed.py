@@ -248,22 +248,6 @@ def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
 # --------------------------------------------------------------------------- collectives
 
 
-def mean_across_ranks(value: float, env: DistEnv) -> float:
-    """Average a Python float over ranks (the logged loss is the global-batch mean)."""
-    if not env.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=env.device)
-    dist.all_reduce(t)
-    return float(t) / env.world_size
-
-
-def as_float(x: Any) -> float:
-    """A Python float from a tensor or a DTensor (FSDP2's grad norm)."""
-    if hasattr(x, "full_tensor"):
-        x = x.full_tensor()
-    return float(x)
-
-
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()
@@ -384,18 +368,49 @@ def make_ema(model: nn.Module, decay: float, env: DistEnv, build: Callable[[], n
     return ema
 
 
-def step_agreement(loops: int, stop: bool, env: DistEnv) -> bool:
-    """One tiny collective per step: check that every rank ran the same loop count S (a different S per rank
-    would desynchronise compute and the FLOP accounting) and return whether *any* rank was asked to stop, so
-    that all ranks stop, and save, at the same step."""
-    if not env.enabled:
-        return stop
-    t = torch.tensor([loops, -loops, int(stop)], dtype=torch.int64, device=env.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    if int(t[0]) != loops or int(t[1]) != -loops:
-        raise LoopMDMError(
-            f"rank {env.rank} drew loop count S={loops} but another rank drew S in "
-            f"[{-int(t[1])}, {int(t[0])}]; the loop generators are out of sync (same train.seed "
-            "and the same checkpoint on every rank are required)"
-        )
-    return bool(t[2])
+class StepAgreement:
+    """One tiny collective per step that the host never waits for: every rank contributes (S, -S, stop) to a MAX
+    all-reduce queued on the device, and reads the result of the *previous* step's (long finished by then). So
+    all ranks stop, and save, at the same step, one step after any rank was asked to; a rank whose loop count S
+    differed from another's (out-of-sync loop generators would desynchronise compute and the FLOP accounting)
+    is caught one step late. One process: ``stop`` is returned as it is."""
+
+    def __init__(self, env: DistEnv):
+        self.env = env
+        self.requested = False  # this rank's request, kept until every rank has seen it
+        self.pending: Optional[tuple[torch.Tensor, int, Any]] = None  # (result, S, CUDA event)
+
+    def __call__(self, loops: int, stop: bool) -> bool:
+        """Queue this step's contribution; True when the previous step's all-reduce says to stop."""
+        if not self.env.enabled:
+            return stop
+        self.requested = self.requested or stop
+        t = torch.tensor([loops, -loops, int(self.requested)], dtype=torch.int64)
+        cuda = self.env.device.type == "cuda"
+        if cuda:
+            t = t.pin_memory().to(self.env.device, non_blocking=True)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        event = None
+        if cuda:
+            t = t.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        previous, self.pending = self.pending, (t, loops, event)
+        return False if previous is None else self._read(*previous)
+
+    def flush(self) -> bool:
+        """Read the last queued result (at the end of training)."""
+        previous, self.pending = self.pending, None
+        return False if previous is None else self._read(*previous)
+
+    def _read(self, t: torch.Tensor, loops: int, event: Any) -> bool:
+        if event is not None:
+            event.synchronize()  # that step's work, not the steps queued since
+        hi, neg_lo, stop = (int(v) for v in t.tolist())
+        if hi != loops or -neg_lo != loops:
+            raise LoopMDMError(
+                f"rank {self.env.rank} drew loop count S={loops} but another rank drew S in "
+                f"[{-neg_lo}, {hi}]; the loop generators are out of sync (same train.seed "
+                "and the same checkpoint on every rank are required)"
+            )
+        return bool(stop)

@@ -279,6 +279,8 @@ class Trainer:
                 f"step {self.step} already reached train.max_steps={tc.max_steps}: nothing to train "
                 "(raise --max-steps to continue)"
             )
+        # under torchrun: every rank stops at the same step
+        agreement = distributed.StepAgreement(self.dist)
         try:
             with StopSignals() as signals:
                 while self.step < tc.max_steps and not self.stop_requested:
@@ -307,9 +309,8 @@ class Trainer:
                     if self.step % tc.save_every == 0 or self.step == tc.max_steps:
                         self._settle(metrics)
                         self.save()
-                    self.stop_requested = distributed.step_agreement(
-                        loops, self.stop_requested or signals.requested, self.dist
-                    )
+                    self.stop_requested = agreement(loops, self.stop_requested or signals.requested)
+                agreement.flush()
                 stop_signal = signals.name
                 self._settle(metrics)
                 if self.stop_requested:
