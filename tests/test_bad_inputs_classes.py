@@ -400,7 +400,7 @@ def test_second_signal_exits_at_once_without_saving(tiny_cfg, tmp_path, capfd):
 
     tiny_cfg.train.max_steps, tiny_cfg.train.save_every, tiny_cfg.train.eval_every = 50, 2, 50
     tr = Trainer(tiny_cfg, tmp_path / "run", progress=False, log=lambda s: None)
-    step, handler = tr.step_fn, signal.getsignal(signal.SIGINT)
+    step, handler = tr._step, signal.getsignal(signal.SIGINT)
 
     def two_interrupts(idx, loops):
         if tr.step == 3:  # checkpoint step 2 exists; interrupt twice inside step 4
@@ -408,7 +408,7 @@ def test_second_signal_exits_at_once_without_saving(tiny_cfg, tmp_path, capfd):
             os.kill(os.getpid(), signal.SIGINT)
         return step(idx, loops)
 
-    tr.step_fn = two_interrupts
+    tr._step = two_interrupts
     with pytest.raises(KeyboardInterrupt) as e:  # loopmdm.train.SecondSignal
         tr.fit()
     assert getattr(e.value, "exit_code", None) == 130

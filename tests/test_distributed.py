@@ -146,9 +146,9 @@ def _free_port() -> int:
 
 
 def _record_steps(trainer) -> list[dict]:
-    """Wrap ``trainer.step_fn``: record S, the loss and grad norm of every step and the first step's gradients
+    """Wrap ``trainer._step``: record S, the loss and grad norm of every step and the first step's gradients
     (taken before the optimizer moves the weights)."""
-    seen, step_fn = [], trainer.step_fn
+    seen, step_fn = [], trainer._step
 
     def recording(idx, loops):
         loss, gnorm = step_fn(idx, loops)
@@ -163,7 +163,7 @@ def _record_steps(trainer) -> list[dict]:
         seen.append(rec)
         return loss, gnorm
 
-    trainer.step_fn = recording
+    trainer._step = recording
     return seen
 
 

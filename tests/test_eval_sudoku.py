@@ -108,9 +108,9 @@ class Oracle(LoopMDM):
         self.calls.append([x_t.clone(), 0])
         return super().prelude(x_t, t, attention_mask)
 
-    def loop_step(self, h, ctx, k, positions=None, cache=None):
+    def loop_step(self, h, ctx, k, cache=None):
         self.calls[-1][1] += 1
-        return super().loop_step(h, ctx, k, positions=positions, cache=cache)
+        return super().loop_step(h, ctx, k, cache=cache)
 
     def coda(self, h, ctx):
         x = self.calls[-1][0]

@@ -30,6 +30,7 @@ from loopmdm.errors import ConfigError
 from loopmdm.eval import sudoku as E
 from loopmdm.model import LoopMDM, ModelConfig
 from loopmdm.sampling import generate
+from loopmdm.sampling.cached_attention import LayerCache
 from loopmdm.sampling.kvcache import DualCache, KVCache
 from loopmdm.sampling.policies import Fixed
 from loopmdm.sampling.report import ComputeMeter
@@ -491,7 +492,7 @@ def test_a_model_without_block_stacks_refuses_a_cache(trained):
         def prelude(self, x_t, t=None, attention_mask=None):
             return self.inner.prelude(x_t, t, attention_mask)
 
-        def loop_step(self, h, ctx, k, positions=None, cache=None):
+        def loop_step(self, h, ctx, k, cache=None):
             return self.inner.loop_step(h, ctx, k)
 
         def coda(self, h, ctx):
@@ -683,6 +684,6 @@ def test_the_cache_keeps_no_view_of_the_fused_qkv_buffer():
     attn = m.head.blocks[0].attn
     cache: dict = {}
     x = torch.randn(2, 8, 16)
-    attn(x, Rotary(8, 8, 10000.0)(8), None, False, kv_cache=cache)
+    attn(x, Rotary(8, 8, 10000.0)(8), None, False, LayerCache(cache, None))
     v = cache["v"]
     assert v.is_contiguous() and v.untyped_storage().nbytes() == v.numel() * v.element_size()

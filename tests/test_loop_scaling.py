@@ -284,14 +284,14 @@ def test_an_interrupted_run_resumes_to_the_same_curve(tiny_cfg, tmp_path, monkey
     # a signal after step 25: the step is saved, the run refused as finished
     def stop_midway(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        step = self.step_fn
+        step = self._step
 
         def step_fn(idx, loops):
             out = step(idx, loops)
             self.stop_requested = self.step + 1 >= 25
             return out
 
-        self.step_fn = step_fn
+        self._step = step_fn
 
     monkeypatch.setattr(ls._StudyTrainer, "__init__", stop_midway)
     with pytest.raises(LoopMDMError, match="stopped at step 25"):

@@ -10,6 +10,7 @@ from loopmdm.checkpoint import load_model
 from loopmdm.errors import ConfigError
 from loopmdm.model.flops import forward_flops_per_token
 from loopmdm.sampling import LOOP_POLICIES, generate
+from loopmdm.sampling.cached_attention import StackCache
 from loopmdm.sampling.policies import Schedule
 
 
@@ -144,11 +145,11 @@ def test_partial_update_equals_full_update_when_all_positions_are_active(trained
     with torch.no_grad():
         ctx = model.prelude(x, torch.tensor([0.3, 0.8]))
         cache = [{} for _ in range(len(model.mid))]
-        h1 = model.loop_step(ctx.h0, ctx, 0, cache=cache)
+        h1 = model.loop_step(ctx.h0, ctx, 0, cache=StackCache(cache))
         assert torch.equal(h1, model.loop_step(ctx.h0, ctx, 0))  # filling the cache changes nothing
         ref = model.loop_step(h1, ctx, 1)
         pos = torch.arange(12).expand(2, 12)
-        part = model.loop_step(h1, ctx, 1, positions=pos, cache=cache)
+        part = model.loop_step(h1, ctx, 1, cache=StackCache(cache, pos))
         torch.testing.assert_close(part, ref, rtol=1e-5, atol=1e-5)
         # a subset: at every mid layer the updated positions attend to fresh keys / values of their own and to
         # the cached ones of the others, i.e. to a full layer run on [updated states | cached layer inputs]
@@ -158,12 +159,14 @@ def test_partial_update_equals_full_update_when_all_positions_are_active(trained
             for b in model.mid.blocks
         ]
         cache = [{} for _ in range(len(model.mid))]
-        model.loop_step(ctx.h0, ctx, 0, cache=cache)  # fills the cache, records each layer's input
+        model.loop_step(
+            ctx.h0, ctx, 0, cache=StackCache(cache)
+        )  # fills the cache, records each layer's input
         for hk in hooks:
             hk.remove()
         sub = torch.tensor([[0, 3, 5], [1, 2, 11]])
         idx = sub[..., None].expand(-1, -1, h1.shape[-1])  # [B, K, D]
-        out = model.loop_step(h1.gather(1, idx), ctx, 1, positions=sub, cache=cache)  # [B, K, D]
+        out = model.loop_step(h1.gather(1, idx), ctx, 1, cache=StackCache(cache, sub))  # [B, K, D]
         z = h1
         for block, cached_in in zip(model.mid.blocks, inputs):
             mixed = cached_in.scatter(1, idx, z.gather(1, idx))

@@ -174,8 +174,8 @@ def test_training_follows_the_pool_and_resumes_exactly(tiny_cfg, tmp_path):
 
     full = trainer(tmp_path / "full")
     seen = []
-    inner = full.step_fn
-    full.step_fn = lambda idx, loops: (
+    inner = full._step
+    full._step = lambda idx, loops: (
         seen.append(full.pool and full.pool.stage.clone()),
         inner(idx, loops),
     )[1]
@@ -185,14 +185,14 @@ def test_training_follows_the_pool_and_resumes_exactly(tiny_cfg, tmp_path):
         full.pool.stage, (seen[-1] + 1) % K
     )  # one stage per step, K-1 wraps to a fresh row
     part = trainer(tmp_path / "part")
-    inner_part = part.step_fn
+    inner_part = part._step
 
     def stop_at_5(idx, loops):
         out = inner_part(idx, loops)
         part.stop_requested = part.step + 1 >= 5
         return out
 
-    part.step_fn = stop_at_5
+    part._step = stop_at_5
     assert part.fit().step == 5
     resumed = trainer(tmp_path / "part")
     resumed.resume(tmp_path / "part")

@@ -36,7 +36,7 @@ def trainer(cfg, run_dir, logs=None):
 def nan_hook(tr, attempts):
     """Make the mid block output NaN on the given 1-based step attempts (a real NaN in the forward pass)."""
     attempt = {"n": 0}
-    inner = tr.step_fn
+    inner = tr._step
 
     def step_fn(idx, loops):
         attempt["n"] += 1
@@ -45,7 +45,7 @@ def nan_hook(tr, attempts):
     def hook(module, args, out):
         return out * float("nan") if attempt["n"] in attempts else out
 
-    tr.step_fn = step_fn
+    tr._step = step_fn
     tr.model.mid.register_forward_hook(hook)
 
 

@@ -27,7 +27,7 @@ def read_metrics(run_dir):
 
 def stop_after(trainer, k):
     """Request a stop (as SIGTERM does) once step k is done."""
-    inner = trainer.step_fn
+    inner = trainer._step
 
     def step_fn(idx, loops):
         out = inner(idx, loops)
@@ -35,7 +35,7 @@ def stop_after(trainer, k):
             trainer.stop_requested = True
         return out
 
-    trainer.step_fn = step_fn
+    trainer._step = step_fn
 
 
 def configure(cfg):

@@ -284,7 +284,7 @@ def test_flop_proportional_loops_in_training(tiny_cfg, tmp_path):
         drawn.append(loops)
         return 1.0, 1.0
 
-    trainer.step_fn = step
+    trainer._step = step
     result = trainer.fit()
     per_step = result.flops / (cfg.train.max_steps * cfg.train.batch_size * seq)
     assert per_step == pytest.approx(trainer.loop_dist.expect(cost), rel=0.05)

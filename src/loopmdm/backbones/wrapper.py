@@ -13,7 +13,7 @@ once per loop), ``num_parameters``. Per-token partial updates (kv-cached per-pos
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -95,9 +95,9 @@ class WrappedLoopMDM(nn.Module):
             h = fam.run_layer(src, layers[i], h, ctx.rope, masks)
         return h
 
-    def _whole_sequences_only(self, positions, cache) -> None:
+    def _whole_sequences_only(self, cache) -> None:
         """Refuse the inference-only partial updates / key-value caches of ``LoopMDM`` (one-line error)."""
-        if positions is not None or cache is not None:
+        if cache is not None:
             raise ConfigError(
                 f"a loopified {self.family.name} model runs the source's own layers, which cannot "
                 "update some positions only or reuse cached keys / values; use --policy fixed, "
@@ -109,12 +109,11 @@ class WrappedLoopMDM(nn.Module):
         x_t: torch.Tensor,
         t: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
-        positions: Optional[torch.Tensor] = None,
-        cache: Optional[list] = None,
+        cache: Optional[Any] = None,
     ) -> LoopContext:
         """Embed tokens x_t [B, T] as the source does and run the head (layers [0, n_h)) once. ``t`` is ignored
         (no time conditioning); ``attention_mask`` [B, T] is True on real tokens (positions stay 0..T-1)."""
-        self._whole_sequences_only(positions, cache)
+        self._whole_sequences_only(cache)
         B, T = x_t.shape
         if T > self.config.max_seq_len:
             raise ConfigError(
@@ -130,15 +129,10 @@ class WrappedLoopMDM(nn.Module):
         return ctx
 
     def loop_step(
-        self,
-        h: torch.Tensor,
-        ctx: LoopContext,
-        k: int,
-        positions: Optional[torch.Tensor] = None,
-        cache: Optional[list] = None,
+        self, h: torch.Tensor, ctx: LoopContext, k: int, cache: Optional[Any] = None
     ) -> torch.Tensor:
         """Loop iteration k (0-based): optional input injection and loop embedding, then the mid block."""
-        self._whole_sequences_only(positions, cache)
+        self._whole_sequences_only(cache)
         if self.injection is not None:
             h = self.injection(torch.cat([h, ctx.h0], dim=-1))  # [B, T, 2D] -> [B, T, D]
         if self.loop_embed is not None:
@@ -154,13 +148,12 @@ class WrappedLoopMDM(nn.Module):
         h: torch.Tensor,
         ctx: LoopContext,
         predict: Optional[torch.Tensor] = None,
-        positions: Optional[torch.Tensor] = None,
-        cache: Optional[list] = None,
+        cache: Optional[Any] = None,
     ) -> torch.Tensor:
         """Tail (layers [n_h + n_m, L)) over every position, then the source's per-position features before its
         decoder (final norm / prediction-head transform): [B, T, D], or [N, D] at the positions ``predict`` marks
         (``select_positions``). Families that read position i's logits from position i - 1 (Dream) shift here."""
-        self._whole_sequences_only(positions, cache)
+        self._whole_sequences_only(cache)
         h = self.tail(h, ctx)
         if self.family.shift:
             h = torch.cat([h[:, :1], h[:, :-1]], dim=1)
@@ -173,12 +166,11 @@ class WrappedLoopMDM(nn.Module):
         h: torch.Tensor,
         ctx: LoopContext,
         predict: Optional[torch.Tensor] = None,
-        positions: Optional[torch.Tensor] = None,
-        cache: Optional[list] = None,
+        cache: Optional[Any] = None,
     ) -> torch.Tensor:
         """Tail, features and the source's decoder: logits [B, T, V], or [N, V] at the positions ``predict`` marks."""
         weight, bias = self.decoder()
-        return F.linear(self.coda_features(h, ctx, predict, positions, cache), weight, bias)
+        return F.linear(self.coda_features(h, ctx, predict, cache), weight, bias)
 
     def decoder(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The source's decoder weight [V, D] and bias [V] (or None)."""

@@ -8,7 +8,7 @@ users need no special kernel and CUDA users get flash / memory-efficient kernels
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -87,57 +87,26 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         attn_mask: Optional[torch.Tensor],
         causal: bool,
-        positions: Optional[torch.Tensor] = None,
-        kv_cache: Optional[dict] = None,
+        kv: Optional[Any] = None,
     ) -> torch.Tensor:
-        """Self-attention of x [B, T, D]. Partial update (per-token loop exit): with ``positions`` [B, K] the rows
-        of x [B, K, D] are the states at those sequence positions only; their keys / values are written into
-        ``kv_cache`` ({"k", "v"}: [B, H, T_full, hd], filled by an earlier full call) and the queries attend to
-        every cached key. With ``kv_cache`` and no ``positions`` the full keys / values are stored in it."""
-        if positions is not None:
-            return self._partial(x, rope, attn_mask, causal, positions, kv_cache)
+        """Self-attention of x [B, T, D]. ``kv``: an inference-time key / value cache of this layer (see
+        ``loopmdm.sampling.kvcache.LayerCache``) that is handed the heads and does the attention instead."""
         B, T, D = x.shape
         q, k, v = self.heads(x)  # [B, H, T, hd]
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        # v is a view of the fused [B, T, 3D] qkv output: keep a compact copy, not that
-        if kv_cache is not None:
-            kv_cache["k"], kv_cache["v"] = k, v.contiguous()
-        # [B, H, T, hd]
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=causal and attn_mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))  # [B, T, D]
-
-    def _partial(self, x, rope, attn_mask, causal, positions, kv_cache):
-        if kv_cache is None or "k" not in kv_cache:
-            raise ValueError(
-                "a partial attention update needs a kv_cache filled by a full call first"
+        if kv is not None:
+            y = kv.attend(q, k, v, rope, attn_mask, causal)
+        else:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            # [B, H, T, hd]
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                is_causal=causal and attn_mask is None,
+                dropout_p=self.dropout if self.training else 0.0,
             )
-        B, K, D = x.shape
-        q, k, v = self.heads(x)  # [B, H, K, hd]
-        cos, sin = rope[0][positions][:, None], rope[1][positions][:, None]  # [B, 1, K, hd/2]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        idx = positions[:, None, :, None].expand_as(k)  # [B, H, K, hd]
-        # [B, H, T, hd], in place: the cache is not copied per layer
-        keys = kv_cache["k"].scatter_(2, idx, k)
-        values = kv_cache["v"].scatter_(2, idx, v)
-        kv_cache["k"], kv_cache["v"] = keys, values
-        T = keys.shape[2]
-        mask = attn_mask
-        # [B, 1, T, T] (causal + padding): keep the query rows
-        if mask is not None and mask.shape[-2] > 1:
-            mask = mask.expand(B, 1, T, T).gather(2, positions[:, None, :, None].expand(B, 1, K, T))
-        if causal:
-            # [B, 1, K, T]
-            allowed = positions[:, None, :, None] >= torch.arange(T, device=x.device)
-            mask = allowed if mask is None else mask & allowed
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, H, K, hd]
-        return self.proj(y.transpose(1, 2).reshape(B, K, D))  # [B, K, D]
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))  # [B, T, D]
 
 
 class MLP(nn.Module):
@@ -179,13 +148,11 @@ class Block(nn.Module):
         c: Optional[torch.Tensor] = None,
         attn_mask: Optional[torch.Tensor] = None,
         causal: bool = False,
-        positions: Optional[torch.Tensor] = None,
-        kv_cache: Optional[dict] = None,
+        kv: Optional[Any] = None,
     ) -> torch.Tensor:
-        """x [B, T, D] -> [B, T, D]; ``positions`` / ``kv_cache``: partial update, see ``Attention.forward``."""
-        extra = dict(positions=positions, kv_cache=kv_cache)
+        """x [B, T, D] -> [B, T, D]; ``kv``: this layer's inference cache, see ``Attention.forward``."""
         if self.modulation is None:
-            x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, causal, **extra))
+            x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, causal, kv))
             return x + self.drop(self.mlp(self.norm2(x)))
         # [B, 1, D] each
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)
@@ -194,7 +161,7 @@ class Block(nn.Module):
             x,
             gate1,
             self.drop(
-                self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask, causal, **extra)
+                self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask, causal, kv)
             ),
         )
         return torch.addcmul(x, gate2, self.drop(self.mlp(modulate(self.norm2(x), shift2, scale2))))

@@ -10,7 +10,7 @@ policies can decide per step, or per token, how many loops to run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,12 @@ from .loss import linear_cross_entropy
 @dataclass
 class LoopContext:
     """What every loop iteration needs: the head output h0 [B, T, D], the time conditioning c [B, cond_dim]
-    (or None), rotary tables, the attention mask and whether attention is causal."""
+    (or None), rotary tables, the attention mask and whether attention is causal.
+
+    Inference-time key / value caching lives in ``loopmdm.sampling.kvcache``: the stages take an optional
+    ``cache`` object of one stack (head, mid or tail) whose ``cache[i]`` does block i's attention and whose
+    ``positions`` ([B, K] or None for all) name the sequence positions the call computes; the states of the
+    others are seen only through their cached keys / values. The model needs nothing else from it."""
 
     h0: torch.Tensor
     cond: Optional[torch.Tensor]
@@ -100,30 +105,13 @@ class Stack(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(n))
 
     def forward(
-        self,
-        h: torch.Tensor,
-        ctx: LoopContext,
-        positions: Optional[torch.Tensor] = None,
-        cache: Optional[list] = None,
+        self, h: torch.Tensor, ctx: LoopContext, cache: Optional[Any] = None
     ) -> torch.Tensor:
-        """h [B, T, D] -> [B, T, D]. Optional partial update (inference, per-token loop exit): ``cache`` is one
-        dict per block holding that block's keys / values [B, H, T, hd]; a call without ``positions`` fills it,
-        a call with ``positions`` [B, K] updates only the states h [B, K, D] at those positions, the others
-        being seen through their cached keys / values."""
+        """h [B, T, D] -> [B, T, D]. ``cache``: an inference-time key / value cache of this stack (see
+        ``LoopContext``); ``cache[i]`` is block i's."""
         for i, block in enumerate(self.blocks):
-            kv = cache[i] if cache is not None else None
-            if positions is None and kv is None:
-                h = block(h, ctx.rope, ctx.cond, ctx.attn_mask, ctx.causal)
-            else:
-                h = block(
-                    h,
-                    ctx.rope,
-                    ctx.cond,
-                    ctx.attn_mask,
-                    ctx.causal,
-                    positions=positions,
-                    kv_cache=kv,
-                )
+            kv = None if cache is None else cache[i]
+            h = block(h, ctx.rope, ctx.cond, ctx.attn_mask, ctx.causal, kv)
         return h
 
     def __len__(self) -> int:
@@ -185,15 +173,13 @@ class LoopMDM(nn.Module):
         x_t: torch.Tensor,
         t: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
-        positions: Optional[torch.Tensor] = None,
-        cache: Optional[list] = None,
+        cache: Optional[Any] = None,
     ) -> LoopContext:
         """Embed tokens x_t [B, T] and run the head (n_h layers) once. t [B] is the diffusion time
         (needed with adaLN time conditioning); attention_mask [B, T] is True on real (non-pad) tokens.
 
-        Inference-only key / value caching (``Stack.forward``): ``cache`` (one dict per head block) is filled by a
-        call without ``positions``; with ``positions`` [B, K] only those positions of x_t are embedded and run
-        through the head, attending to the cached keys / values of the others, and ``ctx.h0`` is [B, K, D]."""
+        ``cache``: the head's inference cache (``LoopContext``); with ``cache.positions`` [B, K] only those
+        positions of x_t are embedded and run through the head, and ``ctx.h0`` is [B, K, D]."""
         check_inputs(x_t, t, self.config.vocab_size, values=x_t.device.type == "cpu")
         B, T = x_t.shape
         if T > self.config.max_seq_len:
@@ -220,6 +206,7 @@ class LoopMDM(nn.Module):
             attn_mask=mask,  # type: ignore[arg-type]
             causal=self.config.causal,
         )
+        positions = None if cache is None else cache.positions
         if positions is None:
             h = self.embed(x_t)  # [B, T, D]
             if self.pos_embed is not None:
@@ -228,24 +215,17 @@ class LoopMDM(nn.Module):
             h = self.embed(x_t.gather(1, positions))  # [B, K, D]
             if self.pos_embed is not None:
                 h = h + self.pos_embed.weight[positions]
-        if positions is None and cache is None:
-            ctx.h0 = self.head(h, ctx)
-        else:
-            ctx.h0 = self.head(h, ctx, positions=positions, cache=cache)
+        ctx.h0 = self.head(h, ctx, cache)
         return ctx
 
     def loop_step(
-        self,
-        h: torch.Tensor,
-        ctx: LoopContext,
-        k: int,
-        positions: Optional[torch.Tensor] = None,
-        cache: Optional[list] = None,
+        self, h: torch.Tensor, ctx: LoopContext, k: int, cache: Optional[Any] = None
     ) -> torch.Tensor:
         """One loop iteration k (0-based): optional input injection and loop embedding, then the mid block.
 
-        Inference-only partial update (per-token loop exit): with ``positions`` [B, K], h [B, K, D] holds the
-        states at those positions and only they are updated (see ``Stack.forward`` for ``cache``)."""
+        ``cache``: the mid block's inference cache at this loop (``LoopContext``); with ``cache.positions``
+        [B, K], h [B, K, D] holds the states at those positions and only they are updated."""
+        positions = None if cache is None else cache.positions
         if self.injection is not None:
             # [B, K, D]
             h0 = (
@@ -255,26 +235,20 @@ class LoopMDM(nn.Module):
         if self.loop_embed is not None:
             k_t = torch.full((1,), float(k), device=h.device)
             h = h + self.loop_embed(sinusoidal(k_t, 64).to(h.dtype))[:, None]  # [1, 1, D]
-        if positions is None and cache is None:
-            return self.mid(h, ctx)
-        return self.mid(h, ctx, positions=positions, cache=cache)
+        return self.mid(h, ctx, cache)
 
     def coda_features(
         self,
         h: torch.Tensor,
         ctx: LoopContext,
         predict: Optional[torch.Tensor] = None,
-        positions: Optional[torch.Tensor] = None,
-        cache: Optional[list] = None,
+        cache: Optional[Any] = None,
     ) -> torch.Tensor:
         """Tail (n_o layers) over every position, then the final norm (adaLN-modulated when time-conditioned) at
         every position [B, T, D], or only at the positions ``predict`` marks (``select_positions``): [N, D] (sparse
-        prediction: the LM head and the loss need nothing else). ``positions`` / ``cache``: inference-only key /
-        value caching of the tail, as in ``prelude`` (h [B, K, D] then holds the states at ``positions``)."""
-        if positions is None and cache is None:
-            h = self.tail(h, ctx)
-        else:
-            h = self.tail(h, ctx, positions=positions, cache=cache)
+        prediction: the LM head and the loss need nothing else). ``cache``: the tail's inference cache, as in
+        ``prelude`` (h [B, K, D] then holds the states at ``cache.positions``)."""
+        h = self.tail(h, ctx, cache)
         cond = ctx.cond
         if predict is not None:
             # [N, D], [N]: the row of each predicted position
@@ -293,14 +267,11 @@ class LoopMDM(nn.Module):
         h: torch.Tensor,
         ctx: LoopContext,
         predict: Optional[torch.Tensor] = None,
-        positions: Optional[torch.Tensor] = None,
-        cache: Optional[list] = None,
+        cache: Optional[Any] = None,
     ) -> torch.Tensor:
         """Tail, final norm and LM head: logits [B, T, V], or [N, V] at the positions ``predict`` marks
-        (``positions`` / ``cache``: see ``coda_features``)."""
-        if positions is None and cache is None:
-            return self.lm_head(self.coda_features(h, ctx, predict))
-        return self.lm_head(self.coda_features(h, ctx, predict, positions=positions, cache=cache))
+        (``cache``: see ``coda_features``)."""
+        return self.lm_head(self.coda_features(h, ctx, predict, cache))
 
     def run_loops(
         self, h: torch.Tensor, ctx: LoopContext, loops: int, start: int = 0

@@ -6,7 +6,7 @@ LoopMDM pays every step S times in its mid block. A cache keeps, for every posit
 left: the keys / values it produced at every head layer, at every layer of every loop k of the mid block and at
 every tail layer, and its final mid-block state. A network call then recomputes only some *query* positions:
 they run head -> S loops -> tail as usual, attending at each layer (and loop) to their own fresh keys / values
-and to the cached ones of every other position (``Attention`` with ``positions`` and a ``kv_cache``); the others
+and to the cached ones of every other position (``cached_attention``); the others
 are not computed at all. A *refresh* recomputes every position (exactly the plain network call) and refills the
 cache.
 
@@ -41,6 +41,7 @@ import torch
 from ..errors import ConfigError
 from ..model.fields import check_int
 from ..registry import Registry
+from .cached_attention import StackCache, stack_cache
 from .policies import LOOP_POLICIES
 from .runner import (
     LoopRunner,
@@ -320,7 +321,7 @@ class Refresh(LoopRunner):
         self.kv, self.queries = kv, None
         partial = kv.mode.partial_stages
         head = [{} for _ in model.head.blocks] if partial else None
-        ctx = model.prelude(x, t, cache=head)
+        ctx = model.prelude(x, t, cache=stack_cache(head))
         meter.network(x.shape[0])
         meter.refresh()
         super().__init__(model, ctx, meter)
@@ -339,7 +340,7 @@ class Refresh(LoopRunner):
         fresh = [{} for _ in self.model.mid.blocks]
         kv = self.kv
         if rows is None:
-            out = self.model.loop_step(h, self.ctx, k, cache=fresh)
+            out = self.model.loop_step(h, self.ctx, k, cache=StackCache(fresh))
             self.meter.loop(self.B, self.L)
             if k == len(kv.mid):
                 kv.mid.append(fresh)
@@ -348,7 +349,7 @@ class Refresh(LoopRunner):
             deepen(self.depth, None)
             return out
         # [R, L, D]
-        out = self.model.loop_step(h[rows], sub_context(self.ctx, rows), k, cache=fresh)
+        out = self.model.loop_step(h[rows], sub_context(self.ctx, rows), k, cache=StackCache(fresh))
         self.meter.loop(int(rows.numel()), self.L)
         if k == 0 and not kv.mid:
             kv.mid.append([{n: f[n].new_zeros(self.B, *f[n].shape[1:]) for n in KV} for f in fresh])
@@ -368,7 +369,7 @@ class Refresh(LoopRunner):
         ctx = self.ctx if rows is None else sub_context(self.ctx, rows)
         fresh = [{} for _ in self.model.tail.blocks] if self.kv.mode.partial_stages else None
         # = model.coda(h, ctx)
-        out = self.model.lm_head(self.model.coda_features(h_rows, ctx, cache=fresh))
+        out = self.model.lm_head(self.model.coda_features(h_rows, ctx, cache=stack_cache(fresh)))
         self.meter.tail(h_rows.shape[0])
         kv = self.kv
         if fresh is not None:
@@ -416,7 +417,7 @@ class Partial(LoopRunner):
         D = kv.state.shape[-1]
         self.idx = self.positions[..., None].expand(-1, -1, D)  # [N, K, D]
         if kv.mode.partial_stages:
-            ctx = model.prelude(x, t, positions=self.positions, cache=kv.head)  # h0 [N, K, D]
+            ctx = model.prelude(x, t, cache=StackCache(kv.head, self.positions))  # h0 [N, K, D]
             meter.network(x.shape[0], queries=K)
             # others: their cached final state (never updated)
             ctx.h0 = kv.state.scatter(1, self.idx, ctx.h0)
@@ -449,7 +450,7 @@ class Partial(LoopRunner):
         cache = _take_rows(buffers, rows)
         h_rows = h if rows is None else h[rows]
         # [R, K, D]
-        out = self.model.loop_step(h_rows.gather(1, idx), ctx, k, positions=pos, cache=cache)
+        out = self.model.loop_step(h_rows.gather(1, idx), ctx, k, cache=StackCache(cache, pos))
         h_rows = h_rows.scatter(1, idx, out)
         self.meter.loop(
             h_rows.shape[0],
@@ -476,7 +477,9 @@ class Partial(LoopRunner):
         if self.kv.mode.partial_stages:
             cache = _take_rows(self.kv.tail, rows)
             # [R, K, D]
-            feats = self.model.coda_features(h_rows.gather(1, idx), ctx, positions=pos, cache=cache)
+            feats = self.model.coda_features(
+                h_rows.gather(1, idx), ctx, cache=StackCache(cache, pos)
+            )
             self.kv.tail = _write_rows(self.kv.tail, rows, cache)
             # [R, K]: the LM head only where the sampler reads a prediction
             pred = valid & masked.gather(1, pos)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..model import LoopContext
+from .cached_attention import StackCache, stack_cache
 from .report import ComputeMeter
 
 
@@ -79,7 +80,9 @@ class LoopRunner:
         if rows is None or rows.numel() == self.B:
             if fill_cache:
                 self.cache = [{} for _ in range(len(self.model.mid))]
-            out = self.model.loop_step(h, self.ctx, k, cache=self.cache if fill_cache else None)
+            out = self.model.loop_step(
+                h, self.ctx, k, cache=stack_cache(self.cache if fill_cache else None)
+            )
             self.meter.loop(self.B, self.L)
             return out
         if rows.numel() == 0:
@@ -110,7 +113,9 @@ class LoopRunner:
         idx = positions[..., None].expand(-1, -1, D)  # [R, K, D]
         h_rows = h if everything else h[rows]
         # [R, K, D]
-        out = self.model.loop_step(h_rows.gather(1, idx), ctx, k, positions=positions, cache=cache)
+        out = self.model.loop_step(
+            h_rows.gather(1, idx), ctx, k, cache=StackCache(cache, positions)
+        )
         h_rows = h_rows.scatter(1, idx, out)
         self.meter.loop(int(rows.numel()), K, updated=counts.sum())
         if everything:

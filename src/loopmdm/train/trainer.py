@@ -79,8 +79,8 @@ class Trainer:
     """Owns model, optimizer, data stream and RNGs for one run folder. ``fit()`` trains to ``train.max_steps``.
 
     data: prepared data to train on (default: ``prepare_data(cfg.data)``); loop_dist: the training distribution
-    of S (default: the one ``cfg.diffusion`` names). ``step_fn(idx, loops)`` is the step the loop calls (tests
-    wrap it); ``stop_requested`` set to True stops after the current step, with a checkpoint."""
+    of S (default: the one ``cfg.diffusion`` names). ``stop_requested`` set to True stops after the current step,
+    with a checkpoint."""
 
     def __init__(
         self,
@@ -151,7 +151,6 @@ class Trainer:
         self.gen_loops = torch.Generator().manual_seed(tc.seed + 2)  # S, identical on every rank
         self.step, self.flops, self.bad_in_row, self.bad_total = 0, 0.0, 0, 0
         self.stop_requested, self.resumed, self.saved_step = False, False, -1
-        self.step_fn = self._step
         # non-finite steps skipped on the device: the fused AdamW kernel's found_inf (FSDP2 shards: read on the host)
         sharded = distributed.is_sharded(self.model)
         self.guard = (
@@ -232,10 +231,10 @@ class Trainer:
     def _guarded_step(
         self, idx: np.ndarray, loops: int
     ) -> tuple[torch.Tensor | float, torch.Tensor | float]:
-        """``step_fn`` with out-of-memory turned into a one-line error naming the knobs that reduce memory (step
-        functions under test may return Python floats)."""
+        """``_step`` with out-of-memory turned into a one-line error naming the knobs that reduce memory (steps
+        replaced under test may return Python floats)."""
         try:
-            return self.step_fn(idx, loops)
+            return self._step(idx, loops)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
             err = out_of_memory(e, self.cfg, self.step + 1, loops)
             if err is None:
