@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import loopmdm.diffusion.objectives as objectives
+import loopmdm.diffusion.positions as positions
 from loopmdm.diffusion import Autoregressive, Batch, MaskedDiffusion, get_schedule, q_sample
-from loopmdm.diffusion.objectives import LossPositions, bucketed
+from loopmdm.diffusion.positions import LossPositions, bucketed
 from loopmdm.model import LoopMDM, ModelConfig
 from loopmdm.model.flops import train_flops_per_token
 from loopmdm.model.loss import linear_cross_entropy
@@ -96,7 +96,7 @@ def test_the_padding_of_the_loss_positions_changes_nothing(monkeypatch):
     outs = {}
     for padded in (True, False):
         if not padded:
-            monkeypatch.setattr(objectives, "bucketed", lambda n, total: n)
+            monkeypatch.setattr(positions, "bucketed", lambda n, total: n)
         model.zero_grad()
         out = obj.loss(model, Batch(x0), 2, noise)
         out.loss.backward()

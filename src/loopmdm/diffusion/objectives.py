@@ -9,8 +9,8 @@ micro-batches slice their rows of it and one process gets exactly the same numbe
 ``loss(model, batch, loops, noise)`` then needs no generator.
 
 The loss never waits for the device: the forward process q(x_t | x_0) and the positions that enter the loss are
-found on the host from the batch and noise as the trainer draws them (``LossPositions``: integer indices, padded to
-one of ``LOSS_BUCKETS`` sizes so that the LM head sees few shapes), and only what the model needs moves to it.
+found on the host from the batch and noise as the trainer draws them (``loopmdm.diffusion.positions``), and only
+what the model needs moves to it.
 
 The times t come from the objective's time sampler (``loopmdm.diffusion.timesteps``: uniform by default, or a
 bell / P-POTS density, with importance weights ``Noise.w`` = u(t) / p(t) under ``t_weighting = "exact"``);
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..model.subs import no_mask_logits
 from ..registry import Registry
+from .positions import LossPositions, host_array, model_device, on_host
 from .schedules import NoiseSchedule, get_schedule
 from .timesteps import TimeSampler, UniformTime, make_time_sampler
 
@@ -78,7 +79,7 @@ class Noise:
 
     def host(self) -> "Noise":
         """On the host (itself when it is: the trainer's noise)."""
-        return Noise(*(None if v is None else _on_host(v) for v in (self.t, self.u, self.w)))
+        return Noise(*(None if v is None else on_host(v) for v in (self.t, self.u, self.w)))
 
     def nelbo_weight(self, schedule: NoiseSchedule) -> torch.Tensor:
         """[B]: each row's weight of a masked token's cross-entropy, -alpha'_t / (1 - alpha_t) times ``w``."""
@@ -99,70 +100,9 @@ class LossOutput:
     scores: Optional[torch.Tensor] = None
 
 
-def _on_host(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself on the CPU (the trainer's batches and noise), else copied there (a device sync)."""
-    return t if t.device.type == "cpu" else t.cpu()
-
-
-def host_array(t: torch.Tensor) -> np.ndarray:
-    """``t`` as a NumPy array, read on the host (``_on_host``)."""
-    return _on_host(t).numpy()
-
-
 def host_batch(batch: Batch) -> Batch:
-    """``batch`` with its tensors on the host (``_on_host``)."""
-    return Batch(_on_host(batch.x0), None if batch.frozen is None else _on_host(batch.frozen))
-
-
-LOSS_BUCKETS = 32  # the loss positions of a batch are padded to a multiple of 1/32 of its positions
-
-
-def bucketed(n: int, total: int, buckets: int = LOSS_BUCKETS) -> int:
-    """``n`` rounded up to a multiple of ceil(total / buckets), at most ``total``: the padded number of loss
-    positions of a batch of ``total`` positions (one of ``buckets`` sizes)."""
-    unit = max(-(-total // buckets), 1)
-    return min(total, -(-n // unit) * unit)
-
-
-def model_device(model, default: torch.device) -> torch.device:
-    """The device ``model`` (or a data-parallel wrapper) computes on; ``default`` for a model without parameters."""
-    p = next(iter(model.parameters()), None)
-    return default if p is None else p.device
-
-
-@dataclass
-class LossPositions:
-    """The positions that enter the loss, found on the host: ``index`` [K] their flat indices b * L + i in row-major
-    order, padded to K = ``bucketed(n, B * L)`` by repeating the last one; ``valid`` [K] True at the ``n`` real
-    positions, False at the padding (which gets loss weight 0). Integer indices of a size fixed on the host let
-    the model gather the positions without a device sync."""
-
-    index: torch.Tensor
-    valid: torch.Tensor
-    n: int
-
-    @classmethod
-    def of(cls, scored: np.ndarray) -> "LossPositions":
-        """The True positions of ``scored`` [B, L] (a host array)."""
-        flat = np.flatnonzero(scored)  # [n]
-        n, k = len(flat), bucketed(len(flat), scored.size)
-        index = np.concatenate([flat, np.full(k - n, flat[-1] if n else 0)]).astype(np.int64)  # [K]
-        return cls(torch.from_numpy(index), torch.from_numpy(np.arange(k) < n), n)
-
-    def labels(self, x0: torch.Tensor) -> torch.Tensor:
-        """The target token of every position [K] from the host rows x0 [B, L]."""
-        return x0.reshape(-1).index_select(0, self.index)
-
-    def to(self, device) -> "LossPositions":
-        return LossPositions(
-            self.index.to(device, non_blocking=True),
-            self.valid.to(device, non_blocking=True),
-            self.n,
-        )
-
-    def rows(self, length: int) -> torch.Tensor:
-        """The row b of every position [K] in rows of ``length`` positions."""
-        return torch.div(self.index, length, rounding_mode="floor")
+    """``batch`` with its tensors on the host (``on_host``)."""
+    return Batch(on_host(batch.x0), None if batch.frozen is None else on_host(batch.frozen))
 
 
 def sample_t(
