@@ -290,3 +290,21 @@ def test_client_disconnect_frees_the_worker(tiny_run):
             assert events_of(second.text)[-1]["type"] == "done"
             assert time.monotonic() - t0 < 5.0
     assert len(gen.steps_run) < 20
+
+
+# ---------------------------------------------------------------------------------------------- precision
+def test_precision_reaches_every_generation_and_bad_values_are_one_line(tiny_run, capsys):
+    from helpers import run_cli
+
+    seen = []
+
+    def recording(model, tokenizer, *, precision="fp32", **kw):
+        seen.append(precision)
+        return generate(model, tokenizer, precision=precision, **kw)
+
+    with TestClient(create_app(tiny_run, precision="bf16", generate_fn=recording)) as c:
+        r = c.post("/api/generate", json={"steps": 2})
+        assert events_of(r.text)[-1]["type"] == "done" and seen == ["bf16"]
+    code, _, err = run_cli(["serve", "--checkpoint", tiny_run, "--precision", "fp16"], capsys)
+    assert code == 2 and "--precision 'fp16' is unknown; use fp32 or bf16" in err
+    assert len(err.strip().splitlines()) == 1

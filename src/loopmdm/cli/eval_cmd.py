@@ -26,7 +26,7 @@ from ..viz.reasoning import plot_exact_match
 from ..viz.sweeps import plot_sweeps
 from .app import app, emit_json, info
 from .eval_metrics import METRICS, EvalArgs, format_table
-from .options import parse_loops
+from .options import check_sampling_precision, parse_loops
 
 
 @app.command("eval")
@@ -141,8 +141,7 @@ def eval_(
     """Likelihood bounds (nelbo, zero-shot), generative perplexity (gen-ppl), Sudoku or exact-match accuracy."""
     s_list = parse_loops(loops) if loops else None
     runner = METRICS.get(metric)
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"--precision {precision!r} is unknown; use fp32 or bf16")
+    check_sampling_precision(precision)
     if plot is not None and plot.suffix.lower() != ".png":
         raise ConfigError(f"--plot {str(plot)!r} must end in .png")
     set_threads(threads)

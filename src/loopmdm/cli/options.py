@@ -12,6 +12,13 @@ def parse_loops(values: list[str]) -> list[int]:
     return parse_int_list(values, "--loops")
 
 
+def check_sampling_precision(precision: str) -> str:
+    """``--precision`` of ``sample`` / ``eval`` / ``serve``: fp32 or bf16 (autocast of the network)."""
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--precision {precision!r} is unknown; use fp32 or bf16")
+    return precision
+
+
 def parse_options(items: list[str], flag: str) -> dict:
     """``["threshold=0.05", "criterion=kl"]`` -> ``{"threshold": 0.05, "criterion": "kl"}`` (values as YAML)."""
     out = {}

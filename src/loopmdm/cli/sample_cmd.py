@@ -18,7 +18,7 @@ from ..sampling import build_canvas, generate
 from ..sampling.api import MAX_STEPS
 from ..sampling.conditioning import check_text
 from .app import app, emit_json, info
-from .options import parse_loops, parse_options
+from .options import check_sampling_precision, parse_loops, parse_options
 
 
 def format_report(rep: dict) -> str:
@@ -119,8 +119,7 @@ def sample(
         from ..viz.trajectory_html import check_trajectory_path
 
         check_trajectory_path(trajectory)
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"--precision {precision!r} is unknown; use fp32 or bf16")
+    check_sampling_precision(precision)
     model, tok, cfg = load_model(checkpoint, ema=ema, device=device)
     # T above the number of positions to generate only adds network calls: clamp it (a note says so)
     free = int(

@@ -9,6 +9,7 @@ import typer
 
 from ..errors import ConfigError, install_hint
 from .app import app, info
+from .options import check_sampling_precision
 
 
 @app.command()
@@ -32,6 +33,9 @@ def serve(
         None, "--threads", help="torch CPU threads (default: torch's choice)."
     ),
     device: str = typer.Option("cpu", "--device", help="Device for the model, e.g. cpu or cuda."),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32 or bf16 (autocast of the network)."
+    ),
     ema: bool = typer.Option(False, "--ema", help="Use EMA weights when present."),
 ) -> None:
     """Open a local web page that shows tokens being revealed step by step, with the loops S per step."""
@@ -49,6 +53,7 @@ def serve(
         raise ConfigError(f"--port {port} must be in 0..65535")
     if workers < 1:
         raise ConfigError(f"--workers {workers} must be >= 1")
+    check_sampling_precision(precision)
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads {threads} must be >= 1")
@@ -65,6 +70,7 @@ def serve(
             max_samples=max_samples,
             ema=ema,
             device=device,
+            precision=precision,
         )
     except BaseException:
         sock.close()

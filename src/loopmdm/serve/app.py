@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from .. import sampling
 from ..checkpoint import load_model, resolve_checkpoint
 from ..errors import LoopMDMError
+from ..runtime import check_precision
 from ..sampling import LOOP_POLICIES, SAMPLERS, build_canvas
 from ..sampling import generate as default_generate
 from ..viz.assets import read_asset
@@ -116,6 +117,7 @@ def create_app(
     max_samples: int = 4,
     ema: bool = False,
     device: str = "cpu",
+    precision: str = "fp32",
     generate_fn: Optional[Callable[..., Any]] = None,
 ) -> FastAPI:
     """The viewer app for one checkpoint (run folder or checkpoint folder).
@@ -123,16 +125,19 @@ def create_app(
     timeout_s: wall-clock limit of one request; past it the generation is cancelled at the next denoising step.
     max_workers: generations that run at once (each in its own thread; more requests wait their turn).
     max_steps / max_samples: the largest T and N one request may ask for.
+    device / precision: where the model runs, and ``"bf16"`` for the network under bf16 autocast.
     generate_fn: the sampler entry point (default ``loopmdm.sampling.generate``), replaceable for tests."""
 
     limits = ServerLimits(timeout_s=timeout_s, max_steps=max_steps, max_samples=max_samples)
     model, tokenizer, cfg = load_model(checkpoint, device=device, ema=ema)
+    check_precision(next(model.parameters()).device, precision, "--precision")
     generate = generate_fn or default_generate
-    extra_kwargs = (
-        {"schedule": cfg.diffusion.schedule}
-        if "schedule" in inspect.signature(generate).parameters
-        else {}
-    )
+    accepted = inspect.signature(generate).parameters
+    extra_kwargs = {
+        k: v
+        for k, v in (("schedule", cfg.diffusion.schedule), ("precision", precision))
+        if k in accepted
+    }
     loop_defaults = {"loops": cfg.diffusion.max_loops, "s_max": cfg.diffusion.max_loops}
     pieces = PieceTable(tokenizer)
     model_info = {
