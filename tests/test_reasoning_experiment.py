@@ -66,6 +66,9 @@ def test_calibration_then_comparison_and_reuse(tmp_path):
     assert not per["mdm"]["policies"]
     assert (tmp_path / "results.json").is_file() and "hops" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "hops_loopmdm.png").is_file()
+    # the pre-registered checks name LoopMDM; deep supervision gets the same ones beside them
+    assert any("loopmdm beats mdm" in k for k in entry["checks"])
+    assert any("loopmdm-ds beats mdm" in k for k in entry["checks_loopmdm_ds"])
     stamp = (tmp_path / "hops" / "seed_0" / "mdm" / "scores.json").stat().st_mtime_ns
     again = run_reasoning(tiny_config(target=0.0), tmp_path, log=lambda s: None)
     assert again["tasks"]["hops"]["summary"] == entry["summary"]
@@ -143,3 +146,28 @@ def test_bad_candidates_are_refused(candidate, match):
     cfg.candidates = [candidate]
     with pytest.raises(ConfigError, match=match):
         cfg.validate()
+
+
+def test_the_checks_read_the_pooled_counts_of_the_named_model():
+    from loopmdm.experiments.reasoning import checks
+
+    cfg = tiny_config(target=0.0)
+    s_max, far = cfg.s_max, 2 * cfg.s_max
+
+    def cell(correct, n=100):
+        return {"correct": correct, "n": n}
+
+    summary = {
+        "mdm": {"1|1|all": cell(30)},
+        "deeper": {"1|1|all": cell(22)},
+        "loopmdm": {f"1|{s_max}|all": cell(10), f"1|{s_max}|9": cell(5), f"1|{far}|9": cell(9)},
+        "loopmdm-ds": {f"1|{s_max}|all": cell(56), f"1|{s_max}|9": cell(8), f"1|{far}|9": cell(3)},
+    }
+    plain = checks(summary, cfg, [1, 2])
+    assert plain["T=1: loopmdm beats mdm outside 95% intervals"] is False
+    assert plain["T=1: loopmdm within 5 points of deeper"] is False
+    assert plain["T=1, level 9: more loops than S_max help"] is True
+    ds = checks(summary, cfg, [1, 2], "loopmdm-ds")
+    assert ds["T=1: loopmdm-ds beats mdm outside 95% intervals"] is True
+    assert ds["T=1: loopmdm-ds within 5 points of deeper"] is True
+    assert ds["T=1, level 9: more loops than S_max help"] is False

@@ -524,7 +524,7 @@ def _plan_text(plan: MatchedPlan) -> str:
 
 
 def summary_markdown(results: dict) -> str:
-    """The result tables in Markdown (pasted into docs/results.md)."""
+    """The result tables in Markdown: the run folder's summary.md, which the CLI prints."""
     s = results["summary"]
     s_max = results["s_max"]
     plan = results["plan"]

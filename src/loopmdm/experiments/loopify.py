@@ -504,7 +504,7 @@ def answer(res: dict, s_max: int) -> str:
 
 
 def summary_markdown(results: dict) -> str:
-    """The result tables in Markdown (pasted into docs/results.md)."""
+    """The result tables in Markdown: the run folder's summary.md, which the CLI prints."""
     grid, s_max = results["grid"], results["s_max"]
     lines = []
     for source, res in results["summary"].items():
