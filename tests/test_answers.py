@@ -322,3 +322,49 @@ def test_rows_that_all_share_one_prompt_cannot_be_split(tmp_path):
         items, lambda x: x, 1.0, "the rows"
     )  # the hash puts every key in validation
     assert val == ["a", "a"] and train == ["b", "c"]
+
+
+def test_gsm8k_shaped_rows_through_datasets_and_the_hub_path_offline(tmp_path, monkeypatch, capsys):
+    """An SFT set read through Hugging Face ``datasets`` (``hf:json:PATH`` here; ``hf:openai/gsm8k:main`` online):
+    question / answer columns, a BPE tokenizer, only the answer scored; a Hub dataset that is not cached fails
+    offline with one line."""
+    pytest.importorskip("datasets")
+    rows = [
+        {
+            "question": f"Tom has {a} apples and buys {b}. How many?",
+            "answer": f"{a}+{b}={a + b} #### {a + b}",
+        }
+        for a, b in zip(range(40), range(3, 43))
+    ]
+    train = write_jsonl(tmp_path / "train.json", rows[:30])
+    test = write_jsonl(tmp_path / "test.json", rows[30:])
+    cfg = data_cfg(f"hf:json:{train}", cache_dir=str(tmp_path / "cache"))
+    cfg.answers.prompt_field, cfg.answers.tokenizer = "question", "bpe"
+    cfg.answers.val_source = f"hf:json:{test}"
+    data = prepare_data(cfg, 300, 48, use_cache=False)
+    assert data.stats["train_rows"] == 30 and data.stats["val_rows"] == 10
+    tok = data.tokenizer
+    first = data.val[0][~data.val_frozen[0]].tolist()  # the scored tokens of the first test row
+    assert tok.decode(first).replace(" ", "") == rows[30]["answer"].replace(" ", "")
+    run = str(tmp_path / "run")
+    sets = [
+        "data.answers.prompt_field=question",
+        "data.answers.tokenizer=bpe",
+        "model.vocab_size=400",
+    ]
+    sets += [f"data.answers.val_source=hf:json:{test}", "model.max_seq_len=48", "train.max_steps=2"]
+    sets += ["train.batch_size=8", "train.threads=1"]
+    argv = ["train", "--preset", "answers", "--data", f"hf:json:{train}", "--out", run]
+    assert (
+        run_cli(argv + [a for kv in sets for a in ("--set", kv)] + ["--no-progress"], capsys)[0]
+        == 0
+    )
+    argv = ["eval", "--checkpoint", run, "--metric", "exact-match", "--data", f"hf:json:{test}"]
+    code, out, err = run_cli(argv + ["--steps", "1", "--loops", "1", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["results"][0]["n"] == 10 and "0 of them share their prompt" in err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg.source = "hf:no-such-owner/no-such-set:main@test"
+    with pytest.raises(DataError, match="not in the local datasets cache") as e:
+        prepare_data(cfg, 300, 48, use_cache=False)
+    assert "\n" not in str(e.value)

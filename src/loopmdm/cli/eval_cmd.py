@@ -74,8 +74,8 @@ def eval_(
     data: Optional[str] = typer.Option(
         None,
         "--data",
-        help="zero-shot corpus (file, folder, .jsonl, hf:NAME) or "
-        "sudoku test puzzles (CSV, JSONL, hf:NAME).",
+        help="zero-shot corpus (file, folder, .jsonl, hf:NAME), "
+        "sudoku test puzzles (CSV, JSONL, hf:NAME) or exact-match rows (.jsonl, hf:NAME).",
     ),
     text_field: str = typer.Option(
         "text", "--text-field", help="JSON field holding the text (.jsonl inputs)."

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from ..checkpoint import load_model, uses_ema
 from ..data import prepare_data
-from ..data.answers import read_rows, source_files
+from ..data.answers import rows_of, source_files
 from ..data.sudoku import GENERATE, generated_splits, read_puzzles
 from ..diffusion import get_schedule, make_objective
 from ..errors import ConfigError, DataError
@@ -261,9 +261,11 @@ def run_sudoku(args: EvalArgs) -> dict:
 
 def _train_overlap(test_rows, cfg) -> Optional[int]:
     """Test rows whose given text also occurs in the checkpoint's training file (None when it cannot be read)."""
+    source = cfg.data.source
     try:
-        train_file, _ = source_files(cfg.data.source, cfg.data.answers)
-        train_rows = read_rows(train_file, cfg.data.answers, cfg.data.text_field)
+        if not source.startswith("hf:"):
+            source = str(source_files(source, cfg.data.answers)[0])
+        train_rows = rows_of(source, cfg.data)
     except DataError:
         return None
     return overlap_count(test_rows, train_rows)
@@ -275,7 +277,7 @@ def run_exact_match(args: EvalArgs) -> dict:
     (T; 0 = one token per step) x --loops, per --group-by level, with the majority and task baselines."""
     if not args.data:
         raise ConfigError(
-            "--metric exact-match needs --data FILE.jsonl (prompt / answer or text / targets rows)"
+            "--metric exact-match needs --data FILE.jsonl or hf:... (prompt / answer or text / targets rows)"
         )
     model, tok, cfg, loops = _load(args)
     if cfg.data.format != "answers":
@@ -285,7 +287,7 @@ def run_exact_match(args: EvalArgs) -> dict:
             f"{cfg.data.format!r}"
             + (" (use --metric sudoku)" if cfg.data.format == "sudoku" else "")
         )
-    rows = read_rows(args.data, cfg.data.answers, cfg.data.text_field, limit=args.max_boards)
+    rows = rows_of(str(args.data), cfg.data, limit=args.max_boards)
     overlap = _train_overlap(rows, cfg)
     info(
         f"{len(rows)} test rows from {args.data}; "

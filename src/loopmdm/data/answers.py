@@ -18,8 +18,12 @@ any tokenizer), ``bpe`` (a byte-level BPE of ``model.vocab_size`` trained on the
 ``data.tokenizer`` (a ``tokenizer.json`` or a Hub name, e.g. for a GSM8K fine-tune of a pre-trained model).
 
 ``data.source`` is a ``.jsonl`` file (validation: ``data.answers.val_source``, else a stable-hash split of the
-rows by ``data.val_fraction``) or a folder holding ``train.jsonl`` and ``val.jsonl`` (what ``loopmdm task make``
-writes).
+rows by ``data.val_fraction``), a folder holding ``train.jsonl`` and ``val.jsonl`` (what ``loopmdm task make``
+writes), or ``hf:...``, rows read through Hugging Face ``datasets`` (the ``[hf]`` extra): a Hub dataset
+``hf:OWNER/NAME[:CONFIG][@SPLIT]`` or local files ``hf:json:PATH`` (``loopmdm.data.hf.read_hf_rows``). GSM8K:
+
+    data.source=hf:openai/gsm8k:main  data.answers.prompt_field=question
+    data.answers.val_source=hf:openai/gsm8k:main@test  data.answers.tokenizer=bpe  model.vocab_size=8192
 """
 
 from __future__ import annotations
@@ -154,6 +158,20 @@ def read_rows(
     return rows
 
 
+def rows_of(source: str, cfg, limit: Optional[int] = None) -> list[AnswerRow]:
+    """The rows (the first ``limit``) of a .jsonl file, or of ``hf:...`` (a Hugging Face dataset, or local files
+    through ``datasets``); ``cfg``: the data config (``answers``, ``text_field``)."""
+    if not source.startswith("hf:"):
+        return read_rows(source, cfg.answers, cfg.text_field, limit)
+    from .hf import read_hf_rows
+
+    found = read_hf_rows(source[3:], cfg)[:limit]
+    rows = [parse_row(obj, cfg.answers, cfg.text_field, w) for obj, w in found]
+    if not rows:
+        raise DataError(f"data source {source!r} holds no rows")
+    return rows
+
+
 def source_files(source: str, acfg) -> tuple[Path, Optional[Path]]:
     """(training file, validation file or None) of ``data.source`` for this format."""
     p = Path(source).expanduser()
@@ -277,8 +295,11 @@ def prepare_answers(
     """Training / validation rows of prompt / answer or infill data, padded to the model window ``seq_len``, with
     everything but the answer tokens frozen (``vocab_size``: the size of a BPE to train; the cache is not used:
     these files are small and encode in seconds)."""
-    train_file, val_file = source_files(cfg.source, cfg.answers)
-    rows = read_rows(train_file, cfg.answers, cfg.text_field)
+    if cfg.source.startswith("hf:"):
+        train_file, val_file = cfg.source, cfg.answers.val_source
+    else:
+        train_file, val_file = source_files(cfg.source, cfg.answers)
+    rows = rows_of(str(train_file), cfg)
     if val_file is None:
         train_rows, val_rows = split_by_key(
             rows,
@@ -288,7 +309,7 @@ def prepare_answers(
             "prompt / text",
         )
     else:
-        train_rows, val_rows = rows, read_rows(val_file, cfg.answers, cfg.text_field)
+        train_rows, val_rows = rows, rows_of(str(val_file), cfg)
     tokenizer = build_tokenizer(cfg, train_rows, vocab_size)
     check_characters(val_rows, tokenizer)
     xt, tt = encode_rows(train_rows, tokenizer, seq_len)

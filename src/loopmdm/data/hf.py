@@ -167,20 +167,7 @@ def _read_local(datasets, fmt: str, files: list[Path], root: Path, cfg) -> ReadR
     single = len(files) == 1
     for f in files:
         rel = f.name if single else f.relative_to(root).as_posix()
-        kwargs = {"sample_by": "document"} if fmt == "text" else {}
-        try:
-            ds = datasets.load_dataset(
-                fmt,
-                data_files=str(f),
-                split="train",
-                cache_dir=str(cache_root(cfg) / "hf-datasets"),
-                **kwargs,
-            )
-        except Exception as e:  # datasets raises many types on malformed files
-            raise DataError(
-                f"datasets could not read {str(f)!r} as {fmt} ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:100] if str(e) else ''}); check the file or the format"
-            ) from None
+        ds = _load_local(datasets, fmt, f, cfg)
         field = "text" if fmt == "text" else cfg.text_field
         _check_column(ds, field, str(f))
         for i, text in enumerate(ds[field]):
@@ -190,6 +177,24 @@ def _read_local(datasets, fmt: str, files: list[Path], root: Path, cfg) -> ReadR
         if fmt == "text" and single and report.documents:
             report.documents = chunk_lines(report.documents[0])  # as the built-in reader does
     return report
+
+
+def _load_local(datasets, fmt: str, f: Path, cfg):
+    """``load_dataset(fmt, data_files=f)``, with a one-line error on a file it cannot read."""
+    kwargs = {"sample_by": "document"} if fmt == "text" else {}
+    try:
+        return datasets.load_dataset(
+            fmt,
+            data_files=str(f),
+            split="train",
+            cache_dir=str(cache_root(cfg) / "hf-datasets"),
+            **kwargs,
+        )
+    except Exception as e:  # datasets raises many types on malformed files
+        raise DataError(
+            f"datasets could not read {str(f)!r} as {fmt} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:100] if str(e) else ''}); check the file or the format"
+        ) from None
 
 
 def _check_column(ds, field: str, where: str) -> None:
@@ -209,14 +214,46 @@ def max_read_bytes(spec: HFDataset, cfg) -> Optional[int]:
     return spec.default_max_bytes
 
 
+def read_hf_rows(name: str, cfg) -> list[tuple[dict, str]]:
+    """The rows of ``hf:NAME`` as (JSON object, where) pairs, for row formats (prompt / answer data): NAME is
+    ``FORMAT:PATH`` (local files) or ``OWNER/NAME[:CONFIG][@SPLIT]`` (a Hub dataset, read whole; split
+    ``train`` unless ``@SPLIT`` names another, e.g. ``hf:openai/gsm8k:main@test``)."""
+    name, _, split = name.partition("@") if "/" in name.partition(":")[0] else (name, "", "")
+    kind, spec = resolve(name, cfg)
+    datasets = _import_datasets()
+    if kind == "local":
+        fmt, files, root = spec  # type: ignore[misc]
+        rows = []
+        for f in files:
+            ds = _load_local(datasets, fmt, f, cfg)
+            rel = f.name if len(files) == 1 else f.relative_to(root).as_posix()
+            rows += [(row, f"{rel}:{i + 1}") for i, row in enumerate(ds)]
+        return rows
+    spec = HFDataset(spec.hub_id, spec.config, split or spec.split)  # type: ignore[union-attr]
+    ds = _load_hub(datasets, name, spec, streaming=False)
+    return [(row, f"{spec.hub_id}:{spec.split}:{i}") for i, row in enumerate(ds)]
+
+
 def _read_hub(datasets, name: str, spec: HFDataset, cfg) -> ReadReport:
+    ds = _load_hub(datasets, name, spec, spec.streaming)
+    if ds.column_names is not None:
+        _check_column(ds, spec.text_field, f"dataset {spec.hub_id}")
+    return collect(
+        _texts(ds, spec.text_field), f"{name}:{spec.split}", max_read_bytes(spec, cfg), spec.clean
+    )
+
+
+def _load_hub(datasets, name: str, spec: HFDataset, streaming: bool):
+    """``load_dataset`` of a Hub dataset, with one-line errors offline or when it cannot be loaded."""
     offline = hub_offline()
     if not offline:
         require_hub(f"dataset hf:{name} ({spec.hub_id})")
     # offline: only a fully downloaded copy in the cache can work
-    streaming = spec.streaming and not offline
+    streaming = streaming and not offline
     try:
-        ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split, streaming=streaming)
+        return datasets.load_dataset(
+            spec.hub_id, spec.config, split=spec.split, streaming=streaming
+        )
     except Exception as e:  # ConnectionError, FileNotFoundError, DatasetNotFoundError, ...
         first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         if offline:
@@ -229,11 +266,6 @@ def _read_hub(datasets, name: str, spec: HFDataset, cfg) -> ReadReport:
             f"dataset hf:{name} ({spec.hub_id}) could not be loaded ({first}); check the name "
             "and the network, or use local files"
         ) from None
-    if ds.column_names is not None:
-        _check_column(ds, spec.text_field, f"dataset {spec.hub_id}")
-    return collect(
-        _texts(ds, spec.text_field), f"{name}:{spec.split}", max_read_bytes(spec, cfg), spec.clean
-    )
 
 
 def _texts(ds, field: str) -> Iterable[str]:
