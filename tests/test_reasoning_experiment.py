@@ -41,6 +41,7 @@ def tiny_config(target: float):
     cfg.calibration_steps, cfg.target, cfg.s_max = 60, target, 3
     cfg.seeds, cfg.steps, cfg.loops = [0], [1, 0], [1, 3, 6]
     cfg.policies = {"converge": {"threshold": 0.05, "s_max": 4}}
+    cfg.models = ["mdm", "loopmdm", "deeper", "loopmdm-ds"]  # (a)-(d); amendment 2 has its own test
     return cfg.validate()
 
 
@@ -68,7 +69,7 @@ def test_calibration_then_comparison_and_reuse(tmp_path):
     assert (tmp_path / "hops_loopmdm.png").is_file()
     # the pre-registered checks name LoopMDM; deep supervision gets the same ones beside them
     assert any("loopmdm beats mdm" in k for k in entry["checks"])
-    assert any("loopmdm-ds beats mdm" in k for k in entry["checks_loopmdm_ds"])
+    assert any("loopmdm-ds beats mdm" in k for k in entry["checks_more"]["loopmdm-ds vs mdm"])
     stamp = (tmp_path / "hops" / "seed_0" / "mdm" / "scores.json").stat().st_mtime_ns
     again = run_reasoning(tiny_config(target=0.0), tmp_path, log=lambda s: None)
     assert again["tasks"]["hops"]["summary"] == entry["summary"]
@@ -171,3 +172,25 @@ def test_the_checks_read_the_pooled_counts_of_the_named_model():
     assert ds["T=1: loopmdm-ds beats mdm outside 95% intervals"] is True
     assert ds["T=1: loopmdm-ds within 5 points of deeper"] is True
     assert ds["T=1, level 9: more loops than S_max help"] is False
+
+
+def test_amendment_2_controls_train_at_the_other_models_budgets(tmp_path):
+    """mdm-long: the plain MDM trained to (d)'s logged FLOPs; loopmdm-ds-matched: (d) cut to the common budget."""
+    cfg = tiny_config(target=0.0)
+    cfg.models = ["mdm", "loopmdm-ds", "mdm-long", "loopmdm-ds-matched"]
+    entry = run_reasoning(cfg.validate(), tmp_path, log=lambda s: None)["tasks"]["hops"]
+    per = entry["per_seed"][0]
+    flops = {name: per[name]["flops"] for name in per}
+    steps = {r["name"]: r["steps"] for r in entry["plan"]["runs"]}
+    assert flops["mdm-long"] == pytest.approx(flops["loopmdm-ds"], rel=0.03)
+    assert flops["loopmdm-ds-matched"] == pytest.approx(flops["mdm"], rel=0.03)
+    assert flops["loopmdm-ds-matched"] < flops["loopmdm-ds"] < flops["mdm-long"] * 1.03
+    assert steps["mdm"] == 60 and per["mdm-long"]["steps"] > 60
+    assert set(entry["checks_more"]) == {
+        "loopmdm-ds vs mdm",
+        "loopmdm-ds vs mdm-long",
+        "loopmdm-ds-matched vs mdm",
+    }
+    with pytest.raises(ConfigError, match="must be a non-empty subset"):
+        cfg.models = ["mdm", "mdm-longer"]
+        cfg.validate()

@@ -26,28 +26,41 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import RunConfig
 from ..data import prepare_data
 from ..data.answers import read_rows
-from ..diffusion import get_schedule
+from ..diffusion import get_schedule, make_loop_distribution, predicted_fraction
 from ..errors import ConfigError
 from ..eval.exact_match import exact_match_grid, policy_grid
 from ..fileio import write_json
 from ..model import ModelConfig
 from ..model.fields import check_int_list
+from ..model.flops import train_flops_per_token
 from ..runtime import machine_info, set_threads
 from ..tasks import heuristic_for, write_task
 from ..viz.reasoning import plot_exact_match
 from .common import clone, load_experiment_config, train_or_reuse
-from .compute_matched import ComputeMatchedConfig, plan_compute_matched, train_one
+from .compute_matched import (
+    RUN_LABELS,
+    ComputeMatchedConfig,
+    MatchedPlan,
+    RunPlan,
+    plan_compute_matched,
+    train_one,
+)
 from .curves import spread
 
 Log = Callable[[str], None]
-MODELS = ("mdm", "loopmdm", "deeper", "loopmdm-ds")
+# (a)-(d) pre-registered; amendment 2's controls of (d)'s budget: the plain MDM with (d)'s training FLOPs, and (d)
+# with (a)'s (fewer steps)
+MODELS = ("mdm", "loopmdm", "deeper", "loopmdm-ds", "mdm-long", "loopmdm-ds-matched")
+# the pre-registered targets applied to other (looped, plain) pairs, reported beside them: deep supervision against
+# the plain MDM of the common budget, and (amendment 2) at equal FLOPs
+MORE_CHECKS = (("loopmdm-ds", "mdm"), ("loopmdm-ds", "mdm-long"), ("loopmdm-ds-matched", "mdm"))
 
 
 @dataclass
@@ -80,7 +93,7 @@ class ReasoningConfig:
     target: float = 0.9
     s_max: int = 4
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    models: list[str] = field(default_factory=lambda: list(MODELS))
+    models: list[str] = field(default_factory=lambda: list(MODELS[:4]))
     # T of the test grid; 0 = one token per step
     steps: list[int] = field(default_factory=lambda: [1, 2, 0])
     # S grid of looped models (up to 4 S_max)
@@ -191,6 +204,10 @@ def _laptop() -> ReasoningConfig:
             {"d_model": 192, "n_heads": 6, "n_layers": 4},
             {"d_model": 128, "n_heads": 4, "n_layers": 4, "steps": 9000},
         ],
+        # Amendment 2 (2026-12-06, after (a)-(d) of seeds 0-1 on prefix-sum-interleaved, before any run of these
+        # two): controls of (d)'s larger budget (deep supervision's extra tail passes, 1.21x the common FLOPs),
+        # the plain MDM trained to (d)'s FLOPs and (d) cut to (a)'s. Targets and test grid unchanged.
+        models=list(MODELS),
         description="Two tasks. vars-hops-trace: programs of 12-14 statements with 4 digit literals and copies, "
         "every value written after its statement (a scratchpad); the value of a depth-d statement is d "
         "lookups away, so at T = 1 (every value decoded at once) the depth must come from the network, "
@@ -200,7 +217,9 @@ def _laptop() -> ReasoningConfig:
         "at T = 1 on the easiest level (depth 1, size 4). Then (a)-(d) at equal FLOPs, S_max = 4, 3 "
         "seeds. One-thread processes, two at once (--tasks / --models); about 6 hours in all. "
         "Amendment 1, after both calibrations failed and before any looped run: a third candidate (d 128, "
-        "9000 steps) and the task prefix-sum-interleaved (each running sum right after its digit).",
+        "9000 steps) and the task prefix-sum-interleaved (each running sum right after its digit). "
+        "Amendment 2, after (a)-(d) of two seeds: mdm-long ((a) with (d)'s FLOPs) and loopmdm-ds-matched ((d) "
+        "with (a)'s FLOPs), controls of deep supervision's larger budget.",
     )
 
 
@@ -439,13 +458,12 @@ def compare(
         task_folder(out, task) / "test.jsonl", mc.run.data.answers, mc.run.data.text_field
     )
     per_seed: dict = {}
+    tokens = mc.run.train.batch_size * mc.run.model.max_seq_len
+    pf = predicted_fraction(mc.run.diffusion) * data.free_fraction
     for seed in cfg.seeds:
         per_seed[seed] = {}
         for name in models:
-            rp = plan.run("loopmdm" if name == "loopmdm-ds" else name)
-            if name == "loopmdm-ds":
-                rp = clone(rp)
-                rp.cfg.diffusion.deep_supervision = "all"
+            rp = model_plan(plan, name, tokens, pf)
             run_dir = out / task.name / f"seed_{seed}" / name
             log(f"{task.name} seed {seed}: {name}, {rp.steps} steps")
             model, info = train_one(rp, seed, run_dir, data, mc, progress, log)
@@ -472,6 +490,42 @@ def compare(
             )
             per_seed[seed][name] = info
     return {"plan": plan.summary(), "per_seed": per_seed, "test_rows": len(test_rows)}
+
+
+def model_plan(plan: MatchedPlan, name: str, tokens: int, pf: float) -> RunPlan:
+    """The run of model ``name``: (a)-(c) as the compute-matched plan has them; (d) ``loopmdm-ds`` is (b) with deep
+    supervision on every loop and (b)'s steps, so its extra tail passes raise its FLOPs above the common budget;
+    amendment 2: ``mdm-long`` is (a) trained to (d)'s FLOPs, ``loopmdm-ds-matched`` is (d) cut to (a)'s.
+    ``tokens``: per step; ``pf``: the share of positions the LM head runs on."""
+    if name in RUN_LABELS:
+        return plan.run(name)
+    b = clone(plan.run("loopmdm"))
+    b.cfg.diffusion.deep_supervision = "all"
+    f_ds = make_loop_distribution(b.cfg.diffusion).expect(
+        lambda s: train_flops_per_token(b.cfg.model, s, predicted_fraction=pf, supervised=s)
+    )
+    budget_d = b.steps * tokens * f_ds
+    if name == "mdm-long":
+        a = clone(plan.run("mdm"))
+        steps = round(budget_d / a.flops_per_step)
+        return replace(
+            a,
+            name=name,
+            label="(a) with (d)'s FLOPs",
+            steps=steps,
+            planned_flops=steps * a.flops_per_step,
+        )
+    steps = b.steps if name == "loopmdm-ds" else round(plan.total_flops / (tokens * f_ds))
+    label = "(d) LoopMDM, deep supervision" + ("" if name == "loopmdm-ds" else ", (a)'s FLOPs")
+    return replace(
+        b,
+        name=name,
+        label=label,
+        steps=steps,
+        train_flops_per_token=f_ds,
+        flops_per_step=f_ds * tokens,
+        planned_flops=steps * f_ds * tokens,
+    )
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -508,13 +562,16 @@ def summarise(per_seed: dict) -> dict:
 
 
 def checks(
-    summary: dict, cfg: ReasoningConfig, trained_levels: list[int], looped: str = "loopmdm"
+    summary: dict,
+    cfg: ReasoningConfig,
+    trained_levels: list[int],
+    looped: str = "loopmdm",
+    plain: str = "mdm",
 ) -> dict:
     """The issue's targets, read off the pooled counts (Wilson intervals over seeds x rows): at T <= 2, LoopMDM at
     S_max above the plain MDM by a margin outside both 95% intervals, and within 5 points of the deeper MDM; out of
-    distribution, accuracy at S = 2-4 x S_max above S_max on levels harder than trained. ``looped``: the looped
-    model checked (the pre-registered targets name ``loopmdm``; ``loopmdm-ds`` gets the same checks, reported
-    beside them)."""
+    distribution, accuracy at S = 2-4 x S_max above S_max on levels harder than trained. The pre-registered
+    targets name ``looped="loopmdm"`` and ``plain="mdm"``; ``MORE_CHECKS`` apply them to other pairs."""
     from ..eval.sudoku import wilson_interval
 
     def pooled(model, T, S, g):
@@ -523,13 +580,13 @@ def checks(
 
     out = {}
     for T in (t for t in cfg.steps if 0 < t <= 2):
-        loop, plain, deep = (
+        loop, base, deep = (
             pooled(looped, T, cfg.s_max, "all"),
-            pooled("mdm", T, 1, "all"),
+            pooled(plain, T, 1, "all"),
             pooled("deeper", T, 1, "all"),
         )
-        if loop and plain:
-            out[f"T={T}: {looped} beats mdm outside 95% intervals"] = loop[1][0] > plain[1][1]
+        if loop and base:
+            out[f"T={T}: {looped} beats {plain} outside 95% intervals"] = loop[1][0] > base[1][1]
         if loop and deep:
             out[f"T={T}: {looped} within 5 points of deeper"] = loop[0] >= deep[0] - 0.05
         harder = sorted(
@@ -595,8 +652,11 @@ def run_reasoning(
             entry["summary"] = summarise(entry["per_seed"])
             levels = task.params.get("train_levels", [])
             entry["checks"] = checks(entry["summary"], cfg, levels)
-            # the same targets for LoopMDM with deep supervision (model d), reported beside the pre-registered ones
-            entry["checks_loopmdm_ds"] = checks(entry["summary"], cfg, levels, "loopmdm-ds")
+            entry["checks_more"] = {
+                f"{looped} vs {plain}": checks(entry["summary"], cfg, levels, looped, plain)
+                for looped, plain in MORE_CHECKS
+                if looped in entry["summary"] and plain in entry["summary"]
+            }
             figures = []
             for model in subset:
                 recs = entry["per_seed"][cfg.seeds[0]][model]["scores"]
@@ -652,7 +712,10 @@ def summary_markdown(results: dict) -> str:
             "- steps at equal training FLOPs: "
             + ", ".join(f"{r['name']} {r['steps']}" for r in entry["plan"]["runs"]),
             f"- checks: {json.dumps(entry['checks'])}",
-            f"- the same checks for loopmdm-ds: {json.dumps(entry.get('checks_loopmdm_ds', {}))}",
+            *(
+                f"- the same checks, {pair}: {json.dumps(c)}"
+                for pair, c in entry.get("checks_more", {}).items()
+            ),
             "",
         ]
     return "\n".join(lines) + "\n"
