@@ -673,8 +673,59 @@ def run_reasoning(
     return results
 
 
+def _pooled(cell: dict) -> str:
+    """Exact match pooled over seeds x rows, its 95% Wilson interval and the per-seed range, in percent."""
+    from ..eval.sudoku import wilson_interval
+
+    lo, hi = wilson_interval(cell["correct"], cell["n"])
+    acc = cell["accuracy"]
+    return (
+        f"{100 * cell['correct'] / cell['n']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] "
+        f"({100 * acc['min']:.0f}-{100 * acc['max']:.0f})"
+    )
+
+
+def accuracy_table(summary: dict, steps: list[int]) -> list[str]:
+    """Markdown rows: per model and S, exact match at each T over all test rows (``_pooled``)."""
+    lines = [
+        "",
+        "Exact match, % pooled over seeds [95% Wilson] (per-seed range):",
+        "",
+        "| model | S | " + " | ".join(f"T={t}" if t else "1/token" for t in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    for model, cells in summary.items():
+        for S in sorted({int(k.split("|")[1]) for k in cells}):
+            vals = [cells.get(f"{t}|{S}|all") for t in steps]
+            row = " | ".join("-" if v is None else _pooled(v) for v in vals)
+            lines.append(f"| {model} | {S} | {row} |")
+    return lines
+
+
+def level_table(summary: dict, cfg: dict, T: int) -> list[str]:
+    """Markdown rows: exact match (% pooled over seeds) per level at T, each model at its training S (S_max for the
+    looped ones, 1 for the plain ones)."""
+    levels = sorted(
+        {int(k.split("|")[2]) for c in summary.values() for k in c if k.split("|")[2] != "all"}
+    )
+    lines = [
+        "",
+        f"By level at T = {T} (%):",
+        "",
+        "| model | S | " + " | ".join(map(str, levels)) + " |",
+    ]
+    lines.append("|---|---|" + "---|" * len(levels))
+    for model, cells in summary.items():
+        S = cfg["s_max"] if model.startswith("loopmdm") else 1
+        vals = [cells.get(f"{T}|{S}|{g}") for g in levels]
+        row = " | ".join("-" if v is None else f"{100 * v['correct'] / v['n']:.0f}" for v in vals)
+        lines.append(f"| {model} | {S} | {row} |")
+    return lines
+
+
 def summary_markdown(results: dict) -> str:
-    """Per task: the calibration, then accuracy per model and S at each T (all rows) and the checks."""
+    """Per task: the calibration, then exact match per model and S at each T (all rows), per level, and the
+    checks."""
     lines = []
     cfg = results["config"]
     for name, entry in results["tasks"].items():
@@ -693,20 +744,8 @@ def summary_markdown(results: dict) -> str:
         if cal["chosen"] is None:
             lines += ["- no candidate reached the target: no comparison", ""]
             continue
-        steps = cfg["steps"]
-        lines += [
-            "",
-            "| model | S | " + " | ".join(f"T={t}" if t else "1/token" for t in steps) + " |",
-            "|---|---|" + "---|" * len(steps),
-        ]
-        for model, cells in entry["summary"].items():
-            for S in sorted({int(k.split("|")[1]) for k in cells}):
-                vals = [cells.get(f"{t}|{S}|all") for t in steps]
-                lines.append(
-                    f"| {model} | {S} | "
-                    + " | ".join("-" if v is None else f"{v['accuracy']['mean']:.3f}" for v in vals)
-                    + " |"
-                )
+        lines += accuracy_table(entry["summary"], cfg["steps"])
+        lines += level_table(entry["summary"], cfg, min(t for t in cfg["steps"] if t > 0))
         lines += [
             "",
             "- steps at equal training FLOPs: "
