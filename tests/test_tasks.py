@@ -519,6 +519,21 @@ def test_write_task_is_idempotent_and_refuses_foreign_folders(tmp_path):
         write_task(tmp_path / "file", "vars", **args)
 
 
+def test_a_folder_written_before_a_parameter_existed_is_reused(tmp_path):
+    """Found by the reasoning study: prefix's ``layout`` parameter (default infill) orphaned the prefix-sum folder
+    written before it existed ("holds a task with other parameters"); its default now fills the old spec."""
+    out = tmp_path / "p"
+    args = dict(n_train=4, n_val=2, n_test=2, train_levels=[4], test_levels=[4, 6], seed=0)
+    write_task(out, "prefix", **args)
+    info = json.loads((out / "task.json").read_text())
+    assert info["spec"]["params"].pop("layout") == "infill"  # as an older version wrote it
+    (out / "task.json").write_text(json.dumps(info))
+    before = snapshot(out)
+    assert write_task(out, "prefix", **args)["written"] is False and snapshot(out) == before
+    with pytest.raises(ConfigError, match="other parameters"):
+        write_task(out, "prefix", **args, layout="interleaved")
+
+
 def test_cli_task_make_writes_and_is_idempotent(tmp_path, capsys):
     out = tmp_path / "vars"
     argv = [

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LoopMDMError
 from ..fileio import atomic_write_text
 from .base import check_count, family_of, make_splits
 
@@ -38,6 +38,18 @@ def read_spec(folder: Path) -> Optional[dict]:
         return json.loads((folder / TASK_FILE).read_text()).get("spec")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def with_defaults(fam, spec: Optional[dict]) -> Optional[dict]:
+    """A task spec read from an older ``task.json`` with the parameters it predates filled in with the family's
+    defaults (what that version generated), so that a newer generator parameter does not orphan the folder."""
+    try:
+        if spec is None or spec["family"] != fam.name:
+            return spec
+        levels = sorted(set(spec["train_levels"]) | set(spec["test_levels"]))
+        return json.loads(json.dumps({**spec, "params": fam.resolve(levels, spec["params"])}))
+    except (KeyError, TypeError, ValueError, LoopMDMError):
+        return spec
 
 
 def jsonl(rows: list[dict]) -> str:
@@ -88,7 +100,7 @@ def write_task(
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} is a file; pass a new or empty folder")
     if folder.is_dir() and any(folder.iterdir()):
-        old = read_spec(folder)
+        old = with_defaults(fam, read_spec(folder))
         if old != spec:
             why = "holds no task.json" if old is None else "holds a task with other parameters"
             raise ConfigError(f"--out {folder} is not empty and {why}; pass a new or empty folder")
