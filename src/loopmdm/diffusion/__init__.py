@@ -4,6 +4,7 @@ t (uniform, bell, P-POTS; ``timesteps``) and of the loop count S, and the Monte-
 SUBS itself is ``loopmdm.model.subs``."""
 
 from ..model.subs import no_mask_logits, subs_log_probs
+from .autoregressive import Autoregressive
 from .loops import (
     LOOP_DISTRIBUTIONS,
     BalancedUniformLoops,
@@ -19,7 +20,6 @@ from .loops import (
 from .objectives import (
     LOSS_WEIGHTS,
     OBJECTIVES,
-    Autoregressive,
     Batch,
     LossOutput,
     MaskedDiffusion,

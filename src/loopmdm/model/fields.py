@@ -3,7 +3,8 @@
 * ``check_int`` / ``check_int_list`` / ``parse_int_list``: a loop count S, a step count T, a list of S from the
   command line (``"1,2,4"``): bools, floats and words are refused with the name of the value and the fix;
 * ``coerce`` / ``check_types``: a value of a config dataclass field converted to the field's declared type
-  (``"3e-4"`` -> 0.0003, ``2.0`` -> 2, a list -> a tuple), or refused.
+  (``"3e-4"`` -> 0.0003, ``2.0`` -> 2, a list -> a tuple), or refused;
+* ``check_inputs``: the token ids x_t and times t handed to the model.
 
 It lives in the backbone package because ``ModelConfig`` needs it and ``loopmdm/model/`` is exported verbatim
 as Hugging Face remote code (torch, the standard library and its own files only).
@@ -16,9 +17,11 @@ import math
 import numbers
 import types
 import typing
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
-from .errors import ConfigError
+import torch
+
+from .errors import ConfigError, InputError
 
 # --------------------------------------------------------------------------- integers
 
@@ -238,3 +241,52 @@ def at_most(obj: Any, section: str, **limits: int) -> None:
             raise ConfigError(
                 f"{section}.{name}={short(v)} is larger than the supported {limit}; check for a typo"
             )
+
+
+# --------------------------------------------------------------------------- model inputs
+
+
+def check_inputs(
+    x_t: torch.Tensor, t: Optional[torch.Tensor], vocab_size: int, values: bool = True
+) -> None:
+    """One-line ``InputError``s for token ids x_t that are not an integer [B, T] tensor and times t that are not
+    a scalar or [B]; with ``values`` (tensors on the CPU, where reading them back costs no device sync) also
+    ids outside [0, vocab_size) and t outside [0, 1] or not finite."""
+    if (
+        not isinstance(x_t, torch.Tensor)
+        or x_t.is_floating_point()
+        or x_t.is_complex()
+        or x_t.dtype == torch.bool
+    ):
+        raise InputError(
+            f"x_t must be a tensor of integer token ids, got {getattr(x_t, 'dtype', type(x_t))}; "
+            "pass e.g. torch.tensor(ids, dtype=torch.long)"
+        )
+    if x_t.dim() != 2:
+        raise InputError(
+            f"x_t must be [batch, length] token ids, got shape {list(x_t.shape)}; add a batch "
+            "dimension with x_t[None]"
+        )
+    if t is not None and (
+        not isinstance(t, torch.Tensor)
+        or t.dim() > 1
+        or (t.dim() == 1 and t.shape[0] != x_t.shape[0])
+    ):
+        raise InputError(
+            f"t must be a scalar or one time per row [{x_t.shape[0]}], got "
+            f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+        )
+    if not values or x_t.numel() == 0:
+        return
+    ids = x_t.detach().numpy()  # read through NumPy: host values, never a device sync
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise InputError(
+            f"token ids must be in [0, {vocab_size}) (the model's vocabulary), got ids from {lo} to "
+            f"{hi}; encode the text with the checkpoint's tokenizer"
+        )
+    times = None if t is None or t.device.type != "cpu" else t.detach().double().numpy()
+    if times is not None and not ((times >= 0) & (times <= 1)).all():
+        raise InputError(
+            "t must hold diffusion times in [0, 1] (no NaN); pass t = 1 for an all-masked sequence"
+        )

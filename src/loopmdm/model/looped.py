@@ -17,8 +17,8 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .errors import ConfigError, InputError
-from .fields import check_loops
+from .errors import ConfigError
+from .fields import check_inputs, check_loops
 from .layers import Block, Rotary, TimestepEmbedder, modulate, sinusoidal
 from .loss import linear_cross_entropy
 
@@ -38,52 +38,6 @@ class LoopContext:
     rope: tuple[torch.Tensor, torch.Tensor]
     attn_mask: Optional[torch.Tensor]
     causal: bool
-
-
-def check_inputs(
-    x_t: torch.Tensor, t: Optional[torch.Tensor], vocab_size: int, values: bool = True
-) -> None:
-    """One-line ``InputError``s for token ids x_t that are not an integer [B, T] tensor and times t that are not
-    a scalar or [B]; with ``values`` (tensors on the CPU, where reading them back costs no device sync) also
-    ids outside [0, vocab_size) and t outside [0, 1] or not finite."""
-    if (
-        not isinstance(x_t, torch.Tensor)
-        or x_t.is_floating_point()
-        or x_t.is_complex()
-        or x_t.dtype == torch.bool
-    ):
-        raise InputError(
-            f"x_t must be a tensor of integer token ids, got {getattr(x_t, 'dtype', type(x_t))}; "
-            "pass e.g. torch.tensor(ids, dtype=torch.long)"
-        )
-    if x_t.dim() != 2:
-        raise InputError(
-            f"x_t must be [batch, length] token ids, got shape {list(x_t.shape)}; add a batch "
-            "dimension with x_t[None]"
-        )
-    if t is not None and (
-        not isinstance(t, torch.Tensor)
-        or t.dim() > 1
-        or (t.dim() == 1 and t.shape[0] != x_t.shape[0])
-    ):
-        raise InputError(
-            f"t must be a scalar or one time per row [{x_t.shape[0]}], got "
-            f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
-        )
-    if not values or x_t.numel() == 0:
-        return
-    ids = x_t.detach().numpy()  # read through NumPy: host values, never a device sync
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= vocab_size:
-        raise InputError(
-            f"token ids must be in [0, {vocab_size}) (the model's vocabulary), got ids from {lo} to "
-            f"{hi}; encode the text with the checkpoint's tokenizer"
-        )
-    times = None if t is None or t.device.type != "cpu" else t.detach().double().numpy()
-    if times is not None and not ((times >= 0) & (times <= 1)).all():
-        raise InputError(
-            "t must hold diffusion times in [0, 1] (no NaN); pass t = 1 for an all-masked sequence"
-        )
 
 
 def select_positions(h: torch.Tensor, predict: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
