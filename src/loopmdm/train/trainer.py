@@ -12,6 +12,7 @@ experiment trains, Sudoku included, goes through here.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -712,4 +713,10 @@ def train(
             trainer.start_from_init()
         return trainer.fit()
     finally:
-        distributed.teardown(trainer.dist)  # leave torchrun's process group (no-op on one process)
+        env = trainer.dist
+        if env.enabled:
+            # DDP's reducer and FSDP's state hold the process group: free them before leaving it (freed after,
+            # the Gloo group's destructor can hang)
+            del trainer
+            gc.collect()
+        distributed.teardown(env)  # leave torchrun's process group (no-op on one process)
