@@ -261,11 +261,8 @@ def run_sudoku(args: EvalArgs) -> dict:
 
 def _train_overlap(test_rows, cfg) -> Optional[int]:
     """Test rows whose given text also occurs in the checkpoint's training file (None when it cannot be read)."""
-    source = cfg.data.source
     try:
-        if not source.startswith("hf:"):
-            source = str(source_files(source, cfg.data.answers)[0])
-        train_rows = rows_of(source, cfg.data)
+        train_rows = rows_of(str(source_files(cfg.data.source, cfg.data.answers)[0]), cfg.data)
     except DataError:
         return None
     return overlap_count(test_rows, train_rows)

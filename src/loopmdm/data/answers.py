@@ -172,8 +172,11 @@ def rows_of(source: str, cfg, limit: Optional[int] = None) -> list[AnswerRow]:
     return rows
 
 
-def source_files(source: str, acfg) -> tuple[Path, Optional[Path]]:
-    """(training file, validation file or None) of ``data.source`` for this format."""
+def source_files(source: str, acfg) -> tuple[Path | str, Optional[Path | str]]:
+    """(training file, validation file or None) of ``data.source`` for this format; an ``hf:`` source and
+    ``val_source`` are returned as they are (``rows_of`` reads them)."""
+    if source.startswith("hf:"):
+        return source, acfg.val_source
     p = Path(source).expanduser()
     if p.is_dir():
         train, val = p / "train.jsonl", p / "val.jsonl"
@@ -295,10 +298,7 @@ def prepare_answers(
     """Training / validation rows of prompt / answer or infill data, padded to the model window ``seq_len``, with
     everything but the answer tokens frozen (``vocab_size``: the size of a BPE to train; the cache is not used:
     these files are small and encode in seconds)."""
-    if cfg.source.startswith("hf:"):
-        train_file, val_file = cfg.source, cfg.answers.val_source
-    else:
-        train_file, val_file = source_files(cfg.source, cfg.answers)
+    train_file, val_file = source_files(cfg.source, cfg.answers)
     rows = rows_of(str(train_file), cfg)
     if val_file is None:
         train_rows, val_rows = split_by_key(
