@@ -7,7 +7,7 @@ import torch
 
 from loopmdm.config import DiffusionConfig, ModelConfig
 from loopmdm.diffusion import Batch, MaskedDiffusion, Noise, q_sample, sample_t, subs_log_probs
-from loopmdm.diffusion.loops import make_loop_distribution
+from loopmdm.diffusion.loop_variants import make_loop_distribution
 from loopmdm.diffusion.schedules import SCHEDULES, get_schedule
 from loopmdm.model import LoopMDM
 

@@ -9,7 +9,7 @@ import torch
 
 from helpers import run_cli as cli
 from loopmdm.diffusion import predicted_fraction
-from loopmdm.diffusion.loops import BalancedUniformLoops, make_loop_distribution
+from loopmdm.diffusion.loop_variants import BalancedUniformLoops, make_loop_distribution
 from loopmdm.errors import ConfigError, DataError
 from loopmdm.experiments.ablation import ablation_variants, place_loop
 from loopmdm.experiments.common import default_loop_grid, load_experiment_config

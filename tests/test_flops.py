@@ -6,7 +6,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from loopmdm.config import DiffusionConfig, ModelConfig
-from loopmdm.diffusion.loops import make_loop_distribution
+from loopmdm.diffusion.loop_variants import make_loop_distribution
 from loopmdm.model import LoopMDM
 from loopmdm.model.flops import (
     effective_depth,

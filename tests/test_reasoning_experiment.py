@@ -67,6 +67,15 @@ def test_calibration_then_comparison_and_reuse(tmp_path):
     assert not per["mdm"]["policies"]
     assert (tmp_path / "results.json").is_file() and "hops" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "hops_loopmdm.png").is_file()
+    # accuracy against training FLOPs: validation exact match at every evaluation, the FLOPs ratio read from it
+    for info in per.values():
+        curve = info["exact_match_curve"]
+        assert len(curve["exact_match"]) >= cfg.n_evals and curve["flops"][-1] == info["flops"]
+        assert all(0.0 <= a <= 1.0 for a in curve["exact_match"])
+    assert set(entry["flops_ratio"]) == {"loopmdm", "loopmdm-ds"}
+    assert entry["flops_ratio"]["loopmdm"]["seeds"] == 1
+    assert (tmp_path / "hops_exact_match_vs_flops.png").is_file()
+    assert "FLOPs ratio to the plain MDM" in (tmp_path / "summary.md").read_text()
     # the pre-registered checks name LoopMDM; deep supervision gets the same ones beside them
     assert any("loopmdm beats mdm" in k for k in entry["checks"])
     assert any("loopmdm-ds beats mdm" in k for k in entry["checks_more"]["loopmdm-ds vs mdm"])
@@ -194,3 +203,54 @@ def test_amendment_2_controls_train_at_the_other_models_budgets(tmp_path):
     with pytest.raises(ConfigError, match="must be a non-empty subset"):
         cfg.models = ["mdm", "mdm-longer"]
         cfg.validate()
+
+
+def test_the_flops_ratio_is_read_from_the_exact_match_curves():
+    """The plain MDM's final accuracy 0.6 is reached by the looped model at 2e12 FLOPs (a logged point) and by the
+    plain MDM at 4e12: ratio 2; a seed whose looped model never gets there is None; a seed without curves is
+    skipped (runs trained before the curve was logged)."""
+    from loopmdm.experiments.reasoning import accuracy_flops_ratios
+
+    def run(acc):
+        return {"exact_match_curve": {"flops": [1e12, 2e12, 3e12, 4e12], "exact_match": acc}}
+
+    per_seed = {
+        0: {
+            "mdm": run([0.1, 0.3, 0.5, 0.6]),
+            "loopmdm": run([0.2, 0.6, 0.7, 0.8]),
+            "deeper": run([0.1] * 4),
+        },
+        1: {"mdm": run([0.1, 0.3, 0.5, 0.6]), "loopmdm": run([0.1, 0.2, 0.3, 0.4])},
+        2: {"mdm": {}, "loopmdm": {}},
+    }
+    r = accuracy_flops_ratios(per_seed)
+    assert set(r) == {"loopmdm"}
+    assert r["loopmdm"]["values"] == [pytest.approx(2.0), None]
+    assert (r["loopmdm"]["n"], r["loopmdm"]["seeds"]) == (1, 2)
+
+
+def test_logging_exact_match_leaves_training_unchanged(tmp_path):
+    """The study's trainer (validation exact match at every evaluation) trains the same weights as the plain one."""
+    from loopmdm.data import prepare_data
+    from loopmdm.data.answers import read_rows
+    from loopmdm.experiments.reasoning import exact_match_trainer, run_config, task_folder
+    from loopmdm.tasks import write_task
+    from loopmdm.train import train
+
+    cfg = tiny_config(target=0.0)
+    task = cfg.tasks[0]
+    write_task(task_folder(tmp_path, task), task.family, **task.params)
+    rc = run_config(cfg, task, tmp_path, cfg.candidates[0])
+    rc.train.max_steps, rc.train.eval_every = 6, 3
+    data = prepare_data(rc.data, rc.model.vocab_size, rc.model.max_seq_len, log=lambda s: None)
+    rc.model.vocab_size = data.tokenizer.vocab_size
+    val = read_rows(task_folder(tmp_path, task) / "val.jsonl", rc.data.answers, rc.data.text_field)
+    logs = []
+    for name, cls in (("plain", None), ("em", exact_match_trainer(val, rc, cfg))):
+        extra = {} if cls is None else {"trainer_cls": cls}
+        train(rc, tmp_path / name, progress=False, log=lambda s: None, data=data, **extra)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        logs.append([json.loads(x) for x in lines])
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+    assert [r["step"] for r in logs[1] if "val_exact_match" in r] == [3, 6]
+    assert not any("val_exact_match" in r for r in logs[0])

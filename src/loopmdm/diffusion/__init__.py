@@ -5,18 +5,15 @@ SUBS itself is ``loopmdm.model.subs``."""
 
 from ..model.subs import no_mask_logits, subs_log_probs
 from .autoregressive import Autoregressive
-from .loops import (
-    LOOP_DISTRIBUTIONS,
+from .loop_variants import (
     BalancedUniformLoops,
     CurriculumLoops,
-    FixedLoops,
     FlopProportionalLoops,
     LogNormalPoissonLoops,
-    LoopDistribution,
-    UniformLoops,
     check_support,
     make_loop_distribution,
 )
+from .loops import LOOP_DISTRIBUTIONS, FixedLoops, LoopDistribution, UniformLoops
 from .objectives import (
     LOSS_WEIGHTS,
     OBJECTIVES,

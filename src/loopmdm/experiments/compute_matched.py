@@ -358,12 +358,13 @@ def train_one(
     cfg: ComputeMatchedConfig,
     progress: bool,
     log: Log,
+    trainer_cls=None,
 ) -> tuple[torch.nn.Module, dict]:
     """Train one run (or reuse / resume the one in ``run_dir`` when its config matches); returns the model and
-    facts about the run (steps, logged FLOPs, wall time, the validation curve)."""
+    facts about the run (steps, logged FLOPs, wall time, the validation curve). ``trainer_cls``: see ``train``."""
     rc = _finalize_run_config(plan, seed, cfg)
     t0 = time.perf_counter()
-    model, reused = train_or_reuse(rc, run_dir, data, progress, log)
+    model, reused = train_or_reuse(rc, run_dir, data, progress, log, trainer_cls)
     record = run_dir / "experiment_run.json"  # keeps the training wall time for later reuse
     if reused:
         train_wall = (

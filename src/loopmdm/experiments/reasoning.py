@@ -42,7 +42,8 @@ from ..model.fields import check_int_list
 from ..model.flops import train_flops_per_token
 from ..runtime import machine_info, set_threads
 from ..tasks import heuristic_for, write_task
-from ..viz.reasoning import plot_exact_match
+from ..train import Trainer
+from ..viz.reasoning import plot_accuracy_vs_flops, plot_exact_match
 from .common import clone, load_experiment_config, train_or_reuse
 from .compute_matched import (
     RUN_LABELS,
@@ -52,7 +53,7 @@ from .compute_matched import (
     plan_compute_matched,
     train_one,
 )
-from .curves import spread
+from .curves import Curve, flops_ratio, read_curve, spread
 
 Log = Callable[[str], None]
 # (a)-(d) pre-registered; amendment 2's controls of (d)'s budget: the plain MDM with (d)'s training FLOPs, and (d)
@@ -276,6 +277,33 @@ def calibration_score(
     }
 
 
+def exact_match_trainer(val_rows, rc: RunConfig, cfg: ReasoningConfig) -> type[Trainer]:
+    """A ``Trainer`` whose validation also logs ``val_exact_match``: exact match on every validation row at
+    T = ``calibration_t`` and the run's largest S, so each run records accuracy against training FLOPs (the
+    curve the FLOPs ratio is read from). It draws from no training generator: training is unchanged."""
+
+    class ExactMatchTrainer(Trainer):
+        def validate(self, loops: Optional[int] = None) -> dict:
+            out = super().validate(loops)
+            model = self.ema.module if self.ema is not None else self.model
+            was_training = model.training
+            recs = exact_match_grid(
+                model.eval(),
+                self.data.tokenizer,
+                val_rows,
+                length=rc.model.max_seq_len,
+                orders=[cfg.order],
+                steps=[cfg.calibration_t],
+                loops=[loops or self.loop_dist.max()],
+                schedule=get_schedule(rc.diffusion.schedule),
+                batch_size=cfg.eval_batch_size,
+            )
+            model.train(was_training)
+            return {**out, "exact_match": recs[0]["accuracy"]}
+
+    return ExactMatchTrainer
+
+
 def earlier_calibration(path: Path, candidates: list[dict]) -> list[dict]:
     """The candidates already tried in ``calibration.json`` (none if absent). Candidates may only be appended
     after a calibration (a documented amendment): a changed or reordered list is refused."""
@@ -454,9 +482,13 @@ def compare(
     data = prepare_data(mc.run.data, mc.run.model.vocab_size, mc.run.model.max_seq_len, log=log)
     mc.run.model.vocab_size = data.tokenizer.vocab_size
     plan = plan_compute_matched(mc, free_fraction=data.free_fraction)
-    test_rows = read_rows(
-        task_folder(out, task) / "test.jsonl", mc.run.data.answers, mc.run.data.text_field
+    test_rows, val_rows = (
+        read_rows(
+            task_folder(out, task) / f"{split}.jsonl", mc.run.data.answers, mc.run.data.text_field
+        )
+        for split in ("test", "val")
     )
+    trainer_cls = exact_match_trainer(val_rows, mc.run, cfg)
     per_seed: dict = {}
     tokens = mc.run.train.batch_size * mc.run.model.max_seq_len
     pf = predicted_fraction(mc.run.diffusion) * data.free_fraction
@@ -466,7 +498,13 @@ def compare(
             rp = model_plan(plan, name, tokens, pf)
             run_dir = out / task.name / f"seed_{seed}" / name
             log(f"{task.name} seed {seed}: {name}, {rp.steps} steps")
-            model, info = train_one(rp, seed, run_dir, data, mc, progress, log)
+            model, info = train_one(rp, seed, run_dir, data, mc, progress, log, trainer_cls)
+            accuracy = read_curve(run_dir / "metrics.jsonl", "val_exact_match")
+            info["exact_match_curve"] = {
+                "flops": accuracy.flops,
+                "exact_match": accuracy.nelbo,
+                "steps": accuracy.steps,
+            }
             grid = cfg.loops if name.startswith("loopmdm") else [1]
             key = _score_key(cfg, grid, len(test_rows), seed)
             saved = _read_json(run_dir / "scores.json")
@@ -561,6 +599,27 @@ def summarise(per_seed: dict) -> dict:
     return out
 
 
+def accuracy_flops_ratios(per_seed: dict, reference: str = "mdm") -> dict:
+    """The paper's FLOPs ratio on validation exact match, per looped model: FLOPs the ``reference`` (the plain MDM)
+    needs to reach its own final accuracy / FLOPs the looped model needs to reach it, read from the runs'
+    ``exact_match_curve`` (linear between logged points), as a spread over the seeds that have both curves
+    (``values`` has None where the looped model never reached it; ``n`` counts those that did, ``seeds`` all)."""
+    out: dict = {}
+    for model in per_seed[next(iter(per_seed))]:
+        if not model.startswith("loopmdm"):
+            continue
+        ratios = []
+        for runs in per_seed.values():
+            ref, cand = (runs.get(m, {}).get("exact_match_curve") for m in (reference, model))
+            if not (ref and cand and ref["exact_match"] and cand["exact_match"]):
+                continue
+            error = [Curve(c["flops"], [1.0 - a for a in c["exact_match"]]) for c in (ref, cand)]
+            ratios.append(flops_ratio(*error))
+        if ratios:
+            out[model] = {**spread(ratios), "seeds": len(ratios)}
+    return out
+
+
 def checks(
     summary: dict,
     cfg: ReasoningConfig,
@@ -650,6 +709,7 @@ def run_reasoning(
         else:
             entry.update(compare(cfg, task, out, cal["chosen"], subset, progress, log))
             entry["summary"] = summarise(entry["per_seed"])
+            entry["flops_ratio"] = accuracy_flops_ratios(entry["per_seed"])
             levels = task.params.get("train_levels", [])
             entry["checks"] = checks(entry["summary"], cfg, levels)
             entry["checks_more"] = {
@@ -662,6 +722,8 @@ def run_reasoning(
                 recs = entry["per_seed"][cfg.seeds[0]][model]["scores"]
                 figures.append(f"{task.name}_{model}.png")
                 plot_exact_match(recs, out / figures[-1], title=f"{task.name} {model}")
+            figures.append(f"{task.name}_exact_match_vs_flops.png")
+            plot_accuracy_vs_flops(entry["per_seed"], out / figures[-1], title=task.name)
             entry["figures"] = figures
         results["tasks"][task.name] = entry
     if tasks is not None or models is not None:
@@ -750,6 +812,16 @@ def summary_markdown(results: dict) -> str:
             "",
             "- steps at equal training FLOPs: "
             + ", ".join(f"{r['name']} {r['steps']}" for r in entry["plan"]["runs"]),
+            *(
+                f"- FLOPs ratio to the plain MDM on validation exact match (T = {cfg['calibration_t']}), {m}: "
+                + (
+                    "never reached"
+                    if r["mean"] is None
+                    else f"{r['mean']:.2f} (range {r['min']:.2f}-{r['max']:.2f})"
+                )
+                + f", reached on {r['n']} of {r['seeds']} seeds"
+                for m, r in entry.get("flops_ratio", {}).items()
+            ),
             f"- checks: {json.dumps(entry['checks'])}",
             *(
                 f"- the same checks, {pair}: {json.dumps(c)}"

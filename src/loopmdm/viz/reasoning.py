@@ -68,3 +68,35 @@ def plot_exact_match(records: Sequence[Mapping], path: str | Path, title: str = 
     by_level(axes[1], recs, t_min, "by level")
     _save(fig, path)
     return Path(path)
+
+
+def plot_accuracy_vs_flops(per_seed: Mapping, path: str | Path, title: str = "") -> Path:
+    """Validation exact match against cumulative training FLOPs (``exact_match_curve`` of each run), one colour
+    per model and one line per seed: where the FLOPs ratio is read."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    colours = {}
+    for runs in per_seed.values():
+        for model, info in runs.items():
+            curve = info.get("exact_match_curve") or {}
+            if not curve.get("exact_match"):
+                continue
+            first = model not in colours
+            colours.setdefault(model, f"C{len(colours)}")
+            ax.plot(
+                curve["flops"],
+                curve["exact_match"],
+                marker="o",
+                ms=3,
+                color=colours[model],
+                label=model if first else None,
+            )
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("validation exact match")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if colours:
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+    return Path(path)
