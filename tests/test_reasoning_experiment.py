@@ -159,7 +159,7 @@ def test_bad_candidates_are_refused(candidate, match):
 
 
 def test_the_checks_read_the_pooled_counts_of_the_named_model():
-    from loopmdm.experiments.reasoning import checks
+    from loopmdm.experiments.reasoning_report import checks
 
     cfg = tiny_config(target=0.0)
     s_max, far = cfg.s_max, 2 * cfg.s_max
@@ -209,7 +209,7 @@ def test_the_flops_ratio_is_read_from_the_exact_match_curves():
     """The plain MDM's final accuracy 0.6 is reached by the looped model at 2e12 FLOPs (a logged point) and by the
     plain MDM at 4e12: ratio 2; a seed whose looped model never gets there is None; a seed without curves is
     skipped (runs trained before the curve was logged)."""
-    from loopmdm.experiments.reasoning import accuracy_flops_ratios
+    from loopmdm.experiments.reasoning_report import accuracy_flops_ratios
 
     def run(acc):
         return {"exact_match_curve": {"flops": [1e12, 2e12, 3e12, 4e12], "exact_match": acc}}

@@ -1,0 +1,190 @@
+"""The reasoning study's report: per-model cells pooled over seeds (``summarise``), the pre-registered checks,
+the FLOPs ratio read from the validation exact-match curves, and ``summary.md``'s tables."""
+
+from __future__ import annotations
+
+import json
+
+from ..eval.sudoku import wilson_interval
+from .curves import Curve, flops_ratio, spread
+
+
+def summarise(per_seed: dict) -> dict:
+    """``{model: {"T|S|group": {accuracy: spread over seeds, ...}}}``."""
+    out: dict = {}
+    seeds = list(per_seed)
+    for model in per_seed[seeds[0]]:
+        cells: dict = {}
+        for seed in seeds:
+            for r in per_seed[seed][model]["scores"]:
+                cells.setdefault(f"{r['steps']}|{r['loops']}|{r['group']}", []).append(r)
+        out[model] = {
+            k: {
+                "accuracy": spread([r["accuracy"] for r in rs]),
+                "correct": sum(r["correct"] for r in rs),
+                "n": sum(r["n"] for r in rs),
+                "flops_per_problem": spread([r["flops_per_problem"] for r in rs]),
+                "majority_baseline": rs[0]["majority_baseline"],
+                "heuristic_baseline": rs[0]["heuristic_baseline"],
+            }
+            for k, rs in cells.items()
+        }
+    return out
+
+
+def accuracy_flops_ratios(per_seed: dict, reference: str = "mdm") -> dict:
+    """The paper's FLOPs ratio on validation exact match, per looped model: FLOPs the ``reference`` (the plain MDM)
+    needs to reach its own final accuracy / FLOPs the looped model needs to reach it, read from the runs'
+    ``exact_match_curve`` (linear between logged points), as a spread over the seeds that have both curves
+    (``values`` has None where the looped model never reached it; ``n`` counts those that did, ``seeds`` all)."""
+    out: dict = {}
+    for model in per_seed[next(iter(per_seed))]:
+        if not model.startswith("loopmdm"):
+            continue
+        ratios = []
+        for runs in per_seed.values():
+            ref, cand = (runs.get(m, {}).get("exact_match_curve") for m in (reference, model))
+            if not (ref and cand and ref["exact_match"] and cand["exact_match"]):
+                continue
+            error = [Curve(c["flops"], [1.0 - a for a in c["exact_match"]]) for c in (ref, cand)]
+            ratios.append(flops_ratio(*error))
+        if ratios:
+            out[model] = {**spread(ratios), "seeds": len(ratios)}
+    return out
+
+
+def checks(
+    summary: dict, cfg, trained_levels: list[int], looped: str = "loopmdm", plain: str = "mdm"
+) -> dict:
+    """The issue's targets, read off the pooled counts (Wilson intervals over seeds x rows): at T <= 2, LoopMDM at
+    S_max above the plain MDM by a margin outside both 95% intervals, and within 5 points of the deeper MDM; out of
+    distribution, accuracy at S = 2-4 x S_max above S_max on levels harder than trained. The pre-registered
+    targets name ``looped="loopmdm"`` and ``plain="mdm"``; ``MORE_CHECKS`` apply them to other pairs."""
+
+    def pooled(model, T, S, g):
+        c = summary.get(model, {}).get(f"{T}|{S}|{g}")
+        return None if c is None else (c["correct"] / c["n"], wilson_interval(c["correct"], c["n"]))
+
+    out = {}
+    for T in (t for t in cfg.steps if 0 < t <= 2):
+        loop, base, deep = (
+            pooled(looped, T, cfg.s_max, "all"),
+            pooled(plain, T, 1, "all"),
+            pooled("deeper", T, 1, "all"),
+        )
+        if loop and base:
+            out[f"T={T}: {looped} beats {plain} outside 95% intervals"] = loop[1][0] > base[1][1]
+        if loop and deep:
+            out[f"T={T}: {looped} within 5 points of deeper"] = loop[0] >= deep[0] - 0.05
+        harder = sorted(
+            {
+                int(k.split("|")[2])
+                for k in summary.get(looped, {})
+                if k.split("|")[2] != "all" and int(k.split("|")[2]) > max(trained_levels)
+            }
+        )
+        for g in harder:
+            at = pooled(looped, T, cfg.s_max, g)
+            more = [
+                pooled(looped, T, s, g) for s in cfg.loops if 2 * cfg.s_max <= s <= 4 * cfg.s_max
+            ]
+            if at and any(more):
+                out[f"T={T}, level {g}: more loops than S_max help"] = (
+                    max(m[0] for m in more if m) > at[0]
+                )
+    return out
+
+
+def _pooled(cell: dict) -> str:
+    """Exact match pooled over seeds x rows, its 95% Wilson interval and the per-seed range, in percent."""
+    lo, hi = wilson_interval(cell["correct"], cell["n"])
+    acc = cell["accuracy"]
+    return (
+        f"{100 * cell['correct'] / cell['n']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] "
+        f"({100 * acc['min']:.0f}-{100 * acc['max']:.0f})"
+    )
+
+
+def accuracy_table(summary: dict, steps: list[int]) -> list[str]:
+    """Markdown rows: per model and S, exact match at each T over all test rows (``_pooled``)."""
+    lines = [
+        "",
+        "Exact match, % pooled over seeds [95% Wilson] (per-seed range):",
+        "",
+        "| model | S | " + " | ".join(f"T={t}" if t else "1/token" for t in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    for model, cells in summary.items():
+        for S in sorted({int(k.split("|")[1]) for k in cells}):
+            vals = [cells.get(f"{t}|{S}|all") for t in steps]
+            row = " | ".join("-" if v is None else _pooled(v) for v in vals)
+            lines.append(f"| {model} | {S} | {row} |")
+    return lines
+
+
+def level_table(summary: dict, cfg: dict, T: int) -> list[str]:
+    """Markdown rows: exact match (% pooled over seeds) per level at T, each model at its training S (S_max for the
+    looped ones, 1 for the plain ones)."""
+    levels = sorted(
+        {int(k.split("|")[2]) for c in summary.values() for k in c if k.split("|")[2] != "all"}
+    )
+    lines = [
+        "",
+        f"By level at T = {T} (%):",
+        "",
+        "| model | S | " + " | ".join(map(str, levels)) + " |",
+    ]
+    lines.append("|---|---|" + "---|" * len(levels))
+    for model, cells in summary.items():
+        S = cfg["s_max"] if model.startswith("loopmdm") else 1
+        vals = [cells.get(f"{T}|{S}|{g}") for g in levels]
+        row = " | ".join("-" if v is None else f"{100 * v['correct'] / v['n']:.0f}" for v in vals)
+        lines.append(f"| {model} | {S} | {row} |")
+    return lines
+
+
+def summary_markdown(results: dict) -> str:
+    """Per task: the calibration, then exact match per model and S at each T (all rows), per level, and the
+    checks."""
+    lines = []
+    cfg = results["config"]
+    for name, entry in results["tasks"].items():
+        cal = entry["calibration"]
+        lines += [
+            f"## {name}",
+            "",
+            f"Calibration (plain MDM, validation, {cal['level_field']} = {cal['level']}, "
+            f"T = {cal['t']}, target {cal['target']:.0%}):",
+        ]
+        lines += [
+            f"- {c['shape']}: {c['accuracy']:.3f} [{c['accuracy_ci'][0]:.3f}, {c['accuracy_ci'][1]:.3f}] "
+            f"(n = {c['n']}, {c['wall_s'] / 60:.1f} min)"
+            for c in cal["tried"]
+        ]
+        if cal["chosen"] is None:
+            lines += ["- no candidate reached the target: no comparison", ""]
+            continue
+        lines += accuracy_table(entry["summary"], cfg["steps"])
+        lines += level_table(entry["summary"], cfg, min(t for t in cfg["steps"] if t > 0))
+        lines += [
+            "",
+            "- steps at equal training FLOPs: "
+            + ", ".join(f"{r['name']} {r['steps']}" for r in entry["plan"]["runs"]),
+            *(
+                f"- FLOPs ratio to the plain MDM on validation exact match (T = {cfg['calibration_t']}), {m}: "
+                + (
+                    "never reached"
+                    if r["mean"] is None
+                    else f"{r['mean']:.2f} (range {r['min']:.2f}-{r['max']:.2f})"
+                )
+                + f", reached on {r['n']} of {r['seeds']} seeds"
+                for m, r in entry.get("flops_ratio", {}).items()
+            ),
+            f"- checks: {json.dumps(entry['checks'])}",
+            *(
+                f"- the same checks, {pair}: {json.dumps(c)}"
+                for pair, c in entry.get("checks_more", {}).items()
+            ),
+            "",
+        ]
+    return "\n".join(lines) + "\n"
