@@ -267,6 +267,8 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 200
     eval_batches: int = 8
+    # seeds validation's t and masks, not train.seed: runs with different seeds are scored on the same draw
+    eval_seed: int = 0
     save_every: int = 500
     keep_last: int = 2
     log_every: int = 1  # metrics.jsonl line every N steps
@@ -323,10 +325,11 @@ class TrainConfig:
             raise ConfigError(f"train.betas={list(self.betas)} must be two numbers in [0, 1)")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay={self.weight_decay} must be >= 0")
-        if not 0 <= self.seed < 1 << 62:
-            raise ConfigError(
-                f"train.seed={self.seed} must be in [0, 2**62); pick a non-negative integer"
-            )
+        for name in ("seed", "eval_seed"):
+            if not 0 <= getattr(self, name) < 1 << 62:
+                raise ConfigError(
+                    f"train.{name}={getattr(self, name)} must be in [0, 2**62); pick a non-negative integer"
+                )
         if self.threads is not None and not 1 <= self.threads <= 4096:
             raise ConfigError(
                 f"train.threads={self.threads} must be >= 1 or null (PyTorch's default)"

@@ -517,7 +517,7 @@ class Trainer:
 
     def validate(self, loops: Optional[int] = None) -> dict:
         """Validation NELBO at S = ``loops`` (default: the training S_max) of the EMA weights (when kept) on a
-        fixed slice with a fixed seed."""
+        fixed slice, with t and masks drawn from ``train.eval_seed`` (the same draw for every training seed)."""
         tc = self.cfg.train
         model = self.ema.module if self.ema is not None else self.model
         return evaluate_nelbo(
@@ -527,7 +527,7 @@ class Trainer:
             loops or self.loop_dist.max(),
             batch_size=tc.batch_size,
             max_batches=tc.eval_batches,
-            seed=tc.seed,
+            seed=tc.eval_seed,
             precision=tc.precision,
             frozen=self.data.val_frozen,
         )
