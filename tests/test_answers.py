@@ -368,3 +368,17 @@ def test_gsm8k_shaped_rows_through_datasets_and_the_hub_path_offline(tmp_path, m
     with pytest.raises(DataError, match="not in the local datasets cache") as e:
         prepare_data(cfg, 300, 48, use_cache=False)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("rows", [sum_rows(3), [{"text": "12=3", "targets": [[3, 4]]}]])
+def test_answers_rows_given_to_the_text_format_are_refused(tmp_path, rows):
+    """Answer rows read as plain text would train on prompts and answers alike (and a task folder's test.jsonl
+    with them): the text format refuses them and names data.format=answers."""
+    (tmp_path / "task").mkdir()
+    for split in ("train", "test"):
+        write_jsonl(tmp_path / "task" / f"{split}.jsonl", rows * 50)
+    for source in (tmp_path / "task", tmp_path / "task" / "train.jsonl"):
+        cfg = DataConfig(source=str(source), cache_dir=str(tmp_path / "cache"))
+        cfg.validate()
+        with pytest.raises(DataError, match=r"\.jsonl:1 is an answers row .* data\.format=answers"):
+            prepare_data(cfg, 256, 32, use_cache=False)

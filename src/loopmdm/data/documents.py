@@ -129,6 +129,12 @@ def read_jsonl(p: Path, cfg, name: str, report: Optional[ReadReport] = None) -> 
         return []
     docs = []
     for i, row in jsonl_objects(text, p):
+        spans = answer_fields(row, getattr(cfg, "answers", None))
+        if spans:
+            raise DataError(
+                f"{p}:{i} is an answers row (fields {', '.join(spans)}), which the text format would train on "
+                "as plain text; train on it with --set data.format=answers"
+            )
         if not isinstance(row, dict) or not isinstance(row.get(cfg.text_field), str):
             raise DataError(
                 f"{p}:{i} has no string field {cfg.text_field!r}; set data.text_field to the text column"
@@ -138,6 +144,16 @@ def read_jsonl(p: Path, cfg, name: str, report: Optional[ReadReport] = None) -> 
     if not docs and report is not None:
         report.skip(p, "empty")
     return docs
+
+
+def answer_fields(row, acfg) -> list[str]:
+    """The ``data.answers`` fields that make ``row`` a prompt / answer or text / targets row ([] if none)."""
+    if acfg is None or not isinstance(row, dict):
+        return []
+    if acfg.targets_field in row:
+        return [acfg.targets_field]
+    pair = [acfg.prompt_field, acfg.answer_field]
+    return pair if all(f in row for f in pair) else []
 
 
 def chunk_lines(doc: Document) -> list[Document]:
