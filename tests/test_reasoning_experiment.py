@@ -76,6 +76,10 @@ def test_calibration_then_comparison_and_reuse(tmp_path):
     assert entry["flops_ratio"]["loopmdm"]["seeds"] == 1
     assert (tmp_path / "hops_exact_match_vs_flops.png").is_file()
     assert "FLOPs ratio to the plain MDM" in (tmp_path / "summary.md").read_text()
+    # accuracy against inference FLOPs: each model's cheapest-best (T, S) cells, table and figure
+    assert set(entry["inference_frontier"]) == set(per)
+    assert (tmp_path / "hops_exact_match_vs_inference_flops.png").is_file()
+    assert "Exact match against inference FLOPs" in (tmp_path / "summary.md").read_text()
     # the pre-registered checks name LoopMDM; deep supervision gets the same ones beside them
     assert any("loopmdm beats mdm" in k for k in entry["checks"])
     assert any("loopmdm-ds beats mdm" in k for k in entry["checks_more"]["loopmdm-ds vs mdm"])
@@ -227,6 +231,30 @@ def test_the_flops_ratio_is_read_from_the_exact_match_curves():
     assert set(r) == {"loopmdm"}
     assert r["loopmdm"]["values"] == [pytest.approx(2.0), None]
     assert (r["loopmdm"]["n"], r["loopmdm"]["seeds"]) == (1, 2)
+
+
+def test_the_inference_frontier_keeps_the_cells_no_cheaper_cell_beats():
+    """Cells (T, S) by FLOPs per problem: 1e6 -> 10%, 2e6 -> 30%, 2e6 -> 20% (dominated at equal cost),
+    4e6 -> 25% (dominated by a cheaper cell), 8e6 -> 50%; per-level cells are not on the frontier."""
+    from loopmdm.experiments.reasoning_report import frontier_table, inference_frontier
+
+    def cell(flops, correct):
+        return {"flops_per_problem": {"mean": flops}, "correct": correct, "n": 100}
+
+    cells = {
+        "1|1|all": cell(1e6, 10),
+        "1|2|all": cell(2e6, 30),
+        "2|1|all": cell(2e6, 20),
+        "1|4|all": cell(4e6, 25),
+        "0|1|all": cell(8e6, 50),
+        "1|1|4": cell(1e6, 99),
+    }
+    front = inference_frontier(cells)
+    assert [(p["steps"], p["loops"]) for p in front] == [(1, 1), (1, 2), (0, 1)]
+    assert [p["accuracy"] for p in front] == [0.1, 0.3, 0.5]
+    assert "| m | 1 / 1: 1 -> 10.0 · 1 / 2: 2 -> 30.0 · 1/token / 1: 8 -> 50.0 |" in frontier_table(
+        {"m": cells}
+    )
 
 
 def test_logging_exact_match_leaves_training_unchanged(tmp_path):

@@ -43,7 +43,11 @@ from ..model.flops import train_flops_per_token
 from ..runtime import machine_info, set_threads
 from ..tasks import heuristic_for, write_task
 from ..train import Trainer
-from ..viz.reasoning import plot_accuracy_vs_flops, plot_exact_match
+from ..viz.reasoning import (
+    plot_accuracy_vs_flops,
+    plot_accuracy_vs_inference_flops,
+    plot_exact_match,
+)
 from .common import clone, load_experiment_config, train_or_reuse
 from .compute_matched import (
     RUN_LABELS,
@@ -54,7 +58,13 @@ from .compute_matched import (
     train_one,
 )
 from .curves import read_curve
-from .reasoning_report import accuracy_flops_ratios, checks, summarise, summary_markdown
+from .reasoning_report import (
+    accuracy_flops_ratios,
+    checks,
+    inference_frontier,
+    summarise,
+    summary_markdown,
+)
 
 Log = Callable[[str], None]
 # (a)-(d) pre-registered; amendment 2's controls of (d)'s budget: the plain MDM with (d)'s training FLOPs, and (d)
@@ -631,6 +641,13 @@ def run_reasoning(
                 plot_exact_match(recs, out / figures[-1], title=f"{task.name} {model}")
             figures.append(f"{task.name}_exact_match_vs_flops.png")
             plot_accuracy_vs_flops(entry["per_seed"], out / figures[-1], title=task.name)
+            entry["inference_frontier"] = {
+                m: inference_frontier(cells) for m, cells in entry["summary"].items()
+            }
+            figures.append(f"{task.name}_exact_match_vs_inference_flops.png")
+            plot_accuracy_vs_inference_flops(
+                entry["summary"], entry["inference_frontier"], out / figures[-1], task.name
+            )
             entry["figures"] = figures
         results["tasks"][task.name] = entry
     if tasks is not None or models is not None:

@@ -53,6 +53,45 @@ def accuracy_flops_ratios(per_seed: dict, reference: str = "mdm") -> dict:
     return out
 
 
+def inference_frontier(cells: dict) -> list[dict]:
+    """One model's (T, S) cells over all test rows (``summarise``'s) that no cheaper cell of the same model beats:
+    pooled exact match against network FLOPs per problem (mean over seeds), sorted by FLOPs. Where compute is
+    best spent at inference, steps T or loops S."""
+    points = sorted(
+        (c["flops_per_problem"]["mean"], -c["correct"] / c["n"], key)
+        for key, c in cells.items()
+        if key.endswith("|all")
+    )
+    out: list[dict] = []
+    for flops, neg_acc, key in points:
+        if not out or -neg_acc > out[-1]["accuracy"]:
+            T, S, _ = key.split("|")
+            out.append(
+                {"steps": int(T), "loops": int(S), "flops_per_problem": flops, "accuracy": -neg_acc}
+            )
+    return out
+
+
+def frontier_table(summary: dict) -> list[str]:
+    """Markdown rows: per model, its ``inference_frontier`` as T / S: MFLOPs per problem -> exact match."""
+    lines = [
+        "",
+        "Exact match against inference FLOPs (all test rows, pooled): each model's (T, S) cells that no cheaper cell",
+        "of the same model beats, as T / S: MFLOPs per problem -> %:",
+        "",
+        "| model | frontier |",
+        "|---|---|",
+    ]
+    for model, cells in summary.items():
+        cells_text = " · ".join(
+            f"{p['steps'] or '1/token'} / {p['loops']}: {p['flops_per_problem'] / 1e6:.0f} -> "
+            f"{100 * p['accuracy']:.1f}"
+            for p in inference_frontier(cells)
+        )
+        lines.append(f"| {model} | {cells_text} |")
+    return lines
+
+
 def checks(
     summary: dict, cfg, trained_levels: list[int], looped: str = "loopmdm", plain: str = "mdm"
 ) -> dict:
@@ -166,6 +205,7 @@ def summary_markdown(results: dict) -> str:
             continue
         lines += accuracy_table(entry["summary"], cfg["steps"])
         lines += level_table(entry["summary"], cfg, min(t for t in cfg["steps"] if t > 0))
+        lines += frontier_table(entry["summary"])
         lines += [
             "",
             "- steps at equal training FLOPs: "

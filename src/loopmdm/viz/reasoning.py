@@ -100,3 +100,40 @@ def plot_accuracy_vs_flops(per_seed: Mapping, path: str | Path, title: str = "")
     ax.set_title(title, fontsize=9)
     _save(fig, path)
     return Path(path)
+
+
+def plot_accuracy_vs_inference_flops(
+    summary: Mapping, frontiers: Mapping, path: str | Path, title: str = ""
+) -> Path:
+    """Test exact match (pooled over seeds, all rows) against network FLOPs per problem: every (T, S) cell of each
+    model in ``summary`` as a dot, the model's ``frontiers`` (its cells that no cheaper one beats,
+    ``experiments.reasoning_report.inference_frontier``) joined by a line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, (model, cells) in enumerate(summary.items()):
+        every = [c for k, c in cells.items() if k.endswith("|all")]
+        ax.scatter(
+            [c["flops_per_problem"]["mean"] for c in every],
+            [c["correct"] / c["n"] for c in every],
+            s=8,
+            alpha=0.35,
+            color=f"C{i}",
+        )
+        front = frontiers[model]
+        ax.plot(
+            [p["flops_per_problem"] for p in front],
+            [p["accuracy"] for p in front],
+            marker="o",
+            ms=3,
+            color=f"C{i}",
+            label=model,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("inference FLOPs per problem")
+    ax.set_ylabel("test exact match")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+    return Path(path)
