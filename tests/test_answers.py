@@ -382,3 +382,18 @@ def test_answers_rows_given_to_the_text_format_are_refused(tmp_path, rows):
         cfg.validate()
         with pytest.raises(DataError, match=r"\.jsonl:1 is an answers row .* data\.format=answers"):
             prepare_data(cfg, 256, 32, use_cache=False)
+
+
+def test_prompts_and_templates_with_characters_the_char_tokenizer_never_saw_are_refused():
+    """They would become <unk> and vanish from the printed sample; the text between [MASK] spans is what counts."""
+    from loopmdm.sampling.conditioning import build_canvas
+
+    tok = char_tokenizer(["12=3", "45=6"])
+    with pytest.raises(
+        ConfigError, match=r"the prompt has characters 'ab' that are not in the model's"
+    ):
+        build_canvas(tok, 1, 8, 16, prompt="12ab=")
+    with pytest.raises(ConfigError, match=r"the template has characters 'é' "):
+        build_canvas(tok, 1, None, 16, template="1é=[MASK:2]")
+    canvas = build_canvas(tok, 1, None, 16, template="12=[MASK:2]")
+    assert canvas.free[0].tolist()[-2:] == [True, True]

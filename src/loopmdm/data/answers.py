@@ -216,16 +216,22 @@ def is_char_tokenizer(tokenizer: TextTokenizer) -> bool:
     )
 
 
+def unknown_characters(text: str, tokenizer: TextTokenizer) -> str:
+    """The characters of ``text`` (sorted, once each) that a character-level tokenizer has never seen and would
+    turn into ``<unk>``; '' for other tokenizers."""
+    if not is_char_tokenizer(tokenizer):
+        return ""
+    vocab = tokenizer.tok.get_vocab()
+    return "".join(sorted({c for c in text if c not in vocab}))
+
+
 def check_characters(rows: Sequence[AnswerRow], tokenizer: TextTokenizer) -> None:
     """A one-line error naming characters a character-level tokenizer has never seen (and a row with them)."""
-    if not is_char_tokenizer(tokenizer):
-        return
-    vocab = tokenizer.tok.get_vocab()
     for r in rows:
-        unknown = sorted({c for c in r.text if c not in vocab})
+        unknown = unknown_characters(r.text, tokenizer)
         if unknown:
             raise DataError(
-                f"{r.where}: characters {''.join(unknown)!r} are not in the model's character "
+                f"{r.where}: characters {unknown!r} are not in the model's character "
                 "vocabulary (built from its training file); remove them or retrain with rows that "
                 "contain them"
             )

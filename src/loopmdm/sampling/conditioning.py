@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..data.answers import unknown_characters
 from ..errors import ConfigError
 from ..model.fields import check_int
 
@@ -49,6 +50,18 @@ def check_text(text, what: str) -> str:
             f"the {what} is not valid UTF-8 text ({byte} at character {e.start}); pass UTF-8 "
             "text (convert it with iconv -t UTF-8, or fix the terminal's encoding)"
         ) from None
+    return text
+
+
+def check_known(text: str, tokenizer, what: str) -> str:
+    """``text`` when a character-level tokenizer knows each of its characters; otherwise a one-line
+    ``ConfigError`` naming them (they would become ``<unk>`` and vanish from the printed sample)."""
+    unknown = unknown_characters(text, tokenizer)
+    if unknown:
+        raise ConfigError(
+            f"the {what} has characters {unknown!r} that are not in the model's character vocabulary "
+            "(built from its training file); remove them"
+        )
     return text
 
 
@@ -87,7 +100,7 @@ def parse_template(
 ) -> tuple[list[int], list[bool]]:
     """Token ids and a free flag per position for a template with ``[MASK:n]`` spans (mask id at free spots).
     ``max_len``: the model window; spans asking for more are refused before any list is built."""
-    check_text(template, "template")
+    check_known(SPAN.sub("", check_text(template, "template")), tokenizer, "template")
     template_span_count(template, max_len)
     ids: list[int] = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     free: list[bool] = [False] * len(ids)
@@ -142,7 +155,7 @@ def build_canvas(
         )
     mask = tokenizer.mask_id
     if prompt is not None:
-        check_text(prompt, "prompt")
+        check_known(check_text(prompt, "prompt"), tokenizer, "prompt")
     if template is not None:
         ids, free = parse_template(template, tokenizer, max_len)
         if len(ids) > max_len:
