@@ -84,6 +84,7 @@ AR = [
     "model.time_conditioning=none",
     "diffusion.loop_dist=fixed",
     "diffusion.s_fixed=1",
+    "diffusion.t_sampler=uniform",
 ]
 
 

@@ -42,6 +42,9 @@ SWEEP_BASE = [
     "train.lr=1e-3",
     "train.max_steps=800",
     "train.save_every=200",
+    # the sampler of t every round before 5 used (the `tiny` preset has since adopted round 5's bell)
+    "diffusion.t_sampler=uniform",
+    "diffusion.t_weighting=exact",
 ]
 RECIPE = ["model.d_model=96", "model.n_heads=3", "model.n_layers=4", "model.n_o=1", "train.lr=2e-3"]
 SMALL = ["model.d_model=64", "model.n_heads=2", "model.n_layers=4", "model.n_o=1", "train.lr=2e-3"]

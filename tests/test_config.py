@@ -68,7 +68,11 @@ def test_cross_field_rules(tmp_path):
     with pytest.raises(
         ConfigError, match="has no diffusion time; set model.time_conditioning=none"
     ):
-        load_config("tiny", None, ["diffusion.objective=ar", "model.causal=true"])
+        load_config(
+            "tiny",
+            None,
+            ["diffusion.objective=ar", "model.causal=true", "diffusion.t_sampler=uniform"],
+        )
     from loopmdm.diffusion.schedules import SCHEDULES
 
     with pytest.raises(ConfigError, match="unknown noise schedule"):

@@ -410,7 +410,10 @@ def test_ppots_weights_estimated_from_a_model_make_a_valid_sampler(tiny_model):
             ["diffusion.t_sampler=bell", "diffusion.t_sampler_params={width: 1}"],
             "unknown diffusion.t_sampler_params key 'width'.*valid keys: mean, std",
         ),
-        (["diffusion.t_sampler_params={std: 1}"], "key 'std' for t_sampler='uniform'"),
+        (
+            ["diffusion.t_sampler=uniform", "diffusion.t_sampler_params={std: 1}"],
+            "key 'std' for t_sampler='uniform'",
+        ),
         (["diffusion.t_sampler=ppots"], "needs diffusion.t_sampler_params.w"),
         (
             ["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: [1]}"],
@@ -422,7 +425,11 @@ def test_ppots_weights_estimated_from_a_model_make_a_valid_sampler(tiny_model):
             "mix=2 is out of range; use 0",
         ),
         (
-            ["diffusion.t_sampler=ppots", "diffusion.t_sampler_params={w: [0, 2], mix: 0}"],
+            [
+                "diffusion.t_sampler=ppots",
+                "diffusion.t_sampler_params={w: [0, 2], mix: 0}",
+                "diffusion.t_weighting=exact",
+            ],
             "never drawn",
         ),
         (
@@ -430,7 +437,11 @@ def test_ppots_weights_estimated_from_a_model_make_a_valid_sampler(tiny_model):
             "t_weighting='unbiased' is unknown; use one of exact, paper",
         ),
         (
-            ["diffusion.t_sampler=bell", "diffusion.t_sampler_params={std: 0.1}"],
+            [
+                "diffusion.t_sampler=bell",
+                "diffusion.t_sampler_params={std: 0.1}",
+                "diffusion.t_weighting=exact",
+            ],
             r"importance weights u\(t\)/p\(t\) up to "
             r"6.7\de\+04 > 1000",
         ),
@@ -470,3 +481,18 @@ def test_good_values_validate_and_round_trip():
     assert type(cfg).from_dict(cfg.to_dict()).validate() == cfg
     assert sorted(TIME_SAMPLERS) == ["bell", "ppots", "uniform"]
     assert isinstance(make_objective(cfg.diffusion, 0).draw(4, 3, torch.Generator()), Noise)
+
+
+def test_the_tiny_preset_samples_t_from_a_bell_and_its_ar_twin_needs_no_extra_settings(
+    fake_train, capsys
+):
+    """The quickstart preset trains with round 5's bell; `--objective ar` (the gen-ppl evaluator's recipe) puts the
+    unused time sampler back to uniform instead of failing on it."""
+    from helpers import run_cli
+
+    tiny = load_config("tiny", None, [])
+    assert (tiny.diffusion.t_sampler, tiny.diffusion.t_weighting) == ("bell", "paper")
+    code, _, err = run_cli(["train", "--out", "o", "--objective", "ar"], capsys)
+    assert code == 0, err
+    ar = fake_train[-1].diffusion
+    assert (ar.objective, ar.t_sampler, ar.t_weighting) == ("ar", "uniform", "exact")

@@ -66,7 +66,9 @@ def train(
         if objective == "ar":
             overrides += [
                 {"model": {"causal": True, "time_conditioning": "none"}},
-                {"diffusion": {"loop_dist": "fixed", "s_fixed": 1}},
+                # no diffusion time: the preset's time sampler goes back to the (unused) default
+                {"diffusion": {"loop_dist": "fixed", "s_fixed": 1, "t_sampler": "uniform"}},
+                {"diffusion": {"t_weighting": "exact", "t_sampler_params": {}}},
             ]
     if init is not None:
         if resume is not None:

@@ -166,7 +166,8 @@ class DiffusionConfig:
         if self.objective != "mdm" and (self.t_sampler != "uniform" or self.complementary_masks):
             raise ConfigError(
                 f"diffusion.t_sampler={self.t_sampler!r} / complementary_masks only apply to "
-                f"diffusion.objective='mdm' (objective {self.objective!r} has no diffusion time)"
+                f"diffusion.objective='mdm' (objective {self.objective!r} has no diffusion time); set "
+                "diffusion.t_sampler=uniform and diffusion.complementary_masks=false"
             )
         self.check_progressive()
 

@@ -164,7 +164,7 @@ def _laptop() -> LoopScalingConfig:
             n_o=1,
             cond_dim=32,
         ),
-        diffusion=DiffusionConfig(s_max=4),
+        diffusion=DiffusionConfig(s_max=4, t_sampler="bell", t_weighting="paper"),
         data=DataConfig(source="stdlib"),
         train=TrainConfig(
             batch_size=32,
@@ -189,7 +189,8 @@ def _laptop() -> LoopScalingConfig:
         budgets=[7.5e11, 2.5e12, 7.5e12, 2.25e13],
         seeds_per_budget=[2, 5, 5, 5],
         description="4-layer d=64 models (0.4M parameters) on the whole standard-library corpus of the running "
-        "Python, BPE 2048, length 128, batch 32, AdamW 2e-3 (the quickstart recipe's); LoopMDM loops "
+        "Python, BPE 2048, length 128, batch 32, AdamW 2e-3, t from the bell with the paper's weighting (the "
+        "quickstart recipe's); LoopMDM loops "
         "layers 1-2 with S_max = 4 (the deeper MDM has 7 layers), plus the plain MDM trained for "
         "LoopMDM's step count with its own schedule (the equal-steps baseline); budgets 7.5e11 .. "
         "2.25e13 training FLOPs per run (30x), 5 seeds at the three largest, 2 at the smallest. "
