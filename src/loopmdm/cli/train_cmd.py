@@ -67,8 +67,15 @@ def train(
             overrides += [
                 {"model": {"causal": True, "time_conditioning": "none"}},
                 # no diffusion time: the preset's time sampler goes back to the (unused) default
-                {"diffusion": {"loop_dist": "fixed", "s_fixed": 1, "t_sampler": "uniform"}},
-                {"diffusion": {"t_weighting": "exact", "t_sampler_params": {}}},
+                {
+                    "diffusion": {
+                        "loop_dist": "fixed",
+                        "s_fixed": 1,
+                        "t_sampler": "uniform",
+                        "t_weighting": "exact",
+                        "t_sampler_params": {},
+                    }
+                },
             ]
     if init is not None:
         if resume is not None:
