@@ -282,3 +282,19 @@ def test_logging_exact_match_leaves_training_unchanged(tmp_path):
     assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
     assert [r["step"] for r in logs[1] if "val_exact_match" in r] == [3, 6]
     assert not any("val_exact_match" in r for r in logs[0])
+
+
+def test_amendment_3_changes_only_the_recipe_models_seeds_and_curve_density():
+    """``laptop-bell`` is the laptop study with the adopted time sampler; candidates, target, grid and tasks'
+    data stay those of ``laptop`` (a pre-registered amendment changes only what it says)."""
+    base, bell = load_reasoning_config("laptop"), load_reasoning_config("laptop-bell")
+    assert (bell.run.diffusion.t_sampler, bell.run.diffusion.t_weighting) == ("bell", "paper")
+    assert bell.models == ["mdm", "loopmdm", "deeper", "loopmdm-ds-matched"]
+    assert (bell.seeds, bell.n_evals) == ([0, 1, 2, 3, 4], 12)
+    assert [t.name for t in bell.tasks] == ["vars-hops-trace", "prefix-sum-interleaved"]
+    same = {t.name: t for t in base.tasks}
+    assert all(t == same[t.name] for t in bell.tasks)
+    for f in ("candidates", "calibration_steps", "calibration_t", "target", "s_max", "steps", "loops"):
+        assert getattr(bell, f) == getattr(base, f), f
+    bell.run.diffusion.t_sampler, bell.run.diffusion.t_weighting = "uniform", "exact"
+    assert bell.run == base.run
