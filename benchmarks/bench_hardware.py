@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -48,6 +49,40 @@ def peak_flops(device: torch.device | str) -> Optional[float]:
     if device.type != "cuda":
         return None
     return peak_flops_for_name(torch.cuda.get_device_name(device))
+
+
+# bf16 below this share of the fp32 matmul rate means the CPU has no bf16 instructions (AVX-512 BF16 / AMX) and
+# PyTorch emulates it: 0.83 against 97 GFLOP/s on an AVX2-only EPYC, where a 2048^2 bf16 product takes seconds
+SLOW_BF16_SHARE = 0.25
+
+
+def slow_bf16_note(
+    n: int = 256, reps: int = 3, seconds: Optional[Callable[[torch.dtype], float]] = None
+) -> Optional[str]:
+    """None when bf16 matmuls run at least ``SLOW_BF16_SHARE`` of the fp32 rate on this CPU, else a note saying why
+    the bf16 rows are skipped (measured on a product small enough to finish in well under a second when bf16 is
+    emulated; ``seconds(dtype)`` replaces the timing). GPUs always return None."""
+    if torch.cuda.is_available():
+        return None
+
+    def matmul_seconds(dtype: torch.dtype) -> float:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    seconds = seconds or matmul_seconds
+    fp32, bf16 = seconds(torch.float32), seconds(torch.bfloat16)
+    if fp32 / bf16 >= SLOW_BF16_SHARE:
+        return None
+    return (
+        f"bf16 skipped: a {n}x{n} bf16 matmul runs at {fp32 / bf16:.1%} of the fp32 rate on this CPU (no bf16 "
+        "instructions, emulated); its figures would not compare with machines that have them"
+    )
 
 
 SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")

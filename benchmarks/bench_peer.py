@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 import typer
 
-from bench_hardware import peak_rss_growth
+from bench_hardware import peak_rss_growth, slow_bf16_note
 from loopmdm.config import ModelConfig
 from loopmdm.model import LoopMDM
 from loopmdm.runtime import autocast_context
@@ -249,9 +249,15 @@ def main(
     """Tokens/s and peak memory of LoopMDM training steps vs ModernBertForMaskedLM (sparse and dense) at equal shape."""
     if threads:
         torch.set_num_threads(threads)
+    wanted = [p.strip() for p in precisions.split(",") if p.strip()]
+    bf16_note = slow_bf16_note() if "bf16" in wanted else None
+    if bf16_note:
+        wanted.remove("bf16")
+        print(bf16_note)
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
+        "bf16_skipped": bf16_note,
         "shapes": [],
     }
     print(
@@ -269,7 +275,7 @@ def main(
                 batch=batch,
                 threads=torch.get_num_threads(),
             )
-            res = measure_shape(shape, precisions.split(","), rounds, steps, memory)
+            res = measure_shape(shape, wanted, rounds, steps, memory)
             results["shapes"].append(res)
             print_shape(res)
             out.parent.mkdir(parents=True, exist_ok=True)

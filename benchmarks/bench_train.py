@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 import typer
 
-from bench_hardware import peak_rss_growth
+from bench_hardware import peak_rss_growth, slow_bf16_note
 from loopmdm.config import ModelConfig, TrainConfig
 from loopmdm.diffusion import Batch, MaskedDiffusion
 from loopmdm.diffusion.schedules import get_schedule
@@ -181,9 +181,10 @@ def profile_step(cfg: ModelConfig, loops: int, batch: int, top: int = 12) -> lis
 def throughput(
     runs: dict, peaks: dict, batch: int, seq_len: int, steps: int, rounds: int
 ) -> list[dict]:
-    """Seconds per step (best of ``rounds``, runs alternated so machine noise hits all alike) and FLOP/s."""
+    """Seconds per step (best of ``rounds``, runs alternated so machine noise hits all alike) and FLOP/s, in each
+    precision of ``peaks``."""
     rows, tokens = [], batch * seq_len
-    for precision in ("fp32", "bf16"):
+    for precision in peaks:
         step_fns = {name: make_step(cfg, s, precision, batch) for name, (cfg, s) in runs.items()}
         times = {name: [] for name in runs}
         for _ in range(rounds):
@@ -256,9 +257,9 @@ def main(
         f"b_loopmdm_S{s_max}": (base, s_max),
         f"c_deeper_{depth}L": (deep, 1),
     }
-    peaks = {
-        p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in ("fp32", "bf16")
-    }
+    bf16_note = slow_bf16_note()
+    precisions = ("fp32",) if bf16_note else ("fp32", "bf16")
+    peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
@@ -266,24 +267,29 @@ def main(
         "config": base.__dict__,
         "deeper_layers": depth,
         "sections": todo,
+        "bf16_skipped": bf16_note,
     }
     print(
-        f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s "
-        f"({results['machine']})"
+        "matmul peak: "
+        + ", ".join(f"{p} {v / 1e9:.1f} GFLOP/s" for p, v in peaks.items())
+        + f" ({results['machine']})"
     )
+    if bf16_note:
+        print(bf16_note)
     bname, cname = f"b_loopmdm_S{s_max}", f"c_deeper_{depth}L"
     targets = results["targets"] = {}
     if "throughput" in todo:
         results["throughput"] = throughput(runs, peaks, batch, seq_len, steps, rounds)
         thr = {(r["run"], r["precision"]): r for r in results["throughput"]}
-        for p in ("fp32", "bf16"):
+        for p in precisions:
             targets[f"loop_vs_deeper_flops_per_s_{p}"] = (
                 thr[(bname, p)]["flops_per_s"] / thr[(cname, p)]["flops_per_s"]
             )
             targets[f"frac_of_peak_loop_{p}"] = thr[(bname, p)]["frac_of_peak"]
-        targets["bf16_over_fp32_tokens_per_s_loop"] = (
-            thr[(bname, "bf16")]["tokens_per_s"] / thr[(bname, "fp32")]["tokens_per_s"]
-        )
+        if "bf16" in peaks:
+            targets["bf16_over_fp32_tokens_per_s_loop"] = (
+                thr[(bname, "bf16")]["tokens_per_s"] / thr[(bname, "fp32")]["tokens_per_s"]
+            )
     if "memory" in todo:
         mem = results["memory"] = {
             variant: peak_memory(replace(base, **overrides), s_max, batch)
@@ -315,7 +321,9 @@ def main(
         if "loss_sparse" in lm:
             targets["loss_memory_cut_x"] = lm["loss_dense"] / max(lm["loss_sparse"], 1)
             targets["step_memory_cut_x"] = lm["step_dense"] / max(lm["step_sparse"], 1)
-    if "profile" in todo:
+    if "profile" in todo and bf16_note:
+        print("profile skipped: it profiles the bf16 step")
+    elif "profile" in todo:
         prof = results["profile_bf16"] = profile_step(base, s_max, batch)
         print(f"profile of the bf16 LoopMDM step at S={s_max} (top operators by self CPU time):")
         for e in prof:

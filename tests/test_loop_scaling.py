@@ -17,6 +17,7 @@ from loopmdm.errors import ConfigError
 from loopmdm.experiments.curves import Curve, plateau_exit_step, read_curve, unigram_cross_entropy
 from loopmdm.experiments.loop_scaling import (
     EQUAL_STEPS,
+    FLOP_PROPORTIONAL,
     FixedValidation,
     LoopScalingConfig,
     budget_plans,
@@ -52,7 +53,13 @@ def test_every_budget_is_matched_within_two_percent_and_has_the_equal_steps_base
     plans = budget_plans(cfg)
     assert len(plans) == 4 and cfg.budgets[-1] / cfg.budgets[0] >= 30
     for budget, plan in zip(cfg.budgets, plans):
-        assert [r.name for r in plan.runs] == ["mdm", "loopmdm", "deeper", EQUAL_STEPS]
+        assert [r.name for r in plan.runs] == [
+            "mdm",
+            "loopmdm",
+            "deeper",
+            EQUAL_STEPS,
+            FLOP_PROPORTIONAL,
+        ]
         flops = {r.name: r.planned_flops for r in plan.runs if r.name != EQUAL_STEPS}
         assert abs(flops["mdm"] - budget) / budget < 0.02
         assert (max(flops.values()) - min(flops.values())) / max(flops.values()) < 0.02
@@ -63,8 +70,14 @@ def test_every_budget_is_matched_within_two_percent_and_has_the_equal_steps_base
         assert a_eq.cfg.to_dict() == a.cfg.to_dict() and a_eq.cfg.diffusion.loop_dist == "fixed"
         assert a_eq.planned_flops == pytest.approx(steps["loopmdm"] * a.flops_per_step)
         assert a_eq.planned_flops < 0.8 * budget
+        # (b') takes more steps than (b): p(S) proportional to 1 / F(S) draws the cheap loop counts more often
+        b_prime = plan.run(FLOP_PROPORTIONAL)
+        assert (
+            b_prime.cfg.diffusion.loop_dist == "flop_proportional"
+            and b_prime.steps > steps["loopmdm"]
+        )
     runs = run_list(cfg, plans)
-    assert len(runs) == 4 * sum(len(cfg.budget_seeds(i)) for i in range(len(cfg.budgets)))
+    assert len(runs) == 5 * sum(len(cfg.budget_seeds(i)) for i in range(len(cfg.budgets)))
     # the budgets that decide the trend
     assert all(len(cfg.budget_seeds(i)) >= 5 for i in (1, 2, 3))
     owner = shard_assignment(runs, 2)  # both shards get about the same planned FLOPs
@@ -200,7 +213,7 @@ def test_every_model_is_validated_on_the_same_rows_and_noise(tiny_cfg):
 
 
 def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
-    cfg = study(tiny_cfg)
+    cfg = study(tiny_cfg, flop_proportional_arm=True)
     out = tmp_path / "study"
     # half the runs, no report
     assert run_loop_scaling(cfg, out, shard="0/2", log=lambda s: None) is None
@@ -210,6 +223,12 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
     for r in rows:
         for p in r["per_seed"].values():
             assert set(p["loopmdm"]) == {1, 3, 6} and math.isfinite(p["gain_equal_flops"])
+            assert set(p[FLOP_PROPORTIONAL]) == {1, 3, 6}
+            assert p["gain_equal_flops_flop_proportional"] == pytest.approx(
+                p["mdm"] - p[FLOP_PROPORTIONAL][3]
+            )
+            # trained to the budget: its logged FLOPs within 10% of (a)'s (S is drawn, not balanced)
+            assert abs(p["flops"][FLOP_PROPORTIONAL] / p["flops"]["mdm"] - 1) < 0.1
             assert p["gain_equal_steps"] == pytest.approx(p[EQUAL_STEPS] - p["loopmdm"][3])
             assert p["gain_equal_flops_stderr"] > 0 and p["gain_equal_steps_stderr"] > 0
             assert p["steps"][EQUAL_STEPS] == p["steps"]["loopmdm"] < p["steps"]["mdm"]
@@ -237,7 +256,9 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
     p0 = saved["rows"][0]["per_seed"]["0"]
     assert set(p0["curves"]["mdm"]) == {"step", "flops", "val_nelbo"} and set(
         p0["plateau_exit_step"]
-    ) == {"mdm", "loopmdm", "deeper", EQUAL_STEPS}
+    ) == {"mdm", "loopmdm", "deeper", EQUAL_STEPS, FLOP_PROPORTIONAL}
+    assert saved["trend_flop_proportional"]["gain"] == "gain_equal_flops_flop_proportional"
+    assert "p(S) proportional to 1 / F(S), the same budgets" in (out / "summary.md").read_text()
     trend = saved["trend"]  # tiny runs stay on the plateau: no fit through them
     assert trend["points"] == sum(
         len(r["seeds"]) for r in rows if r["past_plateau"]["gain_equal_flops"]

@@ -294,7 +294,15 @@ def test_amendment_3_changes_only_the_recipe_models_seeds_and_curve_density():
     assert [t.name for t in bell.tasks] == ["vars-hops-trace", "prefix-sum-interleaved"]
     same = {t.name: t for t in base.tasks}
     assert all(t == same[t.name] for t in bell.tasks)
-    for f in ("candidates", "calibration_steps", "calibration_t", "target", "s_max", "steps", "loops"):
+    for f in (
+        "candidates",
+        "calibration_steps",
+        "calibration_t",
+        "target",
+        "s_max",
+        "steps",
+        "loops",
+    ):
         assert getattr(bell, f) == getattr(base, f), f
     bell.run.diffusion.t_sampler, bell.run.diffusion.t_weighting = "uniform", "exact"
     assert bell.run == base.run

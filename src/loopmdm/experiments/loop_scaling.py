@@ -3,10 +3,13 @@
 At each budget B (training FLOPs per run) the three runs of the compute-matched comparison are trained at equal
 FLOPs (``compute_matched.plan_compute_matched``): (a) the same-size MDM, (b) LoopMDM (S ~ U{1..S_max}), (c) the
 deeper MDM of (b)'s per-step FLOPs; and a fourth run, (a') ``mdm_at_b_steps``: the plain MDM trained for exactly
-(b)'s number of steps, with its own warmup and cosine decay over those steps. Per budget and seed the study reports
+(b)'s number of steps, with its own warmup and cosine decay over those steps; with ``flop_proportional_arm`` a
+fifth, (b') LoopMDM with p(S) proportional to 1 / F(S) (F(S) the training FLOPs of a step at S) at the same
+budget. Per budget and seed the study reports
 
 * the final validation NELBO of each model (LoopMDM at S = 1, S_max and 2 S_max) and its standard error;
-* the loop gain at equal FLOPs, NELBO(a) - NELBO(b at S_max) (> 0: looping wins), and the FLOPs ratio;
+* the loop gain at equal FLOPs, NELBO(a) - NELBO(b at S_max) (> 0: looping wins), and the FLOPs ratio (the same
+  for (b'));
 * the loop gain at equal steps, NELBO(a') - NELBO(b at S_max) (> 0: looping wins): does a LoopMDM step beat an
   MDM step at all (it costs more FLOPs)? Both runs have a full schedule over the same number of steps, so the
   comparison holds the learning-rate schedule fixed. (Reading (a)'s curve at (b)'s step count compares a run
@@ -52,13 +55,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from ..checkpoint import list_checkpoints
 from ..config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ..data import PreparedData
-from ..diffusion import predicted_fraction
+from ..diffusion import make_loop_distribution, predicted_fraction
 from ..errors import ConfigError
 from ..fileio import write_json
 from ..model.fields import check_int
@@ -76,27 +78,24 @@ from .compute_matched import (
     plan_compute_matched,
     start,
 )
-from .curves import Curve, flops_ratio, plateau_exit_step, read_curve, spread, unigram_cross_entropy
+from .curves import read_curve, unigram_cross_entropy
 from .fixed_validation import FixedValidation, batch_seed, paired_gain  # noqa: F401  (re-exported)
+from .loop_scaling_report import (  # noqa: F401  (re-exported)
+    EQUAL_STEPS,
+    EQUAL_STEPS_LABEL,
+    EVAL_METHOD,
+    FLOP_PROPORTIONAL,
+    FLOP_PROPORTIONAL_LABEL,
+    LOOPED,
+    TREND_RULE,
+    budget_rows,
+    fit_trend,
+    loop_scaling_markdown,
+    seed_point,
+)
 from .provenance import corpus_description, data_fingerprint, provenance_line, software_versions  # noqa: F401
 
 Log = Callable[[str], None]
-EQUAL_STEPS = "mdm_at_b_steps"
-EQUAL_STEPS_LABEL = "(a') MDM, same size, (b)'s steps (own schedule)"
-RUNS = ("mdm", "loopmdm", "deeper", EQUAL_STEPS)
-#: how curve and final NELBO are evaluated; a run folder evaluated otherwise is refused (not silently mixed in)
-EVAL_METHOD = "fixed-rows, per-batch SeedSequence([eval_seed, k]) noise, antithetic t, v1"
-#: the runs that must have left the plateau (every seed) for a budget to enter the trend of each gain
-TREND_RUNS = {
-    "gain_equal_flops": ("mdm", "loopmdm"),
-    "gain_equal_steps": (EQUAL_STEPS, "loopmdm"),
-    "gain_vs_deeper": ("deeper", "loopmdm"),
-}
-TREND_RULE = (
-    "least squares of the gain against log10(budget) over every (budget, seed) point of the budgets at "
-    "which, for every seed, both runs of the gain left the unigram plateau (first validation point at "
-    "least plateau_margin nats below H); 95% bootstrap intervals resample the seeds within each budget"
-)
 
 
 @dataclass
@@ -109,6 +108,8 @@ class LoopScalingConfig(ComputeMatchedConfig):
     bootstrap: int = 2000
     bootstrap_seed: int = 0
     plateau_margin: float = 0.25  # nats below the unigram plateau H that count as having left it
+    # a fifth run per budget and seed: LoopMDM with p(S) proportional to 1 / F(S) at the same budget
+    flop_proportional_arm: bool = False
 
     def validate(self) -> "LoopScalingConfig":
         super().validate()
@@ -185,18 +186,20 @@ def _laptop() -> LoopScalingConfig:
         seeds=[0, 1, 2, 3, 4],
         final_eval_batches=64,
         eval_seed=1234,
-        expected_minutes=450.0,
+        expected_minutes=575.0,
         budgets=[7.5e11, 2.5e12, 7.5e12, 2.25e13],
         seeds_per_budget=[2, 5, 5, 5],
+        flop_proportional_arm=True,
         description="4-layer d=64 models (0.4M parameters) on the whole standard-library corpus of the running "
         "Python, BPE 2048, length 128, batch 32, AdamW 2e-3, t from the bell with the paper's weighting (the "
         "quickstart recipe's); LoopMDM loops "
         "layers 1-2 with S_max = 4 (the deeper MDM has 7 layers), plus the plain MDM trained for "
-        "LoopMDM's step count with its own schedule (the equal-steps baseline); budgets 7.5e11 .. "
+        "LoopMDM's step count with its own schedule (the equal-steps baseline), and LoopMDM with p(S) "
+        "proportional to 1 / F(S) at the same budget; budgets 7.5e11 .. "
         "2.25e13 training FLOPs per run (30x), 5 seeds at the three largest, 2 at the smallest. "
         "Validation: curves on 16 batches (65k tokens), final NELBO on 64 batches (262k tokens), the "
         "same rows, t and masks for every run (eval_seed 1234). Run as two one-thread processes "
-        "(--shard 0/2 and 1/2; about 7.5 hours when the cores are free), then once without --shard "
+        "(--shard 0/2 and 1/2; about 9.5 hours when the cores are free), then once without --shard "
         "for the report.",
     )
 
@@ -227,9 +230,26 @@ def equal_steps_run(plan: MatchedPlan) -> RunPlan:
     )
 
 
+def flop_proportional_run(plan: MatchedPlan, tokens: int, pf: float) -> RunPlan:
+    """(b'): (b) with p(S) proportional to 1 / F(S) and the steps that spend the plan's budget at its expected
+    training FLOPs per token E[F] = S_max / sum_S 1 / F(S) (``tokens`` per step, ``pf`` the share of positions
+    the LM head runs on, as the trainer counts them)."""
+    b = clone(plan.run("loopmdm"))
+    b.cfg.diffusion.loop_dist = "flop_proportional"
+    model = b.cfg.model
+    f = make_loop_distribution(
+        b.cfg.diffusion, flops_fn=lambda s: train_flops_per_token(model, s, predicted_fraction=pf)
+    ).expect(lambda s: train_flops_per_token(model, s, predicted_fraction=pf))
+    steps = max(1, round(plan.total_flops / (tokens * f)))
+    return RunPlan(
+        FLOP_PROPORTIONAL, FLOP_PROPORTIONAL_LABEL, b.cfg, steps, f, f * tokens, steps * f * tokens
+    )
+
+
 def budget_plans(cfg: LoopScalingConfig, free_fraction: float = 1.0) -> list[MatchedPlan]:
     """One compute-matched plan per budget: (a) gets round(B / (tokens per step x F_train(a))) steps, (b) and
-    (c) the steps that give them the same total, and (a') (``mdm_at_b_steps``, not compute-matched) (b)'s steps.
+    (c) the steps that give them the same total, (a') (``mdm_at_b_steps``, not compute-matched) (b)'s steps, and
+    with ``flop_proportional_arm`` (b') (LoopMDM, p(S) proportional to 1 / F(S)) the steps of the same total.
     A budget that cannot be matched within ``flops_tolerance`` (too few steps to round) is a one-line error."""
     run = cfg.run
     tokens = run.train.batch_size * run.model.max_seq_len
@@ -243,6 +263,8 @@ def budget_plans(cfg: LoopScalingConfig, free_fraction: float = 1.0) -> list[Mat
         except ConfigError as e:
             raise ConfigError(f"budget {budget:.3g} FLOPs cannot be matched: {e}") from None
         plan.runs.append(equal_steps_run(plan))
+        if cfg.flop_proportional_arm:
+            plan.runs.append(flop_proportional_run(plan, tokens, pf))
         plans.append(plan)
     return plans
 
@@ -433,7 +455,7 @@ def run_loop_scaling(
         log(f"budget {cfg.budgets[i]:.2g}, seed {seed}: {rp.label}, {rp.steps} steps")
         run_dir = out / f"budget_{i}" / f"seed_{seed}" / rp.name
         model, info = train_run(rp, seed, run_dir, data, cfg, validation, progress, log)
-        grid = sorted({1, s_max, 2 * s_max}) if rp.name == "loopmdm" else [1]
+        grid = sorted({1, s_max, 2 * s_max}) if rp.name in LOOPED else [1]
         info["final"] = final_eval(model, rp, run_dir, grid, cfg, validation)
         trained[(i, seed, rp.name)] = info
     if part is not None:
@@ -520,273 +542,15 @@ def study_results(
         "rows": rows,
         "trend": fit_trend(rows, cfg.bootstrap, cfg.bootstrap_seed, "gain_equal_flops"),
         "trend_equal_steps": fit_trend(rows, cfg.bootstrap, cfg.bootstrap_seed, "gain_equal_steps"),
+        **(
+            {
+                "trend_flop_proportional": fit_trend(
+                    rows, cfg.bootstrap, cfg.bootstrap_seed, "gain_equal_flops_flop_proportional"
+                )
+            }
+            if cfg.flop_proportional_arm
+            else {}
+        ),
         "trend_rule": TREND_RULE,
         "wall_s": wall_s,
     }
-
-
-def _curve_dict(c: Curve) -> dict:
-    return {"step": c.steps, "flops": c.flops, "val_nelbo": c.nelbo}
-
-
-def seed_point(runs: dict, s_max: int, plateau: float, margin: float = 0.25) -> dict:
-    """The per-seed numbers of one budget from its four trained runs (``final``: ``final_eval`` results)."""
-    curves = {k: Curve(**v["curve"]) for k, v in runs.items()}
-    fin = {k: v["final"] for k, v in runs.items()}
-    b = fin["loopmdm"][s_max]
-    gains = {}
-    for key, ref in (
-        ("gain_equal_flops", "mdm"),
-        ("gain_equal_steps", EQUAL_STEPS),
-        ("gain_vs_deeper", "deeper"),
-    ):
-        gains[key], gains[key + "_stderr"] = paired_gain(fin[ref][1], b)
-    exits = {k: plateau_exit_step(c, plateau, margin) for k, c in curves.items()}
-    read = curves["mdm"].at_step(runs["loopmdm"]["steps"])
-    return {
-        "mdm": fin["mdm"][1]["nelbo"],
-        "deeper": fin["deeper"][1]["nelbo"],
-        EQUAL_STEPS: fin[EQUAL_STEPS][1]["nelbo"],
-        "loopmdm": {int(s): v["nelbo"] for s, v in fin["loopmdm"].items()},
-        "final": {k: {int(s): v for s, v in f.items()} for k, f in fin.items()},
-        **gains,
-        "schedule_bias_curve_read": None if read is None else read - curves[EQUAL_STEPS].final,
-        "flops_ratio": flops_ratio(curves["mdm"], curves["loopmdm"]),
-        "mdm_late_gain": curves["mdm"].late_gain(0.2),
-        "flops": {k: v["flops"] for k, v in runs.items()},
-        "steps": {k: v["steps"] for k, v in runs.items()},
-        "curves": {k: _curve_dict(c) for k, c in curves.items()},
-        "plateau_exit_step": exits,
-        "left_plateau": {k: e is not None for k, e in exits.items()},
-        "plateau_exit_fraction": {
-            k: None if e is None else e / runs[k]["steps"] for k, e in exits.items()
-        },
-    }
-
-
-def _with_sem(values: list) -> dict:
-    s = spread(values)
-    s["sem"] = None if s["std"] is None or s["n"] < 2 else s["std"] / math.sqrt(s["n"])
-    return s
-
-
-ROW_KEYS = (
-    "mdm",
-    "deeper",
-    EQUAL_STEPS,
-    "gain_equal_flops",
-    "gain_equal_steps",
-    "gain_vs_deeper",
-    "schedule_bias_curve_read",
-    "flops_ratio",
-    "mdm_late_gain",
-)
-
-
-def budget_rows(
-    cfg: LoopScalingConfig, plans: list[MatchedPlan], trained: dict, plateau: float
-) -> list[dict]:
-    """Per budget: every seed's point, the mean / std / standard error over seeds of each number, and whether the
-    budget is past the plateau for each gain (every seed's two runs of it left the plateau)."""
-    s_max = cfg.run.diffusion.s_max
-    rows = []
-    for i, (budget, plan) in enumerate(zip(cfg.budgets, plans)):
-        seeds = cfg.budget_seeds(i)
-        points = {
-            seed: seed_point(
-                {rp.name: trained[(i, seed, rp.name)] for rp in plan.runs},
-                s_max,
-                plateau,
-                cfg.plateau_margin,
-            )
-            for seed in seeds
-        }
-        rows.append(
-            {
-                "budget": budget,
-                "seeds": seeds,
-                "per_seed": points,
-                **{k: _with_sem([points[s][k] for s in seeds]) for k in ROW_KEYS},
-                "loopmdm": {
-                    S: _with_sem([points[s]["loopmdm"][S] for s in seeds])
-                    for S in points[seeds[0]]["loopmdm"]
-                },
-                "past_plateau": {
-                    k: all(_past(p, needs) for p in points.values())
-                    for k, needs in TREND_RUNS.items()
-                },
-            }
-        )
-    return rows
-
-
-def _past(point: dict, needs: Sequence[str]) -> bool:
-    left = point.get("left_plateau") or {}
-    return all(left.get(n) is True for n in needs)
-
-
-def fit_trend(
-    rows: list[dict], bootstrap: int = 2000, seed: int = 0, key: str = "gain_equal_flops"
-) -> dict:
-    """gain = a + b log10(B) by least squares over the (budget, seed) points of the budgets past the plateau
-    (every seed's two runs of ``key``, ``TREND_RUNS[key]``, left it: ``left_plateau`` of each point), the budget
-    where the line crosses zero (when it heads there), and 95% bootstrap intervals of the slope and the crossing
-    that resample the seeds within each budget (``bootstrap`` resamples, ``numpy.random.default_rng(seed)``).
-    Fewer than two budgets past the plateau: no fit, and ``note`` says so."""
-    needs = TREND_RUNS[key]
-    used, excluded = [], []
-    for r in rows:
-        vals = [p.get(key) for p in r["per_seed"].values()]
-        ok = (
-            bool(vals)
-            and all(v is not None and math.isfinite(v) for v in vals)
-            and all(_past(p, needs) for p in r["per_seed"].values())
-        )
-        (used if ok else excluded).append((r["budget"], np.array(vals if ok else [], dtype=float)))
-    out = {
-        "gain": key,
-        "runs_past_plateau": list(needs),
-        "budgets_used": [b for b, _ in used],
-        "budgets_excluded": [b for b, _ in excluded],
-        "seeds_per_budget": [len(v) for _, v in used],
-        "points": int(sum(len(v) for _, v in used)),
-        "bootstrap": bootstrap,
-        "bootstrap_seed": seed,
-        "slope_per_decade": None,
-        "intercept": None,
-        "slope_interval_95": None,
-        "crossing_budget": None,
-        "crossing_interval_95": None,
-        "bootstrap_share_crossing": None,
-        "residual_std": None,
-        "note": None,
-    }
-    if len(used) < 2:
-        return out | {"note": "no trend: fewer than two budgets past the plateau"}
-    x = np.concatenate([np.full(len(v), math.log10(b)) for b, v in used])
-    y = np.concatenate([v for _, v in used])
-    b, a = np.polyfit(x, y, 1)
-    crossing = _crossing(a, b, y)
-    out |= {
-        "slope_per_decade": float(b),
-        "intercept": float(a),
-        "crossing_budget": None if crossing is None else float(10**crossing),
-        "residual_std": float(np.std(y - (a + b * x), ddof=2)) if len(y) > 2 else None,
-    }
-    if bootstrap > 0:
-        rng = np.random.default_rng(seed)
-        xc = x - x.mean()
-        ys = np.concatenate(
-            [v[rng.integers(0, len(v), (bootstrap, len(v)))] for _, v in used], axis=1
-        )
-        slopes = (ys - ys.mean(axis=1, keepdims=True)) @ xc / float(xc @ xc)
-        intercepts = ys.mean(axis=1) - slopes * x.mean()
-        crossings = [_crossing(aa, bb, yy) for aa, bb, yy in zip(intercepts, slopes, ys)]
-        finite = np.array([c for c in crossings if c is not None])
-        out |= {
-            "slope_interval_95": [
-                float(np.percentile(slopes, 2.5)),
-                float(np.percentile(slopes, 97.5)),
-            ],
-            "bootstrap_share_crossing": len(finite) / bootstrap,
-            "crossing_interval_95": None
-            if len(finite) < 0.5 * bootstrap
-            else [float(10 ** np.percentile(finite, q)) for q in (2.5, 97.5)],
-        }
-    if any(len(v) < 2 for _, v in used):
-        out["note"] = (
-            "budgets with one seed add no resampling variation: the bootstrap interval understates the "
-            "uncertainty"
-        )
-    return out
-
-
-def _crossing(a: float, b: float, y: np.ndarray) -> Optional[float]:
-    """log10 of the budget where a + b log10(B) = 0, when the trend heads there from the data's side."""
-    if b == 0 or not np.isfinite(b):
-        return None
-    x0 = -a / b
-    heading = (np.mean(y) < 0 and b > 0) or (np.mean(y) > 0 and b < 0)
-    return float(x0) if heading else None
-
-
-def _trend_lines(name: str, trend: dict) -> list[str]:
-    if trend.get("slope_per_decade") is None:
-        return [
-            f"- {name}: {trend.get('note')} (budgets past the plateau: "
-            f"{', '.join(f'{b:.2g}' for b in trend['budgets_used']) or 'none'})"
-        ]
-    ci, cross, cci = (
-        trend.get("slope_interval_95"),
-        trend.get("crossing_budget"),
-        trend.get("crossing_interval_95"),
-    )
-    line = (
-        f"- {name}: gain = {trend['intercept']:.3f} + {trend['slope_per_decade']:.3f} log10(B) over "
-        f"{trend['points']} points at budgets {', '.join(f'{b:.2g}' for b in trend['budgets_used'])}"
-        + (
-            f" (excluded, on the plateau: {', '.join(f'{b:.2g}' for b in trend['budgets_excluded'])})"
-            if trend["budgets_excluded"]
-            else ""
-        )
-        + (f"; slope 95% bootstrap interval {ci[0]:+.3f} .. {ci[1]:+.3f} per decade" if ci else "")
-    )
-    line += "; crosses zero at " + (
-        f"{cross:.2g} FLOPs per run" if cross else "no budget (it does not head there)"
-    )
-    line += f" (95% interval {cci[0]:.2g} .. {cci[1]:.2g})" if cci else ""
-    return [line] + ([f"  ({trend['note']})"] if trend.get("note") else [])
-
-
-def loop_scaling_markdown(results: dict) -> str:
-    rows = results["rows"]
-    s_max = results["config"]["run"]["diffusion"]["s_max"]
-
-    def f(sp, d=3, sem=False):
-        if sp is None or sp.get("mean") is None:
-            return "n/a"
-        err = sp.get("sem") if sem else sp["std"]
-        return f"{sp['mean']:.{d}f}" + (
-            f" ± {err:.{d}f}" if sp["n"] > 1 and err is not None else ""
-        )
-
-    def exits(r, name):
-        steps = [p["plateau_exit_step"][name] for p in r["per_seed"].values()]
-        return "/".join("-" if s is None else str(s) for s in steps)
-
-    lines = [
-        f"| budget (FLOPs / run) | seeds | (a) MDM | (a') MDM at (b)'s steps | LoopMDM S=1 | S={s_max} | "
-        f"S={2 * s_max} | (c) deeper MDM | gain at equal FLOPs | gain at equal steps | gain over (c) | "
-        "left plateau at step (a / b, per seed) | past plateau | FLOPs ratio | (a)'s late gain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lp, pp = r["loopmdm"], r["past_plateau"]
-        lines.append(
-            f"| {r['budget']:.2g} | {len(r['seeds'])} | {f(r['mdm'])} | {f(r[EQUAL_STEPS])} | "
-            f"{f(lp.get(1))} | {f(lp.get(s_max))} | {f(lp.get(2 * s_max))} | {f(r['deeper'])} | "
-            f"{f(r['gain_equal_flops'], sem=True)} | {f(r['gain_equal_steps'], sem=True)} | "
-            f"{f(r['gain_vs_deeper'], sem=True)} | {exits(r, 'mdm')} / {exits(r, 'loopmdm')} | "
-            f"{'yes' if pp['gain_equal_flops'] else 'no'} | {f(r['flops_ratio'], 2)} | "
-            f"{f(r['mdm_late_gain'])} |"
-        )
-    v, p = results["validation"], results["plateau"]
-    lines += [
-        "",
-        "(NELBO in nats / token, mean ± std over seeds; gains, > 0 when looping wins, mean ± standard "
-        "error of the seed mean; gain at equal steps = NELBO(a') - NELBO(b at S_max), both trained with a "
-        "full schedule over (b)'s steps)",
-        "",
-    ]
-    lines += _trend_lines("trend at equal FLOPs", results["trend"])
-    lines += _trend_lines("trend at equal steps", results["trend_equal_steps"])
-    lines += [
-        f"- validation: {v['final']['batches']} batches ({v['final']['tokens']} tokens) for final NELBO, "
-        f"{v['curve']['batches']} ({v['curve']['tokens']} tokens) per curve point, eval_seed "
-        f"{v['eval_seed']}: the same rows, t and masks for every run",
-        f"- unigram plateau H = {p['H']:.3f} nats / token; a run left it at its first validation point "
-        f"<= H - {p['margin']}",
-        f"- {results['provenance']}; source fingerprint {results['data_fingerprint']['source_fingerprint'][:16]}",
-        f"- wall time {results['wall_s'] / 60:.1f} min",
-    ]
-    return "\n".join(lines) + "\n"
