@@ -9,7 +9,8 @@ import pytest
 
 from helpers import run_cli
 from loopmdm.errors import ConfigError
-from loopmdm.experiments.reasoning import TaskSpec, load_reasoning_config, run_reasoning
+from loopmdm.experiments.reasoning import run_reasoning
+from loopmdm.experiments.reasoning_config import TaskSpec, load_reasoning_config
 
 
 def tiny_config(target: float):

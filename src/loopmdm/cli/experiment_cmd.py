@@ -19,7 +19,8 @@ from ..experiments.compute_matched import (
 )
 from ..experiments.loop_scaling import budget_plans, load_loop_scaling_config, run_loop_scaling
 from ..experiments.loopify import load_loopify_config, plan_summary, run_loopify_experiment
-from ..experiments.reasoning import load_reasoning_config, run_reasoning
+from ..experiments.reasoning import run_reasoning
+from ..experiments.reasoning_config import load_reasoning_config
 from ..experiments.sudoku import load_sudoku_config, run_sudoku
 from ..model.fields import parse_int_list
 from ..outputs import check_output

@@ -1,9 +1,11 @@
-"""Shared plumbing of the experiments: config presets / YAML files, the default grid of loop counts S, and
-training a run or reusing / resuming the one already in its folder."""
+"""Shared plumbing of the experiments: config presets / YAML files, the default grid of loop counts S, training a
+run or reusing / resuming the one already in its folder, scores cached beside a run, and pooling per-seed score
+records."""
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Callable, Mapping, Optional, TypeVar
 
@@ -95,3 +97,30 @@ def train_or_reuse(
             "(signal received); run the same command again to resume it"
         )
     return load_model(run_dir, ema=None)[0], False
+
+
+def read_scores(path: Path, key: dict) -> Optional[dict]:
+    """The scores saved in a run folder (``{"key": ..., ...}``) when they were computed with the evaluation
+    settings ``key`` (compared as JSON, so tuples and lists match); None when absent, unreadable or stale."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return (
+        saved
+        if isinstance(saved, dict) and saved.get("key") == json.loads(json.dumps(key))
+        else None
+    )
+
+
+def pool_over_seeds(per_seed: Mapping, seeds: list, fields: tuple[str, ...]) -> dict:
+    """``{model: {"f1|f2|...": [the score records of every seed with those field values]}}`` from ``per_seed``
+    ({seed: {model: {"scores": [records]}}}), the models of the first seed."""
+    out: dict = {}
+    for model in per_seed[seeds[0]]:
+        cells: dict = {}
+        for seed in seeds:
+            for r in per_seed[seed][model]["scores"]:
+                cells.setdefault("|".join(str(r[f]) for f in fields), []).append(r)
+        out[model] = cells
+    return out

@@ -6,19 +6,15 @@ from __future__ import annotations
 import json
 
 from ..eval.sudoku import wilson_interval
+from .common import pool_over_seeds
 from .curves import Curve, flops_ratio, spread
 
 
 def summarise(per_seed: dict) -> dict:
     """``{model: {"T|S|group": {accuracy: spread over seeds, ...}}}``."""
-    out: dict = {}
-    seeds = list(per_seed)
-    for model in per_seed[seeds[0]]:
-        cells: dict = {}
-        for seed in seeds:
-            for r in per_seed[seed][model]["scores"]:
-                cells.setdefault(f"{r['steps']}|{r['loops']}|{r['group']}", []).append(r)
-        out[model] = {
+    pooled = pool_over_seeds(per_seed, list(per_seed), ("steps", "loops", "group"))
+    return {
+        model: {
             k: {
                 "accuracy": spread([r["accuracy"] for r in rs]),
                 "correct": sum(r["correct"] for r in rs),
@@ -29,7 +25,8 @@ def summarise(per_seed: dict) -> dict:
             }
             for k, rs in cells.items()
         }
-    return out
+        for model, cells in pooled.items()
+    }
 
 
 def accuracy_flops_ratios(per_seed: dict, reference: str = "mdm") -> dict:

@@ -29,7 +29,7 @@ from ..model.fields import check_int, check_int_list
 from ..runtime import machine_info, set_threads
 from ..sampling import ORDERS
 from ..viz.experiment_plots import plot_sudoku_heatmap, plot_sudoku_vs_flops
-from .common import default_loop_grid, load_experiment_config
+from .common import default_loop_grid, load_experiment_config, pool_over_seeds, read_scores
 from .compute_matched import RUN_NAMES, plan_compute_matched, train_one
 from .curves import spread
 
@@ -244,31 +244,18 @@ def run_sudoku(
     return results
 
 
-def read_scores(path: Path, key: dict) -> Optional[dict]:
-    """The scores saved in a run folder when they were computed with the same evaluation settings."""
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return saved if saved.get("key") == json.loads(json.dumps(key)) else None
-
-
 def summarise(per_seed: dict, seeds: list[int]) -> dict:
     """``{model: {"order|T|S": {board_accuracy, cell_accuracy, valid_grids, flops_per_board: spread over seeds}}}``."""
-    out: dict = {}
-    for model in per_seed[seeds[0]]:
-        cells: dict = {}
-        for seed in seeds:
-            for s in per_seed[seed][model]["scores"]:
-                cells.setdefault(f"{s['order']}|{s['steps']}|{s['loops']}", []).append(s)
-        out[model] = {
+    return {
+        model: {
             key: {
                 m: spread([s[m] for s in rows])
                 for m in ("board_accuracy", "cell_accuracy", "valid_grids", "flops_per_board")
             }
             for key, rows in cells.items()
         }
-    return out
+        for model, cells in pool_over_seeds(per_seed, seeds, ("order", "steps", "loops")).items()
+    }
 
 
 def _mean(summary: dict, model: str, order: str, T: int, S: int) -> Optional[float]:
