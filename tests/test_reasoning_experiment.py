@@ -154,6 +154,8 @@ def test_a_candidates_own_budget_becomes_the_plain_models_steps(tmp_path):
     [
         ({"d_model": 32, "width": 3}, "'width' is neither"),
         ({"d_model": 32, "steps": 0}, "candidate steps"),
+        # refused before any task is written or candidate trained
+        ({"d_model": 64, "n_heads": 3}, "candidate .*: model.d_model=64 must split into n_heads=3"),
     ],
 )
 def test_bad_candidates_are_refused(candidate, match):
@@ -307,3 +309,13 @@ def test_amendment_3_changes_only_the_recipe_models_seeds_and_curve_density():
         assert getattr(bell, f) == getattr(base, f), f
     bell.run.diffusion.t_sampler, bell.run.diffusion.t_weighting = "uniform", "exact"
     assert bell.run == base.run
+
+
+@pytest.mark.parametrize("text", ['{"tried": [', "[1, 2]", '{"tried": [{"shape": {}}]}', "\udcff"])
+def test_a_damaged_calibration_record_is_a_one_line_error(tmp_path, text):
+    from loopmdm.experiments.reasoning import earlier_calibration
+
+    path = tmp_path / "calibration.json"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ConfigError, match="is not a calibration record .* delete it to calibrate"):
+        earlier_calibration(path, [{"d_model": 128}])

@@ -148,7 +148,15 @@ def earlier_calibration(path: Path, candidates: list[dict]) -> list[dict]:
     after a calibration (a documented amendment): a changed or reordered list is refused."""
     if not path.is_file():
         return []
-    tried = json.loads(path.read_text())["tried"]
+    try:
+        tried = json.loads(path.read_text(encoding="utf-8"))["tried"]
+        if not all(isinstance(e, dict) and "shape" in e and "accuracy" in e for e in tried):
+            raise TypeError
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        raise ConfigError(
+            f"{path} is not a calibration record (the study writes {{'tried': [{{'shape': ..., 'accuracy': "
+            "...}, ...]}); restore it, or delete it to calibrate this task again"
+        ) from None
     for i, entry in enumerate(tried):
         if i >= len(candidates) or entry["shape"] != candidates[i]:
             raise ConfigError(

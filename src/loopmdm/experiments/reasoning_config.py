@@ -4,7 +4,7 @@ preset after a run of it is an amendment written here, dated, with what was know
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -80,6 +80,10 @@ class ReasoningConfig:
                 raise ConfigError(f"candidate {c}: {bad[0]!r} is neither a model field nor 'steps'")
             if "steps" in c:
                 check_int_list([c["steps"]], "candidate steps", 1)
+            try:  # the shape with the study's layer split, checked before any task is written
+                replace(self.run.model, **{k: v for k, v in c.items() if k != "steps"}).validate()
+            except ConfigError as e:
+                raise ConfigError(f"candidate {c}: {e}") from None
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise ConfigError(
