@@ -184,3 +184,27 @@ def test_sample_in_bf16_on_the_cpu(tiny_run, capsys):
     assert json.loads(out)["results"][0]["report"]["network_calls"] == 4
     code, _, err = run_cli(["sample", "--checkpoint", tiny_run, "--precision", "fp16"], capsys)
     assert code == 2 and "fp32 or bf16" in err
+
+
+def test_without_loops_a_plain_model_samples_at_the_s_it_was_trained_with(
+    tiny_corpus, tmp_path, capsys
+):
+    """A model trained with S fixed at 1 (a plain MDM with a mid block, as the reasoning study's calibration and
+    baselines) samples at S = 1 when no --loops is given, not at the config's unused s_max."""
+    from conftest import make_tiny_cfg
+    from loopmdm.train import train
+
+    cfg = make_tiny_cfg(tiny_corpus, tmp_path / "cache")
+    cfg.diffusion.loop_dist, cfg.diffusion.s_fixed = "fixed", 1
+    assert cfg.diffusion.s_max > 1
+    cfg.train.max_steps = cfg.train.eval_every = cfg.train.save_every = 2
+    train(cfg, tmp_path / "plain", progress=False, log=lambda s: None)
+    for extra in ([], ["--policy", "converge"]):
+        code, out, err = run_cli(
+            ["sample", "--checkpoint", tmp_path / "plain", "--steps", "2", "--num-samples", "1"]
+            + extra
+            + ["--json"],
+            capsys,
+        )
+        assert code == 0, err
+        assert json.loads(out)["results"][0]["report"]["mean_loops"] == 1.0

@@ -136,11 +136,12 @@ def sample(
     runs: list[tuple[Optional[int], dict]] = []
     if policy == "fixed" and "loops" not in p_opts:
         runs = [
-            (s, {**p_opts, "loops": s}) for s in parse_loops(loops or [str(cfg.diffusion.s_max)])
+            (s, {**p_opts, "loops": s})
+            for s in parse_loops(loops or [str(cfg.diffusion.max_loops)])
         ]
     else:
         if policy != "fixed":
-            p_opts.setdefault("s_max", cfg.diffusion.s_max)
+            p_opts.setdefault("s_max", cfg.diffusion.max_loops)
         runs = [(p_opts.get("loops"), p_opts)]
     results = []
     for s, opts in runs:
