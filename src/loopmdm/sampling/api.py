@@ -198,7 +198,7 @@ def generate(
     policy: one of ``LOOP_POLICIES`` (fixed, schedule, converge, per_token, warm): how many mid-block
         iterations S each network call runs; policy_options: its options (fixed: loops; the others:
         s_min, s_max, and threshold / criterion / shape, center, width). Pass the checkpoint's training
-        ``diffusion.s_max`` as loops / s_max (default 4, the tiny preset's).
+        ``diffusion.max_loops`` (the largest S it trained with) as loops / s_max (default 4, the tiny preset's).
     prompt: text kept fixed at the start (after a BOS); template: infill template with ``[MASK:n]`` spans
         (see ``loopmdm.sampling.conditioning``); prompt_ids: a prompt as token ids, used verbatim; at most
         one of the three.

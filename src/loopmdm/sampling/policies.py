@@ -33,7 +33,7 @@ from ..model.fields import check_int, check_number
 from ..registry import Registry
 from .runner import LoopRunner, LoopState, Prediction
 
-# the tiny preset's training S_max; pass the checkpoint's diffusion.s_max for other models
+# the tiny preset's training S_max; pass the checkpoint's diffusion.max_loops for other models
 DEFAULT_LOOPS = 4
 
 LOOP_POLICIES: Registry[type["LoopPolicy"]] = Registry("loop policy")
