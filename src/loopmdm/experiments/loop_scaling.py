@@ -471,6 +471,7 @@ def run_loop_scaling(
         out / "loop_gain.png",
         provenance=results["provenance"],
         equal_steps_trend=results["trend_equal_steps"],
+        flop_proportional_trend=results.get("trend_flop_proportional"),
     )
     results["figures"] = ["loop_gain.png"]
     write_json(out / "results.json", results)

@@ -325,29 +325,37 @@ def plot_loop_gain(
     path: str | Path,
     provenance: str = "",
     equal_steps_trend: Optional[Mapping] = None,
+    flop_proportional_trend: Optional[Mapping] = None,
 ) -> None:
-    """The loop gain against the budget, at equal training FLOPs NELBO(MDM) - NELBO(LoopMDM at S_max) and (when
-    the rows hold it and ``equal_steps_trend`` is given) at equal steps NELBO(MDM trained for LoopMDM's steps) -
-    NELBO(LoopMDM): every seed as a dot, the seed mean with its standard error (hollow: on the unigram plateau,
-    left out of the fit), the fitted line. ``provenance`` (corpus, data digest, versions) is printed under the
-    figure, so that the figure says which corpus it came from."""
+    """The loop gain against the budget, at equal training FLOPs NELBO(MDM) - NELBO(LoopMDM at S_max), (when the
+    rows hold it and ``equal_steps_trend`` is given) at equal steps NELBO(MDM trained for LoopMDM's steps) -
+    NELBO(LoopMDM), and (with ``flop_proportional_trend``) at equal FLOPs for LoopMDM trained with p(S)
+    proportional to 1 / F(S): every seed as a dot, the seed mean with its standard error (hollow: on the unigram
+    plateau, left out of the fit), the fitted line. ``provenance`` (corpus, data digest, versions) is printed
+    under the figure, so that the figure says which corpus it came from."""
     plt = _plt()
-    steps = equal_steps_trend is not None and all("gain_equal_steps" in r for r in rows)
-    fig, axes = plt.subplots(
-        1, 2 if steps else 1, figsize=(11.5 if steps else 6.5, 4.4), squeeze=False
-    )
-    _gain_panel(
-        axes[0][0], rows, trend, "gain_equal_flops", "equal FLOPs: NELBO(a) - NELBO(b, S_max)"
-    )
-    axes[0][0].set_ylabel("loop gain (nats / token), > 0: looping wins")
-    if steps:
-        _gain_panel(
-            axes[0][1],
-            rows,
-            equal_steps_trend,
-            "gain_equal_steps",
-            "equal steps, same LR schedule: NELBO(a': MDM, b's steps) - NELBO(b, S_max)",
+    panels = [(trend, "gain_equal_flops", "equal FLOPs: NELBO(a) - NELBO(b, S_max)")]
+    if equal_steps_trend is not None and all("gain_equal_steps" in r for r in rows):
+        panels.append(
+            (
+                equal_steps_trend,
+                "gain_equal_steps",
+                "equal steps, same LR schedule: NELBO(a': MDM, b's steps) - NELBO(b, S_max)",
+            )
         )
+    key = "gain_equal_flops_flop_proportional"
+    if flop_proportional_trend is not None and all(key in r for r in rows):
+        panels.append(
+            (
+                flop_proportional_trend,
+                key,
+                "equal FLOPs, p(S) ~ 1 / F(S): NELBO(a) - NELBO(b', S_max)",
+            )
+        )
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.0 + 5.5 * len(panels), 4.4), squeeze=False)
+    for ax, (tr, k, title) in zip(axes[0], panels):
+        _gain_panel(ax, rows, tr, k, title)
+    axes[0][0].set_ylabel("loop gain (nats / token), > 0: looping wins")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(rect=(0, 0.045, 1, 1))
     foot = "filled squares: seed mean ± standard error, budget past the unigram plateau (in the fit); hollow: on it"
