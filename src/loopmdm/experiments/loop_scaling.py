@@ -80,7 +80,7 @@ from .compute_matched import (
 )
 from .curves import read_curve, unigram_cross_entropy
 from .fixed_validation import FixedValidation, batch_seed, paired_gain  # noqa: F401  (re-exported)
-from .loop_scaling_report import (  # noqa: F401  (re-exported)
+from .loop_scaling_report import (
     EQUAL_STEPS,
     EQUAL_STEPS_LABEL,
     EVAL_METHOD,
@@ -91,7 +91,6 @@ from .loop_scaling_report import (  # noqa: F401  (re-exported)
     budget_rows,
     fit_trend,
     loop_scaling_markdown,
-    seed_point,
 )
 from .provenance import corpus_description, data_fingerprint, provenance_line, software_versions  # noqa: F401
 
