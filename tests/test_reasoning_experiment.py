@@ -319,3 +319,25 @@ def test_a_damaged_calibration_record_is_a_one_line_error(tmp_path, text):
     path.write_bytes(text.encode("utf-8", "surrogateescape"))
     with pytest.raises(ConfigError, match="is not a calibration record .* delete it to calibrate"):
         earlier_calibration(path, [{"d_model": 128}])
+
+
+def test_an_interim_report_trains_nothing_and_keeps_only_complete_seeds(tmp_path):
+    def cfg():
+        c = tiny_config(target=0.0)
+        c.seeds, c.models = [0, 1], ["mdm", "loopmdm"]
+        return c
+
+    quiet = {"log": lambda s: None}
+    early = run_reasoning(cfg(), tmp_path, interim=True, **quiet)
+    assert early["tasks"]["hops"]["calibration"]["complete"] is False
+    assert not (tmp_path / "hops" / "calibration_0").exists()  # nothing trained
+    assert "calibration still under way" in (tmp_path / "interim_summary.md").read_text()
+    run_reasoning(cfg(), tmp_path, models=["mdm"], **quiet)  # calibration, then (a) for both seeds
+    run_reasoning(cfg(), tmp_path, seeds=[0], models=["loopmdm"], **quiet)
+    entry = run_reasoning(cfg(), tmp_path, interim=True, **quiet)["tasks"]["hops"]
+    assert entry["seeds_complete"] == [0] and entry["seeds_partial"] == {1: ["mdm"]}
+    assert list(entry["per_seed"]) == [0] and set(entry["summary"]) == {"mdm", "loopmdm"}
+    assert not (tmp_path / "hops" / "seed_1" / "loopmdm").exists()
+    text = (tmp_path / "interim_summary.md").read_text()
+    assert "Interim: seeds [0] have every model" in text and "seed 1: mdm finished" in text
+    assert not (tmp_path / "results.json").exists()

@@ -220,6 +220,12 @@ def reasoning(
     json_out: bool = typer.Option(
         False, "--json", help="Print the per-task summaries as one JSON object."
     ),
+    interim: bool = typer.Option(
+        False,
+        "--interim",
+        help="Train nothing: report the seeds whose every model is finished (interim_summary.md) while "
+        "other processes are still training.",
+    ),
 ) -> None:
     """Pre-registered looped-vs-plain study on depth-bound tasks: plain-MDM calibration on validation data first,
     then MDM / LoopMDM / deeper MDM / LoopMDM with deep supervision at equal FLOPs, exact match over T x S."""
@@ -234,10 +240,11 @@ def reasoning(
         models=_names(models),
         progress=progress,
         log=info,
+        interim=interim,
     )
     if res is not None:
         emit_json({k: v.get("summary") for k, v in res["tasks"].items()}) if json_out else info(
-            (out / "summary.md").read_text()
+            (out / ("interim_summary.md" if interim else "summary.md")).read_text()
         )
 
 

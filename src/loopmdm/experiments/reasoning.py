@@ -167,11 +167,14 @@ def earlier_calibration(path: Path, candidates: list[dict]) -> list[dict]:
     return tried
 
 
-def calibrate(cfg: ReasoningConfig, task: TaskSpec, out: Path, progress: bool, log: Log) -> dict:
+def calibrate(
+    cfg: ReasoningConfig, task: TaskSpec, out: Path, progress: bool, log: Log, train: bool = True
+) -> dict:
     """Phase 1 for one task: the first candidate whose plain MDM reaches ``target`` on the calibration level of
     the validation rows. Candidates tried before (``calibration.json``) are reused, so an amendment that appends
     candidates continues from there. A candidate's ``steps`` (default ``calibration_steps``) is its budget; the
-    other keys are ``ModelConfig`` fields."""
+    other keys are ``ModelConfig`` fields. ``train=False`` trains nothing: a calibration still under way reads
+    as not chosen, with ``complete`` False."""
     path = out / task.name / "calibration.json"
     tried = earlier_calibration(path, cfg.candidates)
     chosen = None
@@ -179,6 +182,8 @@ def calibrate(cfg: ReasoningConfig, task: TaskSpec, out: Path, progress: bool, l
         steps = candidate.get("steps", cfg.calibration_steps)
         if i < len(tried):
             score = tried[i]
+        elif not train:
+            return {**calibration_record(cfg, task, tried, None), "complete": False}
         else:
             score = calibration_run(cfg, task, out, i, candidate, steps, progress, log)
             tried.append(score)
@@ -323,8 +328,11 @@ def compare(
     models: list[str],
     progress: bool,
     log: Log,
+    only_finished: bool = False,
 ) -> dict:
-    """Phase 2 for one task: train and score every model in ``models`` for every seed."""
+    """Phase 2 for one task: train and score every model in ``models`` for every seed. ``only_finished``: train
+    nothing, keep the (seed, model) runs already trained and scored, and only the seeds that have every model
+    (``seeds_complete``; the others' finished models in ``seeds_partial``)."""
     mc = matched_config(cfg, task, out, chosen)
     data = prepare_data(mc.run.data, mc.run.model.vocab_size, mc.run.model.max_seq_len, log=log)
     mc.run.model.vocab_size = data.tokenizer.vocab_size
@@ -344,6 +352,10 @@ def compare(
         for name in models:
             rp = model_plan(plan, name, tokens, pf)
             run_dir = out / task.name / f"seed_{seed}" / name
+            grid = cfg.loops if name.startswith("loopmdm") else [1]
+            key = _score_key(cfg, grid, len(test_rows), seed)
+            if only_finished and read_scores(run_dir / "scores.json", key) is None:
+                continue  # not trained to the end and scored yet
             log(f"{task.name} seed {seed}: {name}, {rp.steps} steps")
             model, info = train_one(rp, seed, run_dir, data, mc, progress, log, trainer_cls)
             accuracy = read_curve(run_dir / "metrics.jsonl", "val_exact_match")
@@ -352,8 +364,6 @@ def compare(
                 "exact_match": accuracy.nelbo,
                 "steps": accuracy.steps,
             }
-            grid = cfg.loops if name.startswith("loopmdm") else [1]
-            key = _score_key(cfg, grid, len(test_rows), seed)
             saved = read_scores(run_dir / "scores.json", key)
             if saved is None:
                 t0 = time.perf_counter()
@@ -374,7 +384,16 @@ def compare(
                 scores=saved["scores"], policies=saved["policies"], eval_wall_s=saved["eval_wall_s"]
             )
             per_seed[seed][name] = info
-    return {"plan": plan.summary(), "per_seed": per_seed, "test_rows": len(test_rows)}
+    complete = [seed for seed in cfg.seeds if set(models) <= set(per_seed[seed])]
+    return {
+        "plan": plan.summary(),
+        "per_seed": {seed: per_seed[seed] for seed in complete},
+        "seeds_complete": complete,
+        "seeds_partial": {
+            seed: sorted(per_seed[seed]) for seed in cfg.seeds if seed not in complete
+        },
+        "test_rows": len(test_rows),
+    }
 
 
 def model_plan(plan: MatchedPlan, name: str, tokens: int, pf: float) -> RunPlan:
@@ -421,8 +440,11 @@ def run_reasoning(
     models: Optional[list[str]] = None,
     progress: bool = False,
     log: Log = print,
+    interim: bool = False,
 ) -> Optional[dict]:
-    """The whole study (see the module docstring); ``tasks`` / ``models`` restrict this call to part of it."""
+    """The whole study (see the module docstring); ``tasks`` / ``models`` restrict this call to part of it.
+    ``interim``: train nothing and report what is finished (the seeds whose every model is trained and scored)
+    in ``interim_results.json`` / ``interim_summary.md``, for a study still under way."""
     cfg.validate()
     out = Path(out)
     if seeds is not None:
@@ -445,40 +467,26 @@ def run_reasoning(
     }
     for task in chosen_tasks:
         write_task(task_folder(out, task), task.family, **task.params)
-        cal = calibrate(cfg, task, out, progress, log)
+        cal = calibrate(cfg, task, out, progress, log, train=not interim)
         entry: dict = {"calibration": cal}
         if cal["chosen"] is None:
             log(
-                f"{task.name}: no candidate reached {cfg.target:.0%} on level {task.calibration_level}; "
-                "no comparison (the calibration is the result)"
+                f"{task.name}: calibration still under way"
+                if cal.get("complete") is False
+                else f"{task.name}: no candidate reached {cfg.target:.0%} on level "
+                f"{task.calibration_level}; no comparison (the calibration is the result)"
             )
         else:
-            entry.update(compare(cfg, task, out, cal["chosen"], subset, progress, log))
-            entry["summary"] = summarise(entry["per_seed"])
-            entry["flops_ratio"] = accuracy_flops_ratios(entry["per_seed"])
-            levels = task.params.get("train_levels", [])
-            entry["checks"] = checks(entry["summary"], cfg, levels)
-            entry["checks_more"] = {
-                f"{looped} vs {plain}": checks(entry["summary"], cfg, levels, looped, plain)
-                for looped, plain in MORE_CHECKS
-                if looped in entry["summary"] and plain in entry["summary"]
-            }
-            figures = []
-            for model in subset:
-                recs = entry["per_seed"][cfg.seeds[0]][model]["scores"]
-                figures.append(f"{task.name}_{model}.png")
-                plot_exact_match(recs, out / figures[-1], title=f"{task.name} {model}")
-            figures.append(f"{task.name}_exact_match_vs_flops.png")
-            plot_accuracy_vs_flops(entry["per_seed"], out / figures[-1], title=task.name)
-            entry["inference_frontier"] = {
-                m: inference_frontier(cells) for m, cells in entry["summary"].items()
-            }
-            figures.append(f"{task.name}_exact_match_vs_inference_flops.png")
-            plot_accuracy_vs_inference_flops(
-                entry["summary"], entry["inference_frontier"], out / figures[-1], task.name
+            entry.update(
+                compare(cfg, task, out, cal["chosen"], subset, progress, log, only_finished=interim)
             )
-            entry["figures"] = figures
+            if entry["seeds_complete"]:
+                entry.update(report_entry(cfg, task, entry, subset, out))
         results["tasks"][task.name] = entry
+    if interim:
+        write_json(out / "interim_results.json", results)
+        (out / "interim_summary.md").write_text(summary_markdown(results))
+        return results
     if tasks is not None or models is not None:
         log("done with this part; run again without --tasks / --models for the report")
         return None
@@ -486,3 +494,37 @@ def run_reasoning(
     write_json(out / "results.json", results)
     (out / "summary.md").write_text(summary_markdown(results))
     return results
+
+
+def report_entry(
+    cfg: ReasoningConfig, task: TaskSpec, entry: dict, models: list[str], out: Path
+) -> dict:
+    """The numbers and figures of one task's comparison (``entry``: ``compare``'s result) over its complete
+    seeds: the pooled summary, FLOPs ratios, the pre-registered checks, the inference frontier."""
+    per_seed = entry["per_seed"]
+    summary = summarise(per_seed)
+    levels = task.params.get("train_levels", [])
+    res: dict = {
+        "summary": summary,
+        "flops_ratio": accuracy_flops_ratios(per_seed),
+        "checks": checks(summary, cfg, levels),
+        "checks_more": {
+            f"{looped} vs {plain}": checks(summary, cfg, levels, looped, plain)
+            for looped, plain in MORE_CHECKS
+            if looped in summary and plain in summary
+        },
+        "inference_frontier": {m: inference_frontier(cells) for m, cells in summary.items()},
+    }
+    first = per_seed[entry["seeds_complete"][0]]
+    figures = []
+    for model in models:
+        figures.append(f"{task.name}_{model}.png")
+        plot_exact_match(first[model]["scores"], out / figures[-1], title=f"{task.name} {model}")
+    figures.append(f"{task.name}_exact_match_vs_flops.png")
+    plot_accuracy_vs_flops(per_seed, out / figures[-1], title=task.name)
+    figures.append(f"{task.name}_exact_match_vs_inference_flops.png")
+    plot_accuracy_vs_inference_flops(
+        summary, res["inference_frontier"], out / figures[-1], task.name
+    )
+    res["figures"] = figures
+    return res

@@ -198,7 +198,26 @@ def summary_markdown(results: dict) -> str:
             for c in cal["tried"]
         ]
         if cal["chosen"] is None:
-            lines += ["- no candidate reached the target: no comparison", ""]
+            still = cal.get("complete") is False
+            lines += [
+                "- calibration still under way"
+                if still
+                else "- no candidate reached the target: no comparison",
+                "",
+            ]
+            continue
+        partial = entry.get("seeds_partial") or {}
+        if partial:
+            lines += [
+                "",
+                f"Interim: seeds {entry['seeds_complete'] or 'none'} have every model trained and scored; "
+                + "; ".join(
+                    f"seed {seed}: {', '.join(done) or 'nothing'} finished"
+                    for seed, done in partial.items()
+                ),
+            ]
+        if "summary" not in entry:
+            lines.append("")
             continue
         lines += accuracy_table(entry["summary"], cfg["steps"])
         lines += level_table(entry["summary"], cfg, min(t for t in cfg["steps"] if t > 0))
