@@ -1124,6 +1124,43 @@ def cases() -> list[Case]:
             ],
         )
     )
+    # ---- the reasoning study's own files and config
+    add(
+        Case(
+            "exp-reasoning-calibration",
+            "experiment",
+            "reasoning study whose calibration.json was cut short",
+            r"calibration.json is not a calibration record .* delete it to calibrate this task again",
+            cli=lambda x: [
+                "experiment",
+                "reasoning",
+                "--tasks",
+                "prefix-sum-interleaved",
+                "--out",
+                str(
+                    x.write(
+                        "rs_cal/prefix-sum-interleaved/calibration.json", '{"tried": ['
+                    ).parents[1]
+                ),
+            ],
+        )
+    )
+    add(
+        Case(
+            "exp-reasoning-candidate",
+            "experiment",
+            "reasoning config with a candidate shape the model refuses",
+            r"candidate \{'d_model': 64, 'n_heads': 3\}: model.d_model=64 must split into n_heads=3",
+            cli=lambda x: [
+                "experiment",
+                "reasoning",
+                "--config",
+                str(x.write("rs_bad.yaml", "candidates: [{d_model: 64, n_heads: 3}]\n")),
+                "--out",
+                str(x.w / "rs_bad_out"),
+            ],
+        )
+    )
     # ---- command-line values that are paths are never YAML
     add(
         Case(
