@@ -197,8 +197,8 @@ def reasoning(
     config: str = typer.Option(
         "laptop",
         "--config",
-        help="laptop (2 CPU cores, about 6 hours, resumable) or a "
-        "YAML file (`base: laptop` + overrides).",
+        help="laptop (2 CPU cores, about 6 hours, resumable), laptop-bell (its amendment 3: the bell "
+        "recipe, 5 seeds) or a YAML file (`base: laptop` + overrides).",
     ),
     seeds: List[str] = typer.Option(
         [], "--seeds", metavar="0,1,2", help="Seeds, e.g. 0,1,2 (default: the config's)."
@@ -212,7 +212,8 @@ def reasoning(
     models: Optional[str] = typer.Option(
         None,
         "--models",
-        help="Only these models (mdm, loopmdm, deeper, loopmdm-ds); then run once without it.",
+        help="Only these models (mdm, loopmdm, deeper, loopmdm-ds, mdm-long, loopmdm-ds-matched); then run "
+        "once without it.",
     ),
     progress: bool = typer.Option(
         False, "--progress/--no-progress", help="Progress bars while training."
