@@ -236,9 +236,11 @@ def flop_proportional_run(plan: MatchedPlan, tokens: int, pf: float) -> RunPlan:
     b = clone(plan.run("loopmdm"))
     b.cfg.diffusion.loop_dist = "flop_proportional"
     model = b.cfg.model
-    f = make_loop_distribution(
-        b.cfg.diffusion, flops_fn=lambda s: train_flops_per_token(model, s, predicted_fraction=pf)
-    ).expect(lambda s: train_flops_per_token(model, s, predicted_fraction=pf))
+
+    def flops(s: int) -> float:  # F(S), as the trainer passes it to the distribution
+        return train_flops_per_token(model, s, predicted_fraction=pf)
+
+    f = make_loop_distribution(b.cfg.diffusion, flops_fn=flops).expect(flops)
     steps = max(1, round(plan.total_flops / (tokens * f)))
     return RunPlan(
         FLOP_PROPORTIONAL, FLOP_PROPORTIONAL_LABEL, b.cfg, steps, f, f * tokens, steps * f * tokens
