@@ -11,6 +11,7 @@ from helpers import run_cli
 from loopmdm.errors import ConfigError
 from loopmdm.experiments.reasoning import run_reasoning
 from loopmdm.experiments.reasoning_config import TaskSpec, load_reasoning_config
+from loopmdm.outputs import check_output
 
 
 def tiny_config(target: float):
@@ -341,3 +342,5 @@ def test_an_interim_report_trains_nothing_and_keeps_only_complete_seeds(tmp_path
     text = (tmp_path / "interim_summary.md").read_text()
     assert "Interim: seeds [0] have every model" in text and "seed 1: mdm finished" in text
     assert not (tmp_path / "results.json").exists()
+    # the interim files are the experiment's own output: the CLI still resumes into this folder
+    check_output(tmp_path, "experiment", dirs=["hops"])

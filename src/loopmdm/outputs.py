@@ -12,7 +12,7 @@ A command never deletes or overwrites anything it did not create. Before any wor
     resumed from one of them (``train --resume OUT`` or a checkpoint under ``OUT/checkpoints``): a new run, or
     another run resumed into it, would prune its checkpoints and replace its config;
   - ``experiment``: ``seed_*`` / ``budget_*`` folders, the result files (``results*.json``, ``summary.md``,
-    ``ablation.*``, ``attention.json``) and ``*.png`` plots, so that running the same command again reuses or
+    ``ablation.*``, ``attention.json``, ``interim_*`` of ``--interim``) and ``*.png`` plots, so that running the same command again reuses or
     resumes what is there;
   - ``new`` (``import``, ``export``, ``loopify``): nothing; they always write a new folder.
 
@@ -50,6 +50,8 @@ EXPERIMENT_FILES = (
     "ablation.json",
     "ablation.md",
     "attention.json",
+    "interim_results.json",
+    "interim_summary.md",
     "*.png",
 )
 WHAT = {"run": "a run folder", "experiment": "an experiment folder", "new": "a new folder"}
