@@ -5,9 +5,9 @@ the data has an augmentation) and the objective's noise over the global batch (t
 ``train_step`` on this rank's share, and logs NELBO, tokens/s and cumulative training FLOPs to
 ``metrics.jsonl`` every ``train.log_every`` steps. Only those steps read the loss on the host; the others queue
 their work without waiting for the device, and a non-finite step among them is skipped on the device
-(``guard.DeviceGuard``). Checkpoints (safetensors + JSON) are written atomically and hold everything needed for an
-exact resume: model, optimizer, LR schedule, EMA, RNG states and the data position. Everything every
-experiment trains, Sudoku included, goes through here.
+(``guard.DeviceGuard``). Checkpoints (safetensors + JSON, ``snapshot``) are written atomically and hold
+everything needed for an exact resume: model, optimizer, LR schedule, EMA, RNG states and the data position.
+Everything every experiment trains, Sudoku included, goes through here.
 """
 
 from __future__ import annotations
@@ -26,16 +26,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backbones import build_model
-from ..checkpoint import (
-    checked_weights,
-    list_checkpoints,
-    load_config_file,
-    load_json,
-    load_safetensors,
-    save_checkpoint,
-    unflatten_optimizer,
-    uses_ema,
-)
 from ..config import RunConfig
 from ..data import PreparedData, prepare_data
 from ..diffusion import Batch, LoopDistribution, make_loop_distribution, make_objective
@@ -46,21 +36,12 @@ from ..fileio import atomic_write_text, describe_os_error
 from ..model.flops import train_flops_per_token
 from ..outputs import check_run_folder
 from ..runtime import check_precision, compile_blocks, pick_device, set_threads
-from . import distributed, preflight
+from . import distributed, preflight, snapshot
 from .batches import BatchStream
 from .ema import update_ema
 from .guard import DeviceGuard, StopSignals, TrainingDiverged, divergence_message, out_of_memory
-from .init import check_init_model, check_init_tokenizer, fit_vocabulary, init_folder
+from .init import fit_vocabulary
 from .optim import make_optimizer, make_scheduler
-from .resume import (
-    check_resumable,
-    global_random_state,
-    restore_global_random,
-    restore_rng,
-    resumable_folder,
-    rng_tensors,
-    truncate_metrics,
-)
 from .step import train_step
 
 
@@ -532,160 +513,18 @@ class Trainer:
             frozen=self.data.val_frozen,
         )
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ checkpoints (train/snapshot.py)
     def save(self) -> Path:
-        """Write a checkpoint of everything an exact resume needs. Weights that are no longer finite are never
-        saved (the last good checkpoint stays ``latest``)."""
-        params = [] if distributed.is_sharded(self.model) else self.model.named_parameters()
-        bad = [n for n, p in params if not bool(torch.isfinite(p).all())]
-        if bad:  # DDP replicas hold identical weights, so every rank takes this branch together
-            why = divergence_message(
-                self.cfg, self.run_dir, 0, self.step, float("nan"), float("nan")
-            )
-            raise TrainingDiverged(
-                f"the weights became non-finite ({bad[0]}) at step {self.step}; not saving. "
-                + why.split("; ", 1)[1]
-            )
-        tied = self.cfg.model.tie_embeddings
-        extra = {"rng": rng_tensors(self.gen_noise, self.gen_loops, self.device, self.dist)}
-        if self.pool is not None:
-            extra["pool"] = self.pool.state_dict()
-        if self.ema is not None:
-            extra["ema"] = {
-                k: v
-                for k, v in distributed.full_model_state(self.ema.module).items()
-                if not (tied and k == "lm_head.weight")
-            }
-        state = {
-            "step": self.step,
-            "flops": self.flops,
-            "data": self.stream.state(),
-            "scheduler": self.scheduler.state_dict(),
-            "bad_total": self.bad_total,
-            "bad_in_row": self.bad_in_row,
-            **global_random_state(),
-        }
-        if self.ema is not None:
-            state["ema_n_averaged"] = int(self.ema.n_averaged)
-        model_state = optimizer_state = None
-        if distributed.is_sharded(self.model):  # FSDP2: gather full tensors (every rank takes part)
-            model_state = distributed.full_model_state(self.model)
-            optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
-        path = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
-        if self.dist.is_main:
-            path = save_checkpoint(
-                self.run_dir,
-                self.step,
-                self.model,
-                self.cfg,
-                self.data.tokenizer,
-                state,
-                self.optimizer,
-                extra,
-                keep_last=self.cfg.train.keep_last,
-                model_state=model_state,
-                optimizer_state=optimizer_state,
-            )
-        distributed.barrier(self.dist)
-        self.saved_step = self.step
-        return path
+        """Write a checkpoint of everything an exact resume needs (``snapshot.save``)."""
+        return snapshot.save(self)
 
     def resume(self, path: str | Path) -> None:
-        """Restore everything from a checkpoint so that training continues exactly as if never stopped:
-        weights, optimizer moments, LR schedule, EMA, RNG states, data position, step and FLOP counters.
-
-        Every problem (missing / corrupt file, other model, other tokenizer, damaged state) raises
-        ``CheckpointError`` naming the file or field; differences in other settings are logged."""
-        folder = resumable_folder(path)
-        check_resumable(load_config_file(folder), self.cfg, folder, self.data.tokenizer, self.log)
-        state = load_json(folder / "trainer_state.json")
-        try:
-            self._restore(folder, state)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
-            raise CheckpointError(
-                f"checkpoint {str(folder)!r} cannot be restored ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:100] if str(e) else 'bad value'}); trainer_state.json "
-                "or a tensor file is damaged or from another version: use an earlier checkpoint"
-            ) from None
-        self.resumed = True
-        if self.dist.is_main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
-        self.log(f"resumed from {folder} at step {self.step}")
+        """Continue exactly where the checkpoint ``path`` (or run folder) stopped (``snapshot.resume``)."""
+        snapshot.resume(self, path)
 
     def start_from_init(self) -> None:
-        """Load the weights of ``train.init`` into a fresh run (fine-tuning): the EMA weights when the checkpoint
-        has them and ``train.init_weights`` is "auto" or "ema", else the raw ones. Optimizer, LR schedule, step
-        and FLOP counters start from zero; ``train.init`` is rewritten as the checkpoint folder it resolved to."""
-        tc = self.cfg.train
-        folder = init_folder(tc.init)
-        saved = load_config_file(folder)
-        check_init_model(saved.model, self.cfg.model, folder)
-        check_init_tokenizer(folder, self.data.tokenizer)
-        if tc.init_weights == "ema" and not (folder / "ema.safetensors").is_file():
-            raise CheckpointError(
-                f"train.init_weights='ema' but {str(folder)!r} has no ema.safetensors; use 'auto' "
-                "or 'raw'"
-            )
-        name = (
-            "ema.safetensors" if uses_ema(folder, tc.init_weights != "raw") else "model.safetensors"
-        )
-        state = checked_weights(folder / name, saved)
-        try:
-            distributed.load_full_model_state(self.model, state)
-            if self.ema is not None:
-                distributed.load_full_model_state(self.ema.module, state)
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"--init {str(folder / name)!r} does not fit the model "
-                f"({str(e).splitlines()[0][:120]})"
-            ) from None
-        tc.init = str(folder)
-        self.log(f"initialised from {folder / name} (new optimizer, schedule and step count)")
-
-    def _restore(self, folder: Path, state: dict) -> None:
-        distributed.load_full_model_state(
-            self.model, checked_weights(folder / "model.safetensors", self.cfg)
-        )
-        if (folder / "optimizer.safetensors").is_file():
-            distributed.load_full_optimizer_state(
-                self.model,
-                self.optimizer,
-                unflatten_optimizer(
-                    load_safetensors(folder / "optimizer.safetensors"), state["optimizer"]
-                ),
-            )
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None and (folder / "ema.safetensors").is_file():
-            distributed.load_full_model_state(
-                self.ema.module, checked_weights(folder / "ema.safetensors", self.cfg)
-            )
-            self.ema.n_averaged.fill_(int(state.get("ema_n_averaged", 0)))
-        restore_rng(
-            load_safetensors(folder / "rng.safetensors"),
-            self.gen_noise,
-            self.gen_loops,
-            self.device,
-            self.dist.rank,
-        )
-        restore_global_random(state)
-        if self.objective.score_tokens and (folder / "pool.safetensors").is_file():
-            self.pool = ProgressivePool.from_state(
-                self.cfg.diffusion.progressive_stages, load_safetensors(folder / "pool.safetensors")
-            )
-        self.stream.load_state(state["data"])
-        self.step, self.flops = int(state["step"]), float(state["flops"])
-        self.bad_total, self.bad_in_row = int(state["bad_total"]), int(state.get("bad_in_row", 0))
-        self.saved_step = self.step
-
-
-def check_fresh_run_dir(run_dir: str | Path) -> None:
-    """A new run must not write into a folder that already holds checkpoints (it would mix two runs)."""
-    kept = list_checkpoints(Path(run_dir) / "checkpoints")
-    if kept:
-        raise CheckpointError(
-            f"run folder {str(run_dir)!r} already holds checkpoints (newest {kept[-1].name}); "
-            f"continue it with --resume {run_dir}, or choose a new --out folder"
-        )
+        """Start a fresh run from the weights of ``train.init`` (fine-tuning; ``snapshot.start_from_init``)."""
+        snapshot.start_from_init(self)
 
 
 def train(
