@@ -919,7 +919,7 @@ def byte_tokenizer(path: Path) -> Path:
 
 
 def trio_config(ctx: Ctx, tokenizer: Path):
-    from loopmdm.experiments.compute_matched import ComputeMatchedConfig
+    from loopmdm.experiments.compute_matched_config import ComputeMatchedConfig
 
     if ctx.smoke:
         asyncio_dir = Path(sysconfig.get_paths()["stdlib"]) / "asyncio"  # ~0.5 MB: a quick CPU read

@@ -13,11 +13,10 @@ from loopmdm.diffusion.loop_variants import BalancedUniformLoops, make_loop_dist
 from loopmdm.errors import ConfigError, DataError
 from loopmdm.experiments.ablation import ablation_variants, place_loop
 from loopmdm.experiments.common import default_loop_grid, load_experiment_config
-from loopmdm.experiments.compute_matched import (
+from loopmdm.experiments.compute_matched import plan_compute_matched, run_compute_matched
+from loopmdm.experiments.compute_matched_config import (
     ComputeMatchedConfig,
     load_compute_matched_config,
-    plan_compute_matched,
-    run_compute_matched,
 )
 from loopmdm.experiments.curves import Curve, flops_ratio, flops_to_reach, read_curve, spread
 from loopmdm.model.flops import expected_train_flops_per_token, train_flops_per_token

@@ -122,3 +122,51 @@ def test_lower_layers_import_only_lower_layers(package, allowed):
                 d for d in deps if not d.startswith(package) and not d.startswith(allowed)
             )
             assert not outside, f"{m} imports {outside}"
+
+
+def readme_layers() -> tuple[list[str], set[str]]:
+    """The folder rows of the README's "Where things are" table, top to bottom, and the modules of its last
+    row (the utilities every layer may import)."""
+    text = (ROOT.parent.parent / "README.md").read_text()
+    table = text.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    folders = [r.split("`")[1].rstrip("/") for r in rows if r.split("`")[1].endswith("/")]
+    utilities = {c.removesuffix(".py") for c in rows[-1].split("|")[1].split("`")[1::2]}
+    return folders, utilities
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def upward_imports(folders: list[str], utilities: set[str], graph) -> list[str]:
+    """Imports from a folder to one at or below it in the README's order (the same folder excepted), or to a
+    package the table does not list."""
+    rank = {f: i for i, f in enumerate(folders)}
+    bad = []
+    for m, deps in graph.items():
+        a = package_of(m)
+        if a not in rank:
+            continue
+        for d in deps:
+            b = package_of(d)
+            if b != a and b not in utilities and rank.get(b, len(folders)) >= rank[a]:
+                bad.append(f"{m} -> {d}")
+    return sorted(bad)
+
+
+def test_the_readme_map_lists_every_package_in_an_order_the_imports_keep():
+    folders, utilities = readme_layers()
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    modules = {p.stem for p in ROOT.glob("*.py") if p.name != "__init__.py"}
+    assert set(folders) == packages, "README's map and src/loopmdm/ list different folders"
+    assert utilities == modules, "README's last row and the top-level modules differ"
+    assert upward_imports(folders, utilities, import_graph()) == []
+    # the check sees a wrong order: the same graph against the table with train above eval
+    swapped = folders.copy()
+    i, j = swapped.index("eval"), swapped.index("train")
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    assert any(
+        e.startswith("loopmdm.train") for e in upward_imports(swapped, utilities, import_graph())
+    )

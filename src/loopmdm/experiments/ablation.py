@@ -16,15 +16,8 @@ from ..model.flops import expected_train_flops_per_token
 from ..runtime import machine_info
 from ..viz.experiment_plots import plot_ablation
 from .common import clone
-from .compute_matched import (
-    ComputeMatchedConfig,
-    Log,
-    RunPlan,
-    final_nelbo,
-    plan_compute_matched,
-    start,
-    train_one,
-)
+from .compute_matched import Log, RunPlan, final_nelbo, plan_compute_matched, start, train_one
+from .compute_matched_config import ComputeMatchedConfig
 from .curves import Curve, flops_ratio, fmt_spread, spread
 from .placements import place_loop
 

@@ -70,14 +70,8 @@ from ..runtime import machine_info
 from ..train import Trainer
 from ..viz.experiment_plots import plot_loop_gain
 from .common import clone, load_experiment_config, train_or_reuse
-from .compute_matched import (
-    ComputeMatchedConfig,
-    MatchedPlan,
-    RunPlan,
-    _finalize_run_config,
-    plan_compute_matched,
-    start,
-)
+from .compute_matched import MatchedPlan, RunPlan, _finalize_run_config, plan_compute_matched, start
+from .compute_matched_config import ComputeMatchedConfig
 from .curves import read_curve, unigram_cross_entropy
 from .fixed_validation import FixedValidation, batch_seed, paired_gain  # noqa: F401  (re-exported)
 from .loop_scaling_report import (

@@ -47,14 +47,8 @@ from ..viz.reasoning import (
     plot_exact_match,
 )
 from .common import clone, read_scores, train_or_reuse
-from .compute_matched import (
-    RUN_LABELS,
-    ComputeMatchedConfig,
-    MatchedPlan,
-    RunPlan,
-    plan_compute_matched,
-    train_one,
-)
+from .compute_matched import RUN_LABELS, MatchedPlan, RunPlan, plan_compute_matched, train_one
+from .compute_matched_config import ComputeMatchedConfig
 from .curves import read_curve
 from .reasoning_config import ReasoningConfig, TaskSpec
 from .reasoning_report import (

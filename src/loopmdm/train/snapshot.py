@@ -3,12 +3,11 @@ optimizer moments, LR schedule, EMA, every random state, the data position, the 
 FLOP counters), ``resume`` (restore all of it, so training continues as if never stopped) and
 ``start_from_init`` (fine-tuning: weights only, from ``train.init``). The files and their atomic writes are
 ``loopmdm.checkpoint``'s; the random states and the checks that a checkpoint belongs to this run are
-``resume``'s."""
+``resume``'s. ``tr`` is the ``Trainer`` (not imported here: it imports this module)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,11 +36,8 @@ from .resume import (
     truncate_metrics,
 )
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
-
-def save(tr: Trainer) -> Path:
+def save(tr) -> Path:
     """Write a checkpoint of everything an exact resume needs. Weights that are no longer finite are never
     saved (the last good checkpoint stays ``latest``)."""
     params = [] if distributed.is_sharded(tr.model) else tr.model.named_parameters()
@@ -97,7 +93,7 @@ def save(tr: Trainer) -> Path:
     return path
 
 
-def resume(tr: Trainer, path: str | Path) -> None:
+def resume(tr, path: str | Path) -> None:
     """Restore everything from a checkpoint so that training continues exactly as if never stopped:
     weights, optimizer moments, LR schedule, EMA, RNG states, data position, step and FLOP counters.
 
@@ -120,7 +116,7 @@ def resume(tr: Trainer, path: str | Path) -> None:
     tr.log(f"resumed from {folder} at step {tr.step}")
 
 
-def start_from_init(tr: Trainer) -> None:
+def start_from_init(tr) -> None:
     """Load the weights of ``train.init`` into a fresh run (fine-tuning): the EMA weights when the checkpoint
     has them and ``train.init_weights`` is "auto" or "ema", else the raw ones. Optimizer, LR schedule, step
     and FLOP counters start from zero; ``train.init`` is rewritten as the checkpoint folder it resolved to."""
@@ -148,7 +144,7 @@ def start_from_init(tr: Trainer) -> None:
     tr.log(f"initialised from {folder / name} (new optimizer, schedule and step count)")
 
 
-def _restore(tr: Trainer, folder: Path, state: dict) -> None:
+def _restore(tr, folder: Path, state: dict) -> None:
     distributed.load_full_model_state(
         tr.model, checked_weights(folder / "model.safetensors", tr.cfg)
     )
