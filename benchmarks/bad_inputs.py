@@ -1621,8 +1621,8 @@ def markdown(results: list[Result], command: str, machine: str, wall: float) -> 
         "scratch folder; `<tiny settings>` stands for the `--set` options of a ~50k-parameter model. CLI errors "
         "are `error: ...` on stderr with exit code 2; a stop on Ctrl-C / SIGTERM saves the step and exits 130 / 143.",
         "",
-        "| # | area | bad input | command or call | what the user sees | exit | traceback | lost ckpt |",
-        "|---|---|---|---|---|---|---|---|",
+        "| # | id | area | bad input | command or call | what the user sees | exit | traceback | lost ckpt |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(results, 1):
         sees = r.sees if len(r.sees) < 320 else r.sees[:317] + "..."
@@ -1631,6 +1631,7 @@ def markdown(results: list[Result], command: str, machine: str, wall: float) -> 
             sees += " " + "; ".join(r.notes)
         cells = [
             str(i),
+            f"`{r.id}`",
             r.area,
             r.input,
             f"`{r.how}`",
@@ -1653,8 +1654,9 @@ def markdown(results: list[Result], command: str, machine: str, wall: float) -> 
         "- Checkpoints are never unpickled: safetensors and JSON only. A pickle or `torch.save` archive found",
         "  where a safetensors file is expected is refused by its magic bytes before any parser sees it; the",
         "  payload rows above check that the marker file the payload would create does not exist.",
-        "- Known gap (reported): the byte-level BPE turns the literal strings `<mask>`, `<eos>`, `<bos>`,",
-        "  `<pad>` inside user text into the special tokens; see the round-trip property test.",
+        "- Text that spells a special token (`<mask>`, `<eos>`, `<bos>`, `<pad>`) inside user text is ordinary",
+        "  text: `TextTokenizer` sets `encode_special_tokens = True`, so it never becomes a special token (fixed;",
+        "  see docs/reliability.md, Fixed gaps, and the round-trip property test).",
         "",
     ]
     return "\n".join(lines)
