@@ -344,3 +344,32 @@ def test_an_interim_report_trains_nothing_and_keeps_only_complete_seeds(tmp_path
     assert not (tmp_path / "results.json").exists()
     # the interim files are the experiment's own output: the CLI still resumes into this folder
     check_output(tmp_path, "experiment", dirs=["hops"])
+
+
+def test_equal_steps_reads_the_plain_curve_at_the_other_models_last_step():
+    """LoopMDM's last point (step 150) against the plain MDM's curve at step 150, halfway between its logged
+    steps 100 and 200: NELBO (1.0 + 0.6) / 2 = 0.8, exact match 0.3; a seed without curves is skipped."""
+    from loopmdm.experiments.reasoning_report import equal_steps, equal_steps_lines
+
+    def run(steps, nelbo, em):
+        return {
+            "curve": {"steps": steps, "nelbo": nelbo},
+            "exact_match_curve": {"steps": steps, "exact_match": em},
+        }
+
+    per_seed = {
+        0: {
+            "mdm": run([100, 200, 300], [1.0, 0.6, 0.4], [0.2, 0.4, 0.6]),
+            "loopmdm": run([50, 150], [1.5, 0.9], [0.0, 0.1]),
+        },
+        1: {"mdm": {}, "loopmdm": {}},
+    }
+    r = equal_steps(per_seed)["loopmdm"]
+    assert r["steps"]["values"] == [150]
+    assert r["nelbo_mdm"]["mean"] == pytest.approx(0.8) and r["nelbo_loopmdm"]["mean"] == 0.9
+    assert r["exact_match_mdm"]["mean"] == pytest.approx(0.3)
+    assert r["exact_match_loopmdm"]["mean"] == pytest.approx(0.1)
+    line = (
+        "NELBO loopmdm 0.900 vs mdm 0.800, exact match loopmdm 0.100 vs mdm 0.300 (mean of 1 seeds)"
+    )
+    assert equal_steps_lines({"loopmdm": r})[0].endswith(line)

@@ -54,6 +54,7 @@ from .reasoning_config import ReasoningConfig, TaskSpec
 from .reasoning_report import (
     accuracy_flops_ratios,
     checks,
+    equal_steps,
     inference_frontier,
     summarise,
     summary_markdown,
@@ -501,6 +502,7 @@ def report_entry(
     res: dict = {
         "summary": summary,
         "flops_ratio": accuracy_flops_ratios(per_seed),
+        "equal_steps": equal_steps(per_seed),
         "checks": checks(summary, cfg, levels),
         "checks_more": {
             f"{looped} vs {plain}": checks(summary, cfg, levels, looped, plain)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from ..eval.sudoku import wilson_interval
 from .common import pool_over_seeds
 from .curves import Curve, flops_ratio, spread
@@ -48,6 +50,57 @@ def accuracy_flops_ratios(per_seed: dict, reference: str = "mdm") -> dict:
         if ratios:
             out[model] = {**spread(ratios), "seeds": len(ratios)}
     return out
+
+
+def equal_steps(per_seed: dict, reference: str = "mdm") -> dict:
+    """Each other model against the ``reference`` at EQUAL OPTIMIZER STEPS: the model's last validation point
+    (its final step n) and the reference's validation curve read at step n (linear between logged steps), for
+    the validation NELBO and exact match, as spreads over the seeds that have both. A model that takes fewer,
+    costlier steps (LoopMDM, the deeper MDM) is thus compared with the plain MDM at the same number of updates,
+    beside the equal-FLOPs comparison of the test tables."""
+    out: dict = {}
+    for model in per_seed[next(iter(per_seed))]:
+        if model == reference:
+            continue
+        rows: dict[str, list[float]] = {}
+        for runs in per_seed.values():
+            ref, cand = (runs.get(m, {}) for m in (reference, model))
+            for key, curve, field in (
+                ("nelbo", "curve", "nelbo"),
+                ("exact_match", "exact_match_curve", "exact_match"),
+            ):
+                a, b = ref.get(curve), cand.get(curve)
+                if not (a and b and a.get("steps") and b.get("steps") and b[field]):
+                    continue
+                n = b["steps"][-1]
+                rows.setdefault(f"{key}_{model}", []).append(b[field][-1])
+                rows.setdefault(f"{key}_{reference}", []).append(
+                    float(np.interp(n, a["steps"], a[field]))
+                )
+                if key == "nelbo":
+                    rows.setdefault("steps", []).append(n)
+        if rows:
+            out[model] = {k: spread(v) for k, v in rows.items()}
+    return out
+
+
+def equal_steps_lines(equal: dict) -> list[str]:
+    """``equal_steps``' numbers as one markdown line per model (means over seeds)."""
+    lines = []
+    for m, r in equal.items():
+        if "nelbo_mdm" not in r:
+            continue
+        line = (
+            f"- at equal optimizer steps (validation, {m}'s last point against the plain MDM's curve at that "
+            f"step): NELBO {m} {r['nelbo_' + m]['mean']:.3f} vs mdm {r['nelbo_mdm']['mean']:.3f}"
+        )
+        if "exact_match_mdm" in r:
+            line += (
+                f", exact match {m} {r['exact_match_' + m]['mean']:.3f} vs mdm "
+                f"{r['exact_match_mdm']['mean']:.3f}"
+            )
+        lines.append(line + f" (mean of {r['nelbo_mdm']['n']} seeds)")
+    return lines
 
 
 def inference_frontier(cells: dict) -> list[dict]:
@@ -236,6 +289,7 @@ def summary_markdown(results: dict) -> str:
                 + f", reached on {r['n']} of {r['seeds']} seeds"
                 for m, r in entry.get("flops_ratio", {}).items()
             ),
+            *equal_steps_lines(entry.get("equal_steps", {})),
             f"- checks: {json.dumps(entry['checks'])}",
             *(
                 f"- the same checks, {pair}: {json.dumps(c)}"
