@@ -373,3 +373,13 @@ def test_equal_steps_reads_the_plain_curve_at_the_other_models_last_step():
         "NELBO loopmdm 0.900 vs mdm 0.800, exact match loopmdm 0.100 vs mdm 0.300 (mean of 1 seeds)"
     )
     assert equal_steps_lines({"loopmdm": r})[0].endswith(line)
+
+
+def test_the_report_names_the_steps_of_every_trained_model():
+    from loopmdm.experiments.reasoning_report import trained_steps
+
+    entry = {
+        "plan": {"runs": [{"name": "mdm", "steps": 300}, {"name": "loopmdm", "steps": 171}]},
+        "per_seed": {0: {"mdm": {"steps": 300}, "loopmdm-ds-matched": {"steps": 141}}},
+    }
+    assert trained_steps(entry) == "mdm 300, loopmdm 171, loopmdm-ds-matched 141"

@@ -84,6 +84,15 @@ def equal_steps(per_seed: dict, reference: str = "mdm") -> dict:
     return out
 
 
+def trained_steps(entry: dict) -> str:
+    """The steps of every model the comparison trained (the plan's three, then its controls, e.g. the
+    deep-supervised LoopMDM at (a)'s FLOPs), as ``name steps`` pairs."""
+    steps = {r["name"]: r["steps"] for r in entry["plan"]["runs"]}
+    for runs in entry.get("per_seed", {}).values():
+        steps |= {m: r["steps"] for m, r in runs.items() if m not in steps and "steps" in r}
+    return ", ".join(f"{m} {n}" for m, n in steps.items())
+
+
 def equal_steps_lines(equal: dict) -> list[str]:
     """``equal_steps``' numbers as one markdown line per model (means over seeds)."""
     lines = []
@@ -277,8 +286,7 @@ def summary_markdown(results: dict) -> str:
         lines += frontier_table(entry["summary"])
         lines += [
             "",
-            "- steps at equal training FLOPs: "
-            + ", ".join(f"{r['name']} {r['steps']}" for r in entry["plan"]["runs"]),
+            "- steps at equal training FLOPs: " + trained_steps(entry),
             *(
                 f"- FLOPs ratio to the plain MDM on validation exact match (T = {cfg['calibration_t']}), {m}: "
                 + (
