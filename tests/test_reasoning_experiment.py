@@ -383,3 +383,26 @@ def test_the_report_names_the_steps_of_every_trained_model():
         "per_seed": {0: {"mdm": {"steps": 300}, "loopmdm-ds-matched": {"steps": 141}}},
     }
     assert trained_steps(entry) == "mdm 300, loopmdm 171, loopmdm-ds-matched 141"
+
+
+def test_the_policy_table_pools_the_loops_spent_per_level_over_seeds():
+    from loopmdm.experiments.reasoning_report import policy_table
+
+    def rec(group, loops, correct):
+        return {
+            "policy": "converge",
+            "steps": 1,
+            "group": group,
+            "mean_loops": loops,
+            "correct": correct,
+            "n": 10,
+        }
+
+    per_seed = {
+        0: {"mdm": {}, "loopmdm": {"policies": [rec(4, 2.0, 5), rec(8, 6.0, 1)]}},
+        1: {"mdm": {}, "loopmdm": {"policies": [rec(4, 4.0, 3), rec(8, 8.0, 0)]}},
+    }
+    lines = policy_table(per_seed)
+    assert lines[3] == "| model | policy | T | 4 | 8 |"
+    assert lines[5] == "| loopmdm | converge | 1 | 3.0 (40) | 7.0 (5) |"
+    assert policy_table({0: {"mdm": {}}}) == []

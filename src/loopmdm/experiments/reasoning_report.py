@@ -241,6 +241,38 @@ def level_table(summary: dict, cfg: dict, T: int) -> list[str]:
     return lines
 
 
+def policy_table(per_seed: dict) -> list[str]:
+    """Markdown rows: where the adaptive loop policies (``converge``, ``per_token``) spend loops, per looped model,
+    policy and T: mean S per problem and exact match (% pooled over seeds) at each level. The question of the
+    study: do they spend more loops on harder problems?"""
+    pooled: dict = {}
+    for runs in per_seed.values():
+        for model, run in runs.items():
+            for r in run.get("policies") or []:
+                key = (model, r["policy"], r["steps"])
+                cell = pooled.setdefault(key, {}).setdefault(r["group"], [0.0, 0, 0])
+                cell[0] += r["mean_loops"] * r["n"]
+                cell[1] += r["correct"]
+                cell[2] += r["n"]
+    if not pooled:
+        return []
+    levels = sorted({g for cells in pooled.values() for g in cells})
+    lines = [
+        "",
+        "Loop policies (cap and threshold in the config): mean S per problem, exact match %, per level:",
+        "",
+        "| model | policy | T | " + " | ".join(map(str, levels)) + " |",
+        "|---|---|---|" + "---|" * len(levels),
+    ]
+    for (model, policy, T), cells in pooled.items():
+        row = " | ".join(
+            f"{c[0] / c[2]:.1f} ({100 * c[1] / c[2]:.0f})" if (c := cells.get(g)) else "-"
+            for g in levels
+        )
+        lines.append(f"| {model} | {policy} | {'1/token' if T == 0 else T} | {row} |")
+    return lines
+
+
 def summary_markdown(results: dict) -> str:
     """Per task: the calibration, then exact match per model and S at each T (all rows), per level, and the
     checks."""
@@ -284,6 +316,7 @@ def summary_markdown(results: dict) -> str:
         lines += accuracy_table(entry["summary"], cfg["steps"])
         lines += level_table(entry["summary"], cfg, min(t for t in cfg["steps"] if t > 0))
         lines += frontier_table(entry["summary"])
+        lines += policy_table(entry["per_seed"])
         lines += [
             "",
             "- steps at equal training FLOPs: " + trained_steps(entry),
