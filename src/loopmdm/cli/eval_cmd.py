@@ -181,9 +181,10 @@ def eval_(
     if note:
         info(note)
     if plot is not None:
-        plot_exact_match(payload["results"], plot) if metric == "exact-match" else plot_sweeps(
-            [payload], plot
-        )
+        if metric == "exact-match":
+            plot_exact_match(payload["results"], plot)
+        else:
+            plot_sweeps([payload], plot)
         info(f"plot written to {plot}")
     if json_out:
         emit_json(payload)

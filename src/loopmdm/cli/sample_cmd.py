@@ -99,16 +99,7 @@ def sample(
 ) -> None:
     """Sample from a checkpoint and print the samples with the compute report (network calls, loop
     iterations, FLOPs, wall time)."""
-    if num_samples < 1:
-        raise ConfigError(f"--num-samples {num_samples} must be >= 1")
-    if steps > MAX_STEPS:
-        raise ConfigError(
-            f"--steps {steps} exceeds the supported maximum of {MAX_STEPS:,}; more steps than positions "
-            "to generate add nothing (T = L reveals one token per step)"
-        )
-    for text, what in ((prompt, "--prompt"), (template, "--template")):
-        if text is not None:
-            check_text(text, what)
+    _check_inputs(num_samples, steps, prompt, template, precision)
     s_opts = parse_options(sampler_opt, "--sampler-opt")
     p_opts = parse_options(policy_opt, "--policy-opt")
     if loops and policy != "fixed":
@@ -119,7 +110,6 @@ def sample(
         from ..viz.trajectory_html import check_trajectory_path
 
         check_trajectory_path(trajectory)
-    check_sampling_precision(precision)
     model, tok, cfg = load_model(checkpoint, ema=ema, device=device)
     # T above the number of positions to generate only adds network calls: clamp it (a note says so)
     free = int(
@@ -133,16 +123,7 @@ def sample(
             f"--steps {steps} is more than the {free} positions to generate; using --steps {free}"
         )
         steps = free
-    runs: list[tuple[Optional[int], dict]] = []
-    if policy == "fixed" and "loops" not in p_opts:
-        runs = [
-            (s, {**p_opts, "loops": s})
-            for s in parse_loops(loops or [str(cfg.diffusion.max_loops)])
-        ]
-    else:
-        if policy != "fixed":
-            p_opts.setdefault("s_max", cfg.diffusion.max_loops)
-        runs = [(p_opts.get("loops"), p_opts)]
+    runs = _loop_runs(policy, p_opts, loops, cfg.diffusion.max_loops)
     results = []
     for s, opts in runs:
         out = generate(
@@ -166,36 +147,25 @@ def sample(
             record_trajectory=trajectory is not None,
             precision=precision,
         )
-        results.append(
-            {
-                "loops": s,
-                "policy_options": opts,
-                "samples": out.texts,
-                "lengths": out.lengths.tolist(),
-                "report": out.report.to_dict(),
-            }
-        )
+        result = {
+            "loops": s,
+            "policy_options": opts,
+            "samples": out.texts,
+            "lengths": out.lengths.tolist(),
+            "report": out.report.to_dict(),
+        }
         if trajectory is not None:
-            from ..viz.trajectory_html import (
-                write_trajectory,  # matplotlib: only when a trajectory is written
-            )
-
+            meta = {"checkpoint": str(checkpoint), "sampler": sampler, "policy": policy}
             tag = f"S{s}" if len(runs) > 1 else None
-            meta = {
-                "checkpoint": str(checkpoint),
-                "sampler": sampler,
-                "policy": policy,
-                "steps": steps,
-                **opts,
-            }
-            results[-1]["trajectory"] = str(
-                write_trajectory(out, tok, trajectory, meta=meta, tag=tag)
+            result["trajectory"] = _write_trajectory(
+                out, tok, trajectory, {**meta, "steps": steps, **opts}, tag
             )
+        results.append(result)
         for note in notes:  # after the first generation ran: errors stay one line
             info(f"note: {note}")
         notes = []
         if not json_out:
-            info(f"[{sampler} / {policy} {opts}] {format_report(results[-1]['report'])}")
+            info(f"[{sampler} / {policy} {opts}] {format_report(result['report'])}")
             for note in out.report.notes:
                 info(f"note: {note}")
     if json_out:
@@ -209,7 +179,50 @@ def sample(
                 "results": results,
             }
         )
-        return
+    else:
+        _print_samples(results, steps, policy)
+
+
+def _check_inputs(
+    num_samples: int,
+    steps: int,
+    prompt: Optional[str],
+    template: Optional[str],
+    precision: str,
+) -> None:
+    """Refuse bad options before the checkpoint is loaded (one-line errors)."""
+    if num_samples < 1:
+        raise ConfigError(f"--num-samples {num_samples} must be >= 1")
+    if steps > MAX_STEPS:
+        raise ConfigError(
+            f"--steps {steps} exceeds the supported maximum of {MAX_STEPS:,}; more steps than positions "
+            "to generate add nothing (T = L reveals one token per step)"
+        )
+    for text, what in ((prompt, "--prompt"), (template, "--template")):
+        if text is not None:
+            check_text(text, what)
+    check_sampling_precision(precision)
+
+
+def _loop_runs(
+    policy: str, p_opts: dict, loops: Optional[List[str]], s_max: int
+) -> list[tuple[Optional[int], dict]]:
+    """One (S, policy options) pair per generation: a run per fixed S, or one run of an adaptive
+    policy (whose s_max defaults to the checkpoint's training S_max)."""
+    if policy == "fixed" and "loops" not in p_opts:
+        return [(s, {**p_opts, "loops": s}) for s in parse_loops(loops or [str(s_max)])]
+    if policy != "fixed":
+        p_opts = {"s_max": s_max, **p_opts}
+    return [(p_opts.get("loops"), p_opts)]
+
+
+def _write_trajectory(out, tok, path: Path, meta: dict, tag: Optional[str]) -> str:
+    from ..viz.trajectory_html import write_trajectory  # matplotlib: only when one is written
+
+    return str(write_trajectory(out, tok, path, meta=meta, tag=tag))
+
+
+def _print_samples(results: list[dict], steps: int, policy: str) -> None:
     for r in results:
         label = f"S={r['loops']}" if r["loops"] is not None else policy
         for i, text in enumerate(r["samples"]):

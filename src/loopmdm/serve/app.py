@@ -108,6 +108,28 @@ def _registry_listing(registry: Any, overrides: dict[str, Any]) -> list[dict[str
     ]
 
 
+def _model_info(checkpoint: str | Path, model, cfg) -> dict[str, Any]:
+    """What ``/api/info`` and every stream's start event say about the checkpoint."""
+    return {
+        "checkpoint": str(resolve_checkpoint(checkpoint)),
+        "max_seq_len": cfg.model.max_seq_len,
+        "parameters": model.num_parameters(),
+        "n_h": cfg.model.n_h,
+        "n_m": cfg.model.n_m,
+        "n_o": cfg.model.n_o,
+        "s_max": cfg.diffusion.s_max,
+        "objective": cfg.diffusion.objective,
+        "schedule": cfg.diffusion.schedule,
+    }
+
+
+def _default_policy_options(policy: str, loop_defaults: dict[str, int]) -> Optional[dict[str, int]]:
+    """A request without policy options runs at the checkpoint's training S_max (``loops`` or ``s_max``,
+    whichever the policy takes)."""
+    accepted = inspect.signature(LOOP_POLICIES.get(policy)).parameters
+    return {k: v for k, v in loop_defaults.items() if k in accepted} or None
+
+
 def create_app(
     checkpoint: str | Path,
     *,
@@ -140,17 +162,7 @@ def create_app(
     }
     loop_defaults = {"loops": cfg.diffusion.max_loops, "s_max": cfg.diffusion.max_loops}
     pieces = PieceTable(tokenizer)
-    model_info = {
-        "checkpoint": str(resolve_checkpoint(checkpoint)),
-        "max_seq_len": cfg.model.max_seq_len,
-        "parameters": model.num_parameters(),
-        "n_h": cfg.model.n_h,
-        "n_m": cfg.model.n_m,
-        "n_o": cfg.model.n_o,
-        "s_max": cfg.diffusion.s_max,
-        "objective": cfg.diffusion.objective,
-        "schedule": cfg.diffusion.schedule,
-    }
+    model_info = _model_info(checkpoint, model, cfg)
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="loopmdm-gen")
     active: set[GenerationJob] = set()
 
@@ -211,13 +223,8 @@ def create_app(
     async def generate_endpoint(req: GenerateRequest) -> Response:
         req.check_limits(limits)
         kwargs = {**req.generate_kwargs(), **extra_kwargs}
-        # default S: the checkpoint's training S_max
         if not req.policy_options and req.policy in LOOP_POLICIES:
-            kwargs["policy_options"] = {
-                k: v
-                for k, v in loop_defaults.items()
-                if k in inspect.signature(LOOP_POLICIES.get(req.policy)).parameters
-            } or None
+            kwargs["policy_options"] = _default_policy_options(req.policy, loop_defaults)
         # bad prompt / template / length: ConfigError -> 422
         canvas = build_canvas(
             tokenizer,
