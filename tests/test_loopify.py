@@ -651,11 +651,8 @@ def test_loopify_experiment_smoke(tiny_corpus, tmp_path, capsys):
     """Both sources, the three arms (curriculum on), one seed, a few steps each: the files, the equal-FLOPs
     plan, S = 1 exactness of each loopified source, and a second call that reuses everything."""
     from conftest import make_tiny_cfg
-    from loopmdm.experiments.loopify import (
-        LoopifyExperimentConfig,
-        plan_summary,
-        run_loopify_experiment,
-    )
+    from loopmdm.experiments.loopify import plan_summary, run_loopify_experiment
+    from loopmdm.experiments.loopify_config import LoopifyExperimentConfig
 
     run = make_tiny_cfg(tiny_corpus, tmp_path / "cache")
     run.diffusion.loop_dist, run.diffusion.s_fixed = "fixed", 1

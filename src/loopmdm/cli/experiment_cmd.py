@@ -15,7 +15,8 @@ from ..experiments.attention import load_attention_config, run_attention
 from ..experiments.compute_matched import plan_compute_matched, run_compute_matched
 from ..experiments.compute_matched_config import load_compute_matched_config
 from ..experiments.loop_scaling import budget_plans, load_loop_scaling_config, run_loop_scaling
-from ..experiments.loopify import load_loopify_config, plan_summary, run_loopify_experiment
+from ..experiments.loopify import plan_summary, run_loopify_experiment
+from ..experiments.loopify_config import load_loopify_config
 from ..experiments.reasoning import run_reasoning
 from ..experiments.reasoning_config import load_reasoning_config
 from ..experiments.sudoku import load_sudoku_config, run_sudoku

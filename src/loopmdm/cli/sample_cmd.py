@@ -184,11 +184,7 @@ def sample(
 
 
 def _check_inputs(
-    num_samples: int,
-    steps: int,
-    prompt: Optional[str],
-    template: Optional[str],
-    precision: str,
+    num_samples: int, steps: int, prompt: Optional[str], template: Optional[str], precision: str
 ) -> None:
     """Refuse bad options before the checkpoint is loaded (one-line errors)."""
     if num_samples < 1:

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..backbones import get_backbone
 from ..checkpoint import load_config_file, load_model, resolve_checkpoint
-from ..config import DataConfig, ModelConfig, RunConfig, preset
+from ..config import ModelConfig, RunConfig
 from ..data import PreparedData, prepare_data
 from ..diffusion import make_loop_distribution, predicted_fraction
 from ..errors import ConfigError
@@ -47,129 +47,17 @@ from ..fileio import write_json
 from ..hf.export import export_hf
 from ..loopify import loopify
 from ..model.flops import train_flops_per_token
-from ..runtime import machine_info, set_threads
+from ..runtime import set_threads
 from ..viz.experiment_plots import plot_loss_vs_flops
-from .common import clone, load_experiment_config, train_or_reuse
+from .common import clone, train_or_reuse
 from .compute_matched import final_nelbo
-from .curves import fmt_spread, read_curve, spread
+from .curves import read_curve
+from .loopify_config import LoopifyExperimentConfig
+from .loopify_report import LABELS, summarize, summary_markdown
 
 Log = Callable[[str], None]
-SOURCES = ("mdm", "bert")
-ARMS = ("finetune", "loopify", "curriculum")
 # The plot reuses the compute-matched colours: (a) is drawn as the plain MDM, (b) as LoopMDM.
 PLOT_NAMES = {"finetune": "mdm", "loopify": "loopmdm", "curriculum": "curriculum"}
-LABELS = {
-    "finetune": "(a) fine-tune as it is, S = 1",
-    "loopify": "(b) loopify + fine-tune, S ~ U{1..S_max}",
-    "curriculum": "(c) loopify + fine-tune, curriculum over S",
-}
-
-
-@dataclass
-class LoopifyExperimentConfig:
-    """The loopify experiment. ``run`` is the library MDM source's run (its model; the data and optimisation
-    settings every run shares; S fixed at 1); ``bert`` the ``BertConfig`` fields of the transformers source
-    (vocabulary, positions and padding come from the data); the fine-tuning runs share ``finetune_*`` and
-    ``warmup_frac``."""
-
-    name: str = "laptop"
-    run: RunConfig = field(default_factory=RunConfig)
-    mdm_steps: int = 600
-    bert: dict = field(default_factory=dict)
-    bert_steps: int = 600
-    bert_lr: float = 1e-3
-    sources: list[str] = field(default_factory=lambda: list(SOURCES))
-    loop_layers: list[int] = field(default_factory=lambda: [1, 3])  # A, B: layers A..B-1 loop
-    s_max: int = 4
-    finetune_steps: int = 240  # steps of (a); (b) and (c) get its training FLOPs
-    finetune_lr: float = 3e-4
-    warmup_frac: float = 0.05
-    # (c): ramp S_max up over this fraction of its steps; null = no (c)
-    curriculum_frac: Optional[float] = None
-    n_evals: int = 8  # validation points per fine-tuning run
-    final_eval_batches: int = 48
-    eval_seed: int = 1234
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    flops_tolerance: float = 0.02
-    expected_minutes: Optional[float] = None
-    description: str = ""
-
-    def validate(self) -> "LoopifyExperimentConfig":
-        self.run.validate()
-        for name in (
-            "mdm_steps",
-            "bert_steps",
-            "finetune_steps",
-            "n_evals",
-            "final_eval_batches",
-            "s_max",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        bad = [s for s in self.sources if s not in SOURCES]
-        if bad or not self.sources:
-            raise ConfigError(
-                f"sources={self.sources} must be a non-empty list of {', '.join(SOURCES)}"
-            )
-        if len(self.loop_layers) != 2:
-            raise ConfigError(f"loop_layers={self.loop_layers} must be [A, B] (layers A..B-1 loop)")
-        if not self.seeds:
-            raise ConfigError("seeds is empty; pass at least one seed (two or more for a spread)")
-        if self.curriculum_frac is not None and not 0.0 < self.curriculum_frac <= 1.0:
-            raise ConfigError(f"curriculum_frac={self.curriculum_frac} must be in (0, 1] or null")
-        for name in ("warmup_frac", "flops_tolerance"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
-        if self.run.diffusion.objective != "mdm":
-            raise ConfigError("run.diffusion.objective must be 'mdm'")
-        return self
-
-    def loops_grid(self) -> list[int]:
-        return sorted({1, self.s_max, 2 * self.s_max})
-
-    def arms(self) -> list[str]:
-        return list(ARMS if self.curriculum_frac is not None else ARMS[:2])
-
-
-def _laptop() -> LoopifyExperimentConfig:
-    run = preset("tiny-baseline")  # the quickstart recipe: 4 x 96, adaLN, AdamW 2e-3, S = 1
-    run.data = DataConfig(source="stdlib", max_train_bytes=6_000_000)
-    t = run.train
-    t.eval_every, t.save_every, t.eval_batches, t.log_every, t.keep_last = 200, 200, 6, 10, 1
-    t.device, t.threads = "cpu", 1
-    bert = dict(
-        hidden_size=96,
-        num_hidden_layers=4,
-        num_attention_heads=3,
-        intermediate_size=384,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        type_vocab_size=1,
-    )
-    return LoopifyExperimentConfig(
-        name="laptop",
-        run=run,
-        mdm_steps=800,
-        bert=bert,
-        bert_steps=800,
-        finetune_steps=300,
-        finetune_lr=5e-4,
-        expected_minutes=25.0,
-        description="Sources: the tiny-baseline MDM (4 x 96, adaLN, S = 1) and a BertForMaskedLM of the same shape "
-        "(no dropout), each trained 800 steps of 32 x 128 tokens at lr 2e-3 on 6 MB of the Python "
-        "standard library (BPE 2048). Loopify layers 1-2 (n_h=1, n_m=2, n_o=1), S_max=4; (a) fine-tunes "
-        "300 steps at S=1, (b) the FLOP-equal number of steps with S ~ U{1..4}; lr 5e-4 with 5% warmup "
-        "and cosine decay. One thread per process: run the two seeds as two processes on 2 cores.",
-    )
-
-
-PRESETS = {"laptop": _laptop}
-
-
-def load_loopify_config(spec: str | Path = "laptop") -> LoopifyExperimentConfig:
-    """``laptop`` or a YAML file (``base: laptop`` plus overrides, e.g. ``finetune_steps: 400`` or
-    ``run: {train: {threads: 2}}``)."""
-    return load_experiment_config(spec, PRESETS, "loopify").validate()
 
 
 # --------------------------------------------------------------------------- the plan (pure arithmetic)
@@ -438,105 +326,6 @@ def run_loopify_experiment(
     write_json(out / "results.json", results)
     (out / "summary.md").write_text(summary_markdown(results))
     return results
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def summarize(cfg: LoopifyExperimentConfig, per_seed: dict, wall_s: float) -> dict:
-    """Per source: final NELBO (mean / spread over seeds) of the source and each arm at every S, the FLOPs
-    each arm used, and the answer: does (b) at S_max beat (a) at S = 1, per seed."""
-    seeds, grid, s_max = list(per_seed), cfg.loops_grid(), cfg.s_max
-    summary = {}
-    for source in cfg.sources:
-        runs = {k: per_seed[k][source] for k in seeds}
-        names = ["source"] + cfg.arms()
-        final = {
-            n: {s: spread([runs[k][n]["final"][s]["nelbo"] for k in seeds]) for s in grid}
-            for n in names
-        }
-        flops = {n: spread([runs[k][n]["flops"] for k in seeds]) for n in cfg.arms()}
-        gain = [
-            runs[k]["finetune"]["final"][1]["nelbo"] - runs[k]["loopify"]["final"][s_max]["nelbo"]
-            for k in seeds
-        ]
-        best_a = [min(v["nelbo"] for v in runs[k]["finetune"]["final"].values()) for k in seeds]
-        summary[source] = {
-            "final_nelbo": final,
-            "extra_flops": flops,
-            "s1_max_rel_diff": [runs[k]["source"]["loopify"]["s1_max_rel_diff"] for k in seeds],
-            "loopify_minus_finetune": spread([-g for g in gain]),
-            "loopify_beats_finetune": [g > 0 for g in gain],
-            "loopify_beats_finetune_best_s": [
-                runs[k]["loopify"]["final"][s_max]["nelbo"] < b for k, b in zip(seeds, best_a)
-            ],
-        }
-    train_wall = sum(
-        run.get("train_wall_s") or 0.0
-        for k in seeds
-        for runs in per_seed[k].values()
-        for run in runs.values()
-    )
-    return {
-        "experiment": "loopify",
-        "config_name": cfg.name,
-        "config": asdict(cfg),
-        "machine": machine_info(),
-        "seeds": seeds,
-        "s_max": s_max,
-        "grid": grid,
-        "wall_s": wall_s,
-        "train_wall_s": train_wall,
-        "per_seed": per_seed,
-        "summary": summary,
-    }
-
-
-def answer(res: dict, s_max: int) -> str:
-    """One sentence per source: the question of the issue, answered from the numbers."""
-    d = res["loopify_minus_finetune"]
-    wins = res["loopify_beats_finetune"]
-    verdict = "yes" if all(wins) else "no" if not any(wins) else "mixed"
-    return (
-        f"{verdict}: (b) at S={s_max} minus (a) at S=1 = {fmt_spread(d, 4)} nats/token (negative: loopify "
-        f"better), better on {sum(wins)} of {len(wins)} seeds"
-    )
-
-
-def summary_markdown(results: dict) -> str:
-    """The result tables in Markdown: the run folder's summary.md, which the CLI prints."""
-    grid, s_max = results["grid"], results["s_max"]
-    lines = []
-    for source, res in results["summary"].items():
-        head = " | ".join(f"NELBO S={s}" for s in grid)
-        lines += [
-            f"### source: {source}",
-            "",
-            f"| model | extra train FLOPs | {head} |",
-            "|---|---|" + "---|" * len(grid),
-        ]
-        for name, per_s in res["final_nelbo"].items():
-            label = "source (loopified, not fine-tuned)" if name == "source" else LABELS[name]
-            fl = res["extra_flops"].get(name)
-            lines.append(
-                f"| {label} | {'-' if fl is None else format(fl['mean'], '.3e')} | "
-                + " | ".join(fmt_spread(per_s[s]) for s in grid)
-                + " |"
-            )
-        lines += [
-            "",
-            f"- does loopify + random-S fine-tuning beat fine-tuning as it is at equal FLOPs? "
-            f"{answer(res, s_max)}",
-            f"- (b) at S={s_max} beats (a) at its best S: {res['loopify_beats_finetune_best_s']} (per seed)",
-            f"- S = 1 exactness of the loopified source (max relative logit difference): "
-            f"{res['s1_max_rel_diff']}",
-            "",
-        ]
-    lines.append(
-        f"seeds: {results['seeds']}; training wall time {results['train_wall_s'] / 60:.1f} min summed over "
-        f"runs (this call: {results['wall_s'] / 60:.1f} min)"
-    )
-    return "\n".join(lines) + "\n"
 
 
 def plan_summary(cfg: LoopifyExperimentConfig) -> dict:
