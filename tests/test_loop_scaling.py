@@ -19,15 +19,14 @@ from loopmdm.experiments.loop_scaling import (
     EQUAL_STEPS,
     FLOP_PROPORTIONAL,
     FixedValidation,
-    LoopScalingConfig,
     budget_plans,
     fit_trend,
-    load_loop_scaling_config,
     parse_shard,
     run_list,
     run_loop_scaling,
     shard_assignment,
 )
+from loopmdm.experiments.loop_scaling_config import LoopScalingConfig, load_loop_scaling_config
 from loopmdm.model import LoopMDM
 
 

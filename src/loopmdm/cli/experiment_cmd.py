@@ -14,7 +14,8 @@ from ..experiments.ablation import run_ablation
 from ..experiments.attention import load_attention_config, run_attention
 from ..experiments.compute_matched import plan_compute_matched, run_compute_matched
 from ..experiments.compute_matched_config import load_compute_matched_config
-from ..experiments.loop_scaling import budget_plans, load_loop_scaling_config, run_loop_scaling
+from ..experiments.loop_scaling import budget_plans, run_loop_scaling
+from ..experiments.loop_scaling_config import load_loop_scaling_config
 from ..experiments.loopify import plan_summary, run_loopify_experiment
 from ..experiments.loopify_config import load_loopify_config
 from ..experiments.reasoning import run_reasoning
