@@ -30,8 +30,9 @@ from loopmdm.errors import ConfigError
 from loopmdm.eval import sudoku as E
 from loopmdm.model import LoopMDM, ModelConfig
 from loopmdm.sampling import generate
+from loopmdm.sampling.cache_modes import DualCache
 from loopmdm.sampling.cached_attention import LayerCache
-from loopmdm.sampling.kvcache import DualCache, KVCache
+from loopmdm.sampling.kvcache import KVCache
 from loopmdm.sampling.policies import Fixed
 from loopmdm.sampling.report import ComputeMeter
 from loopmdm.sampling.runner import LoopState

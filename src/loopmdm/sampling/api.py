@@ -24,7 +24,8 @@ from .filters import TokenFilter
 from .policies import LOOP_POLICIES, LoopPolicy
 from .report import ComputeMeter, ComputeReport, Trajectory, TrajectoryRecorder
 from .runner import Denoiser
-from .samplers import SAMPLERS, Sampler, Session, first_true
+from .samplers import SAMPLERS, Sampler
+from .session import Session, first_true
 
 
 @dataclass
