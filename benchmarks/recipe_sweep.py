@@ -89,8 +89,9 @@ FULL: dict[str, list[str]] = {
     "full_d64x4": SMALL + ["train.max_steps=2800"] + FULL_EVAL,
 }
 # Round 5 (issue 25): the field's MDM accelerators on today's `tiny` preset (RECIPE at 1600 steps) as a plain MDM
-# (S = 1, so the recipe is chosen before any loop comparison), two seeds each, trained to the end. P-POTS is not
-# here: its per-bin weights w come from a trained model (diffusion.timesteps.estimate_ppots_weights).
+# (S = 1, so the recipe is chosen before any loop comparison), two seeds each, trained to the end. P-POTS
+# (``--ppots``) needs per-bin weights w measured on a trained model, so it runs after the uniform runs: see
+# ``ppots_overrides``.
 TINY_PLAIN = RECIPE + [
     "train.max_steps=1600",
     "train.save_every=400",
@@ -109,6 +110,38 @@ ACC_EVAL = ["train.eval_every=50", "train.eval_batches=8", "train.eval_seed=0"]
 for _seed in (0, 1):  # every option at seed 0 first, so a cut-short sweep still compares them
     for _acc, _extra in ACCELERATORS.items():
         FULL[f"acc_{_acc}_s{_seed}"] = TINY_PLAIN + _extra + [f"train.seed={_seed}"] + ACC_EVAL
+
+
+PPOTS_BINS = 16
+PPOTS_RUNS = ("acc_ppots_s0", "acc_ppots_s1")
+
+
+def ppots_overrides(out: Path, seed: int, bins: int = PPOTS_BINS) -> list[str]:
+    """P-POTS (arXiv 2511.18159): t drawn from a piecewise-constant density proportional to w(t) = sqrt(E[L_t^2]),
+    the per-bin root mean square of one row's loss, mixed with 5% uniform, with exact importance weights (the
+    NELBO stays unbiased). The paper re-estimates w as training goes; here w is measured once, on training rows,
+    with the finished uniform run of the same seed (``acc_uniform_s<seed>``) and kept fixed for the whole run:
+    the variance-minimising density of a trained model of this recipe (and resume stays exact)."""
+    from loopmdm.checkpoint import load_model
+    from loopmdm.data import prepare_data
+    from loopmdm.diffusion import estimate_ppots_weights, make_objective
+
+    source = out / f"acc_uniform_s{seed}"
+    if not (source / "checkpoints").is_dir():
+        sys.exit(
+            f"error: P-POTS measures w on {source}, which has no checkpoint; run --accelerators first"
+        )
+    model, _, cfg = load_model(source)
+    data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.max_seq_len)
+    objective = make_objective(cfg.diffusion, data.tokenizer.mask_id)
+    w = estimate_ppots_weights(
+        model, data.train, objective, loops=1, bins=bins, batch_size=32, max_batches=8, seed=seed
+    )
+    print(f"P-POTS w for seed {seed} (from {source.name}): " + " ".join(f"{x:.3f}" for x in w))
+    return [
+        "diffusion.t_sampler=ppots",
+        "diffusion.t_sampler_params={w: [" + ", ".join(f"{x:.6g}" for x in w) + "]}",
+    ]
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -232,6 +265,11 @@ def main() -> None:
         help="train the round-5 runs (time samplers, complementary masks, PUMA; 2 seeds) to the end",
     )
     ap.add_argument(
+        "--ppots",
+        action="store_true",
+        help="train acc_ppots_s0 / _s1 (P-POTS, w measured on the finished acc_uniform run of each seed)",
+    )
+    ap.add_argument(
         "--report", action="store_true", help="summarise the runs in OUT, train nothing"
     )
     args = ap.parse_args()
@@ -244,6 +282,12 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.accelerators:
         args.full = [n for n in FULL if n.startswith("acc_")]
+    if args.ppots:
+        for seed, name in enumerate(PPOTS_RUNS):
+            resumed = (args.out / name / "checkpoints").is_dir()  # its config is saved
+            w = [] if resumed else ppots_overrides(args.out, seed)
+            FULL[name] = TINY_PLAIN + w + [f"train.seed={seed}"] + ACC_EVAL
+        args.full = list(PPOTS_RUNS)
     if args.full:
         run_all({n: FULL[n] for n in args.full}, args.out, None, args.parallel, 100)
     elif not args.report:
@@ -251,7 +295,7 @@ def main() -> None:
             n: VARIANTS[n] for n in args.variants if not (args.out / n / "checkpoints").is_dir()
         }
         run_all(todo, args.out, args.stop_at, args.parallel, args.eval_every)
-    names = list(args.variants) + list(FULL)
+    names = list(args.variants) + list(FULL) + [n for n in PPOTS_RUNS if n not in FULL]
     rows = [
         summarise(n, args.out / n, args.margin)
         for n in names
