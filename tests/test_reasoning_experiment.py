@@ -265,7 +265,8 @@ def test_logging_exact_match_leaves_training_unchanged(tmp_path):
     """The study's trainer (validation exact match at every evaluation) trains the same weights as the plain one."""
     from loopmdm.data import prepare_data
     from loopmdm.data.answers import read_rows
-    from loopmdm.experiments.reasoning import exact_match_trainer, run_config, task_folder
+    from loopmdm.experiments.reasoning import exact_match_trainer
+    from loopmdm.experiments.reasoning_config import run_config, task_folder
     from loopmdm.tasks import write_task
     from loopmdm.train import train
 
@@ -314,7 +315,7 @@ def test_amendment_3_changes_only_the_recipe_models_seeds_and_curve_density():
 
 @pytest.mark.parametrize("text", ['{"tried": [', "[1, 2]", '{"tried": [{"shape": {}}]}', "\udcff"])
 def test_a_damaged_calibration_record_is_a_one_line_error(tmp_path, text):
-    from loopmdm.experiments.reasoning import earlier_calibration
+    from loopmdm.experiments.reasoning_calibration import earlier_calibration
 
     path = tmp_path / "calibration.json"
     path.write_bytes(text.encode("utf-8", "surrogateescape"))

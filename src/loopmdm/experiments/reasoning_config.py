@@ -1,5 +1,6 @@
 """The reasoning study's configuration: the tasks (``TaskSpec``), the study (``ReasoningConfig``) and its
-pre-registered presets, ``laptop`` with its amendments 1-2 and ``laptop-bell`` (amendment 3). Every change to a
+pre-registered presets, ``laptop`` with its amendments 1-2 and ``laptop-bell`` (amendment 3), and the run config of
+one task (``run_config``). Every change to a
 preset after a run of it is an amendment written here, dated, with what was known when it was written."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..model import ModelConfig
 from ..model.fields import check_int_list
-from .common import load_experiment_config
+from .common import clone, load_experiment_config
 
 # (a)-(d) pre-registered; amendment 2's controls of (d)'s budget: the plain MDM with (d)'s training FLOPs, and (d)
 # with (a)'s (fewer steps)
@@ -218,3 +219,18 @@ PRESETS = {"laptop": _laptop, "laptop-bell": _laptop_bell}
 def load_reasoning_config(spec: str | Path = "laptop") -> ReasoningConfig:
     """``laptop`` or a YAML file (``base: laptop`` plus overrides)."""
     return load_experiment_config(spec, PRESETS, "reasoning").validate()
+
+
+def task_folder(out: Path, task: TaskSpec) -> Path:
+    return out / task.name / "data"
+
+
+def run_config(cfg: ReasoningConfig, task: TaskSpec, out: Path, shape: dict) -> RunConfig:
+    """The shared recipe on ``task``'s data with the model fields of ``shape``."""
+    rc = clone(cfg.run)
+    rc.data.source = str(task_folder(out, task))
+    if task.max_seq_len:
+        rc.model.max_seq_len = task.max_seq_len
+    for k, v in shape.items():
+        setattr(rc.model, k, v)
+    return rc
