@@ -1,7 +1,7 @@
 """The reasoning study's configuration: the tasks (``TaskSpec``), the study (``ReasoningConfig``) and its
 pre-registered presets, ``laptop`` with its amendments 1-2 and ``laptop-bell`` (amendment 3), and the run config of
-one task (``run_config``). Every change to a
-preset after a run of it is an amendment written here, dated, with what was known when it was written."""
+one task (``run_config``). Every change to a preset after a run of it is an amendment written here, dated, with
+what was known when it was written."""
 
 from __future__ import annotations
 
