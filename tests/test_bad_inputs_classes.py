@@ -169,6 +169,69 @@ def test_the_output_rule(tmp_path, run_copy):
         check_output(exp, "experiment")
 
 
+def test_resuming_a_run_from_an_older_checkpoint_in_its_own_folder_is_refused(run_copy, tmp_path):
+    """Resuming in place from a checkpoint older than ``latest`` would cut the newer steps' metrics and leave a
+    newer checkpoint beside the new ones: refused (branch into a new folder instead). A complete folder newer
+    than ``latest`` (a kill before ``latest`` moved) or a damaged newer one does not count."""
+    ckpts = run_copy / "checkpoints"
+    newest = list_checkpoints(ckpts)[-1]
+    older = ckpts / "step_000001"
+    shutil.copytree(newest, older)
+    with pytest.raises(
+        CheckpointError, match=f"would discard its newer checkpoints .{newest.name}"
+    ):
+        check_output(run_copy, "run", resume=older)
+    check_output(run_copy, "run", resume=run_copy)  # from the newest
+    check_output(tmp_path / "branch", "run", resume=older)  # a branch in a new folder
+    (ckpts / "latest").write_text(older.name)  # killed after the rename, before latest moved
+    check_output(run_copy, "run", resume=run_copy)
+    (ckpts / "latest").write_text(newest.name)
+    (newest / "model.safetensors").write_bytes(b"damaged")
+    check_output(run_copy, "run", resume=older)  # the damaged newest is no history to keep
+
+
+def test_resume_cuts_only_the_metrics_after_its_step(tmp_path):
+    """Lines after the resumed step go; every other line stays byte for byte, even one that is not JSON or not
+    UTF-8; only a last line cut by a kill is dropped."""
+    from loopmdm.train.resume import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [
+        b'{"step": 1}',
+        b"a note of mine",
+        b'{"step": 2, "x": "\xff"}',
+        b"\xff\xfe",
+        b'{"step": 3}',
+    ]
+    path.write_bytes(b"\n".join(lines) + b'\n{"step": 4, "lo')
+    truncate_metrics(path, 2)
+    assert path.read_bytes() == b"\n".join(lines[:4]) + b"\n"
+
+
+def test_an_experiment_refuses_the_folder_of_another_experiment(tmp_path):
+    """One experiment's results and summary are never overwritten by another's report."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "results.json").write_text(json.dumps({"experiment": "loop-scaling"}))
+    (exp / "summary.md").write_text("the loop-scaling report")
+    check_output(exp, "experiment", experiment="loop-scaling")
+    with pytest.raises(ConfigError, match="output of 'loopmdm experiment loop-scaling'"):
+        check_output(exp, "experiment", experiment="reasoning", dirs=["prefix-sum"])
+    # before any report: the budget folders say which experiment it is
+    early = tmp_path / "early"
+    (early / "budget_0").mkdir(parents=True)
+    check_output(early, "experiment", experiment="loop-scaling")
+    with pytest.raises(ConfigError, match="would overwrite its results"):
+        check_output(early, "experiment", experiment="compute-matched")
+    # the reasoning study's interim report names it too
+    interim = tmp_path / "interim"
+    interim.mkdir()
+    (interim / "interim_results.json").write_text(json.dumps({"experiment": "reasoning"}))
+    check_output(interim, "experiment", experiment="reasoning")
+    with pytest.raises(ConfigError, match="experiment reasoning"):
+        check_output(interim, "experiment", experiment="sudoku")
+
+
 def test_export_loopify_and_experiments_refuse_folders_they_did_not_create(
     tiny_run, tiny_corpus, tmp_path, capsys
 ):

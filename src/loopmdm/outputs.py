@@ -12,8 +12,9 @@ A command never deletes or overwrites anything it did not create. Before any wor
     resumed from one of them (``train --resume OUT`` or a checkpoint under ``OUT/checkpoints``): a new run, or
     another run resumed into it, would prune its checkpoints and replace its config;
   - ``experiment``: ``seed_*`` / ``budget_*`` folders, the result files (``results*.json``, ``summary.md``,
-    ``ablation.*``, ``attention.json``, ``interim_*`` of ``--interim``) and ``*.png`` plots, so that running the same command again reuses or
-    resumes what is there;
+    ``ablation.*``, ``attention.json``, ``interim_*`` of ``--interim``) and ``*.png`` plots, so that running the
+    same command again reuses or resumes what is there; a folder another experiment wrote (the ``experiment``
+    field of its results, or ``budget_*`` folders) is refused;
   - ``new`` (``import``, ``export``, ``loopify``): nothing; they always write a new folder.
 
 Anything else (a corpus, a data folder, a transformers folder, another run) is refused with a one-line
@@ -28,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, LoopMDMError
 
 KINDS = ("run", "experiment", "new")
 # the last four: written into run folders by experiments
@@ -63,10 +64,12 @@ def check_output(
     flag: str = "--out",
     resume: Optional[str | Path] = None,
     dirs: Sequence[str] = (),
+    experiment: Optional[str] = None,
 ) -> Path:
     """Apply the rule (module docstring) to ``out`` for a command of ``kind`` (``run``, ``experiment``, ``new``);
     ``resume``: the run or checkpoint a ``train`` continues from; ``dirs``: more folder names an experiment
-    writes (the reasoning study's task folders). Returns ``out`` as a Path; creates nothing."""
+    writes (the reasoning study's task folders); ``experiment``: the experiment's name, so that a folder of
+    another experiment is refused. Returns ``out`` as a Path; creates nothing."""
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
     out = Path(out).expanduser()
@@ -96,6 +99,12 @@ def check_output(
                 f"{shown} is not empty and not an experiment folder (it holds {_names(foreign)}); "
                 f"an experiment writes only into a new or empty folder or its own earlier output: "
                 f"choose another {flag}"
+            )
+        other = _experiment_of(entries)
+        if experiment is not None and other not in (None, experiment):
+            raise ConfigError(
+                f"{shown} holds the output of 'loopmdm experiment {other}'; 'experiment {experiment}' "
+                f"would overwrite its results and summary: choose another {flag}"
             )
     else:
         raise ConfigError(
@@ -138,6 +147,15 @@ def _check_run_folder(
             )
         source = resolve_checkpoint(resume)
         if _same(source.parent, out / "checkpoints"):
+            newer = _newer_good_checkpoints(out / "checkpoints", kept, source)
+            if (
+                newer
+            ):  # its steps would replace theirs: metrics cut, a newer checkpoint left beside them
+                raise CheckpointError(
+                    f"resuming {out} from {source.name} would discard its newer checkpoints "
+                    f"({', '.join(newer)}) and their metrics; resume from the newest (--resume {out}), "
+                    f"or branch from {source.name} into a new folder (--out NEW_FOLDER)"
+                )
             return  # the run continues in its own folder (any entries there are its own)
         raise CheckpointError(
             f"{shown} holds checkpoints of another run (newest {kept[-1].name}) than --resume "
@@ -151,6 +169,30 @@ def _check_run_folder(
             "writes only into a new or empty folder or its own run folder: choose another --out "
             "(a data folder is passed with --data)"
         )
+
+
+def _newer_good_checkpoints(root: Path, kept: list[Path], source: Path) -> list[str]:
+    """Checkpoints after ``source`` up to the one ``latest`` names that pass verification. A complete folder
+    newer than ``latest`` (a kill between its rename and the move of ``latest``) and a damaged newer one are
+    not the run's history: resuming past them is the documented way on."""
+    from .checkpoint import (  # the checkpoint package imports torch
+        read_latest,
+        step_of,
+        verify_checkpoint,
+    )
+
+    latest = read_latest(root)
+    if latest is None or step_of(source) is None:
+        return []
+    names = []
+    for p in kept:
+        if step_of(source) < step_of(p) <= step_of(Path(latest)):
+            try:
+                verify_checkpoint(p)
+            except LoopMDMError:
+                continue
+            names.append(p.name)
+    return names
 
 
 def _is_run_entry(p: Path) -> bool:
@@ -174,6 +216,22 @@ def _is_experiment_entry(p: Path, dirs: Sequence[str] = ()) -> bool:
     if p.is_dir():
         return any(fnmatch.fnmatchcase(p.name, pat) for pat in (*EXPERIMENT_DIRS, *dirs))
     return p.is_file() and any(fnmatch.fnmatchcase(p.name, pat) for pat in EXPERIMENT_FILES)
+
+
+def _experiment_of(entries: list[Path]) -> Optional[str]:
+    """The experiment that wrote a folder: the ``experiment`` field of its JSON results, else ``loop-scaling``
+    for ``budget_*`` folders (the only experiment that writes them), else unknown."""
+    for p in entries:
+        if p.is_file() and p.suffix == ".json":
+            try:
+                name = json.loads(p.read_text(encoding="utf-8")).get("experiment")
+            except (OSError, ValueError, UnicodeDecodeError, RecursionError, AttributeError):
+                continue
+            if isinstance(name, str):
+                return name
+    if any(p.is_dir() and p.name.startswith("budget_") for p in entries):
+        return "loop-scaling"
+    return None
 
 
 # --------------------------------------------------------------------------- paths

@@ -80,7 +80,7 @@ def compute_matched(
         emit_json(summary) if json_out else info(json.dumps(summary, indent=2))
         return
     # before any work: never into a data folder, a run or someone's files
-    check_output(out, "experiment")
+    check_output(out, "experiment", experiment="compute-matched")
     res = run_compute_matched(cfg, out, _seeds(seeds), progress=progress, log=info)
     emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
 
@@ -115,7 +115,7 @@ def loop_scaling(
         summary = [p.summary() for p in budget_plans(cfg)]
         emit_json(summary) if json_out else info(json.dumps(summary, indent=2))
         return
-    check_output(out, "experiment")
+    check_output(out, "experiment", experiment="loop-scaling")
     res = run_loop_scaling(cfg, out, shard, progress=progress, log=info)
     if res is not None:
         emit_json({"rows": res["rows"], "trend": res["trend"]}) if json_out else info(
@@ -141,7 +141,7 @@ def ablation(
 ) -> None:
     """Which layers loop (early, early-middle, middle, late, all) and how many (n_m), at equal FLOPs."""
     cfg = load_compute_matched_config(config)
-    check_output(out, "experiment")
+    check_output(out, "experiment", experiment="ablation")
     res = run_ablation(cfg, out, _seeds(seeds), progress=progress, log=info)
     emit_json(res["rows"]) if json_out else info((out / "ablation.md").read_text())
 
@@ -176,7 +176,7 @@ def sudoku(
     """MDM, LoopMDM and the deeper MDM on Sudoku at equal training FLOPs: board accuracy over T x S x order."""
     cfg = load_sudoku_config(config)
     subset = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    check_output(out, "experiment")
+    check_output(out, "experiment", experiment="sudoku")
     res = run_sudoku(cfg, out, _seeds(seeds), progress=progress, log=info, models=subset)
     if res is not None:
         emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
@@ -231,7 +231,7 @@ def reasoning(
     then MDM / LoopMDM / deeper MDM / LoopMDM with deep supervision at equal FLOPs, exact match over T x S."""
     cfg = load_reasoning_config(config)
     # its task folders, results, figures
-    check_output(out, "experiment", dirs=[t.name for t in cfg.tasks])
+    check_output(out, "experiment", experiment="reasoning", dirs=[t.name for t in cfg.tasks])
     res = run_reasoning(
         cfg,
         out,
@@ -284,7 +284,7 @@ def attention(
         cfg.loops = parse_loops(loops)
     if batch_size is not None:
         cfg.batch_size = batch_size
-    check_output(out, "experiment")
+    check_output(out, "experiment", experiment="attention")
     res = run_attention(checkpoint, cfg.validate(), out, log=info)
     sw = res["sweep"]
     summary = {k: sw[k] for k in ("ts", "loops", "mid_last", "mean_all", "masked_key_fraction")}
@@ -323,6 +323,6 @@ def loopify_experiment(
         summary = plan_summary(cfg)
         emit_json(summary) if json_out else info(json.dumps(summary, indent=2))
         return
-    check_output(out, "experiment")
+    check_output(out, "experiment", experiment="loopify")
     res = run_loopify_experiment(cfg, out, _seeds(seeds), progress=progress, log=info)
     emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())

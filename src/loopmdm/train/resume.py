@@ -14,7 +14,7 @@ import torch
 
 from ..checkpoint import load_tokenizer_file, resolve_checkpoint, verify_checkpoint
 from ..errors import CheckpointError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_bytes
 from .distributed import DistEnv
 
 RESUME_FILES = ("trainer_state.json", "rng.safetensors")
@@ -81,22 +81,27 @@ def _tuples(x):
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after ``step`` so a resumed run's log continues exactly where the checkpoint was."""
+    """Drop the metric lines of steps after ``step`` so a resumed run's log continues exactly where the checkpoint
+    was. Every other line is kept byte for byte (a line that is not a record, or not UTF-8, is the user's to
+    keep), except a last line cut by a kill (no newline, not JSON)."""
     if not path.is_file():
         return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if (
-            isinstance(rec, dict)
-            and isinstance(rec.get("step", 0), int)
-            and rec.get("step", 0) <= step
-        ):
-            keep.append(line)
-    atomic_write_text(path, "".join(k + "\n" for k in keep))
+    lines = path.read_bytes().splitlines(keepends=True)
+    if lines and not lines[-1].endswith(b"\n") and _record(lines[-1]) is None:
+        lines.pop()
+    keep = [line for line in lines if not _after(_record(line), step)]
+    atomic_write_bytes(path, b"".join(k if k.endswith(b"\n") else k + b"\n" for k in keep))
+
+
+def _record(line: bytes):
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or a number too long
+        return None
+
+
+def _after(rec, step: int) -> bool:
+    return isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > step
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
