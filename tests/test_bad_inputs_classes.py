@@ -539,6 +539,46 @@ def test_serve_answers_a_huge_template_span_with_422(tiny_run):
     assert r.status_code == 422 and "longer than the model window" in r.json()["error"]
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--loops", "1000000000000"],
+        ["--policy-opt", "loops=99999999999999999999"],
+        ["--policy", "converge", "--policy-opt", "s_max=99999999999999999999"],
+    ],
+)
+def test_loop_counts_are_refused_above_a_maximum_before_sampling(tiny_run, argv, capsys):
+    """A typo in S ran for hours (one network call loops S times); an overflowing s_max was a traceback."""
+    t0 = time.time()
+    code, _, err = run_cli(["sample", "--checkpoint", tiny_run, "--steps", "2", *argv], capsys)
+    assert code == 2 and "exceeds the supported maximum of 1024 loops" in one_error_line(err)
+    assert time.time() - t0 < 60
+
+
+def test_loops_given_twice_are_refused(tiny_run, capsys):
+    argv = ["sample", "--checkpoint", tiny_run, "--loops", "3", "--policy-opt", "loops=2"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "both set S" in one_error_line(err)
+
+
+def test_serve_bounds_the_loops_of_one_request(tiny_run):
+    """The server cancels a request between denoising steps only, so S is bounded per request (a request with
+    S = 10**9 held a worker for good)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from loopmdm.serve import create_app
+
+    with TestClient(create_app(tiny_run, timeout_s=30)) as client:
+        limit = client.get("/api/info").json()["limits"]["max_loops"]
+        r = client.post("/api/generate", json={"policy_options": {"loops": 10**9}, "steps": 2})
+        assert r.status_code == 422 and f"limit of {limit} loops" in r.json()["error"]
+        r = client.post(
+            "/api/generate", json={"policy": "converge", "policy_options": {"s_max": limit + 1}}
+        )
+        assert r.status_code == 422 and "policy_options.s_max" in r.json()["error"]
+
+
 def test_library_errors_stay_library_errors():
     assert issubclass(ConfigError, LoopMDMError) and issubclass(CheckpointError, LoopMDMError)
 

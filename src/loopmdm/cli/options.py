@@ -5,11 +5,12 @@ from __future__ import annotations
 from ..config import parse_yaml_value
 from ..errors import ConfigError
 from ..model.fields import parse_int_list
+from ..sampling.policies import check_loops
 
 
 def parse_loops(values: list[str]) -> list[int]:
-    """``["1,2", "4"]`` -> ``[1, 2, 4]``; every S must be a positive integer."""
-    return parse_int_list(values, "--loops")
+    """``["1,2", "4"]`` -> ``[1, 2, 4]``; every S must be an integer in [1, MAX_LOOPS]."""
+    return [check_loops(s, "--loops") for s in parse_int_list(values, "--loops")]
 
 
 def check_sampling_precision(precision: str) -> str:

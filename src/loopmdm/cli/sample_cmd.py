@@ -106,6 +106,8 @@ def sample(
         raise ConfigError(
             f"--loops applies to --policy fixed; for --policy {policy} use --policy-opt s_max=N"
         )
+    if loops and "loops" in p_opts:
+        raise ConfigError("--loops and --policy-opt loops=... both set S; pass one of them")
     if trajectory is not None:  # before generating: a bad path never throws samples away
         from ..viz.trajectory_html import check_trajectory_path
 

@@ -33,6 +33,7 @@ from ..model.fields import check_int, check_number
 from ..registry import Registry
 from .runner import LoopRunner, LoopState, Prediction
 
+MAX_LOOPS = 1024  # loop iterations of one network call
 # the tiny preset's training S_max; pass the checkpoint's diffusion.max_loops for other models
 DEFAULT_LOOPS = 4
 
@@ -40,7 +41,20 @@ LOOP_POLICIES: Registry[type["LoopPolicy"]] = Registry("loop policy")
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
-    return check_int(value, f"loop policy option {name}", low)
+    """A loop-count option (loops, s_min, s_max, max_depth): an integer in [low, MAX_LOOPS]."""
+    return check_loops(
+        check_int(value, f"loop policy option {name}", low), f"loop policy option {name}"
+    )
+
+
+def check_loops(s: int, what: str) -> int:
+    """A loop count S of one network call: at most ``MAX_LOOPS`` (a typo there runs for hours)."""
+    if s > MAX_LOOPS:
+        raise ConfigError(
+            f"{what}={s} exceeds the supported maximum of {MAX_LOOPS} loops; pass a smaller S "
+            "(S_max of training is the usual scale, a few times it for extrapolation)"
+        )
+    return s
 
 
 def _check_bounds(s_min, s_max) -> tuple[int, int]:

@@ -150,8 +150,15 @@ def create_app(
     device / precision: where the model runs, and ``"bf16"`` for the network under bf16 autocast.
     generate_fn: the sampler entry point (default ``loopmdm.sampling.generate``), replaceable for tests."""
 
-    limits = ServerLimits(timeout_s=timeout_s, max_steps=max_steps, max_samples=max_samples)
     model, tokenizer, cfg = load_model(checkpoint, device=device, ema=ema)
+    limits = ServerLimits(
+        timeout_s=timeout_s,
+        max_steps=max_steps,
+        max_samples=max_samples,
+        max_loops=max(
+            64, 4 * cfg.diffusion.max_loops
+        ),  # extrapolation up to 4 x the training S_max
+    )
     check_precision(next(model.parameters()).device, precision, "--precision")
     generate = generate_fn or default_generate
     accepted = inspect.signature(generate).parameters

@@ -19,17 +19,20 @@ OptionValue = float | int | bool | str | None
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What one request may ask for: T steps, samples N and wall time (seconds) before it is cancelled."""
+    """What one request may ask for: T steps, samples N, loops S of one network call (``loops`` / ``s_max`` of the
+    loop policy; a request is cancelled between denoising steps only, so S bounds how long one step runs) and
+    wall time (seconds) before it is cancelled."""
 
     timeout_s: float = 60.0
     max_steps: int = 1024
     max_samples: int = 4
+    max_loops: int = 64
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout {self.timeout_s} must be > 0 seconds")
-        if self.max_steps < 1 or self.max_samples < 1:
-            raise ConfigError("max_steps and max_samples must be >= 1")
+        if self.max_steps < 1 or self.max_samples < 1 or self.max_loops < 1:
+            raise ConfigError("max_steps, max_samples and max_loops must be >= 1")
 
 
 class GenerateRequest(BaseModel):
@@ -73,6 +76,12 @@ class GenerateRequest(BaseModel):
             raise ConfigError(
                 f"num_samples={self.num_samples} exceeds this server's limit of {limits.max_samples}"
             )
+        for key in ("loops", "s_max"):
+            value = self.policy_options.get(key)
+            if isinstance(value, (int, float)) and value > limits.max_loops:
+                raise ConfigError(
+                    f"policy_options.{key}={value} exceeds this server's limit of {limits.max_loops} loops"
+                )
         if self.prompt and self.template:
             raise ConfigError("give either a prompt or an infill template, not both")
 
