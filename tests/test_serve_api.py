@@ -82,7 +82,7 @@ def test_info_lists_samplers_policies_and_checkpoint_defaults(client, loaded):
         "constant",
     ]
     assert info["model"]["max_seq_len"] == cfg.model.max_seq_len
-    assert info["limits"] == {"timeout_s": 30, "max_steps": 64, "max_samples": 4}
+    assert info["limits"] == {"timeout_s": 30, "max_steps": 64, "max_samples": 4, "max_loops": 64}
 
 
 # ---------------------------------------------------------------------------------------------- streaming

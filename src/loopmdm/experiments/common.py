@@ -15,6 +15,7 @@ from ..checkpoint import list_checkpoints, load_config_file, load_model, step_of
 from ..config import RunConfig, apply_dict, read_yaml_file
 from ..data import PreparedData
 from ..errors import ConfigError, LoopMDMError
+from ..model.fields import short
 from ..train import train
 from ..train.resume import config_diff
 
@@ -35,9 +36,11 @@ def load_experiment_config(
         )
     data = read_yaml_file(spec, f"{kind} config file")
     base = data.pop("base", "laptop")
-    if base not in presets:
+    # a list or mapping (``base: [laptop]``) is no preset name, and unhashable
+    if not isinstance(base, str) or base not in presets:
         raise ConfigError(
-            f"{kind} config file {spec!r}: base={base!r} is unknown; use one of {', '.join(presets)}"
+            f"{kind} config file {spec!r}: base={short(base)} is not a preset name; use one of "
+            f"{', '.join(presets)}"
         )
     cfg = presets[base]()
     apply_dict(cfg, data)

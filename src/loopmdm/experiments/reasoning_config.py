@@ -12,12 +12,25 @@ from typing import Optional
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..model import ModelConfig
-from ..model.fields import check_int_list
+from ..model.fields import (
+    check_int,
+    check_int_list,
+    check_seeds,
+    check_types,
+    coerce,
+    is_int,
+    short,
+)
+from ..registry import build
+from ..sampling import LOOP_POLICIES, ORDERS
+from ..tasks import TASKS
 from .common import clone, load_experiment_config
 
 # (a)-(d) pre-registered; amendment 2's controls of (d)'s budget: the plain MDM with (d)'s training FLOPs, and (d)
 # with (a)'s (fewer steps)
 MODELS = ("mdm", "loopmdm", "deeper", "loopmdm-ds", "mdm-long", "loopmdm-ds-matched")
+# the largest S_max accepted: a larger one is a typo (an extra zero) that would loop for hours per step
+MAX_S_MAX = 1024
 
 
 @dataclass
@@ -32,6 +45,23 @@ class TaskSpec:
     calibration_level: int = 1
     # the model window for this task (null: run.model.max_seq_len)
     max_seq_len: Optional[int] = None
+
+    def validate(self, path: str = "task") -> "TaskSpec":
+        """A name usable as a folder, a family of ``loopmdm.tasks.TASKS`` and that family's level field."""
+        check_types(self, path)
+        if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\"):
+            raise ConfigError(f"{path}.name={short(self.name)} must be a folder name (no '/')")
+        if self.family not in TASKS:
+            raise ConfigError(
+                f"{path}.family={short(self.family)} is unknown; use one of {', '.join(TASKS.names())}"
+            )
+        level = TASKS.get(self.family).level_field
+        if self.level_field != level:
+            raise ConfigError(
+                f"{path}.level_field={short(self.level_field)} is not the field {self.family} rows carry; "
+                f"set level_field: {level}"
+            )
+        return self
 
 
 @dataclass
@@ -74,6 +104,13 @@ class ReasoningConfig:
             raise ConfigError("run.data.format must be 'answers' (prompt / answer and infill rows)")
         if not self.tasks or not self.candidates:
             raise ConfigError("tasks and candidates must be non-empty")
+        # entries built in Python may be mappings too
+        self.tasks = coerce("tasks", self.tasks, list[TaskSpec])
+        for i, task in enumerate(self.tasks):
+            task.validate(f"tasks[{i}]")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tasks have the names {names}; give every task its own name")
         model_fields = {f.name for f in fields(ModelConfig)}
         for c in self.candidates:
             bad = sorted(set(c) - model_fields - {"steps"})
@@ -92,11 +129,35 @@ class ReasoningConfig:
             )
         check_int_list(self.steps, "steps", 0)
         check_int_list(self.loops, "loops", 1)
-        check_int_list(self.seeds, "seeds", 0)
-        if self.s_max < 2:
-            raise ConfigError(f"s_max={self.s_max} must be >= 2 (LoopMDM draws S ~ U{{1..S_max}})")
+        check_seeds(self.seeds)
+        if not is_int(self.s_max) or not 2 <= self.s_max <= MAX_S_MAX:
+            raise ConfigError(
+                f"s_max={short(self.s_max)} must be an integer in [2, {MAX_S_MAX}] (LoopMDM draws "
+                "S ~ U{1..S_max}; a larger S_max is a typo)"
+            )
         if not 0.0 <= self.target <= 1.0:
             raise ConfigError(f"target={self.target} must be in [0, 1]")
+        check_int(self.calibration_steps, "calibration_steps", 1)
+        check_int(
+            self.calibration_t, "calibration_t", 0, " (denoising steps T; 0 = one token per step)"
+        )
+        check_int(self.n_evals, "n_evals", 1, " (validation points per run)")
+        check_int(self.eval_batch_size, "eval_batch_size", 1)
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ConfigError(f"warmup_frac={self.warmup_frac} must be in [0, 1)")
+        if self.order not in ORDERS:
+            raise ConfigError(
+                f"order={short(self.order)} is unknown; use one of {', '.join(ORDERS)}"
+            )
+        for name, options in self.policies.items():
+            if name not in LOOP_POLICIES:
+                raise ConfigError(
+                    f"policies.{name} is not a loop policy; use one of {', '.join(LOOP_POLICIES)}"
+                )
+            try:  # the options, checked before any training
+                build(LOOP_POLICIES, name, options)
+            except ConfigError as e:
+                raise ConfigError(f"policies.{name}: {e}") from None
         return self
 
 

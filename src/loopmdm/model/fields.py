@@ -3,7 +3,8 @@
 * ``check_int`` / ``check_int_list`` / ``parse_int_list``: a loop count S, a step count T, a list of S from the
   command line (``"1,2,4"``): bools, floats and words are refused with the name of the value and the fix;
 * ``coerce`` / ``check_types``: a value of a config dataclass field converted to the field's declared type
-  (``"3e-4"`` -> 0.0003, ``2.0`` -> 2, a list -> a tuple), or refused;
+  (``"3e-4"`` -> 0.0003, ``2.0`` -> 2, a list -> a tuple, every entry of a list, a mapping -> a section), or
+  refused;
 * ``check_inputs``: the token ids x_t and times t handed to the model.
 
 It lives in the backbone package because ``ModelConfig`` needs it and ``loopmdm/model/`` is exported verbatim
@@ -91,6 +92,14 @@ def check_int_list(values: Iterable[Any], name: str, low: int = 1) -> list[int]:
     return out
 
 
+def check_seeds(values: Any, name: str = "seeds") -> list[int]:
+    """A non-empty list of distinct integer seeds >= 0 (a repeated seed would train the same run twice)."""
+    out = check_int_list(values, name, 0)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{name}={short(values)} repeats a seed; give distinct seeds >= 0")
+    return out
+
+
 def parse_int_list(
     values: Iterable[str], flag: str, low: int = 1, example: str = "1,4,8"
 ) -> list[int]:
@@ -142,7 +151,11 @@ def coerce(path: str, value: Any, tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return coerce(path, value, [a for a in args if a is not type(None)][0])
+        return coerce_union(path, value, [a for a in args if a is not type(None)])
+    if origin is list or tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}={short(value)} must be a list of {plural(args)}")
+        return [coerce(f"{path}[{i}]", v, args[0]) if args else v for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{path}={short(value)} must be a list of {len(args)} numbers")
@@ -175,8 +188,12 @@ def coerce(path: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{path}={short(value)} must be a finite number")
         return out
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):  # e.g. one task of a list of tasks, from YAML
+            return build_section(path, value, tp)
         if not isinstance(value, tp):
-            raise ConfigError(f"{path}={short(value)} must be a section of {tp.__name__} settings")
+            raise ConfigError(
+                f"{path}={short(value)} must be a mapping (a section of {tp.__name__} settings)"
+            )
         return value
     if tp is str:
         if not isinstance(value, str):
@@ -189,6 +206,53 @@ def coerce(path: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{path}={short(value)} must be a mapping with string keys")
         return value
     return value
+
+
+def coerce_union(path: str, value: Any, options: list) -> Any:
+    """``value`` as the first of ``options`` (the types of a ``Union``) that takes it; a list tries the list types
+    first, so that a bad entry is named by its own error."""
+    if isinstance(value, (list, tuple)):
+        options = sorted(options, key=lambda a: typing.get_origin(a) not in (list, tuple))
+    errors = []
+    for option in options:
+        try:
+            return coerce(path, value, option)
+        except ConfigError as e:
+            errors.append(e)
+    raise errors[0]
+
+
+def plural(args: tuple) -> str:
+    """What a list of the type ``args[0]`` holds, in words (for errors): ``integers``, ``lists of numbers``..."""
+    if not args:
+        return "values"
+    tp = args[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(plural((a,)) for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is list:
+        return f"lists of {plural(typing.get_args(tp))}"
+    if dataclasses.is_dataclass(tp):
+        return f"mappings of {tp.__name__} settings"
+    names = {int: "integers", float: "numbers", str: "strings", bool: "true / false values"}
+    return names.get(tp, "mappings" if tp is dict else "values")
+
+
+def build_section(path: str, value: dict, tp: Any) -> Any:
+    """A config dataclass ``tp`` from a mapping: its required fields must be there, unknown keys are refused and
+    every value is converted to its field's type (as ``apply_dict`` does)."""
+    required = [
+        f.name
+        for f in dataclasses.fields(tp)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in value]
+    if missing:
+        raise ConfigError(
+            f"{path}={short(value)} has no {missing[0]!r}; every entry needs {', '.join(required)}"
+        )
+    obj = tp(**{name: value[name] for name in required})
+    apply_dict(obj, value, prefix=f"{path}.")
+    return obj
 
 
 def check_types(obj: Any, section: str) -> None:

@@ -41,7 +41,7 @@ LOOP_POLICIES: Registry[type["LoopPolicy"]] = Registry("loop policy")
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
-    """A loop-count option (loops, s_min, s_max, max_depth): an integer in [low, MAX_LOOPS]."""
+    """A loop count of one network call (loops, s_min, s_max): an integer in [low, MAX_LOOPS]."""
     return check_loops(
         check_int(value, f"loop policy option {name}", low), f"loop policy option {name}"
     )
@@ -304,7 +304,12 @@ class Warm(Converge):
         max_depth: Optional[int] = None,
     ):
         super().__init__(threshold, criterion, s_min, s_max)
-        self.max_depth = self.s_max if max_depth is None else _check_int("max_depth", max_depth)
+        # the depth a warm state reaches over many steps, not the loops of one call: no MAX_LOOPS bound
+        self.max_depth = (
+            self.s_max
+            if max_depth is None
+            else check_int(max_depth, "loop policy option max_depth")
+        )
         if self.max_depth < self.s_min:
             raise ConfigError(
                 f"loop policy option max_depth={self.max_depth} is below s_min={self.s_min}; a "
