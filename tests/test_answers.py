@@ -155,6 +155,8 @@ def test_exact_match_is_one_for_an_oracle_and_the_majority_for_a_constant(tmp_pa
         ({"text": "abc", "targets": [[2, 9]]}, "out of range"),
         ({"text": "abcdef", "targets": [[1, 3], [2, 4]]}, "overlaps"),
         ({"text": "abc", "targets": [[1]]}, "not a \\[start, end\\] pair"),
+        ({"prompt": "1\ud800", "answer": "2"}, "lone surrogate U\\+D800"),
+        ({"text": "ab\udfff", "targets": [[0, 1]]}, "lone surrogate U\\+DFFF"),
     ],
 )
 def test_bad_rows_name_the_row_and_the_fix(tmp_path, row, message):
@@ -162,6 +164,21 @@ def test_bad_rows_name_the_row_and_the_fix(tmp_path, row, message):
     with pytest.raises(DataError, match=message) as e:
         read_rows(path, DataConfig().answers)
     assert "bad.jsonl:2" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_number_past_pythons_digit_limit_is_a_bad_row(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_text('{"prompt": "1", "answer": "2", "depth": ' + "9" * 5000 + "}\n")
+    with pytest.raises(DataError, match="big.jsonl:1 is not valid JSON"):
+        read_rows(str(path), DataConfig().answers)
+
+
+def test_the_prompt_and_answer_fields_must_differ():
+    """With both on one field the model would train with the answer given in its own prompt."""
+    cfg = DataConfig()
+    cfg.answers.prompt_field = "answer"
+    with pytest.raises(ConfigError, match="prompt_field and answer_field are both 'answer'"):
+        cfg.answers.validate()
 
 
 def test_long_rows_non_utf8_and_unknown_characters_are_one_line_errors(tmp_path):

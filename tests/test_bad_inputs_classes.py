@@ -97,6 +97,19 @@ def test_import_into_a_data_folder_is_refused(hf_folder, tiny_corpus, tmp_path, 
     verify_checkpoint(resolve_checkpoint(tmp_path / "new"))
 
 
+@pytest.mark.parametrize("step", [-5, "abc", 2.5, True])
+def test_import_refuses_a_step_that_is_not_a_step(hf_folder, tmp_path, step, capsys):
+    """An exported config.json whose loopmdm_step is not an integer >= 0 was imported as step_-00005, a run no
+    command could load (or a ValueError traceback)."""
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_folder, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**cfg, "loopmdm_step": step}))
+    code, _, err = run_cli(["import", "--hf", hf, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and "loopmdm_step=" in one_error_line(err) and "integer >= 0" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_into_a_corpus_folder_is_refused_before_any_work(tiny_corpus, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(tiny_corpus, data)

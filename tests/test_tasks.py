@@ -621,6 +621,8 @@ def test_cli_task_make_writes_and_is_idempotent(tmp_path, capsys):
         (["--train-levels", "1,a"], "--train-levels 'a'"),
         (["--mode", "trace", "--train-levels", "0,1"], ">= 1"),
         (["--kind", "mul"], "--kind 'mul'"),
+        (["--train-levels", "0..99999999999"], "spans more than 4,096 levels"),
+        (["--train", "99999999999"], "more than the supported 10,000,000"),
     ],
 )
 def test_cli_bad_options_exit_2_with_one_line(extra, match, tmp_path, capsys):

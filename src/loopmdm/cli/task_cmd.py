@@ -34,6 +34,11 @@ def parse_int(text: Optional[str], flag: str, low: int, example: str) -> Optiona
     return int(t)
 
 
+MAX_LEVELS = (
+    4096  # the largest task level (prefix sums of up to 4096 terms); the task checks each level
+)
+
+
 def parse_levels(values: List[str], flag: str, example: str) -> Optional[list[int]]:
     """Levels, repeated and / or comma-separated, ranges as ``A..B``: ``["0..2", "5"]`` -> ``[0, 1, 2,
     5]``."""
@@ -49,6 +54,11 @@ def parse_levels(values: List[str], flag: str, example: str) -> Optional[list[in
             if not is_digits(lo) or (sep and not is_digits(hi)) or (sep and int(hi) < int(lo)):
                 raise ConfigError(
                     f"{flag} {part!r} is not a level or a range A..B of levels >= 0; "
+                    f"pass e.g. {flag} {example}"
+                )
+            if sep and int(hi) - int(lo) >= MAX_LEVELS:
+                raise ConfigError(
+                    f"{flag} {part!r} spans more than {MAX_LEVELS:,} levels; no task has that many: "
                     f"pass e.g. {flag} {example}"
                 )
             out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]

@@ -83,6 +83,11 @@ class AnswersDataConfig:
         for name in ("prompt_field", "answer_field", "targets_field"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"data.answers.{name}='' is empty; name the JSONL field")
+        if self.prompt_field == self.answer_field:  # the answer would be given in its own prompt
+            raise ConfigError(
+                f"data.answers.prompt_field and answer_field are both {self.prompt_field!r}; name two "
+                "different JSONL fields"
+            )
         if self.tokenizer not in ("char", "bpe"):
             raise ConfigError(
                 f"data.answers.tokenizer={self.tokenizer!r} is unknown; use 'char' or 'bpe' (or set "

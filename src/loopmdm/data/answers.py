@@ -104,6 +104,24 @@ def _segments_from_spans(text: str, spans, where: str) -> list[tuple[str, bool]]
 
 def parse_row(row, acfg, text_field: str, where: str) -> AnswerRow:
     """A JSON object -> ``AnswerRow`` (prompt / answer or text / targets), with one-line errors naming the row."""
+    parsed = _parse_row(row, acfg, text_field, where)
+    for text, _ in parsed.segments:
+        _check_unicode(text, where)
+    return parsed
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """JSON can spell a lone surrogate (``"\\ud800"``), which is no character: no tokenizer or file takes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(
+            f"{where} holds a lone surrogate U+{ord(text[e.start]):04X} (a \\uD800-\\uDFFF escape without "
+            "its pair), which is not text; fix or drop the row"
+        ) from None
+
+
+def _parse_row(row, acfg, text_field: str, where: str) -> AnswerRow:
     if not isinstance(row, dict):
         raise DataError(
             f"{where} is not a JSON object; each line must be an object such as "

@@ -108,7 +108,7 @@ def jsonl_objects(text: str, where) -> Iterator[tuple[int, object]]:
             continue
         try:
             yield i, json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not JSON, or a number past int's 4300-digit limit
             raise DataError(
                 f"{where}:{i} is not valid JSON; each line of a .jsonl file must be one JSON object"
             ) from None

@@ -407,8 +407,9 @@ def read_samples(path: str | Path, text_field: str = "text") -> list[str]:
     elif p.suffix == ".json":
         try:
             obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(f"samples file {str(p)!r} is not valid JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:
+            why = getattr(e, "msg", None) or "a number too long, or nested too deeply"
+            raise DataError(f"samples file {str(p)!r} is not valid JSON ({why})") from None
         out = _texts_from_json(obj, text_field)
         if out is None:
             raise DataError(

@@ -73,12 +73,12 @@ def read_curve(metrics_path: str | Path, key: str = "val_nelbo") -> Curve:
     if not path.is_file():
         raise DataError(f"metrics file {str(path)!r} does not exist; train the run first")
     flops, values, steps = [], [], []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if key in rec and "flops" in rec:
+        except (ValueError, RecursionError):
+            continue  # a line cut by a kill, or not a record
+        if isinstance(rec, dict) and key in rec and "flops" in rec:
             flops.append(float(rec["flops"]))
             values.append(float(rec[key]))
             steps.append(int(rec["step"]))

@@ -297,6 +297,7 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
             "turn a transformers model into a run with `loopmdm loopify --from DIR`"
         )
     cfg = _run_config_from_hf(hf_cfg)
+    step = _imported_step(hf_cfg, config_path)
     tokenizer = TextTokenizer.load(hf_dir / "tokenizer.json")
     model = build_model(cfg.model)
     state = _read_hf_weights(hf_dir, strip=not looped)
@@ -313,12 +314,20 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
         raise CheckpointError(
             f"{hf_dir} weights do not match its config.json ({str(e).splitlines()[0][:120]})"
         ) from None
-    step = hf_cfg.get("loopmdm_step") or 0
-    save_checkpoint(
-        out, int(step), model, cfg, tokenizer, {"step": int(step), "imported_from": str(hf_dir)}
-    )
+    save_checkpoint(out, step, model, cfg, tokenizer, {"step": step, "imported_from": str(hf_dir)})
     cfg.save(out / "config.json")
     return out
+
+
+def _imported_step(hf_cfg: dict, config_path: Path) -> int:
+    """The training step an export recorded (``loopmdm_step``; 0 when absent): a whole number >= 0."""
+    step = hf_cfg.get("loopmdm_step") or 0
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(
+            f"{config_path} has loopmdm_step={step!r}, not a training step (an integer >= 0); fix or "
+            "remove that key (it only names the imported checkpoint's step)"
+        )
+    return step
 
 
 def _run_config_from_hf(hf_cfg: dict) -> RunConfig:
@@ -333,7 +342,7 @@ def _run_config_from_hf(hf_cfg: dict) -> RunConfig:
             cfg.diffusion.t_eps = hf_cfg.get("t_eps", cfg.diffusion.t_eps)
             cfg.diffusion.s_max = max(int(hf_cfg.get("default_loops", 1)), 1)
         return cfg.validate()
-    except (LoopMDMError, TypeError) as e:
+    except (LoopMDMError, TypeError, ValueError) as e:
         raise CheckpointError(f"config.json does not describe a valid LoopMDM ({e})") from None
 
 

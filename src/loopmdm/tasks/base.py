@@ -96,12 +96,17 @@ def check_levels(levels: Sequence[int], flag: str, low: int, high: int, why: str
     return [int(v) for v in out]
 
 
+MAX_ROWS = 10_000_000  # rows of one split (a typo past it would fill the memory before any file is written)
+
+
 def check_count(n: int, flag: str) -> int:
-    """A row count >= 0 (ConfigError naming ``flag`` otherwise)."""
+    """A row count in [0, MAX_ROWS] (ConfigError naming ``flag`` otherwise)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ConfigError(
             f"{flag} {n!r} is not a row count; pass an integer >= 0, e.g. {flag} 1000"
         )
+    if n > MAX_ROWS:
+        raise ConfigError(f"{flag} {n:,} rows is more than the supported {MAX_ROWS:,}; pass fewer")
     return int(n)
 
 

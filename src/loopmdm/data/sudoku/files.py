@@ -128,8 +128,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[object, object]]:
                 continue
             try:
                 rec = json.loads(line)
-            # RecursionError: a line nested too deeply
-            except (json.JSONDecodeError, RecursionError):
+            # RecursionError: a line nested too deeply; ValueError: a number past int's 4300-digit limit
+            except (ValueError, RecursionError):
                 yield (None, None)  # counted as a bad row ("wrong length")
                 continue
             yield (
