@@ -14,6 +14,7 @@ or a ``LoopMDMError``), never a traceback, and never loses data.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ from loopmdm.checkpoint import (
     resolve_checkpoint,
     verify_checkpoint,
 )
+from loopmdm.config import RunConfig
 from loopmdm.errors import CheckpointError, ConfigError, DataError, LoopMDMError
 
 
@@ -201,6 +203,35 @@ def test_resuming_a_run_from_an_older_checkpoint_in_its_own_folder_is_refused(ru
     (ckpts / "latest").write_text(newest.name)
     (newest / "model.safetensors").write_bytes(b"damaged")
     check_output(run_copy, "run", resume=older)  # the damaged newest is no history to keep
+
+
+def test_a_latest_that_is_a_folder_is_refused_before_training(run_copy):
+    (run_copy / "checkpoints" / "latest").unlink()
+    (run_copy / "checkpoints" / "latest").mkdir()
+    with pytest.raises(CheckpointError, match="latest is a folder, not the file"):
+        check_output(run_copy, "run", resume=run_copy)
+
+
+def test_resume_refuses_integer_weights_as_sample_does(run_copy):
+    """``load_state_dict`` casts an int64 tensor into float weights silently; sampling refused it, resume did
+    not."""
+    from safetensors.torch import load_file, save_file
+
+    from loopmdm.train import Trainer
+
+    folder = resolve_checkpoint(run_copy)
+    path = folder / "model.safetensors"
+    state = load_file(path)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].long()
+    save_file(state, path)
+    index = json.loads((folder / "index.json").read_text())
+    index["files"]["model.safetensors"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    index["sizes"]["model.safetensors"] = path.stat().st_size
+    (folder / "index.json").write_text(json.dumps(index))
+    cfg = RunConfig.from_dict(json.loads((run_copy / "config.json").read_text()))
+    with pytest.raises(CheckpointError, match=f"holds {name} as int64"):
+        Trainer(cfg, run_copy).resume(run_copy)
 
 
 def test_resume_cuts_only_the_metrics_after_its_step(tmp_path):
@@ -400,6 +431,21 @@ def test_usage_errors_are_one_line(argv, phrase, capsys):
     assert code == 2
     line = one_error_line(err)
     assert phrase in line and "--help" in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["experiment", "reasoning", "--tasks", ","],
+        ["experiment", "reasoning", "--models", " , "],
+        ["experiment", "sudoku", "--models", ","],
+    ],
+)
+def test_a_list_option_that_names_nothing_is_refused(argv, tmp_path, capsys):
+    """``--tasks ,`` ran nothing and exited 0, as if the work were done."""
+    code, _, err = run_cli([*argv, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "names nothing; pass e.g." in one_error_line(err)
+    assert not (tmp_path / "out").exists()
 
 
 def test_help_still_works(capsys):

@@ -138,6 +138,12 @@ def _check_run_folder(
         resolve_checkpoint,
     )
 
+    latest = out / "checkpoints" / "latest"
+    if latest.is_dir():  # every save would fail on it, after the steps it trained
+        raise CheckpointError(
+            f"{latest} is a folder, not the file naming the newest checkpoint; move it away (the "
+            "step_N folders stay as they are) and run again"
+        )
     kept = list_checkpoints(out / "checkpoints")
     if kept:
         if resume is None:

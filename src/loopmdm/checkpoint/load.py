@@ -227,9 +227,15 @@ def uses_ema(path: str | Path, ema: Optional[bool]) -> bool:
     return ema is not False and (resolve_checkpoint(path) / "ema.safetensors").is_file()
 
 
-def checked_weights(path: Path, cfg: RunConfig) -> dict[str, torch.Tensor]:
-    """Weights from a safetensors file, tied embeddings restored, refused when any value is NaN / inf."""
+def checked_weights(
+    path: Path, cfg: RunConfig, like: Optional[torch.nn.Module] = None
+) -> dict[str, torch.Tensor]:
+    """Weights from a safetensors file, tied embeddings restored, refused when any value is NaN / inf or (given
+    the model ``like`` they are for) when an integer or boolean tensor stands where the model has floating-point
+    weights (``load_state_dict`` would cast it silently)."""
     state = load_safetensors(path)
+    if like is not None:
+        check_float_dtypes(state, like.state_dict(), path)
     if cfg.model.tie_embeddings and "embed.weight" in state:
         state.setdefault("lm_head.weight", state["embed.weight"])
     bad = [
@@ -243,11 +249,7 @@ def checked_weights(path: Path, cfg: RunConfig) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: torch.nn.Module, path: Path, cfg: RunConfig) -> None:
-    """``model.load_state_dict(checked_weights(path), strict=True)`` with a one-line error on a mismatch (an integer
-    or boolean tensor where the model has floating-point weights would otherwise be cast silently)."""
-    state = checked_weights(path, cfg)
-    expected = model.state_dict()
+def check_float_dtypes(state: dict, expected: dict, path: Path) -> None:
     for name, value in state.items():
         if (
             name in expected
@@ -259,6 +261,13 @@ def load_weights(model: torch.nn.Module, path: Path, cfg: RunConfig) -> None:
                 "floating-point weights; the file is damaged or not a LoopMDM checkpoint: use an "
                 "earlier checkpoint"
             )
+
+
+def load_weights(model: torch.nn.Module, path: Path, cfg: RunConfig) -> None:
+    """``model.load_state_dict(checked_weights(path), strict=True)`` with a one-line error on a mismatch (an integer
+    or boolean tensor where the model has floating-point weights would otherwise be cast silently)."""
+    state = checked_weights(path, cfg, like=model)
+    expected = model.state_dict()
     mismatch = state_dict_mismatch(expected, state)
     if mismatch:
         raise CheckpointError(

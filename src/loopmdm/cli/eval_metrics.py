@@ -30,6 +30,7 @@ from ..registry import Registry
 from ..sampling import generate
 from ..tasks import heuristic_for
 from .app import info
+from .options import parse_names
 
 
 @dataclass
@@ -239,7 +240,7 @@ def run_sudoku(args: EvalArgs) -> dict:
             "with --data FILE"
         )
     pairs = pairs[: args.max_boards] if args.max_boards else pairs
-    orders = [o.strip() for o in args.orders.split(",") if o.strip()]
+    orders = parse_names(args.orders, "--orders", "margin,probability")
     scores = sudoku_grid(
         model,
         tok,
@@ -296,7 +297,7 @@ def run_exact_match(args: EvalArgs) -> dict:
     )
     heuristic, heuristic_name = heuristic_for([r.raw for r in rows])
     steps = parse_int_list(args.steps, "--steps", 0, "1,2,4,0") if args.steps else [0]
-    orders = [o.strip() for o in args.orders.split(",") if o.strip()]
+    orders = parse_names(args.orders, "--orders", "margin,probability")
     records = exact_match_grid(
         model,
         tok,

@@ -24,7 +24,7 @@ from ..experiments.sudoku import load_sudoku_config, run_sudoku
 from ..model.fields import parse_int_list
 from ..outputs import check_output
 from .app import app, emit_json, info
-from .options import parse_loops
+from .options import parse_loops, parse_names
 
 experiment_app = typer.Typer(
     help="Reproduce the paper's experiments (laptop or paper scale).", no_args_is_help=True
@@ -175,15 +175,11 @@ def sudoku(
 ) -> None:
     """MDM, LoopMDM and the deeper MDM on Sudoku at equal training FLOPs: board accuracy over T x S x order."""
     cfg = load_sudoku_config(config)
-    subset = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    subset = parse_names(models, "--models", "mdm,loopmdm")
     check_output(out, "experiment", experiment="sudoku")
     res = run_sudoku(cfg, out, _seeds(seeds), progress=progress, log=info, models=subset)
     if res is not None:
         emit_json(res["summary"]) if json_out else info((out / "summary.md").read_text())
-
-
-def _names(value: Optional[str]) -> Optional[list[str]]:
-    return [m.strip() for m in value.split(",") if m.strip()] if value else None
 
 
 @experiment_app.command("reasoning")
@@ -236,8 +232,8 @@ def reasoning(
         cfg,
         out,
         _seeds(seeds),
-        tasks=_names(tasks),
-        models=_names(models),
+        tasks=parse_names(tasks, "--tasks", "prefix-sum-interleaved"),
+        models=parse_names(models, "--models", "mdm,loopmdm"),
         progress=progress,
         log=info,
         interim=interim,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ..config import parse_yaml_value
 from ..errors import ConfigError
 from ..model.fields import parse_int_list
@@ -11,6 +13,17 @@ from ..sampling.policies import check_loops
 def parse_loops(values: list[str]) -> list[int]:
     """``["1,2", "4"]`` -> ``[1, 2, 4]``; every S must be an integer in [1, MAX_LOOPS]."""
     return [check_loops(s, "--loops") for s in parse_int_list(values, "--loops")]
+
+
+def parse_names(value: Optional[str], flag: str, example: str) -> Optional[list[str]]:
+    """``"a, b"`` -> ``["a", "b"]``; None when the option was not given; a value with no name (``","``) is an
+    error, not a run that silently does nothing."""
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise ConfigError(f"{flag} {value!r} names nothing; pass e.g. {flag} {example}")
+    return names
 
 
 def check_sampling_precision(precision: str) -> str:

@@ -131,7 +131,7 @@ def start_from_init(tr) -> None:
             "or 'raw'"
         )
     name = "ema.safetensors" if uses_ema(folder, tc.init_weights != "raw") else "model.safetensors"
-    state = checked_weights(folder / name, saved)
+    state = checked_weights(folder / name, saved, like=tr.model)
     try:
         distributed.load_full_model_state(tr.model, state)
         if tr.ema is not None:
@@ -146,7 +146,7 @@ def start_from_init(tr) -> None:
 
 def _restore(tr, folder: Path, state: dict) -> None:
     distributed.load_full_model_state(
-        tr.model, checked_weights(folder / "model.safetensors", tr.cfg)
+        tr.model, checked_weights(folder / "model.safetensors", tr.cfg, like=tr.model)
     )
     if (folder / "optimizer.safetensors").is_file():
         distributed.load_full_optimizer_state(
@@ -159,7 +159,7 @@ def _restore(tr, folder: Path, state: dict) -> None:
     tr.scheduler.load_state_dict(state["scheduler"])
     if tr.ema is not None and (folder / "ema.safetensors").is_file():
         distributed.load_full_model_state(
-            tr.ema.module, checked_weights(folder / "ema.safetensors", tr.cfg)
+            tr.ema.module, checked_weights(folder / "ema.safetensors", tr.cfg, like=tr.ema.module)
         )
         tr.ema.n_averaged.fill_(int(state.get("ema_n_averaged", 0)))
     restore_rng(
