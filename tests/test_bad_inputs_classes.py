@@ -678,6 +678,13 @@ def test_model_inputs_are_checked_with_one_line_errors(x, t, message):
     assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
 
 
+def test_an_exported_folder_passed_to_loopify_suggests_import(hf_folder, tmp_path, capsys):
+    code, _, err = run_cli(
+        ["loopify", "--from", hf_folder, "--loop-layers", "1:3", "--out", tmp_path / "o"], capsys
+    )
+    assert code == 2 and "loopmdm import --hf DIR --out RUN" in one_error_line(err)
+
+
 def test_an_exported_folder_passed_to_sample_suggests_import(hf_folder, capsys):
     code, _, err = run_cli(["sample", "--checkpoint", hf_folder, "--steps", "2"], capsys)
     assert code == 2 and "loopmdm import --hf" in err.strip().splitlines()[-1]

@@ -163,6 +163,8 @@ BAD = [
     ({"prompt": "def compute_alpha(beta): return beta " * 6}, "not shorter than the window"),
     ({"template": "def compute(alpha): return alpha"}, "no span to fill"),
     ({"template": "def [MASK:0](alpha)"}, "must fill at least one token"),
+    ({"template": "def [MASK:-1](alpha)"}, "marker '[MASK:-1]' is malformed"),
+    ({"template": "def [MASK 2](alpha)"}, "write [MASK:n] with n a whole number"),
     ({"template": "[MASK:40]"}, "longer than the model window"),
     ({"prompt": "def", "template": "[MASK:3]"}, "not both"),
     ({"length": 999}, "must be an integer in 1..32"),

@@ -117,6 +117,11 @@ def family_for(model_type: Optional[str]) -> Backbone:
         b = BACKBONES.get(name)
         if model_type in b.model_types:
             return b
+    if model_type == "loopmdm":  # a `loopmdm export` folder: already looped, read back with import
+        raise ConfigError(
+            "this folder is a LoopMDM export (config.json model_type 'loopmdm'), already looped; read it "
+            "back as a run with `loopmdm import --hf DIR --out RUN`"
+        )
     raise ConfigError(
         f"architecture {model_type!r} (config.json model_type) has no loopify adapter; known: "
         f"{known_architectures()}; add one in loopmdm.backbones or pass --family"

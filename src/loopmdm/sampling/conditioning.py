@@ -23,6 +23,9 @@ from ..errors import ConfigError
 from ..model.fields import check_int
 
 SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
+MARKER = re.compile(
+    r"\[MASK\b[^\]\[]*\]"
+)  # anything that looks like a span marker, well formed or not
 
 
 @dataclass
@@ -69,6 +72,16 @@ def template_span_count(template: str, max_len: Optional[int] = None) -> int:
     """The number of positions the ``[MASK:n]`` spans of ``template`` ask for, counted from the markers alone
     (no list is built): more than ``max_len`` (the model window) is a one-line ``ConfigError``, so a template
     such as ``[MASK:99999999999]`` is refused before it costs any memory."""
+    bad = next(
+        (m.group(0) for m in MARKER.finditer(template) if not SPAN.fullmatch(m.group(0))), None
+    )
+    if (
+        bad is not None
+    ):  # it would be kept as literal text, the model asked to reproduce "[MASK:-1]"
+        raise ConfigError(
+            f"template marker {bad[:24]!r} is malformed; write [MASK:n] with n a whole number >= 1, or "
+            "[MASK] for one token"
+        )
     total = 0
     for m in SPAN.finditer(template):
         digits = m.group(1)
@@ -100,8 +113,8 @@ def parse_template(
 ) -> tuple[list[int], list[bool]]:
     """Token ids and a free flag per position for a template with ``[MASK:n]`` spans (mask id at free spots).
     ``max_len``: the model window; spans asking for more are refused before any list is built."""
-    check_known(SPAN.sub("", check_text(template, "template")), tokenizer, "template")
-    template_span_count(template, max_len)
+    template_span_count(check_text(template, "template"), max_len)
+    check_known(SPAN.sub("", template), tokenizer, "template")
     ids: list[int] = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     free: list[bool] = [False] * len(ids)
     pos, spans = 0, 0
