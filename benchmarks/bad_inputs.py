@@ -1451,7 +1451,105 @@ def cases() -> list[Case]:
             ],
         )
     )
+    _round_7(add)
     return c
+
+
+def _older_copy(ctx: Ctx) -> tuple[Path, Path]:
+    """A run copy with an extra, older checkpoint folder (a copy of its newest as step_000001)."""
+    run = ctx.copy_run("older")
+    older = run / "checkpoints" / "step_000001"
+    shutil.copytree(ctx.ckpt(run), older)
+    return run, older
+
+
+def _latest_folder(ctx: Ctx) -> Path:
+    run = ctx.copy_run("latestdir")
+    (run / "checkpoints" / "latest").unlink()
+    (run / "checkpoints" / "latest").mkdir()
+    return run
+
+
+def _round_7(add: Callable[[Case], None]) -> None:
+    """The inputs a review found in round 7 (each broke something or lost work before it was fixed)."""
+    add(
+        Case(
+            "rs-older",
+            "resume",
+            "resume in place from a checkpoint older than latest",
+            r"would discard its newer checkpoints",
+            cli=lambda x: (lambda run, older: train(x, "--resume", str(older), out=run))(
+                *_older_copy(x)
+            ),
+        )
+    )
+    add(
+        Case(
+            "rs-latest-dir",
+            "resume",
+            "checkpoints/latest is a folder",
+            r"latest is a folder, not the file",
+            cli=lambda x: (lambda run: train(x, "--resume", str(run), out=run))(_latest_folder(x)),
+        )
+    )
+    add(
+        Case(
+            "out-other-experiment",
+            "output",
+            "an experiment's --out holds another experiment's results",
+            r"holds the output of 'loopmdm experiment loop-scaling'",
+            cli=lambda x: [
+                "experiment",
+                "sudoku",
+                "--out",
+                str(x.write("ls/results.json", '{"experiment": "loop-scaling"}').parent),
+            ],
+        )
+    )
+    add(
+        Case(
+            "exp-names-nothing",
+            "config",
+            "--tasks that names nothing",
+            r"--tasks ',' names nothing",
+            cli=lambda x: ["experiment", "reasoning", "--tasks", ",", "--out", str(x.w / "rz")],
+        )
+    )
+    add(
+        Case(
+            "smp-loops-huge",
+            "sampling",
+            "--loops 10^12 (a typo)",
+            r"exceeds the supported maximum of 1024 loops",
+            cli=lambda x: sample(x.good, "--loops", "1000000000000"),
+        )
+    )
+    add(
+        Case(
+            "smp-marker",
+            "sampling",
+            "malformed template marker [MASK:-1]",
+            r"template marker '\[MASK:-1\]' is malformed",
+            cli=lambda x: sample(x.good, "--template", "a [MASK:-1] b"),
+        )
+    )
+    add(
+        Case(
+            "task-levels-huge",
+            "data",
+            "task make with a level range of 10^11 levels",
+            r"spans more than 4,096 levels",
+            cli=lambda x: [
+                "task",
+                "make",
+                "prefix",
+                "--out",
+                str(x.w / "tk"),
+                "--train-levels",
+                "0..99999999999",
+            ],
+        )
+    )
 
 
 def _hf_with_bin(ctx: Ctx, index: Optional[str] = None) -> Path:

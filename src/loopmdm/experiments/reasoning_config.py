@@ -23,14 +23,13 @@ from ..model.fields import (
 )
 from ..registry import build
 from ..sampling import LOOP_POLICIES, ORDERS
+from ..sampling.policies import MAX_LOOPS
 from ..tasks import TASKS
 from .common import clone, load_experiment_config
 
 # (a)-(d) pre-registered; amendment 2's controls of (d)'s budget: the plain MDM with (d)'s training FLOPs, and (d)
 # with (a)'s (fewer steps)
 MODELS = ("mdm", "loopmdm", "deeper", "loopmdm-ds", "mdm-long", "loopmdm-ds-matched")
-# the largest S_max accepted: a larger one is a typo (an extra zero) that would loop for hours per step
-MAX_S_MAX = 1024
 
 
 @dataclass
@@ -130,9 +129,9 @@ class ReasoningConfig:
         check_int_list(self.steps, "steps", 0)
         check_int_list(self.loops, "loops", 1)
         check_seeds(self.seeds)
-        if not is_int(self.s_max) or not 2 <= self.s_max <= MAX_S_MAX:
+        if not is_int(self.s_max) or not 2 <= self.s_max <= MAX_LOOPS:
             raise ConfigError(
-                f"s_max={short(self.s_max)} must be an integer in [2, {MAX_S_MAX}] (LoopMDM draws "
+                f"s_max={short(self.s_max)} must be an integer in [2, {MAX_LOOPS}] (LoopMDM draws "
                 "S ~ U{1..S_max}; a larger S_max is a typo)"
             )
         if not 0.0 <= self.target <= 1.0:
