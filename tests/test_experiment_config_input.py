@@ -98,6 +98,14 @@ def test_tasks_from_yaml_become_task_specs(tmp_path):
         ("{name: 5, family: vars}", r"tasks\[0\].name=5 must be a string"),
         ("{name: x, family: vars, calibration_level: one}", r"calibration_level='one' must be an"),
         ("null", r"tasks\[0\]=None must be a mapping"),
+        (
+            "{name: x, family: vars, calibration_level: -1}",
+            r"calibration_level=-1 must be an integer >= 0",
+        ),
+        (
+            "{name: x, family: vars, max_seq_len: 1}",
+            r"tasks\[0\].max_seq_len=1 must be an integer >= 2",
+        ),
     ],
 )
 def test_malformed_tasks_are_refused(tmp_path, task, match):
@@ -152,3 +160,7 @@ def test_the_presets_validate_unchanged(module, name):
     cfg = load(name)
     assert cfg == module.PRESETS[name]()  # validating changed nothing
     assert cfg.validate() == cfg
+
+
+def test_compute_matched_seeds_are_distinct(tmp_path):
+    refused(load_compute_matched_config, write(tmp_path, "seeds: [0, 0]\n"), "repeats a seed")

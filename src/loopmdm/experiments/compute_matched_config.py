@@ -10,6 +10,7 @@ from typing import Optional
 
 from ..config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig, preset
 from ..errors import ConfigError
+from ..model.fields import check_seeds
 from .common import load_experiment_config
 from .placements import LOOP_PLACEMENTS
 
@@ -61,6 +62,7 @@ class ComputeMatchedConfig:
             raise ConfigError("run.model.n_m must be >= 1: (b) needs a mid block to loop")
         if not self.seeds:
             raise ConfigError("seeds is empty; pass at least one seed (two or more for a spread)")
+        check_seeds(self.seeds)
         for s in self.loops_grid():
             if s < 1:
                 raise ConfigError(f"eval_loops holds {s}; every S must be >= 1")

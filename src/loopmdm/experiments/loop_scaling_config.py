@@ -9,7 +9,7 @@ from typing import Union
 
 from ..config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import ConfigError
-from ..model.fields import check_int, check_seeds
+from ..model.fields import check_int
 from .common import load_experiment_config
 from .compute_matched_config import ComputeMatchedConfig
 
@@ -29,7 +29,6 @@ class LoopScalingConfig(ComputeMatchedConfig):
 
     def validate(self) -> "LoopScalingConfig":
         super().validate()
-        check_seeds(self.seeds)  # (a count of seeds_per_budget takes the first seeds)
         if len(self.budgets) < 2 or any(b <= 0 for b in self.budgets):
             raise ConfigError(f"budgets={self.budgets} must hold at least two positive FLOP counts")
         if any(b2 <= b1 for b1, b2 in zip(self.budgets, self.budgets[1:])):

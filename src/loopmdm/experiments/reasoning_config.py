@@ -54,6 +54,9 @@ class TaskSpec:
             raise ConfigError(
                 f"{path}.family={short(self.family)} is unknown; use one of {', '.join(TASKS.names())}"
             )
+        check_int(self.calibration_level, f"{path}.calibration_level", 0)
+        if self.max_seq_len is not None:
+            check_int(self.max_seq_len, f"{path}.max_seq_len", 2, " (the model window in tokens)")
         level = TASKS.get(self.family).level_field
         if self.level_field != level:
             raise ConfigError(
