@@ -99,6 +99,16 @@ def test_import_into_a_data_folder_is_refused(hf_folder, tiny_corpus, tmp_path, 
     verify_checkpoint(resolve_checkpoint(tmp_path / "new"))
 
 
+def test_import_of_a_config_without_model_type_says_so(hf_folder, tmp_path, capsys):
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_folder, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg.pop("model_type")
+    (hf / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(["import", "--hf", hf, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and "has no model_type" in one_error_line(err)
+
+
 @pytest.mark.parametrize("step", [-5, "abc", 2.5, True])
 def test_import_refuses_a_step_that_is_not_a_step(hf_folder, tmp_path, step, capsys):
     """An exported config.json whose loopmdm_step is not an integer >= 0 was imported as step_-00005, a run no

@@ -174,6 +174,10 @@ BAD = [
     ({"top_p": 1.5}, "top_p must be <= 1"),
     ({"temperature": -1}, "temperature must be >= 0"),
     ({"colour": "red"}, "colour is not an option"),
+    (
+        {"sampler": "confidence", "sampler_options": {"order": ["x"]}},
+        "sampler_options.order must be a number, true / false, a string or null (got ['x'])",
+    ),
 ]
 
 

@@ -287,6 +287,11 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
         raise CheckpointError(
             f"{config_path} is not a JSON object; pass a folder written by `loopmdm export`"
         )
+    if not isinstance(hf_cfg.get("model_type"), str):
+        raise CheckpointError(
+            f"{config_path} has no model_type; `loopmdm export` writes 'loopmdm' (or, for a loopified "
+            "model, its source's type such as 'bert'): restore the key"
+        )
     looped = hf_cfg.get("model_type") != "loopmdm" and isinstance(
         hf_cfg.get("loopmdm_run_config"), dict
     )

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ConfigError
+from ..model.fields import short
 
 OptionValue = float | int | bool | str | None
 
@@ -117,6 +118,11 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> str:
     if e.get("type") == "json_invalid":
         return f"the request body is not valid JSON ({(e.get('ctx') or {}).get('error', 'cannot parse it')})"
     loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "request"
+    if _option_value_errors(
+        errors
+    ):  # one error per member of OptionValue: say what the value may be
+        where = ".".join(str(p) for p in e["loc"][:-1] if p != "body")
+        return f"{where} must be a number, true / false, a string or null (got {short(e.get('input'))})"
     phrase = PHRASES.get(str(e.get("type")))
     try:
         msg = (
@@ -135,3 +141,17 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> str:
     more = f"; and {len(errors) - 1} more problem(s)" if len(errors) > 1 else ""
     sep = " " if phrase else ": "
     return f"{loc}{sep}{msg}{tail}{more}"
+
+
+def _option_value_errors(errors: list[dict[str, Any]]) -> bool:
+    """pydantic's errors for one value that none of ``OptionValue``'s types takes (a list, a mapping): one per
+    type, each tagged with the type's name."""
+    locs = [tuple(err.get("loc", ())) for err in errors]
+    return (
+        len(errors) > 1
+        and all(loc and str(loc[-1]) in OPTION_TYPES for loc in locs)
+        and len({loc[:-1] for loc in locs}) == 1
+    )
+
+
+OPTION_TYPES = {"float", "int", "bool", "str", "none"}
