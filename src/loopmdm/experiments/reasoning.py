@@ -49,7 +49,7 @@ from .common import clone, read_scores
 from .compute_matched import RUN_LABELS, MatchedPlan, RunPlan, plan_compute_matched, train_one
 from .compute_matched_config import ComputeMatchedConfig
 from .curves import read_curve
-from .reasoning_calibration import calibrate
+from .reasoning_calibration import calibrate, exact_match_at
 from .reasoning_config import ReasoningConfig, TaskSpec, run_config, task_folder
 from .reasoning_report import (
     accuracy_flops_ratios,
@@ -79,19 +79,11 @@ def exact_match_trainer(val_rows, rc: RunConfig, cfg: ReasoningConfig) -> type[T
             out = super().validate(loops)
             model = self.ema.module if self.ema is not None else self.model
             was_training = model.training
-            recs = exact_match_grid(
-                model.eval(),
-                self.data.tokenizer,
-                val_rows,
-                length=rc.model.max_seq_len,
-                orders=[cfg.order],
-                steps=[cfg.calibration_t],
-                loops=[loops or self.loop_dist.max()],
-                schedule=get_schedule(rc.diffusion.schedule),
-                batch_size=cfg.eval_batch_size,
+            rec = exact_match_at(
+                model.eval(), self.data.tokenizer, val_rows, rc, cfg, loops or self.loop_dist.max()
             )
             model.train(was_training)
-            return {**out, "exact_match": recs[0]["accuracy"]}
+            return {**out, "exact_match": rec["accuracy"]}
 
     return ExactMatchTrainer
 

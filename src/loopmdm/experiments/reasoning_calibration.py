@@ -31,22 +31,24 @@ def calibration_score(
         raise ConfigError(
             f"no validation rows at {field_}={level}; put the calibration level among the train levels"
         )
-    recs = exact_match_grid(
+    rec = exact_match_at(model, tok, rows, rc, cfg, loops=1)
+    return {"accuracy": rec["accuracy"], "accuracy_ci": rec["accuracy_ci"], "n": rec["n"]}
+
+
+def exact_match_at(model, tok, rows, rc: RunConfig, cfg: ReasoningConfig, loops: int) -> dict:
+    """The exact-match record of ``rows`` at T = ``calibration_t`` and one S (the calibration's score, and the
+    curve every study run logs at validation)."""
+    return exact_match_grid(
         model,
         tok,
         rows,
         length=rc.model.max_seq_len,
         orders=[cfg.order],
         steps=[cfg.calibration_t],
-        loops=[1],
+        loops=[loops],
         schedule=get_schedule(rc.diffusion.schedule),
         batch_size=cfg.eval_batch_size,
-    )
-    return {
-        "accuracy": recs[0]["accuracy"],
-        "accuracy_ci": recs[0]["accuracy_ci"],
-        "n": recs[0]["n"],
-    }
+    )[0]
 
 
 def earlier_calibration(path: Path, candidates: list[dict]) -> list[dict]:
