@@ -11,8 +11,9 @@ from loopmdm.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from loopmdm.diffusion import Batch, make_objective
 from loopmdm.errors import ConfigError
 from loopmdm.model import LoopMDM
-from loopmdm.train import preflight
-from loopmdm.train.preflight import MemoryModel, check_memory, expandable_segments
+from loopmdm.train import step_memory
+from loopmdm.train.preflight import check_memory, expandable_segments
+from loopmdm.train.step_memory import MemoryModel
 
 CPU = torch.device("cpu")
 
@@ -52,13 +53,13 @@ def make_run(batch_size=8, grad_accum=1, s_max=8, **model):
 
 
 def plan_of(cfg, model, objective) -> MemoryModel:
-    return preflight.probe(
+    return step_memory.probe(
         model,
         objective,
         Rows(),
         CPU,
         "fp32",
-        preflight.idle_bytes(model, CPU) + preflight.optimizer_state_bytes(model, None),
+        step_memory.idle_bytes(model, CPU) + step_memory.optimizer_state_bytes(model, None),
         32 * cfg.model.d_model * 4,
     )
 
@@ -99,8 +100,8 @@ def test_the_linear_model_extrapolates_in_rows_and_loops():
     cfg, model, obj = make_run()
     plan = plan_of(cfg, model, obj)
     assert plan.per_loop > 0 and plan.per_row > 0
-    batch, noise = preflight.worst_case_rows(obj, Rows(), 6)
-    actual = preflight._saved_bytes(model, obj, batch, noise, 5, CPU, "fp32")
+    batch, noise = step_memory.worst_case_rows(obj, Rows(), 6)
+    actual = step_memory.saved_bytes(model, obj, batch, noise, 5, CPU, "fp32")
     predicted = plan.peak(6, 5) - plan.static
     assert predicted == pytest.approx(actual, rel=0.1)
     assert plan.peak(6, 5, checkpoint=True) < plan.peak(6, 5) and plan.peak(
@@ -230,12 +231,12 @@ def fake_cuda(monkeypatch):
 
     def cuda_peak(model, objective, batch, noise, loops, device, precision, absolute=False):
         if not absolute:
-            return preflight._saved_bytes(model, objective, batch, noise, loops, CPU, precision)
+            return step_memory.saved_bytes(model, objective, batch, noise, loops, CPU, precision)
         if state["peak"] is None:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return state["peak"]
 
-    monkeypatch.setattr(preflight, "_cuda_peak", cuda_peak)
+    monkeypatch.setattr(step_memory, "cuda_peak", cuda_peak)
     return state
 
 
@@ -256,7 +257,7 @@ def test_on_cuda_the_real_step_decides_and_the_probes_name_the_fix(fake_cuda, oo
     report = check_memory(
         model, model, obj, Rows(), cfg, torch.device("cuda"), budget_bytes=budget, log=print
     )
-    assert report.measured and report.needed == budget // 2 + preflight.optimizer_state_bytes(
+    assert report.measured and report.needed == budget // 2 + step_memory.optimizer_state_bytes(
         model, None
     )
 

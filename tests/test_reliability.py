@@ -63,7 +63,7 @@ def test_nonfinite_step_is_skipped_counted_and_logged(tiny_cfg, tmp_path):
     skipped = [r for r in recs if r.get("skipped")]
     assert len(skipped) == 1 and skipped[0]["step"] == 3 and skipped[0]["loss"] == "nan"
     assert [r["step"] for r in recs if not r.get("skipped")] == [1, 2, 3, 4, 5]  # the run went on
-    assert tr.bad_total == 1 and any("non-finite" in line for line in logs)
+    assert tr.skips.total == 1 and any("non-finite" in line for line in logs)
     state = json.loads((resolve_checkpoint(tmp_path / "run") / "trainer_state.json").read_text())
     assert state["bad_total"] == 1 and state["bad_in_row"] == 0
 
@@ -104,8 +104,8 @@ def test_nonfinite_step_that_logs_nothing_is_skipped_on_the_device(tiny_cfg, tmp
     ]
     assert [r["step"] for r in recs if not r.get("skipped")] == [3, 6]
     assert (
-        tr.bad_total == 1
-        and tr.bad_in_row == 0
+        tr.skips.total == 1
+        and tr.skips.in_row == 0
         and any("1 step with a non-finite loss" in x for x in logs)
     )
     assert all(torch.isfinite(p).all() for p in [*tr.model.parameters(), *tr.ema.parameters()])
@@ -129,7 +129,7 @@ def test_nonfinite_steps_in_a_row_on_the_device_stop_at_the_next_read(tiny_cfg, 
     nan_hook(tr, attempts={2, 3})
     with pytest.raises(TrainingDiverged, match="2 non-finite steps in a row"):
         tr.fit()
-    assert tr.bad_total == 2
+    assert tr.skips.total == 2
 
 
 def test_a_good_step_on_the_device_ends_the_run_of_nonfinite_steps(tiny_cfg, tmp_path):
@@ -146,7 +146,7 @@ def test_a_good_step_on_the_device_ends_the_run_of_nonfinite_steps(tiny_cfg, tmp
     tr.fit()
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["bad_in_row"]) for r in recs if r.get("skipped")] == [(2, 1), (4, 1)]
-    assert tr.bad_total == 2 and tr.step == 4
+    assert tr.skips.total == 2 and tr.step == 4
 
 
 def test_huge_learning_rate_diverges_with_a_clear_message(tiny_cfg, tmp_path):

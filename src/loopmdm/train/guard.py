@@ -3,10 +3,12 @@ non-finite steps skipped and counted until ``train.max_bad_steps`` in a row (the
 SIGTERM / SIGINT turned into "save this step and exit" (a second Ctrl-C stops at once).
 
 A non-finite step is found on the host at the steps whose loss the trainer reads (the logged ones), and on the
-device at the others (``DeviceGuard``), where reading the loss would make the host wait for the device."""
+device at the others (``DeviceGuard``), where reading the loss would make the host wait for the device;
+``SkippedSteps`` keeps the run's counts of both, records them in metrics.jsonl and stops a diverged run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -150,3 +152,107 @@ class DeviceGuard:
         """(skipped, in a row) from ``counts`` as read on the host (``values``); the skipped count starts over."""
         self.counts[0] = 0
         return int(values[0]), int(values[1])
+
+
+class SkippedSteps:
+    """The run's non-finite steps: found on the host at the steps whose loss the trainer reads, and on the device
+    (``DeviceGuard``; ``on_device`` False where the optimizer cannot skip there) at the others. Each is counted
+    (``in_row``, ``total``: both checkpointed), written to ``metrics`` (the open metrics.jsonl) and logged; after
+    ``train.max_bad_steps`` in a row the run stops with ``TrainingDiverged`` and the likely causes. ``step``
+    arguments are the trainer's step count (the steps done)."""
+
+    def __init__(self, cfg, run_dir: Path, device: torch.device, on_device: bool, log):
+        self.cfg, self.run_dir, self.device, self.log = cfg, run_dir, device, log
+        self.guard = DeviceGuard(device) if on_device else None
+        self.in_row, self.total = 0, 0
+
+    def set_in_row(self, n: int) -> None:
+        """Non-finite steps in a row, as the host counted them; the device guard goes on from there."""
+        self.in_row = n
+        if self.guard is not None:
+            self.guard.in_row(n)
+
+    def flag(self, loss, gnorm) -> torch.Tensor:
+        """The device guard's flag for a step the host does not read (1.0 where it is skipped)."""
+        return self.guard.flag(self._on_device(loss), self._on_device(gnorm))
+
+    def read(self, loss, gnorm, step: int, metrics) -> tuple[float, float]:
+        """The step's loss and gradient norm as Python floats, read together with the device guard's counts in one
+        transfer; non-finite steps skipped on the device since the last read are recorded first."""
+        parts = [
+            self._on_device(loss).double().reshape(1),
+            self._on_device(gnorm).double().reshape(1),
+        ]
+        if self.guard is not None:
+            parts.append(self.guard.counts.double())
+        values = torch.cat(parts).tolist()
+        if self.guard is not None:
+            self._device_skips(*self.guard.settle(values[2:]), step, metrics)
+        return values[0], values[1]
+
+    def settle(self, step: int, metrics) -> None:
+        """Take the device guard's counts (one sync) before a checkpoint or the end of the run."""
+        if self.guard is not None:
+            self._device_skips(*self.guard.settle(self.guard.counts.tolist()), step, metrics)
+
+    def found_on_host(self, loss: float, gnorm: float, step: int, metrics) -> None:
+        """Step ``step + 1`` read a non-finite loss or gradient norm (its gradients are dropped by the caller):
+        count, record and log it."""
+        self.set_in_row(self.in_row + 1)
+        self.total += 1
+        _write_line(
+            metrics,
+            {
+                "step": step + 1,
+                "skipped": True,
+                "loss": str(loss),
+                "grad_norm": str(gnorm),
+                "bad_in_row": self.in_row,
+                "bad_total": self.total,
+            },
+        )
+        self.log(
+            f"step {step + 1}: non-finite loss={loss} / grad_norm={gnorm}; skipped "
+            f"({self.in_row}/{self.cfg.train.max_bad_steps} in a row)"
+        )
+        self._stop_if_diverged(step, loss, gnorm)
+
+    def _device_skips(self, skipped: int, in_row: int, step: int, metrics) -> None:
+        """Record the ``skipped`` steps the device guard skipped since its last read (the run of non-finite steps
+        in a row is ``in_row`` now)."""
+        self.in_row = in_row
+        if not skipped:
+            return
+        self.total += skipped
+        _write_line(
+            metrics,
+            {
+                "step": step,
+                "skipped": True,
+                "skipped_steps": skipped,
+                "bad_in_row": in_row,
+                "bad_total": self.total,
+            },
+        )
+        self.log(
+            f"before step {step + 1}: {skipped} step{'s' if skipped != 1 else ''} with a non-finite loss "
+            f"or grad_norm skipped ({in_row}/{self.cfg.train.max_bad_steps} in a row)"
+        )
+        self._stop_if_diverged(step, float("nan"), float("nan"))
+
+    def _stop_if_diverged(self, step: int, loss: float, gnorm: float) -> None:
+        if self.in_row >= self.cfg.train.max_bad_steps:
+            raise TrainingDiverged(
+                divergence_message(self.cfg, self.run_dir, self.in_row, step + 1, loss, gnorm)
+            )
+
+    def _on_device(self, value: torch.Tensor | float) -> torch.Tensor:
+        """A step's loss or gradient norm as a device scalar (steps replaced under test may return floats)."""
+        if isinstance(value, torch.Tensor):
+            return value
+        return torch.full((), float(value), dtype=torch.float64, device=self.device)
+
+
+def _write_line(metrics, record: dict) -> None:
+    metrics.write(json.dumps(record) + "\n")
+    metrics.flush()

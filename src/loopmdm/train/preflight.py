@@ -7,15 +7,10 @@ compares the peak with what the device can hold; a step that does not fit become
 names what was tried and which option would fit (``model.checkpoint_loops=true``, truncated backprop
 ``model.backprop_depth=k``, a larger ``train.grad_accum`` or a smaller ``train.batch_size``).
 
-The options are estimated from a linear model of a step's bytes (``MemoryModel``), fitted on three tiny steps
-(1 sequence at S = 1 and S = 2, 2 sequences at S = 1) with full backprop:
-
-    bytes(rows, S) = static + const + rows * (per_row + S * per_loop)
-
-On CUDA each tiny step is measured with the allocator's peak (``torch.cuda.max_memory_allocated``); elsewhere,
-where no allocator peak exists, with the bytes of the tensors autograd saves for backward plus the gradients
-(CPU runs are checked only against an explicit budget). The pre-flight changes nothing the run depends on: the
-RNG states are restored, gradients cleared, no optimizer step is taken.
+The options are estimated from a linear model of a step's bytes (``step_memory.MemoryModel``), fitted on three
+tiny steps with full backprop; on CUDA the real step is measured with the allocator's peak, elsewhere (CPU runs
+are checked only against an explicit budget) the model's estimate decides. The pre-flight changes nothing the
+run depends on: the RNG states are restored, gradients cleared, no optimizer step is taken.
 
 ``expandable_segments`` sets ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` for CUDA runs (unless the user
 set an allocator configuration): the caching allocator then grows segments instead of fragmenting memory over
@@ -27,20 +22,26 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..diffusion import Batch, Noise
 from ..errors import ConfigError
-from ..runtime import autocast_context
-from . import distributed
+from . import distributed, step_memory
 from .distributed import DistEnv
+from .step_memory import (
+    MemoryModel,
+    clear_grads,
+    device_budget,
+    idle_bytes,
+    optimizer_state_bytes,
+    probe,
+    worst_case_rows,
+)
 
 ALLOC_CONF = "expandable_segments:True"
-PROBES = ((1, 1), (1, 2), (2, 1))  # (sequences, S) of the tiny steps that fit the MemoryModel
 
 
 def expandable_segments(device: torch.device) -> torch.device:
@@ -55,44 +56,6 @@ def expandable_segments(device: torch.device) -> torch.device:
     if torch.cuda.is_initialized() and hasattr(torch.cuda.memory, "_set_allocator_settings"):
         torch.cuda.memory._set_allocator_settings(ALLOC_CONF)
     return device
-
-
-# --------------------------------------------------------------------------- the model of a step's bytes
-
-
-@dataclass(frozen=True)
-class MemoryModel:
-    """Bytes of one training step at ``rows`` sequences per micro-batch and loop count S.
-
-    static: held between steps (parameters and optimizer state); const: a step's bytes that do not grow with
-    the rows (gradients, FSDP-gathered parameters, autocast weight copies); per_row: activation bytes of one
-    sequence that do not grow with S (embedding, head n_h, tail n_o, LM head); per_loop: activation bytes of
-    one sequence for each loop whose graph is kept (the mid block's n_m layers); state: one loop state h [T, D]
-    of one sequence (what a checkpointed loop keeps)."""
-
-    static: int
-    const: int
-    per_row: int
-    per_loop: int
-    state: int
-
-    def peak(
-        self, rows: int, loops: int, depth: Optional[int] = None, checkpoint: bool = False
-    ) -> int:
-        """Bytes of a step at S = ``loops``; ``depth``: truncated backprop through the last k loops only (the
-        others run without a graph); ``checkpoint``: each kept loop stores its input state and is recomputed in
-        backward, one loop's activations at a time."""
-        kept = loops if depth is None else min(depth, loops)
-        per_seq = kept * self.state + self.per_loop if checkpoint and kept else kept * self.per_loop
-        return self.static + self.const + rows * (self.per_row + per_seq)
-
-    @classmethod
-    def fit(cls, measured: dict[tuple[int, int], int], static: int, state: int) -> "MemoryModel":
-        """From a step's bytes above the idle model at ``PROBES``: (1, 1), (1, 2) and (2, 1) (sequences, S)."""
-        per_loop = max(measured[1, 2] - measured[1, 1], 0)
-        per_row = max(measured[2, 1] - measured[1, 1] - per_loop, 0)
-        const = max(measured[1, 1] - per_row - per_loop, 0)
-        return cls(static=static, const=const, per_row=per_row, per_loop=per_loop, state=state)
 
 
 @dataclass(frozen=True)
@@ -183,7 +146,7 @@ def _device_step(
 ) -> Optional[int]:
     """The real step on CUDA: its absolute allocator peak, or None when it ran out of memory."""
     try:
-        return _cuda_peak(
+        return step_memory.cuda_peak(
             train_model, objective, batch, noise, loops, device, precision, absolute=True
         )
     except torch.OutOfMemoryError:
@@ -191,28 +154,6 @@ def _device_step(
     # (outside the except: its traceback no longer holds the step's tensors)
     _recover(model, device)
     return None
-
-
-def probe(
-    model: nn.Module, objective, data, device: torch.device, precision: str, static: int, state: int
-) -> MemoryModel:
-    """Fit the ``MemoryModel`` on the tiny ``PROBES`` steps of ``model`` with full backprop (no checkpointing, no
-    truncation; random deep supervision supervises every loop), on worst-case rows of ``data``."""
-    measure = _cuda_peak if device.type == "cuda" else _saved_bytes
-    deep = (
-        {"deep_supervision": "all"}
-        if getattr(objective, "deep_supervision", None) == "random"
-        else {}
-    )
-    measured = {}
-    with (
-        overridden(model_cfg(model), checkpoint_loops=False, backprop_depth=None),
-        overridden(objective, **deep),
-    ):
-        for n, s in PROBES:
-            batch, noise = worst_case_rows(objective, data, n)  # x0 [n, L]
-            measured[n, s] = measure(model, objective, batch, noise, s, device, precision)
-    return MemoryModel.fit(measured, static, state)
 
 
 def advice(
@@ -306,124 +247,6 @@ def fitting_options(
     return options
 
 
-# --------------------------------------------------------------------------- measuring one step
-
-
-def _forward_backward(
-    model: nn.Module,
-    objective,
-    batch: Batch,
-    noise: Optional[Noise],
-    loops: int,
-    device: torch.device,
-    precision: str,
-) -> None:
-    with autocast_context(device, precision):
-        out = objective.loss(model, batch.to(device), loops, noise)
-    out.loss.backward()
-
-
-def _cuda_peak(
-    model, objective, batch, noise, loops, device, precision, absolute: bool = False
-) -> int:
-    """The allocator's peak during one forward / backward: above the idle model, or ``absolute``."""
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    _forward_backward(model, objective, batch, noise, loops, device, precision)
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    _clear_grads(model)
-    return int(peak if absolute else peak - before)
-
-
-def _saved_bytes(model, objective, batch, noise, loops, device, precision) -> int:
-    """Bytes of the tensors autograd saves for backward during one step (each storage once, parameters
-    excluded) plus the gradients it leaves: the activation memory where no allocator peak is available."""
-    own = {_storage(p)[0] for p in _local_params(model)}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr, nbytes = _storage(t)
-        if ptr not in own:
-            saved[ptr] = nbytes
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _forward_backward(model, objective, batch, noise, loops, device, precision)
-    grads = sum(_local(p.grad).nbytes for p in model.parameters() if p.grad is not None)
-    _clear_grads(model)
-    return sum(saved.values()) + grads
-
-
-def _storage(t: torch.Tensor) -> tuple[int, int]:
-    try:
-        s = t.untyped_storage()
-        return s.data_ptr(), s.nbytes()
-    except (RuntimeError, NotImplementedError, TypeError):  # a tensor without plain storage
-        return id(t), t.numel() * t.element_size()
-
-
-# --------------------------------------------------------------------------- pieces
-
-
-def worst_case_rows(objective, data, rows: int) -> tuple[Batch, Optional[Noise]]:
-    """The first ``rows`` training sequences with every free position masked (t near 1, u = 0): the most
-    positions the LM head and the loss can ever run on. x0 [rows, L]."""
-    idx = np.arange(rows) % len(data.train)
-    batch = data.batch("train", idx)
-    length = batch.x0.shape[1]
-    # no noise (next-token objective)
-    if objective.draw(2, length, torch.Generator().manual_seed(0)) is None:
-        return batch, None
-    # t [rows], u [rows, L]
-    return batch, Noise(torch.full((rows,), 1.0 - 1e-3), torch.zeros(rows, length), None)
-
-
-def device_budget(device: torch.device) -> int:
-    """What a CUDA device can give PyTorch now: its free memory plus what PyTorch's allocator already holds."""
-    torch.cuda.synchronize(device)
-    return int(torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device))
-
-
-def optimizer_state_bytes(model: nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> int:
-    """Bytes the optimizer will allocate at its first step (AdamW: two moments per parameter); 0 once it has."""
-    if optimizer is not None and (
-        optimizer.state or not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
-    ):
-        return 0
-    return 2 * sum(_local(p).nbytes for p in model.parameters() if p.requires_grad)
-
-
-def idle_bytes(model: nn.Module, device: torch.device) -> int:
-    """What the model holds between steps: the allocator's count on CUDA, else this rank's parameters and
-    buffers."""
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    return sum(_local(t).nbytes for t in [*model.parameters(), *model.buffers()])
-
-
-def model_cfg(model: nn.Module):
-    return getattr(model, "config", None) or _NoConfig()
-
-
-class _NoConfig:
-    checkpoint_loops, backprop_depth = False, None
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def _local_params(model: nn.Module) -> list[torch.Tensor]:
-    return [_local(p) for p in model.parameters()]
-
-
-def _clear_grads(model: nn.Module) -> None:
-    for p in model.parameters():
-        p.grad = None
-
-
 def _calibration(plan: MemoryModel, rows, loops, depth, ckpt, measured: Optional[int]) -> float:
     """Measured / estimated bytes above the static part for the step that was measured (1 when not measured)."""
     est = plan.peak(rows, loops, depth, ckpt) - plan.static
@@ -450,7 +273,7 @@ def worst_over_ranks(needed: Optional[int], budget: int, env: DistEnv) -> tuple[
 
 def _recover(model: nn.Module, device: torch.device) -> None:
     """After an out-of-memory step: drop its gradients, reset FSDP2's per-step state, return cached blocks."""
-    _clear_grads(model)
+    clear_grads(model)
     if distributed.is_sharded(model) and hasattr(model, "reset_iter_state"):
         model.reset_iter_state()
     torch.cuda.empty_cache()
@@ -467,24 +290,10 @@ def preserved(model: nn.Module, device: torch.device) -> Iterator[None]:
             model.train()
             yield
     finally:
-        _clear_grads(model)
+        clear_grads(model)
         model.train(mode)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-
-
-@contextlib.contextmanager
-def overridden(obj: Any, **values: Any) -> Iterator[None]:
-    """Set the attributes of ``obj`` it has for the block, and restore them."""
-    values = {k: v for k, v in values.items() if hasattr(obj, k)}
-    old = {k: getattr(obj, k) for k in values}
-    try:
-        for k, v in values.items():
-            setattr(obj, k, v)
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(obj, k, v)
 
 
 def fmt_bytes(n: Optional[float]) -> str:

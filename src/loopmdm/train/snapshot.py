@@ -63,8 +63,8 @@ def save(tr) -> Path:
         "flops": tr.flops,
         "data": tr.stream.state(),
         "scheduler": tr.scheduler.state_dict(),
-        "bad_total": tr.bad_total,
-        "bad_in_row": tr.bad_in_row,
+        "bad_total": tr.skips.total,
+        "bad_in_row": tr.skips.in_row,
         **global_random_state(),
     }
     if tr.ema is not None:
@@ -176,7 +176,9 @@ def _restore(tr, folder: Path, state: dict) -> None:
         )
     tr.stream.load_state(state["data"])
     tr.step, tr.flops = int(state["step"]), float(state["flops"])
-    tr.bad_total, tr.bad_in_row = int(state["bad_total"]), int(state.get("bad_in_row", 0))
+    # a run of non-finite steps saved by the checkpoint goes on
+    tr.skips.total = int(state["bad_total"])
+    tr.skips.set_in_row(int(state.get("bad_in_row", 0)))
     tr.saved_step = tr.step
 
 

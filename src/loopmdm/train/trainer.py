@@ -39,7 +39,7 @@ from ..runtime import check_precision, compile_blocks, pick_device, set_threads
 from . import distributed, preflight, snapshot
 from .batches import BatchStream
 from .ema import update_ema
-from .guard import DeviceGuard, StopSignals, TrainingDiverged, divergence_message, out_of_memory
+from .guard import SkippedSteps, StopSignals, out_of_memory
 from .init import fit_vocabulary
 from .optim import make_optimizer, make_scheduler
 from .step import train_step
@@ -131,15 +131,13 @@ class Trainer:
         self.stream = BatchStream(len(self.data.train), tc.batch_size, tc.seed)
         self.gen_noise = torch.Generator().manual_seed(tc.seed + 1)  # t and masking
         self.gen_loops = torch.Generator().manual_seed(tc.seed + 2)  # S, identical on every rank
-        self.step, self.flops, self.bad_in_row, self.bad_total = 0, 0.0, 0, 0
+        self.step, self.flops = 0, 0.0
         self.stop_requested, self.resumed, self.saved_step = False, False, -1
         # non-finite steps skipped on the device: the fused AdamW kernel's found_inf (FSDP2 shards: read on the host)
-        sharded = distributed.is_sharded(self.model)
-        self.guard = (
-            DeviceGuard(self.device)
-            if self.optimizer.defaults.get("fused") and not sharded
-            else None
+        on_device = bool(self.optimizer.defaults.get("fused")) and not distributed.is_sharded(
+            self.model
         )
+        self.skips = SkippedSteps(cfg, self.run_dir, self.device, on_device, self.log)
 
     def flops_per_token(self, loops: int) -> float:
         """Training FLOPs per token of a step at S = ``loops`` (deep supervision adds a tail pass per supervised
@@ -253,8 +251,6 @@ class Trainer:
         last_loss, val, stop_signal = float("nan"), None, None
         # tokens/s over the steps since the last metrics line
         self._clock = (time.perf_counter(), self.step)
-        # a run of non-finite steps saved by the checkpoint goes on
-        self._set_bad_in_row(self.bad_in_row)
         if self.step >= tc.max_steps:
             self.log(
                 f"step {self.step} already reached train.max_steps={tc.max_steps}: nothing to train "
@@ -271,15 +267,14 @@ class Trainer:
                     loss, gnorm = self._guarded_step(idx, loops)
                     read = self._reads_loss(self.step + 1)
                     if read:
-                        loss, gnorm = self._read(loss, gnorm, metrics)
+                        loss, gnorm = self.skips.read(loss, gnorm, self.step, metrics)
                         if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                            self._skip_bad_step(loss, gnorm, metrics)
+                            self.optimizer.zero_grad(set_to_none=True)
+                            self.skips.found_on_host(loss, gnorm, self.step, metrics)
                             continue
                         self._apply_update()
                     else:  # queued without waiting: a non-finite step is skipped on the device
-                        self._apply_update(
-                            self.guard.flag(self._on_device(loss), self._on_device(gnorm))
-                        )
+                        self._apply_update(self.skips.flag(loss, gnorm))
                     self.flops += self.flops_per_token(loops) * tokens_per_step
                     last_loss = loss
                     if read:
@@ -288,12 +283,12 @@ class Trainer:
                         )
                     bar.update(1)
                     if self.step % tc.save_every == 0 or self.step == tc.max_steps:
-                        self._settle(metrics)
+                        self.skips.settle(self.step, metrics)
                         self.save()
                     self.stop_requested = agreement(loops, self.stop_requested or signals.requested)
                 agreement.flush()
                 stop_signal = signals.name
-                self._settle(metrics)
+                self.skips.settle(self.step, metrics)
                 if self.stop_requested:
                     self.log(
                         f"{signals.name or 'stop'} received: saving step {self.step} and exiting"
@@ -319,70 +314,11 @@ class Trainer:
         cannot be skipped on the device (no fused optimizer, or FSDP2)."""
         tc = self.cfg.train
         return (
-            self.guard is None
+            self.skips.guard is None
             or step % tc.log_every == 0
             or step % tc.eval_every == 0
             or step == tc.max_steps
         )
-
-    def _on_device(self, value: torch.Tensor | float) -> torch.Tensor:
-        """A step's loss or gradient norm as a device scalar."""
-        return (
-            value
-            if isinstance(value, torch.Tensor)
-            else torch.full((), float(value), dtype=torch.float64, device=self.device)
-        )
-
-    def _read(self, loss, gnorm, metrics) -> tuple[float, float]:
-        """The step's loss and gradient norm as Python floats, read together with the device guard's counts in one
-        transfer; non-finite steps skipped on the device since the last read are logged first."""
-        parts = [
-            self._on_device(loss).double().reshape(1),
-            self._on_device(gnorm).double().reshape(1),
-        ]
-        if self.guard is not None:
-            parts.append(self.guard.counts.double())
-        values = torch.cat(parts).tolist()
-        if self.guard is not None:
-            self._report_device_skips(*self.guard.settle(values[2:]), metrics)
-        return values[0], values[1]
-
-    def _settle(self, metrics) -> None:
-        """Take the device guard's counts (one sync) before a checkpoint or the end of the run."""
-        if self.guard is not None:
-            self._report_device_skips(*self.guard.settle(self.guard.counts.tolist()), metrics)
-
-    def _report_device_skips(self, skipped: int, in_row: int, metrics) -> None:
-        """Count, log and record the ``skipped`` steps the device guard skipped since its last read (the run of
-        non-finite steps in a row is ``in_row`` now); after ``train.max_bad_steps`` in a row stop with the likely
-        causes."""
-        self.bad_in_row = in_row
-        if not skipped:
-            return
-        self.bad_total += skipped
-        metrics.write(
-            json.dumps(
-                {
-                    "step": self.step,
-                    "skipped": True,
-                    "skipped_steps": skipped,
-                    "bad_in_row": in_row,
-                    "bad_total": self.bad_total,
-                }
-            )
-            + "\n"
-        )
-        metrics.flush()
-        self.log(
-            f"before step {self.step + 1}: {skipped} step{'s' if skipped != 1 else ''} with a non-finite loss "
-            f"or grad_norm skipped ({in_row}/{self.cfg.train.max_bad_steps} in a row)"
-        )
-        if in_row >= self.cfg.train.max_bad_steps:
-            raise TrainingDiverged(
-                divergence_message(
-                    self.cfg, self.run_dir, in_row, self.step + 1, float("nan"), float("nan")
-                )
-            )
 
     def _log_step(
         self, loops: int, loss: float, gnorm: float, tokens_per_step: int, metrics, bar
@@ -423,7 +359,7 @@ class Trainer:
         did not check: where it is 1, the fused AdamW kernel leaves weights and moments as they are and the EMA
         keeps its value, but the step still counts (as with AMP's GradScaler); the guard counts it."""
         if bad is None:
-            self._set_bad_in_row(0)
+            self.skips.set_in_row(0)
         self.optimizer.found_inf = bad  # read by the fused AdamW step (None: apply)
         self.optimizer.step()
         self.optimizer.found_inf = None
@@ -432,12 +368,6 @@ class Trainer:
         if self.ema is not None:
             self._update_ema(None if bad is None else 1.0 - bad)
         self.step += 1
-
-    def _set_bad_in_row(self, n: int) -> None:
-        """Non-finite steps in a row, as the host counted them; the device guard goes on from there."""
-        self.bad_in_row = n
-        if self.guard is not None:
-            self.guard.in_row(n)
 
     def _update_ema(self, keep: Optional[torch.Tensor]) -> None:
         # FSDP2: AveragedModel's own update (every step is read on the host)
@@ -464,37 +394,6 @@ class Trainer:
                 f"cannot write the run folder {str(self.run_dir)!r} ({describe_os_error(e)}); "
                 "choose a writable --out folder or free disk space"
             ) from None
-
-    def _skip_bad_step(self, loss: float, gnorm: float, metrics) -> None:
-        """A non-finite loss or gradient norm: drop the gradients, count it, log it (``step`` is the step that
-        was attempted), and after ``train.max_bad_steps`` in a row stop with the likely causes."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self._set_bad_in_row(self.bad_in_row + 1)
-        self.bad_total += 1
-        metrics.write(
-            json.dumps(
-                {
-                    "step": self.step + 1,
-                    "skipped": True,
-                    "loss": str(loss),
-                    "grad_norm": str(gnorm),
-                    "bad_in_row": self.bad_in_row,
-                    "bad_total": self.bad_total,
-                }
-            )
-            + "\n"
-        )
-        metrics.flush()
-        self.log(
-            f"step {self.step + 1}: non-finite loss={loss} / grad_norm={gnorm}; skipped "
-            f"({self.bad_in_row}/{self.cfg.train.max_bad_steps} in a row)"
-        )
-        if self.bad_in_row >= self.cfg.train.max_bad_steps:
-            raise TrainingDiverged(
-                divergence_message(
-                    self.cfg, self.run_dir, self.bad_in_row, self.step + 1, loss, gnorm
-                )
-            )
 
     def validate(self, loops: Optional[int] = None) -> dict:
         """Validation NELBO at S = ``loops`` (default: the training S_max) of the EMA weights (when kept) on a
