@@ -342,6 +342,12 @@ def test_an_interim_report_trains_nothing_and_keeps_only_complete_seeds(tmp_path
     assert not (tmp_path / "hops" / "seed_1" / "loopmdm").exists()
     text = (tmp_path / "interim_summary.md").read_text()
     assert "Interim: seeds [0] have every model" in text and "seed 1: mdm finished" in text
+    # every finished run in a few numbers, the partial seed's included
+    assert set(entry["runs"][0]) == {"mdm", "loopmdm"} and set(entry["runs"][1]) == {"mdm"}
+    one = entry["runs"][1]["mdm"]
+    assert one["test_loops"] == 1 and one["steps"] == 60 and one["val_nelbo"] > 0
+    row = next(line for line in text.splitlines() if line.startswith("| loopmdm |"))
+    assert row.endswith(" | - |") and "Every finished run" in text
     assert not (tmp_path / "results.json").exists()
     # the interim files are the experiment's own output: the CLI still resumes into this folder
     check_output(tmp_path, "experiment", dirs=["hops"])
@@ -407,3 +413,36 @@ def test_the_policy_table_pools_the_loops_spent_per_level_over_seeds():
     assert lines[3] == "| model | policy | T | 4 | 8 |"
     assert lines[5] == "| loopmdm | converge | 1 | 3.0 (40) | 7.0 (5) |"
     assert policy_table({0: {"mdm": {}}}) == []
+
+
+def test_a_run_outcome_reads_the_last_validation_point_and_test_cell_at_s_max():
+    from loopmdm.experiments.reasoning_report import run_outcome, runs_table
+
+    def cell(steps, loops, acc, group="all"):
+        return {"steps": steps, "loops": loops, "group": group, "accuracy": acc}
+
+    info = {
+        "steps": 40,
+        "curve": {"steps": [20, 40], "nelbo": [2.0, 1.5]},
+        "exact_match_curve": {"steps": [20, 40], "exact_match": [0.1, 0.25]},
+        "scores": [
+            cell(1, 1, 0.1),
+            cell(1, 4, 0.3),
+            cell(1, 8, 0.9),
+            cell(2, 4, 0.5),
+            cell(1, 4, 0.7, 4),
+        ],
+    }
+    out = run_outcome(info, T=1, s_max=4)
+    assert out == {
+        "steps": 40,
+        "val_nelbo": 1.5,
+        "val_exact_match": 0.25,
+        "test_loops": 4,
+        "test_exact_match": 0.3,
+    }
+    # a run trained before the exact-match curve existed
+    old = run_outcome({**info, "exact_match_curve": None}, T=1, s_max=4)
+    assert old["val_exact_match"] is None
+    lines = runs_table({0: {"loopmdm": out}, 3: {}}, T=1)
+    assert lines[-1] == "| loopmdm | 1.500 / 30.0 | - |"

@@ -56,6 +56,7 @@ from .reasoning_report import (
     checks,
     equal_steps,
     inference_frontier,
+    run_outcome,
     summarise,
     summary_markdown,
 )
@@ -229,8 +230,15 @@ def compare(
             )
             per_seed[seed][name] = info
     complete = [seed for seed in cfg.seeds if set(models) <= set(per_seed[seed])]
+    first_t = min(t for t in cfg.steps if t > 0)
     return {
         "plan": plan.summary(),
+        # every finished run in a few numbers, complete seeds or not
+        "runs": {
+            seed: {name: run_outcome(info, first_t, cfg.s_max) for name, info in runs.items()}
+            for seed, runs in per_seed.items()
+            if runs
+        },
         "per_seed": {seed: per_seed[seed] for seed in complete},
         "seeds_complete": complete,
         "seeds_partial": {

@@ -112,6 +112,50 @@ def equal_steps_lines(equal: dict) -> list[str]:
     return lines
 
 
+def run_outcome(info: dict, T: int, s_max: int) -> dict:
+    """One finished run in a few numbers: its optimizer steps, the validation NELBO and exact match at its last
+    evaluation (None where the run kept no such curve) and test exact match over all rows at ``T`` and the
+    largest scored S <= ``s_max`` (``test_loops``)."""
+    cells = [r for r in info["scores"] if r["steps"] == T and r["group"] == "all"]
+    cell = max((r for r in cells if r["loops"] <= s_max), key=lambda r: r["loops"])
+
+    def last(curve: dict | None, field: str):
+        values = (curve or {}).get(field) or []
+        return values[-1] if values else None
+
+    return {
+        "steps": info["steps"],
+        "val_nelbo": last(info.get("curve"), "nelbo"),
+        "val_exact_match": last(info.get("exact_match_curve"), "exact_match"),
+        "test_loops": cell["loops"],
+        "test_exact_match": cell["accuracy"],
+    }
+
+
+def runs_table(runs: dict, T: int) -> list[str]:
+    """``run_outcome`` of every finished run, complete seeds or not, as one row per model and one column per seed:
+    whether each run learned at all, which the pooled tables hide when seeds split between runs that left the
+    loss plateau and runs that stayed on it."""
+    seeds = list(runs)
+    models = list(dict.fromkeys(m for per_model in runs.values() for m in per_model))
+    lines = [
+        "",
+        f"Every finished run: validation NELBO at its last step / test exact match % at T = {T} and S_max "
+        "(all rows):",
+        "",
+        "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|" + "---|" * len(seeds),
+    ]
+    for model in models:
+        cells = []
+        for s in seeds:
+            r = runs[s].get(model)
+            nelbo = "-" if r is None or r["val_nelbo"] is None else f"{r['val_nelbo']:.3f}"
+            cells.append("-" if r is None else f"{nelbo} / {100 * r['test_exact_match']:.1f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def inference_frontier(cells: dict) -> list[dict]:
     """One model's (T, S) cells over all test rows (``summarise``'s) that no cheaper cell of the same model beats:
     pooled exact match against network FLOPs per problem (mean over seeds), sorted by FLOPs. Where compute is
@@ -310,11 +354,14 @@ def summary_markdown(results: dict) -> str:
                     for seed, done in partial.items()
                 ),
             ]
+        first_t = min(t for t in cfg["steps"] if t > 0)
+        if entry.get("runs"):
+            lines += runs_table(entry["runs"], first_t)
         if "summary" not in entry:
             lines.append("")
             continue
         lines += accuracy_table(entry["summary"], cfg["steps"])
-        lines += level_table(entry["summary"], cfg, min(t for t in cfg["steps"] if t > 0))
+        lines += level_table(entry["summary"], cfg, first_t)
         lines += frontier_table(entry["summary"])
         lines += policy_table(entry["per_seed"])
         lines += [
