@@ -414,3 +414,75 @@ def test_prompts_and_templates_with_characters_the_char_tokenizer_never_saw_are_
         build_canvas(tok, 1, None, 16, template="1é=[MASK:2]")
     canvas = build_canvas(tok, 1, None, 16, template="12=[MASK:2]")
     assert canvas.free[0].tolist()[-2:] == [True, True]
+
+
+def test_flops_per_problem_do_not_depend_on_which_rows_share_a_batch(tmp_path):
+    """One token per step, a batch runs as many steps as its longest answer needs; a problem's FLOPs are its own
+    steps' (found by review: rows with 4 / 3 / 2 answer tokens were all billed 4 steps when batched together)."""
+    from loopmdm.diffusion import get_schedule
+    from loopmdm.eval.exact_match import exact_match_grid
+
+    rows_json = [
+        {"prompt": "ab=", "answer": "abab", "size": 4},
+        {"prompt": "ba=", "answer": "bab", "size": 3},
+        {"prompt": "aa=", "answer": "ba", "size": 2},
+    ]
+    rows = read_rows(write_jsonl(tmp_path / "t.jsonl", rows_json), DataConfig().answers)
+    tok = char_tokenizer([r.text for r in rows])
+    torch.manual_seed(0)
+    model = LoopMDM(
+        ModelConfig(
+            vocab_size=tok.vocab_size, d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1
+        )
+    ).eval()
+
+    def grid(batch_size):
+        recs = exact_match_grid(
+            model,
+            tok,
+            rows,
+            length=8,
+            orders=["margin"],
+            steps=[0, 2],
+            loops=[2],
+            schedule=get_schedule("loglinear"),
+            group_by="size",
+            batch_size=batch_size,
+        )
+        return {(r["steps"], r["group"]): r["flops_per_problem"] for r in recs}
+
+    together, alone = grid(3), grid(1)
+    assert together == pytest.approx(alone, rel=1e-6)
+    # one token per step: FLOPs in proportion to the answer's length; T = 2: two steps for every row
+    assert together[0, 4] / together[0, 2] == pytest.approx(2.0, rel=0.05)
+    assert together[2, 4] == pytest.approx(together[2, 2], rel=0.05)
+
+
+def test_the_experiments_final_nelbo_scores_answer_tokens_only(tmp_path):
+    """compute-matched / ablation / loopify read their final NELBO through ``final_nelbo``: on prompt / answer
+    data it counted prompt and padding tokens (found by review)."""
+    from loopmdm.config import RunConfig
+    from loopmdm.experiments.compute_matched import final_nelbo
+    from loopmdm.experiments.compute_matched_config import ComputeMatchedConfig
+
+    data = prepare_data(data_cfg(write_jsonl(tmp_path / "t.jsonl", sum_rows(400))), 100, 10)
+    model = LoopMDM(
+        ModelConfig(
+            vocab_size=data.tokenizer.vocab_size,
+            max_seq_len=10,
+            d_model=32,
+            n_heads=2,
+            n_layers=3,
+            n_h=1,
+            n_m=1,
+            n_o=1,
+        )
+    ).eval()
+    run = RunConfig()
+    run.train.batch_size = 8
+    cfg = ComputeMatchedConfig(final_eval_batches=2, eval_seed=0)
+    out = final_nelbo(model, data, run, [1], cfg)
+    rows = min(len(data.val), 16)
+    assert (
+        out[1]["tokens"] == int((~data.val_frozen[:rows]).sum()) == rows
+    )  # one answer token per row

@@ -164,3 +164,18 @@ def test_the_presets_validate_unchanged(module, name):
 
 def test_compute_matched_seeds_are_distinct(tmp_path):
     refused(load_compute_matched_config, write(tmp_path, "seeds: [0, 0]\n"), "repeats a seed")
+
+
+def test_a_grid_that_repeats_a_value_is_refused():
+    """A repeated T or S in a grid scored its cells twice (found by review: pooled n doubled)."""
+    from loopmdm.model.fields import check_int_list, parse_int_list
+
+    with pytest.raises(
+        ConfigError, match=r"steps=\[1, 2, 1\] repeats a value; give each value once"
+    ):
+        check_int_list([1, 2, 1], "steps", 0)
+    with pytest.raises(
+        ConfigError, match=r"--loops repeats a value \(1,4,4\); pass e.g. --loops 1,4,8"
+    ):
+        parse_int_list(["1,4", "4"], "--loops")
+    assert parse_int_list(["1,4", "8"], "--loops") == [1, 4, 8]

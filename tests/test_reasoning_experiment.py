@@ -189,6 +189,8 @@ def test_the_checks_read_the_pooled_counts_of_the_named_model():
     assert ds["T=1: loopmdm-ds beats mdm outside 95% intervals"] is True
     assert ds["T=1: loopmdm-ds within 5 points of deeper"] is True
     assert ds["T=1, level 9: more loops than S_max help"] is False
+    # a task without train_levels: the in-distribution checks only (it was max() of an empty list)
+    assert not any("level" in k for k in checks(summary, cfg, []))
 
 
 def test_amendment_2_controls_train_at_the_other_models_budgets(tmp_path):
@@ -368,9 +370,12 @@ def test_equal_steps_reads_the_plain_curve_at_the_other_models_last_step():
         0: {
             "mdm": run([100, 200, 300], [1.0, 0.6, 0.4], [0.2, 0.4, 0.6]),
             "loopmdm": run([50, 150], [1.5, 0.9], [0.0, 0.1]),
+            "mdm-long": run([200, 400], [0.7, 0.3], [0.3, 0.7]),
         },
-        1: {"mdm": {}, "loopmdm": {}},
+        1: {"mdm": {}, "loopmdm": {}, "mdm-long": {}},
     }
+    # mdm-long's last step, 400, lies past the plain curve's end: no reading (it was mdm's step-300 value)
+    assert "mdm-long" not in equal_steps(per_seed)
     r = equal_steps(per_seed)["loopmdm"]
     assert r["steps"]["values"] == [150]
     assert r["nelbo_mdm"]["mean"] == pytest.approx(0.8) and r["nelbo_loopmdm"]["mean"] == 0.9

@@ -71,14 +71,17 @@ def decode_answers(
 ) -> tuple[torch.Tensor, dict]:
     """Fill the ``target`` [N, L] positions of x [N, L] (given tokens elsewhere) at S = ``loops`` (or another
     loop ``policy``) over T = ``steps`` (0: one token per step; clamped to the answer tokens of each batch).
-    Returns tokens [N, L] and the cost: ``flops`` (total), ``wall_time_s``, ``steps_run`` (most in a batch) and
-    ``mean_loops`` (mid-block updates per position per network pass, averaged over rows)."""
+    Returns tokens [N, L] and the cost: ``flops`` (total), ``row_calls`` (network passes x rows, summed over
+    batches: a batch runs as many steps as its longest answer needs, so a shorter row sits through idle ones),
+    ``wall_time_s``, ``steps_run`` (most in a batch) and ``mean_loops`` (mid-block updates per position of the
+    window, prompt and padding included, per network pass, averaged over rows)."""
     device = next(model.parameters()).device
     sampler = build(SAMPLERS, "confidence", {"order": order})
     opts = {"loops": loops} if policy == "fixed" else dict(policy_options or {})
     token_filter = BannedTokens(temperature=0.0, banned=banned)
     gen = torch.Generator().manual_seed(seed)
-    out, cost = [], {"flops": 0.0, "wall_time_s": 0.0, "steps_run": 0, "mean_loops": 0.0}
+    out = []
+    cost = {"flops": 0.0, "row_calls": 0, "wall_time_s": 0.0, "steps_run": 0, "mean_loops": 0.0}
     for start in range(0, x.shape[0], batch_size):
         free = target[start : start + batch_size].to(device)
         canvas = Canvas(
@@ -100,10 +103,25 @@ def decode_answers(
         )
         out.append(tokens.cpu())
         cost["flops"] += report.flops
+        cost["row_calls"] += free.shape[0] * report.network_calls
         cost["wall_time_s"] += report.wall_time_s
         cost["steps_run"] = max(cost["steps_run"], report.steps_run)
         cost["mean_loops"] += report.mean_loops * free.shape[0] / x.shape[0]
     return torch.cat(out), cost
+
+
+def row_steps(target: np.ndarray, steps: int) -> np.ndarray:
+    """The denoising steps each row of ``target`` [N, L] needs at T = ``steps``: its n_i answer tokens at T = 0 (one
+    per step), else min(T, n_i); at least 1. [N]"""
+    n = target.sum(1)
+    return np.maximum(n if steps == 0 else np.minimum(steps, n), 1)
+
+
+def flops_per_problem(cost: dict, need: np.ndarray) -> float:
+    """Network FLOPs of one problem decoded on its own: the mean FLOPs of one row's network pass (``cost`` from
+    ``decode_answers``) times the steps the rows need (``need``, ``row_steps`` of a group), averaged; independent
+    of which rows shared a batch."""
+    return cost["flops"] / max(cost["row_calls"], 1) * float(np.mean(need))
 
 
 def answer_strings(tokens: np.ndarray, target: np.ndarray, tokenizer: TextTokenizer) -> list[str]:
@@ -160,7 +178,7 @@ def exact_match_grid(
 ) -> list[dict]:
     """One record per (order, T, S, group): ``order``, ``steps``, ``loops``, ``group``, ``n``, ``correct``,
     ``accuracy``, ``accuracy_ci``, ``token_accuracy``, ``majority_baseline``, ``heuristic_baseline``,
-    ``flops_per_problem``, ``steps_run``, ``wall_time_s``. Rows are padded to ``length`` (the model window, as
+    ``flops_per_problem`` (the group's rows each decoded on its own), ``steps_run``, ``wall_time_s``. Rows are padded to ``length`` (the model window, as
     in training); ``precision``: ``"bf16"`` runs the network under autocast."""
     for o in orders:
         ORDERS.get(o)
@@ -200,6 +218,7 @@ def exact_match_grid(
                 groups_scored = score_predictions(
                     pred.numpy(), ids, tgt, tokenizer, index, baseline
                 )
+                need = row_steps(tgt, T)
                 for g, sc in groups_scored.items():
                     out.append(
                         {
@@ -209,7 +228,7 @@ def exact_match_grid(
                             "group": g,
                             "group_by": group_by,
                             **sc,
-                            "flops_per_problem": cost["flops"] / len(rows),
+                            "flops_per_problem": flops_per_problem(cost, need[index[g]]),
                             "steps_run": cost["steps_run"],
                             "wall_time_s": cost["wall_time_s"],
                         }
@@ -270,7 +289,7 @@ def policy_grid(
                     "group_by": group_by,
                     **sc,
                     "mean_loops": cost["mean_loops"],
-                    "flops_per_problem": cost["flops"] / len(sub),
+                    "flops_per_problem": flops_per_problem(cost, row_steps(tgt, steps)),
                 }
             )
     return out

@@ -263,6 +263,7 @@ def final_nelbo(
             max_batches=cfg.final_eval_batches,
             seed=cfg.eval_seed,
             precision=run.train.precision,
+            frozen=data.val_frozen,  # prompt / answer data: the answer tokens only
         )
         out[s] = {
             "nelbo": r["nelbo"],

@@ -57,7 +57,8 @@ def equal_steps(per_seed: dict, reference: str = "mdm") -> dict:
     (its final step n) and the reference's validation curve read at step n (linear between logged steps), for
     the validation NELBO and exact match, as spreads over the seeds that have both. A model that takes fewer,
     costlier steps (LoopMDM, the deeper MDM) is thus compared with the plain MDM at the same number of updates,
-    beside the equal-FLOPs comparison of the test tables."""
+    beside the equal-FLOPs comparison of the test tables. A seed whose reference curve does not reach step n (a
+    model with more steps than the plain MDM, e.g. ``mdm-long``) is left out."""
     out: dict = {}
     for model in per_seed[next(iter(per_seed))]:
         if model == reference:
@@ -73,6 +74,8 @@ def equal_steps(per_seed: dict, reference: str = "mdm") -> dict:
                 if not (a and b and a.get("steps") and b.get("steps") and b[field]):
                     continue
                 n = b["steps"][-1]
+                if not a["steps"][0] <= n <= a["steps"][-1]:
+                    continue  # the reference never reached step n: no reading (not its last value)
                 rows.setdefault(f"{key}_{model}", []).append(b[field][-1])
                 rows.setdefault(f"{key}_{reference}", []).append(
                     float(np.interp(n, a["steps"], a[field]))
@@ -218,11 +221,13 @@ def checks(
             out[f"T={T}: {looped} beats {plain} outside 95% intervals"] = loop[1][0] > base[1][1]
         if loop and deep:
             out[f"T={T}: {looped} within 5 points of deeper"] = loop[0] >= deep[0] - 0.05
+        # levels harder than trained (none known: a task without train_levels gets no such check)
+        top = max(trained_levels, default=None)
         harder = sorted(
             {
                 int(k.split("|")[2])
                 for k in summary.get(looped, {})
-                if k.split("|")[2] != "all" and int(k.split("|")[2]) > max(trained_levels)
+                if top is not None and k.split("|")[2] != "all" and int(k.split("|")[2]) > top
             }
         )
         for g in harder:
@@ -287,8 +292,8 @@ def level_table(summary: dict, cfg: dict, T: int) -> list[str]:
 
 def policy_table(per_seed: dict) -> list[str]:
     """Markdown rows: where the adaptive loop policies (``converge``, ``per_token``) spend loops, per looped model,
-    policy and T: mean S per problem and exact match (% pooled over seeds) at each level. The question of the
-    study: do they spend more loops on harder problems?"""
+    policy and T: mean S (per position of the window) and exact match (% pooled over seeds) at each level. The
+    question of the study: do they spend more loops on harder problems?"""
     pooled: dict = {}
     for runs in per_seed.values():
         for model, run in runs.items():
@@ -303,7 +308,8 @@ def policy_table(per_seed: dict) -> list[str]:
     levels = sorted({g for cells in pooled.values() for g in cells})
     lines = [
         "",
-        "Loop policies (cap and threshold in the config): mean S per problem, exact match %, per level:",
+        "Loop policies (cap and threshold in the config): mean S (mid-block updates per position of the window, "
+        "prompt and padding included, per network pass), exact match %, per level:",
         "",
         "| model | policy | T | " + " | ".join(map(str, levels)) + " |",
         "|---|---|---|" + "---|" * len(levels),

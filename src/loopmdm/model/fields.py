@@ -82,22 +82,26 @@ def check_loops(value: Any, name: str = "loops") -> int:
     return check_int(value, name, 1, " (the loop count S)")
 
 
-def check_int_list(values: Iterable[Any], name: str, low: int = 1) -> list[int]:
-    """A non-empty list of integers >= ``low``."""
+def check_int_list(
+    values: Iterable[Any], name: str, low: int = 1, what: str = "a value", fix: str = ""
+) -> list[int]:
+    """A non-empty list of distinct integers >= ``low`` (a repeated entry of a grid would count its cell twice);
+    ``what`` / ``fix``: the words of the error for a repeat."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise ConfigError(f"{name}={short(values)} must be a list of integers >= {low}")
     out = [check_int(v, f"{name} entry", low) for v in values]
     if not out:
         raise ConfigError(f"{name} is empty; pass at least one integer >= {low}")
+    if len(set(out)) != len(out):
+        raise ConfigError(
+            f"{name}={short(values)} repeats {what}; {fix or f'give each value once (integers >= {low})'}"
+        )
     return out
 
 
 def check_seeds(values: Any, name: str = "seeds") -> list[int]:
     """A non-empty list of distinct integer seeds >= 0 (a repeated seed would train the same run twice)."""
-    out = check_int_list(values, name, 0)
-    if len(set(out)) != len(out):
-        raise ConfigError(f"{name}={short(values)} repeats a seed; give distinct seeds >= 0")
-    return out
+    return check_int_list(values, name, 0, "a seed", "give distinct seeds >= 0")
 
 
 def parse_int_list(
@@ -118,6 +122,10 @@ def parse_int_list(
             out.append(int(part))
     if not out:
         raise ConfigError(f"{flag} is empty; pass e.g. {flag} {example}")
+    if len(set(out)) != len(out):
+        raise ConfigError(
+            f"{flag} repeats a value ({','.join(map(str, out))}); pass e.g. {flag} {example}"
+        )
     return out
 
 
