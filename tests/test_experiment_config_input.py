@@ -179,3 +179,12 @@ def test_a_grid_that_repeats_a_value_is_refused():
     ):
         parse_int_list(["1,4", "4"], "--loops")
     assert parse_int_list(["1,4", "8"], "--loops") == [1, 4, 8]
+
+
+@pytest.mark.parametrize("override", ["deep_supervision: all", "loop_curriculum_steps: 200"])
+def test_compute_matched_studies_refuse_what_their_flop_plan_does_not_count(tmp_path, override):
+    """Deep supervision adds a tail pass per supervised loop and a curriculum draws smaller S early: the plan
+    counted neither, so 'equal FLOPs' runs differed by up to 37% (found by review)."""
+    text = f"run:\n  diffusion:\n    {override}\n"
+    for load in (load_compute_matched_config, load_loop_scaling_config):
+        refused(load, write(tmp_path, text), "the compute-matched plan does not count")

@@ -4,7 +4,8 @@ one a ``DiffusionConfig`` names (``loop_dist``).
 Huginn draws S from a log-normal Poisson; the balanced uniform draws each S once per block of S_max steps (exact
 compute matching); ``flop_proportional`` draws S with p(S) proportional to 1 / F(S), F(S) the training FLOPs of a
 step at S (affine in S: F(S) = a + b S), so every S in 1..S_max gets the same expected share of the training
-compute; the trainer passes F (``make_loop_distribution(..., flops_fn=...)``, from ``loopmdm.model.flops``).
+compute; the trainer passes F (``make_loop_distribution(..., flops_fn=...)``, from ``loopmdm.model.flops``);
+``balanced_flop_proportional`` draws it as one stratified sample of the run (exact compute matching).
 
 Any of them can be given a curriculum (``diffusion.loop_curriculum_steps``, ``CurriculumLoops``): the largest
 S ramps up from 1 to S_max over the first steps, so the mean loop count grows over training, as McLeish et al.
@@ -100,6 +101,45 @@ class FlopProportionalLoops(LoopDistribution):
 
     def pmf(self):
         return self._pmf
+
+
+@LOOP_DISTRIBUTIONS.register("balanced_flop_proportional")
+class BalancedFlopProportionalLoops(FlopProportionalLoops):
+    """``flop_proportional`` drawn as one stratified sample of the whole run, for exact compute matching: with
+    n = ``total_steps``, the loop counts of the n steps are the inverse CDF at (u + k) / n, k = 0..n-1 (one
+    uniform u: systematic sampling), in a random order. Each S appears within one of n p(S) times, so the run
+    spends within about one step's F(S_max) - F(1) of its expected FLOPs (independent draws missed it by up to
+    8% at 63 steps). A function of (seed, total_steps) alone, so a resumed run draws what an uninterrupted one
+    would; without ``total_steps`` (or past it) the independent draw."""
+
+    def __init__(
+        self,
+        s_max: int,
+        flops_fn: Optional[Callable[[int], float]] = None,
+        total_steps: Optional[int] = None,
+        seed: int = 0,
+    ):
+        super().__init__(s_max, flops_fn)
+        self.total_steps, self.seed = total_steps, seed
+        self._plan: Optional[list[int]] = None
+
+    @classmethod
+    def from_config(cls, cfg, total_steps=None, seed=0, flops_fn=None):
+        return cls(cfg.s_max, flops_fn, total_steps, seed)
+
+    def sample(self, gen, step=0):
+        n = self.total_steps
+        if n is None or not 0 <= step < n:
+            return super().sample(gen, step)
+        if self._plan is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7)
+            u = torch.rand(1, generator=g, dtype=torch.float64)
+            q = (u + torch.arange(n, dtype=torch.float64)) / n  # [n] quantiles in (0, 1)
+            s = torch.searchsorted(self._cdf / self._cdf[-1], q, right=True).clamp(
+                max=self.s_max - 1
+            )
+            self._plan = (s[torch.randperm(n, generator=g)] + 1).tolist()  # [n] S of each step
+        return self._plan[step]
 
 
 @LOOP_DISTRIBUTIONS.register("balanced")

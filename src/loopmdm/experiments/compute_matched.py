@@ -43,6 +43,8 @@ from .curves import Curve, flops_ratio, fmt_spread, read_curve, spread
 
 Log = Callable[[str], None]
 RUN_NAMES = ("mdm", "loopmdm", "deeper")
+# with ``balanced_loops``, each distribution's stratified draw of the same p(S) (its steps spend their FLOPs)
+BALANCED = {"uniform": "balanced", "flop_proportional": "balanced_flop_proportional"}
 RUN_LABELS = {
     "mdm": "(a) MDM, same size",
     "loopmdm": "(b) LoopMDM",
@@ -75,7 +77,7 @@ class RunPlan:
             "n_m": m.n_m,
             "n_o": m.n_o,
             "loop_dist": self.cfg.diffusion.loop_dist,
-            "s_max": self.cfg.diffusion.s_max if self.cfg.diffusion.loop_dist == "uniform" else 1,
+            "s_max": make_loop_distribution(self.cfg.diffusion).max(),
             "steps": self.steps,
             "train_flops_per_token": self.train_flops_per_token,
             "flops_per_step": self.flops_per_step,
@@ -203,9 +205,9 @@ def _finalize_run_config(plan: RunPlan, seed: int, cfg: ComputeMatchedConfig) ->
     c.train.warmup_steps = max(1, round(cfg.warmup_frac * plan.steps)) if cfg.warmup_frac > 0 else 0
     c.train.eval_every = max(1, plan.steps // cfg.n_evals)
     c.train.save_every = max(1, plan.steps // 4)  # checkpoints to resume an interrupted study from
-    if cfg.balanced_loops and c.diffusion.loop_dist == "uniform":
-        # each S once per block of S_max steps: exact compute matching
-        c.diffusion.loop_dist = "balanced"
+    if cfg.balanced_loops and c.diffusion.loop_dist in BALANCED:
+        # S drawn in balanced blocks (uniform) or one stratified sample (flop_proportional): exact compute matching
+        c.diffusion.loop_dist = BALANCED[c.diffusion.loop_dist]
     return c.validate()
 
 

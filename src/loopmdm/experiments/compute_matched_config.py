@@ -60,6 +60,13 @@ class ComputeMatchedConfig:
             )
         if self.run.model.n_m < 1:
             raise ConfigError("run.model.n_m must be >= 1: (b) needs a mid block to loop")
+        d = self.run.diffusion
+        if d.deep_supervision != "none" or d.loop_curriculum_steps > 0:
+            raise ConfigError(
+                f"run.diffusion.deep_supervision={d.deep_supervision!r} / loop_curriculum_steps="
+                f"{d.loop_curriculum_steps} change the FLOPs of a step in ways the compute-matched plan does not "
+                "count (up to 37% off the budget); set deep_supervision: none and loop_curriculum_steps: 0"
+            )
         if not self.seeds:
             raise ConfigError("seeds is empty; pass at least one seed (two or more for a spread)")
         check_seeds(self.seeds)

@@ -242,6 +242,11 @@ def train_run(
             f"({record.get('curve_eval')} instead of {curve_eval}); delete that folder to retrain "
             "it, or choose another --out"
         )
+    if record and not list_checkpoints(run_dir / "checkpoints"):
+        # no trained model behind the record (checkpoints deleted): the run trains anew, its old final
+        # evaluation and wall time belong to a model that is gone
+        record.pop("final_eval", None)
+        record["train_wall_s"] = 0.0
     if not record:
         check_run_folder(run_dir)  # before the record is written into it
         record = {"seed": seed, "steps": plan.steps, "curve_eval": curve_eval, "train_wall_s": 0.0}
@@ -331,7 +336,7 @@ def run_loop_scaling(
     for j, (i, seed, rp) in enumerate(runs):
         if owner is not None and owner[j] != part[0]:
             continue
-        log(f"budget {cfg.budgets[i]:.2g}, seed {seed}: {rp.label}, {rp.steps} steps")
+        log(f"budget {cfg.budgets[i]:.3g}, seed {seed}: {rp.label}, {rp.steps} steps")
         run_dir = out / f"budget_{i}" / f"seed_{seed}" / rp.name
         model, info = train_run(rp, seed, run_dir, data, cfg, validation, progress, log)
         grid = sorted({1, s_max, 2 * s_max}) if rp.name in LOOPED else [1]

@@ -18,6 +18,8 @@ EQUAL_STEPS_LABEL = "(a') MDM, same size, (b)'s steps (own schedule)"
 # (b') LoopMDM with p(S) proportional to 1 / F(S), F(S) the training FLOPs of a step at S (looped-UDLM's
 # FLOP-proportional sampling), trained to the same budget
 FLOP_PROPORTIONAL = "loopmdm_flop_proportional"
+# a trend that reaches zero only past 10^30 training FLOPs per run (beyond any run) counts as not crossing
+CROSSING_MAX_LOG10 = 30.0
 FLOP_PROPORTIONAL_LABEL = "(b') LoopMDM, p(S) proportional to 1 / F(S)"
 #: the looped runs (scored at S = 1, S_max and 2 S_max)
 LOOPED = ("loopmdm", FLOP_PROPORTIONAL)
@@ -220,19 +222,20 @@ def fit_trend(
 
 
 def _crossing(a: float, b: float, y: np.ndarray) -> Optional[float]:
-    """log10 of the budget where a + b log10(B) = 0, when the trend heads there from the data's side."""
+    """log10 of the budget where a + b log10(B) = 0, when the trend heads there from the data's side and gets
+    there below ``CROSSING_MAX_LOG10`` (a nearly flat trend crosses past any budget, even past float range)."""
     if b == 0 or not np.isfinite(b):
         return None
     x0 = -a / b
     heading = (np.mean(y) < 0 and b > 0) or (np.mean(y) > 0 and b < 0)
-    return float(x0) if heading else None
+    return float(x0) if heading and x0 <= CROSSING_MAX_LOG10 else None
 
 
 def _trend_lines(name: str, trend: dict) -> list[str]:
     if trend.get("slope_per_decade") is None:
         return [
             f"- {name}: {trend.get('note')} (budgets past the plateau: "
-            f"{', '.join(f'{b:.2g}' for b in trend['budgets_used']) or 'none'})"
+            f"{', '.join(f'{b:.3g}' for b in trend['budgets_used']) or 'none'})"
         ]
     ci, cross, cci = (
         trend.get("slope_interval_95"),
@@ -241,9 +244,9 @@ def _trend_lines(name: str, trend: dict) -> list[str]:
     )
     line = (
         f"- {name}: gain = {trend['intercept']:.3f} + {trend['slope_per_decade']:.3f} log10(B) over "
-        f"{trend['points']} points at budgets {', '.join(f'{b:.2g}' for b in trend['budgets_used'])}"
+        f"{trend['points']} points at budgets {', '.join(f'{b:.3g}' for b in trend['budgets_used'])}"
         + (
-            f" (excluded, on the plateau: {', '.join(f'{b:.2g}' for b in trend['budgets_excluded'])})"
+            f" (excluded, on the plateau: {', '.join(f'{b:.3g}' for b in trend['budgets_excluded'])})"
             if trend["budgets_excluded"]
             else ""
         )
@@ -281,7 +284,7 @@ def loop_scaling_markdown(results: dict) -> str:
     for r in rows:
         lp, pp = r["loopmdm"], r["past_plateau"]
         lines.append(
-            f"| {r['budget']:.2g} | {len(r['seeds'])} | {f(r['mdm'])} | {f(r[EQUAL_STEPS])} | "
+            f"| {r['budget']:.3g} | {len(r['seeds'])} | {f(r['mdm'])} | {f(r[EQUAL_STEPS])} | "
             f"{f(lp.get(1))} | {f(lp.get(s_max))} | {f(lp.get(2 * s_max))} | {f(r['deeper'])} | "
             f"{f(r['gain_equal_flops'], sem=True)} | {f(r['gain_equal_steps'], sem=True)} | "
             f"{f(r['gain_vs_deeper'], sem=True)} | {exits(r, 'mdm')} / {exits(r, 'loopmdm')} | "
@@ -307,7 +310,7 @@ def loop_scaling_markdown(results: dict) -> str:
         for r in rows:
             lp = r[FLOP_PROPORTIONAL]
             lines.append(
-                f"| {r['budget']:.2g} | {f(r['mdm'])} | {f(lp.get(1))} | {f(lp.get(s_max))} | "
+                f"| {r['budget']:.3g} | {f(r['mdm'])} | {f(lp.get(1))} | {f(lp.get(s_max))} | "
                 f"{f(lp.get(2 * s_max))} | {f(r['gain_equal_flops_flop_proportional'], sem=True)} | "
                 f"{exits(r, FLOP_PROPORTIONAL)} | {f(r['flops_ratio_flop_proportional'], 2)} |"
             )
