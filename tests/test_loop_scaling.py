@@ -213,6 +213,17 @@ def test_every_model_is_validated_on_the_same_rows_and_noise(tiny_cfg):
     for (xa, ta), (xb, tb) in zip(ca, cb):
         assert torch.equal(xa, xb) and torch.equal(ta, tb)  # same rows, same masks, same t
     assert ra["nelbo"] != rb["nelbo"]
+    # the rows are a fixed random sample of the whole validation set, not its first rows (a few files), and the
+    # curve's batches are the first batches of the final evaluation's
+    val = FixedValidation.of(cfg, data)
+    order = val.row_order()
+    assert sorted(order.tolist()) == list(range(len(data.val))) and order[:8].tolist() != list(
+        range(8)
+    )
+    two, four = val.rows(2)[0], val.rows(4)[0]
+    assert np.array_equal(two, data.val[order[: len(two)]]) and np.array_equal(
+        four[: len(two)], two
+    )
     other = copy.deepcopy(cfg)
     other.eval_seed += 1  # another validation seed: other noise
     calls = []

@@ -22,9 +22,12 @@ def batch_seed(eval_seed: int, k: int) -> int:
 
 @dataclass
 class FixedValidation:
-    """The study's validation set: batch k holds validation rows [k B, (k + 1) B) and draws its t and masks
-    from ``batch_seed(seed, k)``, for every run and every S; the first n batches of any evaluation are the same
-    rows and noise. ``objective``: one evaluation objective for all runs (antithetic t, uniform t)."""
+    """The study's validation set: batch k holds rows [k B, (k + 1) B) of the validation rows in one fixed random
+    order (``row_order``: a permutation drawn from ``seed``, so the batches sample every validation file rather
+    than the first few and their means are independent, as the standard errors between batches assume) and
+    draws its t and masks from ``batch_seed(seed, k)``, for every run and every S; the first n batches of any
+    evaluation are the same rows and noise. ``objective``: one evaluation objective for all runs (antithetic t,
+    uniform t)."""
 
     data: PreparedData
     objective: object
@@ -41,10 +44,15 @@ class FixedValidation:
     def n_batches(self, batches: int) -> int:
         return max(1, min(int(batches), math.ceil(len(self.data.val) / self.batch_size)))
 
+    def row_order(self) -> np.ndarray:
+        """The fixed order of the validation rows [N]: a permutation drawn from the study's eval seed alone."""
+        return np.random.default_rng([int(self.seed), 0x5A11]).permutation(len(self.data.val))
+
     def rows(self, batches: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        n = self.n_batches(batches) * self.batch_size
+        """The rows of the first ``batches`` batches [n B, L] (and their frozen positions, if any)."""
+        idx = self.row_order()[: self.n_batches(batches) * self.batch_size]
         frozen = self.data.val_frozen
-        return self.data.val[:n], None if frozen is None else frozen[:n]
+        return self.data.val[idx], None if frozen is None else frozen[idx]
 
     def evaluate(self, model, loops: int, batches: int) -> dict:
         """NELBO at S = ``loops`` on the first ``batches`` batches: ``nelbo`` (token-weighted), ``stderr``
