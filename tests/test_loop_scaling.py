@@ -280,7 +280,13 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
         p0["plateau_exit_step"]
     ) == {"mdm", "loopmdm", "deeper", EQUAL_STEPS, FLOP_PROPORTIONAL}
     assert saved["trend_flop_proportional"]["gain"] == "gain_equal_flops_flop_proportional"
-    assert "p(S) proportional to 1 / F(S), the same budgets" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "p(S) proportional to 1 / F(S), the same budgets" in summary
+    # a FLOPs ratio says over how many seeds it is a mean (the others never reached (a)'s final NELBO)
+    for r in rows:
+        sp = r["flops_ratio"]
+        assert len(sp["values"]) == len(r["seeds"])
+        assert ("never (0 of" in summary) or (sp["mean"] is not None)
     trend = saved["trend"]  # tiny runs stay on the plateau: no fit through them
     assert trend["points"] == sum(
         len(r["seeds"]) for r in rows if r["past_plateau"]["gain_equal_flops"]

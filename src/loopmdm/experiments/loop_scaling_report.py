@@ -271,6 +271,12 @@ def loop_scaling_markdown(results: dict) -> str:
             f" ± {err:.{d}f}" if sp["n"] > 1 and err is not None else ""
         )
 
+    def ratio(sp):  # a mean over the seeds that reached (a)'s final NELBO: say how many did
+        seeds = len(sp.get("values") or []) if sp else 0
+        if sp is None or sp.get("mean") is None:
+            return f"never (0 of {seeds})" if seeds else "n/a"
+        return f(sp, 2) + (f" ({sp['n']} of {seeds} reached)" if sp["n"] < seeds else "")
+
     def exits(r, name):
         steps = [p["plateau_exit_step"][name] for p in r["per_seed"].values()]
         return "/".join("-" if s is None else str(s) for s in steps)
@@ -288,7 +294,7 @@ def loop_scaling_markdown(results: dict) -> str:
             f"{f(lp.get(1))} | {f(lp.get(s_max))} | {f(lp.get(2 * s_max))} | {f(r['deeper'])} | "
             f"{f(r['gain_equal_flops'], sem=True)} | {f(r['gain_equal_steps'], sem=True)} | "
             f"{f(r['gain_vs_deeper'], sem=True)} | {exits(r, 'mdm')} / {exits(r, 'loopmdm')} | "
-            f"{'yes' if pp['gain_equal_flops'] else 'no'} | {f(r['flops_ratio'], 2)} | "
+            f"{'yes' if pp['gain_equal_flops'] else 'no'} | {ratio(r['flops_ratio'])} | "
             f"{f(r['mdm_late_gain'])} |"
         )
     v, p = results["validation"], results["plateau"]
@@ -312,7 +318,7 @@ def loop_scaling_markdown(results: dict) -> str:
             lines.append(
                 f"| {r['budget']:.3g} | {f(r['mdm'])} | {f(lp.get(1))} | {f(lp.get(s_max))} | "
                 f"{f(lp.get(2 * s_max))} | {f(r['gain_equal_flops_flop_proportional'], sem=True)} | "
-                f"{exits(r, FLOP_PROPORTIONAL)} | {f(r['flops_ratio_flop_proportional'], 2)} |"
+                f"{exits(r, FLOP_PROPORTIONAL)} | {ratio(r['flops_ratio_flop_proportional'])} |"
             )
         lines.append("")
     lines += _trend_lines("trend at equal FLOPs", results["trend"])
