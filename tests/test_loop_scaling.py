@@ -193,6 +193,27 @@ def test_trend_fit_leaves_out_plateau_budgets_and_bootstraps_its_slope():
     )
 
 
+def test_the_trend_is_refitted_with_other_plateau_margins():
+    """Whether a budget counts as past the plateau decides whether there is a trend at all; the report refits it
+    with other margins from the stored curves (budget 1e12's runs reach H - 0.2 only: past it at margin 0.15)."""
+    from loopmdm.experiments.loop_scaling_report import margin_sensitivity
+
+    H = 6.0
+
+    def point(gain, low):
+        curve = {"step": [10, 20], "flops": [1.0, 2.0], "val_nelbo": [H, H - low]}
+        return {"gain_equal_flops": gain, "curves": {"mdm": curve, "loopmdm": curve}}
+
+    rows = [
+        {"budget": b, "per_seed": {s: point(g + 0.01 * s, low) for s in range(3)}}
+        for b, g, low in ((1e12, -0.3, 0.2), (1e13, -0.2, 1.0), (1e14, -0.1, 1.0))
+    ]
+    fits = margin_sensitivity(rows, H, (0.15, 0.25), bootstrap=50)
+    assert fits["0.15"]["budgets_used"] == [1e12, 1e13, 1e14]
+    assert fits["0.15"]["slope_per_decade"] == pytest.approx(0.1)
+    assert fits["0.25"]["budgets_used"] == [1e13, 1e14] and fits["0.25"]["points"] == 6
+
+
 def test_every_model_is_validated_on_the_same_rows_and_noise(tiny_cfg):
     cfg = study(tiny_cfg)
     data = prepare_data(cfg.run.data, cfg.run.model.vocab_size, cfg.run.model.max_seq_len)
@@ -280,6 +301,7 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
         p0["plateau_exit_step"]
     ) == {"mdm", "loopmdm", "deeper", EQUAL_STEPS, FLOP_PROPORTIONAL}
     assert saved["trend_flop_proportional"]["gain"] == "gain_equal_flops_flop_proportional"
+    assert set(saved["trend_margin_sensitivity"]) == {"0.15", "0.35"}
     summary = (out / "summary.md").read_text()
     assert "p(S) proportional to 1 / F(S), the same budgets" in summary
     # a FLOPs ratio says over how many seeds it is a mean (the others never reached (a)'s final NELBO)

@@ -83,10 +83,13 @@ from .loop_scaling_report import (
     budget_rows,
     fit_trend,
     loop_scaling_markdown,
+    margin_sensitivity,
 )
 from .provenance import corpus_description, data_fingerprint, provenance_line, software_versions  # noqa: F401
 
 Log = Callable[[str], None]
+# the plateau margins the equal-FLOPs trend is refitted with, beside the config's (``trend_margin_sensitivity``)
+SENSITIVITY_MARGINS = (0.15, 0.35)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -409,8 +412,8 @@ def study_results(
                 "tokens": any_final["tokens"],
                 "requested_batches": cfg.final_eval_batches,
             },
-            "description": "every curve point and final NELBO of every run on the same validation rows (the first "
-            "batches of the split) with the same t and masks (batch k seeded by "
+            "description": "every curve point and final NELBO of every run on the same validation rows (a fixed "
+            "random sample of the split's rows, drawn from eval_seed) with the same t and masks (batch k seeded by "
             "SeedSequence([eval_seed, k]), independent of the training seed); the curve rows are a "
             "prefix of the final rows; standard errors are between batches, paired differences "
             "use per-batch differences",
@@ -435,6 +438,10 @@ def study_results(
             }
             if cfg.flop_proportional_arm
             else {}
+        ),
+        # the same fit with other plateau margins: which budgets count as past the plateau decides the trend
+        "trend_margin_sensitivity": margin_sensitivity(
+            rows, h, SENSITIVITY_MARGINS, cfg.bootstrap, cfg.bootstrap_seed
         ),
         "trend_rule": TREND_RULE,
         "wall_s": wall_s,

@@ -221,6 +221,54 @@ def fit_trend(
     return out
 
 
+def margin_sensitivity(
+    rows: list[dict],
+    plateau: float,
+    margins: Sequence[float],
+    bootstrap: int = 2000,
+    seed: int = 0,
+    key: str = "gain_equal_flops",
+) -> dict:
+    """``fit_trend`` of ``key`` again with other plateau margins: which budgets count as past the plateau (every
+    run's first validation point <= ``plateau`` - margin, re-read from the stored curves) decides whether there
+    is a trend at all, so the report shows how the fit moves with that choice. ``{margin: the fit's budgets,
+    slope, interval, crossing and note}``."""
+    out = {}
+    for margin in margins:
+        moved = [
+            {
+                **r,
+                "per_seed": {
+                    s: {
+                        **p,
+                        "left_plateau": {
+                            name: plateau_exit_step(
+                                Curve(c["flops"], c["val_nelbo"], c["step"]), plateau, margin
+                            )
+                            is not None
+                            for name, c in p["curves"].items()
+                        },
+                    }
+                    for s, p in r["per_seed"].items()
+                },
+            }
+            for r in rows
+        ]
+        fit = fit_trend(moved, bootstrap, seed, key)
+        out[f"{margin:g}"] = {
+            k: fit[k]
+            for k in (
+                "budgets_used",
+                "points",
+                "slope_per_decade",
+                "slope_interval_95",
+                "crossing_budget",
+                "note",
+            )
+        }
+    return out
+
+
 def _crossing(a: float, b: float, y: np.ndarray) -> Optional[float]:
     """log10 of the budget where a + b log10(B) = 0, when the trend heads there from the data's side and gets
     there below ``CROSSING_MAX_LOG10`` (a nearly flat trend crosses past any budget, even past float range)."""
@@ -322,6 +370,17 @@ def loop_scaling_markdown(results: dict) -> str:
             )
         lines.append("")
     lines += _trend_lines("trend at equal FLOPs", results["trend"])
+    for margin, fit in (results.get("trend_margin_sensitivity") or {}).items():
+        slope = fit["slope_per_decade"]
+        lines.append(
+            f"  - with plateau margin {margin} nats: "
+            + (
+                fit["note"]
+                if slope is None
+                else f"slope {slope:+.3f} nats per decade over budgets "
+                f"{', '.join(f'{b:.3g}' for b in fit['budgets_used'])}"
+            )
+        )
     lines += _trend_lines("trend at equal steps", results["trend_equal_steps"])
     if results.get("trend_flop_proportional"):
         lines += _trend_lines(
