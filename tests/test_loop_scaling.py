@@ -392,3 +392,15 @@ def test_an_interrupted_run_resumes_to_the_same_curve(tiny_cfg, tmp_path, monkey
     assert info["curve"]["nelbo"] == pytest.approx(whole.nelbo, abs=1e-5)
     _, again = ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
     assert again["reused"] and again["curve"] == info["curve"]
+
+
+def test_the_software_record_names_the_code_commit(tmp_path):
+    """``__version__`` is fixed between releases, so results name the git commit of the code (None outside a
+    checkout, e.g. an installed wheel)."""
+    import re
+
+    from loopmdm.experiments.provenance import git_commit, software_versions
+
+    assert git_commit(tmp_path) is None
+    commit = software_versions()["loopmdm_git_commit"]
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", commit)

@@ -3,11 +3,15 @@ figure records which machine's standard library or which files it was measured o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import platform
+import subprocess
 import sys
 import sysconfig
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,7 +37,22 @@ def software_versions() -> dict:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
+    out["loopmdm_git_commit"] = git_commit(Path(loopmdm.__file__).parent)
     return out
+
+
+def git_commit(where: Path) -> Optional[str]:
+    """The commit of the git checkout holding ``where`` (with ``+dirty`` when files differ from it), or None when
+    it is not one (an installed wheel) or git is missing: the package version alone does not name the code."""
+    try:
+        run = functools.partial(
+            subprocess.run, cwd=where, capture_output=True, text=True, timeout=10, check=True
+        )
+        commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "") if commit else None
 
 
 def corpus_description(data_cfg: DataConfig) -> dict:
