@@ -33,6 +33,12 @@ def sum_rows(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def tiny_model(vocab_size: int, max_seq_len: int = 10, **kw) -> LoopMDM:
+    """A 3-layer LoopMDM of width 32 (n_h / n_m / n_o = 1 / 1 / 1) for the tests of this file."""
+    cfg = dict(d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1)
+    return LoopMDM(ModelConfig(vocab_size=vocab_size, max_seq_len=max_seq_len, **cfg, **kw))
+
+
 def data_cfg(source: str, **kw) -> DataConfig:
     cfg = DataConfig(source=source, format="answers", **kw)
     cfg.validate()
@@ -74,38 +80,14 @@ def test_conditional_objective_never_masks_or_scores_given_tokens(tmp_path):
 
         x_t = q_sample(batch, noise, obj.schedule.alpha(noise.t), obj.mask_id)
         assert torch.equal(x_t[batch.frozen], batch.x0[batch.frozen])
-    model = LoopMDM(
-        ModelConfig(
-            vocab_size=data.tokenizer.vocab_size,
-            max_seq_len=10,
-            d_model=32,
-            n_heads=2,
-            n_layers=3,
-            n_h=1,
-            n_m=1,
-            n_o=1,
-            time_conditioning="none",
-        )
-    )
+    model = tiny_model(data.tokenizer.vocab_size, time_conditioning="none")
     out = obj.loss(model, batch, 2, obj.draw(32, 10, gen))
     assert out.n_tokens == 32  # one answer token per row: prompt and padding are not counted
 
 
 def test_deep_supervision_of_the_last_loop_is_the_final_loop_loss():
     torch.manual_seed(0)
-    m = LoopMDM(
-        ModelConfig(
-            vocab_size=20,
-            max_seq_len=8,
-            d_model=32,
-            n_heads=2,
-            n_layers=3,
-            n_h=1,
-            n_m=1,
-            n_o=1,
-            time_conditioning="none",
-        )
-    )
+    m = tiny_model(20, 8, time_conditioning="none")
     x = torch.randint(0, 19, (4, 8))
     predict = torch.rand(4, 8) < 0.5
     labels = torch.randint(0, 19, (int(predict.sum()),))
@@ -430,11 +412,7 @@ def test_flops_per_problem_do_not_depend_on_which_rows_share_a_batch(tmp_path):
     rows = read_rows(write_jsonl(tmp_path / "t.jsonl", rows_json), DataConfig().answers)
     tok = char_tokenizer([r.text for r in rows])
     torch.manual_seed(0)
-    model = LoopMDM(
-        ModelConfig(
-            vocab_size=tok.vocab_size, d_model=32, n_heads=2, n_layers=3, n_h=1, n_m=1, n_o=1
-        )
-    ).eval()
+    model = tiny_model(tok.vocab_size, 8).eval()
 
     def grid(batch_size):
         recs = exact_match_grid(
@@ -466,18 +444,7 @@ def test_the_experiments_final_nelbo_scores_answer_tokens_only(tmp_path):
     from loopmdm.experiments.compute_matched_config import ComputeMatchedConfig
 
     data = prepare_data(data_cfg(write_jsonl(tmp_path / "t.jsonl", sum_rows(400))), 100, 10)
-    model = LoopMDM(
-        ModelConfig(
-            vocab_size=data.tokenizer.vocab_size,
-            max_seq_len=10,
-            d_model=32,
-            n_heads=2,
-            n_layers=3,
-            n_h=1,
-            n_m=1,
-            n_o=1,
-        )
-    ).eval()
+    model = tiny_model(data.tokenizer.vocab_size).eval()
     run = RunConfig()
     run.train.batch_size = 8
     cfg = ComputeMatchedConfig(final_eval_batches=2, eval_seed=0)
