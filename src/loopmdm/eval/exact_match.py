@@ -178,8 +178,9 @@ def exact_match_grid(
 ) -> list[dict]:
     """One record per (order, T, S, group): ``order``, ``steps``, ``loops``, ``group``, ``n``, ``correct``,
     ``accuracy``, ``accuracy_ci``, ``token_accuracy``, ``majority_baseline``, ``heuristic_baseline``,
-    ``flops_per_problem`` (the group's rows each decoded on its own), ``steps_run``, ``wall_time_s``. Rows are padded to ``length`` (the model window, as
-    in training); ``precision``: ``"bf16"`` runs the network under autocast."""
+    ``flops_per_problem`` (the group's rows each decoded on its own), ``steps_run``, ``wall_time_s``. Rows are
+    padded to ``length`` (the model window, as in training); ``precision``: ``"bf16"`` runs the network under
+    autocast."""
     for o in orders:
         ORDERS.get(o)
     steps = check_int_list(steps, "--steps", 0)

@@ -230,7 +230,9 @@ def compare(
             )
             per_seed[seed][name] = info
     complete = [seed for seed in cfg.seeds if set(models) <= set(per_seed[seed])]
-    first_t = min(t for t in cfg.steps if t > 0)
+    first_t = min(
+        (t for t in cfg.steps if t > 0), default=0
+    )  # the fewest steps (0: one token per step)
     return {
         "plan": plan.summary(),
         # every finished run in a few numbers, complete seeds or not

@@ -360,7 +360,7 @@ def summary_markdown(results: dict) -> str:
                     for seed, done in partial.items()
                 ),
             ]
-        first_t = min(t for t in cfg["steps"] if t > 0)
+        first_t = min((t for t in cfg["steps"] if t > 0), default=0)
         if entry.get("runs"):
             lines += runs_table(entry["runs"], first_t)
         if "summary" not in entry:
