@@ -233,23 +233,21 @@ def margin_sensitivity(
     run's first validation point <= ``plateau`` - margin, re-read from the stored curves) decides whether there
     is a trend at all, so the report shows how the fit moves with that choice. ``{margin: the fit's budgets,
     slope, interval, crossing and note}``."""
+
+    def left(point: dict, margin: float) -> dict:  # each run's left_plateau at this margin
+        return {
+            name: plateau_exit_step(Curve(c["flops"], c["val_nelbo"], c["step"]), plateau, margin)
+            is not None
+            for name, c in point["curves"].items()
+        }
+
     out = {}
     for margin in margins:
         moved = [
             {
                 **r,
                 "per_seed": {
-                    s: {
-                        **p,
-                        "left_plateau": {
-                            name: plateau_exit_step(
-                                Curve(c["flops"], c["val_nelbo"], c["step"]), plateau, margin
-                            )
-                            is not None
-                            for name, c in p["curves"].items()
-                        },
-                    }
-                    for s, p in r["per_seed"].items()
+                    s: {**p, "left_plateau": left(p, margin)} for s, p in r["per_seed"].items()
                 },
             }
             for r in rows
