@@ -99,6 +99,20 @@ def test_no_comparison_when_calibration_fails(tmp_path):
     assert "no candidate reached the target" in (tmp_path / "summary.md").read_text()
 
 
+def test_a_report_over_some_tasks_names_the_others(tmp_path):
+    cfg = tiny_config(target=1.0)
+    cfg.tasks.append(TaskSpec("hops2", "vars", dict(cfg.tasks[0].params), "depth", 1, 32))
+    res = run_reasoning(cfg, tmp_path, tasks=["hops"], log=lambda s: None)
+    assert res["tasks_left_out"] == ["hops2"] and set(res["tasks"]) == {"hops"}
+    assert not (tmp_path / "hops2").exists()  # nothing of the other task was generated or trained
+    assert json.loads((tmp_path / "results.json").read_text())["tasks_left_out"] == ["hops2"]
+    assert (tmp_path / "summary.md").read_text().startswith("Tasks not in this report: hops2.")
+    # restricting the models is a part of the training: no report
+    (tmp_path / "results.json").unlink()
+    assert run_reasoning(cfg, tmp_path, tasks=["hops"], models=["mdm"], log=lambda s: None) is None
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--tasks"):
         run_reasoning(tiny_config(0.0), tmp_path, tasks=["nope"], log=lambda s: None)

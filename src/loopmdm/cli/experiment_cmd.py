@@ -201,8 +201,8 @@ def reasoning(
     tasks: Optional[str] = typer.Option(
         None,
         "--tasks",
-        help="Only these tasks, e.g. vars-hops-trace (one process "
-        "per core); then run once without it.",
+        help="Only these tasks, e.g. vars-hops-trace (one process per core); the report covers only "
+        "them, so run once without it for the whole study.",
     ),
     models: Optional[str] = typer.Option(
         None,

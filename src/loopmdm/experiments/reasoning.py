@@ -19,7 +19,7 @@ on every row, test levels beyond the trained ones):
 
 ``results.json`` keeps everything; ``summary.md`` and the figures are drawn from it. Runs and scores are reused
 when their settings match, so an interrupted study resumes (``--tasks`` / ``--models`` split the work between
-processes; one call without them writes the report).
+processes; a call without ``--models`` writes the report, over its ``--tasks`` if given).
 """
 
 from __future__ import annotations
@@ -296,8 +296,8 @@ def run_reasoning(
     log: Log = print,
     interim: bool = False,
 ) -> Optional[dict]:
-    """The whole study (see the module docstring); ``tasks`` / ``models`` restrict this call to part of it.
-    ``interim``: train nothing and report what is finished (the seeds whose every model is trained and scored)
+    """The whole study (see the module docstring). ``tasks`` restricts the call and its report to those tasks;
+    ``models`` restricts it to part of the training, with no report. ``interim``: train nothing and report what is finished (the seeds whose every model is trained and scored)
     in ``interim_results.json`` / ``interim_summary.md``, for a study still under way."""
     cfg.validate()
     out = Path(out)
@@ -337,12 +337,14 @@ def run_reasoning(
             if entry["seeds_complete"]:
                 entry.update(report_entry(cfg, task, entry, subset, out))
         results["tasks"][task.name] = entry
+    # a report over some tasks names the ones it leaves out (a task whose calibration is still training, say)
+    results["tasks_left_out"] = [n for n in names if n not in results["tasks"]]
     if interim:
         write_json(out / "interim_results.json", results)
         (out / "interim_summary.md").write_text(summary_markdown(results))
         return results
-    if tasks is not None or models is not None:
-        log("done with this part; run again without --tasks / --models for the report")
+    if models is not None:
+        log("done with this part; run again without --models for the report")
         return None
     results["wall_s"] = time.perf_counter() - t_start
     write_json(out / "results.json", results)

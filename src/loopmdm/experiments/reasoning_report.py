@@ -326,8 +326,9 @@ def policy_table(per_seed: dict) -> list[str]:
 def summary_markdown(results: dict) -> str:
     """Per task: the calibration, then exact match per model and S at each T (all rows), per level, and the
     checks."""
-    lines = []
     cfg = results["config"]
+    left_out = results.get("tasks_left_out")
+    lines = [f"Tasks not in this report: {', '.join(left_out)}.", ""] if left_out else []
     for name, entry in results["tasks"].items():
         cal = entry["calibration"]
         lines += [
