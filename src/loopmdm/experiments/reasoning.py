@@ -297,8 +297,9 @@ def run_reasoning(
     interim: bool = False,
 ) -> Optional[dict]:
     """The whole study (see the module docstring). ``tasks`` restricts the call and its report to those tasks;
-    ``models`` restricts it to part of the training, with no report. ``interim``: train nothing and report what is finished (the seeds whose every model is trained and scored)
-    in ``interim_results.json`` / ``interim_summary.md``, for a study still under way."""
+    ``models`` restricts it to part of the training, with no report. ``interim``: train nothing and report what
+    is finished (the seeds whose every model is trained and scored) in ``interim_results.json`` /
+    ``interim_summary.md``, for a study still under way."""
     cfg.validate()
     out = Path(out)
     if seeds is not None:
