@@ -329,15 +329,36 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
     assert (
         again["rows"][1]["gain_equal_steps"]["mean"] == res["rows"][1]["gain_equal_steps"]["mean"]
     )
-    # a run whose checkpoints were deleted trains anew: its cached final evaluation is not reused
+    # a finished run whose checkpoints were deleted is reported from its record (config, data digests, final
+    # evaluation, curve), not retrained: the numbers are the record's, whatever they say
     import shutil
 
     record_path = run_dir / "experiment_run.json"
     record = json.loads(record_path.read_text())
+    assert (
+        record["finished"]["data"]["val_rows_sha256"]
+        == saved["data_fingerprint"]["val_rows_sha256"]
+    )
     for r in record["final_eval"]["results"].values():
         r["nelbo"] = 123.0
     record_path.write_text(json.dumps(record))
     shutil.rmtree(run_dir / "checkpoints")
+    from_record = run_loop_scaling(cfg, out, log=lambda s: None)
+    assert from_record["rows"][1]["per_seed"][1]["loopmdm"][3] == 123.0
+    assert not (run_dir / "checkpoints").exists()  # nothing was trained
+    # an evaluation the record lacks needs the weights: a one-line error, not a retraining
+    wider = copy.deepcopy(cfg)
+    wider.final_eval_batches = 3
+    with pytest.raises(ConfigError, match="keeps no weights .* delete that folder to retrain"):
+        run_loop_scaling(wider, out, log=lambda s: None)
+    # the record of other data (another corpus or Python) is refused
+    record["finished"]["data"]["train_rows_sha256"] = "0" * 64
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="trained on other data"):
+        run_loop_scaling(cfg, out, log=lambda s: None)
+    # an unfinished record without checkpoints (a run stopped, then its checkpoints deleted) trains anew
+    del record["finished"]
+    record_path.write_text(json.dumps(record))
     retrained = run_loop_scaling(cfg, out, log=lambda s: None)
     assert retrained["rows"][1]["per_seed"][1]["loopmdm"][3] == pytest.approx(
         res["rows"][1]["per_seed"][1]["loopmdm"][3]

@@ -35,8 +35,11 @@ two runs of that gain left the plateau (for the equal-FLOPs gain (a) and (b); fo
 heads there) is a bootstrap that resamples the seeds within each budget (``bootstrap`` resamples, RNG seed
 ``bootstrap_seed``).
 
-Runs are checkpointed; a study that stopped resumes where it did (runs whose saved config or validation set
-differs are refused). ``--shard K/N`` trains the runs of shard K of N (runs are spread over the shards by planned
+Runs are checkpointed; a study that stopped resumes where it did (runs whose saved config, data or validation
+set differs are refused). A finished run's numbers live in its folder's ``experiment_run.json`` and
+``metrics.jsonl`` (its config, data digests, final evaluation and curve): with its checkpoints deleted (to save
+disk, or to carry a study's progress to another machine in a few kB per run) the run is still reported, not
+retrained; only an evaluation its record lacks (another S grid) needs the weights. ``--shard K/N`` trains the runs of shard K of N (runs are spread over the shards by planned
 FLOPs, largest first, each to the least-loaded shard), so two processes (one per core) can share a study; a final
 call without ``--shard`` reuses every finished run and writes the report.
 
@@ -66,6 +69,7 @@ from ..model.flops import train_flops_per_token
 from ..outputs import check_run_folder
 from ..runtime import machine_info
 from ..train import Trainer
+from ..train.resume import config_diff
 from ..viz.experiment_plots import plot_loop_gain
 from .common import clone, train_or_reuse
 from .compute_matched import MatchedPlan, RunPlan, _finalize_run_config, plan_compute_matched, start
@@ -85,7 +89,13 @@ from .loop_scaling_report import (
     loop_scaling_markdown,
     margin_sensitivity,
 )
-from .provenance import corpus_description, data_fingerprint, provenance_line, software_versions  # noqa: F401
+from .provenance import (  # noqa: F401
+    corpus_description,
+    data_digests,
+    data_fingerprint,
+    provenance_line,
+    software_versions,
+)
 
 Log = Callable[[str], None]
 # the plateau margins the equal-FLOPs trend is refitted with, beside the config's (``trend_margin_sensitivity``)
@@ -217,6 +227,36 @@ def _read_record(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _check_finished(record: dict, rc, identity: dict, run_dir: Path) -> None:
+    """Refuse a finished run's record made with another config or other data."""
+    done = record["finished"]
+    diffs = config_diff(done.get("config") or {}, rc.to_dict())
+    if diffs:
+        raise ConfigError(
+            f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); delete "
+            "that folder to retrain it, or choose another --out"
+        )
+    if done.get("data") != identity:
+        raise ConfigError(
+            f"{str(run_dir)!r} holds a run trained on other data (token rows / tokenizer digests differ: "
+            "another corpus, or the standard library of another Python); delete that folder to retrain "
+            "it, or choose another --out"
+        )
+
+
+def _run_info(plan: RunPlan, run_dir: Path, record: dict, reused: bool, wall_s: float) -> dict:
+    curve = read_curve(run_dir / "metrics.jsonl")
+    return {
+        "steps": plan.steps,
+        "flops": curve.flops[-1] if curve.flops else 0.0,
+        "reused": reused,
+        "wall_s": wall_s,
+        "train_wall_s": record.get("train_wall_s"),
+        "curve": curve.to_dict(),
+        "parameters": record["finished"]["parameters"],
+    }
+
+
 def train_run(
     plan: RunPlan,
     seed: int,
@@ -226,11 +266,15 @@ def train_run(
     validation: FixedValidation,
     progress: bool,
     log: Log,
-) -> tuple[torch.nn.Module, dict]:
-    """Train one run (or reuse the finished run / resume the partial one in ``run_dir`` when its config and
-    validation set match; another config or validation set is refused). ``experiment_run.json`` in the run
-    folder records the validation set, the training wall time and the cached final evaluation."""
+    identity: Optional[dict] = None,
+) -> tuple[Optional[torch.nn.Module], dict]:
+    """Train one run (or reuse the finished run / resume the partial one in ``run_dir`` when its config, data
+    and validation set match; another config, data or validation set is refused). ``experiment_run.json`` in
+    the run folder records the validation set, the training wall time, the cached final evaluation and, once
+    the run has finished, its config, data digests (``identity``, default ``data_digests(data)``) and size.
+    A finished run whose checkpoints were deleted is reused from that record: the model returned is None."""
     rc = _finalize_run_config(plan, seed, cfg)
+    identity = identity if identity is not None else data_digests(data)
     record_path = run_dir / "experiment_run.json"
     curve_eval = {
         "method": EVAL_METHOD,
@@ -239,15 +283,21 @@ def train_run(
         "batch_size": rc.train.batch_size,
     }
     record = _read_record(record_path)
-    if list_checkpoints(run_dir / "checkpoints") and record.get("curve_eval") != curve_eval:
+    kept = list_checkpoints(run_dir / "checkpoints")
+    if (kept or record.get("finished")) and record.get("curve_eval") != curve_eval:
         raise ConfigError(
             f"{str(run_dir)!r} holds a run whose validation curve was evaluated on another set "
             f"({record.get('curve_eval')} instead of {curve_eval}); delete that folder to retrain "
             "it, or choose another --out"
         )
-    if record and not list_checkpoints(run_dir / "checkpoints"):
-        # no trained model behind the record (checkpoints deleted): the run trains anew, its old final
-        # evaluation and wall time belong to a model that is gone
+    if record.get("finished"):
+        _check_finished(record, rc, identity, run_dir)
+        if not kept:  # the weights were deleted: the record holds the run's numbers
+            log(f"  reusing the finished run's record in {run_dir} (no weights kept)")
+            return None, _run_info(plan, run_dir, record, True, 0.0)
+    elif record and not kept:
+        # an unfinished run whose checkpoints are gone: it trains anew, its wall time belongs to a model that
+        # is gone
         record.pop("final_eval", None)
         record["train_wall_s"] = 0.0
     if not record:
@@ -273,17 +323,13 @@ def train_run(
             )
             write_json(record_path, record)
     model.eval()
-    curve = read_curve(run_dir / "metrics.jsonl")
-    info = {
-        "steps": plan.steps,
-        "flops": curve.flops[-1] if curve.flops else 0.0,
-        "reused": reused,
-        "wall_s": time.perf_counter() - t0,
-        "train_wall_s": record.get("train_wall_s"),
-        "curve": curve.to_dict(),
+    record["finished"] = {
+        "config": rc.to_dict(),
+        "data": identity,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    return model, info
+    write_json(record_path, record)
+    return model, _run_info(plan, run_dir, record, reused, time.perf_counter() - t0)
 
 
 def final_eval(
@@ -309,6 +355,11 @@ def final_eval(
     cached = record.get("final_eval")
     if isinstance(cached, dict) and cached.get("key") == key:
         return {int(s): v for s, v in cached["results"].items()}
+    if model is None:
+        raise ConfigError(
+            f"{str(run_dir)!r} keeps no weights and its record has no evaluation at S = {loops} on "
+            f"{cfg.final_eval_batches} batches; delete that folder to retrain it, or evaluate as it was"
+        )
     out = {s: validation.evaluate(model, s, cfg.final_eval_batches) for s in loops}
     record["final_eval"] = {"key": key, "results": out}
     write_json(record_path, record)
@@ -333,6 +384,7 @@ def run_loop_scaling(
     part = parse_shard(shard)
     owner = shard_assignment(runs, part[1]) if part is not None else None
     validation = FixedValidation.of(cfg, data)
+    identity = data_digests(data)
     s_max = cfg.run.diffusion.s_max
     t0 = time.perf_counter()
     trained: dict = {}
@@ -341,7 +393,7 @@ def run_loop_scaling(
             continue
         log(f"budget {cfg.budgets[i]:.3g}, seed {seed}: {rp.label}, {rp.steps} steps")
         run_dir = out / f"budget_{i}" / f"seed_{seed}" / rp.name
-        model, info = train_run(rp, seed, run_dir, data, cfg, validation, progress, log)
+        model, info = train_run(rp, seed, run_dir, data, cfg, validation, progress, log, identity)
         grid = sorted({1, s_max, 2 * s_max}) if rp.name in LOOPED else [1]
         info["final"] = final_eval(model, rp, run_dir, grid, cfg, validation)
         trained[(i, seed, rp.name)] = info

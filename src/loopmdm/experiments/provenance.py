@@ -73,15 +73,27 @@ def corpus_description(data_cfg: DataConfig) -> dict:
     return out
 
 
-def data_fingerprint(data_cfg: DataConfig, data: PreparedData) -> dict:
-    """The source's fingerprint (``loopmdm.data.sources.source_fingerprint``: file names and sizes for a
-    folder / the stdlib) and SHA-256 digests of the prepared token rows and the tokenizer actually used."""
+def data_digests(data: PreparedData) -> dict:
+    """SHA-256 digests of the prepared train / validation token rows and of the tokenizer (None for one that
+    cannot be serialised): what names the data a model saw, wherever it was read from."""
 
     def digest(a: np.ndarray) -> str:
         return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
     tok = getattr(data.tokenizer, "tok", None)
     tok_text = tok.to_str() if tok is not None and hasattr(tok, "to_str") else None
+    return {
+        "train_rows_sha256": digest(data.train),
+        "val_rows_sha256": digest(data.val),
+        "tokenizer_sha256": None
+        if tok_text is None
+        else hashlib.sha256(tok_text.encode()).hexdigest(),
+    }
+
+
+def data_fingerprint(data_cfg: DataConfig, data: PreparedData) -> dict:
+    """The source's fingerprint (``loopmdm.data.sources.source_fingerprint``: file names and sizes for a
+    folder / the stdlib) and ``data_digests``: the prepared token rows and the tokenizer actually used."""
     try:
         source_fp = source_fingerprint(data_cfg)
     # e.g. a source that cannot be listed any more: say so, keep the row digests
@@ -89,11 +101,7 @@ def data_fingerprint(data_cfg: DataConfig, data: PreparedData) -> dict:
         source_fp = f"unavailable: {e}"
     return {
         "source_fingerprint": source_fp,
-        "train_rows_sha256": digest(data.train),
-        "val_rows_sha256": digest(data.val),
-        "tokenizer_sha256": None
-        if tok_text is None
-        else hashlib.sha256(tok_text.encode()).hexdigest(),
+        **data_digests(data),
         "train_shape": list(data.train.shape),
         "val_shape": list(data.val.shape),
         "dtype": str(data.train.dtype),
