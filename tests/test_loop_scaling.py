@@ -346,6 +346,16 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
     from_record = run_loop_scaling(cfg, out, log=lambda s: None)
     assert from_record["rows"][1]["per_seed"][1]["loopmdm"][3] == 123.0
     assert not (run_dir / "checkpoints").exists()  # nothing was trained
+    # the study moves to another machine as its records alone (docs/results.md): the same report, nothing trained
+    moved = tmp_path / "moved"
+    for r in out.glob("budget_*/seed_*/*/experiment_run.json"):
+        dest = moved / r.parent.relative_to(out)
+        dest.mkdir(parents=True)
+        for name in ("experiment_run.json", "metrics.jsonl"):
+            shutil.copy(r.parent / name, dest / name)
+    again_moved = run_loop_scaling(cfg, moved, log=lambda s: None)
+    assert again_moved["rows"] == from_record["rows"]
+    assert not list(moved.glob("budget_*/seed_*/*/checkpoints"))
     # an evaluation the record lacks needs the weights: a one-line error, not a retraining
     wider = copy.deepcopy(cfg)
     wider.final_eval_batches = 3
