@@ -23,6 +23,7 @@ from loopmdm.experiments.loop_scaling import (
     budget_plans,
     fit_trend,
     parse_shard,
+    run_fits,
     run_list,
     run_loop_scaling,
     shard_assignment,
@@ -381,6 +382,20 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
     other_set.eval_seed += 1  # the curves in the folders were evaluated on another validation set
     with pytest.raises(ConfigError, match="validation curve was evaluated on another set"):
         run_loop_scaling(other_set, out, log=lambda s: None)
+
+
+def test_stop_after_starts_no_run_expected_to_end_past_the_limit(tiny_cfg, tmp_path):
+    # 10 min into a 60-min limit, at 1 s per 1e9 planned FLOPs: 2e12 FLOPs (2000 s) fits, 4e12 does not
+    assert run_fits(600, 3600, 2e12, 1e-9) and not run_fits(600, 3600, 4e12, 1e-9)
+    assert run_fits(600, 3600, 1e20, None)  # nothing measured yet: a run starts while time is left
+    assert not run_fits(3600, 3600, 1.0, None)
+    logs: list = []
+    out = tmp_path / "study"
+    assert run_loop_scaling(study(tiny_cfg), out, stop_after_min=0, log=logs.append) is None
+    assert "stopping before budget 3e+09, seed 0" in logs[-1] and "0 runs done" in logs[-1]
+    assert not list(out.glob("budget_*"))  # nothing started, nothing to resume
+    with pytest.raises(ConfigError, match="--stop-after -1 must be >= 0"):
+        run_loop_scaling(study(tiny_cfg), out, stop_after_min=-1, log=logs.append)
 
 
 def test_an_interrupted_run_resumes_to_the_same_curve(tiny_cfg, tmp_path, monkeypatch):

@@ -102,6 +102,13 @@ def loop_scaling(
     plan: bool = typer.Option(
         False, "--plan", help="Print the steps of every run at every budget and exit."
     ),
+    stop_after: Optional[float] = typer.Option(
+        None,
+        "--stop-after",
+        metavar="MINUTES",
+        help="Start no run expected to end later than this (estimated from the runs this call trained); "
+        "run again to continue.",
+    ),
     progress: bool = typer.Option(
         False, "--progress/--no-progress", help="Progress bars while training."
     ),
@@ -116,7 +123,7 @@ def loop_scaling(
         emit_json(summary) if json_out else info(json.dumps(summary, indent=2))
         return
     check_output(out, "experiment", experiment="loop-scaling")
-    res = run_loop_scaling(cfg, out, shard, progress=progress, log=info)
+    res = run_loop_scaling(cfg, out, shard, progress=progress, log=info, stop_after_min=stop_after)
     if res is not None:
         emit_json({"rows": res["rows"], "trend": res["trend"]}) if json_out else info(
             (out / "summary.md").read_text()

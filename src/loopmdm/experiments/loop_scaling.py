@@ -41,7 +41,8 @@ set differs are refused). A finished run's numbers live in its folder's ``experi
 disk, or to carry a study's progress to another machine in a few kB per run) the run is still reported, not
 retrained; only an evaluation its record lacks (another S grid) needs the weights. ``--shard K/N`` trains the runs of shard K of N (runs are spread over the shards by planned
 FLOPs, largest first, each to the least-loaded shard), so two processes (one per core) can share a study; a final
-call without ``--shard`` reuses every finished run and writes the report.
+call without ``--shard`` reuses every finished run and writes the report. ``--stop-after MINUTES`` starts no run
+expected to end past the limit (a time-limited job), so that no run is cut halfway.
 
     loopmdm experiment loop-scaling --config laptop --out runs/scaling --shard 0/2 &
     loopmdm experiment loop-scaling --config laptop --out runs/scaling --shard 1/2 &
@@ -369,15 +370,32 @@ def final_eval(
 # --------------------------------------------------------------------------- the study
 
 
+def run_fits(
+    elapsed_s: float, limit_s: float, planned_flops: float, s_per_flop: Optional[float]
+) -> bool:
+    """Whether a run of ``planned_flops`` is expected to end within ``limit_s`` seconds of the call, ``elapsed_s``
+    into it: at ``s_per_flop``, the wall seconds per planned FLOP of the runs this call trained (evaluation
+    included, so smaller runs overstate it: the estimate errs towards stopping early); before the first such
+    run (None) a run starts while time is left."""
+    if elapsed_s >= limit_s:
+        return False
+    return s_per_flop is None or elapsed_s + planned_flops * s_per_flop <= limit_s
+
+
 def run_loop_scaling(
     cfg: LoopScalingConfig,
     out: str | Path,
     shard: Optional[str] = None,
     progress: bool = False,
     log: Log = print,
+    stop_after_min: Optional[float] = None,
 ) -> Optional[dict]:
     """Train (and evaluate) the study's runs (all, or this shard's), then, without a shard, write results.json,
-    summary.md and loop_gain.png."""
+    summary.md and loop_gain.png. ``stop_after_min``: start no run expected to end later than that many minutes
+    into the call (``run_fits``), and return None without a report when a run was left for later (a time-limited
+    job, a machine that will be returned: no run is cut halfway, and finished runs move as records)."""
+    if stop_after_min is not None and not stop_after_min >= 0:
+        raise ConfigError(f"--stop-after {stop_after_min:g} must be >= 0 minutes")
     out, _, data = start(cfg, out, cfg.seeds, log)
     plans = budget_plans(cfg, data.free_fraction)
     runs = run_list(cfg, plans)
@@ -388,15 +406,30 @@ def run_loop_scaling(
     s_max = cfg.run.diffusion.s_max
     t0 = time.perf_counter()
     trained: dict = {}
+    spent_flops = spent_s = 0.0  # planned FLOPs and wall seconds of the runs this call trained
     for j, (i, seed, rp) in enumerate(runs):
         if owner is not None and owner[j] != part[0]:
             continue
-        log(f"budget {cfg.budgets[i]:.3g}, seed {seed}: {rp.label}, {rp.steps} steps")
+        name = f"budget {cfg.budgets[i]:.3g}, seed {seed}: {rp.label}"
+        rate = spent_s / spent_flops if spent_flops else None
+        if stop_after_min is not None and not run_fits(
+            time.perf_counter() - t0, 60 * stop_after_min, rp.planned_flops, rate
+        ):
+            log(
+                f"--stop-after {stop_after_min:g}: stopping before {name} (expected to end past the limit); "
+                f"{len(trained)} runs done, run the same command again to continue"
+            )
+            return None
+        log(f"{name}, {rp.steps} steps")
         run_dir = out / f"budget_{i}" / f"seed_{seed}" / rp.name
+        r0 = time.perf_counter()
         model, info = train_run(rp, seed, run_dir, data, cfg, validation, progress, log, identity)
         grid = sorted({1, s_max, 2 * s_max}) if rp.name in LOOPED else [1]
         info["final"] = final_eval(model, rp, run_dir, grid, cfg, validation)
         trained[(i, seed, rp.name)] = info
+        if not info["reused"]:
+            spent_flops += rp.planned_flops
+            spent_s += time.perf_counter() - r0
     if part is not None:
         log(
             f"shard {shard}: {len(trained)} runs trained and evaluated in {time.perf_counter() - t0:.0f}s; run "
