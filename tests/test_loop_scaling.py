@@ -255,12 +255,25 @@ def test_every_model_is_validated_on_the_same_rows_and_noise(tiny_cfg):
     assert not torch.equal(calls[0], ca[0][1])
 
 
-def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
+def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path, monkeypatch):
+    import loopmdm.experiments.loop_scaling as ls
+
     cfg = study(tiny_cfg, flop_proportional_arm=True)
     out = tmp_path / "study"
+    rates: list = []  # the --stop-after estimate each run is gated with
+
+    def spy(elapsed_s, limit_s, planned_flops, s_per_flop):
+        rates.append(s_per_flop)
+        return True
+
+    monkeypatch.setattr(ls, "run_fits", spy)
     # half the runs, no report
-    assert run_loop_scaling(cfg, out, shard="0/2", log=lambda s: None) is None
-    res = run_loop_scaling(cfg, out, log=lambda s: None)  # the other half, then the report
+    assert run_loop_scaling(cfg, out, shard="0/2", log=lambda s: None, stop_after_min=60) is None
+    half = len(rates)
+    assert rates[0] is None and all(r > 0 for r in rates[1:])  # measured from the runs trained
+    # the other half, then the report: the finished runs are not gated (they need no time) and teach no rate
+    res = run_loop_scaling(cfg, out, log=lambda s: None, stop_after_min=60)
+    assert len(rates) == len(run_list(cfg, budget_plans(cfg))) and rates[half] is None
     rows = res["rows"]
     assert [r["budget"] for r in rows] == cfg.budgets and [len(r["seeds"]) for r in rows] == [1, 2]
     for r in rows:
@@ -354,9 +367,22 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
         dest.mkdir(parents=True)
         for name in ("experiment_run.json", "metrics.jsonl"):
             shutil.copy(r.parent / name, dest / name)
-    again_moved = run_loop_scaling(cfg, moved, log=lambda s: None)
+    # (--stop-after 0 stops no run that needs no training)
+    again_moved = run_loop_scaling(cfg, moved, log=lambda s: None, stop_after_min=0)
     assert again_moved["rows"] == from_record["rows"]
     assert not list(moved.glob("budget_*/seed_*/*/checkpoints"))
+    # a record without weights is refused like a run with them: another config, another validation set
+    changed = copy.deepcopy(cfg)
+    changed.run.train.lr *= 2
+    with pytest.raises(ConfigError, match="holds a run with another config .*train.lr"):
+        run_loop_scaling(changed, moved, log=lambda s: None)
+    other_set = copy.deepcopy(cfg)
+    other_set.eval_seed += 1
+    with pytest.raises(ConfigError, match="validation curve was evaluated on another set"):
+        run_loop_scaling(other_set, moved, log=lambda s: None)
+    (moved / "budget_0" / "seed_0" / "mdm" / "metrics.jsonl").unlink()  # a record copied alone
+    with pytest.raises(ConfigError, match="keeps no weights and its metrics.jsonl is missing"):
+        run_loop_scaling(cfg, moved, log=lambda s: None)
     # an evaluation the record lacks needs the weights: a one-line error, not a retraining
     wider = copy.deepcopy(cfg)
     wider.final_eval_batches = 3
@@ -367,8 +393,8 @@ def test_a_tiny_study_runs_resumes_and_records_its_evidence(tiny_cfg, tmp_path):
     record_path.write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="trained on other data"):
         run_loop_scaling(cfg, out, log=lambda s: None)
-    # an unfinished record without checkpoints (a run stopped, then its checkpoints deleted) trains anew
-    del record["finished"]
+    # a record cut before its evaluation, without checkpoints (a run stopped, its checkpoints deleted) trains anew
+    del record["final_eval"]
     record_path.write_text(json.dumps(record))
     retrained = run_loop_scaling(cfg, out, log=lambda s: None)
     assert retrained["rows"][1]["per_seed"][1]["loopmdm"][3] == pytest.approx(
@@ -428,15 +454,16 @@ def test_an_interrupted_run_resumes_to_the_same_curve(tiny_cfg, tmp_path, monkey
         ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
     monkeypatch.setattr(ls._StudyTrainer, "__init__", init)
     # resumed from step 25
-    _, info = ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
+    info = ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
     whole = read_curve(tmp_path / "whole" / "metrics.jsonl")
     assert (
         not info["reused"]
+        and info["trained_steps"] == rp.steps - 25  # what the --stop-after estimate counts
         and info["curve"]["steps"] == whole.steps
         and info["curve"]["steps"][-1] == rp.steps
     )
     assert info["curve"]["nelbo"] == pytest.approx(whole.nelbo, abs=1e-5)
-    _, again = ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
+    again = ls.train_run(rp, 0, tmp_path / "cut", data, cfg, val, False, quiet)
     assert again["reused"] and again["curve"] == info["curve"]
 
 

@@ -106,8 +106,8 @@ def loop_scaling(
         None,
         "--stop-after",
         metavar="MINUTES",
-        help="Start no run expected to end later than this (estimated from the runs this call trained); "
-        "run again to continue.",
+        help="Start no run expected to end later than this many minutes into the call (estimated from the "
+        "runs this call trained; the first starts while time is left); run again to continue.",
     ),
     progress: bool = typer.Option(
         False, "--progress/--no-progress", help="Progress bars while training."

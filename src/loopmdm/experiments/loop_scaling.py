@@ -39,7 +39,7 @@ Runs are checkpointed; a study that stopped resumes where it did (runs whose sav
 set differs are refused). A finished run's numbers live in its folder's ``experiment_run.json`` and
 ``metrics.jsonl`` (its config, data digests, final evaluation and curve): with its checkpoints deleted (to save
 disk, or to carry a study's progress to another machine in a few kB per run) the run is still reported, not
-retrained; only an evaluation its record lacks (another S grid) needs the weights. ``--shard K/N`` trains the runs of shard K of N (runs are spread over the shards by planned
+retrained; only an evaluation its record lacks (another S grid or number of batches) needs the weights. ``--shard K/N`` trains the runs of shard K of N (runs are spread over the shards by planned
 FLOPs, largest first, each to the least-loaded shard), so two processes (one per core) can share a study; a final
 call without ``--shard`` reuses every finished run and writes the report. ``--stop-after MINUTES`` starts no run
 expected to end past the limit (a time-limited job), so that no run is cut halfway.
@@ -61,10 +61,11 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..checkpoint import list_checkpoints
+from ..checkpoint import list_checkpoints, step_of
+from ..config import RunConfig
 from ..data import PreparedData
 from ..diffusion import make_loop_distribution, predicted_fraction
-from ..errors import ConfigError
+from ..errors import ConfigError, LoopMDMError
 from ..fileio import write_json
 from ..model.flops import train_flops_per_token
 from ..outputs import check_run_folder
@@ -228,16 +229,20 @@ def _read_record(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _check_finished(record: dict, rc, identity: dict, run_dir: Path) -> None:
-    """Refuse a finished run's record made with another config or other data."""
-    done = record["finished"]
-    diffs = config_diff(done.get("config") or {}, rc.to_dict())
+def _check_finished(record: dict, rc: RunConfig, identity: dict, run_dir: Path) -> None:
+    """Refuse a finished run's record made with another config (compared as the library reads it today, so
+    fields added since are their defaults) or other data."""
+    try:
+        saved = RunConfig.from_dict(record["finished"].get("config") or {}).to_dict()
+        diffs = config_diff(saved, rc.to_dict())
+    except (LoopMDMError, TypeError, ValueError) as e:
+        diffs = [f"unreadable: {e}"]
     if diffs:
         raise ConfigError(
             f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); delete "
             "that folder to retrain it, or choose another --out"
         )
-    if done.get("data") != identity:
+    if record["finished"].get("data") != identity:
         raise ConfigError(
             f"{str(run_dir)!r} holds a run trained on other data (token rows / tokenizer digests differ: "
             "another corpus, or the standard library of another Python); delete that folder to retrain "
@@ -245,17 +250,30 @@ def _check_finished(record: dict, rc, identity: dict, run_dir: Path) -> None:
         )
 
 
-def _run_info(plan: RunPlan, run_dir: Path, record: dict, reused: bool, wall_s: float) -> dict:
+def _run_info(plan: RunPlan, run_dir: Path, record: dict, reused: bool, trained_steps: int) -> dict:
     curve = read_curve(run_dir / "metrics.jsonl")
     return {
         "steps": plan.steps,
         "flops": curve.flops[-1] if curve.flops else 0.0,
         "reused": reused,
-        "wall_s": wall_s,
+        "trained_steps": trained_steps,  # the steps this call trained (0: reused)
         "train_wall_s": record.get("train_wall_s"),
         "curve": curve.to_dict(),
-        "parameters": record["finished"]["parameters"],
     }
+
+
+def _new_record(seed: int, plan: RunPlan, curve_eval: dict) -> dict:
+    return {"seed": seed, "steps": plan.steps, "curve_eval": curve_eval, "train_wall_s": 0.0}
+
+
+def run_is_done(run_dir: Path, plan: RunPlan) -> bool:
+    """Whether the run in ``run_dir`` needs no training: its record says it finished and holds a final
+    evaluation, or its last checkpoint is at the planned steps."""
+    record = _read_record(run_dir / "experiment_run.json")
+    if record.get("finished") and record.get("final_eval"):
+        return True
+    kept = list_checkpoints(run_dir / "checkpoints")
+    return bool(kept) and step_of(kept[-1]) >= plan.steps
 
 
 def train_run(
@@ -268,12 +286,14 @@ def train_run(
     progress: bool,
     log: Log,
     identity: Optional[dict] = None,
-) -> tuple[Optional[torch.nn.Module], dict]:
-    """Train one run (or reuse the finished run / resume the partial one in ``run_dir`` when its config, data
-    and validation set match; another config, data or validation set is refused). ``experiment_run.json`` in
-    the run folder records the validation set, the training wall time, the cached final evaluation and, once
-    the run has finished, its config, data digests (``identity``, default ``data_digests(data)``) and size.
-    A finished run whose checkpoints were deleted is reused from that record: the model returned is None."""
+    loops: Sequence[int] = (1,),
+) -> dict:
+    """Train one run and evaluate it at each S of ``loops`` (``final_eval``), or reuse the finished run /
+    resume the partial one in ``run_dir`` when its config and validation set match (another config or
+    validation set is refused). ``experiment_run.json`` in the run folder records the validation set, the
+    training wall time, the final evaluation and, written with it, ``finished``: the run's config and the
+    digests of its data (``identity``, default ``data_digests(data)``). A finished run whose checkpoints were
+    deleted is reused from that record and its ``metrics.jsonl`` (a finished run on other data is refused)."""
     rc = _finalize_run_config(plan, seed, cfg)
     identity = identity if identity is not None else data_digests(data)
     record_path = run_dir / "experiment_run.json"
@@ -291,21 +311,31 @@ def train_run(
             f"({record.get('curve_eval')} instead of {curve_eval}); delete that folder to retrain "
             "it, or choose another --out"
         )
-    if record.get("finished"):
+    if record.get("finished") and (kept or record.get("final_eval")):
         _check_finished(record, rc, identity, run_dir)
-        if not kept:  # the weights were deleted: the record holds the run's numbers
+        if not kept:  # the weights were deleted: the record and the curve hold the run's numbers
+            curve = run_dir / "metrics.jsonl"
+            if not curve.is_file() or read_curve(curve).steps[-1:] != [plan.steps]:
+                raise ConfigError(
+                    f"{str(run_dir)!r} keeps no weights and its metrics.jsonl is missing or does not "
+                    f"reach step {plan.steps}; copy it with experiment_run.json, or delete that folder "
+                    "to retrain the run"
+                )
             log(f"  reusing the finished run's record in {run_dir} (no weights kept)")
-            return None, _run_info(plan, run_dir, record, True, 0.0)
+            info = _run_info(plan, run_dir, record, True, 0)
+            info["final"] = final_eval(None, plan, run_dir, loops, cfg, validation)
+            return info
     elif record and not kept:
-        # an unfinished run whose checkpoints are gone: it trains anew, its wall time belongs to a model that
-        # is gone
-        record.pop("final_eval", None)
-        record["train_wall_s"] = 0.0
+        # an unfinished run whose checkpoints are gone (or a record cut before its evaluation) trains anew,
+        # with a fresh record
+        record = _new_record(seed, plan, curve_eval)
+        write_json(record_path, record)
     if not record:
         check_run_folder(run_dir)  # before the record is written into it
-        record = {"seed": seed, "steps": plan.steps, "curve_eval": curve_eval, "train_wall_s": 0.0}
+        record = _new_record(seed, plan, curve_eval)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(record_path, record)
+    start_step = step_of(kept[-1]) if kept else 0
     t0 = time.perf_counter()
     reused = False
     try:
@@ -323,26 +353,25 @@ def train_run(
                 time.perf_counter() - t0
             )
             write_json(record_path, record)
-    model.eval()
-    record["finished"] = {
-        "config": rc.to_dict(),
-        "data": identity,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    write_json(record_path, record)
-    return model, _run_info(plan, run_dir, record, reused, time.perf_counter() - t0)
+    info = _run_info(plan, run_dir, record, reused, 0 if reused else plan.steps - start_step)
+    finished = {"config": rc.to_dict(), "data": identity}
+    info["final"] = final_eval(model.eval(), plan, run_dir, loops, cfg, validation, finished)
+    return info
 
 
 def final_eval(
-    model,
+    model: Optional[torch.nn.Module],
     plan: RunPlan,
     run_dir: Path,
-    loops: list[int],
+    loops: Sequence[int],
     cfg: LoopScalingConfig,
     validation: FixedValidation,
+    finished: Optional[dict] = None,
 ) -> dict:
     """{S: ``FixedValidation.evaluate``} on ``final_eval_batches`` batches, cached in the run's
-    experiment_run.json (recomputed when the validation set, S grid or steps change)."""
+    experiment_run.json (recomputed when the validation set, S grid or steps change; ``model`` None: only the
+    cache). ``finished`` (the run's config and data digests) is written with it, so that a record that says
+    finished always holds its evaluation."""
     record_path = run_dir / "experiment_run.json"
     record = _read_record(record_path)
     key = {
@@ -355,14 +384,18 @@ def final_eval(
     }
     cached = record.get("final_eval")
     if isinstance(cached, dict) and cached.get("key") == key:
-        return {int(s): v for s, v in cached["results"].items()}
-    if model is None:
+        out = {int(s): v for s, v in cached["results"].items()}
+    elif model is None:
         raise ConfigError(
-            f"{str(run_dir)!r} keeps no weights and its record has no evaluation at S = {loops} on "
+            f"{str(run_dir)!r} keeps no weights and its record has no evaluation at S = {list(loops)} on "
             f"{cfg.final_eval_batches} batches; delete that folder to retrain it, or evaluate as it was"
         )
-    out = {s: validation.evaluate(model, s, cfg.final_eval_batches) for s in loops}
-    record["final_eval"] = {"key": key, "results": out}
+    else:
+        out = {s: validation.evaluate(model, s, cfg.final_eval_batches) for s in loops}
+        record["final_eval"] = {"key": key, "results": out}
+        record.pop("finished", None)  # rewritten below, with this evaluation
+    if finished is not None and record.get("finished") != finished:
+        record["finished"] = finished
     write_json(record_path, record)
     return out
 
@@ -394,6 +427,7 @@ def run_loop_scaling(
     summary.md and loop_gain.png. ``stop_after_min``: start no run expected to end later than that many minutes
     into the call (``run_fits``), and return None without a report when a run was left for later (a time-limited
     job, a machine that will be returned: no run is cut halfway, and finished runs move as records)."""
+    t0 = time.perf_counter()  # --stop-after counts from here, data preparation included
     if stop_after_min is not None and not stop_after_min >= 0:
         raise ConfigError(f"--stop-after {stop_after_min:g} must be >= 0 minutes")
     out, _, data = start(cfg, out, cfg.seeds, log)
@@ -404,16 +438,18 @@ def run_loop_scaling(
     validation = FixedValidation.of(cfg, data)
     identity = data_digests(data)
     s_max = cfg.run.diffusion.s_max
-    t0 = time.perf_counter()
     trained: dict = {}
-    spent_flops = spent_s = 0.0  # planned FLOPs and wall seconds of the runs this call trained
+    spent_flops = spent_s = 0.0  # the planned FLOPs this call trained, and their wall seconds
     for j, (i, seed, rp) in enumerate(runs):
         if owner is not None and owner[j] != part[0]:
             continue
         name = f"budget {cfg.budgets[i]:.3g}, seed {seed}: {rp.label}"
+        run_dir = out / f"budget_{i}" / f"seed_{seed}" / rp.name
         rate = spent_s / spent_flops if spent_flops else None
-        if stop_after_min is not None and not run_fits(
-            time.perf_counter() - t0, 60 * stop_after_min, rp.planned_flops, rate
+        if (
+            stop_after_min is not None
+            and not run_is_done(run_dir, rp)
+            and not run_fits(time.perf_counter() - t0, 60 * stop_after_min, rp.planned_flops, rate)
         ):
             log(
                 f"--stop-after {stop_after_min:g}: stopping before {name} (expected to end past the limit); "
@@ -421,14 +457,14 @@ def run_loop_scaling(
             )
             return None
         log(f"{name}, {rp.steps} steps")
-        run_dir = out / f"budget_{i}" / f"seed_{seed}" / rp.name
         r0 = time.perf_counter()
-        model, info = train_run(rp, seed, run_dir, data, cfg, validation, progress, log, identity)
         grid = sorted({1, s_max, 2 * s_max}) if rp.name in LOOPED else [1]
-        info["final"] = final_eval(model, rp, run_dir, grid, cfg, validation)
+        info = train_run(
+            rp, seed, run_dir, data, cfg, validation, progress, log, identity, loops=grid
+        )
         trained[(i, seed, rp.name)] = info
-        if not info["reused"]:
-            spent_flops += rp.planned_flops
+        if info["trained_steps"]:
+            spent_flops += rp.planned_flops * info["trained_steps"] / rp.steps
             spent_s += time.perf_counter() - r0
     if part is not None:
         log(
