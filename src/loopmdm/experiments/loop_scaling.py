@@ -35,13 +35,14 @@ two runs of that gain left the plateau (for the equal-FLOPs gain (a) and (b); fo
 heads there) is a bootstrap that resamples the seeds within each budget (``bootstrap`` resamples, RNG seed
 ``bootstrap_seed``).
 
-Runs are checkpointed; a study that stopped resumes where it did (runs whose saved config, data or validation
-set differs are refused). A finished run's numbers live in its folder's ``experiment_run.json`` and
-``metrics.jsonl`` (its config, data digests, final evaluation and curve): with its checkpoints deleted (to save
-disk, or to carry a study's progress to another machine in a few kB per run) the run is still reported, not
-retrained; only an evaluation its record lacks (another S grid or number of batches) needs the weights. ``--shard K/N`` trains the runs of shard K of N (runs are spread over the shards by planned
-FLOPs, largest first, each to the least-loaded shard), so two processes (one per core) can share a study; a final
-call without ``--shard`` reuses every finished run and writes the report. ``--stop-after MINUTES`` starts no run
+Runs are checkpointed; a study that stopped resumes where it did (runs whose saved config or validation set differs
+are refused, and finished runs on other data). A finished run's numbers live in its folder's
+``experiment_run.json`` and ``metrics.jsonl`` (its config, data digests, final evaluation and curve): with its
+checkpoints deleted (to save disk, or to carry a study's progress to another machine in a few kB per run) the run
+is still reported, not retrained; only an evaluation its record lacks (another S grid or number of batches) needs
+the weights. ``--shard K/N`` trains the runs of shard K of N (runs are spread over the shards by planned FLOPs,
+largest first, each to the least-loaded shard), so two processes (one per core) can share a study; a final call
+without ``--shard`` reuses every finished run and writes the report. ``--stop-after MINUTES`` starts no run
 expected to end past the limit (a time-limited job), so that no run is cut halfway.
 
     loopmdm experiment loop-scaling --config laptop --out runs/scaling --shard 0/2 &
