@@ -89,6 +89,18 @@ def test_calibration_then_comparison_and_reuse(tmp_path):
     again = run_reasoning(tiny_config(target=0.0), tmp_path, log=lambda s: None)
     assert again["tasks"]["hops"]["summary"] == entry["summary"]
     assert (tmp_path / "hops" / "seed_0" / "mdm" / "scores.json").stat().st_mtime_ns == stamp
+    # the weights deleted (or the study moved as its records): the same report, nothing retrained
+    import shutil
+
+    for ckpt in tmp_path.glob("hops/**/checkpoints"):
+        shutil.rmtree(ckpt)
+    records = run_reasoning(tiny_config(target=0.0), tmp_path, log=lambda s: None)
+    assert records["tasks"]["hops"]["summary"] == entry["summary"]
+    assert not list(tmp_path.glob("hops/**/checkpoints"))
+    changed = tiny_config(target=0.0)
+    changed.run.train.lr *= 2  # scores made with another config are not reused as this one's
+    with pytest.raises(ConfigError, match="holds a run with another config .*train.lr"):
+        run_reasoning(changed, tmp_path, log=lambda s: None)
 
 
 def test_no_comparison_when_calibration_fails(tmp_path):

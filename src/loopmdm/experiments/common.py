@@ -18,6 +18,7 @@ from ..errors import ConfigError, LoopMDMError
 from ..model.fields import short
 from ..train import train
 from ..train.resume import config_diff
+from .curves import read_curve
 
 C = TypeVar("C")
 
@@ -100,6 +101,37 @@ def train_or_reuse(
             "(signal received); run the same command again to resume it"
         )
     return load_model(run_dir, ema=None)[0], False
+
+
+def saved_config_diff(saved: object, rc: RunConfig) -> list[str]:
+    """The differences between a run config saved as JSON (read as the library reads configs today, so fields
+    added since are their defaults) and ``rc``; an unreadable one is a difference too."""
+    try:
+        return config_diff(RunConfig.from_dict(saved).to_dict(), rc.to_dict())
+    except (LoopMDMError, TypeError, ValueError, AttributeError) as e:
+        return [f"unreadable config: {e}"]
+
+
+def finished_curve(run_dir: Path, steps: int):
+    """The validation curve (``curves.read_curve``) of a finished run that keeps no weights: its metrics.jsonl must
+    reach ``steps``, else a one-line ConfigError (the record was copied without it, or the run never ended)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    curve = read_curve(path) if path.is_file() else None
+    if curve is None or curve.steps[-1:] != [steps]:
+        raise ConfigError(
+            f"{str(run_dir)!r} keeps no weights and its metrics.jsonl is missing or does not reach step "
+            f"{steps}; copy it with the run's records, or delete that folder to retrain the run"
+        )
+    return curve
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; {} when it is absent, unreadable or not an object (a record to rebuild)."""
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        data = {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_scores(path: Path, key: dict) -> Optional[dict]:

@@ -53,7 +53,6 @@ expected to end past the limit (a time-limited job), so that no run is cut halfw
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from dataclasses import asdict
@@ -66,15 +65,14 @@ from ..checkpoint import list_checkpoints, step_of
 from ..config import RunConfig
 from ..data import PreparedData
 from ..diffusion import make_loop_distribution, predicted_fraction
-from ..errors import ConfigError, LoopMDMError
+from ..errors import ConfigError
 from ..fileio import write_json
 from ..model.flops import train_flops_per_token
 from ..outputs import check_run_folder
 from ..runtime import machine_info
 from ..train import Trainer
-from ..train.resume import config_diff
 from ..viz.experiment_plots import plot_loop_gain
-from .common import clone, train_or_reuse
+from .common import clone, finished_curve, read_json_object, saved_config_diff, train_or_reuse
 from .compute_matched import MatchedPlan, RunPlan, _finalize_run_config, plan_compute_matched, start
 from .curves import read_curve, unigram_cross_entropy
 from .fixed_validation import FixedValidation, batch_seed, paired_gain  # noqa: F401  (re-exported)
@@ -222,22 +220,10 @@ class _StudyTrainer(Trainer):
 # --------------------------------------------------------------------------- one run
 
 
-def _read_record(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        data = {}
-    return data if isinstance(data, dict) else {}
-
-
 def _check_finished(record: dict, rc: RunConfig, identity: dict, run_dir: Path) -> None:
     """Refuse a finished run's record made with another config (compared as the library reads it today, so
     fields added since are their defaults) or other data."""
-    try:
-        saved = RunConfig.from_dict(record["finished"].get("config") or {}).to_dict()
-        diffs = config_diff(saved, rc.to_dict())
-    except (LoopMDMError, TypeError, ValueError) as e:
-        diffs = [f"unreadable: {e}"]
+    diffs = saved_config_diff(record["finished"].get("config"), rc)
     if diffs:
         raise ConfigError(
             f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); delete "
@@ -270,7 +256,7 @@ def _new_record(seed: int, plan: RunPlan, curve_eval: dict) -> dict:
 def run_is_done(run_dir: Path, plan: RunPlan) -> bool:
     """Whether the run in ``run_dir`` needs no training: its record says it finished and holds a final
     evaluation, or its last checkpoint is at the planned steps."""
-    record = _read_record(run_dir / "experiment_run.json")
+    record = read_json_object(run_dir / "experiment_run.json")
     if record.get("finished") and record.get("final_eval"):
         return True
     kept = list_checkpoints(run_dir / "checkpoints")
@@ -304,7 +290,7 @@ def train_run(
         "batches": rc.train.eval_batches,
         "batch_size": rc.train.batch_size,
     }
-    record = _read_record(record_path)
+    record = read_json_object(record_path)
     kept = list_checkpoints(run_dir / "checkpoints")
     if (kept or record.get("finished")) and record.get("curve_eval") != curve_eval:
         raise ConfigError(
@@ -315,13 +301,7 @@ def train_run(
     if record.get("finished") and (kept or record.get("final_eval")):
         _check_finished(record, rc, identity, run_dir)
         if not kept:  # the weights were deleted: the record and the curve hold the run's numbers
-            curve = run_dir / "metrics.jsonl"
-            if not curve.is_file() or read_curve(curve).steps[-1:] != [plan.steps]:
-                raise ConfigError(
-                    f"{str(run_dir)!r} keeps no weights and its metrics.jsonl is missing or does not "
-                    f"reach step {plan.steps}; copy it with experiment_run.json, or delete that folder "
-                    "to retrain the run"
-                )
+            finished_curve(run_dir, plan.steps)
             log(f"  reusing the finished run's record in {run_dir} (no weights kept)")
             info = _run_info(plan, run_dir, record, True, 0)
             info["final"] = final_eval(None, plan, run_dir, loops, cfg, validation)
@@ -374,7 +354,7 @@ def final_eval(
     cache). ``finished`` (the run's config and data digests) is written with it, so that a record that says
     finished always holds its evaluation."""
     record_path = run_dir / "experiment_run.json"
-    record = _read_record(record_path)
+    record = read_json_object(record_path)
     key = {
         "method": EVAL_METHOD,
         "eval_seed": cfg.eval_seed,

@@ -19,7 +19,10 @@ on every row, test levels beyond the trained ones):
 
 ``results.json`` keeps everything; ``summary.md`` and the figures are drawn from it. Runs and scores are reused
 when their settings match, so an interrupted study resumes (``--tasks`` / ``--models`` split the work between
-processes; a call without ``--models`` writes the report, over its ``--tasks`` if given).
+processes; a call without ``--models`` writes the report, over its ``--tasks`` if given). A scored run needs no
+weights: with its checkpoints deleted, its ``scores.json`` (which names the run's config), ``experiment_run.json``
+and ``metrics.jsonl`` report it, so a study moves between machines in a few kB per run (to the same ``--out``
+path: run configs name the task data by its path); ``calibration.json`` carries the calibration.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..checkpoint import list_checkpoints
 from ..config import RunConfig
 from ..data import prepare_data
 from ..data.answers import read_rows
@@ -45,8 +49,15 @@ from ..viz.reasoning import (
     plot_accuracy_vs_inference_flops,
     plot_exact_match,
 )
-from .common import clone, read_scores
-from .compute_matched import RUN_LABELS, MatchedPlan, RunPlan, plan_compute_matched, train_one
+from .common import clone, finished_curve, read_json_object, read_scores, saved_config_diff
+from .compute_matched import (
+    RUN_LABELS,
+    MatchedPlan,
+    RunPlan,
+    _finalize_run_config,
+    plan_compute_matched,
+    train_one,
+)
 from .compute_matched_config import ComputeMatchedConfig
 from .curves import read_curve
 from .reasoning_calibration import calibrate, exact_match_at
@@ -199,17 +210,22 @@ def compare(
             run_dir = out / task.name / f"seed_{seed}" / name
             grid = cfg.loops if name.startswith("loopmdm") else [1]
             key = _score_key(cfg, grid, len(test_rows), seed)
-            if only_finished and read_scores(run_dir / "scores.json", key) is None:
+            saved = read_scores(run_dir / "scores.json", key)
+            if only_finished and saved is None:
                 continue  # not trained to the end and scored yet
             log(f"{task.name} seed {seed}: {name}, {rp.steps} steps")
-            model, info = train_one(rp, seed, run_dir, data, mc, progress, log, trainer_cls)
+            rc = _finalize_run_config(rp, seed, mc)
+            kept = list_checkpoints(run_dir / "checkpoints")
+            if saved is not None and "config" in saved and not kept:  # scored, weights deleted
+                model, info = None, scored_run_info(run_dir, rp, rc, saved, log)
+            else:
+                model, info = train_one(rp, seed, run_dir, data, mc, progress, log, trainer_cls)
             accuracy = read_curve(run_dir / "metrics.jsonl", "val_exact_match")
             info["exact_match_curve"] = {
                 "flops": accuracy.flops,
                 "exact_match": accuracy.nelbo,
                 "steps": accuracy.steps,
             }
-            saved = read_scores(run_dir / "scores.json", key)
             if saved is None:
                 t0 = time.perf_counter()
                 scored = score_model(
@@ -224,6 +240,10 @@ def compare(
                     looped=name.startswith("loopmdm"),
                 )
                 saved = {"key": key, "eval_wall_s": time.perf_counter() - t0, **scored}
+            if (
+                "config" not in saved
+            ):  # new scores, or scores from before they named their model's config
+                saved["config"] = rc.to_dict()
                 write_json(run_dir / "scores.json", saved)
             info.update(
                 scores=saved["scores"], policies=saved["policies"], eval_wall_s=saved["eval_wall_s"]
@@ -247,6 +267,29 @@ def compare(
             seed: sorted(per_seed[seed]) for seed in cfg.seeds if seed not in complete
         },
         "test_rows": len(test_rows),
+    }
+
+
+def scored_run_info(run_dir: Path, rp: RunPlan, rc: RunConfig, saved: dict, log: Log) -> dict:
+    """What ``train_one`` says of a run, for a finished and scored run that keeps no weights (deleted, or moved
+    to another machine as its scores.json, experiment_run.json and metrics.jsonl): its scores were made with
+    ``saved["config"]``, which must be ``rc``."""
+    diffs = saved_config_diff(saved["config"], rc)
+    if diffs:
+        raise ConfigError(
+            f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); delete that folder "
+            "to retrain it, or choose another --out"
+        )
+    curve = finished_curve(run_dir, rp.steps)
+    log(f"  reusing the scored run's records in {run_dir} (no weights kept)")
+    record = read_json_object(run_dir / "experiment_run.json")
+    return {
+        "steps": rp.steps,
+        "flops": curve.flops[-1],
+        "reused": True,
+        "wall_s": 0.0,
+        "train_wall_s": record.get("train_wall_s"),
+        "curve": curve.to_dict(),
     }
 
 
