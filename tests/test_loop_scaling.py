@@ -425,7 +425,7 @@ def test_stop_after_starts_no_run_expected_to_end_past_the_limit(tiny_cfg, tmp_p
 
 
 def test_an_interrupted_run_resumes_to_the_same_curve(tiny_cfg, tmp_path, monkeypatch):
-    import loopmdm.experiments.loop_scaling as ls
+    import loopmdm.experiments.loop_scaling_run as ls
     from loopmdm.errors import LoopMDMError
 
     cfg = study(tiny_cfg)
