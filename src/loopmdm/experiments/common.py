@@ -79,13 +79,7 @@ def train_or_reuse(
     kept = list_checkpoints(run_dir / "checkpoints")
     resume = None
     if kept:
-        saved = load_config_file(kept[-1])
-        diffs = config_diff(saved.to_dict(), rc.to_dict())
-        if diffs:
-            raise ConfigError(
-                f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); "
-                "delete that folder to retrain it, or choose another --out"
-            )
+        check_saved_config(load_config_file(kept[-1]).to_dict(), rc, run_dir)
         if step_of(kept[-1]) >= rc.train.max_steps:
             log(f"  reusing the finished run in {run_dir}")
             return load_model(run_dir, ema=None)[0], True
@@ -103,13 +97,19 @@ def train_or_reuse(
     return load_model(run_dir, ema=None)[0], False
 
 
-def saved_config_diff(saved: object, rc: RunConfig) -> list[str]:
-    """The differences between a run config saved as JSON (read as the library reads configs today, so fields
-    added since are their defaults) and ``rc``; an unreadable one is a difference too."""
+def check_saved_config(saved: object, rc: RunConfig, run_dir: str | Path) -> None:
+    """Refuse (one-line ConfigError naming the differences) the run in ``run_dir`` when its saved config (a
+    dict as saved in JSON, read as the library reads configs today, so fields added since are their defaults)
+    is not ``rc``; an unreadable one is a difference too."""
     try:
-        return config_diff(RunConfig.from_dict(saved).to_dict(), rc.to_dict())
+        diffs = config_diff(RunConfig.from_dict(saved).to_dict(), rc.to_dict())
     except (LoopMDMError, TypeError, ValueError, AttributeError) as e:
-        return [f"unreadable config: {e}"]
+        diffs = [f"unreadable config: {e}"]
+    if diffs:
+        raise ConfigError(
+            f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); "
+            "delete that folder to retrain it, or choose another --out"
+        )
 
 
 def finished_curve(run_dir: Path, steps: int):

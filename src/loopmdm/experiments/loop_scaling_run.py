@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..fileio import write_json
 from ..outputs import check_run_folder
 from ..train import Trainer
-from .common import finished_curve, read_json_object, saved_config_diff, train_or_reuse
+from .common import check_saved_config, finished_curve, read_json_object, train_or_reuse
 from .compute_matched import RunPlan, _finalize_run_config
 from .curves import read_curve
 from .fixed_validation import FixedValidation
@@ -55,12 +55,7 @@ class _StudyTrainer(Trainer):
 def _check_finished(record: dict, rc: RunConfig, identity: dict, run_dir: Path) -> None:
     """Refuse a finished run's record made with another config (compared as the library reads it today, so
     fields added since are their defaults) or other data."""
-    diffs = saved_config_diff(record["finished"].get("config"), rc)
-    if diffs:
-        raise ConfigError(
-            f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); delete "
-            "that folder to retrain it, or choose another --out"
-        )
+    check_saved_config(record["finished"].get("config"), rc, run_dir)
     if record["finished"].get("data") != identity:
         raise ConfigError(
             f"{str(run_dir)!r} holds a run trained on other data (token rows / tokenizer digests differ: "

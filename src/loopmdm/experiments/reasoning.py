@@ -49,7 +49,7 @@ from ..viz.reasoning import (
     plot_accuracy_vs_inference_flops,
     plot_exact_match,
 )
-from .common import clone, finished_curve, read_json_object, read_scores, saved_config_diff
+from .common import check_saved_config, clone, finished_curve, read_json_object, read_scores
 from .compute_matched import (
     RUN_LABELS,
     MatchedPlan,
@@ -240,9 +240,8 @@ def compare(
                     looped=name.startswith("loopmdm"),
                 )
                 saved = {"key": key, "eval_wall_s": time.perf_counter() - t0, **scored}
-            if (
-                "config" not in saved
-            ):  # new scores, or scores from before they named their model's config
+            # new scores, or scores from before they named their model's config
+            if "config" not in saved:
                 saved["config"] = rc.to_dict()
                 write_json(run_dir / "scores.json", saved)
             info.update(
@@ -274,12 +273,7 @@ def scored_run_info(run_dir: Path, rp: RunPlan, rc: RunConfig, saved: dict, log:
     """What ``train_one`` says of a run, for a finished and scored run that keeps no weights (deleted, or moved
     to another machine as its scores.json, experiment_run.json and metrics.jsonl): its scores were made with
     ``saved["config"]``, which must be ``rc``."""
-    diffs = saved_config_diff(saved["config"], rc)
-    if diffs:
-        raise ConfigError(
-            f"{str(run_dir)!r} holds a run with another config ({'; '.join(diffs[:3])}); delete that folder "
-            "to retrain it, or choose another --out"
-        )
+    check_saved_config(saved["config"], rc, run_dir)
     curve = finished_curve(run_dir, rp.steps)
     log(f"  reusing the scored run's records in {run_dir} (no weights kept)")
     record = read_json_object(run_dir / "experiment_run.json")
